@@ -1,0 +1,88 @@
+//! One error type for the whole service. Every bad input names its field.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    /// The request is wrong; `field` says where (e.g. `values.name`, `n_samples`).
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    /// The request is valid but exceeds a configured limit.
+    #[error("{field}: {message}")]
+    TooLarge { field: String, message: String },
+    /// A model file is missing, corrupt or unsupported.
+    #[error("model: {0}")]
+    Model(String),
+    /// The queue is full; try again later.
+    #[error("the scoring queue is full, try again later")]
+    Busy,
+    /// The caller cancelled the work (client gone, DELETE on a job, shutdown).
+    #[error("cancelled")]
+    Cancelled,
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Invalid { field: field.into(), message: message.into() }
+    }
+
+    pub fn too_large(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::TooLarge { field: field.into(), message: message.into() }
+    }
+
+    /// Machine-readable code used in JSON error bodies.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Invalid { .. } => "invalid_request",
+            Error::TooLarge { .. } => "limit_exceeded",
+            Error::Model(_) => "model_error",
+            Error::Busy => "queue_full",
+            Error::Cancelled => "cancelled",
+            Error::NotFound(_) => "not_found",
+            Error::Internal(_) => "internal",
+        }
+    }
+
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            Error::Invalid { field, .. } | Error::TooLarge { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.code().to_string(),
+                message: self.to_string(),
+                field: self.field().map(str::to_string),
+            },
+        }
+    }
+}
+
+impl From<candle_core::Error> for Error {
+    fn from(e: candle_core::Error) -> Self {
+        Error::Model(e.to_string())
+    }
+}
+
+/// `{"error": {"code", "message", "field"?}}`
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}

@@ -1,0 +1,12 @@
+//! llm-attr: Captum-style attribution for language models, as an HTTP service.
+//!
+//! Data flows one way: `api` (requests) -> `input` (features, coalitions) -> `attribution`
+//! (methods) -> `engine` (queue, batches, workers) -> `model` (candle, tokenizer).
+
+pub mod cli;
+pub mod error;
+pub mod model;
+pub mod request;
+pub mod scorer;
+
+pub use error::{Error, Result};

@@ -1,0 +1,1 @@
+//! Llama (SmolLM2).

@@ -1,0 +1,224 @@
+//! Language models: loading, teacher-forced scoring of target continuations, greedy generation.
+//!
+//! The model owns the tensors. Everything above this module sees token ids and log-probs.
+
+pub mod gguf;
+pub mod gpt2;
+pub mod llama;
+pub mod spec;
+pub mod tokenizer;
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+pub use spec::ModelSpec;
+pub use tokenizer::Tokenizer;
+
+/// What one architecture file provides. Inputs are right-padded `[batch, len]` u32 ids with
+/// positions starting at 0; the causal mask alone keeps padding (always after the real tokens)
+/// out of every real position.
+pub trait Architecture: Send + Sync {
+    /// Final hidden states (after the last norm), `[batch, len, hidden]`.
+    fn hidden(&self, ids: &Tensor) -> candle_core::Result<Tensor>;
+    /// LM head on selected rows: `[n, hidden]` -> `[n, vocab]`.
+    fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor>;
+    /// Greedy continuation with a KV cache; stops after `max_new_tokens` or at a `stop` id
+    /// (which is included in the result).
+    fn generate(&self, prompt: &[u32], max_new_tokens: usize, stop: &[u32]) -> candle_core::Result<Vec<u32>>;
+    fn info(&self) -> ArchInfo;
+}
+
+/// Static facts about a loaded architecture.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ArchInfo {
+    /// `gpt2` or `llama`.
+    pub architecture: String,
+    pub parameters: usize,
+    pub vocab_size: usize,
+    pub context_length: usize,
+    pub hidden_size: usize,
+    pub layers: usize,
+    pub heads: usize,
+    /// Data type the forward pass runs in.
+    pub dtype: String,
+}
+
+/// `GET /v1/model`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ModelInfo {
+    /// The spec the model was loaded from (`hf:ORG/NAME`, a directory or a `.gguf` file).
+    pub spec: String,
+    #[serde(flatten)]
+    pub arch: ArchInfo,
+}
+
+/// One sequence to score: log p(target_k | prompt, target_<k) for every k.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ScoreItem {
+    pub prompt: Vec<u32>,
+    pub target: Vec<u32>,
+}
+
+impl ScoreItem {
+    /// Tokens fed to the model: the last target token is never an input.
+    pub fn input_len(&self) -> usize {
+        self.prompt.len() + self.target.len() - 1
+    }
+}
+
+/// A loaded model and its tokenizer. Shared behind an `Arc`; all methods take `&self`.
+pub struct Model {
+    arch: Box<dyn Architecture>,
+    tokenizer: Tokenizer,
+    info: ModelInfo,
+    device: Device,
+}
+
+impl Model {
+    pub fn new(arch: Box<dyn Architecture>, tokenizer: Tokenizer, spec: &str) -> Self {
+        let info = ModelInfo { spec: spec.to_string(), arch: arch.info() };
+        Model { arch, tokenizer, info, device: Device::Cpu }
+    }
+
+    /// Loads a model from a spec: `hf:ORG/NAME[@REV]`, a directory, or a `.gguf` file.
+    pub fn load(spec: &str) -> Result<Arc<Model>> {
+        spec::load(spec).map(Arc::new)
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    pub fn context_length(&self) -> usize {
+        self.info.arch.context_length
+    }
+
+    /// Checks one item without running the model; `field` names it in the error.
+    pub fn check(&self, item: &ScoreItem, field: &str) -> Result<()> {
+        if item.target.is_empty() {
+            return Err(Error::invalid(field, "the target is empty"));
+        }
+        if item.prompt.is_empty() {
+            return Err(Error::invalid(field, "the prompt is empty: the first target token needs a context"));
+        }
+        let vocab = self.info.arch.vocab_size;
+        if let Some(id) = item.prompt.iter().chain(&item.target).find(|&&id| id as usize >= vocab) {
+            return Err(Error::invalid(field, format!("token id {id} is out of range (vocabulary size {vocab})")));
+        }
+        let ctx = self.context_length();
+        if item.input_len() > ctx {
+            return Err(Error::too_large(
+                field,
+                format!("{} tokens exceed the model's context length of {ctx}", item.input_len()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Log-probs of every target token of every item, from one teacher-forced forward pass over
+    /// the whole batch (right-padded). The LM head runs only at the positions that predict a
+    /// target token.
+    pub fn score(&self, batch: &[ScoreItem]) -> Result<Vec<Vec<f32>>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        for (i, item) in batch.iter().enumerate() {
+            self.check(item, &format!("sequences[{i}]"))?;
+        }
+        let len = batch.iter().map(ScoreItem::input_len).max().unwrap_or(0);
+        let mut ids = Vec::with_capacity(batch.len() * len);
+        let mut rows = Vec::new();
+        let mut targets = Vec::new();
+        for (b, item) in batch.iter().enumerate() {
+            let input = item.prompt.iter().chain(&item.target[..item.target.len() - 1]);
+            let start = ids.len();
+            ids.extend(input);
+            ids.resize(start + len, 0);
+            for (k, &t) in item.target.iter().enumerate() {
+                rows.push((b * len + item.prompt.len() - 1 + k) as u32);
+                targets.push(t);
+            }
+        }
+        let ids = Tensor::from_vec(ids, (batch.len(), len), &self.device)?;
+        let hidden = self.arch.hidden(&ids)?;
+        let d = hidden.dim(2)?;
+        let hidden = hidden.reshape((batch.len() * len, d))?;
+        let rows = Tensor::from_vec(rows, targets.len(), &self.device)?;
+        let picked = hidden.index_select(&rows, 0)?;
+        let logits = self.arch.logits(&picked)?.to_dtype(DType::F32)?;
+        let logp = candle_nn::ops::log_softmax(&logits, 1)?;
+        let n = targets.len();
+        let targets = Tensor::from_vec(targets, (n, 1), &self.device)?;
+        let flat = logp.gather(&targets, 1)?.i((.., 0))?.to_vec1::<f32>()?;
+        let mut out = Vec::with_capacity(batch.len());
+        let mut at = 0;
+        for item in batch {
+            out.push(flat[at..at + item.target.len()].to_vec());
+            at += item.target.len();
+        }
+        Ok(out)
+    }
+
+    /// Scores many items in batches of at most `token_budget` padded tokens, shortest first.
+    /// Results come back in the order of `items`.
+    pub fn score_all(&self, items: &[ScoreItem], token_budget: usize) -> Result<Vec<Vec<f32>>> {
+        let mut order: Vec<usize> = (0..items.len()).collect();
+        order.sort_by_key(|&i| items[i].input_len());
+        let mut out = vec![Vec::new(); items.len()];
+        for chunk in batches(&order, |i| items[i].input_len(), token_budget) {
+            let batch: Vec<ScoreItem> = chunk.iter().map(|&i| items[i].clone()).collect();
+            for (&i, scores) in chunk.iter().zip(self.score(&batch)?) {
+                out[i] = scores;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Greedy continuation of `prompt` (ids), stopping at an end-of-sequence token.
+    pub fn generate(&self, prompt: &[u32], max_new_tokens: usize) -> Result<Vec<u32>> {
+        if prompt.is_empty() {
+            return Err(Error::invalid("prompt", "the prompt is empty"));
+        }
+        let ctx = self.context_length();
+        if prompt.len() + max_new_tokens > ctx {
+            return Err(Error::too_large(
+                "max_new_tokens",
+                format!("{} prompt tokens + {max_new_tokens} new tokens exceed the context length of {ctx}", prompt.len()),
+            ));
+        }
+        let vocab = self.info.arch.vocab_size;
+        if let Some(id) = prompt.iter().find(|&&id| id as usize >= vocab) {
+            return Err(Error::invalid("prompt", format!("token id {id} is out of range (vocabulary size {vocab})")));
+        }
+        Ok(self.arch.generate(prompt, max_new_tokens, self.tokenizer.eos_ids())?)
+    }
+}
+
+/// Splits `order` (already sorted by length) into consecutive runs whose padded size
+/// (count x longest) stays within `budget`; a run always holds at least one item.
+pub fn batches<'a, F: Fn(usize) -> usize>(order: &'a [usize], len: F, budget: usize) -> Vec<&'a [usize]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut longest = 0;
+    for (k, &i) in order.iter().enumerate() {
+        let l = len(i).max(longest);
+        if k > start && l * (k - start + 1) > budget {
+            out.push(&order[start..k]);
+            start = k;
+            longest = len(i);
+        } else {
+            longest = l;
+        }
+    }
+    if start < order.len() {
+        out.push(&order[start..]);
+    }
+    out
+}

@@ -1,0 +1,166 @@
+//! The attribute request and response: one schema for the CLI, the HTTP API and the web page.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// One attribution. Either a template input (`template`, `values`, `baselines`, `mask`) or a
+/// token input (`text`, `skip_tokens`, `baseline_token`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttributeRequest {
+    /// Template with named placeholders, e.g. `{name} from {country} ...`; `{{`/`}}` are literal braces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// Value of every placeholder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values: Option<BTreeMap<String, String>>,
+    /// Baseline per placeholder: one string, or a list (the product of the lists is the baseline
+    /// distribution, Captum's ProductBaselines). Missing: the empty string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baselines: Option<BTreeMap<String, Baseline>>,
+    /// Groups placeholders into one feature: placeholder -> group label. Placeholders with the
+    /// same label are perturbed together and share one attribution.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask: Option<BTreeMap<String, serde_json::Value>>,
+    /// Token input: every token of `text` is a feature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// Token input: tokens (strings or ids) that are never perturbed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_tokens: Option<Vec<TokenRef>>,
+    /// Token input: the token (string or id) that replaces a perturbed token. Default: removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_token: Option<TokenRef>,
+    /// Target continuation, encoded as given. Absent: the model's greedy continuation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Length of the greedy continuation when `target` is absent (default 25).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_new_tokens: Option<usize>,
+    #[serde(default)]
+    pub method: Method,
+    #[serde(default)]
+    pub attr_target: AttrTarget,
+    /// Samples: permutations for shapley_value_sampling (default 25), perturbations for lime
+    /// (default 50) and kernel_shap (default 25).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_samples: Option<usize>,
+    /// Repeat the attribution this many times and average (default 1); gives standard errors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_trials: Option<usize>,
+    /// Seed of every random choice; the same seed gives the same result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// `exact` averages over the whole product of baseline lists; `sample` draws one baseline
+    /// per evaluation, as Captum does. Default: exact while the product is affordable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_sampling: Option<BaselineSampling>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum Baseline {
+    One(String),
+    List(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum TokenRef {
+    Id(u32),
+    Text(String),
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    #[serde(alias = "fa")]
+    FeatureAblation,
+    #[default]
+    #[serde(alias = "sv")]
+    ShapleyValues,
+    #[serde(alias = "svs")]
+    ShapleyValueSampling,
+    Lime,
+    #[serde(alias = "kernel")]
+    KernelShap,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AttrTarget {
+    #[default]
+    LogProb,
+    Prob,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BaselineSampling {
+    Exact,
+    Sample,
+}
+
+/// One input feature: a placeholder (or mask group) or a token.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Feature {
+    /// Placeholder name, mask group label, or the token's text.
+    pub name: String,
+    /// The value used in the prompt (for a group, the values joined by ", ").
+    pub value: String,
+    /// Baselines it is compared against.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub baselines: Vec<String>,
+    /// Placeholders in this feature (template input).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub placeholders: Vec<String>,
+    /// Token id and position in the prompt (token input).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_id: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct Stats {
+    /// Coalition evaluations the method asked for.
+    pub evaluations: usize,
+    /// Distinct perturbed prompts scored by the model.
+    pub unique_sequences: usize,
+    /// Tokens fed to the model.
+    pub tokens_scored: usize,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AttributeResponse {
+    pub model: String,
+    pub method: Method,
+    pub attr_target: AttrTarget,
+    pub baseline_sampling: BaselineSampling,
+    /// The prompt with every feature at its own value.
+    pub prompt: String,
+    pub target: String,
+    /// True when the target is the model's greedy continuation.
+    pub generated_target: bool,
+    pub target_ids: Vec<u32>,
+    pub features: Vec<Feature>,
+    /// Target tokens as a person reads them (Captum's output_tokens).
+    pub output_tokens: Vec<String>,
+    /// Unperturbed log p of each target token.
+    pub target_log_probs: Vec<f64>,
+    /// Unperturbed log p of the whole target.
+    pub target_log_prob: f64,
+    /// One attribution per feature for the whole target.
+    pub seq_attr: Vec<f64>,
+    /// Rows: output tokens; columns: features.
+    pub token_attr: Vec<Vec<f64>>,
+    /// Standard errors of `seq_attr` (sampling methods, or num_trials > 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq_attr_stderr: Option<Vec<f64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_attr_stderr: Option<Vec<Vec<f64>>>,
+    pub stats: Stats,
+}
