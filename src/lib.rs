@@ -7,6 +7,7 @@ pub mod cli;
 pub mod error;
 pub mod model;
 pub mod request;
+pub mod run;
 pub mod scorer;
 
 pub use error::{Error, Result};
