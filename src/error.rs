@@ -29,11 +29,17 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::Invalid { field: field.into(), message: message.into() }
+        Error::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 
     pub fn too_large(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::TooLarge { field: field.into(), message: message.into() }
+        Error::TooLarge {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 
     /// Machine-readable code used in JSON error bodies.

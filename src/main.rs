@@ -1,7 +1,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "llm-attr", version, about = "Attribution for language models, as an HTTP service")]
+#[command(
+    name = "llm-attr",
+    version,
+    about = "Attribution for language models, as an HTTP service"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -12,7 +12,8 @@ pub trait Scorer: Send + Sync {
     fn model(&self) -> &Model;
     /// Log-probs of every target token of every item, in order. `progress(done, total)` is
     /// called as items finish. Fails with `Error::Cancelled` when the caller gave up.
-    fn score(&self, items: Vec<ScoreItem>, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<Vec<Vec<f32>>>;
+    fn score(&self, items: Vec<ScoreItem>, progress: &(dyn Fn(usize, usize) + Sync))
+        -> Result<Vec<Vec<f32>>>;
     /// Greedy continuation of `prompt`.
     fn generate(&self, prompt: &[u32], max_new_tokens: usize) -> Result<Vec<u32>>;
 }
@@ -22,7 +23,11 @@ impl Scorer for Model {
         self
     }
 
-    fn score(&self, items: Vec<ScoreItem>, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<Vec<Vec<f32>>> {
+    fn score(
+        &self,
+        items: Vec<ScoreItem>,
+        progress: &(dyn Fn(usize, usize) + Sync),
+    ) -> Result<Vec<Vec<f32>>> {
         let out = self.score_all(&items, DEFAULT_TOKEN_BUDGET)?;
         progress(items.len(), items.len());
         Ok(out)

@@ -79,8 +79,16 @@ pub struct Model {
 
 impl Model {
     pub fn new(arch: Box<dyn Architecture>, tokenizer: Tokenizer, spec: &str) -> Self {
-        let info = ModelInfo { spec: spec.to_string(), arch: arch.info() };
-        Model { arch, tokenizer, info, device: Device::Cpu }
+        let info = ModelInfo {
+            spec: spec.to_string(),
+            arch: arch.info(),
+        };
+        Model {
+            arch,
+            tokenizer,
+            info,
+            device: Device::Cpu,
+        }
     }
 
     /// Loads a model from a spec: `hf:ORG/NAME[@REV]`, a directory, or a `.gguf` file.
@@ -106,17 +114,31 @@ impl Model {
             return Err(Error::invalid(field, "the target is empty"));
         }
         if item.prompt.is_empty() {
-            return Err(Error::invalid(field, "the prompt is empty: the first target token needs a context"));
+            return Err(Error::invalid(
+                field,
+                "the prompt is empty: the first target token needs a context",
+            ));
         }
         let vocab = self.info.arch.vocab_size;
-        if let Some(id) = item.prompt.iter().chain(&item.target).find(|&&id| id as usize >= vocab) {
-            return Err(Error::invalid(field, format!("token id {id} is out of range (vocabulary size {vocab})")));
+        if let Some(id) = item
+            .prompt
+            .iter()
+            .chain(&item.target)
+            .find(|&&id| id as usize >= vocab)
+        {
+            return Err(Error::invalid(
+                field,
+                format!("token id {id} is out of range (vocabulary size {vocab})"),
+            ));
         }
         let ctx = self.context_length();
         if item.input_len() > ctx {
             return Err(Error::too_large(
                 field,
-                format!("{} tokens exceed the model's context length of {ctx}", item.input_len()),
+                format!(
+                    "{} tokens exceed the model's context length of {ctx}",
+                    item.input_len()
+                ),
             ));
         }
         Ok(())
@@ -190,20 +212,28 @@ impl Model {
         if prompt.len() + max_new_tokens > ctx {
             return Err(Error::too_large(
                 "max_new_tokens",
-                format!("{} prompt tokens + {max_new_tokens} new tokens exceed the context length of {ctx}", prompt.len()),
+                format!(
+                    "{} prompt tokens + {max_new_tokens} new tokens exceed the context length of {ctx}",
+                    prompt.len()
+                ),
             ));
         }
         let vocab = self.info.arch.vocab_size;
         if let Some(id) = prompt.iter().find(|&&id| id as usize >= vocab) {
-            return Err(Error::invalid("prompt", format!("token id {id} is out of range (vocabulary size {vocab})")));
+            return Err(Error::invalid(
+                "prompt",
+                format!("token id {id} is out of range (vocabulary size {vocab})"),
+            ));
         }
-        Ok(self.arch.generate(prompt, max_new_tokens, self.tokenizer.eos_ids())?)
+        Ok(self
+            .arch
+            .generate(prompt, max_new_tokens, self.tokenizer.eos_ids())?)
     }
 }
 
 /// Splits `order` (already sorted by length) into consecutive runs whose padded size
 /// (count x longest) stays within `budget`; a run always holds at least one item.
-pub fn batches<'a, F: Fn(usize) -> usize>(order: &'a [usize], len: F, budget: usize) -> Vec<&'a [usize]> {
+pub fn batches<F: Fn(usize) -> usize>(order: &[usize], len: F, budget: usize) -> Vec<&[usize]> {
     let mut out = Vec::new();
     let mut start = 0;
     let mut longest = 0;

@@ -3,6 +3,9 @@
 
 use crate::error::{Error, Result};
 
+/// Byte range of `text` a token came from.
+pub type Offsets = Vec<(usize, usize)>;
+
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     eos: Vec<u32>,
@@ -39,7 +42,7 @@ impl Tokenizer {
     }
 
     /// Token ids and the byte range of `text` each one came from.
-    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Offsets)> {
         let enc = self
             .inner
             .encode(text, false)
