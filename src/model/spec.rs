@@ -330,16 +330,13 @@ impl<'a> Getter<'a> {
         tracing::info!(spec = self.spec, file, "downloading from the hub");
         match api.download(file) {
             Ok(p) => Ok(Some(p)),
-            Err(e) => match hub_error(&e) {
+            Err(e) => match hub_error(&e, &self.hub.endpoint) {
                 HubFailure::MissingFile => Ok(None),
                 HubFailure::Other(m) => Err(Error::Model(format!(
                     "{}: cannot download {file} from {}: {m}",
                     self.spec, self.hub.endpoint
                 ))),
-                HubFailure::Fatal(m) => Err(Error::Model(format!(
-                    "{}: {m} ({})",
-                    self.spec, self.hub.endpoint
-                ))),
+                HubFailure::Fatal(m) => Err(Error::Model(format!("{}: {m}", self.spec))),
             },
         }
     }
@@ -353,7 +350,7 @@ enum HubFailure {
     Other(String),
 }
 
-fn hub_error(e: &ApiError) -> HubFailure {
+fn hub_error(e: &ApiError, endpoint: &str) -> HubFailure {
     let inner = match e {
         ApiError::TooManyRetries(inner) => inner.as_ref(),
         e => e,
@@ -367,18 +364,17 @@ fn hub_error(e: &ApiError) -> HubFailure {
             match (code.as_str(), *status) {
                 ("EntryNotFound", _) => HubFailure::MissingFile,
                 ("RepoNotFound", _) => HubFailure::Fatal(
-                    "the repository does not exist on the hub (or is private: set HF_TOKEN)"
-                        .into(),
+                    format!("the repository does not exist on {endpoint} (or is private: set HF_TOKEN)"),
                 ),
                 ("RevisionNotFound", _) => {
-                    HubFailure::Fatal("the revision does not exist in this repository".into())
+                    HubFailure::Fatal(format!("the revision does not exist in this repository on {endpoint}"))
                 }
                 ("GatedRepo", _) => HubFailure::Fatal(
                     "the repository is gated: accept its terms on the hub and set HF_TOKEN"
                         .into(),
                 ),
                 (_, 401 | 403) => HubFailure::Fatal(format!(
-                    "access denied (HTTP {status}): the repository does not exist or is private (set HF_TOKEN)"
+                    "access denied by {endpoint} (HTTP {status}): the repository does not exist or is private (set HF_TOKEN)"
                 )),
                 // A bare 404 (no error code, as from a plain mirror) on a file: treat as missing;
                 // callers needing the file turn it into "has no file X".
