@@ -1,0 +1,197 @@
+//! GPT-2 scoring throughput at distilgpt2's size (6 layers, 768 wide, 12 heads, 50257 tokens),
+//! random weights, ~26 tokens per sequence. Prints tokens/s for batch sizes 1, 8, 32, 64, and
+//! side by side in the same run the same work with the LM head at every position (what a plain
+//! `model(ids).logits` does) to show what scoring only the target positions saves.
+//!
+//!     cargo bench --bench gpt2
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use llm_attr::model::{gpt2, Architecture, Model, ScoreItem};
+use rand::{Rng, SeedableRng};
+
+const PROMPT: usize = 18;
+const TARGET: usize = 8;
+
+fn write_model(dir: &Path, layers: usize, c: usize, heads: usize, vocab: usize, ctx: usize) {
+    let dev = Device::Cpu;
+    let mut t: HashMap<String, Tensor> = HashMap::new();
+    let mut put = |name: String, shape: &[usize], std: f64| {
+        let x = if std == 1.0 {
+            Tensor::ones(shape, DType::F32, &dev).unwrap()
+        } else if std == 0.0 {
+            Tensor::zeros(shape, DType::F32, &dev).unwrap()
+        } else {
+            Tensor::randn(0f32, std as f32, shape, &dev).unwrap()
+        };
+        t.insert(name, x);
+    };
+    put("wte.weight".into(), &[vocab, c], 0.02);
+    put("wpe.weight".into(), &[ctx, c], 0.01);
+    for i in 0..layers {
+        let p = format!("h.{i}");
+        for ln in ["ln_1", "ln_2"] {
+            put(format!("{p}.{ln}.weight"), &[c], 1.0);
+            put(format!("{p}.{ln}.bias"), &[c], 0.0);
+        }
+        for (name, n_in, n_out) in [
+            ("attn.c_attn", c, 3 * c),
+            ("attn.c_proj", c, c),
+            ("mlp.c_fc", c, 4 * c),
+            ("mlp.c_proj", 4 * c, c),
+        ] {
+            put(format!("{p}.{name}.weight"), &[n_in, n_out], 0.02);
+            put(format!("{p}.{name}.bias"), &[n_out], 0.0);
+        }
+    }
+    put("ln_f.weight".into(), &[c], 1.0);
+    put("ln_f.bias".into(), &[c], 0.0);
+    candle_core::safetensors::save(&t, dir.join("model.safetensors")).unwrap();
+    let config = serde_json::json!({
+        "model_type": "gpt2", "vocab_size": vocab, "n_embd": c, "n_head": heads,
+        "n_layer": layers, "n_positions": ctx, "activation_function": "gelu_new",
+        "eos_token_id": 50256,
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-gpt2");
+    std::fs::copy(fixtures.join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+}
+
+/// Runs `f` until at least `budget` has passed (after one warm-up call); seconds per call.
+fn time<F: FnMut()>(mut f: F, budget: Duration) -> f64 {
+    f();
+    let start = Instant::now();
+    let mut n = 0;
+    while n < 2 || start.elapsed() < budget {
+        f();
+        n += 1;
+    }
+    start.elapsed().as_secs_f64() / n as f64
+}
+
+/// Log-probs of the targets with the LM head over every position of the padded batch.
+fn score_full_head(arch: &dyn Architecture, items: &[ScoreItem]) -> Vec<f32> {
+    let len = items[0].input_len();
+    let ids: Vec<u32> = items
+        .iter()
+        .flat_map(|it| it.prompt.iter().chain(&it.target[..it.target.len() - 1]).copied())
+        .collect();
+    let ids = Tensor::from_vec(ids, (items.len(), len), &Device::Cpu).unwrap();
+    let h = arch.hidden(&ids).unwrap();
+    let h = h.reshape((items.len() * len, h.dim(2).unwrap())).unwrap();
+    let logp = candle_nn::ops::log_softmax(&arch.logits(&h).unwrap(), 1).unwrap();
+    let mut out = Vec::new();
+    for (b, it) in items.iter().enumerate() {
+        for (k, &t) in it.target.iter().enumerate() {
+            let row = b * len + it.prompt.len() - 1 + k;
+            out.push(logp.i((row, t as usize)).unwrap().to_scalar::<f32>().unwrap());
+        }
+    }
+    out
+}
+
+/// Time of the main operations of one layer at batch 32 (800 tokens), to see where time goes.
+fn ops(budget: Duration) {
+    let dev = Device::Cpu;
+    let (n, c) = (800usize, 768usize);
+    let x = Tensor::randn(0f32, 1.0, (n, c), &dev).unwrap();
+    let w = Tensor::randn(0f32, 0.02, (c, 4 * c), &dev).unwrap();
+    let wt = w.t().unwrap().contiguous().unwrap();
+    let b = Tensor::randn(0f32, 0.02, 4 * c, &dev).unwrap();
+    let h = x.matmul(&w).unwrap();
+    let g = Tensor::ones(c, DType::F32, &dev).unwrap();
+    let att = Tensor::randn(0f32, 1.0, (32, 12, 25, 25), &dev).unwrap();
+    let flops = 2.0 * (n * c * 4 * c) as f64;
+    let report = |name: &str, s: f64| println!("  {name:40} {:8.2} ms", s * 1e3);
+    let s = time(|| drop(x.matmul(&w).unwrap()), budget);
+    report("matmul [800,768]x[768,3072] (W [in,out])", s);
+    println!("    = {:.1} GFLOP/s", flops / s / 1e9);
+    let s = time(|| drop(x.matmul(&wt.t().unwrap()).unwrap()), budget);
+    report("matmul [800,768]x[3072,768]^T", s);
+    report(
+        "bias broadcast_add [800,3072]",
+        time(|| drop(h.broadcast_add(&b).unwrap()), budget),
+    );
+    report("gelu (tanh) [800,3072]", time(|| drop(h.gelu().unwrap()), budget));
+    report(
+        "layer_norm [800,768]",
+        time(
+            || drop(candle_nn::ops::layer_norm(&x, &g, &g, 1e-5).unwrap()),
+            budget,
+        ),
+    );
+    report(
+        "softmax_last_dim [32,12,25,25]",
+        time(|| drop(candle_nn::ops::softmax_last_dim(&att).unwrap()), budget),
+    );
+    let qkv = Tensor::randn(0f32, 1.0, (n, 3 * c), &dev).unwrap();
+    report(
+        "qkv split permute+contiguous",
+        time(
+            || {
+                drop(
+                    qkv.reshape((32, 25, 3, 12, 64))
+                        .unwrap()
+                        .permute((2, 0, 3, 1, 4))
+                        .unwrap()
+                        .contiguous()
+                        .unwrap(),
+                )
+            },
+            budget,
+        ),
+    );
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let budget = Duration::from_millis(if quick { 300 } else { 3000 });
+    if std::env::args().any(|a| a == "--ops") {
+        ops(budget);
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_model(dir.path(), 6, 768, 12, 50257, 1024);
+    let t0 = Instant::now();
+    let model = Model::load(dir.path().to_str().unwrap()).unwrap();
+    println!("load: {:.2} s", t0.elapsed().as_secs_f64());
+    let arch = gpt2::load(
+        &dir.path().join("config.json"),
+        &[dir.path().join("model.safetensors")],
+    )
+    .unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let threads = candle_core::utils::get_num_threads();
+    println!(
+        "distilgpt2-sized GPT-2, random weights, {} tokens per sequence, {threads} threads",
+        PROMPT + TARGET
+    );
+    println!("batch  tokens/s (target-only head)  tokens/s (head at every position)  ratio");
+    for bs in [1usize, 8, 32, 64] {
+        let items: Vec<ScoreItem> = (0..bs)
+            .map(|_| ScoreItem {
+                prompt: (0..PROMPT).map(|_| rng.random_range(0..50000)).collect(),
+                target: (0..TARGET).map(|_| rng.random_range(0..50000)).collect(),
+            })
+            .collect();
+        let fast = model.score(&items).unwrap();
+        let full = score_full_head(&arch, &items);
+        let worst = fast
+            .iter()
+            .flatten()
+            .zip(&full)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-3, "the two paths disagree by {worst}");
+        let tokens = (bs * (PROMPT + TARGET)) as f64;
+        let a = time(|| drop(model.score(&items).unwrap()), budget);
+        let b = time(|| drop(score_full_head(&arch, &items)), budget);
+        println!("{bs:5}  {:27.0}  {:33.0}  {:5.2}", tokens / a, tokens / b, b / a);
+    }
+    let prompt: Vec<u32> = (0..PROMPT as u32).map(|i| 100 + i).collect();
+    let g = time(|| drop(model.generate(&prompt, 16).unwrap()), budget);
+    println!("greedy generation (KV cache): {:.1} new tokens/s", 16.0 / g);
+}
