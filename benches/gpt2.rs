@@ -115,7 +115,11 @@ fn ops(budget: Duration) {
         "bias broadcast_add [800,3072]",
         time(|| drop(h.broadcast_add(&b).unwrap()), budget),
     );
-    report("gelu (tanh) [800,3072]", time(|| drop(h.gelu().unwrap()), budget));
+    let candle_gelu = time(|| drop(h.broadcast_add(&b).unwrap().gelu().unwrap()), budget);
+    let fused = time(|| drop(gpt2::bias_gelu(&h, &b).unwrap()), budget);
+    report("candle broadcast_add + gelu [800,3072]", candle_gelu);
+    report("fused parallel bias_gelu [800,3072]", fused);
+    println!("    fused is {:.1}x faster", candle_gelu / fused);
     report(
         "layer_norm [800,768]",
         time(
@@ -126,6 +130,29 @@ fn ops(budget: Duration) {
     report(
         "softmax_last_dim [32,12,25,25]",
         time(|| drop(candle_nn::ops::softmax_last_dim(&att).unwrap()), budget),
+    );
+    let logits = Tensor::randn(0f32, 3.0, (256, 50257), &dev).unwrap();
+    let targets: Vec<u32> = (0..256u32).map(|i| i * 191).collect();
+    let t = Tensor::from_vec(targets.clone(), (256, 1), &dev).unwrap();
+    let candle = time(
+        || {
+            let lp = candle_nn::ops::log_softmax(&logits, 1).unwrap();
+            drop(lp.gather(&t, 1).unwrap().to_vec2::<f32>().unwrap())
+        },
+        budget,
+    );
+    let fused = time(
+        || drop(llm_attr::model::target_logprobs(&logits, &targets).unwrap()),
+        budget,
+    );
+    report("candle log_softmax + gather [256,50257]", candle);
+    report("target_logprobs [256,50257]", fused);
+    println!("    target_logprobs is {:.1}x faster", candle / fused);
+    let rows = Tensor::randn(0f32, 1.0, (256, c), &dev).unwrap();
+    let wte = Tensor::randn(0f32, 1.0, (50257, c), &dev).unwrap();
+    report(
+        "LM head [256,768]x[50257,768]^T",
+        time(|| drop(rows.matmul(&wte.t().unwrap()).unwrap()), budget),
     );
     let qkv = Tensor::randn(0f32, 1.0, (n, 3 * c), &dev).unwrap();
     report(

@@ -166,6 +166,12 @@ fn gelu_erf(x: f32) -> f32 {
     (0.5 * x as f64 * (1.0 + candle_core::cpu::erf::erf_f64(x as f64 / std::f64::consts::SQRT_2))) as f32
 }
 
+/// `gelu_new(x + bias)` for a contiguous f32 `[rows, out]` tensor and an `[out]` bias, in one
+/// parallel pass (what GPT-2's MLP runs; public for the benchmark).
+pub fn bias_gelu(x: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+    x.apply_op2_no_bwd(bias, &BiasAct(Some(Activation::GeluTanh)))
+}
+
 /// Adds a `[out]` bias to every row of a contiguous `[rows, out]` f32 tensor and applies an
 /// activation, spread over the rayon pool (candle's elementwise ops run on one thread).
 struct BiasAct(Option<Activation>);
