@@ -263,17 +263,24 @@ fn reference_scores(m: &Model) -> Vec<Vec<f32>> {
     m.score(&items).unwrap()
 }
 
-fn local() -> Model {
-    llm_attr::model::spec::load_with(
-        fixtures().to_str().unwrap(),
-        &HubOptions {
-            endpoint: "http://127.0.0.1:9".into(),
-            cache_dir: "/nonexistent".into(),
-            offline: true,
-            token: None,
-        },
-    )
-    .unwrap()
+/// Scores from the model loaded straight from the fixture directory.
+fn local_scores() -> Vec<Vec<f32>> {
+    static SCORES: std::sync::OnceLock<Vec<Vec<f32>>> = std::sync::OnceLock::new();
+    SCORES
+        .get_or_init(|| {
+            let m = llm_attr::model::spec::load_with(
+                fixtures().to_str().unwrap(),
+                &HubOptions {
+                    endpoint: "http://127.0.0.1:9".into(),
+                    cache_dir: "/nonexistent".into(),
+                    offline: true,
+                    token: None,
+                },
+            )
+            .unwrap();
+            reference_scores(&m)
+        })
+        .clone()
 }
 
 #[test]
@@ -283,7 +290,7 @@ fn download_then_cache_then_offline() {
     let cache = home.path().join("hub");
     let m = load_with("hf:tiny/gpt2", &options(&hub, &cache, false)).unwrap();
     assert_eq!(m.info().spec, "hf:tiny/gpt2");
-    assert_eq!(reference_scores(&m), reference_scores(&local()));
+    assert_eq!(reference_scores(&m), local_scores());
 
     let log = hub.requests();
     // Metadata probes use a one-byte range; the weights come from the CDN after a redirect.
@@ -325,7 +332,7 @@ fn sharded_checkpoint_and_pinned_revision() {
     let home = tempfile::tempdir().unwrap();
     let spec = format!("hf:tiny/sharded@{COMMIT}");
     let m = load_with(&spec, &options(&hub, home.path(), false)).unwrap();
-    assert_eq!(reference_scores(&m), reference_scores(&local()));
+    assert_eq!(reference_scores(&m), local_scores());
     let log = hub.requests();
     assert!(
         log.iter().any(|l| l.contains("model.safetensors.index.json")),
@@ -343,7 +350,7 @@ fn renamed_repo_follows_relative_redirect() {
     let hub = start_hub();
     let home = tempfile::tempdir().unwrap();
     let m = load_with("hf:old-org/tiny-gpt2", &options(&hub, home.path(), false)).unwrap();
-    assert_eq!(reference_scores(&m), reference_scores(&local()));
+    assert_eq!(reference_scores(&m), local_scores());
 }
 
 #[test]
@@ -412,6 +419,6 @@ fn environment_settings_are_honoured() {
 
     std::env::set_var("HF_HUB_OFFLINE", "0");
     let m = Model::load("hf:tiny/gpt2").unwrap();
-    assert_eq!(reference_scores(&m), reference_scores(&local()));
+    assert_eq!(reference_scores(&m), local_scores());
     assert!(home.path().join("hub/models--tiny--gpt2/refs/main").is_file());
 }

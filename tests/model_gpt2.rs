@@ -346,3 +346,69 @@ fn info_describes_the_model() {
     assert_eq!(i.parameters, 50257 * 64 + 128 * 64 + 2 * block + 2 * 64);
     assert_eq!(m.tokenizer().eos_ids(), &[50256]);
 }
+
+/// The fixture's weights rewritten: names without the `transformer.` prefix (as in the original
+/// `gpt2` checkpoint, with its `attn.bias` mask buffers) and an explicit `lm_head.weight`.
+fn rewritten_dir(lm_head_scale: Option<f64>, tie: bool) -> tempfile::TempDir {
+    use std::collections::HashMap;
+    let dir = tempfile::tempdir().unwrap();
+    let tensors =
+        candle_core::safetensors::load(fixtures().join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut out: HashMap<String, Tensor> = HashMap::new();
+    for (name, t) in tensors {
+        out.insert(name.trim_start_matches("transformer.").to_string(), t);
+    }
+    for i in 0..2 {
+        out.insert(
+            format!("h.{i}.attn.bias"),
+            Tensor::ones((1, 1, 128, 128), candle_core::DType::F32, &Device::Cpu).unwrap(),
+        );
+    }
+    if let Some(scale) = lm_head_scale {
+        let head = (out["wte.weight"].clone() * scale).unwrap();
+        out.insert("lm_head.weight".into(), head);
+    }
+    candle_core::safetensors::save(&out, dir.path().join("model.safetensors")).unwrap();
+    let cfg = std::fs::read_to_string(fixtures().join("config.json")).unwrap();
+    let cfg = if tie {
+        cfg
+    } else {
+        cfg.replace("\"tie_word_embeddings\": true", "\"tie_word_embeddings\": false")
+    };
+    std::fs::write(dir.path().join("config.json"), cfg).unwrap();
+    std::fs::copy(
+        fixtures().join("tokenizer.json"),
+        dir.path().join("tokenizer.json"),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn tensor_names_without_prefix_and_explicit_lm_head() {
+    let cases: Vec<LogprobCase> = read("logprobs.json");
+    let items: Vec<ScoreItem> = cases
+        .iter()
+        .map(|c| ScoreItem {
+            prompt: c.prompt_ids.clone(),
+            target: c.target_ids.clone(),
+        })
+        .collect();
+    let want = model().score(&items).unwrap();
+
+    // No prefix, lm_head stored as a copy of wte: the same numbers.
+    let d = rewritten_dir(Some(1.0), true);
+    let m = Model::load(d.path().to_str().unwrap()).unwrap();
+    assert_eq!(m.score(&items).unwrap(), want);
+
+    // An untied head is really used: doubling it changes the scores.
+    let d = rewritten_dir(Some(2.0), false);
+    let m = Model::load(d.path().to_str().unwrap()).unwrap();
+    let got = m.score(&items).unwrap();
+    assert!(got[0][0] != want[0][0], "{} == {}", got[0][0], want[0][0]);
+    assert_eq!(m.info().arch.parameters, model().info().arch.parameters + 50257 * 64);
+
+    // Untied without a head: a clear error.
+    let d = rewritten_dir(None, false);
+    expect_model_err(d.path().to_str().unwrap(), "no lm_head.weight");
+}
