@@ -352,8 +352,7 @@ fn info_describes_the_model() {
 fn rewritten_dir(lm_head_scale: Option<f64>, tie: bool) -> tempfile::TempDir {
     use std::collections::HashMap;
     let dir = tempfile::tempdir().unwrap();
-    let tensors =
-        candle_core::safetensors::load(fixtures().join("model.safetensors"), &Device::Cpu).unwrap();
+    let tensors = candle_core::safetensors::load(fixtures().join("model.safetensors"), &Device::Cpu).unwrap();
     let mut out: HashMap<String, Tensor> = HashMap::new();
     for (name, t) in tensors {
         out.insert(name.trim_start_matches("transformer.").to_string(), t);
@@ -406,9 +405,55 @@ fn tensor_names_without_prefix_and_explicit_lm_head() {
     let m = Model::load(d.path().to_str().unwrap()).unwrap();
     let got = m.score(&items).unwrap();
     assert!(got[0][0] != want[0][0], "{} == {}", got[0][0], want[0][0]);
-    assert_eq!(m.info().arch.parameters, model().info().arch.parameters + 50257 * 64);
+    assert_eq!(
+        m.info().arch.parameters,
+        model().info().arch.parameters + 50257 * 64
+    );
 
     // Untied without a head: a clear error.
     let d = rewritten_dir(None, false);
     expect_model_err(d.path().to_str().unwrap(), "no lm_head.weight");
+}
+
+#[test]
+fn pretty_tokens_like_captum() {
+    let m = model();
+    let t = m.tokenizer();
+    let ids = t
+        .encode("reject the application without further consideration.")
+        .unwrap();
+    // tiny-gpt2/captum_t1.json output_tokens.
+    assert_eq!(
+        t.pretty_tokens(&ids),
+        [
+            "re",
+            "ject",
+            "the",
+            "application",
+            "without",
+            "further",
+            "consideration",
+            "."
+        ]
+    );
+    let ids = t.encode(" a\nb 🙂! 北京").unwrap();
+    // Bytes of one character split over tokens share its span: Captum marks the repeats.
+    assert_eq!(
+        t.pretty_tokens(&ids),
+        [
+            "a",
+            "\\n",
+            "b",
+            "🙂",
+            "!",
+            "北",
+            "北 [OVERLAP]",
+            "北 [OVERLAP]",
+            "京",
+            "京 [OVERLAP]"
+        ]
+    );
+    // Ids that do not re-encode to themselves (a split character cut in half) use the fallback.
+    assert_eq!(t.pretty_tokens(&ids[5..7]).len(), 2);
+    assert_eq!(t.pretty_tokens(&[]), Vec::<String>::new());
 }
