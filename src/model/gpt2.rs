@@ -426,7 +426,10 @@ impl Gpt2 {
             .flat_map(|i| (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
             .collect();
         let m = Tensor::from_vec(data, (len, total), &self.device)?;
-        if masks.len() > 256 {
+        // Bound the cache by size (a 1024 x 1024 mask alone is 4 MB), not by count.
+        const MAX_CACHED: usize = 8 << 20;
+        let cached: usize = masks.values().map(Tensor::elem_count).sum();
+        if cached + len * total > MAX_CACHED {
             masks.clear();
         }
         masks.insert((len, past), m.clone());
@@ -597,6 +600,49 @@ mod tests {
                 .unwrap();
             assert!(diff < 2e-5, "{act:?}: max difference {diff}");
         }
+    }
+
+    /// Feeding a sequence in chunks through the KV cache (masks with a past) gives the hidden
+    /// states of one full pass.
+    #[test]
+    fn chunked_cache_equals_full_pass() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-gpt2");
+        let m = load(&dir.join("config.json"), &[dir.join("model.safetensors")]).unwrap();
+        let ids: Vec<u32> = (0..15).map(|i| 100 + 37 * i).collect();
+        let full = m
+            .forward(
+                &Tensor::new(ids.as_slice(), &m.device)
+                    .unwrap()
+                    .unsqueeze(0)
+                    .unwrap(),
+                0,
+                None,
+            )
+            .unwrap();
+        let mut cache: Vec<KvCache> = (0..2).map(|_| KvCache::new(2, 128)).collect();
+        let mut parts = Vec::new();
+        for (start, end) in [(0, 10), (10, 11), (11, 15)] {
+            let chunk = Tensor::new(&ids[start..end], &m.device)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            parts.push(m.forward(&chunk, start, Some(&mut cache)).unwrap());
+        }
+        let chunked = Tensor::cat(&parts, 0).unwrap();
+        let diff = (full - chunked)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-4, "max difference {diff}");
+        // Past the context length: an error, not a panic.
+        let over = Tensor::new(&[1u32, 2], &m.device).unwrap().unsqueeze(0).unwrap();
+        assert!(m.forward(&over, 127, None).is_err());
     }
 
     #[test]
