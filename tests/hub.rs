@@ -98,6 +98,22 @@ fn sharded_files() -> HashMap<String, Arc<Vec<u8>>> {
     files
 }
 
+/// Weights plus `vocab.json` + `merges.txt` instead of `tokenizer.json`, as older repos ship.
+fn legacy_files() -> HashMap<String, Arc<Vec<u8>>> {
+    let mut files = tiny_files();
+    let tok: serde_json::Value = serde_json::from_slice(&files.remove("tokenizer.json").unwrap()).unwrap();
+    let mut merges = String::from("#version: 0.2\n");
+    for m in tok["model"]["merges"].as_array().unwrap() {
+        merges += &format!("{} {}\n", m[0].as_str().unwrap(), m[1].as_str().unwrap());
+    }
+    files.insert("merges.txt".into(), Arc::new(merges.into_bytes()));
+    files.insert(
+        "vocab.json".into(),
+        Arc::new(tok["model"]["vocab"].to_string().into_bytes()),
+    );
+    files
+}
+
 fn start_hub() -> FakeHub {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
@@ -108,6 +124,7 @@ fn start_hub() -> FakeHub {
     };
     state.repos.insert("tiny/gpt2".into(), tiny_files());
     state.repos.insert("tiny/sharded".into(), sharded_files());
+    state.repos.insert("tiny/legacy".into(), legacy_files());
     state
         .renamed
         .insert("old-org/tiny-gpt2".into(), "tiny/gpt2".into());
@@ -342,6 +359,24 @@ fn sharded_checkpoint_and_pinned_revision() {
         log.iter().filter(|l| l.starts_with("GET /cdn/")).count(),
         4,
         "two shards, each probed then downloaded: {log:?}"
+    );
+}
+
+#[test]
+fn vocab_and_merges_when_there_is_no_tokenizer_json() {
+    let hub = start_hub();
+    let home = tempfile::tempdir().unwrap();
+    let m = load_with("hf:tiny/legacy", &options(&hub, home.path(), false)).unwrap();
+    assert_eq!(reference_scores(&m), local_scores());
+    assert_eq!(
+        m.tokenizer().encode(" Trinidad and Tobago").unwrap(),
+        [48269, 290, 13695, 3839]
+    );
+    let log = hub.requests();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("/tiny/legacy/resolve/main/merges.txt")),
+        "{log:?}"
     );
 }
 

@@ -457,3 +457,36 @@ fn pretty_tokens_like_captum() {
     assert_eq!(t.pretty_tokens(&ids[5..7]).len(), 2);
     assert_eq!(t.pretty_tokens(&[]), Vec::<String>::new());
 }
+
+/// `vocab.json` + `merges.txt` (what `tokenizer.json` was built from), as older GPT-2 repos ship.
+fn write_vocab_merges(dir: &Path) {
+    let tok: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("tokenizer.json")).unwrap()).unwrap();
+    std::fs::write(dir.join("vocab.json"), tok["model"]["vocab"].to_string()).unwrap();
+    let mut merges = String::from("#version: 0.2\n");
+    for m in tok["model"]["merges"].as_array().unwrap() {
+        let pair = m.as_array().unwrap();
+        merges += &format!("{} {}\n", pair[0].as_str().unwrap(), pair[1].as_str().unwrap());
+    }
+    std::fs::write(dir.join("merges.txt"), merges).unwrap();
+}
+
+#[test]
+fn vocab_and_merges_instead_of_tokenizer_json() {
+    let d = patched_dir("tokenizer.json", None);
+    write_vocab_merges(d.path());
+    let m = Model::load(d.path().to_str().unwrap()).unwrap();
+    let cases: Vec<TokCase> = read("tokenization.json");
+    for c in &cases {
+        let ids = m.tokenizer().encode(&c.text).unwrap();
+        assert_eq!(ids, c.ids, "text {:?}", c.text);
+        assert_eq!(m.tokenizer().decode(&ids).unwrap(), c.text);
+    }
+    assert_eq!(m.tokenizer().encode("a<|endoftext|>").unwrap(), [64, 50256]);
+    assert_eq!(m.tokenizer().eos_ids(), &[50256]);
+    let reference = model();
+    assert_eq!(
+        m.tokenizer().pretty_tokens(&cases[0].ids),
+        reference.tokenizer().pretty_tokens(&cases[0].ids)
+    );
+}

@@ -24,6 +24,38 @@ impl Tokenizer {
         Ok(Tokenizer::new(inner, eos))
     }
 
+    /// GPT-2's byte-level BPE from the older `vocab.json` + `merges.txt` pair (repos without
+    /// a `tokenizer.json`), configured as Hugging Face's `GPT2TokenizerFast` is.
+    pub fn byte_level_bpe(
+        vocab: &std::path::Path,
+        merges: &std::path::Path,
+    ) -> Result<tokenizers::Tokenizer> {
+        use tokenizers::models::bpe::BPE;
+        use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+        let path = |p: &std::path::Path| {
+            p.to_str()
+                .map(str::to_string)
+                .ok_or_else(|| Error::Model(format!("{} is not a UTF-8 path", p.display())))
+        };
+        let bpe = BPE::from_file(&path(vocab)?, &path(merges)?)
+            .build()
+            .map_err(|e| {
+                Error::Model(format!(
+                    "cannot build a BPE tokenizer from {} and {}: {e}",
+                    vocab.display(),
+                    merges.display()
+                ))
+            })?;
+        let mut tok = tokenizers::Tokenizer::new(bpe);
+        tok.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        tok.with_decoder(Some(ByteLevel::new(true, true, true)));
+        tok.with_post_processor(Some(ByteLevel::new(true, false, true)));
+        if tok.token_to_id("<|endoftext|>").is_some() {
+            tok.add_special_tokens(&[tokenizers::AddedToken::from("<|endoftext|>", true)]);
+        }
+        Ok(tok)
+    }
+
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
     }
