@@ -93,6 +93,18 @@ fn time<F: FnMut()>(mut f: F, budget: Duration) -> f64 {
     start.elapsed().as_secs_f64() / n as f64
 }
 
+/// Resident set size of this process in MB (Linux), 0 if unknown.
+fn rss_mb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb / 1024)
+}
+
 /// Log-probs of the targets with the LM head over every position of the padded batch.
 fn score_full_head(arch: &dyn Architecture, items: &[ScoreItem]) -> Vec<f32> {
     let len = items[0].input_len();
@@ -209,7 +221,11 @@ fn main() {
     write_model(dir.path(), 6, 768, 12, 50257, 1024);
     let t0 = Instant::now();
     let model = Model::load(dir.path().to_str().unwrap()).unwrap();
-    println!("load: {:.2} s", t0.elapsed().as_secs_f64());
+    println!(
+        "load: {:.2} s, resident after loading: {} MB",
+        t0.elapsed().as_secs_f64(),
+        rss_mb()
+    );
     let arch = gpt2::load(
         &dir.path().join("config.json"),
         &[dir.path().join("model.safetensors")],
