@@ -333,6 +333,27 @@ fn bad_scoring_input_gives_clear_errors() {
 }
 
 #[test]
+fn model_is_shareable_across_threads() {
+    fn shareable<T: Send + Sync + 'static>(_: &T) {}
+    let m = model();
+    shareable(&m);
+    let items = vec![ScoreItem {
+        prompt: vec![464, 3290],
+        target: vec![13, 198],
+    }];
+    let want = m.score(&items).unwrap();
+    let handles: Vec<_> = (0..3)
+        .map(|_| {
+            let (m, items) = (m.clone(), items.clone());
+            std::thread::spawn(move || m.score(&items).unwrap())
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), want);
+    }
+}
+
+#[test]
 fn info_describes_the_model() {
     let m = model();
     let i = &m.info().arch;

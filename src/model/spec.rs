@@ -1,7 +1,13 @@
 //! Model specs (`hf:ORG/NAME[@REV]`, a directory, a `.gguf` file) and loading from each.
 //!
 //! Hub downloads go through hf-hub's blocking API into the usual Hugging Face cache, so a model
-//! fetched once (by us or by Python) loads offline afterwards.
+//! fetched once (by us or by Python) loads offline afterwards. Environment, as in Python:
+//! `HF_ENDPOINT` (mirror URL), `HF_HOME` (cache in `$HF_HOME/hub`) or `HF_HUB_CACHE`,
+//! `HF_HUB_OFFLINE=1` (cache only), `HF_TOKEN` (private or gated repos).
+//!
+//! A directory or hub repo needs `config.json`, `tokenizer.json` (or GPT-2's `vocab.json` +
+//! `merges.txt`) and `model.safetensors` or a sharded `model.safetensors.index.json`;
+//! `model_type` in the config picks the architecture.
 
 use std::path::{Path, PathBuf};
 
