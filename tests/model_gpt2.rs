@@ -169,6 +169,7 @@ fn expect_model_err(spec: &str, needle: &str) {
         Ok(_) => panic!("{spec} loaded"),
         Err(e) => {
             let msg = e.to_string();
+            eprintln!("{msg}");
             assert!(msg.starts_with("model"), "{msg}");
             assert!(msg.contains(needle), "{msg:?} lacks {needle:?}");
         }
@@ -235,6 +236,9 @@ fn bad_model_files_give_clear_errors() {
 
     let d = patched_dir("tokenizer.json", None);
     expect_model_err(d.path().to_str().unwrap(), "no tokenizer.json");
+
+    let d = patched_dir("tokenizer.json", Some(b"{\"model\": 3}"));
+    expect_model_err(d.path().to_str().unwrap(), "cannot read tokenizer");
 
     let d = patched_dir("config.json", None);
     expect_model_err(d.path().to_str().unwrap(), "no config.json");

@@ -286,7 +286,7 @@ impl Weights {
         // out of the map, which is dropped after loading.
         let st = unsafe { MmapedSafetensors::multi(files) }.map_err(|e| {
             Error::Model(format!(
-                "cannot read safetensors {}: {e}",
+                "cannot read safetensors {} (corrupt, truncated or not safetensors): {e}",
                 files
                     .iter()
                     .map(|f| f.display().to_string())
