@@ -442,7 +442,20 @@ impl Gpt2 {
         &self,
         ids: &Tensor,
         past: usize,
+        cache: Option<&mut [KvCache]>,
+    ) -> candle_core::Result<Tensor> {
+        self.forward_rows(ids, past, cache, None)
+    }
+
+    /// As `forward`, but with `rows` (indices into the `batch * len` positions) only those rows
+    /// come out, and the last block computes its attention output projection and MLP for them
+    /// alone.
+    fn forward_rows(
+        &self,
+        ids: &Tensor,
+        past: usize,
         mut cache: Option<&mut [KvCache]>,
+        rows: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let c = self.cfg.n_embd;
@@ -454,9 +467,11 @@ impl Gpt2 {
         let pos = self.wpe.narrow(0, past, t)?;
         let mut x = tok.reshape((b, t, c))?.broadcast_add(&pos)?.reshape((b * t, c))?;
         let mask = if t > 1 { Some(self.mask(t, past)?) } else { None };
+        let last = self.blocks.len().saturating_sub(1);
         for (i, block) in self.blocks.iter().enumerate() {
             let kv = cache.as_deref_mut().map(|c| &mut c[i]);
-            x = self.block(block, &x, b, t, mask.as_ref(), kv)?;
+            let only = if i == last { rows } else { None };
+            x = self.block(block, &x, b, t, mask.as_ref(), kv, only)?;
         }
         self.ln_f.forward(&x)
     }
@@ -469,6 +484,7 @@ impl Gpt2 {
         t: usize,
         mask: Option<&Tensor>,
         cache: Option<&mut KvCache>,
+        rows: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
         let (c, nh) = (self.cfg.n_embd, self.cfg.n_head);
         let hd = c / nh;
@@ -499,7 +515,12 @@ impl Gpt2 {
             .transpose(1, 2)?
             .contiguous()?
             .reshape((b * t, c))?;
-        let x = (x + blk.attn_proj.forward(&y, None)?)?;
+        // Every position's keys and values were needed above; from here on only `rows` matter.
+        let (x, y) = match rows {
+            Some(rows) => (x.index_select(rows, 0)?, y.index_select(rows, 0)?),
+            None => (x.clone(), y),
+        };
+        let x = (&x + blk.attn_proj.forward(&y, None)?)?;
         let h = blk.c_fc.forward(&blk.ln_2.forward(&x)?, Some(self.activation))?;
         x + blk.mlp_proj.forward(&h, None)?
     }
@@ -513,6 +534,10 @@ impl Architecture for Gpt2 {
     fn hidden(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         let (b, t) = ids.dims2()?;
         self.forward(ids, 0, None)?.reshape((b, t, self.cfg.n_embd))
+    }
+
+    fn hidden_rows(&self, ids: &Tensor, rows: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward_rows(ids, 0, None, Some(rows))
     }
 
     fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
@@ -643,6 +668,36 @@ mod tests {
         // Past the context length: an error, not a panic.
         let over = Tensor::new(&[1u32, 2], &m.device).unwrap().unsqueeze(0).unwrap();
         assert!(m.forward(&over, 127, None).is_err());
+    }
+
+    /// Computing the last block for selected rows only gives those rows of the full pass.
+    #[test]
+    fn hidden_rows_equals_picking_from_hidden() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-gpt2");
+        let m = load(&dir.join("config.json"), &[dir.join("model.safetensors")]).unwrap();
+        let ids: Vec<u32> = (0..24).map(|i| 50 + 101 * i).collect();
+        let ids = Tensor::from_vec(ids, (2, 12), &m.device).unwrap();
+        let rows = Tensor::new(&[0u32, 5, 11, 12, 23, 5], &m.device).unwrap();
+        let picked = m
+            .hidden(&ids)
+            .unwrap()
+            .reshape((24, 64))
+            .unwrap()
+            .index_select(&rows, 0)
+            .unwrap();
+        let direct = m.hidden_rows(&ids, &rows).unwrap();
+        assert_eq!(direct.dims(), &[6, 64]);
+        let diff = (picked - direct)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-5, "max difference {diff}");
     }
 
     #[test]
