@@ -471,7 +471,7 @@ impl Gpt2 {
         for (i, block) in self.blocks.iter().enumerate() {
             let kv = cache.as_deref_mut().map(|c| &mut c[i]);
             let only = if i == last { rows } else { None };
-            x = self.block(block, &x, b, t, mask.as_ref(), kv, only)?;
+            x = self.block(block, &x, (b, t), mask.as_ref(), kv, only)?;
         }
         self.ln_f.forward(&x)
     }
@@ -480,8 +480,7 @@ impl Gpt2 {
         &self,
         blk: &Block,
         x: &Tensor,
-        b: usize,
-        t: usize,
+        (b, t): (usize, usize),
         mask: Option<&Tensor>,
         cache: Option<&mut KvCache>,
         rows: Option<&Tensor>,
