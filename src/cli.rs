@@ -40,7 +40,9 @@ pub struct BenchArgs {
 pub fn read_request(path: &str) -> anyhow::Result<AttributeRequest> {
     let text = if path == "-" {
         let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).context("reading the request from stdin")?;
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading the request from stdin")?;
         s
     } else {
         std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?
@@ -84,7 +86,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let request = read_request(&args.request)?;
-    let methods: Vec<Method> = args.methods.split(',').map(parse_method).collect::<anyhow::Result<_>>()?;
+    let methods: Vec<Method> = args
+        .methods
+        .split(',')
+        .map(parse_method)
+        .collect::<anyhow::Result<_>>()?;
     let model = load(&args.model)?;
     let limits = Limits::default();
     println!(
@@ -103,8 +109,14 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
             last = Some(r);
         }
         let r = last.context("no run")?;
-        let name = serde_json::to_value(method)?.as_str().unwrap_or_default().to_string();
-        let sampling = serde_json::to_value(r.baseline_sampling)?.as_str().unwrap_or_default().to_string();
+        let name = serde_json::to_value(method)?
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let sampling = serde_json::to_value(r.baseline_sampling)?
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let min = times.iter().copied().fold(f64::INFINITY, f64::min);
         println!(
             "{:<24} {:>11} {:>8} {:>8} {:>9} {:>10.3} {:>10.3}",

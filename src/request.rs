@@ -14,15 +14,27 @@ pub struct AttributeRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
     /// Value of every placeholder.
-    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "unique_values")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "unique_values"
+    )]
     pub values: Option<BTreeMap<String, String>>,
     /// Baseline per placeholder: one string, or a list (the product of the lists is the baseline
     /// distribution, Captum's ProductBaselines). Missing: the empty string.
-    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "unique_baselines")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "unique_baselines"
+    )]
     pub baselines: Option<BTreeMap<String, Baseline>>,
     /// Groups placeholders into one feature: placeholder -> group label. Placeholders with the
     /// same label are perturbed together and share one attribution.
-    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "unique_mask")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "unique_mask"
+    )]
     pub mask: Option<BTreeMap<String, serde_json::Value>>,
     /// Token input: every token of `text` is a feature.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -97,7 +109,9 @@ where
     d.deserialize_option(Visit(std::marker::PhantomData, field))
 }
 
-fn unique_values<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<BTreeMap<String, String>>, D::Error> {
+fn unique_values<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<BTreeMap<String, String>>, D::Error> {
     unique_keys(d, "values")
 }
 

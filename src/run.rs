@@ -58,7 +58,10 @@ fn check_count(field: &str, value: Option<usize>, default: usize, max: usize) ->
         return Err(Error::invalid(field, "must be at least 1"));
     }
     if v > max {
-        return Err(Error::too_large(field, format!("{v} is more than the limit of {max}")));
+        return Err(Error::too_large(
+            field,
+            format!("{v} is more than the limit of {max}"),
+        ));
     }
     Ok(v)
 }
@@ -70,7 +73,10 @@ fn exact_sequences(input: &Input, method: Method, n_samples: usize, trials: usiz
     let all_absent = vec![false; n];
     let product = exact_count(input, &all_absent);
     // Every coalition together: prod over slots of (baselines + 1).
-    let everything = input.slots.iter().fold(1usize, |a, s| a.saturating_mul(s.n_baselines + 1));
+    let everything = input
+        .slots
+        .iter()
+        .fold(1usize, |a, s| a.saturating_mul(s.n_baselines + 1));
     match method {
         Method::FeatureAblation => (0..n).fold(1usize, |acc, i| {
             let mut c = vec![true; n];
@@ -148,7 +154,10 @@ pub fn run(
     let (target_ids, generated) = match &request.target {
         Some(t) => {
             if t.is_empty() {
-                return Err(Error::invalid("target", "the target is empty; give text or leave it out"));
+                return Err(Error::invalid(
+                    "target",
+                    "the target is empty; give text or leave it out",
+                ));
             }
             let ids = tokenizer.encode(t)?;
             if ids.is_empty() {

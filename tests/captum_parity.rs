@@ -16,7 +16,8 @@ fn model(spec: &'static str) -> Arc<Model> {
     static SMOL: OnceLock<Arc<Model>> = OnceLock::new();
     static TINY: OnceLock<Arc<Model>> = OnceLock::new();
     let cell = if spec == SMOLLM2 { &SMOL } else { &TINY };
-    cell.get_or_init(|| Model::load(spec).unwrap_or_else(|e| panic!("loading {spec}: {e}"))).clone()
+    cell.get_or_init(|| Model::load(spec).unwrap_or_else(|e| panic!("loading {spec}: {e}")))
+        .clone()
 }
 
 fn fixture(path: &str) -> Value {
@@ -25,16 +26,29 @@ fn fixture(path: &str) -> Value {
 }
 
 fn strings(v: &Value) -> Vec<String> {
-    v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
 }
 
 fn request(template: &Value, baselines: &str, method: Method) -> AttributeRequest {
     let map = |v: &Value| -> Vec<(String, Value)> {
-        v.as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        v.as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     };
     AttributeRequest {
         template: Some(template["prompt"].as_str().unwrap().into()),
-        values: Some(map(&template["values"]).into_iter().map(|(k, v)| (k, v.as_str().unwrap().into())).collect()),
+        values: Some(
+            map(&template["values"])
+                .into_iter()
+                .map(|(k, v)| (k, v.as_str().unwrap().into()))
+                .collect(),
+        ),
         baselines: Some(
             map(&template[baselines])
                 .into_iter()
@@ -55,11 +69,19 @@ fn request(template: &Value, baselines: &str, method: Method) -> AttributeReques
 
 fn close(got: f64, want: f64, what: &str) {
     let tol = 2e-3 + 1e-3 * want.abs();
-    assert!((got - want).abs() <= tol, "{what}: got {got}, Captum {want} (tolerance {tol})");
+    assert!(
+        (got - want).abs() <= tol,
+        "{what}: got {got}, Captum {want} (tolerance {tol})"
+    );
 }
 
 fn compare(r: &AttributeResponse, reference: &Value, what: &str) {
-    let seq: Vec<f64> = reference["seq_attr"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let seq: Vec<f64> = reference["seq_attr"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
     assert_eq!(r.seq_attr.len(), seq.len(), "{what}: features");
     for (i, (g, w)) in r.seq_attr.iter().zip(&seq).enumerate() {
         close(*g, *w, &format!("{what} seq_attr[{i}] ({})", r.features[i].name));
@@ -79,12 +101,19 @@ fn compare(r: &AttributeResponse, reference: &Value, what: &str) {
 fn check_captum(spec: &'static str, path: &str) {
     let m = model(spec);
     let f = fixture(path);
-    for (key, method) in [("feature_ablation", Method::FeatureAblation), ("shapley_values", Method::ShapleyValues)] {
+    for (key, method) in [
+        ("feature_ablation", Method::FeatureAblation),
+        ("shapley_values", Method::ShapleyValues),
+    ] {
         let req = request(&f["template"], "baselines", method);
         let r = run(&req, m.as_ref(), &Limits::default(), &|_| {}).unwrap();
         compare(&r, &f[key], &format!("{path} {key}"));
         let n = r.features.len();
-        let expected = if method == Method::ShapleyValues { 1 << n } else { n + 1 };
+        let expected = if method == Method::ShapleyValues {
+            1 << n
+        } else {
+            n + 1
+        };
         assert_eq!(r.stats.unique_sequences, expected);
     }
 }
@@ -119,15 +148,27 @@ fn smollm2_exact_product_baselines() {
     let m = model(SMOLLM2);
     let t = fixture("tests/fixtures/smollm2/captum_t1.json")["template"].clone();
     let f = fixture("tests/fixtures/smollm2/exact_product_t1.json");
-    for (key, method) in [("shapley", Method::ShapleyValues), ("feature_ablation", Method::FeatureAblation)] {
+    for (key, method) in [
+        ("shapley", Method::ShapleyValues),
+        ("feature_ablation", Method::FeatureAblation),
+    ] {
         let mut req = request(&t, "product_baselines", method);
         req.baseline_sampling = Some(BaselineSampling::Exact);
         let r = run(&req, m.as_ref(), &Limits::default(), &|_| {}).unwrap();
         assert_eq!(r.baseline_sampling, BaselineSampling::Exact);
-        let ids: Vec<u32> = f["target_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let ids: Vec<u32> = f["target_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
         assert_eq!(r.target_ids, ids);
         compare(&r, &f[key], &format!("exact_product_t1 {key}"));
-        assert!(r.stats.unique_sequences <= 125, "{} sequences", r.stats.unique_sequences);
+        assert!(
+            r.stats.unique_sequences <= 125,
+            "{} sequences",
+            r.stats.unique_sequences
+        );
         if method == Method::ShapleyValues {
             assert_eq!(r.stats.unique_sequences, 125);
         }

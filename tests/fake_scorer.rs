@@ -38,7 +38,9 @@ impl Architecture for NoArch {
 /// log p(target_k | prompt) = -(sum of prompt ids mod 1000) / 500 - k / 10.
 fn fake_log_probs(prompt: &[u32], target_len: usize) -> Vec<f32> {
     let s = prompt.iter().map(|&i| u64::from(i)).sum::<u64>() % 1000;
-    (0..target_len).map(|k| -(s as f32) / 500.0 - k as f32 / 10.0).collect()
+    (0..target_len)
+        .map(|k| -(s as f32) / 500.0 - k as f32 / 10.0)
+        .collect()
 }
 
 struct Fake {
@@ -72,7 +74,10 @@ impl Scorer for Fake {
         items: Vec<ScoreItem>,
         progress: &(dyn Fn(usize, usize) + Sync),
     ) -> llm_attr::Result<Vec<Vec<f32>>> {
-        let out = items.iter().map(|i| fake_log_probs(&i.prompt, i.target.len())).collect();
+        let out = items
+            .iter()
+            .map(|i| fake_log_probs(&i.prompt, i.target.len()))
+            .collect();
         for k in 1..=items.len() {
             progress(k, items.len());
         }
@@ -87,10 +92,19 @@ impl Scorer for Fake {
 const T1: &str = "{name} from {country} applied for a job as a {job}. The hiring manager decided to";
 
 fn t1(method: Method) -> AttributeRequest {
-    let map = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let map = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
     AttributeRequest {
         template: Some(T1.into()),
-        values: Some(map(&[("name", "Georg"), ("country", "Germany"), ("job", "janitor")])),
+        values: Some(map(&[
+            ("name", "Georg"),
+            ("country", "Germany"),
+            ("job", "janitor"),
+        ])),
         baselines: Some(
             [("name", "John"), ("country", "Togo"), ("job", "nurse")]
                 .iter()
@@ -106,13 +120,21 @@ fn t1(method: Method) -> AttributeRequest {
 fn product(req: &mut AttributeRequest) {
     let lists = [
         ("name", vec!["John", "Maria", "Ahmed", "Zhang Wei"]),
-        ("country", vec!["Togo", "Turkmenistan", "Trinidad and Tobago", "Tuvalu"]),
+        (
+            "country",
+            vec!["Togo", "Turkmenistan", "Trinidad and Tobago", "Tuvalu"],
+        ),
         ("job", vec!["nurse", "CEO", "teacher", "construction worker"]),
     ];
     req.baselines = Some(
         lists
             .iter()
-            .map(|(k, l)| (k.to_string(), Baseline::List(l.iter().map(|s| s.to_string()).collect())))
+            .map(|(k, l)| {
+                (
+                    k.to_string(),
+                    Baseline::List(l.iter().map(|s| s.to_string()).collect()),
+                )
+            })
             .collect(),
     );
 }
@@ -124,14 +146,19 @@ fn go(fake: &Fake, req: &AttributeRequest) -> llm_attr::Result<llm_attr::request
 /// The fake's value of one prompt text: [sequence, tokens...].
 fn value(fake: &Fake, prompt: &str, target: &[u32]) -> Vec<f64> {
     let ids = fake.model.tokenizer().encode(prompt).unwrap();
-    let lp: Vec<f64> = fake_log_probs(&ids, target.len()).into_iter().map(f64::from).collect();
+    let lp: Vec<f64> = fake_log_probs(&ids, target.len())
+        .into_iter()
+        .map(f64::from)
+        .collect();
     let mut v = vec![lp.iter().sum()];
     v.extend(lp);
     v
 }
 
 fn fill(name: &str, country: &str, job: &str) -> String {
-    T1.replace("{name}", name).replace("{country}", country).replace("{job}", job)
+    T1.replace("{name}", name)
+        .replace("{country}", country)
+        .replace("{job}", job)
 }
 
 #[test]
@@ -139,14 +166,20 @@ fn exact_shapley_scores_each_distinct_prompt_once() {
     let fake = Fake::new();
     let mut req = t1(Method::ShapleyValues);
     // The baseline of `name` equals its value: half of the 8 prompts are duplicates.
-    req.baselines.as_mut().unwrap().insert("name".into(), Baseline::One("Georg".into()));
+    req.baselines
+        .as_mut()
+        .unwrap()
+        .insert("name".into(), Baseline::One("Georg".into()));
     let r = go(&fake, &req).unwrap();
     assert_eq!(r.stats.evaluations, 8);
     assert_eq!(r.stats.unique_sequences, 4);
     let scored = fake.scored();
     assert_eq!(scored.len(), 4, "each distinct prompt reaches the scorer once");
     assert_eq!(r.seq_attr[0], 0.0, "a feature equal to its baseline gets nothing");
-    assert_eq!(r.features.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(), ["name", "country", "job"]);
+    assert_eq!(
+        r.features.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
+        ["name", "country", "job"]
+    );
     let tokens: usize = scored.iter().map(ScoreItem::input_len).sum();
     assert_eq!(r.stats.tokens_scored, tokens);
 }
@@ -165,7 +198,10 @@ fn product_baselines_exact_is_the_mean_over_the_product() {
     let countries = ["Togo", "Turkmenistan", "Trinidad and Tobago", "Tuvalu"];
     let mut mean = vec![0.0; full.len()];
     for c in countries {
-        for (m, v) in mean.iter_mut().zip(value(&fake, &fill("Georg", c, "janitor"), &r.target_ids)) {
+        for (m, v) in mean
+            .iter_mut()
+            .zip(value(&fake, &fill("Georg", c, "janitor"), &r.target_ids))
+        {
             *m += v / 4.0;
         }
     }
@@ -192,7 +228,11 @@ fn product_baselines_exact_is_the_mean_over_the_product() {
         }
     }
     let sum: f64 = r.seq_attr.iter().sum();
-    assert!((sum - (full[0] - none)).abs() < 1e-9, "{sum} vs {}", full[0] - none);
+    assert!(
+        (sum - (full[0] - none)).abs() < 1e-9,
+        "{sum} vs {}",
+        full[0] - none
+    );
 }
 
 #[test]
@@ -221,7 +261,10 @@ fn trials_reuse_scored_prompts_and_progress_reaches_the_total() {
     let mut req = t1(Method::ShapleyValues);
     req.num_trials = Some(3);
     let seen = Mutex::new(Vec::new());
-    let r = run(&req, &fake, &Limits::default(), &|p: Progress| seen.lock().unwrap().push(p)).unwrap();
+    let r = run(&req, &fake, &Limits::default(), &|p: Progress| {
+        seen.lock().unwrap().push(p)
+    })
+    .unwrap();
     assert_eq!(r.stats.evaluations, 24);
     assert_eq!(r.stats.unique_sequences, 8);
     assert_eq!(fake.scored().len(), 8);
@@ -246,7 +289,10 @@ fn prob_target_and_generated_target() {
     let abl = value(&fake, &fill("John", "Germany", "janitor"), &r.target_ids);
     assert!((r.seq_attr[0] - (full[0].exp() - abl[0].exp())).abs() < 1e-9);
     assert!((r.token_attr[1][0] - (full[2].exp() - abl[2].exp())).abs() < 1e-9);
-    assert!((r.target_log_probs[1] - full[2]).abs() < 1e-6, "log-probs stay log-probs");
+    assert!(
+        (r.target_log_probs[1] - full[2]).abs() < 1e-6,
+        "log-probs stay log-probs"
+    );
 }
 
 #[test]
@@ -349,16 +395,30 @@ fn every_bad_input_names_its_field() {
     r.mask = Some([("nme".to_string(), serde_json::json!(1))].into_iter().collect());
     expect(&r, "mask.nme", "unknown placeholder");
     let mut r = base();
-    r.mask = Some([("name".to_string(), serde_json::json!("country"))].into_iter().collect());
+    r.mask = Some(
+        [("name".to_string(), serde_json::json!("country"))]
+            .into_iter()
+            .collect(),
+    );
     expect(&r, "mask.name", "two features");
     let mut r = base();
-    r.mask = Some([("name".to_string(), serde_json::json!(null))].into_iter().collect());
+    r.mask = Some(
+        [("name".to_string(), serde_json::json!(null))]
+            .into_iter()
+            .collect(),
+    );
     expect(&r, "mask.name", "group label");
     let mut r = base();
-    r.baselines.as_mut().unwrap().insert("age".into(), Baseline::One("x".into()));
+    r.baselines
+        .as_mut()
+        .unwrap()
+        .insert("age".into(), Baseline::One("x".into()));
     expect(&r, "baselines.age", "unknown placeholder");
     let mut r = base();
-    r.baselines.as_mut().unwrap().insert("job".into(), Baseline::List(vec![]));
+    r.baselines
+        .as_mut()
+        .unwrap()
+        .insert("job".into(), Baseline::List(vec![]));
     expect(&r, "baselines.job", "empty");
     let mut r = base();
     r.n_samples = Some(0);
@@ -390,7 +450,13 @@ fn every_bad_input_names_its_field() {
     // Too many features for exact Shapley: say so and suggest sampling.
     let names: Vec<String> = (0..16).map(|i| format!("p{i}")).collect();
     let mut r = base();
-    r.template = Some(names.iter().map(|n| format!("{{{n}}}")).collect::<Vec<_>>().join(" "));
+    r.template = Some(
+        names
+            .iter()
+            .map(|n| format!("{{{n}}}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+    );
     r.values = Some(names.iter().map(|n| (n.clone(), "v".to_string())).collect());
     r.baselines = None;
     expect(&r, "method", "shapley_value_sampling");
@@ -444,14 +510,17 @@ fn every_bad_input_names_its_field() {
 #[test]
 fn json_errors_name_the_field() {
     let dup = r#"{"template": "{a}", "values": {"a": "x", "a": "y"}}"#;
-    let e = serde_json::from_str::<AttributeRequest>(dup).unwrap_err().to_string();
+    let e = serde_json::from_str::<AttributeRequest>(dup)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("values.a: duplicate name"), "{e}");
     let e = serde_json::from_str::<AttributeRequest>(r#"{"template": "{a}", "mthod": "fa"}"#)
         .unwrap_err()
         .to_string();
     assert!(e.contains("mthod"), "{e}");
     let ok: AttributeRequest =
-        serde_json::from_str(r#"{"template": "{a}", "values": {"a": "x"}, "method": "svs", "mask": null}"#).unwrap();
+        serde_json::from_str(r#"{"template": "{a}", "values": {"a": "x"}, "method": "svs", "mask": null}"#)
+            .unwrap();
     assert_eq!(ok.method, Method::ShapleyValueSampling);
 }
 
@@ -465,12 +534,23 @@ fn default_baseline_sampling_is_exact_while_affordable() {
     // Ten placeholders with four baselines each: 5^10 prompts is not affordable.
     let names: Vec<String> = (0..10).map(|i| format!("p{i}")).collect();
     let r = AttributeRequest {
-        template: Some(names.iter().map(|n| format!("{{{n}}}")).collect::<Vec<_>>().join(" ")),
+        template: Some(
+            names
+                .iter()
+                .map(|n| format!("{{{n}}}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
         values: Some(names.iter().map(|n| (n.clone(), "v".to_string())).collect()),
         baselines: Some(
             names
                 .iter()
-                .map(|n| (n.clone(), Baseline::List(vec!["a".into(), "b".into(), "c".into(), "d".into()])))
+                .map(|n| {
+                    (
+                        n.clone(),
+                        Baseline::List(vec!["a".into(), "b".into(), "c".into(), "d".into()]),
+                    )
+                })
                 .collect(),
         ),
         target: Some(" x".into()),

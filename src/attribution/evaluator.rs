@@ -102,7 +102,9 @@ impl<'a> SequenceEvaluator<'a> {
     fn prompts(&mut self, coalition: &[bool]) -> Result<Vec<Vec<u32>>> {
         let tok = self.scorer.model().tokenizer();
         let slots = &self.input.slots;
-        let absent: Vec<usize> = (0..slots.len()).filter(|&s| !coalition[slots[s].feature]).collect();
+        let absent: Vec<usize> = (0..slots.len())
+            .filter(|&s| !coalition[slots[s].feature])
+            .collect();
         let mut choice: Vec<Option<usize>> = vec![None; slots.len()];
         match self.sampling {
             BaselineSampling::Sample => {
@@ -203,11 +205,17 @@ impl<'a> SequenceEvaluator<'a> {
             })
         })?;
         if scores.len() != new.len() {
-            return Err(Error::Internal(format!("scorer returned {} results for {}", scores.len(), new.len())));
+            return Err(Error::Internal(format!(
+                "scorer returned {} results for {}",
+                scores.len(),
+                new.len()
+            )));
         }
         for (p, s) in new.into_iter().zip(scores) {
             if s.len() != self.target.len() {
-                return Err(Error::Internal("scorer returned the wrong number of log-probs".into()));
+                return Err(Error::Internal(
+                    "scorer returned the wrong number of log-probs".into(),
+                ));
             }
             self.stats.unique_sequences += 1;
             self.stats.tokens_scored += p.len() + self.target.len() - 1;

@@ -21,11 +21,14 @@ fn weighted_means(rows: &[Vec<f64>], w: &[f64]) -> Vec<f64> {
 }
 
 fn centred(rows: &[Vec<f64>], means: &[f64]) -> Vec<Vec<f64>> {
-    rows.iter().map(|r| r.iter().zip(means).map(|(v, m)| v - m).collect()).collect()
+    rows.iter()
+        .map(|r| r.iter().zip(means).map(|(v, m)| v - m).collect())
+        .collect()
 }
 
 /// Eigen-decomposition of a symmetric matrix by cyclic Jacobi rotations: (values, vectors as
 /// columns of `v`, i.e. `v[i][k]` is component i of eigenvector k).
+#[allow(clippy::needless_range_loop)]
 fn sym_eigen(mut a: Vec<Vec<f64>>) -> (Vec<f64>, Vec<Vec<f64>>) {
     let n = a.len();
     let mut v = vec![vec![0.0; n]; n];
@@ -143,7 +146,13 @@ pub fn weighted_lasso(x: &[Vec<f64>], y: &[f64], w: &[f64], alpha: f64, start: O
                 coef[j] = 0.0;
                 continue;
             }
-            let rho = xc.iter().zip(&r).zip(w).map(|((xr, ri), wi)| wi * xr[j] * ri).sum::<f64>() / total
+            let rho = xc
+                .iter()
+                .zip(&r)
+                .zip(w)
+                .map(|((xr, ri), wi)| wi * xr[j] * ri)
+                .sum::<f64>()
+                / total
                 + z[j] * coef[j];
             let new = soft(rho, alpha) / z[j];
             let d = new - coef[j];
@@ -178,7 +187,9 @@ mod tests {
 
     fn design() -> (Vec<Vec<f64>>, Vec<f64>) {
         // All 3-bit rows twice, with uneven weights.
-        let x: Vec<Vec<f64>> = (0..16u32).map(|m| (0..3).map(|j| f64::from((m >> j) & 1)).collect()).collect();
+        let x: Vec<Vec<f64>> = (0..16u32)
+            .map(|m| (0..3).map(|j| f64::from((m >> j) & 1)).collect())
+            .collect();
         let w = (0..16).map(|i| 0.5 + (i % 5) as f64).collect();
         (x, w)
     }
@@ -186,7 +197,10 @@ mod tests {
     #[test]
     fn least_squares_recovers_a_linear_function_and_intercept() {
         let (x, w) = design();
-        let y: Vec<Vec<f64>> = x.iter().map(|r| vec![1.5 + 2.0 * r[0] - 3.0 * r[1] + 0.25 * r[2], r[2]]).collect();
+        let y: Vec<Vec<f64>> = x
+            .iter()
+            .map(|r| vec![1.5 + 2.0 * r[0] - 3.0 * r[1] + 0.25 * r[2], r[2]])
+            .collect();
         let c = weighted_least_squares(&x, &y, &w);
         for (a, b) in c[0].iter().zip([2.0, -3.0, 0.25]) {
             assert!((a - b).abs() < 1e-9, "{c:?}");
@@ -199,16 +213,24 @@ mod tests {
     #[test]
     fn least_squares_is_minimum_norm_when_rank_deficient() {
         // Columns 0 and 1 identical: the fit splits the effect evenly; column 2 is constant.
-        let x: Vec<Vec<f64>> = (0..8).map(|i| vec![f64::from(i % 2), f64::from(i % 2), 1.0]).collect();
+        let x: Vec<Vec<f64>> = (0..8)
+            .map(|i| vec![f64::from(i % 2), f64::from(i % 2), 1.0])
+            .collect();
         let y: Vec<Vec<f64>> = x.iter().map(|r| vec![4.0 * r[0]]).collect();
         let c = weighted_least_squares(&x, &y, &[1.0; 8]);
-        assert!((c[0][0] - 2.0).abs() < 1e-9 && (c[0][1] - 2.0).abs() < 1e-9 && c[0][2].abs() < 1e-9, "{c:?}");
+        assert!(
+            (c[0][0] - 2.0).abs() < 1e-9 && (c[0][1] - 2.0).abs() < 1e-9 && c[0][2].abs() < 1e-9,
+            "{c:?}"
+        );
     }
 
     #[test]
     fn lasso_satisfies_its_optimality_conditions() {
         let (x, w) = design();
-        let y: Vec<f64> = x.iter().map(|r| 0.3 + 1.0 * r[0] - 0.02 * r[1] + 0.5 * r[0] * r[2]).collect();
+        let y: Vec<f64> = x
+            .iter()
+            .map(|r| 0.3 + 1.0 * r[0] - 0.02 * r[1] + 0.5 * r[0] * r[2])
+            .collect();
         let alpha = 0.05;
         let c = weighted_lasso(&x, &y, &w, alpha, None);
         // KKT: the gradient of the smooth part is -alpha*sign(c_j) where c_j != 0, and within

@@ -34,8 +34,9 @@ pub fn lime_weight(c: &Coalition) -> f64 {
 /// [`lime_weight`], fitted by a weighted Lasso (alpha 0.01) per output column.
 pub fn lime(ev: &mut dyn Evaluator, n_samples: usize, rng: &mut impl Rng) -> Result<Attribution> {
     let n = ev.n_features();
-    let coalitions: Vec<Coalition> =
-        (0..n_samples).map(|_| (0..n).map(|_| rng.random_bool(0.5)).collect()).collect();
+    let coalitions: Vec<Coalition> = (0..n_samples)
+        .map(|_| (0..n).map(|_| rng.random_bool(0.5)).collect())
+        .collect();
     let w: Vec<f64> = coalitions.iter().map(lime_weight).collect();
     let x: Vec<Vec<f64>> = coalitions.iter().map(as_row).collect();
     let y = ev.values(&coalitions)?;
@@ -135,5 +136,10 @@ fn bootstrap(
     // The spread of the bootstrap fits (not of their mean) estimates the standard error.
     let (_, se_of_mean) = mean_and_stderr(&refs);
     let k = reps as f64;
-    Some(se_of_mean.into_iter().map(|r| r.into_iter().map(|s| s * k.sqrt()).collect()).collect())
+    Some(
+        se_of_mean
+            .into_iter()
+            .map(|r| r.into_iter().map(|s| s * k.sqrt()).collect())
+            .collect(),
+    )
 }

@@ -35,7 +35,12 @@ impl<F: Fn(&[bool]) -> Vec<f64>> Evaluator for Game<F> {
 }
 
 fn game<F: Fn(&[bool]) -> Vec<f64>>(n: usize, tokens: usize, f: F) -> Game<F> {
-    Game { n, tokens, f, calls: 0 }
+    Game {
+        n,
+        tokens,
+        f,
+        calls: 0,
+    }
 }
 
 fn x(c: &[bool], i: usize) -> f64 {
@@ -46,7 +51,11 @@ fn x(c: &[bool], i: usize) -> f64 {
 fn additive(c: &[bool]) -> Vec<f64> {
     vec![x(c, 0) - 2.0 * x(c, 1) + 0.5 * x(c, 2), 3.0 + 0.25 * x(c, 0)]
 }
-const ADDITIVE: [[f64; 4]; 3] = [[1.25, -2.0, 0.5, 0.0], [1.0, -2.0, 0.5, 0.0], [0.25, 0.0, 0.0, 0.0]];
+const ADDITIVE: [[f64; 4]; 3] = [
+    [1.25, -2.0, 0.5, 0.0],
+    [1.0, -2.0, 0.5, 0.0],
+    [0.25, 0.0, 0.0, 0.0],
+];
 
 /// Pairwise and triple interactions: v = 0.3 x0 + 1.2 x0 x1 - 0.9 x1 x2 + 2.4 x0 x1 x2 (x3 dummy).
 /// Shapley: each pair term splits in half, the triple in thirds.
@@ -71,7 +80,11 @@ fn assert_close(a: &[Vec<f64>], b: &[Vec<f64>], tol: f64) {
 }
 
 fn max_err(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
-    a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+    a.iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
 }
 
 fn rng(seed: u64) -> ChaCha8Rng {
@@ -103,10 +116,14 @@ fn feature_ablation_is_full_minus_all_but_one() {
 /// A game with a random value for every coalition.
 fn random_game(n: usize, tokens: usize, seed: u64) -> impl Fn(&[bool]) -> Vec<f64> {
     let mut r = rng(seed);
-    let table: Vec<Vec<f64>> =
-        (0..1usize << n).map(|_| (0..tokens).map(|_| r.random_range(-3.0..3.0)).collect()).collect();
+    let table: Vec<Vec<f64>> = (0..1usize << n)
+        .map(|_| (0..tokens).map(|_| r.random_range(-3.0..3.0)).collect())
+        .collect();
     move |c: &[bool]| {
-        let bits = c.iter().enumerate().fold(0usize, |b, (i, &p)| b | (usize::from(p) << i));
+        let bits = c
+            .iter()
+            .enumerate()
+            .fold(0usize, |b, (i, &p)| b | (usize::from(p) << i));
         table[bits].clone()
     }
 }
@@ -151,7 +168,10 @@ fn symmetry_and_dummy() {
     assert!(sv.attr[1][3].abs() < 1e-12);
     let mut g = game(4, 1, f);
     let svs = shapley_value_sampling(&mut g, 50, &mut rng(1)).unwrap();
-    assert_eq!(svs.attr[1][3], 0.0, "a dummy gets exactly zero in every permutation");
+    assert_eq!(
+        svs.attr[1][3], 0.0,
+        "a dummy gets exactly zero in every permutation"
+    );
     let fa = feature_ablation(&mut game(4, 1, f)).unwrap();
     assert_eq!(fa.attr[1][3], 0.0);
     let lime = lime(&mut game(4, 1, additive), 200, &mut rng(2)).unwrap();
@@ -185,7 +205,10 @@ fn kernel_shap_converges_to_exact_shapley_on_an_interacting_game() {
     let se = big.stderr.unwrap();
     for ((r, e), s) in big.attr.iter().zip(&exact).zip(&se) {
         for ((v, w), s) in r.iter().zip(e).zip(s) {
-            assert!((v - w).abs() <= 5.0 * s + 1e-9 && *s < 0.03, "{v} vs {w}, stderr {s}");
+            assert!(
+                (v - w).abs() <= 5.0 * s + 1e-9 && *s < 0.03,
+                "{v} vs {w}, stderr {s}"
+            );
         }
     }
     // An additive game is fitted exactly from any sample.
@@ -210,7 +233,9 @@ fn lime_converges_on_an_additive_game() {
         }
     }
     // Without the penalty it is the weighted least-squares fit, exact on an additive game.
-    let x: Vec<Vec<f64>> = (0..16u32).map(|m| (0..4).map(|j| f64::from(m >> j & 1)).collect()).collect();
+    let x: Vec<Vec<f64>> = (0..16u32)
+        .map(|m| (0..4).map(|j| f64::from(m >> j & 1)).collect())
+        .collect();
     let y: Vec<f64> = x.iter().map(|r| r[0] - 2.0 * r[1] + 0.5 * r[2]).collect();
     let w: Vec<f64> = x
         .iter()
@@ -258,7 +283,10 @@ fn trials_average_and_give_standard_errors() {
     let one = attribute_trials(Method::ShapleyValues, &mut g, 1, 1, &mut rng(0)).unwrap();
     let three = attribute_trials(Method::ShapleyValues, &mut g, 1, 3, &mut rng(0)).unwrap();
     assert_close(&one.attr, &three.attr, 1e-12);
-    assert!(three.stderr.unwrap().iter().flatten().all(|s| *s < 1e-12), "exact: no spread");
+    assert!(
+        three.stderr.unwrap().iter().flatten().all(|s| *s < 1e-12),
+        "exact: no spread"
+    );
     let svs = attribute_trials(Method::ShapleyValueSampling, &mut g, 3, 4, &mut rng(0)).unwrap();
     assert!(svs.stderr.unwrap().iter().flatten().any(|s| *s > 0.0));
     assert_eq!(evaluations(Method::ShapleyValueSampling, 4, 3), 13);

@@ -206,10 +206,19 @@ fn from_template(
             "the template has no placeholders: write {name} where a value goes ({{ and }} are literal braces)",
         ));
     }
-    let listed = || names.iter().map(|n| format!("{{{n}}}")).collect::<Vec<_>>().join(", ");
+    let listed = || {
+        names
+            .iter()
+            .map(|n| format!("{{{n}}}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let empty = BTreeMap::new();
     let values = values.ok_or_else(|| {
-        Error::invalid("values", format!("missing: give a value for every placeholder ({})", listed()))
+        Error::invalid(
+            "values",
+            format!("missing: give a value for every placeholder ({})", listed()),
+        )
     })?;
     for key in values.keys() {
         if !names.contains(key) {
@@ -247,7 +256,10 @@ fn from_template(
         labels.insert(key.as_str(), mask_label(key, v)?);
     }
     for (key, label) in &labels {
-        if let Some(other) = names.iter().find(|n| *n == label && labels.get(n.as_str()) != Some(label)) {
+        if let Some(other) = names
+            .iter()
+            .find(|n| *n == label && labels.get(n.as_str()) != Some(label))
+        {
             return Err(Error::invalid(
                 format!("mask.{key}"),
                 format!(
@@ -264,7 +276,10 @@ fn from_template(
     let mut features: Vec<Feature> = Vec::new();
     for name in &names {
         let value = values.get(name).ok_or_else(|| {
-            Error::invalid(format!("values.{name}"), format!("missing value for placeholder {{{name}}}"))
+            Error::invalid(
+                format!("values.{name}"),
+                format!("missing value for placeholder {{{name}}}"),
+            )
         })?;
         let b = match baselines.get(name) {
             None => vec![String::new()],
@@ -296,11 +311,19 @@ fn from_template(
     }
     for (i, f) in features.iter_mut().enumerate() {
         let members: Vec<usize> = (0..slots.len()).filter(|&s| slots[s].feature == i).collect();
-        f.value = members.iter().map(|&s| slot_values[s].as_str()).collect::<Vec<_>>().join(", ");
+        f.value = members
+            .iter()
+            .map(|&s| slot_values[s].as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
         f.baselines = if members.len() == 1 {
             slot_baselines[members[0]].clone()
         } else if members.iter().all(|&s| slot_baselines[s].len() == 1) {
-            vec![members.iter().map(|&s| slot_baselines[s][0].as_str()).collect::<Vec<_>>().join(", ")]
+            vec![members
+                .iter()
+                .map(|&s| slot_baselines[s][0].as_str())
+                .collect::<Vec<_>>()
+                .join(", ")]
         } else {
             members
                 .iter()

@@ -29,12 +29,12 @@ pub fn parse(template: &str) -> Result<Vec<Piece>> {
                 chars.next();
                 text.push('}');
             }
-            '}' => {
-                return Err(Error::invalid(
-                    "template",
-                    format!("unbalanced braces: '}}' at byte {at} closes nothing (write '}}}}' for a literal brace)"),
-                ))
-            }
+            '}' => return Err(Error::invalid(
+                "template",
+                format!(
+                    "unbalanced braces: '}}' at byte {at} closes nothing (write '}}}}' for a literal brace)"
+                ),
+            )),
             '{' => {
                 let mut name = String::new();
                 let mut closed = false;
@@ -81,10 +81,15 @@ fn check_name(name: &str, at: usize) -> Result<()> {
     if name.is_empty() {
         return Err(Error::invalid(
             "template",
-            format!("the placeholder at byte {at} has no name: write {{name}} (positional {{}} is not supported)"),
+            format!(
+                "the placeholder at byte {at} has no name: write {{name}} (positional {{}} is not supported)"
+            ),
         ));
     }
-    if let Some(bad) = name.chars().find(|c| !(c.is_alphanumeric() || *c == '_' || *c == '-')) {
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_alphanumeric() || *c == '_' || *c == '-'))
+    {
         return Err(Error::invalid(
             "template",
             format!(

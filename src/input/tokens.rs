@@ -23,7 +23,10 @@ fn resolve(r: &TokenRef, tokenizer: &Tokenizer, field: &str) -> Result<u32> {
             if (*id as usize) < vocab {
                 Ok(*id)
             } else {
-                Err(Error::invalid(field, format!("token id {id} is out of range (vocabulary size {vocab})")))
+                Err(Error::invalid(
+                    field,
+                    format!("token id {id} is out of range (vocabulary size {vocab})"),
+                ))
             }
         }
         TokenRef::Text(s) => tokenizer.token_id(s).ok_or_else(|| {
@@ -53,7 +56,9 @@ impl TokenInput {
         for (i, r) in skip.unwrap_or_default().iter().enumerate() {
             skip_ids.push(resolve(r, tokenizer, &format!("skip_tokens[{i}]"))?);
         }
-        let baseline = baseline.map(|r| resolve(r, tokenizer, "baseline_token")).transpose()?;
+        let baseline = baseline
+            .map(|r| resolve(r, tokenizer, "baseline_token"))
+            .transpose()?;
         let positions: Vec<usize> = (0..ids.len()).filter(|&p| !skip_ids.contains(&ids[p])).collect();
         if positions.is_empty() {
             return Err(Error::invalid(
@@ -124,7 +129,12 @@ pub fn pretty_tokens(tokenizer: &Tokenizer, ids: &[u32]) -> Vec<String> {
     let clean = |s: &str| s.replace('\n', "\\n").trim().to_string();
     let fallback = || -> Vec<String> {
         ids.iter()
-            .map(|&id| tokenizer.decode(&[id]).map(|s| clean(&s)).unwrap_or_else(|_| format!("<{id}>")))
+            .map(|&id| {
+                tokenizer
+                    .decode(&[id])
+                    .map(|s| clean(&s))
+                    .unwrap_or_else(|_| format!("<{id}>"))
+            })
             .collect()
     };
     let Ok(text) = tokenizer.decode(ids) else {
