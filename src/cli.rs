@@ -84,50 +84,90 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
-    let request = read_request(&args.request)?;
-    let methods: Vec<Method> = args
-        .methods
-        .split(',')
-        .map(parse_method)
-        .collect::<anyhow::Result<_>>()?;
-    let model = load(&args.model)?;
+/// One line of the bench table.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchRow {
+    pub method: Method,
+    pub baseline_sampling: crate::request::BaselineSampling,
+    pub evaluations: usize,
+    pub unique_sequences: usize,
+    pub tokens_scored: usize,
+    pub median_seconds: f64,
+    pub min_seconds: f64,
+}
+
+/// Times every method on `request` (its `method` replaced), `repeats` runs each.
+pub fn bench_rows(
+    model: &Model,
+    request: &AttributeRequest,
+    methods: &[Method],
+    repeats: usize,
+) -> anyhow::Result<Vec<BenchRow>> {
     let limits = Limits::default();
-    println!(
-        "{:<24} {:>11} {:>8} {:>8} {:>9} {:>10} {:>10}",
-        "method", "evaluations", "unique", "tokens", "sampling", "median_s", "min_s"
-    );
-    for method in methods {
+    let mut rows = Vec::new();
+    for &method in methods {
         let mut req = request.clone();
         req.method = method;
         let mut times = Vec::new();
         let mut last = None;
-        for _ in 0..args.repeats.max(1) {
+        for _ in 0..repeats.max(1) {
             let t = Instant::now();
-            let r = run(&req, model.as_ref(), &limits, &log_progress)?;
+            let r = run(&req, model, &limits, &log_progress)?;
             times.push(t.elapsed().as_secs_f64());
             last = Some(r);
         }
         let r = last.context("no run")?;
-        let name = serde_json::to_value(method)?
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let sampling = serde_json::to_value(r.baseline_sampling)?
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let min = times.iter().copied().fold(f64::INFINITY, f64::min);
-        println!(
-            "{:<24} {:>11} {:>8} {:>8} {:>9} {:>10.3} {:>10.3}",
-            name,
-            r.stats.evaluations,
-            r.stats.unique_sequences,
-            r.stats.tokens_scored,
-            sampling,
-            median(times),
-            min
+        rows.push(BenchRow {
+            method,
+            baseline_sampling: r.baseline_sampling,
+            evaluations: r.stats.evaluations,
+            unique_sequences: r.stats.unique_sequences,
+            tokens_scored: r.stats.tokens_scored,
+            min_seconds: times.iter().copied().fold(f64::INFINITY, f64::min),
+            median_seconds: median(times),
+        });
+    }
+    Ok(rows)
+}
+
+fn name<T: serde::Serialize>(v: T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// The bench table as text.
+pub fn bench_table(rows: &[BenchRow]) -> String {
+    let mut out = format!(
+        "{:<24} {:>11} {:>8} {:>8} {:>9} {:>10} {:>10}\n",
+        "method", "evaluations", "unique", "tokens", "sampling", "median_s", "min_s"
+    );
+    for r in rows {
+        out += &format!(
+            "{:<24} {:>11} {:>8} {:>8} {:>9} {:>10.3} {:>10.3}\n",
+            name(r.method),
+            r.evaluations,
+            r.unique_sequences,
+            r.tokens_scored,
+            name(r.baseline_sampling),
+            r.median_seconds,
+            r.min_seconds
         );
     }
+    out
+}
+
+/// Parses `fa,sv,...` (full or Captum short names).
+pub fn parse_methods(list: &str) -> anyhow::Result<Vec<Method>> {
+    list.split(',').map(parse_method).collect()
+}
+
+pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let request = read_request(&args.request)?;
+    let methods = parse_methods(&args.methods)?;
+    let model = load(&args.model)?;
+    let rows = bench_rows(&model, &request, &methods, args.repeats)?;
+    print!("{}", bench_table(&rows));
     Ok(())
 }

@@ -139,7 +139,7 @@ pub fn weighted_lasso(x: &[Vec<f64>], y: &[f64], w: &[f64], alpha: f64, start: O
         .map(|j| xc.iter().zip(w).map(|(xr, wi)| wi * xr[j] * xr[j]).sum::<f64>() / total)
         .collect();
     let scale = y.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-300);
-    for _ in 0..100_000 {
+    for _ in 0..10_000 {
         let mut biggest = 0.0f64;
         for j in 0..p {
             if z[j] <= 1e-300 {

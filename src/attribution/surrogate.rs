@@ -52,8 +52,8 @@ pub fn lime(ev: &mut dyn Evaluator, n_samples: usize, rng: &mut impl Rng) -> Res
     };
     let all: Vec<usize> = (0..n_samples).collect();
     let attr = fit(&all, None);
-    let budget = 3e8 / ((n_samples * n.max(1) * y[0].len()) as f64 * 30.0);
-    let reps = (budget as usize).clamp(20, BOOTSTRAP);
+    // A warm-started Lasso takes some tens of sweeps.
+    let reps = bootstrap_reps(n_samples * n * y[0].len() * 50);
     let stderr = bootstrap(&[], &all, reps, rng, |rows| fit(rows, Some(&attr)));
     Ok(Attribution { attr, stderr })
 }
@@ -109,8 +109,21 @@ pub fn kernel_shap(ev: &mut dyn Evaluator, n_samples: usize, rng: &mut impl Rng)
     let random: Vec<usize> = (fixed.len()..n_samples).collect();
     let all: Vec<usize> = (0..n_samples).collect();
     let attr = fit(&all);
-    let stderr = bootstrap(&fixed, &random, BOOTSTRAP, rng, fit);
+    let reps = bootstrap_reps(n_samples * n * (n + y[0].len()) + 20 * n * n * n);
+    let stderr = bootstrap(&fixed, &random, reps, rng, fit);
     Ok(Attribution { attr, stderr })
+}
+
+/// Resamples for the bootstrap given the cost of one fit (in multiply-adds): up to 100 within
+/// a budget of about a second's arithmetic, none when fewer than 20 would fit.
+fn bootstrap_reps(cost: usize) -> usize {
+    const BUDGET: usize = 400_000_000;
+    let reps = BUDGET / cost.max(1);
+    if reps < 20 {
+        0
+    } else {
+        reps.min(BOOTSTRAP)
+    }
 }
 
 /// Standard errors by refitting on `reps` resamples (with replacement) of `random` rows,
@@ -122,7 +135,7 @@ fn bootstrap(
     rng: &mut impl Rng,
     fit: impl Fn(&[usize]) -> Vec<Vec<f64>>,
 ) -> Option<Vec<Vec<f64>>> {
-    if random.len() < 2 {
+    if random.len() < 2 || reps < 2 {
         return None;
     }
     let fits: Vec<Vec<Vec<f64>>> = (0..reps)

@@ -29,12 +29,14 @@ pub fn parse(template: &str) -> Result<Vec<Piece>> {
                 chars.next();
                 text.push('}');
             }
-            '}' => return Err(Error::invalid(
-                "template",
-                format!(
+            '}' => {
+                return Err(Error::invalid(
+                    "template",
+                    format!(
                     "unbalanced braces: '}}' at byte {at} closes nothing (write '}}}}' for a literal brace)"
                 ),
-            )),
+                ))
+            }
             '{' => {
                 let mut name = String::new();
                 let mut closed = false;
