@@ -52,8 +52,8 @@ pub fn lime(ev: &mut dyn Evaluator, n_samples: usize, rng: &mut impl Rng) -> Res
     };
     let all: Vec<usize> = (0..n_samples).collect();
     let attr = fit(&all, None);
-    // A warm-started Lasso takes some tens of sweeps.
-    let reps = bootstrap_reps(n_samples * n * y[0].len() * 50);
+    // A warm-started Lasso takes a few sweeps.
+    let reps = bootstrap_reps(n_samples * n * y[0].len() * 10);
     let stderr = bootstrap(&[], &all, reps, rng, |rows| fit(rows, Some(&attr)));
     Ok(Attribution { attr, stderr })
 }
@@ -117,7 +117,7 @@ pub fn kernel_shap(ev: &mut dyn Evaluator, n_samples: usize, rng: &mut impl Rng)
 /// Resamples for the bootstrap given the cost of one fit (in multiply-adds): up to 100 within
 /// a budget of about a second's arithmetic, none when fewer than 20 would fit.
 fn bootstrap_reps(cost: usize) -> usize {
-    const BUDGET: usize = 400_000_000;
+    const BUDGET: usize = 2_000_000_000;
     let reps = BUDGET / cost.max(1);
     if reps < 20 {
         0
