@@ -60,13 +60,17 @@ pub struct AttributeRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub n_samples: Option<usize>,
     /// Repeat the attribution this many times and average (default 1); gives standard errors.
+    /// With one trial, sampling methods estimate their own standard errors (spread across
+    /// permutations for shapley_value_sampling, a bootstrap of the samples for lime and
+    /// kernel_shap).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_trials: Option<usize>,
-    /// Seed of every random choice; the same seed gives the same result.
+    /// Seed of every random choice (default 0); the same seed gives the same result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
     /// `exact` averages over the whole product of baseline lists; `sample` draws one baseline
-    /// per evaluation, as Captum does. Default: exact while the product is affordable.
+    /// per evaluation, as Captum does. Default: exact while the product is affordable (at most
+    /// 4096 distinct sequences for the request), else sample.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline_sampling: Option<BaselineSampling>,
 }
