@@ -171,3 +171,42 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     print!("{}", bench_table(&rows));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_parse_with_captum_short_names() {
+        let all = parse_methods("fa, sv,svs,lime,kernel").unwrap();
+        assert_eq!(
+            all,
+            [
+                Method::FeatureAblation,
+                Method::ShapleyValues,
+                Method::ShapleyValueSampling,
+                Method::Lime,
+                Method::KernelShap
+            ]
+        );
+        assert!(parse_methods("fa,shap").is_err());
+    }
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+
+    #[test]
+    fn example_requests_parse() {
+        for f in [
+            "examples/t1.json",
+            "examples/t1_sample.json",
+            "examples/t1_single.json",
+        ] {
+            let r = read_request(f).unwrap();
+            assert!(r.template.is_some(), "{f}");
+        }
+    }
+}
