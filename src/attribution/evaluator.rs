@@ -197,13 +197,22 @@ impl<'a> SequenceEvaluator<'a> {
             }
         }
         let before = self.stats.unique_sequences;
+        let started = std::time::Instant::now();
+        let batch_tokens: usize = items.iter().map(ScoreItem::input_len).sum();
         let progress = self.progress;
+        let items_len = items.len();
         let scores = self.scorer.score(items, &|done, total| {
             progress(Progress {
                 done: before + done,
                 total: before + total,
             })
         })?;
+        tracing::debug!(
+            sequences = items_len,
+            tokens = batch_tokens,
+            seconds = started.elapsed().as_secs_f64(),
+            "scored"
+        );
         if scores.len() != new.len() {
             return Err(Error::Internal(format!(
                 "scorer returned {} results for {}",
