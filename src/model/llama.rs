@@ -15,6 +15,7 @@ use candle_nn::rotary_emb::rope_i;
 
 use crate::error::Result;
 use crate::model::gguf::Gguf;
+use crate::model::ops::swiglu;
 use crate::model::{ArchInfo, Architecture};
 
 /// Shapes and constants from the GGUF metadata.
@@ -153,7 +154,6 @@ impl Llama {
     fn forward(&self, ids: &Tensor, mut cache: Option<&mut [Kv]>) -> candle_core::Result<Tensor> {
         let Config {
             hidden: d,
-            ffn,
             heads,
             kv_heads,
             head_dim: hd,
@@ -219,8 +219,7 @@ impl Llama {
             x = (x + y.matmul(&layer.out)?)?;
             let h = rms_norm(&x, &layer.ffn_norm, eps)?;
             let gu = h.matmul(&layer.gate_up)?;
-            let a = (gu.narrow(1, 0, ffn)?.silu()? * gu.narrow(1, ffn, ffn)?)?;
-            x = (x + a.matmul(&layer.down)?)?;
+            x = (x + swiglu(&gu)?.matmul(&layer.down)?)?;
         }
         rms_norm(&x, &self.norm, eps)?.reshape((b, t, d))
     }
