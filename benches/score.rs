@@ -56,7 +56,7 @@ fn main() {
         item.prompt.len(),
         item.target.len()
     );
-    model.score(&[item.clone()]).unwrap(); // warm-up
+    model.score(std::slice::from_ref(&item)).unwrap(); // warm-up
 
     for &batch in &[1usize, 8, 32, 64] {
         let items = vec![item.clone(); batch];

@@ -315,7 +315,7 @@ fn bad_sequences_are_clear_errors() {
         prompt: vec![504, 713],
         target: vec![216],
     };
-    assert!(m.score(&[ok.clone()]).is_ok());
+    assert!(m.score(std::slice::from_ref(&ok)).is_ok());
 
     let empty_target = ScoreItem {
         prompt: vec![504],
