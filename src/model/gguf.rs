@@ -28,15 +28,16 @@ use crate::model::{llama, Model, Tokenizer};
 pub fn load(path: &Path, spec: &str) -> Result<Model> {
     let mut file = Gguf::open(path)?;
     let arch = file.str("general.architecture")?.to_string();
+    if !SUPPORTED.contains(&arch.as_str()) {
+        return Err(file.error(format!(
+            "unsupported architecture `{arch}` (supported: {})",
+            SUPPORTED.join(", ")
+        )));
+    }
     let tokenizer = tokenizer(&file)?;
     let arch: Box<dyn crate::model::Architecture> = match arch.as_str() {
         "llama" => Box::new(llama::Llama::from_gguf(&mut file)?),
-        other => {
-            return Err(Error::Model(format!(
-                "{}: unsupported architecture `{other}` (supported: llama)",
-                path.display()
-            )))
-        }
+        other => return Err(file.error(format!("unsupported architecture `{other}`"))),
     };
     let vocab = arch.info().vocab_size;
     if tokenizer.vocab_size() > vocab {
@@ -47,6 +48,9 @@ pub fn load(path: &Path, spec: &str) -> Result<Model> {
     }
     Ok(Model::new(arch, tokenizer, spec))
 }
+
+/// Values of `general.architecture` this crate runs.
+const SUPPORTED: &[&str] = &["llama"];
 
 /// An open GGUF file whose header has been checked.
 pub struct Gguf {
