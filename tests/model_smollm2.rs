@@ -343,3 +343,73 @@ fn pretty_tokens_match_captum_output_tokens() {
         .collect();
     assert_eq!(tok.pretty_tokens(&tok.encode(target).unwrap()), want);
 }
+
+#[test]
+fn bad_sequences_are_clear_errors() {
+    let m = model();
+    let ok = ScoreItem {
+        prompt: vec![504, 713],
+        target: vec![216],
+    };
+    assert!(m.score(std::slice::from_ref(&ok)).is_ok());
+
+    let empty_target = ScoreItem {
+        prompt: vec![504],
+        target: vec![],
+    };
+    let e = m.score(&[ok.clone(), empty_target]).unwrap_err();
+    assert!(
+        matches!(&e, Error::Invalid { field, message } if field == "sequences[1]" && message.contains("target is empty")),
+        "{e:?}"
+    );
+
+    let empty_prompt = ScoreItem {
+        prompt: vec![],
+        target: vec![5],
+    };
+    let e = m.score(&[empty_prompt]).unwrap_err();
+    assert!(
+        matches!(&e, Error::Invalid { field, .. } if field == "sequences[0]"),
+        "{e:?}"
+    );
+
+    let out_of_range = ScoreItem {
+        prompt: vec![504, 49152],
+        target: vec![5],
+    };
+    let e = m.score(&[out_of_range]).unwrap_err();
+    assert!(
+        matches!(&e, Error::Invalid { message, .. } if message.contains("49152") && message.contains("out of range")),
+        "{e:?}"
+    );
+    let e = m
+        .score(&[ScoreItem {
+            prompt: vec![1],
+            target: vec![u32::MAX],
+        }])
+        .unwrap_err();
+    assert!(matches!(&e, Error::Invalid { .. }), "{e:?}");
+
+    let too_long = ScoreItem {
+        prompt: vec![216; 8192],
+        target: vec![216, 216],
+    };
+    let e = m.score(&[too_long]).unwrap_err();
+    assert!(
+        matches!(&e, Error::TooLarge { message, .. } if message.contains("8192")),
+        "{e:?}"
+    );
+
+    let e = m.generate(&[216; 8190], 12).unwrap_err();
+    assert!(
+        matches!(&e, Error::TooLarge { field, .. } if field == "max_new_tokens"),
+        "{e:?}"
+    );
+    let e = m.generate(&[], 12).unwrap_err();
+    assert!(
+        matches!(&e, Error::Invalid { field, .. } if field == "prompt"),
+        "{e:?}"
+    );
+    let e = m.generate(&[60_000], 2).unwrap_err();
+    assert!(matches!(&e, Error::Invalid { .. }), "{e:?}");
+}
