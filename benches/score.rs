@@ -35,7 +35,7 @@ fn main() {
     let t = Instant::now();
     let model = gguf::load(&path, "smollm2").expect("load models/SmolLM2-135M-Instruct.Q4_1.gguf");
     println!(
-        "load: {:.2} s, VmRSS {:.0} MB after loading ({:.0} MB before), {} threads",
+        "load: {:.2} s, VmRSS {:.0} MB after loading ({:.0} MB before), {} cores",
         t.elapsed().as_secs_f64(),
         rss_mb(),
         rss0,
@@ -78,6 +78,22 @@ fn main() {
         );
     }
     println!("VmRSS after scoring: {:.0} MB", rss_mb());
+
+    // Greedy generation with the KV cache.
+    let reps = if quick { 2 } else { 5 };
+    let gen: Vec<f64> = (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            let out = model.generate(&item.prompt, 12).unwrap();
+            std::hint::black_box(out);
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    println!(
+        "generate 12 tokens after {} prompt tokens: {:.0} ms median",
+        item.prompt.len(),
+        median(gen) * 1e3
+    );
 
     // Side by side: one layer's weights as dequantized f32 (used) vs kept as Q4_1.
     let mut f = std::fs::File::open(&path).unwrap();
