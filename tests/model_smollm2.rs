@@ -1,7 +1,7 @@
 //! SmolLM2-135M-Instruct (GGUF, Q4_1 dequantized to f32) against the PyTorch reference.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use llm_attr::error::Error;
 use llm_attr::model::{gguf, Model, ScoreItem};
@@ -12,10 +12,10 @@ fn model_path() -> PathBuf {
 }
 
 fn model() -> &'static Model {
-    static MODEL: OnceLock<Model> = OnceLock::new();
+    static MODEL: OnceLock<Arc<Model>> = OnceLock::new();
     MODEL.get_or_init(|| {
-        let path = model_path();
-        gguf::load(&path, &path.display().to_string()).expect("load SmolLM2 (scripts/fetch-models.sh)")
+        // Through the model spec, as `--model models/...gguf` does.
+        Model::load(model_path().to_str().unwrap()).expect("load SmolLM2 (scripts/fetch-models.sh)")
     })
 }
 
