@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use candle_core::quantized::{gguf_file, QMatMul};
 use candle_core::{Device, Module, Tensor};
-use llm_attr::model::{gguf, ScoreItem};
+use llm_attr::model::{gguf, llama, Architecture, ScoreItem};
 
 fn rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -94,6 +94,40 @@ fn main() {
         item.prompt.len(),
         median(gen) * 1e3
     );
+
+    // Side by side at batch 64: the PyTorch-style computation (LM head at every position, then a
+    // full log-softmax) on the same candle model, vs `Model::score` (head at target rows only,
+    // fused log-prob of the target).
+    let mut file = gguf::Gguf::open(&path).unwrap();
+    let arch = llama::Llama::from_gguf(&mut file).unwrap();
+    let items = vec![item.clone(); 64];
+    let n = item.prompt.len() + item.target.len() - 1;
+    let ids: Vec<u32> = items
+        .iter()
+        .flat_map(|it| it.prompt.iter().chain(&it.target[..it.target.len() - 1]).copied())
+        .collect();
+    let ids = Tensor::from_vec(ids, (64, n), &Device::Cpu).unwrap();
+    let full = || {
+        let h = arch.hidden(&ids).unwrap();
+        let h = h.reshape((64 * n, h.dim(2).unwrap())).unwrap();
+        let lp = candle_nn::ops::log_softmax(&arch.logits(&h).unwrap(), 1).unwrap();
+        std::hint::black_box(lp);
+    };
+    let (mut ours, mut naive) = (Vec::new(), Vec::new());
+    for _ in 0..if quick { 1 } else { 3 } {
+        let t = Instant::now();
+        std::hint::black_box(model.score(&items).unwrap());
+        ours.push((64 * per_seq) as f64 / t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        full();
+        naive.push((64 * per_seq) as f64 / t.elapsed().as_secs_f64());
+    }
+    let (ours, naive) = (median(ours), median(naive));
+    println!(
+        "batch 64 side by side: Model::score {ours:.0} tokens/s, head at every position + log_softmax {naive:.0} tokens/s ({:.2}x)",
+        ours / naive
+    );
+    drop(arch);
 
     // Side by side: one layer's weights as dequantized f32 (used) vs kept as Q4_1.
     let mut f = std::fs::File::open(&path).unwrap();
