@@ -63,10 +63,11 @@ impl Gguf {
     pub fn open(path: &Path) -> Result<Self> {
         let fail = |m: String| Error::Model(format!("{}: {m}", path.display()));
         let file = File::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
-        let len = file
-            .metadata()
-            .map_err(|e| fail(format!("cannot read: {e}")))?
-            .len();
+        let meta = file.metadata().map_err(|e| fail(format!("cannot read: {e}")))?;
+        if meta.is_dir() {
+            return Err(fail("is a directory, not a GGUF file".into()));
+        }
+        let len = meta.len();
         let mut reader = BufReader::new(file);
         Scan::new(&mut reader, len)
             .header()
