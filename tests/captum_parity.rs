@@ -174,3 +174,52 @@ fn smollm2_exact_product_baselines() {
         }
     }
 }
+
+#[test]
+fn every_method_on_tiny_gpt2_is_efficient_and_per_token() {
+    let m = model(TINY_GPT2);
+    let t = fixture("tests/fixtures/tiny-gpt2/captum_t1.json")["template"].clone();
+    let mut out = Vec::new();
+    for method in [
+        Method::FeatureAblation,
+        Method::ShapleyValues,
+        Method::ShapleyValueSampling,
+        Method::Lime,
+        Method::KernelShap,
+    ] {
+        let mut req = request(&t, "baselines", method);
+        req.seed = Some(9);
+        let r = run(&req, m.as_ref(), &Limits::default(), &|_| {}).unwrap();
+        assert_eq!(r.token_attr.len(), r.target_ids.len());
+        assert!(r
+            .token_attr
+            .iter()
+            .flatten()
+            .chain(&r.seq_attr)
+            .all(|v| v.is_finite()));
+        assert!(
+            r.stats.unique_sequences <= 8,
+            "{method:?}: at most the 2^3 coalitions"
+        );
+        let sampled = !matches!(method, Method::FeatureAblation | Method::ShapleyValues);
+        assert_eq!(r.seq_attr_stderr.is_some(), sampled, "{method:?}");
+        out.push(r);
+    }
+    // f(all) - f(none), from the exact Shapley values.
+    let gap: f64 = out[1].seq_attr.iter().sum();
+    let svs: f64 = out[2].seq_attr.iter().sum();
+    let kernel: f64 = out[4].seq_attr.iter().sum();
+    assert!((svs - gap).abs() < 1e-6, "{svs} vs {gap}");
+    assert!((kernel - gap).abs() < 1e-3, "{kernel} vs {gap}");
+    for r in &out[..3] {
+        for f in 0..3 {
+            let s: f64 = r.token_attr.iter().map(|row| row[f]).sum();
+            assert!((s - r.seq_attr[f]).abs() < 1e-4, "{:?}", r.method);
+        }
+    }
+    let f: f64 = out[4].token_attr.iter().map(|row| row[0]).sum();
+    assert!(
+        (f - out[4].seq_attr[0]).abs() < 1e-4,
+        "kernel_shap is linear in the outputs"
+    );
+}
