@@ -146,7 +146,7 @@ fn score_all_rows_head_at_targets(arch: &dyn Architecture, items: &[ScoreItem]) 
     let h = h.reshape((items.len() * len, h.dim(2).unwrap())).unwrap();
     let rows = Tensor::from_vec(rows, targets.len(), &Device::Cpu).unwrap();
     let logits = arch.logits(&h.index_select(&rows, 0).unwrap()).unwrap();
-    llm_attr::model::target_logprobs(&logits, &targets).unwrap()
+    llm_attr::model::ops::target_logprobs(&logits, &targets).unwrap()
 }
 
 /// Log-probs of the targets with the LM head over every position of the padded batch.
@@ -223,7 +223,7 @@ fn ops(budget: Duration) {
             let lp = candle_nn::ops::log_softmax(&logits, 1).unwrap();
             drop(lp.gather(&t, 1).unwrap().to_vec2::<f32>().unwrap())
         },
-        || drop(llm_attr::model::target_logprobs(&logits, &targets).unwrap()),
+        || drop(llm_attr::model::ops::target_logprobs(&logits, &targets).unwrap()),
         budget,
     );
     report("candle log_softmax + gather [256,50257]", candle);

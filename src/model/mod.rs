@@ -5,12 +5,13 @@
 pub mod gguf;
 pub mod gpt2;
 pub mod llama;
+pub mod ops;
 pub mod spec;
 pub mod tokenizer;
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
+use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -180,8 +181,8 @@ impl Model {
         let ids = Tensor::from_vec(ids, (batch.len(), len), &self.device)?;
         let rows = Tensor::from_vec(rows, targets.len(), &self.device)?;
         let picked = self.arch.hidden_rows(&ids, &rows)?;
-        let logits = self.arch.logits(&picked)?;
-        let flat = target_logprobs(&logits, &targets)?;
+        let logits = self.arch.logits(&picked)?.to_dtype(DType::F32)?;
+        let flat = ops::target_logprobs(&logits, &targets)?;
         let mut out = Vec::with_capacity(batch.len());
         let mut at = 0;
         for item in batch {
@@ -234,89 +235,6 @@ impl Model {
     }
 }
 
-/// `log softmax(logits[i])[targets[i]]` for every row of `[n, vocab]` logits: one parallel pass
-/// per row (max, then a sum of exps accumulated in f64), without materialising the full
-/// log-softmax matrix.
-pub fn target_logprobs(logits: &Tensor, targets: &[u32]) -> Result<Vec<f32>> {
-    use rayon::prelude::*;
-    let logits = logits.to_dtype(DType::F32)?.contiguous()?;
-    let (n, vocab) = logits.dims2()?;
-    if n != targets.len() {
-        return Err(Error::Internal(format!(
-            "{n} rows of logits for {} targets",
-            targets.len()
-        )));
-    }
-    if let Some(&t) = targets.iter().find(|&&t| t as usize >= vocab) {
-        return Err(Error::Internal(format!(
-            "target id {t} is outside the {vocab} logits"
-        )));
-    }
-    let (storage, layout) = logits.storage_and_layout();
-    let (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) = (&*storage, layout.contiguous_offsets())
-    else {
-        return Err(Error::Internal("logits are not contiguous f32 on the CPU".into()));
-    };
-    Ok(data[start..end]
-        .par_chunks(vocab.max(1))
-        .zip(targets.par_iter())
-        .map(|(row, &t)| (f64::from(row[t as usize]) - logsumexp(row)) as f32)
-        .collect())
-}
-
-/// `ln(sum(exp(row)))`, written so the compiler vectorises it: 8 independent lanes for the max
-/// and for the sum (accumulated in f64), and a polynomial `exp`.
-fn logsumexp(row: &[f32]) -> f64 {
-    const LANES: usize = 8;
-    let chunks = row.chunks_exact(LANES);
-    let rest = chunks.remainder();
-    let mut m = [f32::NEG_INFINITY; LANES];
-    for c in chunks.clone() {
-        for i in 0..LANES {
-            m[i] = if c[i] > m[i] { c[i] } else { m[i] };
-        }
-    }
-    let max = rest
-        .iter()
-        .chain(&m)
-        .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
-    if !max.is_finite() {
-        // Empty row, all -inf, or +inf/NaN logits: let f64 arithmetic say so.
-        return f64::from(max);
-    }
-    let mut s = [0f64; LANES];
-    for c in chunks {
-        for i in 0..LANES {
-            s[i] += f64::from(exp_neg(c[i] - max));
-        }
-    }
-    let sum: f64 = s.iter().sum::<f64>() + rest.iter().map(|&x| f64::from(exp_neg(x - max))).sum::<f64>();
-    f64::from(max) + sum.ln()
-}
-
-/// `exp(x)` for `x <= 0` (x = logit - max), relative error below 2e-7; exactly 0 below -87.
-/// Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, then a degree-6 polynomial for exp(r).
-#[inline(always)]
-fn exp_neg(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    // Round to nearest without a libm call: adding 1.5 * 2^23 pushes the fraction out.
-    const MAGIC: f32 = 12_582_912.0;
-    let below = x < -87.0;
-    let x = if below { -87.0 } else { x };
-    let n = (x * LOG2E + MAGIC) - MAGIC;
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let p = 1.0
-        + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
-    if below {
-        0.0
-    } else {
-        p * scale
-    }
-}
-
 /// Splits `order` (already sorted by length) into consecutive runs whose padded size
 /// (count x longest) stays within `budget`; a run always holds at least one item.
 pub fn batches<F: Fn(usize) -> usize>(order: &[usize], len: F, budget: usize) -> Vec<&[usize]> {
@@ -342,45 +260,6 @@ pub fn batches<F: Fn(usize) -> usize>(order: &[usize], len: F, budget: usize) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn exp_neg_is_accurate() {
-        let mut worst = 0f64;
-        let mut x = -87.0f32;
-        while x <= 0.0 {
-            let want = f64::from(x).exp();
-            let got = f64::from(exp_neg(x));
-            worst = worst.max(((got - want) / want).abs());
-            x += 0.001_3;
-        }
-        assert!(worst < 3e-7, "relative error {worst}");
-        assert_eq!(exp_neg(0.0), 1.0);
-        assert_eq!(exp_neg(-1000.0), 0.0);
-        assert_eq!(exp_neg(f32::NEG_INFINITY), 0.0);
-    }
-
-    #[test]
-    fn target_logprobs_match_f64_log_softmax() {
-        let n = 5;
-        let vocab = 50_257;
-        let logits = (Tensor::randn(0f32, 4.0, (n, vocab), &Device::Cpu).unwrap() * 1.0).unwrap();
-        let targets: Vec<u32> = vec![0, 17, 50_256, 3, 25_000];
-        let got = target_logprobs(&logits, &targets).unwrap();
-        let rows = logits.to_vec2::<f32>().unwrap();
-        for ((row, &t), g) in rows.iter().zip(&targets).zip(&got) {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let lse = max + row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
-            let want = row[t as usize] as f64 - lse;
-            assert!((*g as f64 - want).abs() < 2e-5, "{g} vs {want}");
-        }
-        // Short rows (below one lane group) and a row with -inf entries.
-        let small = Tensor::new(&[[0f32, f32::NEG_INFINITY, 1.0]], &Device::Cpu).unwrap();
-        let lp = target_logprobs(&small, &[2]).unwrap()[0];
-        let want = 1.0 - (1f64 + 1f64.exp()).ln();
-        assert!((lp as f64 - want).abs() < 1e-6);
-        assert_eq!(target_logprobs(&small, &[1]).unwrap()[0], f32::NEG_INFINITY);
-        assert!(target_logprobs(&small, &[3]).is_err());
-    }
 
     #[test]
     fn batches_respect_the_budget() {
