@@ -515,3 +515,24 @@ fn vocab_and_merges_instead_of_tokenizer_json() {
         reference.tokenizer().pretty_tokens(&cases[0].ids)
     );
 }
+
+/// The scorer's fused log-softmax at the targets against an f64 reference at GPT-2's vocabulary
+/// size, with wide logits and -inf entries.
+#[test]
+fn target_logprobs_match_f64_reference() {
+    use llm_attr::model::ops::target_logprobs;
+    let logits = (Tensor::randn(0f32, 4.0, (5, 50_257), &Device::Cpu).unwrap() * 1.0).unwrap();
+    let targets: Vec<u32> = vec![0, 17, 50_256, 3, 25_000];
+    let got = target_logprobs(&logits, &targets).unwrap();
+    for ((row, &t), g) in logits.to_vec2::<f32>().unwrap().iter().zip(&targets).zip(&got) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let lse = max + row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+        let want = row[t as usize] as f64 - lse;
+        assert!((*g as f64 - want).abs() < 2e-5, "{g} vs {want}");
+    }
+    let small = Tensor::new(&[[0f32, f32::NEG_INFINITY, 1.0]], &Device::Cpu).unwrap();
+    let lp = target_logprobs(&small, &[2]).unwrap()[0] as f64;
+    assert!((lp - (1.0 - (1f64 + 1f64.exp()).ln())).abs() < 1e-6);
+    assert_eq!(target_logprobs(&small, &[1]).unwrap()[0], f32::NEG_INFINITY);
+    assert!(target_logprobs(&small, &[3]).is_err());
+}
