@@ -3,7 +3,9 @@
 //! Data flows one way: `api` (requests) -> `input` (features, coalitions) -> `attribution`
 //! (methods) -> `engine` (queue, batches, workers) -> `model` (candle, tokenizer).
 
+pub mod api;
 pub mod cli;
+pub mod engine;
 pub mod error;
 pub mod model;
 pub mod request;
