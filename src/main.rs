@@ -17,17 +17,63 @@ enum Command {
     Attribute(llm_attr::cli::AttributeArgs),
     /// Time every method on one request.
     Bench(llm_attr::cli::BenchArgs),
+    /// Start the HTTP service.
+    Serve(Box<llm_attr::api::ServeArgs>),
+    /// Print the OpenAPI document (`llm-attr openapi > openapi/openapi.json`).
+    Openapi,
+}
+
+fn init_logs(json: bool) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
-        Command::Attribute(args) => llm_attr::cli::attribute(args),
-        Command::Bench(args) => llm_attr::cli::bench(args),
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Attribute(args) => {
+            init_logs(false);
+            llm_attr::cli::attribute(args)
+        }
+        Command::Bench(args) => {
+            init_logs(false);
+            llm_attr::cli::bench(args)
+        }
+        Command::Openapi => {
+            print!("{}", llm_attr::api::openapi::openapi_json());
+            Ok(())
+        }
+        Command::Serve(args) => {
+            init_logs(args.log_json);
+            if args.threads > 0 {
+                // Read by candle's CPU kernels (rayon); set before any of them start.
+                std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string());
+            }
+            let config = args.config()?;
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(async move {
+                    let server = llm_attr::api::Server::start(config).await?;
+                    tracing::info!("serving on {}; loading the model", server.url());
+                    tokio::select! {
+                        r = server.ready() => r?,
+                        _ = llm_attr::api::shutdown_signal() => {
+                            server.shutdown().await;
+                            return Ok(());
+                        }
+                    }
+                    server.run_until(llm_attr::api::shutdown_signal()).await;
+                    Ok(())
+                })
+        }
     }
 }
