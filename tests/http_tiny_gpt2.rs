@@ -15,6 +15,7 @@ fn long_request() -> Value {
         "text": "Georg from Germany applied for a job as a janitor. The hiring manager decided to look at every single detail of the application twice",
         "target": " reject the application without further consideration.",
         "method": "shapley_value_sampling",
+        "baseline_token": " the",
         "n_samples": 300,
         "seed": 1,
     })
@@ -225,8 +226,9 @@ async fn model_endpoints_tokenize_generate_and_describe() {
         assert_eq!(res["tokens"].as_array().unwrap().len(), n);
         let offsets = res["offsets"].as_array().unwrap();
         assert_eq!(offsets.len(), n);
-        let last_end = offsets[n - 1][1].as_u64().unwrap() as usize;
-        assert_eq!(last_end, text.len(), "byte offsets cover the text");
+        if let Some(last) = offsets.last() {
+            assert_eq!(last[1].as_u64().unwrap() as usize, text.len(), "byte offsets cover the text");
+        }
     }
     let prompt = "The hiring manager decided to";
     let res: Value = c

@@ -159,6 +159,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
                     .and_then(|rest| rest.split('`').next());
                 let field = match named {
                     Some(name) if path.is_empty() => name.to_string(),
+                    Some(name) if path == name || path.ends_with(&format!(".{name}")) => path,
                     Some(name) => format!("{path}.{name}"),
                     None if path.is_empty() => "body".to_string(),
                     None => path,
