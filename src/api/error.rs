@@ -144,45 +144,46 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             "the request body is empty: send a JSON object",
         ));
     }
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let inner = e.inner();
-        let message = inner.to_string();
-        match inner.classify() {
-            serde_json::error::Category::Data => {
-                let path = e.path().to_string();
-                let path = if path == "." { String::new() } else { path };
-                // Unknown and missing fields are reported at their parent; name the field itself.
-                let named = ["unknown field `", "missing field `"]
-                    .iter()
-                    .find_map(|p| message.strip_prefix(p))
-                    .and_then(|rest| rest.split('`').next());
-                let field = match named {
-                    Some(name) if path.is_empty() => name.to_string(),
-                    Some(name) if path == name || path.ends_with(&format!(".{name}")) => path,
-                    Some(name) => format!("{path}.{name}"),
-                    None if path.is_empty() => "body".to_string(),
-                    None => path,
-                };
-                let message = strip_position(&message);
-                ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", format!("{field}: {message}"))
-                    .with_field(field)
-            }
-            _ => ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                format!("the body is not valid JSON: {message}"),
-            ),
-        }
-    })?;
-    de.end().map_err(|e| {
+    // Syntax first (malformed JSON), then the shape, with the path of any problem.
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_json",
             format!("the body is not valid JSON: {e}"),
         )
     })?;
-    Ok(value)
+    if !value.is_object() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "body: expected a JSON object",
+        )
+        .with_field("body"));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let message = e.inner().to_string();
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        // Unknown and missing fields may be reported at their parent; name the field itself.
+        let named = ["unknown field `", "missing field `"]
+            .iter()
+            .find_map(|p| message.strip_prefix(p))
+            .and_then(|rest| rest.split('`').next());
+        let field = match named {
+            Some(name) if path.is_empty() => name.to_string(),
+            Some(name) if path == name || path.ends_with(&format!(".{name}")) => path,
+            Some(name) => format!("{path}.{name}"),
+            None if path.is_empty() => "body".to_string(),
+            None => path,
+        };
+        let message = strip_position(&message);
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("{field}: {message}"),
+        )
+        .with_field(field)
+    })
 }
 
 /// Drops serde_json's " at line 1 column 42" from a data error (the field says where).

@@ -44,7 +44,7 @@ pub async fn execute(
     on_start: impl FnOnce() -> bool,
 ) -> Result<AttributeResponse, ApiError> {
     let ready = state.ready()?;
-    let _slot = state
+    let slot = state
         .run_slots
         .clone()
         .acquire_owned()
@@ -53,31 +53,41 @@ pub async fn execute(
     if cancel.is_cancelled() || !on_start() {
         return Err(Error::Cancelled.into());
     }
-    state.active_runs.fetch_add(1, Ordering::SeqCst);
-    let _active = ActiveRun(state.clone());
     let limits = state.config.limits.clone();
     let method = serde_json::to_value(request.method)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default();
-    let started = Instant::now();
-    let out = tokio::task::spawn_blocking(move || {
+    // The run owns its slot and its bookkeeping: if the client goes away the handler is
+    // dropped, but the run still ends (cancelled) and is counted.
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        let _active = ActiveRun::new(st.clone());
+        let started = Instant::now();
         let handle = ready.engine.handle(cancel);
-        crate::run::run(&request, &handle, &limits, &progress)
+        let out = crate::run::run(&request, &handle, &limits, &progress);
+        let outcome = match &out {
+            Ok(_) => "ok",
+            Err(e) => e.code(),
+        };
+        st.metrics
+            .record_attribution(&method, outcome, started.elapsed().as_secs_f64());
+        out
     })
     .await
-    .map_err(|e| ApiError::from(Error::Internal(format!("the attribution task failed: {e}"))))?;
-    let outcome = match &out {
-        Ok(_) => "ok",
-        Err(e) => e.code(),
-    };
-    state
-        .metrics
-        .record_attribution(&method, outcome, started.elapsed().as_secs_f64());
-    out.map_err(ApiError::from)
+    .map_err(|e| ApiError::from(Error::Internal(format!("the attribution task failed: {e}"))))?
+    .map_err(ApiError::from)
 }
 
 struct ActiveRun(Arc<AppState>);
+
+impl ActiveRun {
+    fn new(state: Arc<AppState>) -> Self {
+        state.active_runs.fetch_add(1, Ordering::SeqCst);
+        ActiveRun(state)
+    }
+}
 
 impl Drop for ActiveRun {
     fn drop(&mut self) {
