@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use llm_attr::api::{Config, ModelSource, Server};
-use llm_attr::model::Model;
+use llm_attr::model::{Model, ScoreItem};
 use serde_json::{json, Value};
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -109,6 +109,30 @@ fn main() -> anyhow::Result<()> {
         let model = Model::load(&spec).map_err(|e| anyhow::anyhow!("{spec}: {e}"))?;
         let load_secs = t.elapsed().as_secs_f64();
         let (rss_loaded, _) = rss_mib();
+        // The model alone: how much a bigger forward pass buys on this machine.
+        let tok = model.tokenizer();
+        let target = tok.encode(" reject the application without further consideration.").map_err(|e| anyhow::anyhow!("{e}"))?;
+        let items: Vec<ScoreItem> = requests()
+            .iter()
+            .cycle()
+            .take(64)
+            .enumerate()
+            .map(|(k, r)| {
+                let v = &r["values"];
+                let text = format!("{} from {} applied for a job as a {} number {k}. The hiring manager decided to",
+                    v["name"].as_str().unwrap_or(""), v["country"].as_str().unwrap_or(""), v["job"].as_str().unwrap_or(""));
+                ScoreItem { prompt: tok.encode(&text).unwrap_or_default(), target: target.clone() }
+            })
+            .collect();
+        for size in [8, 64] {
+            let t = Instant::now();
+            let mut n = 0;
+            while n < 128 {
+                model.score(&items[..size]).map_err(|e| anyhow::anyhow!("{e}"))?;
+                n += size;
+            }
+            println!("model alone, batches of {size}: {:.1} sequences/s", n as f64 / t.elapsed().as_secs_f64());
+        }
         let mut config = Config::new(ModelSource::Loaded(model));
         config.engine.workers = workers;
         let server = Server::start(config).await?;
