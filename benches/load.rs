@@ -7,7 +7,8 @@
 //! process's resident memory (server and clients share this process; the clients are small).
 //!
 //!     cargo bench --bench load
-//!     LOAD_CLIENTS=32 LOAD_ROUNDS=2 LOAD_MAX_SECONDS=300 cargo bench --bench load
+//!     LOAD_CLIENTS=32 LOAD_ROUNDS=2 LOAD_MAX_SECONDS=300 LOAD_SWEEP=4,8,16,32,64 \
+//!         LOAD_BATCH_TOKENS=2048 LOAD_WORKERS=1 cargo bench --bench load
 //!
 //! Bounded: `LOAD_CLIENTS` x `LOAD_ROUNDS` requests, and it stops waiting after
 //! `LOAD_MAX_SECONDS` (counting what did not finish as unanswered).
@@ -124,10 +125,16 @@ fn main() -> anyhow::Result<()> {
                 ScoreItem { prompt: tok.encode(&text).unwrap_or_default(), target: target.clone() }
             })
             .collect();
-        for size in [8, 64] {
+        let sizes: Vec<usize> = std::env::var("LOAD_SWEEP")
+            .unwrap_or_else(|_| "8,64".into())
+            .split(',')
+            .filter_map(|v| v.trim().parse().ok())
+            .filter(|&n| (1..=64).contains(&n))
+            .collect();
+        for size in sizes {
             let t = Instant::now();
             let mut n = 0;
-            while n < 128 {
+            while n < 64 {
                 model.score(&items[..size]).map_err(|e| anyhow::anyhow!("{e}"))?;
                 n += size;
             }
@@ -135,11 +142,13 @@ fn main() -> anyhow::Result<()> {
         }
         let mut config = Config::new(ModelSource::Loaded(model));
         config.engine.workers = workers;
+        config.engine.token_budget = env("LOAD_BATCH_TOKENS", config.engine.token_budget);
+        let budget = config.engine.token_budget;
         let server = Server::start(config).await?;
         server.ready().await?;
         let url = format!("{}/v1/attributions", server.url());
         let http = reqwest::Client::builder().timeout(Duration::from_secs_f64(max_secs)).build()?;
-        println!("model {spec} loaded in {load_secs:.2}s; RSS {rss0:.0} MiB before, {rss_loaded:.0} MiB after; {workers} worker(s)");
+        println!("model {spec} loaded in {load_secs:.2}s; RSS {rss0:.0} MiB before, {rss_loaded:.0} MiB after; {workers} worker(s), batch budget {budget} tokens");
 
         // Solo: each distinct request alone, one at a time (the reference and 1-client rate).
         let reqs = requests();
