@@ -23,11 +23,15 @@ fn main() {
     let dir = root.join("static");
     let mut files = Vec::new();
     walk(&dir, &mut files);
-    let mut code = String::from("/// (path under static/, contents)\npub static FILES: &[(&str, &[u8])] = &[\n");
+    let mut code =
+        String::from("/// (path under static/, contents)\npub static FILES: &[(&str, &[u8])] = &[\n");
     for f in files {
         let rel = f.strip_prefix(&dir).expect("under static/");
         let rel = rel.to_string_lossy().replace('\\', "/");
-        code.push_str(&format!("    ({rel:?}, include_bytes!({:?})),\n", f.display().to_string()));
+        code.push_str(&format!(
+            "    ({rel:?}, include_bytes!({:?})),\n",
+            f.display().to_string()
+        ));
     }
     code.push_str("];\n");
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("static_files.rs");

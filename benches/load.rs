@@ -22,7 +22,10 @@ use llm_attr::model::{Model, ScoreItem};
 use serde_json::{json, Value};
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Resident and peak resident memory of this process, MiB.
@@ -41,7 +44,16 @@ fn rss_mib() -> (f64, f64) {
 
 /// t1 of the notebook with one baseline per placeholder; names vary so requests differ.
 fn requests() -> Vec<Value> {
-    let names = ["Georg", "Maria", "Ahmed", "Zhang Wei", "Jane", "Dave", "Elisabeth", "John"];
+    let names = [
+        "Georg",
+        "Maria",
+        "Ahmed",
+        "Zhang Wei",
+        "Jane",
+        "Dave",
+        "Elisabeth",
+        "John",
+    ];
     let countries = ["Germany", "Togo", "Tuvalu", "Japan"];
     names
         .iter()
@@ -97,7 +109,11 @@ fn engine_counts(s: &Server) -> Engine {
 fn main() -> anyhow::Result<()> {
     // `cargo bench` passes --bench; nothing to parse.
     let spec = std::env::var("LOAD_MODEL").unwrap_or_else(|_| {
-        concat!(env!("CARGO_MANIFEST_DIR"), "/models/SmolLM2-135M-Instruct.Q4_1.gguf").to_string()
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+        )
+        .to_string()
     });
     let clients: usize = env("LOAD_CLIENTS", 32);
     let rounds: usize = env("LOAD_ROUNDS", 2);

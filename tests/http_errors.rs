@@ -30,52 +30,149 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
     .await;
     let c = client();
     let url = |p: &str| format!("{}{p}", s.url());
-    let post = |p: &str| c.post(url(p)).bearer_auth(KEY).header("content-type", "application/json");
+    let post = |p: &str| {
+        c.post(url(p))
+            .bearer_auth(KEY)
+            .header("content-type", "application/json")
+    };
     let good = t1_request("tiny-gpt2/captum_t1.json", "feature_ablation");
 
     // API key: missing, wrong, and both accepted forms.
-    let e = error(c.post(url("/v1/attributions")).json(&good).send().await.unwrap(), 401, "unauthorized").await;
+    let e = error(
+        c.post(url("/v1/attributions")).json(&good).send().await.unwrap(),
+        401,
+        "unauthorized",
+    )
+    .await;
     assert!(e["message"].as_str().unwrap().contains("Bearer"));
-    error(c.get(url("/v1/templates")).bearer_auth("nope").send().await.unwrap(), 401, "unauthorized").await;
-    error(c.get(url("/v1/model")).header("x-api-key", "s3cret-kez").send().await.unwrap(), 401, "unauthorized").await;
-    assert_eq!(c.get(url("/v1/templates")).header("x-api-key", KEY).send().await.unwrap().status(), 200);
-    assert_eq!(c.get(url("/v1/templates")).bearer_auth(KEY).send().await.unwrap().status(), 200);
+    error(
+        c.get(url("/v1/templates"))
+            .bearer_auth("nope")
+            .send()
+            .await
+            .unwrap(),
+        401,
+        "unauthorized",
+    )
+    .await;
+    error(
+        c.get(url("/v1/model"))
+            .header("x-api-key", "s3cret-kez")
+            .send()
+            .await
+            .unwrap(),
+        401,
+        "unauthorized",
+    )
+    .await;
+    assert_eq!(
+        c.get(url("/v1/templates"))
+            .header("x-api-key", KEY)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        c.get(url("/v1/templates"))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     // Health, readiness and metrics need no key.
     assert_eq!(c.get(url("/health")).send().await.unwrap().status(), 200);
     assert_eq!(c.get(url("/ready")).send().await.unwrap().status(), 200);
 
     // Malformed JSON, an empty body, wrong types, unknown fields.
     for body in ["{\"template\": ", "", "not json", "{} {}"] {
-        error(post("/v1/attributions").body(body).send().await.unwrap(), 400, "invalid_json").await;
+        error(
+            post("/v1/attributions").body(body).send().await.unwrap(),
+            400,
+            "invalid_json",
+        )
+        .await;
     }
     let cases = [
-        (json!({"template": "{a} b", "values": {"a": 3}, "target": "x"}), "values.a"),
-        (json!({"template": "{a} b", "values": {"a": "x"}, "target": "x", "n_samples": "many"}), "n_samples"),
-        (json!({"template": "{a} b", "values": {"a": "x"}, "target": "x", "colour": "red"}), "colour"),
-        (json!({"template": "{a} b", "values": {"a": "x"}, "target": "x", "method": "magic"}), "method"),
+        (
+            json!({"template": "{a} b", "values": {"a": 3}, "target": "x"}),
+            "values.a",
+        ),
+        (
+            json!({"template": "{a} b", "values": {"a": "x"}, "target": "x", "n_samples": "many"}),
+            "n_samples",
+        ),
+        (
+            json!({"template": "{a} b", "values": {"a": "x"}, "target": "x", "colour": "red"}),
+            "colour",
+        ),
+        (
+            json!({"template": "{a} b", "values": {"a": "x"}, "target": "x", "method": "magic"}),
+            "method",
+        ),
         (json!([1, 2]), "body"),
     ];
     for (body, field) in cases {
-        let e = error(post("/v1/attributions").json(&body).send().await.unwrap(), 400, "invalid_request").await;
+        let e = error(
+            post("/v1/attributions").json(&body).send().await.unwrap(),
+            400,
+            "invalid_request",
+        )
+        .await;
         assert_eq!(e["field"], field, "{e}");
     }
-    let e = error(post("/v1/tokenize").json(&json!({"txt": "hi"})).send().await.unwrap(), 400, "invalid_request").await;
+    let e = error(
+        post("/v1/tokenize")
+            .json(&json!({"txt": "hi"}))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "invalid_request",
+    )
+    .await;
     assert_eq!(e["field"], "txt");
-    let e = error(post("/v1/generate").json(&json!({"prompt": 5})).send().await.unwrap(), 400, "invalid_request").await;
+    let e = error(
+        post("/v1/generate")
+            .json(&json!({"prompt": 5}))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "invalid_request",
+    )
+    .await;
     assert_eq!(e["field"], "prompt");
 
     // Semantically invalid: a placeholder without a value (the attribution core names it).
     let body = json!({"template": "{name} from {country}", "values": {"name": "Georg"}, "target": " x"});
-    let e = error(post("/v1/attributions").json(&body).send().await.unwrap(), 400, "invalid_request").await;
+    let e = error(
+        post("/v1/attributions").json(&body).send().await.unwrap(),
+        400,
+        "invalid_request",
+    )
+    .await;
     assert!(e["field"].as_str().unwrap().contains("country"), "{e}");
 
     // Limits: n_samples over the configured maximum, too many new tokens.
     let mut body = t1_request("tiny-gpt2/captum_t1.json", "lime");
     body["n_samples"] = json!(101);
-    let e = error(post("/v1/attributions").json(&body).send().await.unwrap(), 422, "limit_exceeded").await;
+    let e = error(
+        post("/v1/attributions").json(&body).send().await.unwrap(),
+        422,
+        "limit_exceeded",
+    )
+    .await;
     assert_eq!(e["field"], "n_samples");
     let e = error(
-        post("/v1/generate").json(&json!({"prompt": "Hi", "max_new_tokens": 10_000})).send().await.unwrap(),
+        post("/v1/generate")
+            .json(&json!({"prompt": "Hi", "max_new_tokens": 10_000}))
+            .send()
+            .await
+            .unwrap(),
         422,
         "limit_exceeded",
     )
@@ -84,16 +181,44 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
 
     // Oversized body.
     let big = json!({"text": "x".repeat(5000)});
-    let e = error(post("/v1/tokenize").json(&big).send().await.unwrap(), 413, "payload_too_large").await;
+    let e = error(
+        post("/v1/tokenize").json(&big).send().await.unwrap(),
+        413,
+        "payload_too_large",
+    )
+    .await;
     assert_eq!(e["field"], "body");
 
     // Unknown job ids, unknown routes.
     let id = "00000000-0000-4000-8000-000000000000";
-    for path in [format!("/v1/jobs/{id}"), "/v1/jobs/not-a-uuid".into(), format!("/v1/jobs/{id}/events")] {
-        error(c.get(url(&path)).bearer_auth(KEY).send().await.unwrap(), 404, "not_found").await;
+    for path in [
+        format!("/v1/jobs/{id}"),
+        "/v1/jobs/not-a-uuid".into(),
+        format!("/v1/jobs/{id}/events"),
+    ] {
+        error(
+            c.get(url(&path)).bearer_auth(KEY).send().await.unwrap(),
+            404,
+            "not_found",
+        )
+        .await;
     }
-    error(c.delete(url(&format!("/v1/jobs/{id}"))).bearer_auth(KEY).send().await.unwrap(), 404, "not_found").await;
-    error(c.get(url("/v1/nothing")).bearer_auth(KEY).send().await.unwrap(), 404, "not_found").await;
+    error(
+        c.delete(url(&format!("/v1/jobs/{id}")))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
+    error(
+        c.get(url("/v1/nothing")).bearer_auth(KEY).send().await.unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
 
     // CORS preflight from an allowed origin, request ids echoed or made up.
     let pre = c
@@ -105,8 +230,16 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
         .await
         .unwrap();
     assert!(pre.status().is_success(), "{}", pre.status());
-    assert_eq!(pre.headers()["access-control-allow-origin"], "http://example.test");
-    let res = c.get(url("/health")).header("x-request-id", "abc-123").send().await.unwrap();
+    assert_eq!(
+        pre.headers()["access-control-allow-origin"],
+        "http://example.test"
+    );
+    let res = c
+        .get(url("/health"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.headers()["x-request-id"], "abc-123");
     let res = c.get(url("/health")).send().await.unwrap();
     assert_eq!(res.headers()["x-request-id"].len(), 36);
@@ -115,7 +248,11 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
     let res = post("/v1/attributions").json(&good).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     let r: Value = res.json().await.unwrap();
-    assert_close(&r["seq_attr"], &fixture("tiny-gpt2/captum_t1.json")["feature_ablation"]["seq_attr"], "seq_attr");
+    assert_close(
+        &r["seq_attr"],
+        &fixture("tiny-gpt2/captum_t1.json")["feature_ablation"]["seq_attr"],
+        "seq_attr",
+    );
     let m = c.get(url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(m.contains("status=\"401\""), "{m}");
     assert!(m.contains("status=\"413\""), "{m}");

@@ -25,12 +25,27 @@ fn committed_openapi_matches_the_code() {
     );
     let doc: Value = serde_json::from_str(&generated).unwrap();
     for path in [
-        "/v1/attributions", "/v1/jobs", "/v1/jobs/{id}", "/v1/jobs/{id}/events", "/v1/templates",
-        "/v1/tokenize", "/v1/generate", "/v1/model", "/health", "/ready", "/metrics",
+        "/v1/attributions",
+        "/v1/jobs",
+        "/v1/jobs/{id}",
+        "/v1/jobs/{id}/events",
+        "/v1/templates",
+        "/v1/tokenize",
+        "/v1/generate",
+        "/v1/model",
+        "/health",
+        "/ready",
+        "/metrics",
     ] {
         assert!(doc["paths"][path].is_object(), "{path} is documented");
     }
-    for schema in ["AttributeRequest", "AttributeResponse", "Job", "ErrorBody", "ModelInfo"] {
+    for schema in [
+        "AttributeRequest",
+        "AttributeResponse",
+        "Job",
+        "ErrorBody",
+        "ModelInfo",
+    ] {
         assert!(doc["components"]["schemas"][schema].is_object(), "{schema}");
     }
 }
@@ -60,7 +75,10 @@ async fn ops_endpoints_answer_without_a_model() {
     assert_eq!(served, serde_json::from_str::<Value>(&openapi_json()).unwrap());
     let docs = get("/docs/").await.unwrap();
     assert_eq!(docs.status(), 200);
-    assert!(docs.text().await.unwrap().contains("swagger"), "Swagger UI is served");
+    assert!(
+        docs.text().await.unwrap().contains("swagger"),
+        "Swagger UI is served"
+    );
     let m = get("/metrics").await.unwrap().text().await.unwrap();
     assert!(m.contains("llm_attr_model_ready 0"), "{m}");
     s.shutdown().await;

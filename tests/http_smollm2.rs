@@ -20,12 +20,23 @@ async fn smollm2_over_http_matches_the_reference() {
         let got: Value = res.json().await.unwrap();
         let want = &fixture(&path)["shapley_values"];
         assert_close(&got["seq_attr"], &want["seq_attr"], &format!("{t} seq_attr"));
-        assert_close(&got["token_attr"], &want["token_attr"], &format!("{t} token_attr"));
+        assert_close(
+            &got["token_attr"],
+            &want["token_attr"],
+            &format!("{t} token_attr"),
+        );
         assert_eq!(got["output_tokens"], want["output_tokens"]);
     }
 
     // t1 as /v1/templates serves it (the notebook's baseline lists), as a job with progress.
-    let templates: Value = c.get(url("/v1/templates")).send().await.unwrap().json().await.unwrap();
+    let templates: Value = c
+        .get(url("/v1/templates"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let t1 = &templates["templates"][0];
     let req = json!({"template": t1["template"], "values": t1["values"], "baselines": t1["baselines"],
         "target": t1["target"], "method": "shapley_values", "baseline_sampling": "exact"});
@@ -43,12 +54,25 @@ async fn smollm2_over_http_matches_the_reference() {
     assert!(progress.windows(2).all(|w| w[0] < w[1]), "{progress:?}");
     let want = fixture("smollm2/exact_product_t1.json");
     let result = &last.data["result"];
-    assert_close(&result["seq_attr"], &want["shapley"]["seq_attr"], "product seq_attr");
-    assert_close(&result["token_attr"], &want["shapley"]["token_attr"], "product token_attr");
+    assert_close(
+        &result["seq_attr"],
+        &want["shapley"]["seq_attr"],
+        "product seq_attr",
+    );
+    assert_close(
+        &result["token_attr"],
+        &want["shapley"]["token_attr"],
+        "product token_attr",
+    );
     assert_eq!(result["target_ids"], want["target_ids"]);
     assert_eq!(last.data["progress"]["total"], want["unique_prompts"]);
 
-    for case in fixture("smollm2/tokenization.json").as_array().unwrap().iter().take(5) {
+    for case in fixture("smollm2/tokenization.json")
+        .as_array()
+        .unwrap()
+        .iter()
+        .take(5)
+    {
         let res: Value = c
             .post(url("/v1/tokenize"))
             .json(&json!({"text": case["text"]}))
@@ -72,7 +96,14 @@ async fn smollm2_over_http_matches_the_reference() {
         .await
         .unwrap();
     assert_eq!(res["ids"], case["greedy_ids"]);
-    let info: Value = c.get(url("/v1/model")).send().await.unwrap().json().await.unwrap();
+    let info: Value = c
+        .get(url("/v1/model"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(info["architecture"], "llama");
     s.shutdown().await;
 }

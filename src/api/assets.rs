@@ -11,10 +11,14 @@ pub fn lookup(path: &str) -> Option<&'static [u8]> {
     if rel.is_empty() || rel.ends_with('/') {
         rel.push_str("index.html");
     }
-    FILES.iter().find(|(p, _)| *p == rel).map(|(_, b)| *b).or_else(|| {
-        let index = format!("{rel}/index.html");
-        FILES.iter().find(|(p, _)| *p == index).map(|(_, b)| *b)
-    })
+    FILES
+        .iter()
+        .find(|(p, _)| *p == rel)
+        .map(|(_, b)| *b)
+        .or_else(|| {
+            let index = format!("{rel}/index.html");
+            FILES.iter().find(|(p, _)| *p == index).map(|(_, b)| *b)
+        })
 }
 
 pub fn content_type(path: &str) -> &'static str {

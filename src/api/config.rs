@@ -143,7 +143,8 @@ pub struct ServeArgs {
 }
 
 fn secs(v: f64, flag: &str) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(v).map_err(|_| anyhow::anyhow!("--{flag}: {v} is not a valid number of seconds"))
+    Duration::try_from_secs_f64(v)
+        .map_err(|_| anyhow::anyhow!("--{flag}: {v} is not a valid number of seconds"))
 }
 
 impl ServeArgs {

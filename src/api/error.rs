@@ -90,9 +90,19 @@ impl From<Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if self.status.is_server_error() {
-            tracing::warn!(status = self.status.as_u16(), code = self.code, "{}", self.message);
+            tracing::warn!(
+                status = self.status.as_u16(),
+                code = self.code,
+                "{}",
+                self.message
+            );
         } else {
-            tracing::debug!(status = self.status.as_u16(), code = self.code, "{}", self.message);
+            tracing::debug!(
+                status = self.status.as_u16(),
+                code = self.code,
+                "{}",
+                self.message
+            );
         }
         let mut res = (self.status, Json(self.body())).into_response();
         if matches!(
@@ -117,20 +127,18 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|r| {
-                if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "payload_too_large",
-                        "the request body exceeds the configured limit (--max-body-bytes)",
-                    )
-                    .with_field("body")
-                } else {
-                    ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", r.body_text())
-                }
-            })?;
+        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|r| {
+            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "the request body exceeds the configured limit (--max-body-bytes)",
+                )
+                .with_field("body")
+            } else {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", r.body_text())
+            }
+        })?;
         parse_json(&bytes).map(ApiJson)
     }
 }
@@ -200,13 +208,16 @@ mod tests {
     use crate::request::AttributeRequest;
 
     fn err(body: &str) -> ApiError {
-        parse_json::<AttributeRequest>(body.as_bytes()).err().expect("an error")
+        parse_json::<AttributeRequest>(body.as_bytes()).expect_err("an error")
     }
 
     #[test]
     fn errors_name_the_field() {
         let e = err(r#"{"template": "x", "bogus": 1}"#);
-        assert_eq!((e.status, e.code, e.field.as_deref()), (StatusCode::BAD_REQUEST, "invalid_request", Some("bogus")));
+        assert_eq!(
+            (e.status, e.code, e.field.as_deref()),
+            (StatusCode::BAD_REQUEST, "invalid_request", Some("bogus"))
+        );
         let e = err(r#"{"values": {"name": 3}}"#);
         assert_eq!(e.field.as_deref(), Some("values.name"), "{}", e.message);
         let e = err(r#"{"n_samples": "many"}"#);
@@ -220,7 +231,12 @@ mod tests {
     fn malformed_json_is_invalid_json() {
         for body in ["{", "", "  ", "[1,", "{} x", "nope"] {
             let e = err(body);
-            assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "invalid_json"), "{body:?}: {}", e.message);
+            assert_eq!(
+                (e.status, e.code),
+                (StatusCode::BAD_REQUEST, "invalid_json"),
+                "{body:?}: {}",
+                e.message
+            );
         }
         assert!(parse_json::<AttributeRequest>(b" {} ").is_ok());
     }

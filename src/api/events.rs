@@ -101,15 +101,14 @@ pub async fn get(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> 
     responses((status = 200, body = Job), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security((), ("bearer" = []), ("api_key" = []))
 )]
-pub async fn cancel(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<Job>, ApiError> {
+pub async fn cancel(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Job>, ApiError> {
     let job = find(&state, &id)?;
     if !job.state().is_finished() {
         job.cancel.cancel();
-        job.finish(
-            JobState::Cancelled,
-            None,
-            Some(Error::Cancelled.body().error),
-        );
+        job.finish(JobState::Cancelled, None, Some(Error::Cancelled.body().error));
     }
     Ok(Json(job.snapshot()))
 }
@@ -148,34 +147,37 @@ fn job_events(rx: watch::Receiver<Job>) -> impl Stream<Item = Result<Event, Infa
             .json_data(p)
             .unwrap_or_else(|_| Event::default().event("progress")))
     };
-    stream::unfold((rx, Phase::Start, None), move |(mut rx, phase, last)| async move {
-        match phase {
-            Phase::Ended => None,
-            Phase::Start => {
-                let p = rx.borrow_and_update().progress;
-                Some((progress(p), (rx, Phase::Watching, Some(p))))
+    stream::unfold(
+        (rx, Phase::Start, None),
+        move |(mut rx, phase, last)| async move {
+            match phase {
+                Phase::Ended => None,
+                Phase::Start => {
+                    let p = rx.borrow_and_update().progress;
+                    Some((progress(p), (rx, Phase::Watching, Some(p))))
+                }
+                Phase::Watching => loop {
+                    let (finished, p) = {
+                        let j = rx.borrow_and_update();
+                        (j.state.is_finished(), j.progress)
+                    };
+                    if finished {
+                        let job = rx.borrow().clone();
+                        let name = job.state.as_str();
+                        let event = Event::default()
+                            .event(name)
+                            .json_data(&job)
+                            .unwrap_or_else(|_| Event::default().event(name));
+                        return Some((Ok(event), (rx, Phase::Ended, last)));
+                    }
+                    if Some(p) != last {
+                        return Some((progress(p), (rx, Phase::Watching, Some(p))));
+                    }
+                    if rx.changed().await.is_err() {
+                        return None;
+                    }
+                },
             }
-            Phase::Watching => loop {
-                let (finished, p) = {
-                    let j = rx.borrow_and_update();
-                    (j.state.is_finished(), j.progress)
-                };
-                if finished {
-                    let job = rx.borrow().clone();
-                    let name = job.state.as_str();
-                    let event = Event::default()
-                        .event(name)
-                        .json_data(&job)
-                        .unwrap_or_else(|_| Event::default().event(name));
-                    return Some((Ok(event), (rx, Phase::Ended, last)));
-                }
-                if Some(p) != last {
-                    return Some((progress(p), (rx, Phase::Watching, Some(p))));
-                }
-                if rx.changed().await.is_err() {
-                    return None;
-                }
-            },
-        }
-    })
+        },
+    )
 }

@@ -226,7 +226,10 @@ pub async fn generate(
     if max_new > limits.max_new_tokens {
         return Err(Error::too_large(
             "max_new_tokens",
-            format!("{max_new} exceeds the limit of {} (--max-new-tokens)", limits.max_new_tokens),
+            format!(
+                "{max_new} exceeds the limit of {} (--max-new-tokens)",
+                limits.max_new_tokens
+            ),
         )
         .into());
     }
@@ -332,7 +335,10 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let body = state.metrics.render(&state);
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         body,
     )
         .into_response()

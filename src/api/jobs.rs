@@ -97,7 +97,12 @@ impl JobEntry {
     }
 
     /// Sets a final state once; later calls (e.g. a run ending after a DELETE) change nothing.
-    pub fn finish(&self, state: JobState, result: Option<AttributeResponse>, error: Option<ErrorDetail>) -> bool {
+    pub fn finish(
+        &self,
+        state: JobState,
+        result: Option<AttributeResponse>,
+        error: Option<ErrorDetail>,
+    ) -> bool {
         let changed = self.tx.send_if_modified(|j| {
             if j.state.is_finished() {
                 return false;

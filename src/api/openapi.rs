@@ -71,7 +71,9 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 /// The document as pretty JSON with a trailing newline, as committed in `openapi/openapi.json`.
 pub fn openapi_json() -> String {
-    let mut s = openapi().to_pretty_json().unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    let mut s = openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
     s.push('\n');
     s
 }

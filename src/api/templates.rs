@@ -25,7 +25,15 @@ pub struct Templates {
 const NAMES: [&str; 4] = ["John", "Maria", "Ahmed", "Zhang Wei"];
 const JOBS: [&str; 4] = ["nurse", "CEO", "teacher", "construction worker"];
 
-type Spec<'a> = (&'a str, &'a str, &'a str, [(&'a str, &'a str); 3], &'a str, &'a str, [&'a str; 4]);
+type Spec<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    [(&'a str, &'a str); 3],
+    &'a str,
+    &'a str,
+    [&'a str; 4],
+);
 
 /// (id, title, template, values, target, second placeholder, its baselines)
 const SPECS: [Spec<'static>; 4] = [
@@ -70,21 +78,26 @@ const SPECS: [Spec<'static>; 4] = [
 pub fn templates() -> Templates {
     let templates = SPECS
         .iter()
-        .map(|(id, title, template, values, target, second, second_baselines)| {
-            let list = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-            let mut baselines = BTreeMap::new();
-            baselines.insert("name".to_string(), list(&NAMES));
-            baselines.insert("job".to_string(), list(&JOBS));
-            baselines.insert(second.to_string(), list(second_baselines));
-            Template {
-                id: id.to_string(),
-                title: title.to_string(),
-                template: template.to_string(),
-                values: values.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-                baselines,
-                target: target.to_string(),
-            }
-        })
+        .map(
+            |(id, title, template, values, target, second, second_baselines)| {
+                let list = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+                let mut baselines = BTreeMap::new();
+                baselines.insert("name".to_string(), list(&NAMES));
+                baselines.insert("job".to_string(), list(&JOBS));
+                baselines.insert(second.to_string(), list(second_baselines));
+                Template {
+                    id: id.to_string(),
+                    title: title.to_string(),
+                    template: template.to_string(),
+                    values: values
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    baselines,
+                    target: target.to_string(),
+                }
+            },
+        )
         .collect();
     Templates { templates }
 }
@@ -115,8 +128,11 @@ mod tests {
     #[test]
     fn t1_baselines_are_the_reference_product_baselines() {
         let fixture: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/smollm2/captum_t1.json"))
-                .unwrap(),
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/smollm2/captum_t1.json"
+            ))
+            .unwrap(),
         )
         .unwrap();
         let t1 = &templates().templates[0];

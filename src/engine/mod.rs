@@ -88,9 +88,12 @@ impl CancelToken {
     }
 }
 
+/// Scores of some items of one ticket, by index.
+type Scored = Vec<(usize, Vec<f32>)>;
+
 /// Results flowing back to a waiting request.
 enum Reply {
-    Scores(Vec<(usize, Vec<f32>)>),
+    Scores(Scored),
     Failed(Error),
 }
 
@@ -124,7 +127,7 @@ enum Work {
 }
 
 impl Queued for Work {
-    fn len(&self) -> Option<usize> {
+    fn padded_len(&self) -> Option<usize> {
         match self {
             Work::Score { item, .. } => Some(item.input_len()),
             Work::Generate { .. } => None,
@@ -297,11 +300,7 @@ fn run_batch<B: Backend>(s: &Shared<B>, batch: Vec<Work>) {
                 let out = catch(|| s.backend.generate(&prompt, max_new_tokens));
                 let _ = reply.send(out);
             }
-            Work::Score {
-                ticket,
-                index,
-                item,
-            } => {
+            Work::Score { ticket, index, item } => {
                 items.push(item);
                 owners.push((ticket, index));
             }
@@ -359,7 +358,7 @@ fn catch<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
 }
 
 fn deliver(owners: Vec<(Arc<Ticket>, usize)>, scores: Vec<Vec<f32>>) {
-    let mut per: Vec<(Arc<Ticket>, Vec<(usize, Vec<f32>)>)> = Vec::new();
+    let mut per: Vec<(Arc<Ticket>, Scored)> = Vec::new();
     for ((t, i), sc) in owners.into_iter().zip(scores) {
         match per.iter_mut().find(|(p, _)| p.id == t.id) {
             Some((_, v)) => v.push((i, sc)),

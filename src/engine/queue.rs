@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 /// What the queue needs to know about a piece of work.
 pub trait Queued {
     /// Padded length of a scoring item; `None` for work that runs alone (generation).
-    fn len(&self) -> Option<usize>;
+    fn padded_len(&self) -> Option<usize>;
     /// Work of a cancelled request is dropped instead of run.
     fn is_cancelled(&self) -> bool;
 }
@@ -67,7 +67,7 @@ impl<W: Queued> Queue<W> {
         let Some(head) = self.items.front() else {
             return (Vec::new(), skipped);
         };
-        let Some(head_len) = head.len() else {
+        let Some(head_len) = head.padded_len() else {
             return (self.items.pop_front().into_iter().collect(), skipped);
         };
         // Candidates: scoring items in the window, nearest in length to the head first.
@@ -77,7 +77,7 @@ impl<W: Queued> Queue<W> {
             .take(window.max(1))
             .enumerate()
             .skip(1)
-            .filter_map(|(i, w)| w.len().map(|l| (i, l)))
+            .filter_map(|(i, w)| w.padded_len().map(|l| (i, l)))
             .collect();
         candidates.sort_by_key(|&(i, l)| (l.abs_diff(head_len), i));
         let mut chosen = vec![0];
@@ -102,7 +102,7 @@ impl<W: Queued> Queue<W> {
             }
         }
         self.items = rest;
-        batch.sort_by_key(|w| w.len().unwrap_or(0));
+        batch.sort_by_key(|w| w.padded_len().unwrap_or(0));
         (batch, skipped)
     }
 }
@@ -119,7 +119,7 @@ mod tests {
     }
 
     impl Queued for W {
-        fn len(&self) -> Option<usize> {
+        fn padded_len(&self) -> Option<usize> {
             self.len
         }
         fn is_cancelled(&self) -> bool {

@@ -109,7 +109,9 @@ fn concurrent_requests_share_forward_passes() {
             let e = engine.clone();
             std::thread::spawn(move || {
                 let input = items(r, 20);
-                let out = e.handle(CancelToken::new()).score_items(input.clone(), &|_, _| {});
+                let out = e
+                    .handle(CancelToken::new())
+                    .score_items(input.clone(), &|_, _| {});
                 (input, out)
             })
         })
@@ -149,7 +151,11 @@ fn full_queue_is_busy_and_leaves_nothing_behind() {
         .score_items(items(2, 10 - depth + 1), &|_, _| {})
         .unwrap_err();
     assert_eq!(err, Error::Busy);
-    assert_eq!(engine.queue_depth(), depth, "nothing of the refused request was queued");
+    assert_eq!(
+        engine.queue_depth(),
+        depth,
+        "nothing of the refused request was queued"
+    );
     assert_eq!(Stats::get(&engine.stats().rejected), 1);
     fake.open.store(true, Ordering::SeqCst);
     assert_eq!(first.join().unwrap().unwrap().len(), 8);
@@ -172,7 +178,9 @@ fn cancelling_skips_queued_work() {
     assert_eq!(engine.queue_depth(), 0, "its queued sequences are gone");
     fake.open.store(true, Ordering::SeqCst);
     // Another request still works, and the cancelled one's work never ran.
-    let out = engine.handle(CancelToken::new()).score_items(items(4, 3), &|_, _| {});
+    let out = engine
+        .handle(CancelToken::new())
+        .score_items(items(4, 3), &|_, _| {});
     assert_eq!(out.unwrap().len(), 3);
     let scored: usize = fake.batches.lock().unwrap().iter().sum();
     assert!(scored < 100, "{scored}");
@@ -185,14 +193,19 @@ fn a_failing_request_does_not_fail_its_batch_mates() {
     fake.open.store(false, Ordering::SeqCst);
     let engine = Arc::new(Engine::new(fake.clone(), config(10_000, 1000)).unwrap());
     let e = engine.clone();
-    let warmup = std::thread::spawn(move || e.handle(CancelToken::new()).score_items(items(9, 1), &|_, _| {}));
+    let warmup =
+        std::thread::spawn(move || e.handle(CancelToken::new()).score_items(items(9, 1), &|_, _| {}));
     while fake.calls.load(Ordering::SeqCst) == 0 {
         std::thread::sleep(Duration::from_millis(2));
     }
     let e = engine.clone();
     let good = std::thread::spawn(move || {
         let input = items(6, 5);
-        (e.handle(CancelToken::new()).score_items(input.clone(), &|_, _| {}), input)
+        (
+            e.handle(CancelToken::new())
+                .score_items(input.clone(), &|_, _| {}),
+            input,
+        )
     });
     let e = engine.clone();
     let bad = std::thread::spawn(move || {
@@ -231,6 +244,9 @@ fn generation_runs_on_the_workers_and_shutdown_cancels() {
     assert_eq!(h.generate_ids(&[7, 1], 3).unwrap(), vec![7, 8, 9]);
     assert_eq!(Stats::get(&engine.stats().generations), 1);
     engine.shutdown();
-    assert_eq!(h.score_items(items(1, 2), &|_, _| {}).unwrap_err(), Error::Cancelled);
+    assert_eq!(
+        h.score_items(items(1, 2), &|_, _| {}).unwrap_err(),
+        Error::Cancelled
+    );
     assert_eq!(h.generate_ids(&[1], 1).unwrap_err(), Error::Cancelled);
 }

@@ -10,7 +10,10 @@ use llm_attr::model::Model;
 use serde_json::Value;
 
 pub const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-gpt2");
-pub const SMOLLM2: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+pub const SMOLLM2: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+);
 
 /// Each model is loaded once per test binary and shared by its servers.
 pub fn model(spec: &'static str) -> Arc<Model> {
@@ -113,7 +116,12 @@ pub fn assert_close(got: &Value, want: &Value, what: &str) {
 
 /// A metric's value from Prometheus text (first line starting with `name`).
 pub async fn metric(base: &str, name: &str) -> f64 {
-    let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     text.lines()
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
         .and_then(|l| l.rsplit(' ').next())
