@@ -4,9 +4,11 @@
 //! (methods) -> `engine` (queue, batches, workers) -> `model` (candle, tokenizer).
 
 pub mod api;
+pub mod attribution;
 pub mod cli;
 pub mod engine;
 pub mod error;
+pub mod input;
 pub mod model;
 pub mod request;
 pub mod run;
