@@ -1,8 +1,8 @@
 //! Load test of the HTTP service on loopback: 32 concurrent clients sending t1 requests.
 //!
-//! Starts the real server in-process with SmolLM2 (or `LOAD_MODEL`), runs every distinct
-//! request alone first (the reference results and the 1-client throughput), then the same
-//! requests from `LOAD_CLIENTS` clients at once. Checks every request is answered and matches
+//! Starts the real server in-process with SmolLM2 (or `LOAD_MODEL`), runs `LOAD_CLIENTS` x
+//! `LOAD_ROUNDS` distinct t1 requests alone, one at a time (the reference results and the
+//! 1-client throughput), then the same requests from `LOAD_CLIENTS` clients at once. Checks every request is answered and matches
 //! its solo result; reports throughput (32 vs 1), p50/p99 latency, batch sizes and the
 //! process's resident memory (server and clients share this process; the clients are small).
 //!
@@ -42,8 +42,8 @@ fn rss_mib() -> (f64, f64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// t1 of the notebook with one baseline per placeholder; names vary so requests differ.
-fn requests() -> Vec<Value> {
+/// `n` distinct t1 requests (the notebook's t1 with one baseline per placeholder; values vary).
+fn requests(n: usize) -> Vec<Value> {
     let names = [
         "Georg",
         "Maria",
@@ -52,16 +52,16 @@ fn requests() -> Vec<Value> {
         "Jane",
         "Dave",
         "Elisabeth",
-        "John",
+        "Kofi",
     ];
     let countries = ["Germany", "Togo", "Tuvalu", "Japan"];
-    names
-        .iter()
-        .enumerate()
-        .map(|(i, name)| {
+    let jobs = ["janitor", "teacher", "surgeon", "pilot"];
+    (0..n)
+        .map(|i| {
+            let (name, country, job) = (names[i % 8], countries[(i / 8) % 4], jobs[(i / 32) % 4]);
             json!({
                 "template": "{name} from {country} applied for a job as a {job}. The hiring manager decided to",
-                "values": {"name": name, "country": countries[i % 4], "job": "janitor"},
+                "values": {"name": name, "country": country, "job": job},
                 "baselines": {"name": "John", "country": "Togo", "job": "nurse"},
                 "target": "reject the application without further consideration.",
                 "method": "shapley_values",
@@ -93,6 +93,7 @@ struct Engine {
     sequences: u64,
     padded: u64,
     tokens: u64,
+    shared: u64,
 }
 
 fn engine_counts(s: &Server) -> Engine {
@@ -103,6 +104,7 @@ fn engine_counts(s: &Server) -> Engine {
         sequences: st.sequences.load(Ordering::Relaxed),
         padded: st.padded_tokens.load(Ordering::Relaxed),
         tokens: st.tokens.load(Ordering::Relaxed),
+        shared: st.shared.load(Ordering::Relaxed),
     }
 }
 
@@ -129,7 +131,7 @@ fn main() -> anyhow::Result<()> {
         // The model alone: how much a bigger forward pass buys on this machine.
         let tok = model.tokenizer();
         let target = tok.encode(" reject the application without further consideration.").map_err(|e| anyhow::anyhow!("{e}"))?;
-        let items: Vec<ScoreItem> = requests()
+        let items: Vec<ScoreItem> = requests(64)
             .iter()
             .cycle()
             .take(64)
@@ -166,8 +168,8 @@ fn main() -> anyhow::Result<()> {
         let http = reqwest::Client::builder().timeout(Duration::from_secs_f64(max_secs)).build()?;
         println!("model {spec} loaded in {load_secs:.2}s; RSS {rss0:.0} MiB before, {rss_loaded:.0} MiB after; {workers} worker(s), batch budget {budget} tokens");
 
-        // Solo: each distinct request alone, one at a time (the reference and 1-client rate).
-        let reqs = requests();
+        // Solo: every request alone, one at a time (the reference results and the 1-client rate).
+        let reqs = requests(clients * rounds);
         let before = engine_counts(&server);
         let t = Instant::now();
         let mut solo = Vec::new();
@@ -208,7 +210,7 @@ fn main() -> anyhow::Result<()> {
                 tokio::spawn(async move {
                     let mut out = Vec::new();
                     for k in 0..rounds {
-                        let i = (c + k * clients) % reqs.len();
+                        let i = c + k * clients;
                         let t1 = Instant::now();
                         let res = http.post(&url).json(&reqs[i]).send().await;
                         let lat = t1.elapsed().as_secs_f64();
@@ -271,6 +273,10 @@ fn main() -> anyhow::Result<()> {
             "            {seqs} sequences in {batches} forward passes: mean batch {:.1} sequences, padding {:.1}% of real tokens",
             seqs as f64 / batches.max(1) as f64,
             100.0 * padding
+        );
+        println!(
+            "            {} more sequences were answered by an identical sequence of another request in the same pass",
+            after.shared - before.shared
         );
         println!("throughput {clients} clients vs 1: {:.2}x", rate / solo_rate);
         println!("results vs solo: {identical}/{answered} bit-identical, max |diff| {worst:.2e}");

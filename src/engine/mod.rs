@@ -9,6 +9,7 @@
 pub mod queue;
 pub mod stats;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -117,6 +118,7 @@ enum Work {
         ticket: Arc<Ticket>,
         index: usize,
         item: ScoreItem,
+        key: u64,
     },
     Generate {
         cancel: CancelToken,
@@ -139,6 +141,19 @@ impl Queued for Work {
             Work::Generate { cancel, .. } => cancel.is_cancelled(),
         }
     }
+    fn key(&self) -> Option<u64> {
+        match self {
+            Work::Score { key, .. } => Some(*key),
+            Work::Generate { .. } => None,
+        }
+    }
+}
+
+fn item_key(item: &ScoreItem) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    item.hash(&mut h);
+    h.finish()
 }
 
 struct State {
@@ -300,7 +315,9 @@ fn run_batch<B: Backend>(s: &Shared<B>, batch: Vec<Work>) {
                 let out = catch(|| s.backend.generate(&prompt, max_new_tokens));
                 let _ = reply.send(out);
             }
-            Work::Score { ticket, index, item } => {
+            Work::Score {
+                ticket, index, item, ..
+            } => {
                 items.push(item);
                 owners.push((ticket, index));
             }
@@ -309,24 +326,44 @@ fn run_batch<B: Backend>(s: &Shared<B>, batch: Vec<Work>) {
     if items.is_empty() {
         return;
     }
+    // Each distinct sequence is scored once, whoever asked for it.
+    let mut distinct: Vec<ScoreItem> = Vec::with_capacity(items.len());
+    let mut slot = Vec::with_capacity(items.len());
+    let mut seen: HashMap<&ScoreItem, usize> = HashMap::new();
+    for item in &items {
+        let next = distinct.len();
+        let k = *seen.entry(item).or_insert(next);
+        if k == next {
+            distinct.push(item.clone());
+        }
+        slot.push(k);
+    }
     let started = Instant::now();
-    let result = catch(|| s.backend.score_batch(&items));
+    let result = catch(|| s.backend.score_batch(&distinct)).and_then(|scores| {
+        if scores.len() == distinct.len() {
+            Ok(slot.iter().map(|&k| scores[k].clone()).collect::<Vec<_>>())
+        } else {
+            Err(Error::Internal(format!(
+                "{} results for {} sequences",
+                scores.len(),
+                distinct.len()
+            )))
+        }
+    });
     let st = &s.stats;
     st.batch_seconds.observe(started.elapsed().as_secs_f64());
     st.batches.fetch_add(1, Ordering::Relaxed);
-    st.batch_size.observe(items.len() as f64);
-    st.sequences.fetch_add(items.len() as u64, Ordering::Relaxed);
-    let real: usize = items.iter().map(ScoreItem::input_len).sum();
-    let longest = items.iter().map(ScoreItem::input_len).max().unwrap_or(0);
+    st.batch_size.observe(distinct.len() as f64);
+    st.sequences.fetch_add(distinct.len() as u64, Ordering::Relaxed);
+    st.shared
+        .fetch_add((items.len() - distinct.len()) as u64, Ordering::Relaxed);
+    let real: usize = distinct.iter().map(ScoreItem::input_len).sum();
+    let longest = distinct.iter().map(ScoreItem::input_len).max().unwrap_or(0);
     st.tokens.fetch_add(real as u64, Ordering::Relaxed);
     st.padded_tokens
-        .fetch_add((longest * items.len()) as u64, Ordering::Relaxed);
+        .fetch_add((longest * distinct.len()) as u64, Ordering::Relaxed);
     match result {
-        Ok(scores) if scores.len() == items.len() => deliver(owners, scores),
-        Ok(scores) => fail_owners(
-            &owners,
-            &Error::Internal(format!("{} results for {} sequences", scores.len(), items.len())),
-        ),
+        Ok(scores) => deliver(owners, scores),
         // A batch shared by several requests failed: score each request's part on its own, so
         // only the request whose input is at fault sees the error.
         Err(_) if owners.iter().any(|(t, _)| t.id != owners[0].0.id) => {
@@ -425,6 +462,7 @@ impl<B: Backend> Handle<B> {
             .map(|(index, item)| Work::Score {
                 ticket: ticket.clone(),
                 index,
+                key: item_key(&item),
                 item,
             })
             .collect();

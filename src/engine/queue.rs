@@ -12,6 +12,10 @@ pub trait Queued {
     fn padded_len(&self) -> Option<usize>;
     /// Work of a cancelled request is dropped instead of run.
     fn is_cancelled(&self) -> bool;
+    /// Equal keys mark (probably) identical sequences; they cost the budget once.
+    fn key(&self) -> Option<u64> {
+        None
+    }
 }
 
 pub struct Queue<W> {
@@ -81,11 +85,20 @@ impl<W: Queued> Queue<W> {
             .collect();
         candidates.sort_by_key(|&(i, l)| (l.abs_diff(head_len), i));
         let mut chosen = vec![0];
+        let mut keys: std::collections::HashSet<u64> = head.key().into_iter().collect();
+        let mut distinct = 1;
         let mut longest = head_len;
         for (i, l) in candidates {
-            let longer = longest.max(l);
-            if longer * (chosen.len() + 1) <= budget {
+            let key = self.items[i].key();
+            if key.is_some_and(|k| keys.contains(&k)) {
                 chosen.push(i);
+                continue;
+            }
+            let longer = longest.max(l);
+            if longer * (distinct + 1) <= budget {
+                chosen.push(i);
+                keys.extend(key);
+                distinct += 1;
                 longest = longer;
             }
         }
@@ -116,6 +129,7 @@ mod tests {
         id: usize,
         len: Option<usize>,
         cancelled: bool,
+        key: Option<u64>,
     }
 
     impl Queued for W {
@@ -125,6 +139,9 @@ mod tests {
         fn is_cancelled(&self) -> bool {
             self.cancelled
         }
+        fn key(&self) -> Option<u64> {
+            self.key
+        }
     }
 
     fn w(id: usize, len: usize) -> W {
@@ -132,6 +149,7 @@ mod tests {
             id,
             len: Some(len),
             cancelled: false,
+            key: None,
         }
     }
 
@@ -189,6 +207,27 @@ mod tests {
     }
 
     #[test]
+    fn identical_items_ride_along_without_using_the_budget() {
+        let mut q = Queue::new(100);
+        let keyed = |id, len, key| W {
+            key: Some(key),
+            ..w(id, len)
+        };
+        q.push_all(vec![
+            keyed(0, 10, 7),
+            keyed(1, 10, 8),
+            keyed(2, 10, 7),
+            keyed(3, 10, 9),
+            keyed(4, 10, 7),
+        ])
+        .unwrap();
+        // Budget for two distinct sequences: 0 and 1, plus the copies of 0.
+        let (b, _) = q.take_batch(20, 64);
+        assert_eq!(ids(&b), vec![0, 1, 2, 4]);
+        assert_eq!(ids(&q.take_batch(20, 64).0), vec![3]);
+    }
+
+    #[test]
     fn window_limits_how_far_the_batcher_looks() {
         let mut q = Queue::new(100);
         q.push_all(vec![w(0, 10), w(1, 50), w(2, 50), w(3, 10)]).unwrap();
@@ -206,6 +245,7 @@ mod tests {
                 id: 0,
                 len: None,
                 cancelled: false,
+                key: None,
             },
             c,
             w(2, 10),

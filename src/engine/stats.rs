@@ -93,6 +93,8 @@ pub struct Stats {
     pub tokens: AtomicU64,
     /// Padded tokens (batch size x longest) fed to the model.
     pub padded_tokens: AtomicU64,
+    /// Sequences answered from another request's identical sequence in the same pass.
+    pub shared: AtomicU64,
     /// Queued sequences dropped because their request was cancelled.
     pub skipped: AtomicU64,
     /// Submissions refused because the queue was full.
@@ -111,6 +113,7 @@ impl Stats {
             sequences: AtomicU64::new(0),
             tokens: AtomicU64::new(0),
             padded_tokens: AtomicU64::new(0),
+            shared: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             generations: AtomicU64::new(0),

@@ -134,6 +134,50 @@ fn concurrent_requests_share_forward_passes() {
 }
 
 #[test]
+fn identical_sequences_of_different_requests_are_scored_once() {
+    let fake = Fake::new(0);
+    fake.open.store(false, Ordering::SeqCst);
+    let engine = Arc::new(Engine::new(fake.clone(), config(10_000, 10_000)).unwrap());
+    let e = engine.clone();
+    let warmup =
+        std::thread::spawn(move || e.handle(CancelToken::new()).score_items(items(99, 1), &|_, _| {}));
+    while fake.calls.load(Ordering::SeqCst) == 0 {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // Two requests share 10 of their sequences.
+    let shared = items(3, 10);
+    let mut a = shared.clone();
+    a.extend(items(4, 5));
+    let mut b = items(5, 5);
+    b.extend(shared);
+    let threads: Vec<_> = [a, b]
+        .into_iter()
+        .map(|input| {
+            let e = engine.clone();
+            std::thread::spawn(move || {
+                (
+                    e.handle(CancelToken::new())
+                        .score_items(input.clone(), &|_, _| {}),
+                    input,
+                )
+            })
+        })
+        .collect();
+    while engine.queue_depth() < 30 {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    fake.open.store(true, Ordering::SeqCst);
+    warmup.join().unwrap().unwrap();
+    for t in threads {
+        let (out, input) = t.join().unwrap();
+        assert_eq!(out.unwrap(), input.iter().map(Fake::expected).collect::<Vec<_>>());
+    }
+    let scored: usize = fake.batches.lock().unwrap().iter().sum();
+    assert_eq!(scored, 1 + 20, "30 sequences asked, 20 distinct");
+    assert_eq!(Stats::get(&engine.stats().shared), 10);
+}
+
+#[test]
 fn full_queue_is_busy_and_leaves_nothing_behind() {
     let fake = Fake::new(0);
     fake.open.store(false, Ordering::SeqCst);
