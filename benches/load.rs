@@ -8,7 +8,7 @@
 //!
 //!     cargo bench --bench load
 //!     LOAD_CLIENTS=32 LOAD_ROUNDS=2 LOAD_MAX_SECONDS=300 LOAD_SWEEP=4,8,16,32,64 \
-//!         LOAD_BATCH_TOKENS=2048 LOAD_WORKERS=1 cargo bench --bench load
+//!         LOAD_BATCH_TOKENS=2048 LOAD_WORKERS=1 LOAD_OWN_BASELINES=1 cargo bench --bench load
 //!
 //! Bounded: `LOAD_CLIENTS` x `LOAD_ROUNDS` requests, and it stops waiting after
 //! `LOAD_MAX_SECONDS` (counting what did not finish as unanswered).
@@ -43,7 +43,13 @@ fn rss_mib() -> (f64, f64) {
 }
 
 /// `n` distinct t1 requests (the notebook's t1 with one baseline per placeholder; values vary).
-fn requests(n: usize) -> Vec<Value> {
+/// With `own_baselines`, every request also has its own baseline name, so requests share
+/// almost no sequences and only batching (not deduplication) can help.
+fn requests(n: usize, own_baselines: bool) -> Vec<Value> {
+    let first = ["John", "Paul", "Anna", "Lena", "Omar", "Yuki", "Ravi", "Nina"];
+    let last = [
+        "Smith", "Novak", "Khan", "Ito", "Silva", "Berg", "Adams", "Moreau",
+    ];
     let names = [
         "Georg",
         "Maria",
@@ -59,10 +65,15 @@ fn requests(n: usize) -> Vec<Value> {
     (0..n)
         .map(|i| {
             let (name, country, job) = (names[i % 8], countries[(i / 8) % 4], jobs[(i / 32) % 4]);
+            let baseline = if own_baselines {
+                format!("{} {}", first[i % 8], last[(i / 8) % 8])
+            } else {
+                "John".to_string()
+            };
             json!({
                 "template": "{name} from {country} applied for a job as a {job}. The hiring manager decided to",
                 "values": {"name": name, "country": country, "job": job},
-                "baselines": {"name": "John", "country": "Togo", "job": "nurse"},
+                "baselines": {"name": baseline, "country": "Togo", "job": "nurse"},
                 "target": "reject the application without further consideration.",
                 "method": "shapley_values",
             })
@@ -131,7 +142,7 @@ fn main() -> anyhow::Result<()> {
         // The model alone: how much a bigger forward pass buys on this machine.
         let tok = model.tokenizer();
         let target = tok.encode(" reject the application without further consideration.").map_err(|e| anyhow::anyhow!("{e}"))?;
-        let items: Vec<ScoreItem> = requests(64)
+        let items: Vec<ScoreItem> = requests(64, false)
             .iter()
             .cycle()
             .take(64)
@@ -169,7 +180,10 @@ fn main() -> anyhow::Result<()> {
         println!("model {spec} loaded in {load_secs:.2}s; RSS {rss0:.0} MiB before, {rss_loaded:.0} MiB after; {workers} worker(s), batch budget {budget} tokens");
 
         // Solo: every request alone, one at a time (the reference results and the 1-client rate).
-        let reqs = requests(clients * rounds);
+        let own_baselines = env("LOAD_OWN_BASELINES", 0) == 1;
+        let reqs = requests(clients * rounds, own_baselines);
+        println!("requests: {} distinct t1 requests, {}", reqs.len(),
+            if own_baselines { "each with its own baselines" } else { "sharing their baselines (as users of the same template do)" });
         let before = engine_counts(&server);
         let t = Instant::now();
         let mut solo = Vec::new();
