@@ -83,3 +83,59 @@ async fn ops_endpoints_answer_without_a_model() {
     assert!(m.contains("llm_attr_model_ready 0"), "{m}");
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_page_is_served_from_the_binary_or_a_directory() {
+    let http = reqwest::Client::new();
+    // Compiled in: whatever static/ held at build time.
+    let s = Server::start(Config::new(ModelSource::Spec("/nonexistent/model.gguf".into())))
+        .await
+        .unwrap();
+    let res = http.get(s.url()).send().await.unwrap();
+    let embedded = llm_attr::api::assets::FILES;
+    match embedded.iter().find(|(p, _)| *p == "index.html") {
+        Some((_, body)) => {
+            assert_eq!(res.status(), 200);
+            assert!(res.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html"));
+            assert_eq!(res.bytes().await.unwrap().as_ref(), *body);
+        }
+        None => assert_eq!(res.status(), 404),
+    }
+    let res = http
+        .get(format!("{}/no/such/file.js", s.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_found");
+    s.shutdown().await;
+
+    // From a directory (--static-dir).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("index.html"), "<html>from disk</html>").unwrap();
+    std::fs::write(dir.path().join("app.js"), "console.log(1)").unwrap();
+    let mut c = Config::new(ModelSource::Spec("/nonexistent/model.gguf".into()));
+    c.static_dir = Some(dir.path().to_path_buf());
+    let s = Server::start(c).await.unwrap();
+    let res = http.get(format!("{}/", s.url())).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), "<html>from disk</html>");
+    let res = http.get(format!("{}/app.js", s.url())).send().await.unwrap();
+    assert!(res.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .contains("javascript"));
+    assert_eq!(
+        http.get(format!("{}/nope.css", s.url()))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    s.shutdown().await;
+}

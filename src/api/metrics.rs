@@ -168,6 +168,11 @@ impl Metrics {
                     &st.padded_tokens,
                 ),
                 (
+                    "llm_attr_sequences_shared_total",
+                    "Sequences answered by an identical sequence of another request in the same pass.",
+                    &st.shared,
+                ),
+                (
                     "llm_attr_sequences_skipped_total",
                     "Queued sequences dropped because their request was cancelled.",
                     &st.skipped,

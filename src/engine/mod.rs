@@ -366,7 +366,11 @@ fn run_batch<B: Backend>(s: &Shared<B>, batch: Vec<Work>) {
         Ok(scores) => deliver(owners, scores),
         // A batch shared by several requests failed: score each request's part on its own, so
         // only the request whose input is at fault sees the error.
-        Err(_) if owners.iter().any(|(t, _)| t.id != owners[0].0.id) => {
+        Err(e) if owners.iter().any(|(t, _)| t.id != owners[0].0.id) => {
+            tracing::warn!(
+                "a batch of {} sequences failed ({e}); scoring each request's part alone",
+                items.len()
+            );
             let mut groups: Vec<(u64, Vec<usize>)> = Vec::new();
             for (k, (t, _)) in owners.iter().enumerate() {
                 match groups.iter_mut().find(|(id, _)| *id == t.id) {
