@@ -11,6 +11,8 @@ struct Fake {
     /// While false, forward passes wait (lets a test fill the queue first).
     open: AtomicBool,
     calls: AtomicUsize,
+    /// Sequences handed to `score_batch` so far (counted before the gate).
+    received: AtomicUsize,
 }
 
 const POISON: u32 = 999;
@@ -22,6 +24,7 @@ impl Fake {
             delay: Duration::from_millis(delay_ms),
             open: AtomicBool::new(true),
             calls: AtomicUsize::new(0),
+            received: AtomicUsize::new(0),
         })
     }
     fn expected(item: &ScoreItem) -> Vec<f32> {
@@ -37,6 +40,7 @@ impl Fake {
 impl Backend for Fake {
     fn score_batch(&self, batch: &[ScoreItem]) -> Result<Vec<Vec<f32>>> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        self.received.fetch_add(batch.len(), Ordering::SeqCst);
         while !self.open.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -117,7 +121,7 @@ fn concurrent_requests_share_forward_passes() {
         })
         .collect();
     // Let every request queue up behind the gated first pass, then release.
-    while engine.queue_depth() + 20 * fake.calls.load(Ordering::SeqCst) < 160 {
+    while engine.queue_depth() + fake.received.load(Ordering::SeqCst) < 160 {
         std::thread::sleep(Duration::from_millis(2));
     }
     fake.open.store(true, Ordering::SeqCst);
