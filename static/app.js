@@ -200,7 +200,10 @@ function parseTemplate(t) {
         return { names, error: `“{” at character ${i + 1} is never closed (write {{ for a literal brace).` };
       }
       const name = t.slice(i + 1, end);
-      if (name.trim() === "") return { names, error: `Empty placeholder {} at character ${i + 1}.` };
+      if (name === "") return { names, error: `Empty placeholder {} at character ${i + 1}: give it a name, e.g. {name}.` };
+      if (!/^[\p{L}\p{N}_-]+$/u.test(name)) {
+        return { names, error: `Placeholder {${name}}: names use letters, digits, _ and - only.` };
+      }
       if (!names.includes(name)) names.push(name);
       i = end + 1;
     } else if (c === "}") {
@@ -1160,20 +1163,42 @@ function download(name, blob) {
   setTimeout(() => URL.revokeObjectURL(url), 5000);
 }
 
-function svgText(node) {
+/** The chart as a standalone SVG document, with a title line saying what it shows. */
+function exportSvg(node, title) {
   const copy = node.cloneNode(true);
   copy.querySelector(".focus-ring")?.remove();
   copy.removeAttribute("tabindex");
   copy.removeAttribute("class");
-  return `<?xml version="1.0" encoding="UTF-8"?>\n${new XMLSerializer().serializeToString(copy)}`;
+  const w = node.width.baseVal.value;
+  const h = node.height.baseVal.value;
+  const titles = [title].flat().filter(Boolean);
+  const head = titles.length ? 10 + 18 * titles.length : 0;
+  const body = svg("g", { transform: `translate(0 ${head})` }, ...Array.from(copy.childNodes));
+  copy.replaceChildren(svg("rect", { x: 0, y: 0, width: w, height: h + head, fill: "#fff" }), body);
+  titles.forEach((line, k) => {
+    const size = k === 0 ? 13 : 11.5;
+    const weight = k === 0 ? 600 : 400;
+    copy.append(svg("text", { x: 8, y: 20 + 18 * k, fill: k === 0 ? "#111" : "#444", "font-size": size, "font-weight": weight }, fit(line, w - 16, size, weight)));
+  });
+  setAttrs(copy, { width: w, height: h + head, viewBox: `0 0 ${w} ${h + head}` });
+  return { text: `<?xml version="1.0" encoding="UTF-8"?>\n${new XMLSerializer().serializeToString(copy)}`, w, h: h + head };
 }
 
-function exportPng(node, name) {
-  const text = svgText(node);
+function chartTitle(kind) {
+  const r = state.result?.response;
+  const c = state.compare;
+  if (kind === "compare-chart" && c) return `log p of “${c.target.trim()}” for each value of {${c.placeholder}}`;
+  if (!r) return "";
+  const what = kind === "heatmap" ? "Attribution per target token" : "Attribution for the whole target";
+  return [`${what} · ${METHOD_NAMES[r.method] || r.method}`, `“${r.prompt}” → “${r.target.trim()}”`];
+}
+
+function exportPng(node, title, name) {
+  const { text, w, h } = exportSvg(node, title);
   const img = new Image();
   const scale = 2;
   img.onload = () => {
-    const canvas = el("canvas", { width: node.width.baseVal.value * scale, height: node.height.baseVal.value * scale });
+    const canvas = el("canvas", { width: w * scale, height: h * scale });
     const ctx = canvas.getContext("2d");
     ctx.scale(scale, scale);
     ctx.drawImage(img, 0, 0);
@@ -1234,8 +1259,8 @@ function onExport(e) {
     if (!node) return;
     const stamp = new Date().toISOString().replace(/[:.]/g, "-").slice(0, 19);
     const name = `llm-attr-${kind}-${stamp}.${format}`;
-    if (format === "svg") download(name, new Blob([svgText(node)], { type: "image/svg+xml" }));
-    else exportPng(node, name);
+    if (format === "svg") download(name, new Blob([exportSvg(node, chartTitle(kind)).text], { type: "image/svg+xml" }));
+    else exportPng(node, chartTitle(kind), name);
   } else exportData(kind, format);
 }
 
