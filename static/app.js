@@ -738,11 +738,11 @@ function drawHeatmap(box, res) {
   const fitW = Math.floor((avail - rowLabelW - pColW - 12) / Math.max(1, nc));
   const colW = many ? 46 : Math.max(62, Math.min(150, fitW));
   const rowH = 24;
-  const headH = many ? Math.min(130, 20 + Math.max(...feats.map((f) => textWidth(featureLabel(f), 12))) * 0.75) : 44;
+  const headH = many ? Math.min(110, 16 + Math.max(...feats.map((f) => textWidth(featureLabel(f), 12, 600))) * 0.77) : 44;
   const left = rowLabelW;
   const top = headH + 6;
   const gridW = nc * colW;
-  const width = left + gridW + pColW + 8;
+  const width = left + gridW + pColW + 8 + (many ? Math.max(0, headH * 0.65 - pColW) : 0);
   const legendTop = top + nr * rowH + 26;
   const height = legendTop + 46;
   const measure = measureName(res);
