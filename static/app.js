@@ -458,11 +458,10 @@ function clearErrors(scope = document) {
 function showError(err, fallback = "#err-general") {
   let field = err.field || "";
   let box = null;
-  while (!box) {
-    box = field ? $(`.field-error[data-field="${CSS.escape(field)}"]`) : null;
-    if (box || !field) break;
-    field = field.replace(/(\[[^\]]*\]|\.[^.]*)$/, ""); // baselines.name[2] -> baselines.name -> baselines
-    if (!/[.[]/.test(err.field) || field === err.field) field = "";
+  while (field && !box) {
+    box = $(`.field-error[data-field="${CSS.escape(field)}"]`);
+    const parent = field.replace(/(\[[^\]]*\]|\.[^.[\]]*)$/, ""); // baselines.name[2] -> baselines.name -> baselines
+    field = parent === field ? "" : parent;
   }
   if (!box) box = $(fallback);
   let message = err.message || String(err);
@@ -732,9 +731,9 @@ function drawHeatmap(box, res) {
   const nc = feats.length;
   const max = Math.max(1e-12, ...m.flat().map(Math.abs));
   const many = nc > 10;
-  const avail = Math.max(280, box.clientWidth || 700);
+  const avail = Math.max(280, (box.clientWidth || 708) - 8);
   const rowLabelW = Math.min(170, Math.max(48, ...rows.map((r) => textWidth(r, 12))) + 14);
-  const pColW = 58;
+  const pColW = 74;
   const fitW = Math.floor((avail - rowLabelW - pColW - 12) / Math.max(1, nc));
   const colW = many ? 46 : Math.max(62, Math.min(150, fitW));
   const rowH = 24;
@@ -908,7 +907,7 @@ function drawBars(box, res) {
   const feats = res.features;
   const vals = res.seq_attr;
   const se = res.seq_attr_stderr;
-  const avail = Math.max(280, box.clientWidth || 700);
+  const avail = Math.max(280, (box.clientWidth || 708) - 8);
   const narrow = avail < 520;
   const labelW = narrow ? 0 : Math.min(230, Math.max(80, ...feats.map((f) => Math.max(textWidth(f.name, 12, 600), textWidth(featureValue(f), 11)))) + 16);
   const rowH = narrow ? 48 : 38;
@@ -1029,7 +1028,9 @@ function fillCompareValues(force) {
   if (!name) return;
   if (!force && area.dataset.edited) return;
   const row = rowFor(name);
-  area.value = [...new Set([row.value, ...row.baselines].filter((v) => v.trim() !== ""))].join("\n");
+  const values = [...new Set([row.value, ...row.baselines].filter((v) => v.trim() !== ""))];
+  area.value = values.join("\n");
+  area.rows = Math.max(3, Math.min(8, values.length));
   delete area.dataset.edited;
 }
 
@@ -1097,7 +1098,7 @@ function drawCompare(box, cmp) {
   const items = cmp.items;
   if (!items.length) return box.replaceChildren();
   const ref = items.find((it) => it.value === cmp.reference) || items[0];
-  const avail = Math.max(280, box.clientWidth || 700);
+  const avail = Math.max(280, (box.clientWidth || 708) - 8);
   const narrow = avail < 520;
   const labelW = narrow ? 0 : Math.min(200, Math.max(60, ...items.map((it) => textWidth(it.value, 12, 600))) + 16);
   const infoW = narrow ? 0 : 170;
@@ -1122,7 +1123,8 @@ function drawCompare(box, cmp) {
     "aria-label": `log p of the target for each value of {${cmp.placeholder}}: ${items.map((it) => `${it.value} ${exact(it.log_prob)}`).join(", ")}.`,
   });
   root.append(svg("rect", { x: 0, y: 0, width, height, fill: "#fff" }));
-  root.append(svg("text", { x: left, y: 14, fill: "#444", "font-size": 11 }, fit(`log p(“${cmp.target.trim()}” | prompt) — higher is more likely`, plotW + infoW, 11)));
+  root.append(svg("text", { x: left, y: 14, fill: "#444", "font-size": 11 }, fit("log p(target | prompt) · further right: more likely", plotW - 8, 11)));
+  if (!narrow) root.append(svg("text", { x: left + plotW + 14, y: 14, fill: "#444", "font-size": 11 }, "log p · p relative"));
   for (const v of t) {
     root.append(svg("line", { x1: x(v), x2: x(v), y1: top - 4, y2: bottom, stroke: "#e3e3e3" }));
     root.append(svg("text", { x: x(v), y: bottom + 16, "text-anchor": "middle", fill: "#555", "font-size": 11 }, tickLabel(v)));
