@@ -465,6 +465,7 @@ function showError(err, fallback = "#err-general") {
   }
   if (!box) box = $(fallback);
   let message = err.message || String(err);
+  if (err.field && message.startsWith(`${err.field}: `)) message = message.slice(err.field.length + 2);
   if (err.status === 503 && err.retryAfter) message += ` (try again in ${err.retryAfter} s)`;
   box.textContent = message;
   box.dataset.server = "1";

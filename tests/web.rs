@@ -136,8 +136,9 @@ impl Driver {
             }
             if start.elapsed() > timeout {
                 let status = self.js(
-                    "return [document.querySelector('#progress-text')?.textContent, \
-                     Array.from(document.querySelectorAll('.field-error')).map(e => e.textContent).filter(Boolean)]",
+                    "return [location.href, document.readyState, document.querySelector('#progress-text')?.textContent, \
+                     Array.from(document.querySelectorAll('.field-error')).map(e => e.textContent).filter(Boolean), \
+                     document.body?.innerText.slice(0, 300)]",
                     json!([]),
                 );
                 panic!("timed out waiting for {what}; page status: {status}");
@@ -221,16 +222,20 @@ fn web_page_runs_t1_in_a_real_browser() {
     let model = root.join(MODEL);
     assert!(model.is_file(), "{} is missing: run scripts/fetch-models.sh", model.display());
 
+    let t0 = Instant::now();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let server = rt
-        .block_on(Server::start(Config::new(ModelSource::Spec(model.display().to_string()))))
-        .expect("start the server");
+    let mut config = Config::new(ModelSource::Spec(model.display().to_string()));
+    // This checkout's page, read from disk: the copy compiled in by build.rs lives in the target
+    // dir, which worktrees sharing one target dir overwrite for each other.
+    config.static_dir = Some(root.join("static"));
+    let server = rt.block_on(Server::start(config)).expect("start the server");
     rt.block_on(server.ready()).expect("load the model");
     let base = server.url();
+    println!("model loaded in {:.1} s", t0.elapsed().as_secs_f64());
 
     let profile = tempfile::tempdir().unwrap();
     let mut driver = Driver::start(&chromedriver);
@@ -255,6 +260,20 @@ fn web_page_runs_t1_in_a_real_browser() {
     assert_eq!(request["method"], "shapley_values");
     assert_eq!(request["values"]["name"], "Georg");
 
+    // The same request straight to the API, while the page runs it as a job.
+    let direct = {
+        let (url, body) = (format!("{base}/v1/attributions"), request.clone());
+        std::thread::spawn(move || {
+            let http = reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .unwrap();
+            let res = http.post(url).json(&body).send().expect("direct API call");
+            assert!(res.status().is_success(), "direct API call: {}", res.status());
+            res.json::<Value>().expect("direct API call: JSON")
+        })
+    };
+    let t_run = Instant::now();
     d.click("#run");
     d.wait(
         "document.querySelector('#progress-text').textContent.startsWith('Done') \
@@ -265,14 +284,9 @@ fn web_page_runs_t1_in_a_real_browser() {
     let general = d.js("return document.querySelector('#err-general').textContent", json!([]));
     assert_eq!(general, "", "the job failed on the page");
 
-    // The same request straight to the API.
-    let http = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap();
-    let res = http.post(format!("{base}/v1/attributions")).json(&request).send().unwrap();
-    assert!(res.status().is_success(), "direct API call: {}", res.status());
-    let api: Value = res.json().unwrap();
+    println!("the page's job finished in {:.1} s", t_run.elapsed().as_secs_f64());
+    let api = direct.join().expect("direct API call");
+    println!("the direct call finished after {:.1} s", t_run.elapsed().as_secs_f64());
     let tokens = api["output_tokens"].as_array().unwrap().len();
     let features = api["features"].as_array().unwrap().len();
     assert_eq!(features, 3);
