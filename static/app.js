@@ -733,10 +733,11 @@ function drawHeatmap(box, res) {
   const max = Math.max(1e-12, ...m.flat().map(Math.abs));
   const many = nc > 10;
   const avail = Math.max(280, (box.clientWidth || 708) - 8);
-  const rowLabelW = Math.min(170, Math.max(48, ...rows.map((r) => textWidth(r, 12))) + 14);
-  const pColW = 74;
+  const narrow = avail < 480;
+  const rowLabelW = Math.min(narrow ? 110 : 170, Math.max(40, ...rows.map((r) => textWidth(r, 12))) + 14);
+  const pColW = narrow ? 60 : 74;
   const fitW = Math.floor((avail - rowLabelW - pColW - 12) / Math.max(1, nc));
-  const colW = many ? 46 : Math.max(62, Math.min(150, fitW));
+  const colW = many ? 46 : Math.max(narrow ? 52 : 62, Math.min(150, fitW));
   const rowH = 24;
   const headH = many ? Math.min(110, 16 + Math.max(...feats.map((f) => textWidth(featureLabel(f), 12, 600))) * 0.77) : 44;
   const left = rowLabelW;
@@ -765,9 +766,10 @@ function drawHeatmap(box, res) {
         x: cx, y: headH, transform: `rotate(-50 ${cx} ${headH})`, "font-weight": 600, fill: "#222",
       }, fit(featureLabel(f), headH * 1.2, 12, 600)));
     } else {
-      g.append(svg("text", { x: cx, y: 18, "text-anchor": "middle", "font-weight": 600, fill: "#222" }, fit(featureLabel(f), colW - 8, 12, 600)));
+      const size = narrow ? 11 : 12;
+      g.append(svg("text", { x: cx, y: 18, "text-anchor": "middle", "font-weight": 600, fill: "#222", "font-size": size }, fit(featureLabel(f), colW - 4, size, 600)));
       const v = featureValue(f);
-      if (v) g.append(svg("text", { x: cx, y: 36, "text-anchor": "middle", fill: "#555", "font-size": 11 }, fit(v, colW - 8, 11)));
+      if (v) g.append(svg("text", { x: cx, y: 36, "text-anchor": "middle", fill: "#555", "font-size": size - 1 }, fit(v, colW - 4, size - 1)));
     }
     root.append(g);
   });
@@ -781,7 +783,7 @@ function drawHeatmap(box, res) {
     }, svg("title", {}, res.output_tokens[i]), fit(label, rowLabelW - 14, 12)));
     const lp = res.target_log_probs?.[i];
     if (lp !== undefined) {
-      root.append(svg("text", { x: left + gridW + pColW / 2 + 4, y: y + rowH / 2 + 4, "text-anchor": "middle", fill: "#555", "font-size": 11, "font-variant-numeric": "tabular-nums" },
+      root.append(svg("text", { x: left + gridW + pColW / 2 + 4, y: y + rowH / 2 + 4, "text-anchor": "middle", fill: "#555", "font-size": narrow ? 10 : 11, "font-variant-numeric": "tabular-nums" },
         svg("title", {}, `log p = ${exact(lp)}`), fmtProb(Math.exp(lp))));
     }
     for (let j = 0; j < nc; j++) {
@@ -904,6 +906,9 @@ function drawTable(box, res) {
 
 /* ---------- bar chart ---------- */
 
+/** White outline behind text that may cross grid lines. */
+const HALO = { stroke: "#fff", "stroke-width": 3, "stroke-linejoin": "round", "paint-order": "stroke" };
+
 function drawBars(box, res) {
   const feats = res.features;
   const vals = res.seq_attr;
@@ -948,7 +953,7 @@ function drawBars(box, res) {
     const name = f.name;
     const value = featureValue(f);
     if (narrow) {
-      root.append(svg("text", { x: left, y: y + 14, fill: "#222", "font-weight": 600 }, svg("title", {}, value ? `${name} = ${value}` : name),
+      root.append(svg("text", { x: left, y: y + 14, fill: "#222", "font-weight": 600, ...HALO }, svg("title", {}, value ? `${name} = ${value}` : name),
         fit(name + (value ? ` · ${value}` : ""), plotW, 12, 600)));
     } else {
       root.append(svg("text", { x: labelW, y: y + (value ? 17 : 23), "text-anchor": "end", fill: "#222", "font-weight": 600 }, svg("title", {}, name), fit(name, labelW - 16, 12, 600)));
@@ -1140,7 +1145,7 @@ function drawCompare(box, cmp) {
     const g = svg("g", { class: "compare-row", "data-value": it.log_prob, "data-label": it.value });
     g.append(svg("title", {}, `${it.value}: log p = ${exact(it.log_prob)}, p = ${fmtProb(Math.exp(it.log_prob))}, ${fmt(delta)} vs “${ref.value}”`));
     if (narrow) {
-      g.append(svg("text", { x: left, y: y + 14, fill: "#222", "font-weight": 600 }, fit(`${it.value} · ${exact(it.log_prob)} · ×${Math.exp(delta).toPrecision(2)}`, plotW, 12, 600)));
+      g.append(svg("text", { x: left, y: y + 14, fill: "#222", "font-weight": 600, ...HALO }, fit(`${it.value} · ${exact(it.log_prob)} · ×${Math.exp(delta).toPrecision(2)}`, plotW, 12, 600)));
     } else {
       g.append(svg("text", { x: labelW, y: cy + 4, "text-anchor": "end", fill: "#222", "font-weight": 600 }, fit(it.value, labelW - 16, 12, 600)));
     }
