@@ -420,7 +420,10 @@ function pageState() {
   if ($("#seed-template").value) params.set("seed", $("#seed-template").value);
   const ph = $("#compare-ph").value;
   if (ph) params.set("cmp", JSON.stringify({ placeholder: ph, values: lines($("#compare-values").value) }));
-  if (state.jobId) params.set("job", state.jobId);
+  // The job goes in the link only while it is running or its result matches the form.
+  const running = Boolean(state.abort);
+  const matches = state.result && JSON.stringify(state.result.request) === params.get("req");
+  if (state.jobId && (running || matches)) params.set("job", state.jobId);
   return params.toString();
 }
 
@@ -855,7 +858,7 @@ function wireHeatmap(root, res, g) {
     for (const n of $$(".hl", root)) n.classList.remove("hl");
     tooltip.hidden = true;
   };
-  root.addEventListener("mousemove", (e) => {
+  root.addEventListener("pointermove", (e) => {
     const cell = e.target.closest(".cell");
     if (!cell) return clear();
     const i = Number(cell.dataset.row);
@@ -863,7 +866,7 @@ function wireHeatmap(root, res, g) {
     mark(i, j, false);
     showTooltip(cellText(res, i, j), e.clientX, e.clientY - 8);
   });
-  root.addEventListener("mouseleave", clear);
+  root.addEventListener("pointerleave", clear);
   root.addEventListener("blur", clear);
   root.addEventListener("focus", () => mark(...(cur || [0, 0]), true));
   root.addEventListener("keydown", (e) => {
