@@ -1292,7 +1292,12 @@ async function loadModelInfo() {
     const params = info.parameters ? `${Math.round(info.parameters / 1e6)}M parameters` : "";
     $("#model-info").textContent = [name, info.architecture, params, info.dtype].filter(Boolean).join(" · ");
   } catch (err) {
-    $("#model-info").textContent = err.status === 401 ? "API key needed (see Connection)" : "Model not reachable yet";
+    if (err.status === 503) {
+      $("#model-info").textContent = "Loading the model…";
+      setTimeout(loadModelInfo, 1000);
+    } else {
+      $("#model-info").textContent = err.status === 401 ? "API key needed (see Connection)" : "Model not reachable";
+    }
   }
 }
 
