@@ -1,9 +1,462 @@
-//! GGUF files: tensors (dequantized at load) and the tokenizer built from the metadata.
+//! GGUF files: header checks, metadata, tensors (dequantized to f32 at load) and the tokenizer
+//! built from the metadata.
+//!
+//! candle's GGUF reader trusts the lengths it reads (a garbage string length becomes a huge
+//! allocation), so `open` first walks the header with every length checked against the file
+//! size, and checks that every tensor's bytes lie inside the file.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::QTensor;
+use candle_core::{Device, Tensor};
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
 use crate::error::{Error, Result};
-use crate::model::Model;
+use crate::model::{llama, Model, Tokenizer};
 
-pub fn load(path: &std::path::Path, spec: &str) -> Result<Model> {
-    let _ = (path, spec);
-    Err(Error::Model("not implemented yet".into()))
+/// Loads a `.gguf` model: the architecture named by `general.architecture` and its tokenizer.
+pub fn load(path: &Path, spec: &str) -> Result<Model> {
+    let mut file = Gguf::open(path)?;
+    let arch = file.str("general.architecture")?.to_string();
+    let tokenizer = tokenizer(&file)?;
+    let arch: Box<dyn crate::model::Architecture> = match arch.as_str() {
+        "llama" => Box::new(llama::Llama::from_gguf(&mut file)?),
+        other => {
+            return Err(Error::Model(format!(
+                "{}: unsupported architecture `{other}` (supported: llama)",
+                path.display()
+            )))
+        }
+    };
+    let vocab = arch.info().vocab_size;
+    if tokenizer.vocab_size() > vocab {
+        return Err(file.error(format!(
+            "the tokenizer has {} tokens but the model only {vocab} embeddings",
+            tokenizer.vocab_size()
+        )));
+    }
+    Ok(Model::new(arch, tokenizer, spec))
+}
+
+/// An open GGUF file whose header has been checked.
+pub struct Gguf {
+    path: PathBuf,
+    reader: BufReader<File>,
+    content: Content,
+}
+
+impl Gguf {
+    pub fn open(path: &Path) -> Result<Self> {
+        let fail = |m: String| Error::Model(format!("{}: {m}", path.display()));
+        let file = File::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
+        let len = file
+            .metadata()
+            .map_err(|e| fail(format!("cannot read: {e}")))?
+            .len();
+        let mut reader = BufReader::new(file);
+        Scan::new(&mut reader, len)
+            .header()
+            .map_err(|m| fail(format!("not a valid GGUF file: {m}")))?;
+        reader
+            .seek(SeekFrom::Start(0))
+            .map_err(|e| fail(format!("cannot read: {e}")))?;
+        let content = Content::read(&mut reader).map_err(|e| fail(format!("not a valid GGUF file: {e}")))?;
+        for (name, info) in &content.tensor_infos {
+            let elems = info.shape.elem_count();
+            let block = info.ggml_dtype.block_size();
+            if elems % block != 0 {
+                return Err(fail(format!(
+                    "tensor {name}: {elems} elements is not a multiple of the block size {block}"
+                )));
+            }
+            let end = (elems / block)
+                .checked_mul(info.ggml_dtype.type_size())
+                .and_then(|n| (n as u64).checked_add(info.offset))
+                .and_then(|n| n.checked_add(content.tensor_data_offset));
+            match end {
+                Some(end) if end <= len => {}
+                _ => {
+                    return Err(fail(format!(
+                        "the file is truncated: tensor {name} lies beyond its {len} bytes"
+                    )))
+                }
+            }
+        }
+        Ok(Gguf {
+            path: path.to_path_buf(),
+            reader,
+            content,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// An `Error::Model` naming the file.
+    pub fn error(&self, message: impl std::fmt::Display) -> Error {
+        Error::Model(format!("{}: {message}", self.path.display()))
+    }
+
+    pub fn metadata(&self) -> &HashMap<String, Value> {
+        &self.content.metadata
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.content.metadata.get(key)
+    }
+
+    fn need(&self, key: &str) -> Result<&Value> {
+        self.get(key)
+            .ok_or_else(|| self.error(format!("metadata key `{key}` is missing")))
+    }
+
+    /// A non-negative integer of any integer type.
+    pub fn usize(&self, key: &str) -> Result<usize> {
+        let v = self.need(key)?;
+        let n = match v {
+            Value::U8(x) => Some(*x as u64),
+            Value::U16(x) => Some(*x as u64),
+            Value::U32(x) => Some(*x as u64),
+            Value::U64(x) => Some(*x),
+            Value::I8(x) => u64::try_from(*x).ok(),
+            Value::I16(x) => u64::try_from(*x).ok(),
+            Value::I32(x) => u64::try_from(*x).ok(),
+            Value::I64(x) => u64::try_from(*x).ok(),
+            _ => None,
+        };
+        n.and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| self.error(format!("metadata `{key}` is not a non-negative integer")))
+    }
+
+    pub fn f64(&self, key: &str) -> Result<f64> {
+        match self.need(key)? {
+            Value::F32(x) => Ok(*x as f64),
+            Value::F64(x) => Ok(*x),
+            _ => self
+                .usize(key)
+                .map(|n| n as f64)
+                .map_err(|_| self.error(format!("metadata `{key}` is not a number"))),
+        }
+    }
+
+    pub fn str(&self, key: &str) -> Result<&str> {
+        match self.need(key)? {
+            Value::String(s) => Ok(s),
+            _ => Err(self.error(format!("metadata `{key}` is not a string"))),
+        }
+    }
+
+    pub fn array(&self, key: &str) -> Result<&[Value]> {
+        match self.need(key)? {
+            Value::Array(a) => Ok(a),
+            _ => Err(self.error(format!("metadata `{key}` is not an array"))),
+        }
+    }
+
+    /// Shape of a stored tensor (candle order: outermost first).
+    pub fn tensor_shape(&self, name: &str) -> Option<&[usize]> {
+        self.content.tensor_infos.get(name).map(|i| i.shape.dims())
+    }
+
+    pub fn has_tensor(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+
+    /// A tensor as stored (possibly quantized); `shape` is checked when given.
+    pub fn qtensor(&mut self, name: &str, shape: Option<&[usize]>) -> Result<QTensor> {
+        let info = self
+            .content
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| self.error(format!("tensor `{name}` is missing")))?;
+        if let Some(shape) = shape {
+            if info.shape.dims() != shape {
+                return Err(self.error(format!(
+                    "tensor `{name}` has shape {:?}, expected {shape:?}",
+                    info.shape.dims()
+                )));
+            }
+        }
+        let t = info
+            .read(&mut self.reader, self.content.tensor_data_offset, &Device::Cpu)
+            .map_err(|e| self.error(format!("cannot read tensor `{name}`: {e}")))?;
+        Ok(t)
+    }
+
+    /// A tensor dequantized to f32.
+    pub fn tensor(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let q = self.qtensor(name, Some(shape))?;
+        q.dequantize(&Device::Cpu)
+            .map_err(|e| self.error(format!("cannot dequantize tensor `{name}`: {e}")))
+    }
+}
+
+/// Byte-level BPE tokenizer from `tokenizer.ggml.*` (the `gpt2` tokenizer model).
+pub fn tokenizer(file: &Gguf) -> Result<Tokenizer> {
+    let model = file.str("tokenizer.ggml.model")?;
+    if model != "gpt2" {
+        return Err(file.error(format!(
+            "unsupported tokenizer model `{model}` (supported: gpt2, byte-level BPE)"
+        )));
+    }
+    let strings = |key: &str| -> Result<Vec<&str>> {
+        file.array(key)?
+            .iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(s.as_str()),
+                _ => Err(file.error(format!("`{key}` holds a non-string"))),
+            })
+            .collect()
+    };
+    let tokens = strings("tokenizer.ggml.tokens")?;
+    let types: Vec<usize> = match file.get("tokenizer.ggml.token_type") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| match v {
+                Value::I32(x) => *x as usize,
+                Value::U32(x) => *x as usize,
+                _ => 1,
+            })
+            .collect(),
+        _ => vec![1; tokens.len()],
+    };
+    let merges = strings("tokenizer.ggml.merges")?
+        .into_iter()
+        .map(|m| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| file.error(format!("bad merge `{m}` in tokenizer.ggml.merges")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let vocab: tokenizers::models::bpe::Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.to_string(), i as u32))
+        .collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .build()
+        .map_err(|e| file.error(format!("cannot build the BPE tokenizer: {e}")))?;
+
+    let byte_level = ByteLevel::new(false, true, true);
+    let pre = file.str("tokenizer.ggml.pre").unwrap_or("default");
+    let pre_tokenizer: PreTokenizerWrapper = match pre {
+        "default" | "gpt2" | "gpt-2" => byte_level.into(),
+        // SmolLM2 splits numbers into single digits.
+        "smollm" => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
+        "llama-bpe" | "llama3" => {
+            let split = Split::new(
+                SplitPattern::Regex(LLAMA3_PATTERN.into()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| file.error(format!("tokenizer pattern: {e}")))?;
+            Sequence::new(vec![split.into(), ByteLevel::new(false, true, false).into()]).into()
+        }
+        other => {
+            return Err(file.error(format!(
+                "unsupported pre-tokenizer `{other}` (supported: default, gpt2, smollm, llama-bpe)"
+            )))
+        }
+    };
+
+    let mut inner = tokenizers::Tokenizer::new(bpe);
+    inner
+        .with_pre_tokenizer(Some(pre_tokenizer))
+        .with_post_processor(Some(ByteLevel::new(false, false, true)))
+        .with_decoder(Some(ByteLevel::default()));
+    // Control tokens (type 3) are special; user-defined ones (type 4) are matched as written.
+    let special: Vec<AddedToken> = added(&tokens, &types, 3, true);
+    let user: Vec<AddedToken> = added(&tokens, &types, 4, false);
+    inner.add_special_tokens(&special);
+    inner.add_tokens(&user);
+
+    let mut eos = Vec::new();
+    for key in ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"] {
+        if file.get(key).is_some() {
+            eos.push(file.usize(key)? as u32);
+        }
+    }
+    if let Some(id) = tokens.iter().position(|t| *t == "<|im_end|>") {
+        eos.push(id as u32);
+    }
+    eos.sort_unstable();
+    eos.dedup();
+    if let Some(&id) = eos.iter().find(|&&id| id as usize >= tokens.len()) {
+        return Err(file.error(format!(
+            "end-of-sequence id {id} is outside the vocabulary of {}",
+            tokens.len()
+        )));
+    }
+    Ok(Tokenizer::new(inner, eos))
+}
+
+/// Llama 3's pre-tokenizer split.
+const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+fn added(tokens: &[&str], types: &[usize], kind: usize, special: bool) -> Vec<AddedToken> {
+    tokens
+        .iter()
+        .zip(types)
+        .filter(|(_, &t)| t == kind)
+        .map(|(s, _)| AddedToken::from(s.to_string(), special).normalized(false))
+        .collect()
+}
+
+/// Walks a GGUF header checking every length against the file size, without allocating.
+struct Scan<'a, R> {
+    r: &'a mut R,
+    pos: u64,
+    len: u64,
+    wide: bool,
+}
+
+impl<'a, R: Read + Seek> Scan<'a, R> {
+    fn new(r: &'a mut R, len: u64) -> Self {
+        Scan {
+            r,
+            pos: 0,
+            len,
+            wide: true,
+        }
+    }
+
+    fn left(&self) -> u64 {
+        self.len.saturating_sub(self.pos)
+    }
+
+    fn bytes<const N: usize>(&mut self) -> std::result::Result<[u8; N], String> {
+        let mut b = [0u8; N];
+        self.r
+            .read_exact(&mut b)
+            .map_err(|_| format!("the file ends early (at byte {})", self.pos))?;
+        self.pos += N as u64;
+        Ok(b)
+    }
+
+    fn u32(&mut self) -> std::result::Result<u32, String> {
+        Ok(u32::from_le_bytes(self.bytes()?))
+    }
+
+    fn u64(&mut self) -> std::result::Result<u64, String> {
+        Ok(u64::from_le_bytes(self.bytes()?))
+    }
+
+    /// A count or length: u32 in GGUF v1, u64 later.
+    fn count(&mut self) -> std::result::Result<u64, String> {
+        if self.wide {
+            self.u64()
+        } else {
+            self.u32().map(u64::from)
+        }
+    }
+
+    fn skip(&mut self, n: u64) -> std::result::Result<(), String> {
+        if n > self.left() {
+            return Err(format!(
+                "a length of {n} bytes at byte {} runs past the end of the file",
+                self.pos
+            ));
+        }
+        let n = i64::try_from(n).map_err(|_| "length out of range".to_string())?;
+        self.r.seek_relative(n).map_err(|e| format!("cannot read: {e}"))?;
+        self.pos += n as u64;
+        Ok(())
+    }
+
+    fn string(&mut self) -> std::result::Result<(), String> {
+        let n = self.count()?;
+        self.skip(n)
+    }
+
+    fn header(&mut self) -> std::result::Result<(), String> {
+        let magic = self.bytes::<4>()?;
+        if &magic != b"GGUF" {
+            return Err(format!("bad magic {magic:02x?}"));
+        }
+        let version = self.u32()?;
+        if !(1..=3).contains(&version) {
+            return Err(format!("unsupported version {version}"));
+        }
+        self.wide = version > 1;
+        let tensors = self.count()?;
+        let kvs = self.count()?;
+        if kvs > self.left() / 9 || tensors > self.left() / 24 {
+            return Err(format!(
+                "{tensors} tensors and {kvs} metadata entries cannot fit in the file"
+            ));
+        }
+        for _ in 0..kvs {
+            self.string()?;
+            let ty = self.u32()?;
+            self.value(ty, 0)?;
+        }
+        for _ in 0..tensors {
+            self.string()?;
+            let dims = self.u32()?;
+            if !(1..=4).contains(&dims) {
+                return Err(format!("a tensor has {dims} dimensions (1 to 4 allowed)"));
+            }
+            let mut elems: u64 = 1;
+            for _ in 0..dims {
+                let d = self.count()?;
+                elems = elems
+                    .checked_mul(d)
+                    .filter(|&e| e <= self.len.saturating_mul(4))
+                    .ok_or("a tensor has more elements than the file can hold")?;
+            }
+            let _dtype = self.u32()?;
+            let _offset = self.u64()?;
+        }
+        Ok(())
+    }
+
+    fn value(&mut self, ty: u32, depth: usize) -> std::result::Result<(), String> {
+        let size = match ty {
+            0 | 1 | 7 => 1,
+            2 | 3 => 2,
+            4..=6 => 4,
+            10..=12 => 8,
+            8 => return self.string(),
+            9 => {
+                if depth > 2 {
+                    return Err("arrays nested too deep".into());
+                }
+                let elem = self.u32()?;
+                let n = self.count()?;
+                let min = match elem {
+                    0 | 1 | 7 => 1,
+                    2 | 3 => 2,
+                    4..=6 => 4,
+                    8 if !self.wide => 4,
+                    8 | 10..=12 => 8,
+                    9 => 12,
+                    _ => return Err(format!("unknown metadata type {elem}")),
+                };
+                if n > self.left() / min {
+                    return Err(format!("an array of {n} values cannot fit in the file"));
+                }
+                if matches!(elem, 8 | 9) {
+                    for _ in 0..n {
+                        self.value(elem, depth + 1)?;
+                    }
+                    return Ok(());
+                }
+                return self.skip(n * min);
+            }
+            _ => return Err(format!("unknown metadata type {ty}")),
+        };
+        self.skip(size)
+    }
 }

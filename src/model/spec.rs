@@ -1,27 +1,443 @@
 //! Model specs (`hf:ORG/NAME[@REV]`, a directory, a `.gguf` file) and loading from each.
+//!
+//! Hub downloads go through hf-hub's blocking API into the usual Hugging Face cache, so a model
+//! fetched once (by us or by Python) loads offline afterwards.
+
+use std::path::{Path, PathBuf};
+
+use hf_hub::api::sync::{ApiBuilder, ApiError};
+use hf_hub::{Cache, Repo, RepoType};
 
 use crate::error::{Error, Result};
-use crate::model::Model;
+use crate::model::{gpt2, Model, Tokenizer};
+
+/// The model used when none is given.
+pub const DEFAULT_SPEC: &str = "hf:distilbert/distilgpt2";
+
+const SPEC_HELP: &str = "expected hf:ORG/NAME[@REVISION], a model directory or a .gguf file";
 
 /// Where a model comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelSpec {
     Hub { repo: String, revision: Option<String> },
-    Dir(std::path::PathBuf),
-    Gguf(std::path::PathBuf),
+    Dir(PathBuf),
+    Gguf(PathBuf),
 }
 
 impl ModelSpec {
+    /// Parses a spec. Paths must exist; hub repos are checked when loading.
     pub fn parse(spec: &str) -> Result<Self> {
-        let _ = spec;
-        Err(Error::Model("not implemented yet".into()))
+        let spec = spec.trim();
+        if spec.is_empty() {
+            return Err(Error::invalid(
+                "model",
+                format!("the model spec is empty; {SPEC_HELP}"),
+            ));
+        }
+        if let Some(rest) = spec.strip_prefix("hf:") {
+            return parse_hub(rest);
+        }
+        let path = PathBuf::from(spec);
+        let is_gguf = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+        if path.is_dir() {
+            Ok(ModelSpec::Dir(path))
+        } else if is_gguf {
+            if path.is_file() {
+                Ok(ModelSpec::Gguf(path))
+            } else {
+                Err(Error::Model(format!("GGUF file {spec} does not exist")))
+            }
+        } else if path.exists() {
+            Err(Error::invalid(
+                "model",
+                format!("{spec} is a file but not a .gguf file; {SPEC_HELP}"),
+            ))
+        } else {
+            Err(Error::Model(format!("{spec} does not exist ({SPEC_HELP})")))
+        }
     }
 }
 
-/// Loads the model a spec names.
-pub fn load(spec: &str) -> Result<Model> {
-    match ModelSpec::parse(spec)? {
-        ModelSpec::Gguf(path) => crate::model::gguf::load(&path, spec),
-        _ => Err(Error::Model("not implemented yet".into())),
+fn parse_hub(rest: &str) -> Result<ModelSpec> {
+    let (repo, revision) = match rest.split_once('@') {
+        Some((repo, rev)) => (repo, Some(rev)),
+        None => (rest, None),
+    };
+    let name_ok = |s: &str| {
+        !s.is_empty()
+            && !s.starts_with(['.', '-'])
+            && !s.contains("..")
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    let parts: Vec<&str> = repo.split('/').collect();
+    if parts.len() > 2 || !parts.iter().all(|p| name_ok(p)) {
+        return Err(Error::invalid(
+            "model",
+            format!(
+                "hf:{rest} is not a valid hub repo; expected hf:ORG/NAME[@REVISION] \
+                 (letters, digits, '-', '_', '.')"
+            ),
+        ));
     }
+    if let Some(rev) = revision {
+        if rev.is_empty() || rev.chars().any(|c| c.is_whitespace() || c.is_control()) || rev.contains("..") {
+            return Err(Error::invalid(
+                "model",
+                format!("hf:{rest} has an invalid revision {rev:?} after '@'"),
+            ));
+        }
+    }
+    Ok(ModelSpec::Hub {
+        repo: repo.to_string(),
+        revision: revision.map(str::to_string),
+    })
+}
+
+/// How to reach the hub and where its cache lives.
+#[derive(Debug, Clone)]
+pub struct HubOptions {
+    /// Base URL, `https://huggingface.co` unless `HF_ENDPOINT` says otherwise.
+    pub endpoint: String,
+    /// The hub cache (`$HF_HUB_CACHE`, `$HF_HOME/hub` or `~/.cache/huggingface/hub`).
+    pub cache_dir: PathBuf,
+    /// Cache only, never the network (`HF_HUB_OFFLINE=1`).
+    pub offline: bool,
+    /// Bearer token (`HF_TOKEN`, else the token file in `HF_HOME`).
+    pub token: Option<String>,
+}
+
+impl HubOptions {
+    /// Reads HF_ENDPOINT, HF_HUB_CACHE, HF_HOME, HF_HUB_OFFLINE and HF_TOKEN.
+    pub fn from_env() -> Self {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        let cache_dir = if let Some(c) = var("HF_HUB_CACHE") {
+            PathBuf::from(c)
+        } else if let Some(home) = var("HF_HOME") {
+            PathBuf::from(home).join("hub")
+        } else {
+            let home = var("HOME").unwrap_or_else(|| ".".into());
+            PathBuf::from(home).join(".cache/huggingface/hub")
+        };
+        let truthy = |k: &str| {
+            var(k).is_some_and(|v| {
+                matches!(
+                    v.trim().to_ascii_lowercase().as_str(),
+                    "1" | "true" | "yes" | "on"
+                )
+            })
+        };
+        let token = var("HF_TOKEN").or_else(|| {
+            // hf-hub's own convention: the token file beside the hub cache.
+            let cache = Cache::new(cache_dir.clone());
+            cache.token()
+        });
+        HubOptions {
+            endpoint: var("HF_ENDPOINT")
+                .map(|e| e.trim_end_matches('/').to_string())
+                .unwrap_or_else(|| "https://huggingface.co".into()),
+            cache_dir,
+            offline: truthy("HF_HUB_OFFLINE") || truthy("TRANSFORMERS_OFFLINE"),
+            token,
+        }
+    }
+}
+
+/// The files a safetensors model is made of.
+#[derive(Debug, Clone)]
+pub struct ModelFiles {
+    pub config: PathBuf,
+    pub tokenizer: PathBuf,
+    pub weights: Vec<PathBuf>,
+}
+
+/// Loads the model a spec names, reaching the hub as the environment says.
+pub fn load(spec: &str) -> Result<Model> {
+    load_with(spec, &HubOptions::from_env())
+}
+
+/// Loads the model a spec names with explicit hub options.
+pub fn load_with(spec: &str, hub: &HubOptions) -> Result<Model> {
+    let label = spec.trim();
+    match ModelSpec::parse(spec)? {
+        ModelSpec::Gguf(path) => crate::model::gguf::load(&path, label),
+        ModelSpec::Dir(dir) => load_files(&dir_files(&dir)?, label),
+        ModelSpec::Hub { repo, revision } => load_files(&fetch(&repo, revision.as_deref(), hub)?, label),
+    }
+}
+
+/// The config, tokenizer and weights of a model directory.
+pub fn dir_files(dir: &Path) -> Result<ModelFiles> {
+    let need = |name: &str| {
+        let p = dir.join(name);
+        if p.is_file() {
+            Ok(p)
+        } else {
+            Err(Error::Model(format!("{} has no {name}", dir.display())))
+        }
+    };
+    let config = need("config.json")?;
+    let tokenizer = need("tokenizer.json")?;
+    let index = dir.join("model.safetensors.index.json");
+    let weights = if dir.join("model.safetensors").is_file() {
+        vec![dir.join("model.safetensors")]
+    } else if index.is_file() {
+        shard_names(&index)?.iter().map(|s| dir.join(s)).collect()
+    } else {
+        let mut all: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| Error::Model(format!("cannot list {}: {e}", dir.display())))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+            .collect();
+        all.sort();
+        all
+    };
+    if weights.is_empty() {
+        return Err(Error::Model(format!(
+            "{} has no .safetensors weights",
+            dir.display()
+        )));
+    }
+    Ok(ModelFiles {
+        config,
+        tokenizer,
+        weights,
+    })
+}
+
+/// Shard file names listed by a `model.safetensors.index.json`, in order, without repeats.
+fn shard_names(index: &Path) -> Result<Vec<String>> {
+    let bad = |m: String| Error::Model(format!("{}: {m}", index.display()));
+    let text = std::fs::read_to_string(index).map_err(|e| bad(e.to_string()))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| bad("no weight_map object".into()))?;
+    let mut names: Vec<String> = Vec::new();
+    for v in map.values() {
+        let name = v
+            .as_str()
+            .ok_or_else(|| bad("weight_map values must be file names".into()))?;
+        if name.contains('/') || name.contains('\\') || name.starts_with('.') {
+            return Err(bad(format!("unsafe shard name {name:?}")));
+        }
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_string());
+        }
+    }
+    names.sort();
+    if names.is_empty() {
+        return Err(bad("weight_map is empty".into()));
+    }
+    Ok(names)
+}
+
+/// Downloads (or finds in the cache) the files of a hub model.
+pub fn fetch(repo: &str, revision: Option<&str>, hub: &HubOptions) -> Result<ModelFiles> {
+    let rev = revision.unwrap_or("main");
+    let hf_repo = Repo::with_revision(repo.to_string(), RepoType::Model, rev.to_string());
+    let spec = match revision {
+        Some(r) => format!("hf:{repo}@{r}"),
+        None => format!("hf:{repo}"),
+    };
+    let getter = Getter::new(hub, hf_repo, &spec)?;
+    let config = getter.get("config.json")?;
+    let tokenizer = getter.get("tokenizer.json")?;
+    let weights = match getter.try_get("model.safetensors")? {
+        Some(p) => vec![p],
+        None => match getter.try_get("model.safetensors.index.json")? {
+            Some(index) => shard_names(&index)?
+                .iter()
+                .map(|s| getter.get(s))
+                .collect::<Result<_>>()?,
+            None => {
+                return Err(Error::Model(getter.missing(
+                    "model.safetensors or model.safetensors.index.json \
+                     (only safetensors weights are supported)",
+                )))
+            }
+        },
+    };
+    Ok(ModelFiles {
+        config,
+        tokenizer,
+        weights,
+    })
+}
+
+/// Gets files of one repo from the cache, or the network unless offline.
+struct Getter<'a> {
+    hub: &'a HubOptions,
+    cache: hf_hub::CacheRepo,
+    api: Option<hf_hub::api::sync::ApiRepo>,
+    spec: &'a str,
+}
+
+impl<'a> Getter<'a> {
+    fn new(hub: &'a HubOptions, repo: Repo, spec: &'a str) -> Result<Self> {
+        let cache = Cache::new(hub.cache_dir.clone()).repo(repo.clone());
+        let api = if hub.offline {
+            None
+        } else {
+            let api = ApiBuilder::from_cache(Cache::new(hub.cache_dir.clone()))
+                .with_endpoint(hub.endpoint.clone())
+                .with_token(hub.token.clone())
+                .with_progress(false)
+                .with_retries(2)
+                .build()
+                .map_err(|e| Error::Model(format!("cannot set up the hub client: {e}")))?;
+            Some(api.repo(repo))
+        };
+        Ok(Getter {
+            hub,
+            cache,
+            api,
+            spec,
+        })
+    }
+
+    fn get(&self, file: &str) -> Result<PathBuf> {
+        self.try_get(file)?
+            .ok_or_else(|| Error::Model(self.missing(file)))
+    }
+
+    fn missing(&self, what: &str) -> String {
+        if self.api.is_none() {
+            format!(
+                "{} is not in the hub cache {} ({what} missing) and HF_HUB_OFFLINE is set; \
+                 download it once with network access or unset HF_HUB_OFFLINE",
+                self.spec,
+                self.hub.cache_dir.display()
+            )
+        } else {
+            format!(
+                "{} has no {what} on {} (HTTP 404: is the repository name right?)",
+                self.spec, self.hub.endpoint
+            )
+        }
+    }
+
+    /// `Ok(None)` when the file is not there: not on the hub, or (offline) not in the cache.
+    fn try_get(&self, file: &str) -> Result<Option<PathBuf>> {
+        if let Some(p) = self.cache.get(file) {
+            return Ok(Some(p));
+        }
+        let Some(api) = &self.api else {
+            return Ok(None);
+        };
+        tracing::info!(spec = self.spec, file, "downloading from the hub");
+        match api.download(file) {
+            Ok(p) => Ok(Some(p)),
+            Err(e) => match hub_error(&e, &self.hub.endpoint) {
+                HubFailure::MissingFile => Ok(None),
+                HubFailure::Other(m) => Err(Error::Model(format!(
+                    "{}: cannot download {file} from {}: {m}",
+                    self.spec, self.hub.endpoint
+                ))),
+                HubFailure::Fatal(m) => Err(Error::Model(format!("{}: {m}", self.spec))),
+            },
+        }
+    }
+}
+
+enum HubFailure {
+    /// The repo and revision exist, the file does not.
+    MissingFile,
+    /// The repo or revision does not exist, or access is denied.
+    Fatal(String),
+    Other(String),
+}
+
+fn hub_error(e: &ApiError, endpoint: &str) -> HubFailure {
+    let inner = match e {
+        ApiError::TooManyRetries(inner) => inner.as_ref(),
+        e => e,
+    };
+    let ApiError::RequestError(req) = inner else {
+        return HubFailure::Other(inner.to_string());
+    };
+    match req.as_ref() {
+        ureq::Error::Status(status, response) => {
+            let code = response.header("x-error-code").unwrap_or("").to_string();
+            match (code.as_str(), *status) {
+                ("EntryNotFound", _) => HubFailure::MissingFile,
+                ("RepoNotFound", _) => HubFailure::Fatal(
+                    format!("the repository does not exist on {endpoint} (or is private: set HF_TOKEN)"),
+                ),
+                ("RevisionNotFound", _) => {
+                    HubFailure::Fatal(format!("the revision does not exist in this repository on {endpoint}"))
+                }
+                ("GatedRepo", _) => HubFailure::Fatal(
+                    "the repository is gated: accept its terms on the hub and set HF_TOKEN"
+                        .into(),
+                ),
+                (_, 401 | 403) => HubFailure::Fatal(format!(
+                    "access denied by {endpoint} (HTTP {status}): the repository does not exist or is private (set HF_TOKEN)"
+                )),
+                // A bare 404 (no error code, as from a plain mirror) on a file: treat as missing;
+                // callers needing the file turn it into "has no file X".
+                (_, 404) => HubFailure::MissingFile,
+                _ => HubFailure::Other(format!("HTTP {status}")),
+            }
+        }
+        ureq::Error::Transport(t) => HubFailure::Other(format!("network error: {t}")),
+    }
+}
+
+/// Loads a model from its local files, choosing the architecture from `config.json`.
+pub fn load_files(files: &ModelFiles, spec: &str) -> Result<Model> {
+    let text = std::fs::read_to_string(&files.config)
+        .map_err(|e| Error::Model(format!("cannot read {}: {e}", files.config.display())))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::Model(format!("{} is not valid JSON: {e}", files.config.display())))?;
+    let model_type = json.get("model_type").and_then(|t| t.as_str()).ok_or_else(|| {
+        Error::Model(format!(
+            "{} has no model_type (string) field",
+            files.config.display()
+        ))
+    })?;
+    match model_type {
+        "gpt2" => {
+            let cfg = gpt2::Config::from_json(&text, &files.config.display().to_string())?;
+            let arch = gpt2::Gpt2::load(cfg, &files.weights)?;
+            let inner = tokenizers::Tokenizer::from_file(&files.tokenizer).map_err(|e| {
+                Error::Model(format!(
+                    "cannot read tokenizer {}: {e}",
+                    files.tokenizer.display()
+                ))
+            })?;
+            let eos = eos_ids(&json, &inner);
+            let tokenizer = Tokenizer::new(inner, eos);
+            check_vocab(&tokenizer, arch.config().vocab_size)?;
+            Ok(Model::new(Box::new(arch), tokenizer, spec))
+        }
+        other => Err(Error::Model(format!(
+            "unsupported architecture {other} (supported: gpt2, llama via GGUF)"
+        ))),
+    }
+}
+
+/// `eos_token_id` from the config (a number or a list), else the tokenizer's `<|endoftext|>`.
+fn eos_ids(config: &serde_json::Value, tokenizer: &tokenizers::Tokenizer) -> Vec<u32> {
+    let mut ids: Vec<u32> = match config.get("eos_token_id") {
+        Some(serde_json::Value::Number(n)) => n.as_u64().map(|n| n as u32).into_iter().collect(),
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_u64().map(|n| n as u32)).collect(),
+        _ => Vec::new(),
+    };
+    if ids.is_empty() {
+        ids.extend(tokenizer.token_to_id("<|endoftext|>"));
+    }
+    ids
+}
+
+fn check_vocab(tokenizer: &Tokenizer, vocab: usize) -> Result<()> {
+    let n = tokenizer.vocab_size();
+    if n > vocab {
+        return Err(Error::Model(format!(
+            "the tokenizer has {n} tokens but the model only {vocab}"
+        )));
+    }
+    Ok(())
 }

@@ -1,0 +1,348 @@
+//! GPT-2 against PyTorch reference numbers (tests/fixtures/tiny-gpt2), batching, generation and
+//! bad input.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use candle_core::{Device, IndexOp, Tensor};
+use llm_attr::error::Error;
+use llm_attr::model::{gpt2, Architecture, Model, ModelSpec, ScoreItem};
+use serde::Deserialize;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-gpt2")
+}
+
+fn model() -> Arc<Model> {
+    static MODEL: OnceLock<Arc<Model>> = OnceLock::new();
+    MODEL
+        .get_or_init(|| Model::load(fixtures().to_str().unwrap()).expect("tiny-gpt2 loads"))
+        .clone()
+}
+
+#[derive(Deserialize)]
+struct TokCase {
+    text: String,
+    ids: Vec<u32>,
+}
+
+#[derive(Deserialize)]
+struct LogprobCase {
+    prompt: String,
+    target: String,
+    prompt_ids: Vec<u32>,
+    target_ids: Vec<u32>,
+    target_logprobs: Vec<f64>,
+}
+
+fn read<T: serde::de::DeserializeOwned>(name: &str) -> T {
+    let text = std::fs::read_to_string(fixtures().join(name)).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn tokenization_matches_reference() {
+    let m = model();
+    let cases: Vec<TokCase> = read("tokenization.json");
+    assert!(cases.len() >= 5);
+    for c in &cases {
+        let ids = m.tokenizer().encode(&c.text).unwrap();
+        assert_eq!(ids, c.ids, "text {:?}", c.text);
+        // Byte-level BPE round-trips exactly.
+        assert_eq!(m.tokenizer().decode(&ids).unwrap(), c.text);
+    }
+}
+
+#[test]
+fn logprobs_match_pytorch() {
+    let m = model();
+    let cases: Vec<LogprobCase> = read("logprobs.json");
+    assert!(!cases.is_empty());
+    let items: Vec<ScoreItem> = cases
+        .iter()
+        .map(|c| ScoreItem {
+            prompt: c.prompt_ids.clone(),
+            target: c.target_ids.clone(),
+        })
+        .collect();
+    for c in &cases {
+        assert_eq!(m.tokenizer().encode(&c.prompt).unwrap(), c.prompt_ids);
+        assert_eq!(m.tokenizer().encode(&c.target).unwrap(), c.target_ids);
+    }
+    let mut worst = 0f64;
+    for (c, got) in cases.iter().zip(m.score(&items).unwrap()) {
+        assert_eq!(got.len(), c.target_logprobs.len());
+        for (k, (&g, &r)) in got.iter().zip(&c.target_logprobs).enumerate() {
+            let d = (g as f64 - r).abs();
+            worst = worst.max(d);
+            assert!(d < 1e-4, "{:?} token {k}: got {g}, reference {r}", c.prompt);
+        }
+    }
+    eprintln!("worst |log-prob difference| vs PyTorch: {worst:.2e}");
+}
+
+/// Sequences of different lengths, scored one by one and right-padded together, agree.
+#[test]
+fn batch_equals_single() {
+    let m = model();
+    let cases: Vec<LogprobCase> = read("logprobs.json");
+    let mut items: Vec<ScoreItem> = cases
+        .iter()
+        .map(|c| ScoreItem {
+            prompt: c.prompt_ids.clone(),
+            target: c.target_ids.clone(),
+        })
+        .collect();
+    // Mixed lengths: a short prompt with a one-token target, a truncated prompt, a long one.
+    items.push(ScoreItem {
+        prompt: vec![464],
+        target: vec![3290],
+    });
+    items.push(ScoreItem {
+        prompt: cases[0].prompt_ids[..5].to_vec(),
+        target: cases[0].target_ids[..2].to_vec(),
+    });
+    let lens: Vec<usize> = items.iter().map(ScoreItem::input_len).collect();
+    assert!(lens.iter().min() != lens.iter().max(), "lengths must differ");
+    let batched = m.score(&items).unwrap();
+    for (item, b) in items.iter().zip(&batched) {
+        let single = m.score(std::slice::from_ref(item)).unwrap().remove(0);
+        for (x, y) in single.iter().zip(b) {
+            assert!((x - y).abs() < 1e-5, "single {x} vs batched {y}");
+        }
+    }
+    // score_all with a small budget (several batches, reordered) gives the same numbers.
+    let all = m.score_all(&items, 40).unwrap();
+    for (a, b) in all.iter().zip(&batched) {
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() < 1e-5);
+        }
+    }
+}
+
+/// Argmax decoding by full recomputation: one full forward pass per new token, no cache.
+fn greedy_without_cache(arch: &dyn Architecture, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut seq = prompt.to_vec();
+    for _ in 0..n {
+        let ids = Tensor::from_vec(seq.clone(), (1, seq.len()), &Device::Cpu).unwrap();
+        let hidden = arch.hidden(&ids).unwrap();
+        let last = hidden.i((0, seq.len() - 1..seq.len())).unwrap();
+        let logits: Vec<f32> = arch.logits(&last).unwrap().i(0).unwrap().to_vec1().unwrap();
+        let mut best = 0;
+        for (i, &v) in logits.iter().enumerate() {
+            if v > logits[best] {
+                best = i;
+            }
+        }
+        seq.push(best as u32);
+    }
+    seq[prompt.len()..].to_vec()
+}
+
+#[test]
+fn greedy_with_cache_equals_recomputation() {
+    let dir = fixtures();
+    let arch = gpt2::load(&dir.join("config.json"), &[dir.join("model.safetensors")]).unwrap();
+    let cases: Vec<LogprobCase> = read("logprobs.json");
+    for c in cases.iter().take(3) {
+        let cached = arch.generate(&c.prompt_ids, 12, &[]).unwrap();
+        assert_eq!(cached.len(), 12);
+        let full = greedy_without_cache(&arch, &c.prompt_ids, 12);
+        assert_eq!(cached, full, "prompt {:?}", c.prompt);
+        // Stopping: with the 3rd generated id as a stop id, generation ends there, stop included.
+        let stop = cached[2];
+        let first = cached.iter().position(|&t| t == stop).unwrap();
+        assert_eq!(
+            arch.generate(&c.prompt_ids, 12, &[stop]).unwrap(),
+            cached[..=first]
+        );
+        // Through the model (EOS = 50256 stops).
+        let m = model();
+        let via_model = m.generate(&c.prompt_ids, 12).unwrap();
+        let end = cached.iter().position(|&t| t == 50256).map_or(12, |p| p + 1);
+        assert_eq!(via_model, cached[..end]);
+    }
+}
+
+fn expect_model_err(spec: &str, needle: &str) {
+    match Model::load(spec) {
+        Ok(_) => panic!("{spec} loaded"),
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(msg.starts_with("model"), "{msg}");
+            assert!(msg.contains(needle), "{msg:?} lacks {needle:?}");
+        }
+    }
+}
+
+/// A copy of the tiny-gpt2 directory with one file replaced (or removed when `content` is None).
+fn patched_dir(file: &str, content: Option<&[u8]>) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+        std::fs::copy(fixtures().join(f), dir.path().join(f)).unwrap();
+    }
+    match content {
+        Some(c) => std::fs::write(dir.path().join(file), c).unwrap(),
+        None => std::fs::remove_file(dir.path().join(file)).unwrap(),
+    }
+    dir
+}
+
+#[test]
+fn bad_model_files_give_clear_errors() {
+    expect_model_err("/no/such/dir", "does not exist");
+    expect_model_err("/no/such/model.gguf", "does not exist");
+    expect_model_err("", "empty");
+    expect_model_err("hf:", "not a valid hub repo");
+    expect_model_err("hf:a/b/c", "not a valid hub repo");
+    expect_model_err("hf:org/name@", "invalid revision");
+
+    let d = patched_dir("model.safetensors", None);
+    expect_model_err(d.path().to_str().unwrap(), "no .safetensors");
+
+    let d = patched_dir("model.safetensors", Some(b"this is not a safetensors file"));
+    expect_model_err(d.path().to_str().unwrap(), "cannot read safetensors");
+
+    // Truncated: a valid header whose data is cut short.
+    let full = std::fs::read(fixtures().join("model.safetensors")).unwrap();
+    let d = patched_dir("model.safetensors", Some(&full[..full.len() / 2]));
+    expect_model_err(d.path().to_str().unwrap(), "safetensors");
+
+    let d = patched_dir("config.json", Some(b"{ not json"));
+    expect_model_err(d.path().to_str().unwrap(), "not valid JSON");
+
+    let cfg = std::fs::read_to_string(fixtures().join("config.json")).unwrap();
+    let d = patched_dir(
+        "config.json",
+        Some(cfg.replace("\"gpt2\"", "\"bert\"").as_bytes()),
+    );
+    expect_model_err(
+        d.path().to_str().unwrap(),
+        "unsupported architecture bert (supported: gpt2, llama via GGUF)",
+    );
+
+    let d = patched_dir(
+        "config.json",
+        Some(cfg.replace("\"n_head\": 4", "\"n_head\": 5").as_bytes()),
+    );
+    expect_model_err(d.path().to_str().unwrap(), "not a multiple of n_head");
+
+    let d = patched_dir(
+        "config.json",
+        Some(cfg.replace("\"n_embd\": 64", "\"n_embd\": 32").as_bytes()),
+    );
+    expect_model_err(d.path().to_str().unwrap(), "has shape");
+
+    let d = patched_dir("tokenizer.json", None);
+    expect_model_err(d.path().to_str().unwrap(), "no tokenizer.json");
+
+    let d = patched_dir("config.json", None);
+    expect_model_err(d.path().to_str().unwrap(), "no config.json");
+}
+
+#[test]
+fn spec_parsing() {
+    assert_eq!(
+        ModelSpec::parse("hf:distilbert/distilgpt2").unwrap(),
+        ModelSpec::Hub {
+            repo: "distilbert/distilgpt2".into(),
+            revision: None
+        }
+    );
+    assert_eq!(
+        ModelSpec::parse("hf:gpt2@refs/pr/1").unwrap(),
+        ModelSpec::Hub {
+            repo: "gpt2".into(),
+            revision: Some("refs/pr/1".into())
+        }
+    );
+    assert_eq!(
+        ModelSpec::parse(fixtures().to_str().unwrap()).unwrap(),
+        ModelSpec::Dir(fixtures())
+    );
+    let e = ModelSpec::parse(fixtures().join("config.json").to_str().unwrap()).unwrap_err();
+    assert_eq!(e.field(), Some("model"));
+}
+
+#[test]
+fn bad_scoring_input_gives_clear_errors() {
+    let m = model();
+    assert_eq!(m.context_length(), 128);
+    let check = |items: Vec<ScoreItem>, needle: &str| {
+        let e = m.score(&items).unwrap_err();
+        assert!(e.to_string().contains(needle), "{e}");
+        assert_eq!(e.field(), Some("sequences[1]"), "{e}");
+    };
+    let ok = ScoreItem {
+        prompt: vec![1, 2],
+        target: vec![3],
+    };
+    check(
+        vec![
+            ok.clone(),
+            ScoreItem {
+                prompt: vec![1; 120],
+                target: vec![2; 10],
+            },
+        ],
+        "exceed the model's context length of 128",
+    );
+    check(
+        vec![
+            ok.clone(),
+            ScoreItem {
+                prompt: vec![1, 2],
+                target: vec![],
+            },
+        ],
+        "target is empty",
+    );
+    check(
+        vec![
+            ok.clone(),
+            ScoreItem {
+                prompt: vec![1, 50257],
+                target: vec![2],
+            },
+        ],
+        "token id 50257 is out of range",
+    );
+    check(
+        vec![
+            ok.clone(),
+            ScoreItem {
+                prompt: vec![1],
+                target: vec![u32::MAX],
+            },
+        ],
+        "out of range",
+    );
+    // Exactly the context length is fine: 120 + 9 - 1 = 128 inputs.
+    let full = ScoreItem {
+        prompt: vec![1; 120],
+        target: vec![2; 9],
+    };
+    assert_eq!(m.score(&[full]).unwrap()[0].len(), 9);
+
+    let e = m.generate(&[1; 120], 20).unwrap_err();
+    assert!(matches!(e, Error::TooLarge { .. }), "{e}");
+    let e = m.generate(&[], 5).unwrap_err();
+    assert_eq!(e.field(), Some("prompt"));
+    let e = m.generate(&[60000], 5).unwrap_err();
+    assert!(e.to_string().contains("out of range"), "{e}");
+}
+
+#[test]
+fn info_describes_the_model() {
+    let m = model();
+    let i = &m.info().arch;
+    assert_eq!(i.architecture, "gpt2");
+    assert_eq!(
+        (i.vocab_size, i.hidden_size, i.layers, i.heads),
+        (50257, 64, 2, 4)
+    );
+    // wte + wpe + 2 blocks + ln_f, lm_head tied.
+    let block = 2 * 64 + (64 * 192 + 192) + (64 * 64 + 64) + 2 * 64 + (64 * 256 + 256) + (256 * 64 + 64);
+    assert_eq!(i.parameters, 50257 * 64 + 128 * 64 + 2 * block + 2 * 64);
+    assert_eq!(m.tokenizer().eos_ids(), &[50256]);
+}
