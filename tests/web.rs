@@ -38,7 +38,11 @@ struct Driver {
 
 impl Driver {
     fn start(exe: &Path) -> Driver {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let child = Command::new(exe)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
@@ -67,7 +71,10 @@ impl Driver {
             if ready {
                 return d;
             }
-            assert!(start.elapsed() < Duration::from_secs(20), "chromedriver did not start");
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "chromedriver did not start"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -81,7 +88,9 @@ impl Driver {
         }
         let res = req.send().unwrap_or_else(|e| panic!("{method} {path}: {e}"));
         let status = res.status();
-        let v: Value = res.json().unwrap_or_else(|e| panic!("{method} {path}: not JSON: {e}"));
+        let v: Value = res
+            .json()
+            .unwrap_or_else(|e| panic!("{method} {path}: not JSON: {e}"));
         assert!(status.is_success(), "{method} {path}: {status} {}", v["value"]);
         v["value"].clone()
     }
@@ -108,7 +117,11 @@ impl Driver {
     }
 
     fn s(&self, path: &str) -> String {
-        format!("/session/{}{}", self.session.as_deref().expect("no session"), path)
+        format!(
+            "/session/{}{}",
+            self.session.as_deref().expect("no session"),
+            path
+        )
     }
 
     fn go(&self, url: &str) {
@@ -128,9 +141,7 @@ impl Driver {
         let start = Instant::now();
         loop {
             let v = self.js(&format!("return {expr};"), json!([]));
-            let truthy = !matches!(&v, Value::Null | Value::Bool(false))
-                && v != json!("")
-                && v != json!(0);
+            let truthy = !matches!(&v, Value::Null | Value::Bool(false)) && v != json!("") && v != json!(0);
             if truthy {
                 return v;
             }
@@ -153,23 +164,53 @@ impl Driver {
             &self.s("/element"),
             Some(json!({"using": "css selector", "value": css})),
         );
-        v[ELEMENT].as_str().unwrap_or_else(|| panic!("no element {css}")).to_string()
+        v[ELEMENT]
+            .as_str()
+            .unwrap_or_else(|| panic!("no element {css}"))
+            .to_string()
     }
 
     /// A real click (pointer events), as a person would.
     fn click(&self, css: &str) {
         let id = self.find(css);
-        self.cmd(reqwest::Method::POST, &self.s(&format!("/element/{id}/click")), Some(json!({})));
+        self.cmd(
+            reqwest::Method::POST,
+            &self.s(&format!("/element/{id}/click")),
+            Some(json!({})),
+        );
     }
 
     /// Clears a text field and types `text` into it, key by key.
     fn type_into(&self, css: &str, text: &str) {
         let id = self.find(css);
-        self.cmd(reqwest::Method::POST, &self.s(&format!("/element/{id}/clear")), Some(json!({})));
+        self.cmd(
+            reqwest::Method::POST,
+            &self.s(&format!("/element/{id}/clear")),
+            Some(json!({})),
+        );
         self.cmd(
             reqwest::Method::POST,
             &self.s(&format!("/element/{id}/value")),
             Some(json!({"text": text})),
+        );
+    }
+
+    /// Sends keys to the focused element.
+    fn keys(&self, keys: &str) {
+        let actions: Vec<Value> = keys
+            .chars()
+            .flat_map(|k| {
+                let k = k.to_string();
+                [
+                    json!({"type": "keyDown", "value": k}),
+                    json!({"type": "keyUp", "value": k}),
+                ]
+            })
+            .collect();
+        self.cmd(
+            reqwest::Method::POST,
+            &self.s("/actions"),
+            Some(json!({"actions": [{"type": "key", "id": "keyboard", "actions": actions}]})),
         );
     }
 
@@ -183,7 +224,11 @@ impl Driver {
     }
 
     fn browser_log(&self) -> Vec<Value> {
-        let v = self.cmd(reqwest::Method::POST, &self.s("/se/log"), Some(json!({"type": "browser"})));
+        let v = self.cmd(
+            reqwest::Method::POST,
+            &self.s("/se/log"),
+            Some(json!({"type": "browser"})),
+        );
         v.as_array().cloned().unwrap_or_default()
     }
 }
@@ -214,13 +259,20 @@ fn page_number(text: &str) -> f64 {
 #[test]
 fn web_page_runs_t1_in_a_real_browser() {
     let Some(chromedriver) = env_path("CHROMEDRIVER").or_else(|| in_path(&["chromedriver"])) else {
-        eprintln!("skipping the web page test: chromedriver is not installed (set CHROMEDRIVER or add it to PATH)");
+        eprintln!(
+            "skipping the web page test: chromedriver is not installed (set CHROMEDRIVER or add it to PATH)"
+        );
         return;
     };
-    let chromium = env_path("CHROME_BIN").or_else(|| in_path(&["chromium", "chromium-browser", "google-chrome"]));
+    let chromium =
+        env_path("CHROME_BIN").or_else(|| in_path(&["chromium", "chromium-browser", "google-chrome"]));
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let model = root.join(MODEL);
-    assert!(model.is_file(), "{} is missing: run scripts/fetch-models.sh", model.display());
+    assert!(
+        model.is_file(),
+        "{} is missing: run scripts/fetch-models.sh",
+        model.display()
+    );
 
     let t0 = Instant::now();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -255,7 +307,11 @@ fn web_page_runs_t1_in_a_real_browser() {
         "return Array.from(document.querySelectorAll('#placeholders .ph')).map(p => p.dataset.name)",
         json!([]),
     );
-    assert_eq!(names, json!(["name", "country", "job"]), "one row per placeholder of t1");
+    assert_eq!(
+        names,
+        json!(["name", "country", "job"]),
+        "one row per placeholder of t1"
+    );
     let request = d.js("return buildRequest()", json!([]));
     assert_eq!(request["method"], "shapley_values");
     assert_eq!(request["values"]["name"], "Georg");
@@ -281,12 +337,21 @@ fn web_page_runs_t1_in_a_real_browser() {
         Duration::from_secs(50),
         "the job to finish",
     );
-    let general = d.js("return document.querySelector('#err-general').textContent", json!([]));
+    let general = d.js(
+        "return document.querySelector('#err-general').textContent",
+        json!([]),
+    );
     assert_eq!(general, "", "the job failed on the page");
 
-    println!("the page's job finished in {:.1} s", t_run.elapsed().as_secs_f64());
+    println!(
+        "the page's job finished in {:.1} s",
+        t_run.elapsed().as_secs_f64()
+    );
     let api = direct.join().expect("direct API call");
-    println!("the direct call finished after {:.1} s", t_run.elapsed().as_secs_f64());
+    println!(
+        "the direct call finished after {:.1} s",
+        t_run.elapsed().as_secs_f64()
+    );
     let tokens = api["output_tokens"].as_array().unwrap().len();
     let features = api["features"].as_array().unwrap().len();
     assert_eq!(features, 3);
@@ -299,7 +364,11 @@ fn web_page_runs_t1_in_a_real_browser() {
         json!([]),
     );
     let cells = cells.as_array().unwrap();
-    assert_eq!(cells.len(), tokens * features, "one heatmap cell per output token x feature");
+    assert_eq!(
+        cells.len(),
+        tokens * features,
+        "one heatmap cell per output token x feature"
+    );
     let mut seen = vec![false; tokens * features];
     for c in cells {
         let (r, f) = (c[0].as_u64().unwrap() as usize, c[1].as_u64().unwrap() as usize);
@@ -307,10 +376,16 @@ fn web_page_runs_t1_in_a_real_browser() {
         let got = c[2].as_f64().unwrap();
         assert!(close(got, want), "cell ({r}, {f}): page {got}, API {want}");
         let shown = page_number(c[3].as_str().unwrap());
-        assert!((shown - want).abs() <= 0.005 + 2e-3 + 1e-3 * want.abs(), "cell ({r}, {f}) reads {shown}, API {want}");
+        assert!(
+            (shown - want).abs() <= 0.005 + 2e-3 + 1e-3 * want.abs(),
+            "cell ({r}, {f}) reads {shown}, API {want}"
+        );
         seen[r * features + f] = true;
     }
-    assert!(seen.iter().all(|s| *s), "every (token, feature) pair has its cell");
+    assert!(
+        seen.iter().all(|s| *s),
+        "every (token, feature) pair has its cell"
+    );
     let rows = d.js(
         "return Array.from(document.querySelectorAll('#heatmap .row-head title')).map(t => t.textContent)",
         json!([]),
@@ -327,7 +402,11 @@ fn web_page_runs_t1_in_a_real_browser() {
     for (i, b) in bars.iter().enumerate() {
         assert_eq!(b[0], api["features"][i]["name"]);
         let want = api["seq_attr"][i].as_f64().unwrap();
-        assert!(close(b[1].as_f64().unwrap(), want), "bar {i}: page {}, API {want}", b[1]);
+        assert!(
+            close(b[1].as_f64().unwrap(), want),
+            "bar {i}: page {}, API {want}",
+            b[1]
+        );
     }
 
     // Progress reached 100%, and the probability of the target is shown.
@@ -335,10 +414,16 @@ fn web_page_runs_t1_in_a_real_browser() {
         "const p = document.querySelector('#progress'); return [p.value, p.max, p.dataset.percent]",
         json!([]),
     );
-    assert!(progress[1].as_f64().unwrap() > 1.0, "progress counted real work: {progress}");
+    assert!(
+        progress[1].as_f64().unwrap() > 1.0,
+        "progress counted real work: {progress}"
+    );
     assert_eq!(progress[0], progress[1], "progress bar full: {progress}");
     assert_eq!(progress[2], "100");
-    let prob = d.js("return document.querySelector('#target-prob').textContent", json!([]));
+    let prob = d.js(
+        "return document.querySelector('#target-prob').textContent",
+        json!([]),
+    );
     let lp = api["target_log_prob"].as_f64().unwrap();
     let shown: f64 = prob
         .as_str()
@@ -355,6 +440,88 @@ fn web_page_runs_t1_in_a_real_browser() {
     d.screenshot(&shot);
     println!("screenshot: {}", shot.display());
 
+    // Keyboard: the heatmap takes focus and the arrow keys read out cells.
+    d.js("document.querySelector('#heatmap svg').focus()", json!([]));
+    d.keys("\u{E015}\u{E014}"); // down, right
+    let readout = d.js(
+        "return document.querySelector('#heatmap-readout').textContent",
+        json!([]),
+    );
+    let want = api["token_attr"][1][1].as_f64().unwrap();
+    let shown = readout
+        .as_str()
+        .unwrap()
+        .split(": ")
+        .nth(1)
+        .map(|s| s.split(' ').next().unwrap_or(""));
+    let shown = page_number(shown.unwrap_or_else(|| panic!("readout: {readout}")));
+    assert!(
+        close(shown, want),
+        "keyboard readout of cell (1, 1): {readout}, API {want}"
+    );
+
+    // Compare: the target's log p for each name; the prompt with "Georg" is t1's own prompt.
+    d.click("#compare-run");
+    d.wait(
+        "document.querySelector('#compare-status').textContent.startsWith('Done') \
+         || document.querySelector('#err-compare').textContent",
+        Duration::from_secs(30),
+        "the comparison",
+    );
+    let rows = d.js(
+        "return Array.from(document.querySelectorAll('#compare-chart .compare-row')).map(r => [r.dataset.label, Number(r.dataset.value)])",
+        json!([]),
+    );
+    let labels: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[0].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        labels,
+        ["Georg", "John", "Maria", "Ahmed", "Zhang Wei"],
+        "one row per value"
+    );
+    let georg = rows[0][1].as_f64().unwrap();
+    assert!(
+        (georg - lp).abs() < 1e-3,
+        "compare log p for Georg {georg}, API {lp}"
+    );
+    assert!(
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r[1].as_f64().unwrap() < 0.0),
+        "log-probabilities"
+    );
+
+    // The link holds the probe: opening it restores the form and the job's result.
+    let link = d.js("return location.href", json!([]));
+    d.go("about:blank");
+    d.go(link.as_str().unwrap());
+    d.wait(
+        "document.body.dataset.ready === '1' && document.querySelectorAll('#heatmap .cell').length",
+        Duration::from_secs(20),
+        "the shared link to show the result",
+    );
+    assert_eq!(
+        d.js("return buildRequest()", json!([])),
+        request,
+        "the link restores the request"
+    );
+    let restored = d.js(
+        "return document.querySelectorAll('#heatmap .cell').length",
+        json!([]),
+    );
+    assert_eq!(restored, json!(tokens * features), "the link restores the result");
+    let cmp = d.js("return [document.querySelector('#compare-ph').value, document.querySelector('#compare-values').value]", json!([]));
+    assert_eq!(
+        cmp,
+        json!(["name", "Georg\nJohn\nMaria\nAhmed\nZhang Wei"]),
+        "the link restores the comparison"
+    );
+
     // An invalid template: the server's message next to the template field, the page intact.
     d.type_into("#template", "{name} from {country applied for a job as a {job}.");
     d.click("#run");
@@ -364,14 +531,21 @@ fn web_page_runs_t1_in_a_real_browser() {
         Duration::from_secs(20),
         "the template error",
     );
-    assert!(err.as_str().unwrap().contains('{'), "the error explains the braces: {err}");
+    assert!(
+        err.as_str().unwrap().contains('{'),
+        "the error explains the braces: {err}"
+    );
     let state = d.js(
         "return [document.querySelector('#template').getAttribute('aria-invalid'), \
          document.querySelector('#run').disabled, document.querySelectorAll('#heatmap .cell').length, \
          document.querySelector('#err-general').textContent]",
         json!([]),
     );
-    assert_eq!(state, json!(["true", false, tokens * features, ""]), "error shown by the field, page usable");
+    assert_eq!(
+        state,
+        json!(["true", false, tokens * features, ""]),
+        "error shown by the field, page usable"
+    );
     d.screenshot(&root.join("tests/artifacts/web-invalid-template.png"));
 
     // Nothing left 127.0.0.1, and no script error.
@@ -380,10 +554,16 @@ fn web_page_runs_t1_in_a_real_browser() {
         json!([]),
     );
     let urls = urls.as_array().unwrap();
-    assert!(urls.len() >= 5, "page, script, style and API requests are recorded: {urls:?}");
+    assert!(
+        urls.len() >= 5,
+        "page, script, style and API requests are recorded: {urls:?}"
+    );
     for u in urls {
         let u = u.as_str().unwrap();
-        assert!(u.starts_with(&format!("{base}/")), "request outside the server: {u}");
+        assert!(
+            u.starts_with(&format!("{base}/")),
+            "request outside the server: {u}"
+        );
     }
     let errors: Vec<Value> = driver
         .browser_log()
