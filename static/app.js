@@ -565,6 +565,7 @@ async function followJob(job, request) {
 }
 
 function finishJob(job, request) {
+  saveState();
   if (job.progress) setProgress(job.progress);
   if (job.state === "done" && job.result) {
     setProgress(job.progress, `Done: ${job.result.stats.unique_sequences} prompts scored in ${job.result.stats.seconds.toFixed(1)} s.`);
