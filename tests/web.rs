@@ -195,6 +195,19 @@ impl Driver {
         );
     }
 
+    /// Every URL this page load fetched (document, scripts, styles, API calls, event streams).
+    fn requested(&self) -> Vec<String> {
+        let v = self.js(
+            "return performance.getEntries().filter(e => e.entryType === 'navigation' || e.entryType === 'resource').map(e => e.name)",
+            json!([]),
+        );
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u.as_str().unwrap().to_string())
+            .collect()
+    }
+
     /// Sends keys to the focused element.
     fn keys(&self, keys: &str) {
         let actions: Vec<Value> = keys
@@ -498,6 +511,7 @@ fn web_page_runs_t1_in_a_real_browser() {
 
     // The link holds the probe: opening it restores the form and the job's result.
     let link = d.js("return location.href", json!([]));
+    let mut urls = d.requested();
     d.go("about:blank");
     d.go(link.as_str().unwrap());
     d.wait(
@@ -548,18 +562,13 @@ fn web_page_runs_t1_in_a_real_browser() {
     );
     d.screenshot(&root.join("tests/artifacts/web-invalid-template.png"));
 
-    // Nothing left 127.0.0.1, and no script error.
-    let urls = d.js(
-        "return performance.getEntries().map(e => e.name).filter(n => /^[a-z]+:/.test(n))",
-        json!([]),
-    );
-    let urls = urls.as_array().unwrap();
+    // Nothing left 127.0.0.1 (requests of both page loads), and no script error.
+    urls.extend(d.requested());
     assert!(
-        urls.len() >= 5,
-        "page, script, style and API requests are recorded: {urls:?}"
+        urls.iter().filter(|u| u.contains("/v1/")).count() >= 8,
+        "the page's requests are recorded: {urls:?}"
     );
-    for u in urls {
-        let u = u.as_str().unwrap();
+    for u in &urls {
         assert!(
             u.starts_with(&format!("{base}/")),
             "request outside the server: {u}"
