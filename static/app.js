@@ -1149,7 +1149,7 @@ function drawCompare(box, cmp) {
     const g = svg("g", { class: "compare-row", "data-value": it.log_prob, "data-label": it.value });
     g.append(svg("title", {}, `${it.value}: log p = ${exact(it.log_prob)}, p = ${fmtProb(Math.exp(it.log_prob))}, ${fmt(delta)} vs “${ref.value}”`));
     if (narrow) {
-      g.append(svg("text", { x: left, y: y + 14, fill: "#222", "font-weight": 600, ...HALO }, fit(`${it.value} · ${exact(it.log_prob)} · ×${Math.exp(delta).toPrecision(2)}`, plotW, 12, 600)));
+      g.append(svg("text", { x: left, y: y + 14, fill: "#222", "font-weight": 600, ...HALO }, fit(`${it.value} · ${exact(it.log_prob).replace(/(\.\d{3})\d+/, "$1")} · ${it === ref ? "reference" : `×${Math.exp(delta).toPrecision(2)}`}`, plotW, 12, 600)));
     } else {
       g.append(svg("text", { x: labelW, y: cy + 4, "text-anchor": "end", fill: "#222", "font-weight": 600 }, fit(it.value, labelW - 16, 12, 600)));
     }
