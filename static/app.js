@@ -58,8 +58,18 @@ function fmtProb(p) {
   if (p === 0) return "0";
   const e = Math.floor(Math.log10(p));
   const m = p / 10 ** e;
-  const sup = String(e).replace(/./g, (c) => "⁻⁰¹²³⁴⁵⁶⁷⁸⁹"["-0123456789".indexOf(c)]);
-  return `${m.toFixed(1)} × 10${sup}`;
+  return `${m.toFixed(1)} × 10${superscript(e)}`;
+}
+
+function superscript(n) {
+  return String(n).replace(/./g, (c) => "⁻⁰¹²³⁴⁵⁶⁷⁸⁹"["-0123456789".indexOf(c)]);
+}
+
+/** A common factor for numbers up to `max` that would read badly with two decimals. */
+function numberScale(max) {
+  if (!(max > 0) || (max >= 0.1 && max < 1000)) return { div: 1, note: "" };
+  const e = Math.floor(Math.log10(max));
+  return { div: 10 ** e, note: `values × 10${superscript(e)}` };
 }
 
 let measureCtx = null;
@@ -638,7 +648,7 @@ const METHOD_NAMES = {
 function drawSummary(request, res) {
   const view = $("#prompt-view");
   view.replaceChildren();
-  const seqMax = Math.max(1e-12, ...res.seq_attr.map(Math.abs));
+  const seqMax = Math.max(1e-30, ...res.seq_attr.map(Math.abs));
   const byPlaceholder = new Map();
   res.features.forEach((f, i) => (f.placeholders?.length ? f.placeholders : [f.name]).forEach((p) => byPlaceholder.set(p, i)));
   if (request?.template) {
@@ -734,7 +744,8 @@ function drawHeatmap(box, res) {
   const se = res.token_attr_stderr;
   const nr = rows.length;
   const nc = feats.length;
-  const max = Math.max(1e-12, ...m.flat().map(Math.abs));
+  const max = Math.max(1e-30, ...m.flat().map(Math.abs));
+  const { div, note } = numberScale(max);
   const many = nc > 10;
   const avail = Math.max(280, (box.clientWidth || 708) - 8);
   const narrow = avail < 480;
@@ -801,7 +812,7 @@ function drawHeatmap(box, res) {
         svg("text", {
           x: left + j * colW + colW / 2, y: y + rowH / 2 + 4, "text-anchor": "middle", fill: textOn(fill),
           "font-size": many ? 10 : 11.5, "font-variant-numeric": "tabular-nums",
-        }, many ? fmt(v, 1) : fmt(v)),
+        }, many ? fmt(v / div, 1) : fmt(v / div)),
       );
       root.append(g);
     }
@@ -817,9 +828,10 @@ function drawHeatmap(box, res) {
   [-1, -0.5, 0, 0.5, 1].forEach((t) => {
     const x = lx + ((t + 1) / 2) * lw;
     root.append(svg("line", { x1: x, x2: x, y1: legendTop + 10, y2: legendTop + 14, stroke: "#666" }));
-    root.append(svg("text", { x, y: legendTop + 26, "text-anchor": "middle", fill: "#444", "font-size": 11 }, t === 0 ? "0" : fmt(t * max)));
+    root.append(svg("text", { x, y: legendTop + 26, "text-anchor": "middle", fill: "#444", "font-size": 11 }, t === 0 ? "0" : fmt((t * max) / div)));
   });
   root.append(svg("text", { x: lx + lw + 10, y: legendTop + 9, fill: "#444", "font-size": 11 }, `← lowers ${measure} · raises ${measure} →`));
+  if (note) root.append(svg("text", { x: lx + lw + 10, y: legendTop + 26, fill: "#444", "font-size": 11, class: "scale-note" }, note));
 
   const focus = svg("rect", { class: "focus-ring", width: colW, height: rowH, fill: "none", stroke: "#111", "stroke-width": 2.5, visibility: "hidden", "pointer-events": "none" });
   root.append(focus);
@@ -935,7 +947,8 @@ function drawBars(box, res) {
   const x = (v) => x0px + ((v - d0) / (d1 - d0 || 1)) * (x1px - x0px);
   const height = top + feats.length * rowH + 44;
   const width = left + plotW + 16;
-  const max = Math.max(1e-12, ...vals.map(Math.abs));
+  const max = Math.max(1e-30, ...vals.map(Math.abs));
+  const { div, note } = numberScale(Math.max(...t.map(Math.abs), max));
   const root = svg("svg", {
     xmlns: SVG_NS, width, height, viewBox: `0 0 ${width} ${height}`, class: "chart bars", role: "img",
     "font-family": FONT, "font-size": 12,
@@ -945,10 +958,10 @@ function drawBars(box, res) {
   const bottom = top + feats.length * rowH;
   for (const v of t) {
     root.append(svg("line", { x1: x(v), x2: x(v), y1: top, y2: bottom, stroke: v === 0 ? "#333" : "#e3e3e3", "stroke-width": v === 0 ? 1.2 : 1 }));
-    root.append(svg("text", { x: x(v), y: bottom + 16, "text-anchor": "middle", fill: "#555", "font-size": 11 }, tickLabel(v)));
+    root.append(svg("text", { x: x(v), y: bottom + 16, "text-anchor": "middle", fill: "#555", "font-size": 11 }, tickLabel(v / div)));
   }
   root.append(svg("text", { x: left + plotW / 2, y: bottom + 36, "text-anchor": "middle", fill: "#444", "font-size": 11 },
-    `attribution to ${measureName(res)} of the whole target`));
+    `attribution to ${measureName(res)} of the whole target${note ? ` (${note})` : ""}`));
   feats.forEach((f, i) => {
     const v = vals[i];
     const y = top + i * rowH;
@@ -976,7 +989,7 @@ function drawBars(box, res) {
       g.append(svg("path", { d: `M${a},${cy}H${b}M${a},${cy - 5}V${cy + 5}M${b},${cy - 5}V${cy + 5}`, stroke: "#222", "stroke-width": 1.2, fill: "none" }));
     }
     const end = v >= 0 ? Math.max(x(v), se ? x(v + se[i]) : 0) + 5 : Math.min(x(v), se ? x(v - se[i]) : Infinity) - 5;
-    g.append(svg("text", { x: end, y: barY + barH / 2 + 4, "text-anchor": v >= 0 ? "start" : "end", fill: "#222", "font-variant-numeric": "tabular-nums" }, fmt(v)));
+    g.append(svg("text", { x: end, y: barY + barH / 2 + 4, "text-anchor": v >= 0 ? "start" : "end", fill: "#222", "font-variant-numeric": "tabular-nums" }, fmt(v / div)));
     root.append(g);
   });
   box.replaceChildren(root);
