@@ -262,6 +262,9 @@ const state = {
   compare: null, // {placeholder, target, items: [{value, log_prob, log_probs}]}
   compareAbort: null,
   generated: null, // {prompt, text}
+  mode: "template", // or "tokens": every token of a text is a feature
+  tokens: null, // tokenization of the text: {text, ids, pieces}
+  skip: new Set(), // token ids (or token strings from a link) never perturbed
 };
 
 function rowFor(name) {
@@ -375,6 +378,20 @@ function targetText() {
 
 /** The AttributeRequest (src/request.rs) the form describes. */
 function buildRequest() {
+  const req = state.mode === "tokens" ? tokenInput() : templateInput();
+  const target = targetText();
+  if (target !== undefined) req.target = target;
+  else if (intField("max_new_tokens") !== undefined) req.max_new_tokens = intField("max_new_tokens");
+  req.method = method();
+  req.attr_target = $("#attr_target").value;
+  if (SAMPLED.has(req.method) && intField("n_samples") !== undefined) req.n_samples = intField("n_samples");
+  if (intField("seed") !== undefined) req.seed = intField("seed");
+  if ($("#baseline_sampling").value) req.baseline_sampling = $("#baseline_sampling").value;
+  if (intField("num_trials") !== undefined) req.num_trials = intField("num_trials");
+  return req;
+}
+
+function templateInput() {
   const template = $("#template").value;
   const { names } = parseTemplate(template);
   const req = { template, values: {} };
@@ -389,15 +406,14 @@ function buildRequest() {
   }
   if (Object.keys(baselines).length) req.baselines = baselines;
   if (Object.keys(mask).length) req.mask = mask;
-  const target = targetText();
-  if (target !== undefined) req.target = target;
-  else if (intField("max_new_tokens") !== undefined) req.max_new_tokens = intField("max_new_tokens");
-  req.method = method();
-  req.attr_target = $("#attr_target").value;
-  if (SAMPLED.has(req.method) && intField("n_samples") !== undefined) req.n_samples = intField("n_samples");
-  if (intField("seed") !== undefined) req.seed = intField("seed");
-  if ($("#baseline_sampling").value) req.baseline_sampling = $("#baseline_sampling").value;
-  if (intField("num_trials") !== undefined) req.num_trials = intField("num_trials");
+  return req;
+}
+
+function tokenInput() {
+  const req = { text: $("#text").value };
+  if (state.skip.size) req.skip_tokens = [...state.skip];
+  const b = $("#baseline_token").value;
+  if (b.trim() !== "") req.baseline_token = /^\d+$/.test(b.trim()) ? Number(b.trim()) : b;
   return req;
 }
 
@@ -410,6 +426,10 @@ function applyRequest(req) {
   for (const [name, b] of Object.entries(req.baselines || {})) rowFor(name).baselines = (Array.isArray(b) ? b : [b]).map(String);
   for (const [name, g] of Object.entries(req.mask || {})) rowFor(name).group = String(g);
   $("#template").value = req.template || "";
+  $("#text").value = req.text ?? "";
+  state.skip = new Set(req.skip_tokens || []);
+  $("#baseline_token").value = req.baseline_token ?? "";
+  setMode(req.text !== undefined && req.template === undefined ? "tokens" : "template");
   $("#target").value = req.target ?? "";
   $("#max_new_tokens").value = req.max_new_tokens ?? "";
   const m = { fa: "feature_ablation", sv: "shapley_values", svs: "shapley_value_sampling", kernel: "kernel_shap" }[req.method] || req.method || "shapley_values";
@@ -427,9 +447,9 @@ function applyRequest(req) {
 function pageState() {
   const params = new URLSearchParams();
   params.set("req", JSON.stringify(buildRequest()));
-  if ($("#seed-template").value) params.set("seed", $("#seed-template").value);
+  if (state.mode === "template" && $("#seed-template").value) params.set("seed", $("#seed-template").value);
   const ph = $("#compare-ph").value;
-  if (ph) params.set("cmp", JSON.stringify({ placeholder: ph, values: lines($("#compare-values").value) }));
+  if (ph && state.mode === "template") params.set("cmp", JSON.stringify({ placeholder: ph, values: lines($("#compare-values").value) }));
   // The job goes in the link only while it is running or its result matches the form.
   const running = Boolean(state.abort);
   const matches = state.result && JSON.stringify(state.result.request) === params.get("req");
@@ -651,7 +671,16 @@ function drawSummary(request, res) {
   const seqMax = Math.max(1e-30, ...res.seq_attr.map(Math.abs));
   const byPlaceholder = new Map();
   res.features.forEach((f, i) => (f.placeholders?.length ? f.placeholders : [f.name]).forEach((p) => byPlaceholder.set(p, i)));
-  if (request?.template) {
+  if (request?.text !== undefined && state.tokens?.text === request.text) {
+    const byPosition = new Map(res.features.map((f, i) => [f.position, i]));
+    state.tokens.pieces.forEach((piece, p) => {
+      const i = byPosition.get(p);
+      if (i === undefined) return view.append(el("span", { class: "fixed", title: "kept fixed" }, piece));
+      const bg = color(res.seq_attr[i] / seqMax);
+      const [, space, word] = piece.match(/^(\s*)([\s\S]*)$/);
+      view.append(space, el("mark", { class: "feature token", style: `background:${bg};color:${textOn(bg)}`, title: `${exact(res.seq_attr[i])}` }, word || "␣"));
+    });
+  } else if (request?.template) {
     for (const part of templateParts(request.template)) {
       if (part.text !== undefined) {
         view.append(part.text);
@@ -730,7 +759,7 @@ function tickLabel(v) {
 /* ---------- heatmap ---------- */
 
 function featureLabel(f) {
-  return f.name;
+  return f.position != null ? showToken(f.name) : f.name;
 }
 
 function featureValue(f) {
@@ -967,7 +996,7 @@ function drawBars(box, res) {
     const y = top + i * rowH;
     const barY = narrow ? y + 20 : y + 8;
     const barH = narrow ? 20 : 22;
-    const name = f.name;
+    const name = featureLabel(f);
     const value = featureValue(f);
     if (narrow) {
       root.append(svg("text", { x: left, y: y + 14, fill: "#222", "font-weight": 600, ...HALO }, svg("title", {}, value ? `${name} = ${value}` : name),
@@ -1005,11 +1034,13 @@ function showGenerated(text, note) {
 
 async function generate() {
   clearErrors($("#probe"));
-  const template = $("#template").value;
-  const { names, error } = parseTemplate(template);
-  if (error) return showError({ field: "template", message: error });
-  const values = Object.fromEntries(names.map((n) => [n, rowFor(n).value]));
-  const prompt = renderTemplate(template, values);
+  let prompt = $("#text").value;
+  if (state.mode === "template") {
+    const template = $("#template").value;
+    const { names, error } = parseTemplate(template);
+    if (error) return showError({ field: "template", message: error });
+    prompt = renderTemplate(template, Object.fromEntries(names.map((n) => [n, rowFor(n).value])));
+  }
   const body = { prompt };
   if (intField("max_new_tokens") !== undefined) body.max_new_tokens = intField("max_new_tokens");
   const button = $("#generate");
@@ -1023,12 +1054,75 @@ async function generate() {
     saveState();
     return out.text;
   } catch (err) {
-    showError(err.field === "prompt" ? { ...err, field: "template" } : err);
+    showError(err.field === "prompt" ? { ...err, field: state.mode === "template" ? "template" : "text" } : err);
     return undefined;
   } finally {
     button.disabled = false;
     button.textContent = "Ask the model";
   }
+}
+
+/* ---------- token input ---------- */
+
+function setMode(mode) {
+  state.mode = mode;
+  const radio = $(`input[name=mode][value="${mode}"]`);
+  if (radio) radio.checked = true;
+  $("#template-mode").hidden = mode !== "template";
+  $("#tokens-mode").hidden = mode !== "tokens";
+  const tokens = mode === "tokens";
+  $("#compare-needs-template").hidden = !tokens;
+  for (const id of ["compare-ph", "compare-values", "compare-run"]) $(`#${id}`).disabled = tokens;
+  if (tokens) tokenizeSoon();
+}
+
+/** Byte offsets (from the server) to string pieces. */
+function pieces(text, offsets) {
+  const bytes = new TextEncoder().encode(text);
+  const dec = new TextDecoder();
+  return offsets.map(([a, b]) => dec.decode(bytes.slice(a, b)));
+}
+
+async function tokenize() {
+  const text = $("#text").value;
+  const box = $("#token-chips");
+  if (text === "") {
+    state.tokens = null;
+    return box.replaceChildren();
+  }
+  try {
+    const out = await api("POST", "/v1/tokenize", { text });
+    if ($("#text").value !== text) return;
+    state.tokens = { text, ids: out.ids, pieces: pieces(text, out.offsets) };
+    drawChips();
+  } catch (err) {
+    showError(err.field ? err : { ...err, field: "text" });
+  }
+}
+const tokenizeSoon = debounce(tokenize, 300);
+
+function drawChips() {
+  const t = state.tokens;
+  if (!t) return;
+  const chips = t.ids.map((id, p) => {
+    const piece = t.pieces[p];
+    const skipped = state.skip.has(id) || state.skip.has(piece) || state.skip.has(piece.trim());
+    return el("button", {
+      type: "button", "aria-pressed": skipped ? "true" : "false", "data-id": id,
+      title: `token ${id}${skipped ? ", kept fixed" : ""}`, text: showToken(piece),
+      onclick: () => {
+        if (skipped) {
+          state.skip.delete(id);
+          state.skip.delete(piece);
+          state.skip.delete(piece.trim());
+        } else state.skip.add(id);
+        drawChips();
+        $(`#token-chips button:nth-child(${p + 1})`)?.focus();
+        saveState();
+      },
+    });
+  });
+  $("#token-chips").replaceChildren(...chips);
 }
 
 /* ---------- compare ---------- */
@@ -1058,7 +1152,7 @@ function fillCompareValues(force) {
 }
 
 async function runCompare() {
-  if (state.compareAbort) return;
+  if (state.compareAbort || state.mode !== "template") return;
   clearErrors($("#compare-card"));
   clearErrors($("#probe"));
   const template = $("#template").value;
@@ -1325,6 +1419,21 @@ async function start() {
   });
   $("#seed-template").addEventListener("change", (e) => e.target.value && loadSeed(e.target.value));
   $("#generate").addEventListener("click", generate);
+  for (const input of $$("input[name=mode]")) {
+    input.addEventListener("change", () => {
+      if (input.value === "tokens" && $("#text").value === "") {
+        const { names, error } = parseTemplate($("#template").value);
+        if (!error) $("#text").value = renderTemplate($("#template").value, Object.fromEntries(names.map((n) => [n, rowFor(n).value])));
+      }
+      setMode(input.value);
+      saveState();
+    });
+  }
+  $("#text").addEventListener("input", () => {
+    tokenizeSoon();
+    saveState();
+  });
+  $("#baseline_token").addEventListener("input", saveState);
   $("#compare-run").addEventListener("click", runCompare);
   $("#compare-cancel").addEventListener("click", () => state.compareAbort?.abort());
   $("#compare-ph").addEventListener("change", () => {
