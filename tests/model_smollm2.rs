@@ -1,7 +1,7 @@
 //! SmolLM2-135M-Instruct (GGUF, Q4_1 dequantized to f32) against the PyTorch reference.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use llm_attr::error::Error;
 use llm_attr::model::{gguf, Model, ScoreItem};
@@ -12,10 +12,10 @@ fn model_path() -> PathBuf {
 }
 
 fn model() -> &'static Model {
-    static MODEL: OnceLock<Model> = OnceLock::new();
+    static MODEL: OnceLock<Arc<Model>> = OnceLock::new();
     MODEL.get_or_init(|| {
-        let path = model_path();
-        gguf::load(&path, &path.display().to_string()).expect("load SmolLM2 (scripts/fetch-models.sh)")
+        // Through the model spec, as `--model models/...gguf` does.
+        Model::load(model_path().to_str().unwrap()).expect("load SmolLM2 (scripts/fetch-models.sh)")
     })
 }
 
@@ -283,7 +283,8 @@ fn unsupported_architecture_is_a_clear_error() {
     let t = candle_core::Tensor::zeros((4, 32), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
     let q = QTensor::quantize(&t, GgmlDType::F32).unwrap();
     let arch = Value::String("mamba".into());
-    let tok_model = Value::String("gpt2".into());
+    // A tokenizer this crate cannot build: the architecture is reported first.
+    let tok_model = Value::String("llama".into());
     let tokens = Value::Array(
         ["a", "b", "c", "ab"]
             .iter()
@@ -305,7 +306,42 @@ fn unsupported_architecture_is_a_clear_error() {
     .unwrap();
     drop(f);
     let msg = model_error(gguf::load(&path, "mamba"));
-    assert!(msg.contains("unsupported architecture `mamba`"), "{msg}");
+    assert!(
+        msg.contains("unsupported architecture `mamba` (supported: llama)"),
+        "{msg}"
+    );
+
+    // A llama file whose tokenizer is SentencePiece (not byte-level BPE).
+    let path = dir.path().join("spm.gguf");
+    let llama = Value::String("llama".into());
+    let mut f = std::fs::File::create(&path).unwrap();
+    gguf_file::write(
+        &mut f,
+        &[
+            ("general.architecture", &llama),
+            ("tokenizer.ggml.model", &tok_model),
+            ("tokenizer.ggml.tokens", &tokens),
+        ],
+        &[("token_embd.weight", &q)],
+    )
+    .unwrap();
+    drop(f);
+    let msg = model_error(gguf::load(&path, "spm"));
+    assert!(msg.contains("unsupported tokenizer model `llama`"), "{msg}");
+}
+
+#[test]
+fn pretty_tokens_match_captum_output_tokens() {
+    let tok = model().tokenizer();
+    let captum: serde_json::Value = fixture("captum_t1.json");
+    let target = captum["template"]["target"].as_str().unwrap();
+    let want: Vec<&str> = captum["feature_ablation"]["output_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(tok.pretty_tokens(&tok.encode(target).unwrap()), want);
 }
 
 #[test]
@@ -315,7 +351,7 @@ fn bad_sequences_are_clear_errors() {
         prompt: vec![504, 713],
         target: vec![216],
     };
-    assert!(m.score(&[ok.clone()]).is_ok());
+    assert!(m.score(std::slice::from_ref(&ok)).is_ok());
 
     let empty_target = ScoreItem {
         prompt: vec![504],

@@ -28,15 +28,16 @@ use crate::model::{llama, Model, Tokenizer};
 pub fn load(path: &Path, spec: &str) -> Result<Model> {
     let mut file = Gguf::open(path)?;
     let arch = file.str("general.architecture")?.to_string();
+    if !SUPPORTED.contains(&arch.as_str()) {
+        return Err(file.error(format!(
+            "unsupported architecture `{arch}` (supported: {})",
+            SUPPORTED.join(", ")
+        )));
+    }
     let tokenizer = tokenizer(&file)?;
     let arch: Box<dyn crate::model::Architecture> = match arch.as_str() {
         "llama" => Box::new(llama::Llama::from_gguf(&mut file)?),
-        other => {
-            return Err(Error::Model(format!(
-                "{}: unsupported architecture `{other}` (supported: llama)",
-                path.display()
-            )))
-        }
+        other => return Err(file.error(format!("unsupported architecture `{other}`"))),
     };
     let vocab = arch.info().vocab_size;
     if tokenizer.vocab_size() > vocab {
@@ -47,6 +48,9 @@ pub fn load(path: &Path, spec: &str) -> Result<Model> {
     }
     Ok(Model::new(arch, tokenizer, spec))
 }
+
+/// Values of `general.architecture` this crate runs.
+const SUPPORTED: &[&str] = &["llama"];
 
 /// An open GGUF file whose header has been checked.
 pub struct Gguf {
@@ -59,10 +63,11 @@ impl Gguf {
     pub fn open(path: &Path) -> Result<Self> {
         let fail = |m: String| Error::Model(format!("{}: {m}", path.display()));
         let file = File::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
-        let len = file
-            .metadata()
-            .map_err(|e| fail(format!("cannot read: {e}")))?
-            .len();
+        let meta = file.metadata().map_err(|e| fail(format!("cannot read: {e}")))?;
+        if meta.is_dir() {
+            return Err(fail("is a directory, not a GGUF file".into()));
+        }
+        let len = meta.len();
         let mut reader = BufReader::new(file);
         Scan::new(&mut reader, len)
             .header()

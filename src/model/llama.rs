@@ -15,6 +15,7 @@ use candle_nn::rotary_emb::rope_i;
 
 use crate::error::Result;
 use crate::model::gguf::Gguf;
+use crate::model::ops::swiglu;
 use crate::model::{ArchInfo, Architecture};
 
 /// Shapes and constants from the GGUF metadata.
@@ -153,7 +154,6 @@ impl Llama {
     fn forward(&self, ids: &Tensor, mut cache: Option<&mut [Kv]>) -> candle_core::Result<Tensor> {
         let Config {
             hidden: d,
-            ffn,
             heads,
             kv_heads,
             head_dim: hd,
@@ -219,8 +219,7 @@ impl Llama {
             x = (x + y.matmul(&layer.out)?)?;
             let h = rms_norm(&x, &layer.ffn_norm, eps)?;
             let gu = h.matmul(&layer.gate_up)?;
-            let a = (gu.narrow(1, 0, ffn)?.silu()? * gu.narrow(1, ffn, ffn)?)?;
-            x = (x + a.matmul(&layer.down)?)?;
+            x = (x + swiglu(&gu)?.matmul(&layer.down)?)?;
         }
         rms_norm(&x, &self.norm, eps)?.reshape((b, t, d))
     }
@@ -300,7 +299,7 @@ fn config(file: &Gguf) -> Result<Config> {
         layers: file.usize(&key("block_count"))?,
         heads,
         kv_heads,
-        head_dim: if heads > 0 { hidden / heads } else { 0 },
+        head_dim: hidden.checked_div(heads).unwrap_or(0),
         context: file.usize(&key("context_length"))?,
         eps: file.f64(&key("attention.layer_norm_rms_epsilon"))? as f32,
         rope_theta: match file.get(&key("rope.freq_base")) {
@@ -309,13 +308,13 @@ fn config(file: &Gguf) -> Result<Config> {
         },
     };
     let bad = |m: String| Err(file.error(m));
-    if cfg.heads == 0 || cfg.kv_heads == 0 || cfg.heads % cfg.kv_heads != 0 {
+    if cfg.heads == 0 || cfg.kv_heads == 0 || !cfg.heads.is_multiple_of(cfg.kv_heads) {
         return bad(format!(
             "{} attention heads cannot share {} key/value heads",
             cfg.heads, cfg.kv_heads
         ));
     }
-    if cfg.hidden % cfg.heads != 0 || cfg.head_dim % 2 != 0 {
+    if !cfg.hidden.is_multiple_of(cfg.heads) || !cfg.head_dim.is_multiple_of(2) {
         return bad(format!(
             "hidden size {} does not split into {} heads of even size",
             cfg.hidden, cfg.heads

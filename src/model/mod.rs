@@ -5,12 +5,13 @@
 pub mod gguf;
 pub mod gpt2;
 pub mod llama;
+pub mod ops;
 pub mod spec;
 pub mod tokenizer;
 
 use std::sync::Arc;
 
-use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -175,10 +176,7 @@ impl Model {
         let rows = Tensor::from_vec(rows, targets.len(), &self.device)?;
         let picked = hidden.index_select(&rows, 0)?;
         let logits = self.arch.logits(&picked)?.to_dtype(DType::F32)?;
-        let logp = candle_nn::ops::log_softmax(&logits, 1)?;
-        let n = targets.len();
-        let targets = Tensor::from_vec(targets, (n, 1), &self.device)?;
-        let flat = logp.gather(&targets, 1)?.i((.., 0))?.to_vec1::<f32>()?;
+        let flat = ops::target_logprobs(&logits, &targets)?;
         let mut out = Vec::with_capacity(batch.len());
         let mut at = 0;
         for item in batch {
