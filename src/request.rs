@@ -14,15 +14,27 @@ pub struct AttributeRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
     /// Value of every placeholder.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "unique_values"
+    )]
     pub values: Option<BTreeMap<String, String>>,
     /// Baseline per placeholder: one string, or a list (the product of the lists is the baseline
     /// distribution, Captum's ProductBaselines). Missing: the empty string.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "unique_baselines"
+    )]
     pub baselines: Option<BTreeMap<String, Baseline>>,
     /// Groups placeholders into one feature: placeholder -> group label. Placeholders with the
     /// same label are perturbed together and share one attribution.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "unique_mask"
+    )]
     pub mask: Option<BTreeMap<String, serde_json::Value>>,
     /// Token input: every token of `text` is a feature.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -48,15 +60,75 @@ pub struct AttributeRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub n_samples: Option<usize>,
     /// Repeat the attribution this many times and average (default 1); gives standard errors.
+    /// With one trial, sampling methods estimate their own standard errors (spread across
+    /// permutations for shapley_value_sampling, a bootstrap of the samples for lime and
+    /// kernel_shap).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_trials: Option<usize>,
-    /// Seed of every random choice; the same seed gives the same result.
+    /// Seed of every random choice (default 0); the same seed gives the same result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
     /// `exact` averages over the whole product of baseline lists; `sample` draws one baseline
-    /// per evaluation, as Captum does. Default: exact while the product is affordable.
+    /// per evaluation, as Captum does. Default: exact while the product is affordable (at most
+    /// 4096 distinct sequences for the request), else sample.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline_sampling: Option<BaselineSampling>,
+}
+
+/// A JSON object into a map, refusing duplicate keys (serde would keep the last silently).
+fn unique_keys<'de, D, V>(d: D, field: &'static str) -> Result<Option<BTreeMap<String, V>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    V: Deserialize<'de>,
+{
+    struct Visit<V>(std::marker::PhantomData<V>, &'static str);
+    impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Visit<V> {
+        type Value = Option<BTreeMap<String, V>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object with one entry per placeholder")
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some((k, v)) = map.next_entry::<String, V>()? {
+                if out.contains_key(&k) {
+                    return Err(serde::de::Error::custom(format!(
+                        "{}.{k}: duplicate name `{k}` (each placeholder appears once)",
+                        self.1
+                    )));
+                }
+                out.insert(k, v);
+            }
+            Ok(Some(out))
+        }
+    }
+    d.deserialize_option(Visit(std::marker::PhantomData, field))
+}
+
+fn unique_values<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<BTreeMap<String, String>>, D::Error> {
+    unique_keys(d, "values")
+}
+
+fn unique_baselines<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<BTreeMap<String, Baseline>>, D::Error> {
+    unique_keys(d, "baselines")
+}
+
+type Labels = Option<BTreeMap<String, serde_json::Value>>;
+
+fn unique_mask<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Labels, D::Error> {
+    unique_keys(d, "mask")
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

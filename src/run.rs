@@ -1,7 +1,15 @@
 //! Runs one attribute request end to end: input -> method -> evaluator -> scorer.
 
+use std::time::Instant;
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::attribution::evaluator::{exact_count, SequenceEvaluator};
+use crate::attribution::{self, Evaluator, MAX_EXACT_FEATURES};
 use crate::error::{Error, Result};
-use crate::request::{AttributeRequest, AttributeResponse};
+use crate::input::{tokens::pretty_tokens, Input};
+use crate::request::{AttributeRequest, AttributeResponse, BaselineSampling, Method};
 use crate::scorer::Scorer;
 
 /// Per-request limits; the server maps its flags onto these.
@@ -38,6 +46,52 @@ pub struct Progress {
     pub total: usize,
 }
 
+/// Default length of a generated target.
+pub const DEFAULT_MAX_NEW_TOKENS: usize = 25;
+/// `baseline_sampling` defaults to `exact` while the exact product needs at most this many
+/// distinct sequences (and fits the request's limit).
+pub const EXACT_DEFAULT_MAX_SEQUENCES: usize = 4096;
+
+fn check_count(field: &str, value: Option<usize>, default: usize, max: usize) -> Result<usize> {
+    let v = value.unwrap_or(default);
+    if v == 0 {
+        return Err(Error::invalid(field, "must be at least 1"));
+    }
+    if v > max {
+        return Err(Error::too_large(
+            field,
+            format!("{v} is more than the limit of {max}"),
+        ));
+    }
+    Ok(v)
+}
+
+/// Distinct sequences `exact` baseline sampling would need for `method`, saturating (an upper
+/// bound for the sampling methods).
+fn exact_sequences(input: &Input, method: Method, n_samples: usize, trials: usize) -> usize {
+    let n = input.n_features();
+    let all_absent = vec![false; n];
+    let product = exact_count(input, &all_absent);
+    // Every coalition together: prod over slots of (baselines + 1).
+    let everything = input
+        .slots
+        .iter()
+        .fold(1usize, |a, s| a.saturating_mul(s.n_baselines + 1));
+    match method {
+        Method::FeatureAblation => (0..n).fold(1usize, |acc, i| {
+            let mut c = vec![true; n];
+            c[i] = false;
+            acc.saturating_add(exact_count(input, &c))
+        }),
+        Method::ShapleyValues => everything,
+        _ => everything.min(
+            attribution::evaluations(method, n, n_samples)
+                .saturating_mul(trials)
+                .saturating_mul(product),
+        ),
+    }
+}
+
 /// Runs `request` against `scorer`. `progress` is called as sequences are scored.
 pub fn run(
     request: &AttributeRequest,
@@ -45,6 +99,135 @@ pub fn run(
     limits: &Limits,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<AttributeResponse> {
-    let _ = (request, scorer, limits, progress);
-    Err(Error::Internal("not implemented yet".into()))
+    let started = Instant::now();
+    let method = request.method;
+    let sampling_method = matches!(
+        method,
+        Method::ShapleyValueSampling | Method::Lime | Method::KernelShap
+    );
+    let n_samples = check_count(
+        "n_samples",
+        request.n_samples,
+        attribution::default_n_samples(method),
+        limits.max_n_samples,
+    )?;
+    let trials = check_count("num_trials", request.num_trials, 1, limits.max_num_trials)?;
+    let model = scorer.model();
+    let tokenizer = model.tokenizer();
+    let input = Input::from_request(request, tokenizer)?;
+    let n = input.n_features();
+    if n > limits.max_features {
+        return Err(Error::too_large(
+            input.features_field(),
+            format!("{n} features are more than the limit of {}", limits.max_features),
+        ));
+    }
+    if method == Method::ShapleyValues {
+        let max_exact = MAX_EXACT_FEATURES.min(limits.max_sequences.max(1).ilog2() as usize);
+        if n > max_exact {
+            return Err(Error::too_large(
+                "method",
+                format!(
+                    "shapley_values is exact over all 2^n coalitions and allows at most {max_exact} features \
+                     here ({n} given, 2^{n} coalitions); use shapley_value_sampling or kernel_shap, which \
+                     sample"
+                ),
+            ));
+        }
+    }
+
+    let sampling = match request.baseline_sampling {
+        _ if input.single_baselines() => BaselineSampling::Exact,
+        Some(s) => s,
+        None => {
+            let need = exact_sequences(&input, method, n_samples, trials);
+            if need <= EXACT_DEFAULT_MAX_SEQUENCES.min(limits.max_sequences) {
+                BaselineSampling::Exact
+            } else {
+                BaselineSampling::Sample
+            }
+        }
+    };
+    let seed = request.seed.unwrap_or(0);
+
+    let full = input.render(tokenizer, &vec![None; input.slots.len()])?;
+    let (target_ids, generated) = match &request.target {
+        Some(t) => {
+            if t.is_empty() {
+                return Err(Error::invalid(
+                    "target",
+                    "the target is empty; give text or leave it out",
+                ));
+            }
+            let ids = tokenizer.encode(t)?;
+            if ids.is_empty() {
+                return Err(Error::invalid("target", format!("{t:?} tokenizes to nothing")));
+            }
+            (ids, false)
+        }
+        None => {
+            let max_new = check_count(
+                "max_new_tokens",
+                request.max_new_tokens,
+                DEFAULT_MAX_NEW_TOKENS,
+                limits.max_new_tokens,
+            )?;
+            let ids = scorer.generate(&full, max_new)?;
+            if ids.is_empty() {
+                return Err(Error::invalid(
+                    "target",
+                    "the model generated nothing to attribute; give a target",
+                ));
+            }
+            (ids, true)
+        }
+    };
+
+    let mut ev = SequenceEvaluator::new(
+        &input,
+        scorer,
+        target_ids.clone(),
+        request.attr_target,
+        sampling,
+        seed,
+        limits.max_sequences,
+        limits.max_tokens_per_sequence,
+        progress,
+    )?;
+    if !sampling_method {
+        ev.set_limit_field("method");
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let result = attribution::attribute_trials(method, &mut ev, n_samples, trials, &mut rng)?;
+    let log_probs: Vec<f64> = ev.target_log_probs()?.into_iter().map(f64::from).collect();
+    debug_assert_eq!(ev.n_outputs(), result.attr.len());
+
+    let mut stats = ev.stats.clone();
+    stats.seconds = started.elapsed().as_secs_f64();
+    let (seq_attr_stderr, token_attr_stderr) = match result.stderr {
+        Some(se) => (Some(se[0].clone()), Some(se[1..].to_vec())),
+        None => (None, None),
+    };
+    Ok(AttributeResponse {
+        model: model.info().spec.clone(),
+        method,
+        attr_target: request.attr_target,
+        baseline_sampling: sampling,
+        prompt: input.prompt.clone(),
+        target: match &request.target {
+            Some(t) => t.clone(),
+            None => tokenizer.decode(&target_ids)?,
+        },
+        generated_target: generated,
+        output_tokens: pretty_tokens(tokenizer, &target_ids),
+        target_ids,
+        features: input.features.clone(),
+        target_log_prob: log_probs.iter().sum(),
+        target_log_probs: log_probs,
+        seq_attr: result.attr[0].clone(),
+        token_attr: result.attr[1..].to_vec(),
+        seq_attr_stderr,
+        token_attr_stderr,
+        stats,
+    })
 }

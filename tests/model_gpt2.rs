@@ -169,6 +169,7 @@ fn expect_model_err(spec: &str, needle: &str) {
         Ok(_) => panic!("{spec} loaded"),
         Err(e) => {
             let msg = e.to_string();
+            eprintln!("{msg}");
             assert!(msg.starts_with("model"), "{msg}");
             assert!(msg.contains(needle), "{msg:?} lacks {needle:?}");
         }
@@ -235,6 +236,9 @@ fn bad_model_files_give_clear_errors() {
 
     let d = patched_dir("tokenizer.json", None);
     expect_model_err(d.path().to_str().unwrap(), "no tokenizer.json");
+
+    let d = patched_dir("tokenizer.json", Some(b"{\"model\": 3}"));
+    expect_model_err(d.path().to_str().unwrap(), "cannot read tokenizer");
 
     let d = patched_dir("config.json", None);
     expect_model_err(d.path().to_str().unwrap(), "no config.json");
@@ -333,6 +337,27 @@ fn bad_scoring_input_gives_clear_errors() {
 }
 
 #[test]
+fn model_is_shareable_across_threads() {
+    fn shareable<T: Send + Sync + 'static>(_: &T) {}
+    let m = model();
+    shareable(&m);
+    let items = vec![ScoreItem {
+        prompt: vec![464, 3290],
+        target: vec![13, 198],
+    }];
+    let want = m.score(&items).unwrap();
+    let handles: Vec<_> = (0..3)
+        .map(|_| {
+            let (m, items) = (m.clone(), items.clone());
+            std::thread::spawn(move || m.score(&items).unwrap())
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), want);
+    }
+}
+
+#[test]
 fn info_describes_the_model() {
     let m = model();
     let i = &m.info().arch;
@@ -345,4 +370,169 @@ fn info_describes_the_model() {
     let block = 2 * 64 + (64 * 192 + 192) + (64 * 64 + 64) + 2 * 64 + (64 * 256 + 256) + (256 * 64 + 64);
     assert_eq!(i.parameters, 50257 * 64 + 128 * 64 + 2 * block + 2 * 64);
     assert_eq!(m.tokenizer().eos_ids(), &[50256]);
+}
+
+/// The fixture's weights rewritten: names without the `transformer.` prefix (as in the original
+/// `gpt2` checkpoint, with its `attn.bias` mask buffers) and an explicit `lm_head.weight`.
+fn rewritten_dir(lm_head_scale: Option<f64>, tie: bool) -> tempfile::TempDir {
+    use std::collections::HashMap;
+    let dir = tempfile::tempdir().unwrap();
+    let tensors = candle_core::safetensors::load(fixtures().join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut out: HashMap<String, Tensor> = HashMap::new();
+    for (name, t) in tensors {
+        out.insert(name.trim_start_matches("transformer.").to_string(), t);
+    }
+    for i in 0..2 {
+        out.insert(
+            format!("h.{i}.attn.bias"),
+            Tensor::ones((1, 1, 128, 128), candle_core::DType::F32, &Device::Cpu).unwrap(),
+        );
+    }
+    if let Some(scale) = lm_head_scale {
+        let head = (out["wte.weight"].clone() * scale).unwrap();
+        out.insert("lm_head.weight".into(), head);
+    }
+    candle_core::safetensors::save(&out, dir.path().join("model.safetensors")).unwrap();
+    let cfg = std::fs::read_to_string(fixtures().join("config.json")).unwrap();
+    let cfg = if tie {
+        cfg
+    } else {
+        cfg.replace("\"tie_word_embeddings\": true", "\"tie_word_embeddings\": false")
+    };
+    std::fs::write(dir.path().join("config.json"), cfg).unwrap();
+    std::fs::copy(
+        fixtures().join("tokenizer.json"),
+        dir.path().join("tokenizer.json"),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn tensor_names_without_prefix_and_explicit_lm_head() {
+    let cases: Vec<LogprobCase> = read("logprobs.json");
+    let items: Vec<ScoreItem> = cases
+        .iter()
+        .map(|c| ScoreItem {
+            prompt: c.prompt_ids.clone(),
+            target: c.target_ids.clone(),
+        })
+        .collect();
+    let want = model().score(&items).unwrap();
+
+    // No prefix, lm_head stored as a copy of wte: the same numbers.
+    let d = rewritten_dir(Some(1.0), true);
+    let m = Model::load(d.path().to_str().unwrap()).unwrap();
+    assert_eq!(m.score(&items).unwrap(), want);
+
+    // An untied head is really used: doubling it changes the scores.
+    let d = rewritten_dir(Some(2.0), false);
+    let m = Model::load(d.path().to_str().unwrap()).unwrap();
+    let got = m.score(&items).unwrap();
+    assert!(got[0][0] != want[0][0], "{} == {}", got[0][0], want[0][0]);
+    assert_eq!(
+        m.info().arch.parameters,
+        model().info().arch.parameters + 50257 * 64
+    );
+
+    // Untied without a head: a clear error.
+    let d = rewritten_dir(None, false);
+    expect_model_err(d.path().to_str().unwrap(), "no lm_head.weight");
+}
+
+#[test]
+fn pretty_tokens_like_captum() {
+    let m = model();
+    let t = m.tokenizer();
+    let ids = t
+        .encode("reject the application without further consideration.")
+        .unwrap();
+    // tiny-gpt2/captum_t1.json output_tokens.
+    assert_eq!(
+        t.pretty_tokens(&ids),
+        [
+            "re",
+            "ject",
+            "the",
+            "application",
+            "without",
+            "further",
+            "consideration",
+            "."
+        ]
+    );
+    let ids = t.encode(" a\nb 🙂! 北京").unwrap();
+    // Bytes of one character split over tokens share its span: Captum marks the repeats.
+    assert_eq!(
+        t.pretty_tokens(&ids),
+        [
+            "a",
+            "\\n",
+            "b",
+            "🙂",
+            "!",
+            "北",
+            "北 [OVERLAP]",
+            "北 [OVERLAP]",
+            "京",
+            "京 [OVERLAP]"
+        ]
+    );
+    // Ids that do not re-encode to themselves (a split character cut in half) use the fallback.
+    assert_eq!(t.pretty_tokens(&ids[5..7]).len(), 2);
+    assert_eq!(t.pretty_tokens(&[]), Vec::<String>::new());
+}
+
+/// `vocab.json` + `merges.txt` (what `tokenizer.json` was built from), as older GPT-2 repos ship.
+fn write_vocab_merges(dir: &Path) {
+    let tok: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("tokenizer.json")).unwrap()).unwrap();
+    std::fs::write(dir.join("vocab.json"), tok["model"]["vocab"].to_string()).unwrap();
+    let mut merges = String::from("#version: 0.2\n");
+    for m in tok["model"]["merges"].as_array().unwrap() {
+        let pair = m.as_array().unwrap();
+        merges += &format!("{} {}\n", pair[0].as_str().unwrap(), pair[1].as_str().unwrap());
+    }
+    std::fs::write(dir.join("merges.txt"), merges).unwrap();
+}
+
+#[test]
+fn vocab_and_merges_instead_of_tokenizer_json() {
+    let d = patched_dir("tokenizer.json", None);
+    write_vocab_merges(d.path());
+    let m = Model::load(d.path().to_str().unwrap()).unwrap();
+    let cases: Vec<TokCase> = read("tokenization.json");
+    for c in &cases {
+        let ids = m.tokenizer().encode(&c.text).unwrap();
+        assert_eq!(ids, c.ids, "text {:?}", c.text);
+        assert_eq!(m.tokenizer().decode(&ids).unwrap(), c.text);
+    }
+    assert_eq!(m.tokenizer().encode("a<|endoftext|>").unwrap(), [64, 50256]);
+    assert_eq!(m.tokenizer().eos_ids(), &[50256]);
+    let reference = model();
+    assert_eq!(
+        m.tokenizer().pretty_tokens(&cases[0].ids),
+        reference.tokenizer().pretty_tokens(&cases[0].ids)
+    );
+}
+
+/// The scorer's fused log-softmax at the targets against an f64 reference at GPT-2's vocabulary
+/// size, with wide logits and -inf entries.
+#[test]
+fn target_logprobs_match_f64_reference() {
+    use llm_attr::model::ops::target_logprobs;
+    let logits = (Tensor::randn(0f32, 4.0, (5, 50_257), &Device::Cpu).unwrap() * 1.0).unwrap();
+    let targets: Vec<u32> = vec![0, 17, 50_256, 3, 25_000];
+    let got = target_logprobs(&logits, &targets).unwrap();
+    for ((row, &t), g) in logits.to_vec2::<f32>().unwrap().iter().zip(&targets).zip(&got) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let lse = max + row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+        let want = row[t as usize] as f64 - lse;
+        assert!((*g as f64 - want).abs() < 2e-5, "{g} vs {want}");
+    }
+    let small = Tensor::new(&[[0f32, f32::NEG_INFINITY, 1.0]], &Device::Cpu).unwrap();
+    let lp = target_logprobs(&small, &[2]).unwrap()[0] as f64;
+    assert!((lp - (1.0 - (1f64 + 1f64.exp()).ln())).abs() < 1e-6);
+    assert_eq!(target_logprobs(&small, &[1]).unwrap()[0], f32::NEG_INFINITY);
+    assert!(target_logprobs(&small, &[3]).is_err());
 }

@@ -145,8 +145,91 @@ struct Conv1D {
 }
 
 impl Conv1D {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.matmul(&self.weight)?.broadcast_add(&self.bias)
+    /// `act(x @ weight + bias)`; bias and activation in one parallel pass.
+    fn forward(&self, x: &Tensor, act: Option<Activation>) -> candle_core::Result<Tensor> {
+        x.matmul(&self.weight)?
+            .apply_op2_no_bwd(&self.bias, &BiasAct(act))
+    }
+}
+
+/// `gelu_new(x) = 0.5 x (1 + tanh(u)) = x * sigmoid(2u)`, `u = sqrt(2/pi) (x + 0.044715 x^3)`:
+/// one `exp` instead of a `tanh`.
+#[inline]
+fn gelu_tanh(x: f32) -> f32 {
+    const K: f32 = 0.797_884_6; // sqrt(2/pi)
+    let u = K * (x + 0.044_715 * x * x * x);
+    x / (1.0 + (-2.0 * u).exp())
+}
+
+#[inline]
+fn gelu_erf(x: f32) -> f32 {
+    (0.5 * x as f64 * (1.0 + candle_core::cpu::erf::erf_f64(x as f64 / std::f64::consts::SQRT_2))) as f32
+}
+
+/// `gelu_new(x + bias)` for a contiguous f32 `[rows, out]` tensor and an `[out]` bias, in one
+/// parallel pass (what GPT-2's MLP runs; public for the benchmark).
+pub fn bias_gelu(x: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+    x.apply_op2_no_bwd(bias, &BiasAct(Some(Activation::GeluTanh)))
+}
+
+/// Adds a `[out]` bias to every row of a contiguous `[rows, out]` f32 tensor and applies an
+/// activation, spread over the rayon pool (candle's elementwise ops run on one thread).
+struct BiasAct(Option<Activation>);
+
+impl candle_core::CustomOp2 for BiasAct {
+    fn name(&self) -> &'static str {
+        "bias-act"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &candle_core::CpuStorage,
+        xl: &candle_core::Layout,
+        b: &candle_core::CpuStorage,
+        bl: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::CpuStorage;
+        use rayon::prelude::*;
+        let (CpuStorage::F32(x), CpuStorage::F32(b)) = (x, b) else {
+            candle_core::bail!("bias-act: f32 only");
+        };
+        let (Some((x0, x1)), Some((b0, b1))) = (xl.contiguous_offsets(), bl.contiguous_offsets()) else {
+            candle_core::bail!("bias-act: contiguous tensors only");
+        };
+        let (x, b) = (&x[x0..x1], &b[b0..b1]);
+        let width = b.len();
+        if width == 0 || xl.dims().last() != Some(&width) {
+            candle_core::bail!("bias-act: shape {:?} does not end with {width}", xl.dims());
+        }
+        let mut out = vec![0f32; x.len()];
+        // Rows in chunks of about 16k values: enough work per task, enough tasks per core.
+        let rows = (16384 / width).max(1);
+        let act = self.0;
+        out.par_chunks_mut(rows * width)
+            .zip(x.par_chunks(rows * width))
+            .for_each(|(o, x)| {
+                for (o, x) in o.chunks_exact_mut(width).zip(x.chunks_exact(width)) {
+                    match act {
+                        None => o.iter_mut().zip(x).zip(b).for_each(|((o, &x), &b)| *o = x + b),
+                        Some(Activation::GeluTanh) => o
+                            .iter_mut()
+                            .zip(x)
+                            .zip(b)
+                            .for_each(|((o, &x), &b)| *o = gelu_tanh(x + b)),
+                        Some(Activation::GeluErf) => o
+                            .iter_mut()
+                            .zip(x)
+                            .zip(b)
+                            .for_each(|((o, &x), &b)| *o = gelu_erf(x + b)),
+                        Some(Activation::Relu) => o
+                            .iter_mut()
+                            .zip(x)
+                            .zip(b)
+                            .for_each(|((o, &x), &b)| *o = (x + b).max(0.0)),
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), xl.shape().clone()))
     }
 }
 
@@ -203,7 +286,7 @@ impl Weights {
         // out of the map, which is dropped after loading.
         let st = unsafe { MmapedSafetensors::multi(files) }.map_err(|e| {
             Error::Model(format!(
-                "cannot read safetensors {}: {e}",
+                "cannot read safetensors {} (corrupt, truncated or not safetensors): {e}",
                 files
                     .iter()
                     .map(|f| f.display().to_string())
@@ -343,7 +426,10 @@ impl Gpt2 {
             .flat_map(|i| (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
             .collect();
         let m = Tensor::from_vec(data, (len, total), &self.device)?;
-        if masks.len() > 256 {
+        // Bound the cache by size (a 1024 x 1024 mask alone is 4 MB), not by count.
+        const MAX_CACHED: usize = 8 << 20;
+        let cached: usize = masks.values().map(Tensor::elem_count).sum();
+        if cached + len * total > MAX_CACHED {
             masks.clear();
         }
         masks.insert((len, past), m.clone());
@@ -356,7 +442,20 @@ impl Gpt2 {
         &self,
         ids: &Tensor,
         past: usize,
+        cache: Option<&mut [KvCache]>,
+    ) -> candle_core::Result<Tensor> {
+        self.forward_rows(ids, past, cache, None)
+    }
+
+    /// As `forward`, but with `rows` (indices into the `batch * len` positions) only those rows
+    /// come out, and the last block computes its attention output projection and MLP for them
+    /// alone.
+    fn forward_rows(
+        &self,
+        ids: &Tensor,
+        past: usize,
         mut cache: Option<&mut [KvCache]>,
+        rows: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let c = self.cfg.n_embd;
@@ -368,9 +467,11 @@ impl Gpt2 {
         let pos = self.wpe.narrow(0, past, t)?;
         let mut x = tok.reshape((b, t, c))?.broadcast_add(&pos)?.reshape((b * t, c))?;
         let mask = if t > 1 { Some(self.mask(t, past)?) } else { None };
+        let last = self.blocks.len().saturating_sub(1);
         for (i, block) in self.blocks.iter().enumerate() {
             let kv = cache.as_deref_mut().map(|c| &mut c[i]);
-            x = self.block(block, &x, b, t, mask.as_ref(), kv)?;
+            let only = if i == last { rows } else { None };
+            x = self.block(block, &x, (b, t), mask.as_ref(), kv, only)?;
         }
         self.ln_f.forward(&x)
     }
@@ -379,10 +480,10 @@ impl Gpt2 {
         &self,
         blk: &Block,
         x: &Tensor,
-        b: usize,
-        t: usize,
+        (b, t): (usize, usize),
         mask: Option<&Tensor>,
         cache: Option<&mut KvCache>,
+        rows: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
         let (c, nh) = (self.cfg.n_embd, self.cfg.n_head);
         let hd = c / nh;
@@ -390,7 +491,7 @@ impl Gpt2 {
         // [b*t, 3c] -> [3, b, heads, t, head_dim] in one copy.
         let qkv = blk
             .c_attn
-            .forward(&h)?
+            .forward(&h, None)?
             .reshape((b, t, 3, nh, hd))?
             .permute((2, 0, 3, 1, 4))?
             .contiguous()?;
@@ -413,14 +514,14 @@ impl Gpt2 {
             .transpose(1, 2)?
             .contiguous()?
             .reshape((b * t, c))?;
-        let x = (x + blk.attn_proj.forward(&y)?)?;
-        let h = blk.c_fc.forward(&blk.ln_2.forward(&x)?)?;
-        let h = match self.activation {
-            Activation::GeluTanh => h.gelu()?,
-            Activation::GeluErf => h.gelu_erf()?,
-            Activation::Relu => h.relu()?,
+        // Every position's keys and values were needed above; from here on only `rows` matter.
+        let (x, y) = match rows {
+            Some(rows) => (x.index_select(rows, 0)?, y.index_select(rows, 0)?),
+            None => (x.clone(), y),
         };
-        x + blk.mlp_proj.forward(&h)?
+        let x = (&x + blk.attn_proj.forward(&y, None)?)?;
+        let h = blk.c_fc.forward(&blk.ln_2.forward(&x)?, Some(self.activation))?;
+        x + blk.mlp_proj.forward(&h, None)?
     }
 
     fn head(&self) -> &Tensor {
@@ -432,6 +533,10 @@ impl Architecture for Gpt2 {
     fn hidden(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         let (b, t) = ids.dims2()?;
         self.forward(ids, 0, None)?.reshape((b, t, self.cfg.n_embd))
+    }
+
+    fn hidden_rows(&self, ids: &Tensor, rows: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward_rows(ids, 0, None, Some(rows))
     }
 
     fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
@@ -483,4 +588,140 @@ pub fn load(config: &Path, weights: &[PathBuf]) -> Result<Gpt2> {
         .map_err(|e| Error::Model(format!("cannot read {}: {e}", config.display())))?;
     let cfg = Config::from_json(&text, &config.display().to_string())?;
     Gpt2::load(cfg, weights)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fused bias + activation op equals candle's own ops on odd shapes (rows not a
+    /// multiple of the chunk size), including large |x| where exp overflows.
+    #[test]
+    fn bias_act_matches_reference_ops() {
+        let dev = Device::Cpu;
+        let x = (Tensor::randn(0f32, 3.0, (37, 301), &dev).unwrap() * 1.0).unwrap();
+        let x = Tensor::cat(&[&x, &Tensor::full(-200f32, (1, 301), &dev).unwrap()], 0).unwrap();
+        let x = Tensor::cat(&[&x, &Tensor::full(200f32, (1, 301), &dev).unwrap()], 0).unwrap();
+        let b = Tensor::randn(0f32, 1.0, 301, &dev).unwrap();
+        let plain = x.broadcast_add(&b).unwrap();
+        let cases: [(Option<Activation>, Tensor); 4] = [
+            (None, plain.clone()),
+            (Some(Activation::GeluTanh), plain.gelu().unwrap()),
+            (Some(Activation::GeluErf), plain.gelu_erf().unwrap()),
+            (Some(Activation::Relu), plain.relu().unwrap()),
+        ];
+        for (act, want) in cases {
+            let got = x.apply_op2_no_bwd(&b, &BiasAct(act)).unwrap();
+            let diff = (got - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 2e-5, "{act:?}: max difference {diff}");
+        }
+    }
+
+    /// Feeding a sequence in chunks through the KV cache (masks with a past) gives the hidden
+    /// states of one full pass.
+    #[test]
+    fn chunked_cache_equals_full_pass() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-gpt2");
+        let m = load(&dir.join("config.json"), &[dir.join("model.safetensors")]).unwrap();
+        let ids: Vec<u32> = (0..15).map(|i| 100 + 37 * i).collect();
+        let full = m
+            .forward(
+                &Tensor::new(ids.as_slice(), &m.device)
+                    .unwrap()
+                    .unsqueeze(0)
+                    .unwrap(),
+                0,
+                None,
+            )
+            .unwrap();
+        let mut cache: Vec<KvCache> = (0..2).map(|_| KvCache::new(2, 128)).collect();
+        let mut parts = Vec::new();
+        for (start, end) in [(0, 10), (10, 11), (11, 15)] {
+            let chunk = Tensor::new(&ids[start..end], &m.device)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            parts.push(m.forward(&chunk, start, Some(&mut cache)).unwrap());
+        }
+        let chunked = Tensor::cat(&parts, 0).unwrap();
+        let diff = (full - chunked)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-4, "max difference {diff}");
+        // Past the context length: an error, not a panic.
+        let over = Tensor::new(&[1u32, 2], &m.device).unwrap().unsqueeze(0).unwrap();
+        assert!(m.forward(&over, 127, None).is_err());
+    }
+
+    /// Computing the last block for selected rows only gives those rows of the full pass.
+    #[test]
+    fn hidden_rows_equals_picking_from_hidden() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-gpt2");
+        let m = load(&dir.join("config.json"), &[dir.join("model.safetensors")]).unwrap();
+        let ids: Vec<u32> = (0..24).map(|i| 50 + 101 * i).collect();
+        let ids = Tensor::from_vec(ids, (2, 12), &m.device).unwrap();
+        let rows = Tensor::new(&[0u32, 5, 11, 12, 23, 5], &m.device).unwrap();
+        let picked = m
+            .hidden(&ids)
+            .unwrap()
+            .reshape((24, 64))
+            .unwrap()
+            .index_select(&rows, 0)
+            .unwrap();
+        let direct = m.hidden_rows(&ids, &rows).unwrap();
+        assert_eq!(direct.dims(), &[6, 64]);
+        let diff = (picked - direct)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-5, "max difference {diff}");
+    }
+
+    #[test]
+    fn config_validation() {
+        let ok = r#"{"vocab_size": 10, "n_embd": 8, "n_head": 2, "n_layer": 1, "n_ctx": 16}"#;
+        let cfg = Config::from_json(ok, "c").unwrap();
+        assert_eq!((cfg.context_length(), cfg.inner()), (16, 32));
+        for (bad, needle) in [
+            (r#"{"n_embd": 8}"#, "missing field"),
+            (
+                r#"{"vocab_size": 10, "n_embd": 8, "n_head": 0, "n_layer": 1, "n_ctx": 16}"#,
+                "n_head must be positive",
+            ),
+            (
+                r#"{"vocab_size": 10, "n_embd": 8, "n_head": 2, "n_layer": 1}"#,
+                "n_positions must be positive",
+            ),
+            (
+                r#"{"vocab_size": 10, "n_embd": 8, "n_head": 2, "n_layer": 1, "n_ctx": 16, "activation_function": "swish"}"#,
+                "unsupported activation_function",
+            ),
+            (r#"{"vocab_size": -1}"#, "invalid value"),
+        ] {
+            let e = Config::from_json(bad, "config.json").unwrap_err().to_string();
+            assert!(e.contains(needle) && e.starts_with("model: config.json"), "{e}");
+        }
+    }
 }

@@ -24,6 +24,15 @@ pub use tokenizer::Tokenizer;
 pub trait Architecture: Send + Sync {
     /// Final hidden states (after the last norm), `[batch, len, hidden]`.
     fn hidden(&self, ids: &Tensor) -> candle_core::Result<Tensor>;
+    /// Final hidden states at `rows` only (u32 indices into the `batch * len` positions),
+    /// `[n, hidden]`. An architecture may override it to skip work that feeds no selected row;
+    /// by default it runs `hidden` and picks the rows.
+    fn hidden_rows(&self, ids: &Tensor, rows: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let h = self.hidden(ids)?;
+        let d = h.dim(2)?;
+        h.reshape((b * t, d))?.index_select(rows, 0)
+    }
     /// LM head on selected rows: `[n, hidden]` -> `[n, vocab]`.
     fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor>;
     /// Greedy continuation with a KV cache; stops after `max_new_tokens` or at a `stop` id
@@ -170,11 +179,8 @@ impl Model {
             }
         }
         let ids = Tensor::from_vec(ids, (batch.len(), len), &self.device)?;
-        let hidden = self.arch.hidden(&ids)?;
-        let d = hidden.dim(2)?;
-        let hidden = hidden.reshape((batch.len() * len, d))?;
         let rows = Tensor::from_vec(rows, targets.len(), &self.device)?;
-        let picked = hidden.index_select(&rows, 0)?;
+        let picked = self.arch.hidden_rows(&ids, &rows)?;
         let logits = self.arch.logits(&picked)?.to_dtype(DType::F32)?;
         let flat = ops::target_logprobs(&logits, &targets)?;
         let mut out = Vec::with_capacity(batch.len());
@@ -249,4 +255,21 @@ pub fn batches<F: Fn(usize) -> usize>(order: &[usize], len: F, budget: usize) ->
         out.push(&order[start..]);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_respect_the_budget() {
+        let lens = [3usize, 3, 4, 10, 10, 30];
+        let order: Vec<usize> = (0..lens.len()).collect();
+        let out = batches(&order, |i| lens[i], 20);
+        assert_eq!(out, vec![&[0, 1, 2][..], &[3, 4][..], &[5][..]]);
+        for b in &out {
+            let longest = b.iter().map(|&i| lens[i]).max().unwrap();
+            assert!(b.len() == 1 || longest * b.len() <= 20);
+        }
+    }
 }

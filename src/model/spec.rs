@@ -1,7 +1,13 @@
 //! Model specs (`hf:ORG/NAME[@REV]`, a directory, a `.gguf` file) and loading from each.
 //!
 //! Hub downloads go through hf-hub's blocking API into the usual Hugging Face cache, so a model
-//! fetched once (by us or by Python) loads offline afterwards.
+//! fetched once (by us or by Python) loads offline afterwards. Environment, as in Python:
+//! `HF_ENDPOINT` (mirror URL), `HF_HOME` (cache in `$HF_HOME/hub`) or `HF_HUB_CACHE`,
+//! `HF_HUB_OFFLINE=1` (cache only), `HF_TOKEN` (private or gated repos).
+//!
+//! A directory or hub repo needs `config.json`, `tokenizer.json` (or GPT-2's `vocab.json` +
+//! `merges.txt`) and `model.safetensors` or a sharded `model.safetensors.index.json`;
+//! `model_type` in the config picks the architecture.
 
 use std::path::{Path, PathBuf};
 
@@ -147,8 +153,25 @@ impl HubOptions {
 #[derive(Debug, Clone)]
 pub struct ModelFiles {
     pub config: PathBuf,
-    pub tokenizer: PathBuf,
+    pub tokenizer: TokenizerFiles,
     pub weights: Vec<PathBuf>,
+}
+
+/// A `tokenizer.json`, or the older GPT-2 pair `vocab.json` + `merges.txt`.
+#[derive(Debug, Clone)]
+pub enum TokenizerFiles {
+    Json(PathBuf),
+    VocabMerges { vocab: PathBuf, merges: PathBuf },
+}
+
+impl TokenizerFiles {
+    fn load(&self) -> Result<tokenizers::Tokenizer> {
+        match self {
+            TokenizerFiles::Json(path) => tokenizers::Tokenizer::from_file(path)
+                .map_err(|e| Error::Model(format!("cannot read tokenizer {}: {e}", path.display()))),
+            TokenizerFiles::VocabMerges { vocab, merges } => Tokenizer::byte_level_bpe(vocab, merges),
+        }
+    }
 }
 
 /// Loads the model a spec names, reaching the hub as the environment says.
@@ -177,7 +200,19 @@ pub fn dir_files(dir: &Path) -> Result<ModelFiles> {
         }
     };
     let config = need("config.json")?;
-    let tokenizer = need("tokenizer.json")?;
+    let tokenizer = if dir.join("tokenizer.json").is_file() {
+        TokenizerFiles::Json(dir.join("tokenizer.json"))
+    } else if dir.join("vocab.json").is_file() && dir.join("merges.txt").is_file() {
+        TokenizerFiles::VocabMerges {
+            vocab: dir.join("vocab.json"),
+            merges: dir.join("merges.txt"),
+        }
+    } else {
+        return Err(Error::Model(format!(
+            "{} has no tokenizer.json (nor vocab.json + merges.txt)",
+            dir.display()
+        )));
+    };
     let index = dir.join("model.safetensors.index.json");
     let weights = if dir.join("model.safetensors").is_file() {
         vec![dir.join("model.safetensors")]
@@ -244,7 +279,17 @@ pub fn fetch(repo: &str, revision: Option<&str>, hub: &HubOptions) -> Result<Mod
     };
     let getter = Getter::new(hub, hf_repo, &spec)?;
     let config = getter.get("config.json")?;
-    let tokenizer = getter.get("tokenizer.json")?;
+    let tokenizer = match getter.try_get("tokenizer.json")? {
+        Some(p) => TokenizerFiles::Json(p),
+        None => match (getter.try_get("vocab.json")?, getter.try_get("merges.txt")?) {
+            (Some(vocab), Some(merges)) => TokenizerFiles::VocabMerges { vocab, merges },
+            _ => {
+                return Err(Error::Model(
+                    getter.missing("tokenizer.json (nor vocab.json + merges.txt)"),
+                ))
+            }
+        },
+    };
     let weights = match getter.try_get("model.safetensors")? {
         Some(p) => vec![p],
         None => match getter.try_get("model.safetensors.index.json")? {
@@ -402,12 +447,7 @@ pub fn load_files(files: &ModelFiles, spec: &str) -> Result<Model> {
         "gpt2" => {
             let cfg = gpt2::Config::from_json(&text, &files.config.display().to_string())?;
             let arch = gpt2::Gpt2::load(cfg, &files.weights)?;
-            let inner = tokenizers::Tokenizer::from_file(&files.tokenizer).map_err(|e| {
-                Error::Model(format!(
-                    "cannot read tokenizer {}: {e}",
-                    files.tokenizer.display()
-                ))
-            })?;
+            let inner = files.tokenizer.load()?;
             let eos = eos_ids(&json, &inner);
             let tokenizer = Tokenizer::new(inner, eos);
             check_vocab(&tokenizer, arch.config().vocab_size)?;

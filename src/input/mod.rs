@@ -1,0 +1,347 @@
+//! What the user attributes to: a template with placeholders or a text's tokens, turned into
+//! features. A feature is made of slots (placeholders or token positions); each slot has its
+//! value and one or more baselines. Rendering a choice per slot gives a prompt's token ids.
+
+pub mod template;
+pub mod tokens;
+
+use std::collections::BTreeMap;
+
+use crate::error::{Error, Result};
+use crate::model::Tokenizer;
+use crate::request::{AttributeRequest, Baseline, Feature};
+use template::Piece;
+
+/// One perturbable unit of the prompt: a placeholder or a token position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    /// Index of the feature it belongs to.
+    pub feature: usize,
+    /// Number of baselines it can take (at least 1).
+    pub n_baselines: usize,
+}
+
+/// A parsed, validated input.
+#[derive(Debug, Clone)]
+pub struct Input {
+    pub features: Vec<Feature>,
+    pub slots: Vec<Slot>,
+    /// The prompt with every feature at its value.
+    pub prompt: String,
+    kind: Kind,
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    Template {
+        pieces: Vec<Piece>,
+        /// Per slot: value, then baselines.
+        names: Vec<String>,
+        values: Vec<String>,
+        baselines: Vec<Vec<String>>,
+    },
+    Tokens(tokens::TokenInput),
+}
+
+/// For each slot: `None` keeps the value, `Some(k)` puts in its k-th baseline.
+pub type Choice = [Option<usize>];
+
+impl Input {
+    pub fn from_request(req: &AttributeRequest, tokenizer: &Tokenizer) -> Result<Input> {
+        match (&req.template, &req.text) {
+            (Some(_), Some(_)) => Err(Error::invalid(
+                "text",
+                "give either `template` (with `values`) or `text`, not both",
+            )),
+            (None, None) => Err(Error::invalid(
+                "template",
+                "missing input: give `template` with `values`, or `text` (every token is a feature)",
+            )),
+            (Some(t), None) => {
+                for (field, given) in [
+                    ("skip_tokens", req.skip_tokens.is_some()),
+                    ("baseline_token", req.baseline_token.is_some()),
+                ] {
+                    if given {
+                        return Err(Error::invalid(
+                            field,
+                            "only for token input (`text`); a template's baselines go in `baselines`",
+                        ));
+                    }
+                }
+                from_template(t, req.values.as_ref(), req.baselines.as_ref(), req.mask.as_ref())
+            }
+            (None, Some(text)) => {
+                for (field, given) in [
+                    ("values", req.values.is_some()),
+                    ("baselines", req.baselines.is_some()),
+                    ("mask", req.mask.is_some()),
+                ] {
+                    if given {
+                        return Err(Error::invalid(
+                            field,
+                            "only for template input; with `text` every token is a feature \
+                             (use `skip_tokens` and `baseline_token`)",
+                        ));
+                    }
+                }
+                let t = tokens::TokenInput::new(
+                    text,
+                    req.skip_tokens.as_deref(),
+                    req.baseline_token.as_ref(),
+                    tokenizer,
+                )?;
+                let features = t.features(tokenizer);
+                let slots = (0..features.len())
+                    .map(|feature| Slot {
+                        feature,
+                        n_baselines: 1,
+                    })
+                    .collect();
+                Ok(Input {
+                    features,
+                    slots,
+                    prompt: text.clone(),
+                    kind: Kind::Tokens(t),
+                })
+            }
+        }
+    }
+
+    pub fn n_features(&self) -> usize {
+        self.features.len()
+    }
+
+    /// The request field that holds the features (for errors about their number).
+    pub fn features_field(&self) -> &'static str {
+        match self.kind {
+            Kind::Template { .. } => "template",
+            Kind::Tokens(_) => "text",
+        }
+    }
+
+    /// The request field that defines what an absent feature becomes.
+    pub fn baselines_field(&self) -> &'static str {
+        match self.kind {
+            Kind::Template { .. } => "baselines",
+            Kind::Tokens(_) => "baseline_token",
+        }
+    }
+
+    /// True when every slot has a single baseline (no baseline sampling needed).
+    pub fn single_baselines(&self) -> bool {
+        self.slots.iter().all(|s| s.n_baselines == 1)
+    }
+
+    /// Token ids of the prompt for one choice per slot. Fails with a clear error if the prompt
+    /// comes out empty (the first target token needs a context).
+    pub fn render(&self, tokenizer: &Tokenizer, choice: &Choice) -> Result<Vec<u32>> {
+        let ids = match &self.kind {
+            Kind::Template {
+                pieces,
+                names,
+                values,
+                baselines,
+            } => {
+                let text = render_template(pieces, names, |s| match choice[s] {
+                    None => &values[s],
+                    Some(k) => &baselines[s][k],
+                });
+                tokenizer.encode(&text)?
+            }
+            Kind::Tokens(t) => t.render(choice),
+        };
+        if ids.is_empty() {
+            let (field, what) = if choice.iter().all(Option::is_none) {
+                (self.features_field(), "the prompt is empty")
+            } else {
+                (
+                    self.baselines_field(),
+                    "with these baselines a perturbed prompt is empty, and the first target token needs \
+                     a context: give a non-empty baseline or keep some text outside the features",
+                )
+            };
+            return Err(Error::invalid(field, what));
+        }
+        Ok(ids)
+    }
+}
+
+fn render_template<'v>(pieces: &[Piece], names: &[String], value: impl Fn(usize) -> &'v str) -> String {
+    let mut out = String::new();
+    for p in pieces {
+        match p {
+            Piece::Text(t) => out.push_str(t),
+            Piece::Slot(name) => {
+                let s = names.iter().position(|n| n == name).unwrap_or(0);
+                out.push_str(value(s));
+            }
+        }
+    }
+    out
+}
+
+fn mask_label(name: &str, v: &serde_json::Value) -> Result<String> {
+    match v {
+        serde_json::Value::String(s) if !s.is_empty() => Ok(s.clone()),
+        serde_json::Value::Number(n) => Ok(n.to_string()),
+        _ => Err(Error::invalid(
+            format!("mask.{name}"),
+            "a group label is a non-empty string or a number",
+        )),
+    }
+}
+
+fn from_template(
+    template: &str,
+    values: Option<&BTreeMap<String, String>>,
+    baselines: Option<&BTreeMap<String, Baseline>>,
+    mask: Option<&BTreeMap<String, serde_json::Value>>,
+) -> Result<Input> {
+    let pieces = template::parse(template)?;
+    let names: Vec<String> = template::names(&pieces).into_iter().map(str::to_string).collect();
+    if names.is_empty() {
+        return Err(Error::invalid(
+            "template",
+            "the template has no placeholders: write {name} where a value goes ({{ and }} are literal braces)",
+        ));
+    }
+    let listed = || {
+        names
+            .iter()
+            .map(|n| format!("{{{n}}}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let empty = BTreeMap::new();
+    let values = values.ok_or_else(|| {
+        Error::invalid(
+            "values",
+            format!("missing: give a value for every placeholder ({})", listed()),
+        )
+    })?;
+    for key in values.keys() {
+        if !names.contains(key) {
+            return Err(Error::invalid(
+                format!("values.{key}"),
+                format!("unknown placeholder `{key}`: the template has {}", listed()),
+            ));
+        }
+    }
+    let baselines = baselines.unwrap_or(&empty);
+    for (key, b) in baselines {
+        if !names.contains(key) {
+            return Err(Error::invalid(
+                format!("baselines.{key}"),
+                format!("unknown placeholder `{key}`: the template has {}", listed()),
+            ));
+        }
+        if matches!(b, Baseline::List(l) if l.is_empty()) {
+            return Err(Error::invalid(
+                format!("baselines.{key}"),
+                "the list of baselines is empty; give at least one (\"\" removes the value)",
+            ));
+        }
+    }
+    let empty_mask = BTreeMap::new();
+    let mask = mask.unwrap_or(&empty_mask);
+    let mut labels = BTreeMap::new();
+    for (key, v) in mask {
+        if !names.contains(key) {
+            return Err(Error::invalid(
+                format!("mask.{key}"),
+                format!("unknown placeholder `{key}`: the template has {}", listed()),
+            ));
+        }
+        labels.insert(key.as_str(), mask_label(key, v)?);
+    }
+    for (key, label) in &labels {
+        if let Some(other) = names
+            .iter()
+            .find(|n| *n == label && labels.get(n.as_str()) != Some(label))
+        {
+            return Err(Error::invalid(
+                format!("mask.{key}"),
+                format!(
+                    "group label `{label}` is also the name of placeholder `{other}`, which is not in the \
+                     group: two features would be named `{label}`; choose another label"
+                ),
+            ));
+        }
+    }
+
+    let mut slot_values = Vec::new();
+    let mut slot_baselines = Vec::new();
+    let mut slots = Vec::new();
+    let mut features: Vec<Feature> = Vec::new();
+    for name in &names {
+        let value = values.get(name).ok_or_else(|| {
+            Error::invalid(
+                format!("values.{name}"),
+                format!("missing value for placeholder {{{name}}}"),
+            )
+        })?;
+        let b = match baselines.get(name) {
+            None => vec![String::new()],
+            Some(Baseline::One(s)) => vec![s.clone()],
+            Some(Baseline::List(l)) => l.clone(),
+        };
+        let label = labels.get(name.as_str()).cloned().unwrap_or_else(|| name.clone());
+        let feature = match features.iter().position(|f| f.name == label) {
+            Some(i) => i,
+            None => {
+                features.push(Feature {
+                    name: label,
+                    value: String::new(),
+                    baselines: Vec::new(),
+                    placeholders: Vec::new(),
+                    token_id: None,
+                    position: None,
+                });
+                features.len() - 1
+            }
+        };
+        features[feature].placeholders.push(name.clone());
+        slots.push(Slot {
+            feature,
+            n_baselines: b.len(),
+        });
+        slot_values.push(value.clone());
+        slot_baselines.push(b);
+    }
+    for (i, f) in features.iter_mut().enumerate() {
+        let members: Vec<usize> = (0..slots.len()).filter(|&s| slots[s].feature == i).collect();
+        f.value = members
+            .iter()
+            .map(|&s| slot_values[s].as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        f.baselines = if members.len() == 1 {
+            slot_baselines[members[0]].clone()
+        } else if members.iter().all(|&s| slot_baselines[s].len() == 1) {
+            vec![members
+                .iter()
+                .map(|&s| slot_baselines[s][0].as_str())
+                .collect::<Vec<_>>()
+                .join(", ")]
+        } else {
+            members
+                .iter()
+                .flat_map(|&s| slot_baselines[s].iter().map(move |b| (s, b)))
+                .map(|(s, b)| format!("{}: {b}", names[s]))
+                .collect()
+        };
+    }
+    let prompt = render_template(&pieces, &names, |s| &slot_values[s]);
+    Ok(Input {
+        features,
+        slots,
+        prompt,
+        kind: Kind::Template {
+            pieces,
+            names,
+            values: slot_values,
+            baselines: slot_baselines,
+        },
+    })
+}

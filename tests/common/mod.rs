@@ -1,0 +1,317 @@
+//! A fake Hugging Face hub on 127.0.0.1 for the `hf:` loading tests: it answers
+//! `/{repo}/resolve/{revision}/{file}` like the real hub (ETag / X-Linked-Etag / X-Repo-Commit,
+//! range requests, LFS files redirected to a CDN URL, renamed repos redirected with a relative
+//! Location, `X-Error-Code` on 404s).
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, Response, StatusCode, Uri};
+use axum::Router;
+use candle_core::{Device, Tensor};
+use llm_attr::model::spec::HubOptions;
+use llm_attr::model::{Model, ScoreItem};
+
+pub const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-gpt2")
+}
+
+/// 64 hex digits standing in for the sha256 the hub uses as an LFS file's ETag.
+fn fake_sha(data: &[u8]) -> String {
+    (0..4u64)
+        .map(|salt| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (salt, data).hash(&mut h);
+            format!("{:016x}", h.finish())
+        })
+        .collect()
+}
+
+#[derive(Default)]
+struct HubState {
+    /// repo -> file -> content
+    repos: HashMap<String, HashMap<String, Arc<Vec<u8>>>>,
+    /// old repo name -> new name (the hub answers 307 with a relative Location)
+    renamed: HashMap<String, String>,
+    /// LFS blobs by sha
+    cdn: HashMap<String, Arc<Vec<u8>>>,
+    /// every request: "GET /path range"
+    log: Mutex<Vec<String>>,
+    base: String,
+}
+
+pub struct FakeHub {
+    state: Arc<HubState>,
+    pub url: String,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+impl FakeHub {
+    pub fn requests(&self) -> Vec<String> {
+        self.state.log.lock().unwrap().clone()
+    }
+}
+
+pub fn tiny_files() -> HashMap<String, Arc<Vec<u8>>> {
+    ["config.json", "tokenizer.json", "model.safetensors"]
+        .iter()
+        .map(|f| {
+            (
+                f.to_string(),
+                Arc::new(std::fs::read(fixtures().join(f)).unwrap()),
+            )
+        })
+        .collect()
+}
+
+/// The tiny-gpt2 weights split into two shards with an index, as large models are stored.
+fn sharded_files() -> HashMap<String, Arc<Vec<u8>>> {
+    let tensors = candle_core::safetensors::load(fixtures().join("model.safetensors"), &Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut shards: [HashMap<String, Tensor>; 2] = Default::default();
+    let mut weight_map = serde_json::Map::new();
+    for (name, t) in tensors {
+        let k = usize::from(name.contains("wte"));
+        let file = format!("model-{:05}-of-00002.safetensors", k + 1);
+        weight_map.insert(name.clone(), serde_json::Value::String(file));
+        shards[k].insert(name, t);
+    }
+    let mut files = tiny_files();
+    files.remove("model.safetensors");
+    for (k, shard) in shards.iter().enumerate() {
+        let name = format!("model-{:05}-of-00002.safetensors", k + 1);
+        let path = dir.path().join(&name);
+        candle_core::safetensors::save(shard, &path).unwrap();
+        files.insert(name, Arc::new(std::fs::read(&path).unwrap()));
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    files.insert(
+        "model.safetensors.index.json".into(),
+        Arc::new(serde_json::to_vec(&index).unwrap()),
+    );
+    files
+}
+
+/// Weights plus `vocab.json` + `merges.txt` instead of `tokenizer.json`, as older repos ship.
+fn legacy_files() -> HashMap<String, Arc<Vec<u8>>> {
+    let mut files = tiny_files();
+    let tok: serde_json::Value = serde_json::from_slice(&files.remove("tokenizer.json").unwrap()).unwrap();
+    let mut merges = String::from("#version: 0.2\n");
+    for m in tok["model"]["merges"].as_array().unwrap() {
+        merges += &format!("{} {}\n", m[0].as_str().unwrap(), m[1].as_str().unwrap());
+    }
+    files.insert("merges.txt".into(), Arc::new(merges.into_bytes()));
+    files.insert(
+        "vocab.json".into(),
+        Arc::new(tok["model"]["vocab"].to_string().into_bytes()),
+    );
+    files
+}
+
+pub fn start_hub() -> FakeHub {
+    // hf-hub's client takes its proxy from the environment, and a proxy would carry the
+    // 127.0.0.1 requests elsewhere (std serialises environment access, so this is safe).
+    static NO_PROXY: std::sync::Once = std::sync::Once::new();
+    NO_PROXY.call_once(|| {
+        for v in [
+            "HTTP_PROXY",
+            "http_proxy",
+            "HTTPS_PROXY",
+            "https_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+        ] {
+            std::env::remove_var(v);
+        }
+    });
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let mut state = HubState {
+        base: url.clone(),
+        ..Default::default()
+    };
+    state.repos.insert("tiny/gpt2".into(), tiny_files());
+    state.repos.insert("tiny/sharded".into(), sharded_files());
+    state.repos.insert("tiny/legacy".into(), legacy_files());
+    state
+        .renamed
+        .insert("old-org/tiny-gpt2".into(), "tiny/gpt2".into());
+    for files in state.repos.values() {
+        for (name, data) in files {
+            if name.ends_with(".safetensors") {
+                state.cdn.insert(fake_sha(data), data.clone());
+            }
+        }
+    }
+    let state = Arc::new(state);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let app = Router::new().fallback(handle).with_state(state.clone());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    rx.await.ok();
+                })
+                .await
+                .unwrap();
+        });
+    });
+    FakeHub {
+        state,
+        url,
+        _shutdown: tx,
+    }
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("X-Error-Code", code)
+        .header("X-Error-Message", message)
+        .body(Body::from(format!("{{\"error\":\"{message}\"}}")))
+        .unwrap()
+}
+
+/// 206 with Content-Range when a `Range: bytes=a-[b]` header is present, else 200.
+fn ranged(headers: &HeaderMap, data: &[u8], mut resp: axum::http::response::Builder) -> Response<Body> {
+    let size = data.len();
+    resp = resp.header(header::ACCEPT_RANGES, "bytes");
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|r| r.to_str().ok())
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.split_once('-'));
+    match range {
+        Some((a, b)) => {
+            let start: usize = a.parse().unwrap_or(0);
+            let end = b.parse::<usize>().map_or(size - 1, |e| e.min(size - 1));
+            if start > end {
+                return Response::builder()
+                    .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                    .header(header::CONTENT_RANGE, format!("bytes */{size}"))
+                    .body(Body::empty())
+                    .unwrap();
+            }
+            resp.status(StatusCode::PARTIAL_CONTENT)
+                .header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}"))
+                .body(Body::from(data[start..=end].to_vec()))
+                .unwrap()
+        }
+        None => resp
+            .status(StatusCode::OK)
+            .body(Body::from(data.to_vec()))
+            .unwrap(),
+    }
+}
+
+async fn handle(State(hub): State<Arc<HubState>>, uri: Uri, headers: HeaderMap) -> Response<Body> {
+    let path = uri.path().to_string();
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|r| r.to_str().ok())
+        .unwrap_or("-");
+    hub.log.lock().unwrap().push(format!("GET {path} {range}"));
+    if let Some(sha) = path.strip_prefix("/cdn/") {
+        return match hub.cdn.get(sha) {
+            Some(data) => ranged(&headers, data, Response::builder()),
+            None => error(StatusCode::NOT_FOUND, "", "no such blob"),
+        };
+    }
+    let Some((repo, rest)) = path.trim_start_matches('/').split_once("/resolve/") else {
+        return error(StatusCode::NOT_FOUND, "", "not found");
+    };
+    let Some((revision, file)) = rest.split_once('/') else {
+        return error(StatusCode::NOT_FOUND, "", "not found");
+    };
+    if let Some(new) = hub.renamed.get(repo) {
+        return Response::builder()
+            .status(StatusCode::TEMPORARY_REDIRECT)
+            .header(header::LOCATION, format!("/{new}/resolve/{revision}/{file}"))
+            .body(Body::empty())
+            .unwrap();
+    }
+    let Some(files) = hub.repos.get(repo) else {
+        return error(StatusCode::NOT_FOUND, "RepoNotFound", "Repository not found");
+    };
+    if revision != "main" && revision != COMMIT {
+        return error(
+            StatusCode::NOT_FOUND,
+            "RevisionNotFound",
+            &format!("Invalid rev id: {revision}"),
+        );
+    }
+    let Some(data) = files.get(file) else {
+        return error(StatusCode::NOT_FOUND, "EntryNotFound", "Entry not found");
+    };
+    let resp = Response::builder().header("X-Repo-Commit", COMMIT);
+    if file.ends_with(".safetensors") {
+        // LFS: redirect to the CDN; the hub's headers describe the target file.
+        let sha = fake_sha(data);
+        resp.status(StatusCode::FOUND)
+            .header(header::ETAG, "\"0000pointer\"")
+            .header("X-Linked-Etag", format!("\"{sha}\""))
+            .header("X-Linked-Size", data.len().to_string())
+            .header(header::LOCATION, format!("{}/cdn/{sha}", hub.base))
+            .body(Body::empty())
+            .unwrap()
+    } else {
+        let etag = format!("\"{}\"", &fake_sha(data)[..40]);
+        ranged(&headers, data, resp.header(header::ETAG, etag))
+    }
+}
+
+pub fn options(hub: &FakeHub, cache: &Path, offline: bool) -> HubOptions {
+    HubOptions {
+        endpoint: hub.url.clone(),
+        cache_dir: cache.to_path_buf(),
+        offline,
+        token: None,
+    }
+}
+
+pub fn reference_scores(m: &Model) -> Vec<Vec<f32>> {
+    let items = vec![
+        ScoreItem {
+            prompt: vec![33428, 422, 4486, 5625, 329, 257, 1693],
+            target: vec![260, 752, 262],
+        },
+        ScoreItem {
+            prompt: vec![464],
+            target: vec![3290, 13],
+        },
+    ];
+    m.score(&items).unwrap()
+}
+
+/// Scores from the model loaded straight from the fixture directory.
+pub fn local_scores() -> Vec<Vec<f32>> {
+    static SCORES: std::sync::OnceLock<Vec<Vec<f32>>> = std::sync::OnceLock::new();
+    SCORES
+        .get_or_init(|| {
+            let m = llm_attr::model::spec::load_with(
+                fixtures().to_str().unwrap(),
+                &HubOptions {
+                    endpoint: "http://127.0.0.1:9".into(),
+                    cache_dir: "/nonexistent".into(),
+                    offline: true,
+                    token: None,
+                },
+            )
+            .unwrap();
+            reference_scores(&m)
+        })
+        .clone()
+}
