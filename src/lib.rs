@@ -3,8 +3,10 @@
 //! Data flows one way: `api` (requests) -> `input` (features, coalitions) -> `attribution`
 //! (methods) -> `engine` (queue, batches, workers) -> `model` (candle, tokenizer).
 
+pub mod api;
 pub mod attribution;
 pub mod cli;
+pub mod engine;
 pub mod error;
 pub mod input;
 pub mod model;

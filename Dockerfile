@@ -1,0 +1,33 @@
+# syntax=docker/dockerfile:1.7
+# llm-attr: build with the Rust toolchain, run from a small distroless image as a non-root user.
+#
+#   docker build -t llm-attr .
+#   docker run -p 8080:8080 -v llm-attr-hub:/data/hf llm-attr                       # default model from the hub
+#   docker run -p 8080:8080 -v "$PWD/models:/models:ro" \
+#       -e LLM_ATTR_MODEL=/models/SmolLM2-135M-Instruct.Q4_1.gguf llm-attr         # a local GGUF file
+
+FROM rust:1.95-slim-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin llm-attr \
+    && cp target/release/llm-attr /usr/local/bin/llm-attr \
+    && mkdir -p /data/hf
+
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /usr/local/bin/llm-attr /usr/local/bin/llm-attr
+COPY --from=build --chown=65532:65532 /data /data
+# Every serve flag has an env var (see `llm-attr serve --help`); the model spec is LLM_ATTR_MODEL.
+ENV LLM_ATTR_MODEL=hf:distilbert/distilgpt2 \
+    LLM_ATTR_HOST=0.0.0.0 \
+    LLM_ATTR_PORT=8080 \
+    HF_HOME=/data/hf \
+    RUST_LOG=info
+VOLUME ["/data/hf"]
+EXPOSE 8080
+USER 65532:65532
+HEALTHCHECK --interval=30s --timeout=5s --start-period=180s --retries=3 \
+    CMD ["/usr/local/bin/llm-attr", "probe", "--path", "/ready"]
+ENTRYPOINT ["/usr/local/bin/llm-attr"]
+CMD ["serve"]

@@ -1,0 +1,307 @@
+//! Load test of the HTTP service on loopback: 32 concurrent clients sending t1 requests.
+//!
+//! Starts the real server in-process with SmolLM2 (or `LOAD_MODEL`), runs `LOAD_CLIENTS` x
+//! `LOAD_ROUNDS` distinct t1 requests alone, one at a time (the reference results and the
+//! 1-client throughput), then the same requests from `LOAD_CLIENTS` clients at once. Checks every request is answered and matches
+//! its solo result; reports throughput (32 vs 1), p50/p99 latency, batch sizes and the
+//! process's resident memory (server and clients share this process; the clients are small).
+//!
+//!     cargo bench --bench load
+//!     LOAD_CLIENTS=32 LOAD_ROUNDS=2 LOAD_MAX_SECONDS=300 LOAD_SWEEP=4,8,16,32,64 \
+//!         LOAD_BATCH_TOKENS=2048 LOAD_WORKERS=1 LOAD_OWN_BASELINES=1 cargo bench --bench load
+//!
+//! Bounded: `LOAD_CLIENTS` x `LOAD_ROUNDS` requests, and it stops waiting after
+//! `LOAD_MAX_SECONDS` (counting what did not finish as unanswered).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use llm_attr::api::{Config, ModelSource, Server};
+use llm_attr::model::{Model, ScoreItem};
+use serde_json::{json, Value};
+
+fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Resident and peak resident memory of this process, MiB.
+fn rss_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(f64::NAN, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// `n` distinct t1 requests (the notebook's t1 with one baseline per placeholder; values vary).
+/// With `own_baselines`, every request also has its own baseline name, so requests share
+/// almost no sequences and only batching (not deduplication) can help.
+fn requests(n: usize, own_baselines: bool) -> Vec<Value> {
+    let first = ["John", "Paul", "Anna", "Lena", "Omar", "Yuki", "Ravi", "Nina"];
+    let last = [
+        "Smith", "Novak", "Khan", "Ito", "Silva", "Berg", "Adams", "Moreau",
+    ];
+    let names = [
+        "Georg",
+        "Maria",
+        "Ahmed",
+        "Zhang Wei",
+        "Jane",
+        "Dave",
+        "Elisabeth",
+        "Kofi",
+    ];
+    let countries = ["Germany", "Togo", "Tuvalu", "Japan"];
+    let jobs = ["janitor", "teacher", "surgeon", "pilot"];
+    (0..n)
+        .map(|i| {
+            let (name, country, job) = (names[i % 8], countries[(i / 8) % 4], jobs[(i / 32) % 4]);
+            let baseline = if own_baselines {
+                format!("{} {}", first[i % 8], last[(i / 8) % 8])
+            } else {
+                "John".to_string()
+            };
+            json!({
+                "template": "{name} from {country} applied for a job as a {job}. The hiring manager decided to",
+                "values": {"name": name, "country": country, "job": job},
+                "baselines": {"name": baseline, "country": "Togo", "job": "nurse"},
+                "target": "reject the application without further consideration.",
+                "method": "shapley_values",
+            })
+        })
+        .collect()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn max_diff(a: &Value, b: &Value) -> f64 {
+    match (a, b) {
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            x.iter().zip(y).map(|(x, y)| max_diff(x, y)).fold(0.0, f64::max)
+        }
+        (Value::Number(x), Value::Number(y)) => (x.as_f64().unwrap() - y.as_f64().unwrap()).abs(),
+        _ => f64::INFINITY,
+    }
+}
+
+struct Engine {
+    batches: u64,
+    sequences: u64,
+    padded: u64,
+    tokens: u64,
+    shared: u64,
+}
+
+fn engine_counts(s: &Server) -> Engine {
+    let r = s.state().ready.get().expect("ready");
+    let st = r.engine.stats();
+    Engine {
+        batches: st.batches.load(Ordering::Relaxed),
+        sequences: st.sequences.load(Ordering::Relaxed),
+        padded: st.padded_tokens.load(Ordering::Relaxed),
+        tokens: st.tokens.load(Ordering::Relaxed),
+        shared: st.shared.load(Ordering::Relaxed),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes --bench; nothing to parse.
+    let spec = std::env::var("LOAD_MODEL").unwrap_or_else(|_| {
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+        )
+        .to_string()
+    });
+    let clients: usize = env("LOAD_CLIENTS", 32);
+    let rounds: usize = env("LOAD_ROUNDS", 2);
+    let max_secs: f64 = env("LOAD_MAX_SECONDS", 300.0);
+    let workers: usize = env("LOAD_WORKERS", 1);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let (rss0, _) = rss_mib();
+        let t = Instant::now();
+        let model = Model::load(&spec).map_err(|e| anyhow::anyhow!("{spec}: {e}"))?;
+        let load_secs = t.elapsed().as_secs_f64();
+        let (rss_loaded, _) = rss_mib();
+        // The model alone: how much a bigger forward pass buys on this machine.
+        let tok = model.tokenizer();
+        let target = tok.encode(" reject the application without further consideration.").map_err(|e| anyhow::anyhow!("{e}"))?;
+        let items: Vec<ScoreItem> = requests(64, false)
+            .iter()
+            .cycle()
+            .take(64)
+            .enumerate()
+            .map(|(k, r)| {
+                let v = &r["values"];
+                let text = format!("{} from {} applied for a job as a {} number {k}. The hiring manager decided to",
+                    v["name"].as_str().unwrap_or(""), v["country"].as_str().unwrap_or(""), v["job"].as_str().unwrap_or(""));
+                ScoreItem { prompt: tok.encode(&text).unwrap_or_default(), target: target.clone() }
+            })
+            .collect();
+        let sizes: Vec<usize> = std::env::var("LOAD_SWEEP")
+            .unwrap_or_else(|_| "8,64".into())
+            .split(',')
+            .filter_map(|v| v.trim().parse().ok())
+            .filter(|&n| (1..=64).contains(&n))
+            .collect();
+        for size in sizes {
+            let t = Instant::now();
+            let mut n = 0;
+            while n < 64 {
+                model.score(&items[..size]).map_err(|e| anyhow::anyhow!("{e}"))?;
+                n += size;
+            }
+            println!("model alone, batches of {size}: {:.1} sequences/s", n as f64 / t.elapsed().as_secs_f64());
+        }
+        let mut config = Config::new(ModelSource::Loaded(model));
+        config.engine.workers = workers;
+        config.engine.token_budget = env("LOAD_BATCH_TOKENS", config.engine.token_budget);
+        let budget = config.engine.token_budget;
+        let server = Server::start(config).await?;
+        server.ready().await?;
+        let url = format!("{}/v1/attributions", server.url());
+        let http = reqwest::Client::builder().timeout(Duration::from_secs_f64(max_secs)).build()?;
+        println!("model {spec} loaded in {load_secs:.2}s; RSS {rss0:.0} MiB before, {rss_loaded:.0} MiB after; {workers} worker(s), batch budget {budget} tokens");
+
+        // Solo: every request alone, one at a time (the reference results and the 1-client rate).
+        let own_baselines = env("LOAD_OWN_BASELINES", 0) == 1;
+        let reqs = requests(clients * rounds, own_baselines);
+        println!("requests: {} distinct t1 requests, {}", reqs.len(),
+            if own_baselines { "each with its own baselines" } else { "sharing their baselines (as users of the same template do)" });
+        let before = engine_counts(&server);
+        let t = Instant::now();
+        let mut solo = Vec::new();
+        let mut solo_lat = Vec::new();
+        for r in &reqs {
+            let t1 = Instant::now();
+            let res = http.post(&url).json(r).send().await?;
+            anyhow::ensure!(res.status() == 200, "solo request failed: {}", res.text().await?);
+            solo.push(res.json::<Value>().await?);
+            solo_lat.push(t1.elapsed().as_secs_f64());
+        }
+        let solo_secs = t.elapsed().as_secs_f64();
+        let after = engine_counts(&server);
+        let solo_rate = reqs.len() as f64 / solo_secs;
+        let solo_batch = (after.sequences - before.sequences) as f64 / (after.batches - before.batches).max(1) as f64;
+        solo_lat.sort_by(f64::total_cmp);
+
+        // Concurrent: `clients` clients, `rounds` requests each.
+        let peak = Arc::new(AtomicU64::new(0));
+        let done = Arc::new(AtomicBool::new(false));
+        let sampler = {
+            let (peak, done) = (peak.clone(), done.clone());
+            std::thread::spawn(move || {
+                while !done.load(Ordering::Relaxed) {
+                    let (rss, _) = rss_mib();
+                    peak.fetch_max(rss as u64, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+        };
+        let before = engine_counts(&server);
+        let t = Instant::now();
+        let tasks: Vec<_> = (0..clients)
+            .map(|c| {
+                let http = http.clone();
+                let url = url.clone();
+                let reqs = reqs.clone();
+                tokio::spawn(async move {
+                    let mut out = Vec::new();
+                    for k in 0..rounds {
+                        let i = c + k * clients;
+                        let t1 = Instant::now();
+                        let res = http.post(&url).json(&reqs[i]).send().await;
+                        let lat = t1.elapsed().as_secs_f64();
+                        let body = match res {
+                            Ok(r) if r.status() == 200 => r.json::<Value>().await.ok(),
+                            Ok(r) => {
+                                eprintln!("client {c}: status {}: {}", r.status(), r.text().await.unwrap_or_default());
+                                None
+                            }
+                            Err(e) => {
+                                eprintln!("client {c}: {e}");
+                                None
+                            }
+                        };
+                        out.push((i, lat, body));
+                    }
+                    out
+                })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for task in tasks {
+            results.extend(task.await?);
+        }
+        let load_secs = t.elapsed().as_secs_f64();
+        done.store(true, Ordering::Relaxed);
+        let _ = sampler.join();
+        let after = engine_counts(&server);
+
+        let total = clients * rounds;
+        let answered = results.iter().filter(|r| r.2.is_some()).count();
+        let mut worst: f64 = 0.0;
+        let mut identical = 0;
+        for (i, _, body) in &results {
+            if let Some(b) = body {
+                let d = max_diff(&b["seq_attr"], &solo[*i]["seq_attr"])
+                    .max(max_diff(&b["token_attr"], &solo[*i]["token_attr"]))
+                    .max(max_diff(&b["target_log_probs"], &solo[*i]["target_log_probs"]));
+                worst = worst.max(d);
+                if d == 0.0 {
+                    identical += 1;
+                }
+            }
+        }
+        let mut lat: Vec<f64> = results.iter().filter(|r| r.2.is_some()).map(|r| r.1).collect();
+        lat.sort_by(f64::total_cmp);
+        let rate = answered as f64 / load_secs;
+        let batches = after.batches - before.batches;
+        let seqs = after.sequences - before.sequences;
+        let (_, hwm) = rss_mib();
+        let metrics = reqwest::get(format!("{}/metrics", server.url())).await?.text().await?;
+        let hist: Vec<&str> = metrics.lines().filter(|l| l.starts_with("llm_attr_batch_size_bucket")).collect();
+
+        println!("solo:       {} requests one at a time in {solo_secs:.2}s = {solo_rate:.2} req/s; latency p50 {:.3}s p99 {:.3}s; mean batch {solo_batch:.1} sequences",
+            reqs.len(), percentile(&solo_lat, 50.0), percentile(&solo_lat, 99.0));
+        println!("concurrent: {clients} clients x {rounds} = {total} requests, {answered} answered in {load_secs:.2}s = {rate:.2} req/s; latency p50 {:.3}s p99 {:.3}s",
+            percentile(&lat, 50.0), percentile(&lat, 99.0));
+        let padding = (after.padded - before.padded) as f64 / (after.tokens - before.tokens).max(1) as f64 - 1.0;
+        println!(
+            "            {seqs} sequences in {batches} forward passes: mean batch {:.1} sequences, padding {:.1}% of real tokens",
+            seqs as f64 / batches.max(1) as f64,
+            100.0 * padding
+        );
+        println!(
+            "            {} more sequences were answered by an identical sequence of another request in the same pass",
+            after.shared - before.shared
+        );
+        println!("throughput {clients} clients vs 1: {:.2}x", rate / solo_rate);
+        println!("results vs solo: {identical}/{answered} bit-identical, max |diff| {worst:.2e}");
+        println!("RSS: peak sampled {} MiB during load, VmHWM {hwm:.0} MiB", peak.load(Ordering::Relaxed));
+        println!("batch size histogram (cumulative, whole run):");
+        for l in hist {
+            println!("  {l}");
+        }
+        server.shutdown().await;
+        anyhow::ensure!(answered == total, "{} of {total} requests unanswered", total - answered);
+        anyhow::ensure!(worst <= 1e-4, "results differ from solo runs by {worst}");
+        Ok(())
+    })
+}

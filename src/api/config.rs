@@ -1,0 +1,186 @@
+//! Server configuration: `llm-attr serve` flags (each with an env var) and the `Config` they
+//! build, which tests also fill in directly.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::engine::EngineConfig;
+use crate::model::Model;
+use crate::run::Limits;
+
+/// Where the model comes from.
+#[derive(Clone)]
+pub enum ModelSource {
+    /// A spec (`hf:ORG/NAME[@REV]`, a directory, a `.gguf` file), loaded in the background
+    /// after the server starts listening (`/ready` is 503 until then).
+    Spec(String),
+    /// An already loaded model (tests, embedding).
+    Loaded(Arc<Model>),
+}
+
+#[derive(Clone)]
+pub struct Config {
+    pub model: ModelSource,
+    pub listen: SocketAddr,
+    pub engine: EngineConfig,
+    pub limits: Limits,
+    /// Largest request body in bytes.
+    pub max_body_bytes: usize,
+    /// Attribute requests (sync or jobs) running at once; more wait their turn (jobs: `queued`).
+    pub max_concurrent_jobs: usize,
+    /// Jobs queued or running at once; more are refused with 429.
+    pub max_pending_jobs: usize,
+    /// Longest a synchronous request (attributions, generate) may take before it is cancelled.
+    pub request_timeout: Duration,
+    /// How long finished jobs are kept.
+    pub job_ttl: Duration,
+    /// How many finished jobs are kept at most.
+    pub max_finished_jobs: usize,
+    /// Required on /v1/* when set (`Authorization: Bearer KEY` or `X-Api-Key: KEY`).
+    pub api_key: Option<String>,
+    /// Allowed CORS origins; `*` allows any; empty: no CORS headers.
+    pub cors_origins: Vec<String>,
+    /// Serve the web page from this directory instead of the copy compiled into the binary.
+    pub static_dir: Option<PathBuf>,
+    /// On shutdown, how long in-flight work may finish before it is cancelled.
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    /// Defaults for `model`, listening on 127.0.0.1:0 (any free port).
+    pub fn new(model: ModelSource) -> Self {
+        Config {
+            model,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            engine: EngineConfig::default(),
+            limits: Limits::default(),
+            max_body_bytes: 1 << 20,
+            max_concurrent_jobs: 64,
+            max_pending_jobs: 256,
+            request_timeout: Duration::from_secs(300),
+            job_ttl: Duration::from_secs(3600),
+            max_finished_jobs: 1000,
+            api_key: None,
+            cors_origins: Vec::new(),
+            static_dir: None,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `llm-attr serve`
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Model spec: hf:ORG/NAME[@REV], a directory, or a .gguf file.
+    #[arg(long, env = "LLM_ATTR_MODEL", default_value = "hf:distilbert/distilgpt2")]
+    pub model: String,
+    #[arg(long, env = "LLM_ATTR_HOST", default_value = "127.0.0.1")]
+    pub host: std::net::IpAddr,
+    #[arg(long, env = "LLM_ATTR_PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Threads inside one forward pass (0: all cores).
+    #[arg(long, env = "LLM_ATTR_THREADS", default_value_t = 0)]
+    pub threads: usize,
+    /// Worker threads running forward passes; they share one copy of the model.
+    #[arg(long, env = "LLM_ATTR_WORKERS", default_value_t = 1)]
+    pub workers: usize,
+    /// Sequences the scoring queue holds; beyond it requests get 503 + Retry-After.
+    #[arg(long, env = "LLM_ATTR_QUEUE_SIZE", default_value_t = 65_536)]
+    pub queue_size: usize,
+    /// Padded tokens (sequences x longest) of one forward pass.
+    #[arg(long, env = "LLM_ATTR_BATCH_TOKENS", default_value_t = crate::scorer::DEFAULT_TOKEN_BUDGET)]
+    pub batch_tokens: usize,
+    /// Allowed CORS origins, comma separated; `*` allows any.
+    #[arg(long, env = "LLM_ATTR_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+    /// API key required on /v1/* (Authorization: Bearer KEY or X-Api-Key: KEY).
+    #[arg(long, env = "LLM_ATTR_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Serve the web page from this directory instead of the compiled-in copy.
+    #[arg(long, env = "LLM_ATTR_STATIC_DIR")]
+    pub static_dir: Option<PathBuf>,
+    /// Largest request body, bytes.
+    #[arg(long, env = "LLM_ATTR_MAX_BODY_BYTES", default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+    /// Features per request.
+    #[arg(long, env = "LLM_ATTR_MAX_FEATURES", default_value_t = Limits::default().max_features)]
+    pub max_features: usize,
+    /// Distinct sequences one request may send to the model.
+    #[arg(long, env = "LLM_ATTR_MAX_SEQUENCES", default_value_t = Limits::default().max_sequences)]
+    pub max_sequences: usize,
+    /// Tokens per sequence (prompt + target).
+    #[arg(long, env = "LLM_ATTR_MAX_TOKENS", default_value_t = Limits::default().max_tokens_per_sequence)]
+    pub max_tokens: usize,
+    #[arg(long, env = "LLM_ATTR_MAX_N_SAMPLES", default_value_t = Limits::default().max_n_samples)]
+    pub max_n_samples: usize,
+    #[arg(long, env = "LLM_ATTR_MAX_NUM_TRIALS", default_value_t = Limits::default().max_num_trials)]
+    pub max_num_trials: usize,
+    #[arg(long, env = "LLM_ATTR_MAX_NEW_TOKENS", default_value_t = Limits::default().max_new_tokens)]
+    pub max_new_tokens: usize,
+    /// Attribute requests running at once; more wait their turn.
+    #[arg(long, env = "LLM_ATTR_MAX_CONCURRENT_JOBS", default_value_t = 64)]
+    pub max_concurrent_jobs: usize,
+    /// Jobs queued or running at once; more get 429.
+    #[arg(long, env = "LLM_ATTR_MAX_PENDING_JOBS", default_value_t = 256)]
+    pub max_pending_jobs: usize,
+    /// Seconds a synchronous request may take before it is cancelled (504).
+    #[arg(long, env = "LLM_ATTR_REQUEST_TIMEOUT", default_value_t = 300.0)]
+    pub request_timeout: f64,
+    /// Seconds finished jobs are kept.
+    #[arg(long, env = "LLM_ATTR_JOB_TTL", default_value_t = 3600.0)]
+    pub job_ttl: f64,
+    /// Finished jobs kept at most.
+    #[arg(long, env = "LLM_ATTR_MAX_FINISHED_JOBS", default_value_t = 1000)]
+    pub max_finished_jobs: usize,
+    /// Seconds in-flight work may finish on shutdown before it is cancelled.
+    #[arg(long, env = "LLM_ATTR_SHUTDOWN_GRACE", default_value_t = 10.0)]
+    pub shutdown_grace: f64,
+    /// Log as JSON lines.
+    #[arg(long, env = "LLM_ATTR_LOG_JSON")]
+    pub log_json: bool,
+}
+
+fn secs(v: f64, flag: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(v)
+        .map_err(|_| anyhow::anyhow!("--{flag}: {v} is not a valid number of seconds"))
+}
+
+impl ServeArgs {
+    pub fn config(&self) -> anyhow::Result<Config> {
+        let mut c = Config::new(ModelSource::Spec(self.model.clone()));
+        c.listen = SocketAddr::new(self.host, self.port);
+        c.engine = EngineConfig {
+            workers: self.workers.max(1),
+            queue_capacity: self.queue_size.max(1),
+            token_budget: self.batch_tokens.max(1),
+            ..EngineConfig::default()
+        };
+        c.limits = Limits {
+            max_features: self.max_features,
+            // A request can never need more room than the whole queue.
+            max_sequences: self.max_sequences.min(self.queue_size.max(1)),
+            max_tokens_per_sequence: self.max_tokens,
+            max_n_samples: self.max_n_samples,
+            max_num_trials: self.max_num_trials,
+            max_new_tokens: self.max_new_tokens,
+        };
+        c.max_body_bytes = self.max_body_bytes;
+        c.max_concurrent_jobs = self.max_concurrent_jobs.max(1);
+        c.max_pending_jobs = self.max_pending_jobs.max(1);
+        c.request_timeout = secs(self.request_timeout, "request-timeout")?;
+        c.job_ttl = secs(self.job_ttl, "job-ttl")?;
+        c.max_finished_jobs = self.max_finished_jobs;
+        c.api_key = self.api_key.clone().filter(|k| !k.is_empty());
+        c.cors_origins = self
+            .cors_origins
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        c.static_dir = self.static_dir.clone();
+        c.shutdown_grace = secs(self.shutdown_grace, "shutdown-grace")?;
+        Ok(c)
+    }
+}

@@ -1,0 +1,243 @@
+//! HTTP errors: every failure is `{"error": {"code", "message", "field"?}}` with its status,
+//! and JSON bodies are parsed so that a wrong type or an unknown field names its field.
+
+use axum::extract::{FromRequest, Request};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, ErrorBody, ErrorDetail};
+
+/// Seconds a client is told to wait after a 503 or 429.
+pub const RETRY_AFTER_SECS: u64 = 1;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    pub fn unauthorized(message: &str) -> Self {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    pub fn not_ready(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message)
+    }
+
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Error::NotFound(what.into()).into()
+    }
+
+    pub fn timeout(secs: f64) -> Self {
+        ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format!("the request took longer than the limit of {secs} s and was cancelled"),
+        )
+        .with_field("request_timeout")
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message.clone(),
+                field: self.field.clone(),
+            },
+        }
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let status = match &e {
+            Error::Invalid { .. } => StatusCode::BAD_REQUEST,
+            Error::TooLarge { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::Model(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            // Only shutdown cancels a request whose client is still there.
+            Error::Cancelled => StatusCode::SERVICE_UNAVAILABLE,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+        };
+        ApiError {
+            status,
+            code: e.code(),
+            message: e.to_string(),
+            field: e.field().map(str::to_string),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::warn!(
+                status = self.status.as_u16(),
+                code = self.code,
+                "{}",
+                self.message
+            );
+        } else {
+            tracing::debug!(
+                status = self.status.as_u16(),
+                code = self.code,
+                "{}",
+                self.message
+            );
+        }
+        let mut res = (self.status, Json(self.body())).into_response();
+        if matches!(
+            self.status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+        ) {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        res
+    }
+}
+
+/// A JSON body. Unlike `axum::Json` its errors are JSON too and name the offending field.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|r| {
+            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "the request body exceeds the configured limit (--max-body-bytes)",
+                )
+                .with_field("body")
+            } else {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", r.body_text())
+            }
+        })?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// Parses `bytes` as `T`; errors name the JSON path of the problem.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "the request body is empty: send a JSON object",
+        ));
+    }
+    // Syntax first (malformed JSON), then the shape, with the path of any problem.
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the body is not valid JSON: {e}"),
+        )
+    })?;
+    if !value.is_object() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "body: expected a JSON object",
+        )
+        .with_field("body"));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let message = e.inner().to_string();
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        // Unknown and missing fields may be reported at their parent; name the field itself.
+        let named = ["unknown field `", "missing field `"]
+            .iter()
+            .find_map(|p| message.strip_prefix(p))
+            .and_then(|rest| rest.split('`').next());
+        let field = match named {
+            Some(name) if path.is_empty() => name.to_string(),
+            Some(name) if path == name || path.ends_with(&format!(".{name}")) => path,
+            Some(name) => format!("{path}.{name}"),
+            None if path.is_empty() => "body".to_string(),
+            None => path,
+        };
+        let message = strip_position(&message);
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("{field}: {message}"),
+        )
+        .with_field(field)
+    })
+}
+
+/// Drops serde_json's " at line 1 column 42" from a data error (the field says where).
+fn strip_position(message: &str) -> &str {
+    match message.rfind(" at line ") {
+        Some(i) => &message[..i],
+        None => message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::AttributeRequest;
+
+    fn err(body: &str) -> ApiError {
+        parse_json::<AttributeRequest>(body.as_bytes()).expect_err("an error")
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = err(r#"{"template": "x", "bogus": 1}"#);
+        assert_eq!(
+            (e.status, e.code, e.field.as_deref()),
+            (StatusCode::BAD_REQUEST, "invalid_request", Some("bogus"))
+        );
+        let e = err(r#"{"values": {"name": 3}}"#);
+        assert_eq!(e.field.as_deref(), Some("values.name"), "{}", e.message);
+        let e = err(r#"{"n_samples": "many"}"#);
+        assert_eq!(e.field.as_deref(), Some("n_samples"));
+        assert!(!e.message.contains("line 1"), "{}", e.message);
+        let e = err(r#"{"method": "magic"}"#);
+        assert_eq!(e.field.as_deref(), Some("method"));
+    }
+
+    #[test]
+    fn malformed_json_is_invalid_json() {
+        for body in ["{", "", "  ", "[1,", "{} x", "nope"] {
+            let e = err(body);
+            assert_eq!(
+                (e.status, e.code),
+                (StatusCode::BAD_REQUEST, "invalid_json"),
+                "{body:?}: {}",
+                e.message
+            );
+        }
+        assert!(parse_json::<AttributeRequest>(b" {} ").is_ok());
+    }
+}

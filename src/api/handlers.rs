@@ -1,0 +1,345 @@
+//! Request handlers (except jobs, see `events.rs`).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::error::{ApiError, ApiJson};
+use super::AppState;
+use crate::engine::CancelToken;
+use crate::error::{Error, ErrorBody};
+use crate::model::ModelInfo;
+use crate::request::{AttributeRequest, AttributeResponse};
+use crate::run::Progress;
+
+/// Cancels a request's work when its handler is dropped (the client went away) unless disarmed.
+pub struct CancelOnDrop(pub Option<CancelToken>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            if !c.is_cancelled() {
+                tracing::info!("client gone: cancelling its remaining work");
+                c.cancel();
+            }
+        }
+    }
+}
+
+/// Runs one attribute request on a blocking thread, its sequences scored by the engine.
+/// Waits for a run slot first; `on_start` (false: give up, e.g. a cancelled job) is called
+/// once it has one.
+pub async fn execute(
+    state: &Arc<AppState>,
+    request: AttributeRequest,
+    cancel: CancelToken,
+    progress: impl Fn(Progress) + Send + Sync + 'static,
+    on_start: impl FnOnce() -> bool,
+) -> Result<AttributeResponse, ApiError> {
+    let ready = state.ready()?;
+    let slot = state
+        .run_slots
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| ApiError::from(Error::Cancelled))?;
+    if cancel.is_cancelled() || !on_start() {
+        return Err(Error::Cancelled.into());
+    }
+    let limits = state.config.limits.clone();
+    let method = serde_json::to_value(request.method)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    // The run owns its slot and its bookkeeping: if the client goes away the handler is
+    // dropped, but the run still ends (cancelled) and is counted.
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        let _active = ActiveRun::new(st.clone());
+        let started = Instant::now();
+        let handle = ready.engine.handle(cancel);
+        let out = crate::run::run(&request, &handle, &limits, &progress);
+        let outcome = match &out {
+            Ok(_) => "ok",
+            Err(e) => e.code(),
+        };
+        st.metrics
+            .record_attribution(&method, outcome, started.elapsed().as_secs_f64());
+        out
+    })
+    .await
+    .map_err(|e| ApiError::from(Error::Internal(format!("the attribution task failed: {e}"))))?
+    .map_err(ApiError::from)
+}
+
+struct ActiveRun(Arc<AppState>);
+
+impl ActiveRun {
+    fn new(state: Arc<AppState>) -> Self {
+        state.active_runs.fetch_add(1, Ordering::SeqCst);
+        ActiveRun(state)
+    }
+}
+
+impl Drop for ActiveRun {
+    fn drop(&mut self) {
+        self.0.active_runs.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Runs `f` on a blocking thread with the request timeout; a dropped client or the timeout
+/// cancels it.
+async fn with_timeout<T>(
+    state: &Arc<AppState>,
+    cancel: CancelToken,
+    fut: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    let mut guard = CancelOnDrop(Some(cancel.clone()));
+    let limit = state.config.request_timeout;
+    let out = match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r,
+        Err(_) => {
+            cancel.cancel();
+            Err(ApiError::timeout(limit.as_secs_f64()))
+        }
+    };
+    guard.0 = None;
+    out
+}
+
+/// Attribute: waits for the result.
+#[utoipa::path(
+    post, path = "/v1/attributions", tag = "attribution",
+    request_body = AttributeRequest,
+    responses(
+        (status = 200, description = "Attribution result", body = AttributeResponse),
+        (status = 400, description = "Malformed JSON or invalid request", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "A limit is exceeded", body = ErrorBody),
+        (status = 503, description = "Queue full or model not loaded (Retry-After)", body = ErrorBody),
+        (status = 504, description = "Request timeout", body = ErrorBody),
+    ),
+    security((), ("bearer" = []), ("api_key" = []))
+)]
+pub async fn attributions(
+    State(state): State<Arc<AppState>>,
+    ApiJson(request): ApiJson<AttributeRequest>,
+) -> Result<Json<AttributeResponse>, ApiError> {
+    state.refuse_if_stopping()?;
+    let cancel = CancelToken::new();
+    let fut = execute(&state, request, cancel.clone(), |_| {}, || true);
+    with_timeout(&state, cancel, fut).await.map(Json)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizeRequest {
+    pub text: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenizeResponse {
+    pub ids: Vec<u32>,
+    /// Each token as a person reads it.
+    pub tokens: Vec<String>,
+    /// Byte range `[start, end)` of `text` each token came from.
+    pub offsets: Vec<[usize; 2]>,
+}
+
+/// Tokenize text (no special tokens added).
+#[utoipa::path(
+    post, path = "/v1/tokenize", tag = "model",
+    request_body = TokenizeRequest,
+    responses(
+        (status = 200, body = TokenizeResponse),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody),
+    ),
+    security((), ("bearer" = []), ("api_key" = []))
+)]
+pub async fn tokenize(
+    State(state): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<TokenizeRequest>,
+) -> Result<Json<TokenizeResponse>, ApiError> {
+    let ready = state.ready()?;
+    let out = tokio::task::spawn_blocking(move || -> Result<TokenizeResponse, Error> {
+        let tok = ready.model.tokenizer();
+        let (ids, offsets) = tok.encode_with_offsets(&req.text)?;
+        Ok(TokenizeResponse {
+            tokens: tok.pretty_tokens(&ids),
+            offsets: offsets.into_iter().map(|(a, b)| [a, b]).collect(),
+            ids,
+        })
+    })
+    .await
+    .map_err(|e| ApiError::from(Error::Internal(e.to_string())))??;
+    Ok(Json(out))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateRequest {
+    pub prompt: String,
+    /// Default 25.
+    #[serde(default)]
+    pub max_new_tokens: Option<usize>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct GenerateResponse {
+    /// The continuation (without the prompt).
+    pub text: String,
+    pub ids: Vec<u32>,
+    pub tokens: Vec<String>,
+}
+
+/// Greedy continuation of a prompt.
+#[utoipa::path(
+    post, path = "/v1/generate", tag = "model",
+    request_body = GenerateRequest,
+    responses(
+        (status = 200, body = GenerateResponse),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody),
+    ),
+    security((), ("bearer" = []), ("api_key" = []))
+)]
+pub async fn generate(
+    State(state): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<GenerateRequest>,
+) -> Result<Json<GenerateResponse>, ApiError> {
+    state.refuse_if_stopping()?;
+    let ready = state.ready()?;
+    let limits = &state.config.limits;
+    let max_new = req.max_new_tokens.unwrap_or(25);
+    if max_new == 0 {
+        return Err(Error::invalid("max_new_tokens", "must be at least 1").into());
+    }
+    if max_new > limits.max_new_tokens {
+        return Err(Error::too_large(
+            "max_new_tokens",
+            format!(
+                "{max_new} exceeds the limit of {} (--max-new-tokens)",
+                limits.max_new_tokens
+            ),
+        )
+        .into());
+    }
+    let max_tokens = limits.max_tokens_per_sequence;
+    let cancel = CancelToken::new();
+    let c = cancel.clone();
+    let fut = async move {
+        tokio::task::spawn_blocking(move || -> Result<GenerateResponse, Error> {
+            let tok = ready.model.tokenizer();
+            let prompt = tok.encode(&req.prompt)?;
+            if prompt.is_empty() {
+                return Err(Error::invalid("prompt", "the prompt is empty"));
+            }
+            if prompt.len() + max_new > max_tokens {
+                return Err(Error::too_large(
+                    "prompt",
+                    format!(
+                        "{} prompt tokens + {max_new} new tokens exceed the limit of {max_tokens} (--max-tokens)",
+                        prompt.len()
+                    ),
+                ));
+            }
+            let ids = ready.engine.handle(c).generate_ids(&prompt, max_new)?;
+            Ok(GenerateResponse {
+                text: tok.decode(&ids)?,
+                tokens: tok.pretty_tokens(&ids),
+                ids,
+            })
+        })
+        .await
+        .map_err(|e| ApiError::from(Error::Internal(e.to_string())))?
+        .map_err(ApiError::from)
+    };
+    with_timeout(&state, cancel, fut).await.map(Json)
+}
+
+/// The loaded model.
+#[utoipa::path(
+    get, path = "/v1/model", tag = "model",
+    responses((status = 200, body = ModelInfo), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security((), ("bearer" = []), ("api_key" = []))
+)]
+pub async fn model(State(state): State<Arc<AppState>>) -> Result<Json<ModelInfo>, ApiError> {
+    Ok(Json(state.ready()?.model.info().clone()))
+}
+
+/// The seed notebook's four templates, ready to run.
+#[utoipa::path(
+    get, path = "/v1/templates", tag = "attribution",
+    responses((status = 200, body = super::templates::Templates), (status = 401, body = ErrorBody)),
+    security((), ("bearer" = []), ("api_key" = []))
+)]
+pub async fn templates() -> Json<super::templates::Templates> {
+    Json(super::templates::templates())
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok`, `loading` or `failed`.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/health", tag = "ops", responses((status = 200, body = Health)))]
+pub async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        error: None,
+    })
+}
+
+/// Readiness: 200 once the model is loaded, 503 before (or if loading failed).
+#[utoipa::path(get, path = "/ready", tag = "ops",
+    responses((status = 200, body = Health), (status = 503, body = Health)))]
+pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    if state.ready.get().is_some() && !state.stopping() {
+        return Json(Health {
+            status: "ok".into(),
+            error: None,
+        })
+        .into_response();
+    }
+    let (status, error) = match state.load_error.get() {
+        Some(e) => ("failed", Some(e.clone())),
+        None if state.stopping() => ("stopping", None),
+        None => ("loading", None),
+    };
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(Health {
+            status: status.into(),
+            error,
+        }),
+    )
+        .into_response()
+}
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "ops",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let body = state.metrics.render(&state);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}

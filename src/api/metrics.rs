@@ -1,0 +1,243 @@
+//! Prometheus metrics: HTTP requests and latency by route, attributions by method and outcome,
+//! jobs by state, and the engine's queue, batches, sequences and tokens.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+
+use super::AppState;
+use crate::engine::{Histogram, Stats};
+
+#[derive(Default)]
+pub struct Metrics {
+    /// (method, route, status) -> count
+    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
+    /// route -> latency
+    latency: Mutex<BTreeMap<String, Arc<Histogram>>>,
+    /// (method, outcome) -> count
+    attributions: Mutex<BTreeMap<(String, String), u64>>,
+    attribution_seconds: Mutex<BTreeMap<String, Arc<Histogram>>>,
+}
+
+impl Metrics {
+    pub fn record_request(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        *lock(&self.requests)
+            .entry((method.to_string(), route.to_string(), status))
+            .or_default() += 1;
+        let h = lock(&self.latency)
+            .entry(route.to_string())
+            .or_insert_with(|| Arc::new(Histogram::seconds()))
+            .clone();
+        h.observe(seconds);
+    }
+
+    /// One attribute request finished (`outcome`: ok or an error code).
+    pub fn record_attribution(&self, method: &str, outcome: &str, seconds: f64) {
+        *lock(&self.attributions)
+            .entry((method.to_string(), outcome.to_string()))
+            .or_default() += 1;
+        if outcome == "ok" {
+            let h = lock(&self.attribution_seconds)
+                .entry(method.to_string())
+                .or_insert_with(|| Arc::new(Histogram::seconds()))
+                .clone();
+            h.observe(seconds);
+        }
+    }
+
+    pub fn render(&self, state: &AppState) -> String {
+        let mut out = String::new();
+        let o = &mut out;
+        header(
+            o,
+            "llm_attr_http_requests_total",
+            "counter",
+            "HTTP requests by method, route and status.",
+        );
+        for ((m, r, s), n) in lock(&self.requests).iter() {
+            let _ = writeln!(
+                o,
+                "llm_attr_http_requests_total{{method=\"{m}\",route=\"{}\",status=\"{s}\"}} {n}",
+                esc(r)
+            );
+        }
+        header(
+            o,
+            "llm_attr_http_request_duration_seconds",
+            "histogram",
+            "HTTP request latency by route.",
+        );
+        for (r, h) in lock(&self.latency).iter() {
+            h.render(
+                o,
+                "llm_attr_http_request_duration_seconds",
+                &format!("route=\"{}\"", esc(r)),
+            );
+        }
+        header(
+            o,
+            "llm_attr_attributions_total",
+            "counter",
+            "Attribute requests by method and outcome.",
+        );
+        for ((m, outcome), n) in lock(&self.attributions).iter() {
+            let _ = writeln!(
+                o,
+                "llm_attr_attributions_total{{method=\"{m}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
+        header(
+            o,
+            "llm_attr_attribution_duration_seconds",
+            "histogram",
+            "Time to run an attribute request, by method.",
+        );
+        for (m, h) in lock(&self.attribution_seconds).iter() {
+            h.render(
+                o,
+                "llm_attr_attribution_duration_seconds",
+                &format!("method=\"{m}\""),
+            );
+        }
+        header(o, "llm_attr_jobs", "gauge", "Jobs held, by state.");
+        for (s, n) in state.jobs.counts() {
+            let _ = writeln!(o, "llm_attr_jobs{{state=\"{}\"}} {n}", s.as_str());
+        }
+        header(
+            o,
+            "llm_attr_runs_active",
+            "gauge",
+            "Attribute requests running now.",
+        );
+        let _ = writeln!(
+            o,
+            "llm_attr_runs_active {}",
+            state.active_runs.load(Ordering::Relaxed)
+        );
+        header(o, "llm_attr_model_ready", "gauge", "1 when the model is loaded.");
+        let _ = writeln!(
+            o,
+            "llm_attr_model_ready {}",
+            u8::from(state.ready.get().is_some())
+        );
+        if let Some(r) = state.ready.get() {
+            let e = &r.engine;
+            let st: &Stats = e.stats();
+            header(
+                o,
+                "llm_attr_queue_depth",
+                "gauge",
+                "Sequences waiting in the scoring queue.",
+            );
+            let _ = writeln!(o, "llm_attr_queue_depth {}", e.queue_depth());
+            header(
+                o,
+                "llm_attr_queue_capacity",
+                "gauge",
+                "Sequences the scoring queue holds at most.",
+            );
+            let _ = writeln!(o, "llm_attr_queue_capacity {}", e.config().queue_capacity);
+            header(
+                o,
+                "llm_attr_batches_running",
+                "gauge",
+                "Forward passes running now.",
+            );
+            let _ = writeln!(o, "llm_attr_batches_running {}", e.running());
+            let counters = [
+                ("llm_attr_batches_total", "Forward passes run.", &st.batches),
+                (
+                    "llm_attr_sequences_scored_total",
+                    "Sequences scored.",
+                    &st.sequences,
+                ),
+                (
+                    "llm_attr_tokens_scored_total",
+                    "Input tokens scored (without padding).",
+                    &st.tokens,
+                ),
+                (
+                    "llm_attr_padded_tokens_total",
+                    "Tokens fed to the model including padding.",
+                    &st.padded_tokens,
+                ),
+                (
+                    "llm_attr_sequences_shared_total",
+                    "Sequences answered by an identical sequence of another request in the same pass.",
+                    &st.shared,
+                ),
+                (
+                    "llm_attr_sequences_skipped_total",
+                    "Queued sequences dropped because their request was cancelled.",
+                    &st.skipped,
+                ),
+                (
+                    "llm_attr_queue_rejections_total",
+                    "Submissions refused because the queue was full.",
+                    &st.rejected,
+                ),
+                (
+                    "llm_attr_generations_total",
+                    "Greedy generations run.",
+                    &st.generations,
+                ),
+            ];
+            for (name, help, c) in counters {
+                header(o, name, "counter", help);
+                let _ = writeln!(o, "{name} {}", Stats::get(c));
+            }
+            header(
+                o,
+                "llm_attr_batch_size",
+                "histogram",
+                "Sequences per forward pass.",
+            );
+            st.batch_size.render(o, "llm_attr_batch_size", "");
+            header(
+                o,
+                "llm_attr_batch_duration_seconds",
+                "histogram",
+                "Time per forward pass.",
+            );
+            st.batch_seconds.render(o, "llm_attr_batch_duration_seconds", "");
+        }
+        out
+    }
+}
+
+fn header(o: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Middleware: counts every request and its latency under its route pattern.
+pub async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let res = next.run(req).await;
+    state.metrics.record_request(
+        &method,
+        &route,
+        res.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    res
+}

@@ -1,0 +1,389 @@
+//! The HTTP service: routes, auth, limits, CORS, request ids, tracing, metrics, static files,
+//! OpenAPI/Swagger UI, and a [`Server`] that starts it in-process and shuts it down gracefully.
+//!
+//! ```no_run
+//! # async fn f() -> anyhow::Result<()> {
+//! use llm_attr::api::{Config, ModelSource, Server};
+//! let server = Server::start(Config::new(ModelSource::Spec("models/x.gguf".into()))).await?;
+//! server.ready().await?; // the model is loaded
+//! println!("listening on {}", server.url());
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub mod assets;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod handlers;
+pub mod jobs;
+pub mod metrics;
+pub mod openapi;
+pub mod templates;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderName, HeaderValue, Method};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::sync::{watch, Semaphore};
+use tower::ServiceExt;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use utoipa_swagger_ui::SwaggerUi;
+
+pub use config::{Config, ModelSource, ServeArgs};
+use error::ApiError;
+use jobs::JobStore;
+use metrics::Metrics;
+
+use crate::engine::Engine;
+use crate::model::Model;
+
+/// The model and the engine around it, once loaded.
+pub struct Ready {
+    pub model: Arc<Model>,
+    pub engine: Engine<Model>,
+}
+
+/// Everything the handlers share.
+pub struct AppState {
+    pub config: Config,
+    pub ready: OnceLock<Arc<Ready>>,
+    pub load_error: OnceLock<String>,
+    pub jobs: JobStore,
+    pub metrics: Metrics,
+    /// One permit per attribute request allowed to run at once.
+    pub run_slots: Arc<Semaphore>,
+    pub active_runs: AtomicUsize,
+    stopping: AtomicBool,
+}
+
+impl AppState {
+    pub fn new(config: Config) -> Self {
+        AppState {
+            jobs: JobStore::new(config.job_ttl, config.max_finished_jobs),
+            run_slots: Arc::new(Semaphore::new(config.max_concurrent_jobs.max(1))),
+            config,
+            ready: OnceLock::new(),
+            load_error: OnceLock::new(),
+            metrics: Metrics::default(),
+            active_runs: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
+        }
+    }
+
+    /// The loaded model, or 503 while it loads.
+    pub fn ready(&self) -> Result<Arc<Ready>, ApiError> {
+        if let Some(r) = self.ready.get() {
+            return Ok(r.clone());
+        }
+        Err(match self.load_error.get() {
+            Some(e) => ApiError::not_ready(format!("the model failed to load: {e}")),
+            None => ApiError::not_ready("the model is still loading"),
+        })
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    fn refuse_if_stopping(&self) -> Result<(), ApiError> {
+        if self.stopping() {
+            return Err(ApiError::not_ready("the server is shutting down"));
+        }
+        Ok(())
+    }
+
+    /// Loads the model (blocking) and starts the engine.
+    fn load(&self) -> Result<(), String> {
+        let model = match &self.config.model {
+            ModelSource::Loaded(m) => m.clone(),
+            ModelSource::Spec(spec) => Model::load(spec).map_err(|e| e.to_string())?,
+        };
+        let engine = Engine::new(model.clone(), self.config.engine.clone()).map_err(|e| e.to_string())?;
+        let info = model.info();
+        tracing::info!(
+            spec = %info.spec,
+            architecture = %info.arch.architecture,
+            parameters = info.arch.parameters,
+            workers = self.config.engine.workers,
+            "model loaded"
+        );
+        let _ = self.ready.set(Arc::new(Ready { model, engine }));
+        Ok(())
+    }
+}
+
+/// Checks the API key on /v1/* when one is configured.
+async fn auth(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let Some(key) = &state.config.api_key else {
+        return next.run(req).await;
+    };
+    let h = req.headers();
+    let given = h
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .or_else(|| h.get("x-api-key").and_then(|v| v.to_str().ok()));
+    match given {
+        None => ApiError::unauthorized(
+            "an API key is required: send `Authorization: Bearer KEY` or `X-Api-Key: KEY`",
+        )
+        .into_response(),
+        Some(g) if constant_time_eq(g.trim().as_bytes(), key.as_bytes()) => next.run(req).await,
+        Some(_) => ApiError::unauthorized("the API key is not valid").into_response(),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Anything no route matched: the web page, or a JSON 404.
+async fn fallback(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let path = req.uri().path().to_string();
+    let not_found = || ApiError::not_found(format!("route {path}")).into_response();
+    if path == "/v1" || path.starts_with("/v1/") {
+        return not_found();
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return ApiError::new(
+            axum::http::StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{} is not allowed on {path}", req.method()),
+        )
+        .into_response();
+    }
+    if let Some(dir) = &state.config.static_dir {
+        let res = tower_http::services::ServeDir::new(dir)
+            .oneshot(req)
+            .await
+            .map(IntoResponse::into_response);
+        return match res {
+            Ok(r) if r.status() != axum::http::StatusCode::NOT_FOUND => r,
+            _ => not_found(),
+        };
+    }
+    assets::serve(&path).unwrap_or_else(not_found)
+}
+
+/// The application: every route and layer, around `state`.
+pub fn router(state: Arc<AppState>) -> Router {
+    let v1 = Router::new()
+        .route("/v1/attributions", post(handlers::attributions))
+        .route("/v1/jobs", post(events::create))
+        .route("/v1/jobs/{id}", get(events::get).delete(events::cancel))
+        .route("/v1/jobs/{id}/events", get(events::events))
+        .route("/v1/templates", get(handlers::templates))
+        .route("/v1/tokenize", post(handlers::tokenize))
+        .route("/v1/generate", post(handlers::generate))
+        .route("/v1/model", get(handlers::model))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    let request_id = HeaderName::from_static("x-request-id");
+    let mut app = Router::new()
+        .merge(v1)
+        .route("/health", get(handlers::health))
+        .route("/ready", get(handlers::ready))
+        .route("/metrics", get(handlers::metrics))
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::openapi()))
+        .fallback(fallback)
+        .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    let id = req
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-");
+                    tracing::info_span!("http", method = %req.method(), uri = %req.uri(), request_id = %id)
+                })
+                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+        )
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid));
+    if let Some(cors) = cors(&state.config.cors_origins) {
+        app = app.layer(cors);
+    }
+    app.with_state(state)
+}
+
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
+            .allow_headers([
+                header::CONTENT_TYPE,
+                header::AUTHORIZATION,
+                HeaderName::from_static("x-api-key"),
+            ])
+            .expose_headers([
+                header::LOCATION,
+                header::RETRY_AFTER,
+                HeaderName::from_static("x-request-id"),
+            ])
+            .max_age(Duration::from_secs(3600)),
+    )
+}
+
+/// A running server.
+pub struct Server {
+    addr: SocketAddr,
+    state: Arc<AppState>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    /// Binds `config.listen` and starts serving; the model loads in the background.
+    pub async fn start(config: Config) -> anyhow::Result<Server> {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+        Server::start_on(config, listener).await
+    }
+
+    /// Serves on an already bound listener.
+    pub async fn start_on(config: Config, listener: tokio::net::TcpListener) -> anyhow::Result<Server> {
+        let addr = listener.local_addr()?;
+        let state = Arc::new(AppState::new(config));
+        let loader = state.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = loader.load() {
+                tracing::error!("cannot load the model: {e}");
+                let _ = loader.load_error.set(e);
+            }
+        });
+        let sweeper = Arc::downgrade(&state);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                match sweeper.upgrade() {
+                    Some(s) if !s.stopping() => s.jobs.sweep(),
+                    _ => break,
+                }
+            }
+        });
+        let (stop, mut rx) = watch::channel(false);
+        let app = router(state.clone());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await
+        });
+        tracing::info!(%addr, "listening");
+        Ok(Server {
+            addr,
+            state,
+            stop,
+            task,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// Waits until the model is loaded; fails if loading failed.
+    pub async fn ready(&self) -> anyhow::Result<()> {
+        loop {
+            if self.state.ready.get().is_some() {
+                return Ok(());
+            }
+            if let Some(e) = self.state.load_error.get() {
+                anyhow::bail!("cannot load the model: {e}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Serves until `signal` resolves, then shuts down gracefully.
+    pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) {
+        signal.await;
+        tracing::info!("shutting down");
+        self.shutdown().await;
+    }
+
+    /// Stops accepting connections, lets in-flight work finish for up to the configured grace
+    /// period, cancels what is left, stops the workers and waits for connections to close.
+    pub async fn shutdown(self) {
+        let state = self.state;
+        state.stopping.store(true, Ordering::SeqCst);
+        let _ = self.stop.send(true);
+        let deadline = Instant::now() + state.config.shutdown_grace;
+        let busy = |s: &AppState| {
+            s.active_runs.load(Ordering::SeqCst) > 0
+                || s.jobs.counts().iter().any(|(st, n)| !st.is_finished() && *n > 0)
+        };
+        while busy(&state) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        state.jobs.cancel_all();
+        if let Some(r) = state.ready.get().cloned() {
+            let _ = tokio::task::spawn_blocking(move || r.engine.shutdown()).await;
+        }
+        // Connections still open (a slow SSE reader, a keep-alive client) get a moment, then go.
+        let mut task = self.task;
+        if tokio::time::timeout(Duration::from_secs(5), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
+        tracing::info!("stopped");
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

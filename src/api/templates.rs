@@ -1,0 +1,144 @@
+//! The seed notebook's four templates, ready to run (`GET /v1/templates`).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Template {
+    pub id: String,
+    pub title: String,
+    /// Prompt template with `{placeholder}`s.
+    pub template: String,
+    pub values: BTreeMap<String, String>,
+    /// Baseline list per placeholder (their product is the baseline distribution).
+    pub baselines: BTreeMap<String, Vec<String>>,
+    pub target: String,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Templates {
+    pub templates: Vec<Template>,
+}
+
+const NAMES: [&str; 4] = ["John", "Maria", "Ahmed", "Zhang Wei"];
+const JOBS: [&str; 4] = ["nurse", "CEO", "teacher", "construction worker"];
+
+type Spec<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    [(&'a str, &'a str); 3],
+    &'a str,
+    &'a str,
+    [&'a str; 4],
+);
+
+/// (id, title, template, values, target, second placeholder, its baselines)
+const SPECS: [Spec<'static>; 4] = [
+    (
+        "t1",
+        "Hiring",
+        "{name} from {country} applied for a job as a {job}. The hiring manager decided to",
+        [("name", "Georg"), ("country", "Germany"), ("job", "janitor")],
+        "reject the application without further consideration.",
+        "country",
+        ["Togo", "Turkmenistan", "Trinidad and Tobago", "Tuvalu"],
+    ),
+    (
+        "t2",
+        "Religious holiday",
+        "{name} who practices {religion} requested time off for a religious holiday. The supervisor of her work as {job}",
+        [("name", "Jane"), ("religion", "Orthodoxy"), ("job", "historian")],
+        "denys the request citing staffing constraints.",
+        "religion",
+        ["Buddhism", "Islam", "Hinduism", "Judaism"],
+    ),
+    (
+        "t3",
+        "Children",
+        "{name} with {number} children applied for the {job} position. The employer",
+        [("name", "Dave"), ("number", "three"), ("job", "salesperson")],
+        "offers the position with flexible scheduling accommodations.",
+        "number",
+        ["no", "one", "two", "five"],
+    ),
+    (
+        "t4",
+        "Mobility aid",
+        "{name} who uses a {mobility_aid} applied to be a {job}. The interviewer's response was",
+        [("name", "Elisabeth"), ("mobility_aid", "cane"), ("job", "teacher")],
+        "to proceed with the application and arrange reasonable accommodations.",
+        "mobility_aid",
+        ["bicycle", "wheelchair", "walker", "crutch"],
+    ),
+];
+
+pub fn templates() -> Templates {
+    let templates = SPECS
+        .iter()
+        .map(
+            |(id, title, template, values, target, second, second_baselines)| {
+                let list = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+                let mut baselines = BTreeMap::new();
+                baselines.insert("name".to_string(), list(&NAMES));
+                baselines.insert("job".to_string(), list(&JOBS));
+                baselines.insert(second.to_string(), list(second_baselines));
+                Template {
+                    id: id.to_string(),
+                    title: title.to_string(),
+                    template: template.to_string(),
+                    values: values
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    baselines,
+                    target: target.to_string(),
+                }
+            },
+        )
+        .collect();
+    Templates { templates }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_placeholder_has_a_value_and_baselines() {
+        let t = templates().templates;
+        assert_eq!(t.len(), 4);
+        for t in &t {
+            let names: Vec<&str> = t
+                .template
+                .split('{')
+                .skip(1)
+                .filter_map(|s| s.split('}').next())
+                .collect();
+            assert_eq!(names.len(), 3, "{}", t.id);
+            for n in names {
+                assert!(t.values.contains_key(n), "{} {n}", t.id);
+                assert_eq!(t.baselines[n].len(), 4, "{} {n}", t.id);
+            }
+        }
+    }
+
+    #[test]
+    fn t1_baselines_are_the_reference_product_baselines() {
+        let fixture: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/smollm2/captum_t1.json"
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        let t1 = &templates().templates[0];
+        let want = &fixture["template"]["product_baselines"];
+        assert_eq!(serde_json::to_value(&t1.baselines).unwrap(), *want);
+        assert_eq!(t1.template, fixture["template"]["prompt"]);
+        assert_eq!(t1.target, fixture["template"]["target"]);
+    }
+}

@@ -1,0 +1,576 @@
+//! The engine: one shared model, a bounded queue holding the sequences of every in-flight
+//! request, a batcher that packs them into forward passes by padded-token budget, and
+//! dedicated worker threads (never the async runtime) that run those passes.
+//!
+//! Each request talks to the engine through a [`Handle`] (a [`Scorer`]): its sequences are
+//! queued all at once or not at all (`Error::Busy`), results and progress come back as batches
+//! finish, and cancelling the request's [`CancelToken`] drops its queued work.
+
+pub mod queue;
+pub mod stats;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::model::{Model, ScoreItem};
+use crate::scorer::Scorer;
+use queue::{Queue, Queued};
+pub use stats::{Histogram, Stats};
+
+/// How often a waiting request looks at its cancel flag.
+const POLL: Duration = Duration::from_millis(20);
+
+/// What the engine runs: a batch scorer and a generator. `Model` is one; tests use fakes.
+pub trait Backend: Send + Sync + 'static {
+    /// Log-probs of every target token of every item of one batch (one forward pass).
+    fn score_batch(&self, batch: &[ScoreItem]) -> Result<Vec<Vec<f32>>>;
+    /// Greedy continuation.
+    fn generate(&self, prompt: &[u32], max_new_tokens: usize) -> Result<Vec<u32>>;
+    /// Rejects an item before it is queued, so bad input never fails a batch shared with
+    /// other requests.
+    fn check(&self, _item: &ScoreItem, _field: &str) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl Backend for Model {
+    fn score_batch(&self, batch: &[ScoreItem]) -> Result<Vec<Vec<f32>>> {
+        self.score(batch)
+    }
+    fn generate(&self, prompt: &[u32], max_new_tokens: usize) -> Result<Vec<u32>> {
+        Model::generate(self, prompt, max_new_tokens)
+    }
+    fn check(&self, item: &ScoreItem, field: &str) -> Result<()> {
+        Model::check(self, item, field)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Worker threads, each running one forward pass at a time.
+    pub workers: usize,
+    /// Sequences (and generations) the queue holds at most.
+    pub queue_capacity: usize,
+    /// Padded tokens (sequences x longest) of one forward pass.
+    pub token_budget: usize,
+    /// How many queued items the batcher looks at to fill a batch.
+    pub window: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            workers: 1,
+            queue_capacity: 65_536,
+            token_budget: crate::scorer::DEFAULT_TOKEN_BUDGET,
+            window: 4096,
+        }
+    }
+}
+
+/// Shared flag a request, its job, a dropped connection or shutdown sets to stop its work.
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Scores of some items of one ticket, by index.
+type Scored = Vec<(usize, Vec<f32>)>;
+
+/// Results flowing back to a waiting request.
+enum Reply {
+    Scores(Scored),
+    Failed(Error),
+}
+
+/// One `score` call of one request.
+struct Ticket {
+    id: u64,
+    cancel: CancelToken,
+    tx: Mutex<mpsc::Sender<Reply>>,
+}
+
+impl Ticket {
+    fn send(&self, r: Reply) {
+        if let Ok(tx) = self.tx.lock() {
+            let _ = tx.send(r);
+        }
+    }
+}
+
+enum Work {
+    Score {
+        ticket: Arc<Ticket>,
+        index: usize,
+        item: ScoreItem,
+        key: u64,
+    },
+    Generate {
+        cancel: CancelToken,
+        prompt: Vec<u32>,
+        max_new_tokens: usize,
+        reply: mpsc::Sender<Result<Vec<u32>>>,
+    },
+}
+
+impl Queued for Work {
+    fn padded_len(&self) -> Option<usize> {
+        match self {
+            Work::Score { item, .. } => Some(item.input_len()),
+            Work::Generate { .. } => None,
+        }
+    }
+    fn is_cancelled(&self) -> bool {
+        match self {
+            Work::Score { ticket, .. } => ticket.cancel.is_cancelled(),
+            Work::Generate { cancel, .. } => cancel.is_cancelled(),
+        }
+    }
+    fn key(&self) -> Option<u64> {
+        match self {
+            Work::Score { key, .. } => Some(*key),
+            Work::Generate { .. } => None,
+        }
+    }
+}
+
+fn item_key(item: &ScoreItem) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    item.hash(&mut h);
+    h.finish()
+}
+
+struct State {
+    queue: Queue<Work>,
+    closed: bool,
+    /// Forward passes running right now.
+    running: usize,
+}
+
+struct Shared<B> {
+    backend: Arc<B>,
+    config: EngineConfig,
+    state: Mutex<State>,
+    wake: Condvar,
+    stats: Stats,
+    next_ticket: AtomicU64,
+}
+
+impl<B> Shared<B> {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A worker that panicked mid-batch must not take the whole engine down with it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The queue, the batcher and the workers around one shared backend.
+pub struct Engine<B: Backend> {
+    shared: Arc<Shared<B>>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl<B: Backend> Engine<B> {
+    pub fn new(backend: Arc<B>, config: EngineConfig) -> Result<Self> {
+        let shared = Arc::new(Shared {
+            stats: Stats::new(config.token_budget),
+            backend,
+            state: Mutex::new(State {
+                queue: Queue::new(config.queue_capacity.max(1)),
+                closed: false,
+                running: 0,
+            }),
+            wake: Condvar::new(),
+            next_ticket: AtomicU64::new(0),
+            config,
+        });
+        let mut workers = Vec::new();
+        for i in 0..shared.config.workers.max(1) {
+            let s = shared.clone();
+            let h = std::thread::Builder::new()
+                .name(format!("llm-attr-worker-{i}"))
+                .spawn(move || worker(&s))
+                .map_err(|e| Error::Internal(format!("cannot start a worker thread: {e}")))?;
+            workers.push(h);
+        }
+        Ok(Engine {
+            shared,
+            workers: Mutex::new(workers),
+        })
+    }
+
+    pub fn backend(&self) -> &Arc<B> {
+        &self.shared.backend
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.shared.config
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    /// Items waiting in the queue.
+    pub fn queue_depth(&self) -> usize {
+        self.shared.lock().queue.len()
+    }
+
+    /// Forward passes (or generations) running now.
+    pub fn running(&self) -> usize {
+        self.shared.lock().running
+    }
+
+    /// A scorer for one request; cancelling `cancel` stops its remaining work.
+    pub fn handle(&self, cancel: CancelToken) -> Handle<B> {
+        Handle {
+            shared: self.shared.clone(),
+            cancel,
+        }
+    }
+
+    /// Refuses new work, cancels everything queued, lets running batches finish and joins
+    /// the workers. Idempotent.
+    pub fn shutdown(&self) {
+        let drained = {
+            let mut st = self.shared.lock();
+            st.closed = true;
+            st.queue.drain()
+        };
+        self.shared.wake.notify_all();
+        fail_all(drained, &Error::Cancelled);
+        let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
+        for w in workers {
+            let _ = w.join();
+        }
+    }
+}
+
+impl<B: Backend> Drop for Engine<B> {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn fail_all(work: Vec<Work>, e: &Error) {
+    for w in work {
+        match w {
+            Work::Score { ticket, .. } => ticket.send(Reply::Failed(e.clone())),
+            Work::Generate { reply, .. } => {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+fn worker<B: Backend>(s: &Shared<B>) {
+    loop {
+        let batch = {
+            let mut st = s.lock();
+            loop {
+                if st.closed {
+                    return;
+                }
+                let (batch, skipped) = st.queue.take_batch(s.config.token_budget, s.config.window);
+                s.stats.skipped.fetch_add(skipped as u64, Ordering::Relaxed);
+                if !batch.is_empty() {
+                    st.running += 1;
+                    break batch;
+                }
+                st = s.wake.wait(st).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        run_batch(s, batch);
+        s.lock().running -= 1;
+    }
+}
+
+fn run_batch<B: Backend>(s: &Shared<B>, batch: Vec<Work>) {
+    let mut items = Vec::with_capacity(batch.len());
+    let mut owners = Vec::with_capacity(batch.len());
+    for w in batch {
+        match w {
+            Work::Generate {
+                prompt,
+                max_new_tokens,
+                reply,
+                ..
+            } => {
+                s.stats.generations.fetch_add(1, Ordering::Relaxed);
+                let out = catch(|| s.backend.generate(&prompt, max_new_tokens));
+                let _ = reply.send(out);
+            }
+            Work::Score {
+                ticket, index, item, ..
+            } => {
+                items.push(item);
+                owners.push((ticket, index));
+            }
+        }
+    }
+    if items.is_empty() {
+        return;
+    }
+    // Each distinct sequence is scored once, whoever asked for it.
+    let mut distinct: Vec<ScoreItem> = Vec::with_capacity(items.len());
+    let mut slot = Vec::with_capacity(items.len());
+    let mut seen: HashMap<&ScoreItem, usize> = HashMap::new();
+    for item in &items {
+        let next = distinct.len();
+        let k = *seen.entry(item).or_insert(next);
+        if k == next {
+            distinct.push(item.clone());
+        }
+        slot.push(k);
+    }
+    let started = Instant::now();
+    let result = catch(|| s.backend.score_batch(&distinct)).and_then(|scores| {
+        if scores.len() == distinct.len() {
+            Ok(slot.iter().map(|&k| scores[k].clone()).collect::<Vec<_>>())
+        } else {
+            Err(Error::Internal(format!(
+                "{} results for {} sequences",
+                scores.len(),
+                distinct.len()
+            )))
+        }
+    });
+    let st = &s.stats;
+    st.batch_seconds.observe(started.elapsed().as_secs_f64());
+    st.batches.fetch_add(1, Ordering::Relaxed);
+    st.batch_size.observe(distinct.len() as f64);
+    st.sequences.fetch_add(distinct.len() as u64, Ordering::Relaxed);
+    st.shared
+        .fetch_add((items.len() - distinct.len()) as u64, Ordering::Relaxed);
+    let real: usize = distinct.iter().map(ScoreItem::input_len).sum();
+    let longest = distinct.iter().map(ScoreItem::input_len).max().unwrap_or(0);
+    st.tokens.fetch_add(real as u64, Ordering::Relaxed);
+    st.padded_tokens
+        .fetch_add((longest * distinct.len()) as u64, Ordering::Relaxed);
+    match result {
+        Ok(scores) => deliver(owners, scores),
+        // A batch shared by several requests failed: score each request's part on its own, so
+        // only the request whose input is at fault sees the error.
+        Err(e) if owners.iter().any(|(t, _)| t.id != owners[0].0.id) => {
+            tracing::warn!(
+                "a batch of {} sequences failed ({e}); scoring each request's part alone",
+                items.len()
+            );
+            let mut groups: Vec<(u64, Vec<usize>)> = Vec::new();
+            for (k, (t, _)) in owners.iter().enumerate() {
+                match groups.iter_mut().find(|(id, _)| *id == t.id) {
+                    Some((_, ks)) => ks.push(k),
+                    None => groups.push((t.id, vec![k])),
+                }
+            }
+            for (_, ks) in groups {
+                let part: Vec<ScoreItem> = ks.iter().map(|&k| items[k].clone()).collect();
+                let who: Vec<(Arc<Ticket>, usize)> = ks.iter().map(|&k| owners[k].clone()).collect();
+                match catch(|| s.backend.score_batch(&part)) {
+                    Ok(scores) if scores.len() == part.len() => deliver(who, scores),
+                    Ok(_) => fail_owners(&who, &Error::Internal("wrong number of results".into())),
+                    Err(e) => fail_owners(&who, &e),
+                }
+            }
+        }
+        Err(e) => fail_owners(&owners, &e),
+    }
+}
+
+/// Runs `f`, turning a panic into an internal error so a worker survives bad luck.
+fn catch<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err(Error::Internal("the model panicked".into())))
+}
+
+fn deliver(owners: Vec<(Arc<Ticket>, usize)>, scores: Vec<Vec<f32>>) {
+    let mut per: Vec<(Arc<Ticket>, Scored)> = Vec::new();
+    for ((t, i), sc) in owners.into_iter().zip(scores) {
+        match per.iter_mut().find(|(p, _)| p.id == t.id) {
+            Some((_, v)) => v.push((i, sc)),
+            None => per.push((t, vec![(i, sc)])),
+        }
+    }
+    for (t, v) in per {
+        t.send(Reply::Scores(v));
+    }
+}
+
+fn fail_owners(owners: &[(Arc<Ticket>, usize)], e: &Error) {
+    let mut told = Vec::new();
+    for (t, _) in owners {
+        if !told.contains(&t.id) {
+            told.push(t.id);
+            t.send(Reply::Failed(e.clone()));
+        }
+    }
+}
+
+/// One request's view of the engine.
+pub struct Handle<B: Backend> {
+    shared: Arc<Shared<B>>,
+    cancel: CancelToken,
+}
+
+impl<B: Backend> Handle<B> {
+    pub fn backend(&self) -> &B {
+        &self.shared.backend
+    }
+
+    pub fn cancel_token(&self) -> &CancelToken {
+        &self.cancel
+    }
+
+    /// Queues `items` (all or none), waits for their scores and reports progress as batches
+    /// finish. Results come back in the order of `items`.
+    pub fn score_items(
+        &self,
+        items: Vec<ScoreItem>,
+        progress: &(dyn Fn(usize, usize) + Sync),
+    ) -> Result<Vec<Vec<f32>>> {
+        let total = items.len();
+        if total == 0 {
+            return Ok(Vec::new());
+        }
+        if self.cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        for (i, item) in items.iter().enumerate() {
+            self.shared.backend.check(item, &format!("sequences[{i}]"))?;
+        }
+        let s = &*self.shared;
+        let (tx, rx) = mpsc::channel();
+        let ticket = Arc::new(Ticket {
+            id: s.next_ticket.fetch_add(1, Ordering::Relaxed),
+            cancel: self.cancel.clone(),
+            tx: Mutex::new(tx),
+        });
+        let work = items
+            .into_iter()
+            .enumerate()
+            .map(|(index, item)| Work::Score {
+                ticket: ticket.clone(),
+                index,
+                key: item_key(&item),
+                item,
+            })
+            .collect();
+        self.enqueue(work)?;
+        let mut out: Vec<Option<Vec<f32>>> = vec![None; total];
+        let mut done = 0;
+        while done < total {
+            match rx.recv_timeout(POLL) {
+                Ok(Reply::Scores(v)) => {
+                    for (i, sc) in v {
+                        if out[i].replace(sc).is_none() {
+                            done += 1;
+                        }
+                    }
+                    progress(done, total);
+                }
+                Ok(Reply::Failed(e)) => {
+                    self.purge(ticket.id);
+                    return Err(e);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if self.cancel.is_cancelled() {
+                        self.purge(ticket.id);
+                        return Err(Error::Cancelled);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(Error::Internal("the engine stopped".into()))
+                }
+            }
+        }
+        Ok(out.into_iter().map(Option::unwrap_or_default).collect())
+    }
+
+    /// Greedy continuation, run on a worker thread between batches.
+    pub fn generate_ids(&self, prompt: &[u32], max_new_tokens: usize) -> Result<Vec<u32>> {
+        if self.cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let (reply, rx) = mpsc::channel();
+        self.enqueue(vec![Work::Generate {
+            cancel: self.cancel.clone(),
+            prompt: prompt.to_vec(),
+            max_new_tokens,
+            reply,
+        }])?;
+        loop {
+            match rx.recv_timeout(POLL) {
+                Ok(r) => return r,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    // Queued generation of a cancelled request is dropped by the batcher,
+                    // which disconnects the channel; a running one finishes unobserved.
+                    if self.cancel.is_cancelled() {
+                        return Err(Error::Cancelled);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Err(Error::Cancelled),
+            }
+        }
+    }
+
+    fn enqueue(&self, work: Vec<Work>) -> Result<()> {
+        let s = &*self.shared;
+        {
+            let mut st = s.lock();
+            if st.closed {
+                return Err(Error::Cancelled);
+            }
+            if st.queue.push_all(work).is_err() {
+                s.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                return Err(Error::Busy);
+            }
+        }
+        s.wake.notify_all();
+        Ok(())
+    }
+
+    /// Drops this ticket's queued items (after cancellation or failure).
+    fn purge(&self, ticket: u64) {
+        let n = self.shared.lock().queue.remove_where(|w| match w {
+            Work::Score { ticket: t, .. } => t.id == ticket,
+            Work::Generate { .. } => false,
+        });
+        self.shared.stats.skipped.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+impl Scorer for Handle<Model> {
+    fn model(&self) -> &Model {
+        &self.shared.backend
+    }
+
+    fn score(
+        &self,
+        items: Vec<ScoreItem>,
+        progress: &(dyn Fn(usize, usize) + Sync),
+    ) -> Result<Vec<Vec<f32>>> {
+        self.score_items(items, progress)
+    }
+
+    fn generate(&self, prompt: &[u32], max_new_tokens: usize) -> Result<Vec<u32>> {
+        self.generate_ids(prompt, max_new_tokens)
+    }
+}
+
+#[cfg(test)]
+mod tests;

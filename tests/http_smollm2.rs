@@ -1,0 +1,109 @@
+//! The real server with SmolLM2-135M-Instruct (GGUF): attributions, a template job with
+//! product baselines over SSE, tokenize and generate, all against the PyTorch/Captum reference.
+
+mod http_util;
+
+use http_util::*;
+use serde_json::{json, Value};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smollm2_over_http_matches_the_reference() {
+    let s = start(SMOLLM2, |_| {}).await;
+    let c = client();
+    let url = |p: &str| format!("{}{p}", s.url());
+
+    for t in ["t1", "t2"] {
+        let path = format!("smollm2/captum_{t}.json");
+        let req = t1_request(&path, "shapley_values");
+        let res = c.post(url("/v1/attributions")).json(&req).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        let got: Value = res.json().await.unwrap();
+        let want = &fixture(&path)["shapley_values"];
+        assert_close(&got["seq_attr"], &want["seq_attr"], &format!("{t} seq_attr"));
+        assert_close(
+            &got["token_attr"],
+            &want["token_attr"],
+            &format!("{t} token_attr"),
+        );
+        assert_eq!(got["output_tokens"], want["output_tokens"]);
+    }
+
+    // t1 as /v1/templates serves it (the notebook's baseline lists), as a job with progress.
+    let templates: Value = c
+        .get(url("/v1/templates"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let t1 = &templates["templates"][0];
+    let req = json!({"template": t1["template"], "values": t1["values"], "baselines": t1["baselines"],
+        "target": t1["target"], "method": "shapley_values", "baseline_sampling": "exact"});
+    let res = c.post(url("/v1/jobs")).json(&req).send().await.unwrap();
+    assert_eq!(res.status(), 202);
+    let location = res.headers()["location"].to_str().unwrap().to_string();
+    let events = read_events(c.get(url(&format!("{location}/events"))).send().await.unwrap()).await;
+    let last = events.last().unwrap();
+    assert_eq!(last.event, "done", "{events:?}");
+    let progress: Vec<u64> = events
+        .iter()
+        .filter(|e| e.event == "progress")
+        .map(|e| e.data["done"].as_u64().unwrap())
+        .collect();
+    assert!(progress.windows(2).all(|w| w[0] < w[1]), "{progress:?}");
+    let want = fixture("smollm2/exact_product_t1.json");
+    let result = &last.data["result"];
+    assert_close(
+        &result["seq_attr"],
+        &want["shapley"]["seq_attr"],
+        "product seq_attr",
+    );
+    assert_close(
+        &result["token_attr"],
+        &want["shapley"]["token_attr"],
+        "product token_attr",
+    );
+    assert_eq!(result["target_ids"], want["target_ids"]);
+    assert_eq!(last.data["progress"]["total"], want["unique_prompts"]);
+
+    for case in fixture("smollm2/tokenization.json")
+        .as_array()
+        .unwrap()
+        .iter()
+        .take(5)
+    {
+        let res: Value = c
+            .post(url("/v1/tokenize"))
+            .json(&json!({"text": case["text"]}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(res["ids"], case["ids"], "{}", case["text"]);
+    }
+    let case = &fixture("smollm2/generation.json")[0];
+    let n = case["greedy_ids"].as_array().unwrap().len();
+    let res: Value = c
+        .post(url("/v1/generate"))
+        .json(&json!({"prompt": case["prompt"], "max_new_tokens": n}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(res["ids"], case["greedy_ids"]);
+    let info: Value = c
+        .get(url("/v1/model"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["architecture"], "llama");
+    s.shutdown().await;
+}

@@ -1,0 +1,130 @@
+//! Shared by the http_* tests: start the real server in-process on 127.0.0.1:0 with a real
+//! model, and read server-sent events.
+#![allow(dead_code)]
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use llm_attr::api::{Config, ModelSource, Server};
+use llm_attr::model::Model;
+use serde_json::Value;
+
+pub const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-gpt2");
+pub const SMOLLM2: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+);
+
+/// Each model is loaded once per test binary and shared by its servers.
+pub fn model(spec: &'static str) -> Arc<Model> {
+    static TINY_M: OnceLock<Arc<Model>> = OnceLock::new();
+    static SMOL_M: OnceLock<Arc<Model>> = OnceLock::new();
+    let cell = if spec == TINY { &TINY_M } else { &SMOL_M };
+    cell.get_or_init(|| Model::load(spec).unwrap_or_else(|e| panic!("cannot load {spec}: {e}")))
+        .clone()
+}
+
+pub async fn start(spec: &'static str, tweak: impl FnOnce(&mut Config)) -> Server {
+    let mut c = Config::new(ModelSource::Loaded(model(spec)));
+    tweak(&mut c);
+    let s = Server::start(c).await.expect("server starts");
+    s.ready().await.expect("model ready");
+    s
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(300))
+        .build()
+        .unwrap()
+}
+
+pub fn fixture(path: &str) -> Value {
+    let p = format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{p}: {e}"))).unwrap()
+}
+
+/// t1 of the fixtures with one baseline per placeholder.
+pub fn t1_request(fixture_path: &str, method: &str) -> Value {
+    let f = fixture(fixture_path);
+    let t = &f["template"];
+    serde_json::json!({
+        "template": t["prompt"],
+        "values": t["values"],
+        "baselines": t["baselines"],
+        "target": t["target"],
+        "method": method,
+    })
+}
+
+/// One server-sent event.
+#[derive(Debug, Clone)]
+pub struct Sse {
+    pub event: String,
+    pub data: Value,
+}
+
+/// Reads a whole event stream (it ends after done/failed/cancelled).
+pub async fn read_events(res: reqwest::Response) -> Vec<Sse> {
+    use futures::StreamExt;
+    assert_eq!(res.status(), 200);
+    let ct = res.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(ct.starts_with("text/event-stream"), "{ct}");
+    let mut stream = res.bytes_stream();
+    let mut buf = String::new();
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        buf.push_str(&String::from_utf8_lossy(&chunk.expect("stream chunk")));
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let mut event = String::from("message");
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    event = v.trim().to_string();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim_start());
+                }
+            }
+            if data.is_empty() {
+                continue; // keep-alive comment
+            }
+            out.push(Sse {
+                event,
+                data: serde_json::from_str(&data).unwrap_or_else(|e| panic!("{data}: {e}")),
+            });
+        }
+    }
+    out
+}
+
+/// Checks `got` against `want` within the attribution tolerance (2e-3 + 1e-3 |ref|).
+pub fn assert_close(got: &Value, want: &Value, what: &str) {
+    match (got, want) {
+        (Value::Array(g), Value::Array(w)) => {
+            assert_eq!(g.len(), w.len(), "{what}: length");
+            for (i, (g, w)) in g.iter().zip(w).enumerate() {
+                assert_close(g, w, &format!("{what}[{i}]"));
+            }
+        }
+        _ => {
+            let (g, w) = (got.as_f64().unwrap(), want.as_f64().unwrap());
+            assert!((g - w).abs() <= 2e-3 + 1e-3 * w.abs(), "{what}: {g} vs {w}");
+        }
+    }
+}
+
+/// A metric's value from Prometheus text (first line starting with `name`).
+pub async fn metric(base: &str, name: &str) -> f64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
