@@ -8,7 +8,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::attribution::evaluator::{exact_count, SequenceEvaluator};
 use crate::attribution::{self, Evaluator, MAX_EXACT_FEATURES};
 use crate::error::{Error, Result};
-use crate::input::{tokens::pretty_tokens, Input};
+use crate::input::Input;
 use crate::request::{AttributeRequest, AttributeResponse, BaselineSampling, Method};
 use crate::scorer::Scorer;
 
@@ -219,7 +219,7 @@ pub fn run(
             None => tokenizer.decode(&target_ids)?,
         },
         generated_target: generated,
-        output_tokens: pretty_tokens(tokenizer, &target_ids),
+        output_tokens: tokenizer.pretty_tokens(&target_ids),
         target_ids,
         features: input.features.clone(),
         target_log_prob: log_probs.iter().sum(),
