@@ -14,6 +14,7 @@ use candle_nn::kv_cache::KvCache;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::model::ops::{self, Activation};
 use crate::model::{ArchInfo, Architecture};
 
 /// The fields of a GPT-2 `config.json` the forward pass needs.
@@ -51,15 +52,6 @@ fn default_activation() -> String {
 
 fn yes() -> bool {
     true
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Activation {
-    /// tanh approximation (`gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`).
-    GeluTanh,
-    /// exact erf GELU (`gelu`).
-    GeluErf,
-    Relu,
 }
 
 impl Config {
@@ -147,90 +139,14 @@ struct Conv1D {
 impl Conv1D {
     /// `act(x @ weight + bias)`; bias and activation in one parallel pass.
     fn forward(&self, x: &Tensor, act: Option<Activation>) -> candle_core::Result<Tensor> {
-        x.matmul(&self.weight)?
-            .apply_op2_no_bwd(&self.bias, &BiasAct(act))
+        ops::bias_act(&x.matmul(&self.weight)?, &self.bias, act)
     }
-}
-
-/// `gelu_new(x) = 0.5 x (1 + tanh(u)) = x * sigmoid(2u)`, `u = sqrt(2/pi) (x + 0.044715 x^3)`:
-/// one `exp` instead of a `tanh`.
-#[inline]
-fn gelu_tanh(x: f32) -> f32 {
-    const K: f32 = 0.797_884_6; // sqrt(2/pi)
-    let u = K * (x + 0.044_715 * x * x * x);
-    x / (1.0 + (-2.0 * u).exp())
-}
-
-#[inline]
-fn gelu_erf(x: f32) -> f32 {
-    (0.5 * x as f64 * (1.0 + candle_core::cpu::erf::erf_f64(x as f64 / std::f64::consts::SQRT_2))) as f32
 }
 
 /// `gelu_new(x + bias)` for a contiguous f32 `[rows, out]` tensor and an `[out]` bias, in one
 /// parallel pass (what GPT-2's MLP runs; public for the benchmark).
 pub fn bias_gelu(x: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
-    x.apply_op2_no_bwd(bias, &BiasAct(Some(Activation::GeluTanh)))
-}
-
-/// Adds a `[out]` bias to every row of a contiguous `[rows, out]` f32 tensor and applies an
-/// activation, spread over the rayon pool (candle's elementwise ops run on one thread).
-struct BiasAct(Option<Activation>);
-
-impl candle_core::CustomOp2 for BiasAct {
-    fn name(&self) -> &'static str {
-        "bias-act"
-    }
-
-    fn cpu_fwd(
-        &self,
-        x: &candle_core::CpuStorage,
-        xl: &candle_core::Layout,
-        b: &candle_core::CpuStorage,
-        bl: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use candle_core::CpuStorage;
-        use rayon::prelude::*;
-        let (CpuStorage::F32(x), CpuStorage::F32(b)) = (x, b) else {
-            candle_core::bail!("bias-act: f32 only");
-        };
-        let (Some((x0, x1)), Some((b0, b1))) = (xl.contiguous_offsets(), bl.contiguous_offsets()) else {
-            candle_core::bail!("bias-act: contiguous tensors only");
-        };
-        let (x, b) = (&x[x0..x1], &b[b0..b1]);
-        let width = b.len();
-        if width == 0 || xl.dims().last() != Some(&width) {
-            candle_core::bail!("bias-act: shape {:?} does not end with {width}", xl.dims());
-        }
-        let mut out = vec![0f32; x.len()];
-        // Rows in chunks of about 16k values: enough work per task, enough tasks per core.
-        let rows = (16384 / width).max(1);
-        let act = self.0;
-        out.par_chunks_mut(rows * width)
-            .zip(x.par_chunks(rows * width))
-            .for_each(|(o, x)| {
-                for (o, x) in o.chunks_exact_mut(width).zip(x.chunks_exact(width)) {
-                    match act {
-                        None => o.iter_mut().zip(x).zip(b).for_each(|((o, &x), &b)| *o = x + b),
-                        Some(Activation::GeluTanh) => o
-                            .iter_mut()
-                            .zip(x)
-                            .zip(b)
-                            .for_each(|((o, &x), &b)| *o = gelu_tanh(x + b)),
-                        Some(Activation::GeluErf) => o
-                            .iter_mut()
-                            .zip(x)
-                            .zip(b)
-                            .for_each(|((o, &x), &b)| *o = gelu_erf(x + b)),
-                        Some(Activation::Relu) => o
-                            .iter_mut()
-                            .zip(x)
-                            .zip(b)
-                            .for_each(|((o, &x), &b)| *o = (x + b).max(0.0)),
-                    }
-                }
-            });
-        Ok((CpuStorage::F32(out), xl.shape().clone()))
-    }
+    ops::bias_act(x, bias, Some(Activation::GeluTanh))
 }
 
 struct Block {
@@ -594,38 +510,6 @@ pub fn load(config: &Path, weights: &[PathBuf]) -> Result<Gpt2> {
 mod tests {
     use super::*;
 
-    /// The fused bias + activation op equals candle's own ops on odd shapes (rows not a
-    /// multiple of the chunk size), including large |x| where exp overflows.
-    #[test]
-    fn bias_act_matches_reference_ops() {
-        let dev = Device::Cpu;
-        let x = (Tensor::randn(0f32, 3.0, (37, 301), &dev).unwrap() * 1.0).unwrap();
-        let x = Tensor::cat(&[&x, &Tensor::full(-200f32, (1, 301), &dev).unwrap()], 0).unwrap();
-        let x = Tensor::cat(&[&x, &Tensor::full(200f32, (1, 301), &dev).unwrap()], 0).unwrap();
-        let b = Tensor::randn(0f32, 1.0, 301, &dev).unwrap();
-        let plain = x.broadcast_add(&b).unwrap();
-        let cases: [(Option<Activation>, Tensor); 4] = [
-            (None, plain.clone()),
-            (Some(Activation::GeluTanh), plain.gelu().unwrap()),
-            (Some(Activation::GeluErf), plain.gelu_erf().unwrap()),
-            (Some(Activation::Relu), plain.relu().unwrap()),
-        ];
-        for (act, want) in cases {
-            let got = x.apply_op2_no_bwd(&b, &BiasAct(act)).unwrap();
-            let diff = (got - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert!(diff < 2e-5, "{act:?}: max difference {diff}");
-        }
-    }
-
     /// Feeding a sequence in chunks through the KV cache (masks with a past) gives the hidden
     /// states of one full pass.
     #[test]
@@ -653,16 +537,7 @@ mod tests {
             parts.push(m.forward(&chunk, start, Some(&mut cache)).unwrap());
         }
         let chunked = Tensor::cat(&parts, 0).unwrap();
-        let diff = (full - chunked)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = ops::max_abs_diff(&full, &chunked);
         assert!(diff < 1e-4, "max difference {diff}");
         // Past the context length: an error, not a panic.
         let over = Tensor::new(&[1u32, 2], &m.device).unwrap().unsqueeze(0).unwrap();
@@ -686,16 +561,7 @@ mod tests {
             .unwrap();
         let direct = m.hidden_rows(&ids, &rows).unwrap();
         assert_eq!(direct.dims(), &[6, 64]);
-        let diff = (picked - direct)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = ops::max_abs_diff(&picked, &direct);
         assert!(diff < 1e-5, "max difference {diff}");
     }
 

@@ -1,7 +1,7 @@
 //! Fused CPU kernels for the hot elementwise steps that candle would run as several
 //! single-threaded passes, each allocating a full-size tensor.
 
-use candle_core::{bail, Device, Result, Storage, Tensor};
+use candle_core::{bail, CpuStorage, Device, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
 /// Runs `f` on the f32 data of a contiguous CPU tensor.
@@ -68,6 +68,103 @@ pub fn target_logprobs(logits: &Tensor, targets: &[u32]) -> Result<Vec<f32>> {
     })
 }
 
+/// The activation fused into [`bias_act`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Activation {
+    /// tanh approximation (`gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`).
+    GeluTanh,
+    /// exact erf GELU (`gelu`).
+    GeluErf,
+    Relu,
+}
+
+/// `gelu_new(x) = 0.5 x (1 + tanh(u)) = x * sigmoid(2u)`, `u = sqrt(2/pi) (x + 0.044715 x^3)`:
+/// one `exp` instead of a `tanh`.
+#[inline]
+fn gelu_tanh(x: f32) -> f32 {
+    const K: f32 = 0.797_884_6; // sqrt(2/pi)
+    let u = K * (x + 0.044_715 * x * x * x);
+    x / (1.0 + (-2.0 * u).exp())
+}
+
+#[inline]
+fn gelu_erf(x: f32) -> f32 {
+    (0.5 * x as f64 * (1.0 + candle_core::cpu::erf::erf_f64(x as f64 / std::f64::consts::SQRT_2))) as f32
+}
+
+/// `act(x + bias)` for a contiguous f32 `[rows, out]` tensor and an `[out]` bias, in one
+/// parallel pass.
+pub(crate) fn bias_act(x: &Tensor, bias: &Tensor, act: Option<Activation>) -> Result<Tensor> {
+    x.apply_op2_no_bwd(bias, &BiasAct(act))
+}
+
+/// Adds a `[out]` bias to every row of a contiguous `[rows, out]` f32 tensor and applies an
+/// activation, spread over the rayon pool (candle's elementwise ops run on one thread).
+struct BiasAct(Option<Activation>);
+
+impl candle_core::CustomOp2 for BiasAct {
+    fn name(&self) -> &'static str {
+        "bias-act"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        xl: &Layout,
+        b: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(x), CpuStorage::F32(b)) = (x, b) else {
+            bail!("bias-act: f32 only");
+        };
+        let (Some((x0, x1)), Some((b0, b1))) = (xl.contiguous_offsets(), bl.contiguous_offsets()) else {
+            bail!("bias-act: contiguous tensors only");
+        };
+        let (x, b) = (&x[x0..x1], &b[b0..b1]);
+        let width = b.len();
+        if width == 0 || xl.dims().last() != Some(&width) {
+            bail!("bias-act: shape {:?} does not end with {width}", xl.dims());
+        }
+        let mut out = vec![0f32; x.len()];
+        // Rows in chunks of about 16k values: enough work per task, enough tasks per core.
+        let rows = (GRAIN / width).max(1);
+        let act = self.0;
+        out.par_chunks_mut(rows * width)
+            .zip(x.par_chunks(rows * width))
+            .for_each(|(o, x)| {
+                for (o, x) in o.chunks_exact_mut(width).zip(x.chunks_exact(width)) {
+                    match act {
+                        None => o.iter_mut().zip(x).zip(b).for_each(|((o, &x), &b)| *o = x + b),
+                        Some(Activation::GeluTanh) => o
+                            .iter_mut()
+                            .zip(x)
+                            .zip(b)
+                            .for_each(|((o, &x), &b)| *o = gelu_tanh(x + b)),
+                        Some(Activation::GeluErf) => o
+                            .iter_mut()
+                            .zip(x)
+                            .zip(b)
+                            .for_each(|((o, &x), &b)| *o = gelu_erf(x + b)),
+                        Some(Activation::Relu) => o
+                            .iter_mut()
+                            .zip(x)
+                            .zip(b)
+                            .for_each(|((o, &x), &b)| *o = (x + b).max(0.0)),
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), xl.shape().clone()))
+    }
+}
+
+/// The largest `|a - b|` over all elements (for tests).
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
+        .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,8 +174,7 @@ mod tests {
         let x = Tensor::randn(0f32, 2.0, (37, 2 * 50), &Device::Cpu).unwrap();
         let want = (x.narrow(1, 0, 50).unwrap().silu().unwrap() * x.narrow(1, 50, 50).unwrap()).unwrap();
         let got = swiglu(&x).unwrap();
-        let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
-        assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+        assert!(max_abs_diff(&got, &want) < 1e-5);
     }
 
     #[test]
@@ -100,5 +196,28 @@ mod tests {
         }
         assert!(target_logprobs(&x, &[5]).is_err());
         assert!(target_logprobs(&x, &[1000; 9]).is_err());
+    }
+
+    /// The fused bias + activation op equals candle's own ops on odd shapes (rows not a
+    /// multiple of the chunk size), including large |x| where exp overflows.
+    #[test]
+    fn bias_act_matches_reference_ops() {
+        let dev = Device::Cpu;
+        let x = (Tensor::randn(0f32, 3.0, (37, 301), &dev).unwrap() * 1.0).unwrap();
+        let x = Tensor::cat(&[&x, &Tensor::full(-200f32, (1, 301), &dev).unwrap()], 0).unwrap();
+        let x = Tensor::cat(&[&x, &Tensor::full(200f32, (1, 301), &dev).unwrap()], 0).unwrap();
+        let b = Tensor::randn(0f32, 1.0, 301, &dev).unwrap();
+        let plain = x.broadcast_add(&b).unwrap();
+        let cases: [(Option<Activation>, Tensor); 4] = [
+            (None, plain.clone()),
+            (Some(Activation::GeluTanh), plain.gelu().unwrap()),
+            (Some(Activation::GeluErf), plain.gelu_erf().unwrap()),
+            (Some(Activation::Relu), plain.relu().unwrap()),
+        ];
+        for (act, want) in cases {
+            let got = bias_act(&x, &b, act).unwrap();
+            let diff = max_abs_diff(&got, &want);
+            assert!(diff < 2e-5, "{act:?}: max difference {diff}");
+        }
     }
 }
