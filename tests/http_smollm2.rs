@@ -15,8 +15,7 @@ async fn smollm2_over_http_matches_the_reference() {
     for t in ["t1", "t2"] {
         let path = format!("smollm2/captum_{t}.json");
         let req = t1_request(&path, "shapley_values");
-        let res = c.post(url("/v1/attributions")).json(&req).send().await.unwrap();
-        assert_eq!(res.status(), 200);
+        let res = send(c.post(url("/v1/attributions")).json(&req), 200).await;
         let got: Value = res.json().await.unwrap();
         let want = &fixture(&path)["shapley_values"];
         assert_close(&got["seq_attr"], &want["seq_attr"], &format!("{t} seq_attr"));
@@ -29,21 +28,13 @@ async fn smollm2_over_http_matches_the_reference() {
     }
 
     // t1 as /v1/templates serves it (the notebook's baseline lists), as a job with progress.
-    let templates: Value = c
-        .get(url("/v1/templates"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let templates = send_json(c.get(url("/v1/templates"))).await;
     let t1 = &templates["templates"][0];
     let req = json!({"template": t1["template"], "values": t1["values"], "baselines": t1["baselines"],
         "target": t1["target"], "method": "shapley_values", "baseline_sampling": "exact"});
-    let res = c.post(url("/v1/jobs")).json(&req).send().await.unwrap();
-    assert_eq!(res.status(), 202);
-    let location = res.headers()["location"].to_str().unwrap().to_string();
-    let events = read_events(c.get(url(&format!("{location}/events"))).send().await.unwrap()).await;
+    let res = send(c.post(url("/v1/jobs")).json(&req), 202).await;
+    let location = job_location(&res);
+    let events = get_events(&c, url(&format!("{location}/events"))).await;
     let last = events.last().unwrap();
     assert_eq!(last.event, "done", "{events:?}");
     let progress: Vec<u64> = events
@@ -73,37 +64,15 @@ async fn smollm2_over_http_matches_the_reference() {
         .iter()
         .take(5)
     {
-        let res: Value = c
-            .post(url("/v1/tokenize"))
-            .json(&json!({"text": case["text"]}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let res = send_json(c.post(url("/v1/tokenize")).json(&json!({"text": case["text"]}))).await;
         assert_eq!(res["ids"], case["ids"], "{}", case["text"]);
     }
     let case = &fixture("smollm2/generation.json")[0];
     let n = case["greedy_ids"].as_array().unwrap().len();
-    let res: Value = c
-        .post(url("/v1/generate"))
-        .json(&json!({"prompt": case["prompt"], "max_new_tokens": n}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let generate = json!({"prompt": case["prompt"], "max_new_tokens": n});
+    let res = send_json(c.post(url("/v1/generate")).json(&generate)).await;
     assert_eq!(res["ids"], case["greedy_ids"]);
-    let info: Value = c
-        .get(url("/v1/model"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = send_json(c.get(url("/v1/model"))).await;
     assert_eq!(info["architecture"], "llama");
     s.shutdown().await;
 }

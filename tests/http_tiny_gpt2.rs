@@ -36,13 +36,7 @@ async fn attributions_match_the_reference_and_a_direct_run() {
         ("shapley_values", "shapley_values"),
     ] {
         let req = t1_request("tiny-gpt2/captum_t1.json", method);
-        let res = c
-            .post(format!("{}/v1/attributions", s.url()))
-            .json(&req)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 200);
+        let res = send(c.post(format!("{}/v1/attributions", s.url())).json(&req), 200).await;
         assert!(res.headers().contains_key("x-request-id"));
         let got: Value = res.json().await.unwrap();
         let want = &fixture("tiny-gpt2/captum_t1.json")[key];
@@ -60,27 +54,15 @@ async fn a_job_streams_progress_then_its_result() {
     let s = start(TINY, |c| c.engine.token_budget = 64).await;
     let c = client();
     let req = t1_request("tiny-gpt2/captum_t1.json", "shapley_values");
-    let res = c
-        .post(format!("{}/v1/jobs", s.url()))
-        .json(&req)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 202);
-    let location = res.headers()["location"].to_str().unwrap().to_string();
+    let res = send(c.post(format!("{}/v1/jobs", s.url())).json(&req), 202).await;
+    let location = job_location(&res);
     let job: Value = res.json().await.unwrap();
     let id = job["id"].as_str().unwrap();
     assert_eq!(location, format!("/v1/jobs/{id}"));
     assert!(["queued", "running", "done"].contains(&job["state"].as_str().unwrap()));
     assert!(job["created_at"].as_str().unwrap().ends_with('Z'));
 
-    let events = read_events(
-        c.get(format!("{}{location}/events", s.url()))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let events = get_events(&c, format!("{}{location}/events", s.url())).await;
     assert_eq!(events[0].event, "progress", "{events:?}");
     let last = events.last().unwrap();
     assert_eq!(last.event, "done", "{events:?}");
@@ -94,38 +76,18 @@ async fn a_job_streams_progress_then_its_result() {
     let p = &last.data["progress"];
     assert_eq!(p["done"], p["total"]);
 
-    let job: Value = c
-        .get(format!("{}{location}", s.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let job = send_json(c.get(format!("{}{location}", s.url()))).await;
     assert_eq!(job["state"], "done");
     assert!(job["finished_at"].is_string());
     assert_eq!(job["result"]["seq_attr"], result["seq_attr"]);
     // A finished job's stream still answers: progress, then the final event.
-    let again = read_events(
-        c.get(format!("{}{location}/events", s.url()))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let again = get_events(&c, format!("{}{location}/events", s.url())).await;
     assert_eq!(
         again.iter().map(|e| e.event.as_str()).collect::<Vec<_>>(),
         ["progress", "done"]
     );
     // DELETE on a finished job leaves it done.
-    let del: Value = c
-        .delete(format!("{}{location}", s.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let del = send_json(c.delete(format!("{}{location}", s.url()))).await;
     assert_eq!(del["state"], "done");
     s.shutdown().await;
 }
@@ -134,18 +96,12 @@ async fn a_job_streams_progress_then_its_result() {
 async fn delete_cancels_a_running_job_and_its_queued_work() {
     let s = start(TINY, |c| c.engine.token_budget = 1).await;
     let c = client();
-    let res = c
-        .post(format!("{}/v1/jobs", s.url()))
-        .json(&long_request())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 202);
-    let location = res.headers()["location"].to_str().unwrap().to_string();
+    let res = send(c.post(format!("{}/v1/jobs", s.url())).json(&long_request()), 202).await;
+    let location = job_location(&res);
     let url = format!("{}{location}", s.url());
     // Wait until it has scored something.
     let total = loop {
-        let job: Value = c.get(&url).send().await.unwrap().json().await.unwrap();
+        let job = send_json(c.get(&url)).await;
         let p = &job["progress"];
         if p["done"].as_u64().unwrap() > 0 {
             assert_eq!(job["state"], "running");
@@ -157,12 +113,10 @@ async fn delete_cancels_a_running_job_and_its_queued_work() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
-    let del = c.delete(&url).send().await.unwrap();
-    assert_eq!(del.status(), 200);
-    let job: Value = del.json().await.unwrap();
+    let job: Value = send(c.delete(&url), 200).await.json().await.unwrap();
     assert_eq!(job["state"], "cancelled");
     assert_eq!(job["error"]["code"], "cancelled");
-    let events = read_events(c.get(format!("{url}/events")).send().await.unwrap()).await;
+    let events = get_events(&c, format!("{url}/events")).await;
     assert_eq!(events.last().unwrap().event, "cancelled");
     // The work stops: the scored count settles well below what the job needed.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -171,7 +125,7 @@ async fn delete_cancels_a_running_job_and_its_queued_work() {
     assert_eq!(metric(&s.url(), "llm_attr_sequences_scored_total").await, scored);
     assert!(scored < total as f64, "{scored} of {total}");
     assert_eq!(metric(&s.url(), "llm_attr_queue_depth").await, 0.0);
-    let job: Value = c.get(&url).send().await.unwrap().json().await.unwrap();
+    let job = send_json(c.get(&url)).await;
     assert_eq!(
         job["state"], "cancelled",
         "a late end of the run does not overwrite it"
@@ -218,26 +172,15 @@ async fn a_full_queue_answers_503_and_leaves_nothing_behind() {
     let c = client();
     // Shapley values over 3 features need 8 sequences at once: more than the queue holds.
     let req = t1_request("tiny-gpt2/captum_t1.json", "shapley_values");
-    let res = c
-        .post(format!("{}/v1/attributions", s.url()))
-        .json(&req)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 503);
+    let res = send(c.post(format!("{}/v1/attributions", s.url())).json(&req), 503).await;
     assert_eq!(res.headers()["retry-after"], "1");
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"]["code"], "queue_full");
     assert_eq!(metric(&s.url(), "llm_attr_queue_depth").await, 0.0);
     assert_eq!(metric(&s.url(), "llm_attr_queue_rejections_total").await, 1.0);
     // Small work still goes through.
-    let res = c
-        .post(format!("{}/v1/generate", s.url()))
-        .json(&json!({"prompt": "Hello there", "max_new_tokens": 3}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    let generate = json!({"prompt": "Hello there", "max_new_tokens": 3});
+    send(c.post(format!("{}/v1/generate", s.url())).json(&generate), 200).await;
     s.shutdown().await;
 }
 
@@ -262,16 +205,7 @@ async fn concurrent_requests_share_batches_and_get_their_own_results() {
         let c = c.clone();
         let url = format!("{}/v1/attributions", s.url());
         let b = b.clone();
-        async move {
-            c.post(url)
-                .json(&b)
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
-        }
+        async move { send_json(c.post(url).json(&b)).await }
     });
     let got = futures::future::join_all(calls).await;
     for (g, a) in got.iter().zip(&alone) {
@@ -299,15 +233,11 @@ async fn model_endpoints_tokenize_generate_and_describe() {
     let m = model(TINY);
     for case in fixture("tiny-gpt2/tokenization.json").as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
-        let res: Value = c
-            .post(format!("{}/v1/tokenize", s.url()))
-            .json(&json!({ "text": text }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let res = send_json(
+            c.post(format!("{}/v1/tokenize", s.url()))
+                .json(&json!({ "text": text })),
+        )
+        .await;
         assert_eq!(res["ids"], case["ids"], "{text}");
         let n = case["ids"].as_array().unwrap().len();
         assert_eq!(res["tokens"].as_array().unwrap().len(), n);
@@ -322,41 +252,20 @@ async fn model_endpoints_tokenize_generate_and_describe() {
         }
     }
     let prompt = "The hiring manager decided to";
-    let res: Value = c
-        .post(format!("{}/v1/generate", s.url()))
-        .json(&json!({ "prompt": prompt, "max_new_tokens": 5 }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let generate = json!({ "prompt": prompt, "max_new_tokens": 5 });
+    let res = send_json(c.post(format!("{}/v1/generate", s.url())).json(&generate)).await;
     let ids = m.generate(&m.tokenizer().encode(prompt).unwrap(), 5).unwrap();
     assert_eq!(res["ids"], json!(ids));
     assert_eq!(res["text"], json!(m.tokenizer().decode(&ids).unwrap()));
     assert_eq!(res["tokens"].as_array().unwrap().len(), ids.len());
 
-    let info: Value = c
-        .get(format!("{}/v1/model", s.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = send_json(c.get(format!("{}/v1/model", s.url()))).await;
     assert_eq!(info["architecture"], "gpt2");
     assert_eq!(info["spec"], json!(m.info().spec));
     assert!(info["vocab_size"].as_u64().unwrap() > 50_000);
     assert!(info["context_length"].as_u64().unwrap() > 0);
 
-    let t: Value = c
-        .get(format!("{}/v1/templates", s.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let t = send_json(c.get(format!("{}/v1/templates", s.url()))).await;
     let ts = t["templates"].as_array().unwrap();
     assert_eq!(
         ts.iter().map(|t| t["id"].as_str().unwrap()).collect::<Vec<_>>(),
@@ -366,26 +275,12 @@ async fn model_endpoints_tokenize_generate_and_describe() {
     let t4 = &ts[3];
     let req = json!({"template": t4["template"], "values": t4["values"], "baselines": t4["baselines"],
         "target": t4["target"], "method": "feature_ablation"});
-    let res = c
-        .post(format!("{}/v1/attributions", s.url()))
-        .json(&req)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    let res = send(c.post(format!("{}/v1/attributions", s.url())).json(&req), 200).await;
     let r: Value = res.json().await.unwrap();
     assert_eq!(r["seq_attr"].as_array().unwrap().len(), 3);
 
-    assert_eq!(
-        c.get(format!("{}/health", s.url()))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    let ready = c.get(format!("{}/ready", s.url())).send().await.unwrap();
-    assert_eq!(ready.status(), 200);
+    send(c.get(format!("{}/health", s.url())), 200).await;
+    send(c.get(format!("{}/ready", s.url())), 200).await;
     let metrics = c
         .get(format!("{}/metrics", s.url()))
         .send()
@@ -423,7 +318,7 @@ async fn shutdown_cancels_work_that_outlives_the_grace_period() {
         .send()
         .await
         .unwrap();
-    let location = res.headers()["location"].to_str().unwrap().to_string();
+    let location = job_location(&res);
     let events = tokio::spawn(c.get(format!("{url}{location}/events")).send());
     tokio::time::sleep(Duration::from_millis(100)).await;
     let state = s.state().clone();

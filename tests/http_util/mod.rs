@@ -39,6 +39,28 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// Sends a request and checks the status of its response.
+pub async fn send(req: reqwest::RequestBuilder, status: u16) -> reqwest::Response {
+    let res = req.send().await.unwrap();
+    assert_eq!(res.status(), status);
+    res
+}
+
+/// Sends a request and reads its JSON body (whatever the status).
+pub async fn send_json(req: reqwest::RequestBuilder) -> Value {
+    req.send().await.unwrap().json().await.unwrap()
+}
+
+/// The `Location` header of a created job.
+pub fn job_location(res: &reqwest::Response) -> String {
+    res.headers()["location"].to_str().unwrap().to_string()
+}
+
+/// Opens an event stream at `url` and reads it to the end.
+pub async fn get_events(c: &reqwest::Client, url: String) -> Vec<Sse> {
+    read_events(c.get(url).send().await.unwrap()).await
+}
+
 pub fn fixture(path: &str) -> Value {
     let p = format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
     serde_json::from_str(&std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{p}: {e}"))).unwrap()
