@@ -9,7 +9,9 @@ use serde_json::{json, Value};
 
 const KEY: &str = "s3cret-key";
 
-async fn error(res: reqwest::Response, status: u16, code: &str) -> Value {
+/// Sends `req` and checks it fails with `status` and a JSON error `code`; returns the error.
+async fn error(req: reqwest::RequestBuilder, status: u16, code: &str) -> Value {
+    let res = req.send().await.unwrap();
     assert_eq!(res.status().as_u16(), status, "{code}");
     let ct = res.headers()["content-type"].to_str().unwrap().to_string();
     assert!(ct.starts_with("application/json"), "{ct}");
@@ -38,63 +40,29 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
     let good = t1_request("tiny-gpt2/captum_t1.json", "feature_ablation");
 
     // API key: missing, wrong, and both accepted forms.
-    let e = error(
-        c.post(url("/v1/attributions")).json(&good).send().await.unwrap(),
-        401,
-        "unauthorized",
-    )
-    .await;
+    let e = error(c.post(url("/v1/attributions")).json(&good), 401, "unauthorized").await;
     assert!(e["message"].as_str().unwrap().contains("Bearer"));
     error(
-        c.get(url("/v1/templates"))
-            .bearer_auth("nope")
-            .send()
-            .await
-            .unwrap(),
+        c.get(url("/v1/templates")).bearer_auth("nope"),
         401,
         "unauthorized",
     )
     .await;
     error(
-        c.get(url("/v1/model"))
-            .header("x-api-key", "s3cret-kez")
-            .send()
-            .await
-            .unwrap(),
+        c.get(url("/v1/model")).header("x-api-key", "s3cret-kez"),
         401,
         "unauthorized",
     )
     .await;
-    assert_eq!(
-        c.get(url("/v1/templates"))
-            .header("x-api-key", KEY)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        c.get(url("/v1/templates"))
-            .bearer_auth(KEY)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    send(c.get(url("/v1/templates")).header("x-api-key", KEY), 200).await;
+    send(c.get(url("/v1/templates")).bearer_auth(KEY), 200).await;
     // Health, readiness and metrics need no key.
-    assert_eq!(c.get(url("/health")).send().await.unwrap().status(), 200);
-    assert_eq!(c.get(url("/ready")).send().await.unwrap().status(), 200);
+    send(c.get(url("/health")), 200).await;
+    send(c.get(url("/ready")), 200).await;
 
     // Malformed JSON, an empty body, wrong types, unknown fields.
     for body in ["{\"template\": ", "", "not json", "{} {}"] {
-        error(
-            post("/v1/attributions").body(body).send().await.unwrap(),
-            400,
-            "invalid_json",
-        )
-        .await;
+        error(post("/v1/attributions").body(body), 400, "invalid_json").await;
     }
     let cases = [
         (
@@ -116,31 +84,18 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
         (json!([1, 2]), "body"),
     ];
     for (body, field) in cases {
-        let e = error(
-            post("/v1/attributions").json(&body).send().await.unwrap(),
-            400,
-            "invalid_request",
-        )
-        .await;
+        let e = error(post("/v1/attributions").json(&body), 400, "invalid_request").await;
         assert_eq!(e["field"], field, "{e}");
     }
     let e = error(
-        post("/v1/tokenize")
-            .json(&json!({"txt": "hi"}))
-            .send()
-            .await
-            .unwrap(),
+        post("/v1/tokenize").json(&json!({"txt": "hi"})),
         400,
         "invalid_request",
     )
     .await;
     assert_eq!(e["field"], "txt");
     let e = error(
-        post("/v1/generate")
-            .json(&json!({"prompt": 5}))
-            .send()
-            .await
-            .unwrap(),
+        post("/v1/generate").json(&json!({"prompt": 5})),
         400,
         "invalid_request",
     )
@@ -149,30 +104,16 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
 
     // Semantically invalid: a placeholder without a value (the attribution core names it).
     let body = json!({"template": "{name} from {country}", "values": {"name": "Georg"}, "target": " x"});
-    let e = error(
-        post("/v1/attributions").json(&body).send().await.unwrap(),
-        400,
-        "invalid_request",
-    )
-    .await;
+    let e = error(post("/v1/attributions").json(&body), 400, "invalid_request").await;
     assert!(e["field"].as_str().unwrap().contains("country"), "{e}");
 
     // Limits: n_samples over the configured maximum, too many new tokens.
     let mut body = t1_request("tiny-gpt2/captum_t1.json", "lime");
     body["n_samples"] = json!(101);
-    let e = error(
-        post("/v1/attributions").json(&body).send().await.unwrap(),
-        422,
-        "limit_exceeded",
-    )
-    .await;
+    let e = error(post("/v1/attributions").json(&body), 422, "limit_exceeded").await;
     assert_eq!(e["field"], "n_samples");
     let e = error(
-        post("/v1/generate")
-            .json(&json!({"prompt": "Hi", "max_new_tokens": 10_000}))
-            .send()
-            .await
-            .unwrap(),
+        post("/v1/generate").json(&json!({"prompt": "Hi", "max_new_tokens": 10_000})),
         422,
         "limit_exceeded",
     )
@@ -181,12 +122,7 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
 
     // Oversized body.
     let big = json!({"text": "x".repeat(5000)});
-    let e = error(
-        post("/v1/tokenize").json(&big).send().await.unwrap(),
-        413,
-        "payload_too_large",
-    )
-    .await;
+    let e = error(post("/v1/tokenize").json(&big), 413, "payload_too_large").await;
     assert_eq!(e["field"], "body");
 
     // Unknown job ids, unknown routes.
@@ -196,29 +132,15 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
         "/v1/jobs/not-a-uuid".into(),
         format!("/v1/jobs/{id}/events"),
     ] {
-        error(
-            c.get(url(&path)).bearer_auth(KEY).send().await.unwrap(),
-            404,
-            "not_found",
-        )
-        .await;
+        error(c.get(url(&path)).bearer_auth(KEY), 404, "not_found").await;
     }
     error(
-        c.delete(url(&format!("/v1/jobs/{id}")))
-            .bearer_auth(KEY)
-            .send()
-            .await
-            .unwrap(),
+        c.delete(url(&format!("/v1/jobs/{id}"))).bearer_auth(KEY),
         404,
         "not_found",
     )
     .await;
-    error(
-        c.get(url("/v1/nothing")).bearer_auth(KEY).send().await.unwrap(),
-        404,
-        "not_found",
-    )
-    .await;
+    error(c.get(url("/v1/nothing")).bearer_auth(KEY), 404, "not_found").await;
 
     // CORS preflight from an allowed origin, request ids echoed or made up.
     let pre = c
