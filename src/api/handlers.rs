@@ -115,6 +115,16 @@ async fn with_timeout<T>(
     out
 }
 
+/// Runs `f` on a blocking thread; a panic there is an internal error.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::from(Error::Internal(e.to_string())))?
+        .map_err(ApiError::from)
+}
+
 /// Attribute: waits for the result.
 #[utoipa::path(
     post, path = "/v1/attributions", tag = "attribution",
@@ -170,7 +180,7 @@ pub async fn tokenize(
     ApiJson(req): ApiJson<TokenizeRequest>,
 ) -> Result<Json<TokenizeResponse>, ApiError> {
     let ready = state.ready()?;
-    let out = tokio::task::spawn_blocking(move || -> Result<TokenizeResponse, Error> {
+    let out = blocking(move || {
         let tok = ready.model.tokenizer();
         let (ids, offsets) = tok.encode_with_offsets(&req.text)?;
         Ok(TokenizeResponse {
@@ -179,8 +189,7 @@ pub async fn tokenize(
             ids,
         })
     })
-    .await
-    .map_err(|e| ApiError::from(Error::Internal(e.to_string())))??;
+    .await?;
     Ok(Json(out))
 }
 
@@ -236,33 +245,28 @@ pub async fn generate(
     let max_tokens = limits.max_tokens_per_sequence;
     let cancel = CancelToken::new();
     let c = cancel.clone();
-    let fut = async move {
-        tokio::task::spawn_blocking(move || -> Result<GenerateResponse, Error> {
-            let tok = ready.model.tokenizer();
-            let prompt = tok.encode(&req.prompt)?;
-            if prompt.is_empty() {
-                return Err(Error::invalid("prompt", "the prompt is empty"));
-            }
-            if prompt.len() + max_new > max_tokens {
-                return Err(Error::too_large(
-                    "prompt",
-                    format!(
-                        "{} prompt tokens + {max_new} new tokens exceed the limit of {max_tokens} (--max-tokens)",
-                        prompt.len()
-                    ),
-                ));
-            }
-            let ids = ready.engine.handle(c).generate_ids(&prompt, max_new)?;
-            Ok(GenerateResponse {
-                text: tok.decode(&ids)?,
-                tokens: tok.pretty_tokens(&ids),
-                ids,
-            })
+    let fut = blocking(move || {
+        let tok = ready.model.tokenizer();
+        let prompt = tok.encode(&req.prompt)?;
+        if prompt.is_empty() {
+            return Err(Error::invalid("prompt", "the prompt is empty"));
+        }
+        if prompt.len() + max_new > max_tokens {
+            return Err(Error::too_large(
+                "prompt",
+                format!(
+                    "{} prompt tokens + {max_new} new tokens exceed the limit of {max_tokens} (--max-tokens)",
+                    prompt.len()
+                ),
+            ));
+        }
+        let ids = ready.engine.handle(c).generate_ids(&prompt, max_new)?;
+        Ok(GenerateResponse {
+            text: tok.decode(&ids)?,
+            tokens: tok.pretty_tokens(&ids),
+            ids,
         })
-        .await
-        .map_err(|e| ApiError::from(Error::Internal(e.to_string())))?
-        .map_err(ApiError::from)
-    };
+    });
     with_timeout(&state, cancel, fut).await.map(Json)
 }
 
