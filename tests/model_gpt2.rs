@@ -35,6 +35,17 @@ struct LogprobCase {
     target_logprobs: Vec<f64>,
 }
 
+/// Each case's prompt and target ids, to score.
+fn score_items(cases: &[LogprobCase]) -> Vec<ScoreItem> {
+    cases
+        .iter()
+        .map(|c| ScoreItem {
+            prompt: c.prompt_ids.clone(),
+            target: c.target_ids.clone(),
+        })
+        .collect()
+}
+
 fn read<T: serde::de::DeserializeOwned>(name: &str) -> T {
     let text = std::fs::read_to_string(fixtures().join(name)).unwrap();
     serde_json::from_str(&text).unwrap()
@@ -58,13 +69,7 @@ fn logprobs_match_pytorch() {
     let m = model();
     let cases: Vec<LogprobCase> = read("logprobs.json");
     assert!(!cases.is_empty());
-    let items: Vec<ScoreItem> = cases
-        .iter()
-        .map(|c| ScoreItem {
-            prompt: c.prompt_ids.clone(),
-            target: c.target_ids.clone(),
-        })
-        .collect();
+    let items = score_items(&cases);
     for c in &cases {
         assert_eq!(m.tokenizer().encode(&c.prompt).unwrap(), c.prompt_ids);
         assert_eq!(m.tokenizer().encode(&c.target).unwrap(), c.target_ids);
@@ -86,13 +91,7 @@ fn logprobs_match_pytorch() {
 fn batch_equals_single() {
     let m = model();
     let cases: Vec<LogprobCase> = read("logprobs.json");
-    let mut items: Vec<ScoreItem> = cases
-        .iter()
-        .map(|c| ScoreItem {
-            prompt: c.prompt_ids.clone(),
-            target: c.target_ids.clone(),
-        })
-        .collect();
+    let mut items = score_items(&cases);
     // Mixed lengths: a short prompt with a one-token target, a truncated prompt, a long one.
     items.push(ScoreItem {
         prompt: vec![464],
@@ -411,13 +410,7 @@ fn rewritten_dir(lm_head_scale: Option<f64>, tie: bool) -> tempfile::TempDir {
 #[test]
 fn tensor_names_without_prefix_and_explicit_lm_head() {
     let cases: Vec<LogprobCase> = read("logprobs.json");
-    let items: Vec<ScoreItem> = cases
-        .iter()
-        .map(|c| ScoreItem {
-            prompt: c.prompt_ids.clone(),
-            target: c.target_ids.clone(),
-        })
-        .collect();
+    let items = score_items(&cases);
     let want = model().score(&items).unwrap();
 
     // No prefix, lm_head stored as a copy of wte: the same numbers.
