@@ -1,6 +1,6 @@
 // Bar chart of each feature's attribution to the whole target.
 
-import { color, featureLabel, featureValue, measureName, HALO } from "./charts.js";
+import { color, featureLabel, featureValue, measureName, HALO, availWidth } from "./charts.js";
 import { SVG_NS, FONT, svg, textWidth, fit } from "./dom.js";
 import { fmt, exact, numberScale, ticks, tickLabel } from "./format.js";
 
@@ -8,7 +8,7 @@ export function drawBars(box, res) {
   const feats = res.features;
   const vals = res.seq_attr;
   const se = res.seq_attr_stderr;
-  const avail = Math.max(280, (box.clientWidth || 708) - 8);
+  const avail = availWidth(box);
   const narrow = avail < 520;
   const labelW = narrow ? 0 : Math.min(230, Math.max(80, ...feats.map((f) => Math.max(textWidth(f.name, 12, 600), textWidth(featureValue(f), 11)))) + 16);
   const rowH = narrow ? 48 : 38;

@@ -47,3 +47,8 @@ export const METHOD_NAMES = {
 
 /** White outline behind text that may cross grid lines. */
 export const HALO = { stroke: "#fff", "stroke-width": 3, "stroke-linejoin": "round", "paint-order": "stroke" };
+
+/** Width a chart may use in `box`. */
+export function availWidth(box) {
+  return Math.max(280, (box.clientWidth || 708) - 8);
+}

@@ -1,13 +1,13 @@
 // Compare: log p of the target for several values of one placeholder.
 
 import { api } from "./api.js";
-import { color, HALO } from "./charts.js";
+import { color, HALO, availWidth } from "./charts.js";
 import { $, SVG_NS, FONT, el, svg, textWidth, fit, lines } from "./dom.js";
 import { clearErrors, showError } from "./errors.js";
 import { generate } from "./form.js";
 import { fmt, exact, fmtProb, ticks, tickLabel } from "./format.js";
 import { targetText, saveState } from "./request.js";
-import { state, rowFor } from "./state.js";
+import { state, rowFor, valuesOf } from "./state.js";
 import { parseTemplate, renderTemplate } from "./template.js";
 
 export function fillCompareSelect() {
@@ -53,7 +53,7 @@ export async function runCompare() {
     target = await generate();
     if (target === undefined) return;
   }
-  const others = Object.fromEntries(names.map((n) => [n, rowFor(n).value]));
+  const others = valuesOf(names);
   // Everything but the compared placeholder is written into the template, so each value costs
   // two scored prompts: the prompt with that value, and (shared) the one with the first value.
   const fixed = renderTemplate(template, others, placeholder);
@@ -85,7 +85,7 @@ export async function runCompare() {
     if (err.name === "AbortError") $("#compare-status").textContent = `Cancelled after ${cmp.items.length} of ${values.length} values.`;
     else {
       $("#compare-status").textContent = "";
-      showError(err.field ? err : err, err.field ? "#err-compare" : "#err-compare");
+      showError(err, "#err-compare");
     }
   } finally {
     state.compareAbort = null;
@@ -98,7 +98,7 @@ export function drawCompare(box, cmp) {
   const items = cmp.items;
   if (!items.length) return box.replaceChildren();
   const ref = items.find((it) => it.value === cmp.reference) || items[0];
-  const avail = Math.max(280, (box.clientWidth || 708) - 8);
+  const avail = availWidth(box);
   const narrow = avail < 520;
   const labelW = narrow ? 0 : Math.min(200, Math.max(60, ...items.map((it) => textWidth(it.value, 12, 600))) + 16);
   const infoW = narrow ? 0 : 170;
@@ -136,10 +136,11 @@ export function drawCompare(box, cmp) {
     const y = top + i * rowH;
     const cy = narrow ? y + 32 : y + rowH / 2;
     const delta = it.log_prob - ref.log_prob;
+    const info = (sep) => `${exact(it.log_prob).replace(/(\.\d{3})\d+/, "$1")}${sep}${it === ref ? "reference" : `×${Math.exp(delta).toPrecision(2)}`}`;
     const g = svg("g", { class: "compare-row", "data-value": it.log_prob, "data-label": it.value });
     g.append(svg("title", {}, `${it.value}: log p = ${exact(it.log_prob)}, p = ${fmtProb(Math.exp(it.log_prob))}, ${fmt(delta)} vs “${ref.value}”`));
     if (narrow) {
-      g.append(svg("text", { x: left, y: y + 14, fill: "#222", "font-weight": 600, ...HALO }, fit(`${it.value} · ${exact(it.log_prob).replace(/(\.\d{3})\d+/, "$1")} · ${it === ref ? "reference" : `×${Math.exp(delta).toPrecision(2)}`}`, plotW, 12, 600)));
+      g.append(svg("text", { x: left, y: y + 14, fill: "#222", "font-weight": 600, ...HALO }, fit(`${it.value} · ${info(" · ")}`, plotW, 12, 600)));
     } else {
       g.append(svg("text", { x: labelW, y: cy + 4, "text-anchor": "end", fill: "#222", "font-weight": 600 }, fit(it.value, labelW - 16, 12, 600)));
     }
@@ -147,7 +148,7 @@ export function drawCompare(box, cmp) {
     g.append(svg("circle", { cx: x(it.log_prob), cy, r: 6, fill: it === ref ? "#333" : color(delta >= 0 ? 0.85 : -0.85), stroke: "#fff", "stroke-width": 1.5 }));
     if (!narrow) {
       g.append(svg("text", { x: left + plotW + 14, y: cy + 4, fill: "#333", "font-variant-numeric": "tabular-nums", "font-size": 11.5 },
-        `${exact(it.log_prob).replace(/(\.\d{3})\d+/, "$1")}  ·  ${it === ref ? "reference" : `×${Math.exp(delta).toPrecision(2)}`}`));
+        info("  ·  ")));
     }
     root.append(g);
   });

@@ -62,21 +62,30 @@ function csvCell(v) {
   return /[",\n\r]/.test(s) || /^[=+\-@]/.test(s) && isNaN(Number(s)) ? `"${s.replace(/"/g, '""')}"` : s;
 }
 
-function csv(rows) {
-  return rows.map((r) => r.map(csvCell).join(",")).join("\r\n") + "\r\n";
+function csvBlob(rows) {
+  return new Blob([rows.map((r) => r.map(csvCell).join(",")).join("\r\n") + "\r\n"], { type: "text/csv" });
+}
+
+function jsonBlob(data) {
+  return new Blob([JSON.stringify(data, null, 2)], { type: "application/json" });
+}
+
+/** The time, for file names: 2026-01-31T12-00-00. */
+function timeStamp() {
+  return new Date().toISOString().replace(/[:.]/g, "-").slice(0, 19);
 }
 
 function exportData(kind, format) {
-  const stamp = new Date().toISOString().replace(/[:.]/g, "-").slice(0, 19);
+  const stamp = timeStamp();
   if (kind === "compare") {
     const c = state.compare;
     if (!c) return;
     const ref = c.items.find((it) => it.value === c.reference) || c.items[0];
     if (format === "json") {
-      return download(`llm-attr-compare-${stamp}.json`, new Blob([JSON.stringify({ placeholder: c.placeholder, template: c.template, target: c.target, reference: c.reference, items: c.items }, null, 2)], { type: "application/json" }));
+      return download(`llm-attr-compare-${stamp}.json`, jsonBlob({ placeholder: c.placeholder, template: c.template, target: c.target, reference: c.reference, items: c.items }));
     }
     const rows = [["value", "log_prob", "prob", "delta_log_prob_vs_reference"], ...c.items.map((it) => [it.value, it.log_prob, Math.exp(it.log_prob), it.log_prob - ref.log_prob])];
-    return download(`llm-attr-compare-${stamp}.csv`, new Blob([csv(rows)], { type: "text/csv" }));
+    return download(`llm-attr-compare-${stamp}.csv`, csvBlob(rows));
   }
   if (!state.result) return;
   const { request, response: r } = state.result;
@@ -85,7 +94,7 @@ function exportData(kind, format) {
     const data = kind === "token"
       ? { request, output_tokens: r.output_tokens, target_log_probs: r.target_log_probs, features: r.features, token_attr: r.token_attr, token_attr_stderr: r.token_attr_stderr ?? null }
       : { request, features: r.features, seq_attr: r.seq_attr, seq_attr_stderr: r.seq_attr_stderr ?? null, target_log_prob: r.target_log_prob };
-    return download(`llm-attr-${kind}-attr-${stamp}.json`, new Blob([JSON.stringify(data, null, 2)], { type: "application/json" }));
+    return download(`llm-attr-${kind}-attr-${stamp}.json`, jsonBlob(data));
   }
   let rows;
   if (kind === "token") {
@@ -96,7 +105,7 @@ function exportData(kind, format) {
     const se = r.seq_attr_stderr;
     rows = [["feature", "value", "seq_attr", ...(se ? ["stderr"] : [])], ...r.features.map((f, j) => [f.name, f.value, r.seq_attr[j], ...(se ? [se[j]] : [])])];
   }
-  download(`llm-attr-${kind}-attr-${stamp}.csv`, new Blob([csv(rows)], { type: "text/csv" }));
+  download(`llm-attr-${kind}-attr-${stamp}.csv`, csvBlob(rows));
 }
 
 export function onExport(e) {
@@ -107,7 +116,7 @@ export function onExport(e) {
   if (charts[kind]) {
     const node = $(charts[kind]);
     if (!node) return;
-    const stamp = new Date().toISOString().replace(/[:.]/g, "-").slice(0, 19);
+    const stamp = timeStamp();
     const name = `llm-attr-${kind}-${stamp}.${format}`;
     if (format === "svg") download(name, new Blob([exportSvg(node, chartTitle(kind)).text], { type: "image/svg+xml" }));
     else exportPng(node, chartTitle(kind), name);

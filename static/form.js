@@ -5,7 +5,7 @@ import { fillCompareSelect, fillCompareValues } from "./compare.js";
 import { $, $$, el, lines } from "./dom.js";
 import { clearErrors, showError } from "./errors.js";
 import { intField, saveState } from "./request.js";
-import { state, rowFor } from "./state.js";
+import { state, rowFor, valuesOf } from "./state.js";
 import { parseTemplate, renderTemplate } from "./template.js";
 
 export function onTemplateInput() {
@@ -31,6 +31,13 @@ function setNames(names) {
   const existing = new Map($$(".ph", box).map((node) => [node.dataset.name, node]));
   const nodes = names.map((name) => existing.get(name) || placeholderRow(name));
   box.replaceChildren(...nodes);
+}
+
+/** Forgets every placeholder row (before loading a seed or a request). */
+export function clearRows() {
+  state.rows.clear();
+  state.names = [];
+  $("#placeholders").replaceChildren();
 }
 
 let rowCounter = 0;
@@ -76,13 +83,11 @@ function placeholderRow(name) {
 export function loadSeed(id) {
   const seed = state.templates.find((t) => t.id === id);
   if (!seed) return;
-  state.rows.clear();
-  state.names = [];
+  clearRows();
   for (const [name, value] of Object.entries(seed.values || {})) rowFor(name).value = value;
   for (const [name, b] of Object.entries(seed.baselines || {})) rowFor(name).baselines = Array.isArray(b) ? [...b] : [b];
   $("#template").value = seed.template;
   $("#target").value = seed.target || "";
-  $("#placeholders").replaceChildren();
   $("#generated").hidden = true;
   clearErrors();
   onTemplateInput();
@@ -104,7 +109,7 @@ export async function generate() {
     const template = $("#template").value;
     const { names, error } = parseTemplate(template);
     if (error) return showError({ field: "template", message: error });
-    prompt = renderTemplate(template, Object.fromEntries(names.map((n) => [n, rowFor(n).value])));
+    prompt = renderTemplate(template, valuesOf(names));
   }
   const body = { prompt };
   if (intField("max_new_tokens") !== undefined) body.max_new_tokens = intField("max_new_tokens");

@@ -1,6 +1,6 @@
 // Heatmap of target tokens by features (SVG), its keyboard and hover readout, and table.
 
-import { RDBU, color, textOn, featureLabel, featureValue, measureName } from "./charts.js";
+import { RDBU, color, textOn, featureLabel, featureValue, measureName, availWidth } from "./charts.js";
 import { $, $$, SVG_NS, FONT, el, svg, textWidth, fit } from "./dom.js";
 import { fmt, exact, fmtProb, numberScale, showToken } from "./format.js";
 
@@ -14,7 +14,7 @@ export function drawHeatmap(box, res) {
   const max = Math.max(1e-30, ...m.flat().map(Math.abs));
   const { div, note } = numberScale(max);
   const many = nc > 10;
-  const avail = Math.max(280, (box.clientWidth || 708) - 8);
+  const avail = availWidth(box);
   const narrow = avail < 480;
   const rowLabelW = Math.min(narrow ? 110 : 170, Math.max(40, ...rows.map((r) => textWidth(r, 12))) + 14);
   const pColW = narrow ? 60 : 74;

@@ -7,6 +7,8 @@ import { buildRequest, saveState } from "./request.js";
 import { showResult } from "./results.js";
 import { state } from "./state.js";
 
+const ENDED = ["done", "failed", "cancelled"];
+
 function setRunning(running) {
   $("#run").disabled = running;
   $("#cancel").disabled = !running;
@@ -60,7 +62,7 @@ async function followJob(job, request) {
   try {
     await readEvents(`/v1/jobs/${job.id}/events`, abort.signal, (name, data) => {
       if (name === "progress") setProgress(data);
-      else if (["done", "failed", "cancelled"].includes(name)) {
+      else if (ENDED.includes(name)) {
         final = data;
         return false;
       }
@@ -73,7 +75,7 @@ async function followJob(job, request) {
     try {
       const j = await api("GET", `/v1/jobs/${job.id}`, undefined, abort.signal);
       setProgress(j.progress);
-      if (["done", "failed", "cancelled"].includes(j.state)) final = j;
+      if (ENDED.includes(j.state)) final = j;
       else await new Promise((r) => setTimeout(r, 500));
     } catch (err) {
       if (err.name === "AbortError") break;
@@ -100,6 +102,13 @@ function finishJob(job, request) {
   }
 }
 
+/** Stops reading a job's events (the job itself may go on). */
+function stopFollowing(abort) {
+  abort.abort();
+  state.abort = null;
+  setRunning(false);
+}
+
 export async function cancelJob() {
   const id = state.jobId;
   const abort = state.abort;
@@ -109,15 +118,11 @@ export async function cancelJob() {
   try {
     const job = await api("DELETE", `/v1/jobs/${id}`);
     if (job.state !== "done") {
-      abort.abort();
-      state.abort = null;
-      setRunning(false);
+      stopFollowing(abort);
       finishJob(job, null);
     }
   } catch (err) {
-    abort.abort();
-    state.abort = null;
-    setRunning(false);
+    stopFollowing(abort);
     showError(err);
   }
 }

@@ -13,7 +13,7 @@ import { onTemplateInput, loadSeed, generate } from "./form.js";
 import { runJob, cancelJob, reopenJob } from "./job.js";
 import { applyRequest, buildRequest, pageState, saveState, readHash, onMethodChange } from "./request.js";
 import { drawAll } from "./results.js";
-import { state, rowFor } from "./state.js";
+import { state, valuesOf } from "./state.js";
 import { parseTemplate, renderTemplate } from "./template.js";
 import { setMode, tokenizeSoon } from "./tokens.js";
 
@@ -47,7 +47,7 @@ async function start() {
     input.addEventListener("change", () => {
       if (input.value === "tokens" && $("#text").value === "") {
         const { names, error } = parseTemplate($("#template").value);
-        if (!error) $("#text").value = renderTemplate($("#template").value, Object.fromEntries(names.map((n) => [n, rowFor(n).value])));
+        if (!error) $("#text").value = renderTemplate($("#template").value, valuesOf(names));
       }
       setMode(input.value);
       saveState();

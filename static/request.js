@@ -1,7 +1,7 @@
 // The request the form describes, and the page state kept in the URL.
 
 import { $, debounce, lines } from "./dom.js";
-import { onTemplateInput } from "./form.js";
+import { onTemplateInput, clearRows } from "./form.js";
 import { state, rowFor } from "./state.js";
 import { parseTemplate } from "./template.js";
 import { setMode } from "./tokens.js";
@@ -9,7 +9,7 @@ import { setMode } from "./tokens.js";
 const SAMPLED = new Set(["shapley_value_sampling", "lime", "kernel_shap"]);
 const DEFAULT_SAMPLES = { shapley_value_sampling: 25, lime: 50, kernel_shap: 25 };
 
-export function method() {
+function method() {
   return $("input[name=method]:checked")?.value || "shapley_values";
 }
 
@@ -68,9 +68,7 @@ function tokenInput() {
 
 /** Puts a request (from a link or a job) back into the form. */
 export function applyRequest(req) {
-  state.rows.clear();
-  state.names = [];
-  $("#placeholders").replaceChildren();
+  clearRows();
   for (const [name, value] of Object.entries(req.values || {})) rowFor(name).value = String(value);
   for (const [name, b] of Object.entries(req.baselines || {})) rowFor(name).baselines = (Array.isArray(b) ? b : [b]).map(String);
   for (const [name, g] of Object.entries(req.mask || {})) rowFor(name).group = String(g);

@@ -19,3 +19,8 @@ export function rowFor(name) {
   if (!state.rows.has(name)) state.rows.set(name, { value: "", baselines: [], group: "" });
   return state.rows.get(name);
 }
+
+/** The current value of each of `names`. */
+export function valuesOf(names) {
+  return Object.fromEntries(names.map((n) => [n, rowFor(n).value]));
+}
