@@ -104,6 +104,21 @@ async fn the_web_page_is_served_from_the_binary_or_a_directory() {
         }
         None => assert_eq!(res.status(), 404),
     }
+    // Module scripts: served as JavaScript, and every `import ... from "./x.js"` is embedded.
+    for (path, body) in embedded.iter().filter(|(p, _)| p.ends_with(".js")) {
+        let res = http.get(format!("{}/{path}", s.url())).send().await.unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+        let ct = res.headers()["content-type"].to_str().unwrap().to_string();
+        assert!(ct.starts_with("text/javascript"), "{path}: {ct}");
+        let text = std::str::from_utf8(body).unwrap();
+        for import in text.split("from \"./").skip(1) {
+            let name = import.split('"').next().unwrap();
+            assert!(
+                embedded.iter().any(|(p, _)| *p == name),
+                "{path} imports {name}, which is not embedded"
+            );
+        }
+    }
     let res = http
         .get(format!("{}/no/such/file.js", s.url()))
         .send()

@@ -501,6 +501,8 @@ fn web_page_runs_t1_in_a_real_browser() {
         (georg - lp).abs() < 1e-3,
         "compare log p for Georg {georg}, API {lp}"
     );
+    d.js("window.scrollTo(0, 0)", json!([]));
+    d.screenshot(&root.join("tests/artifacts/web-compare.png"));
     assert!(
         rows.as_array()
             .unwrap()

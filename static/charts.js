@@ -1,0 +1,54 @@
+// Pieces shared by the charts: colour scale, feature labels, names.
+
+import { showToken } from "./format.js";
+
+/* ---------- colour ---------- */
+
+// ColorBrewer RdBu (colour-blind safe), blue = negative, red = positive.
+export const RDBU = ["#053061", "#2166ac", "#4393c3", "#92c5de", "#d1e5f0", "#f7f7f7", "#fddbc7", "#f4a582", "#d6604d", "#b2182b", "#67001f"];
+const RDBU_RGB = RDBU.map((h) => [1, 3, 5].map((i) => parseInt(h.slice(i, i + 2), 16)));
+
+/** Colour for t in [-1, 1]. */
+export function color(t) {
+  const x = (Math.max(-1, Math.min(1, Number.isFinite(t) ? t : 0)) + 1) / 2 * (RDBU.length - 1);
+  const i = Math.min(RDBU.length - 2, Math.floor(x));
+  const f = x - i;
+  const c = RDBU_RGB[i].map((a, k) => Math.round(a + (RDBU_RGB[i + 1][k] - a) * f));
+  return `rgb(${c.join(",")})`;
+}
+
+export function textOn(rgb) {
+  const [r, g, b] = rgb.match(/\d+/g).map((v) => {
+    const s = v / 255;
+    return s <= 0.03928 ? s / 12.92 : ((s + 0.055) / 1.055) ** 2.4;
+  });
+  return 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.2 ? "#111" : "#fff";
+}
+
+export function featureLabel(f) {
+  return f.position != null ? showToken(f.name) : f.name;
+}
+
+export function featureValue(f) {
+  return f.value === f.name ? "" : f.value;
+}
+
+export function measureName(res) {
+  return res.attr_target === "prob" ? "p" : "log p";
+}
+
+export const METHOD_NAMES = {
+  feature_ablation: "Feature ablation",
+  shapley_values: "Shapley values",
+  shapley_value_sampling: "Shapley value sampling",
+  lime: "LIME",
+  kernel_shap: "Kernel SHAP",
+};
+
+/** White outline behind text that may cross grid lines. */
+export const HALO = { stroke: "#fff", "stroke-width": 3, "stroke-linejoin": "round", "paint-order": "stroke" };
+
+/** Width a chart may use in `box`. */
+export function availWidth(box) {
+  return Math.max(280, (box.clientWidth || 708) - 8);
+}

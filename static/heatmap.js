@@ -1,0 +1,188 @@
+// Heatmap of target tokens by features (SVG), its keyboard and hover readout, and table.
+
+import { RDBU, color, textOn, featureLabel, featureValue, measureName, availWidth } from "./charts.js";
+import { $, $$, SVG_NS, FONT, el, svg, textWidth, fit } from "./dom.js";
+import { fmt, exact, fmtProb, numberScale, showToken } from "./format.js";
+
+export function drawHeatmap(box, res) {
+  const feats = res.features;
+  const rows = res.output_tokens.map(showToken);
+  const m = res.token_attr;
+  const se = res.token_attr_stderr;
+  const nr = rows.length;
+  const nc = feats.length;
+  const max = Math.max(1e-30, ...m.flat().map(Math.abs));
+  const { div, note } = numberScale(max);
+  const many = nc > 10;
+  const avail = availWidth(box);
+  const narrow = avail < 480;
+  const rowLabelW = Math.min(narrow ? 110 : 170, Math.max(40, ...rows.map((r) => textWidth(r, 12))) + 14);
+  const pColW = narrow ? 60 : 74;
+  const fitW = Math.floor((avail - rowLabelW - pColW - 12) / Math.max(1, nc));
+  const colW = many ? 46 : Math.max(narrow ? 52 : 62, Math.min(150, fitW));
+  const rowH = 24;
+  const headH = many ? Math.min(110, 16 + Math.max(...feats.map((f) => textWidth(featureLabel(f), 12, 600))) * 0.77) : 44;
+  const left = rowLabelW;
+  const top = headH + 6;
+  const gridW = nc * colW;
+  const width = left + gridW + pColW + 8 + (many ? Math.max(0, headH * 0.65 - pColW) : 0);
+  const legendTop = top + nr * rowH + 26;
+  const height = legendTop + 46;
+  const measure = measureName(res);
+
+  const root = svg("svg", {
+    xmlns: SVG_NS, width, height, viewBox: `0 0 ${width} ${height}`, class: "chart heatmap",
+    role: "img", tabindex: 0, "font-family": FONT, "font-size": 12,
+    "aria-label": `Heatmap of ${nr} target tokens by ${nc} features; attributions from ${fmt(-max)} to ${fmt(max)}. Arrow keys move between cells.`,
+  });
+  root.append(svg("rect", { x: 0, y: 0, width, height, fill: "#fff" }));
+
+  // column headers
+  feats.forEach((f, j) => {
+    const cx = left + j * colW + colW / 2;
+    const g = svg("g", { class: "col-head", "data-col": j });
+    const full = featureValue(f) ? `${f.name} = ${f.value}` : f.name;
+    g.append(svg("title", {}, full));
+    if (many) {
+      g.append(svg("text", {
+        x: cx, y: headH, transform: `rotate(-50 ${cx} ${headH})`, "font-weight": 600, fill: "#222",
+      }, fit(featureLabel(f), headH * 1.2, 12, 600)));
+    } else {
+      const size = narrow ? 11 : 12;
+      g.append(svg("text", { x: cx, y: 18, "text-anchor": "middle", "font-weight": 600, fill: "#222", "font-size": size }, fit(featureLabel(f), colW - 4, size, 600)));
+      const v = featureValue(f);
+      if (v) g.append(svg("text", { x: cx, y: 36, "text-anchor": "middle", fill: "#555", "font-size": size - 1 }, fit(v, colW - 4, size - 1)));
+    }
+    root.append(g);
+  });
+  root.append(svg("text", { x: left + gridW + pColW / 2 + 4, y: headH, "text-anchor": "middle", fill: "#555", "font-size": 11 }, "p(token)"));
+
+  // rows
+  rows.forEach((label, i) => {
+    const y = top + i * rowH;
+    root.append(svg("text", {
+      x: left - 8, y: y + rowH / 2 + 4, "text-anchor": "end", fill: "#222", class: "row-head", "data-row": i,
+    }, svg("title", {}, res.output_tokens[i]), fit(label, rowLabelW - 14, 12)));
+    const lp = res.target_log_probs?.[i];
+    if (lp !== undefined) {
+      root.append(svg("text", { x: left + gridW + pColW / 2 + 4, y: y + rowH / 2 + 4, "text-anchor": "middle", fill: "#555", "font-size": narrow ? 10 : 11, "font-variant-numeric": "tabular-nums" },
+        svg("title", {}, `log p = ${exact(lp)}`), fmtProb(Math.exp(lp))));
+    }
+    for (let j = 0; j < nc; j++) {
+      const v = m[i][j];
+      const fill = color(v / max);
+      const g = svg("g", { class: "cell", "data-row": i, "data-col": j, "data-value": v });
+      const tip = `${res.output_tokens[i]} × ${feats[j].name}: ${exact(v)}${se ? ` ± ${exact(se[i][j])}` : ""}`;
+      g.append(
+        svg("title", {}, tip),
+        svg("rect", { x: left + j * colW, y, width: colW, height: rowH, fill, stroke: "#fff", "stroke-width": 1 }),
+        svg("text", {
+          x: left + j * colW + colW / 2, y: y + rowH / 2 + 4, "text-anchor": "middle", fill: textOn(fill),
+          "font-size": many ? 10 : 11.5, "font-variant-numeric": "tabular-nums",
+        }, many ? fmt(v / div, 1) : fmt(v / div)),
+      );
+      root.append(g);
+    }
+  });
+
+  // legend
+  const lw = Math.min(300, Math.max(180, gridW));
+  const lx = left;
+  const grad = svg("linearGradient", { id: "heat-grad", x1: 0, x2: 1, y1: 0, y2: 0 });
+  RDBU.forEach((c, k) => grad.append(svg("stop", { offset: k / (RDBU.length - 1), "stop-color": c })));
+  root.append(svg("defs", {}, grad));
+  root.append(svg("rect", { x: lx, y: legendTop, width: lw, height: 10, fill: "url(#heat-grad)", stroke: "#999", "stroke-width": 0.5 }));
+  [-1, -0.5, 0, 0.5, 1].forEach((t) => {
+    const x = lx + ((t + 1) / 2) * lw;
+    root.append(svg("line", { x1: x, x2: x, y1: legendTop + 10, y2: legendTop + 14, stroke: "#666" }));
+    root.append(svg("text", { x, y: legendTop + 26, "text-anchor": "middle", fill: "#444", "font-size": 11 }, t === 0 ? "0" : fmt((t * max) / div)));
+  });
+  root.append(svg("text", { x: lx + lw + 10, y: legendTop + 9, fill: "#444", "font-size": 11 }, `← lowers ${measure} · raises ${measure} →`));
+  if (note) root.append(svg("text", { x: lx + lw + 10, y: legendTop + 26, fill: "#444", "font-size": 11, class: "scale-note" }, note));
+
+  const focus = svg("rect", { class: "focus-ring", width: colW, height: rowH, fill: "none", stroke: "#111", "stroke-width": 2.5, visibility: "hidden", "pointer-events": "none" });
+  root.append(focus);
+  box.replaceChildren(root);
+  wireHeatmap(root, res, { left, top, colW, rowH, nr, nc, focus });
+}
+
+function cellText(res, i, j) {
+  const f = res.features[j];
+  const se = res.token_attr_stderr?.[i]?.[j];
+  const v = res.token_attr[i][j];
+  const dir = v > 0 ? "raises" : v < 0 ? "lowers" : "does not change";
+  return {
+    title: `“${res.output_tokens[i]}” × ${f.name}${featureValue(f) ? ` = “${f.value}”` : ""}`,
+    body: `${exact(v)}${se !== undefined ? ` ± ${exact(se)}` : ""}: ${dir} ${measureName(res)} of token ${i + 1}`,
+  };
+}
+
+function wireHeatmap(root, res, g) {
+  let cur = null;
+  const tooltip = $("#tooltip");
+  const mark = (i, j, fromKey) => {
+    cur = [i, j];
+    g.focus.setAttribute("x", g.left + j * g.colW);
+    g.focus.setAttribute("y", g.top + i * g.rowH);
+    g.focus.setAttribute("visibility", "visible");
+    for (const n of $$(".row-head, .col-head", root)) n.classList.toggle("hl", Number(n.dataset.row ?? -1) === i || Number(n.dataset.col ?? -1) === j);
+    const t = cellText(res, i, j);
+    $("#heatmap-readout").textContent = `${t.title}: ${t.body}`;
+    if (fromKey) {
+      const r = root.getBoundingClientRect();
+      showTooltip(t, r.left + g.left + (j + 0.5) * g.colW, r.top + g.top + i * g.rowH);
+    }
+  };
+  const clear = () => {
+    g.focus.setAttribute("visibility", "hidden");
+    for (const n of $$(".hl", root)) n.classList.remove("hl");
+    tooltip.hidden = true;
+  };
+  root.addEventListener("pointermove", (e) => {
+    const cell = e.target.closest(".cell");
+    if (!cell) return clear();
+    const i = Number(cell.dataset.row);
+    const j = Number(cell.dataset.col);
+    mark(i, j, false);
+    showTooltip(cellText(res, i, j), e.clientX, e.clientY - 8);
+  });
+  root.addEventListener("pointerleave", clear);
+  root.addEventListener("blur", clear);
+  root.addEventListener("focus", () => mark(...(cur || [0, 0]), true));
+  root.addEventListener("keydown", (e) => {
+    const [i, j] = cur || [0, 0];
+    const moves = { ArrowUp: [-1, 0], ArrowDown: [1, 0], ArrowLeft: [0, -1], ArrowRight: [0, 1], Home: [0, -j], End: [0, g.nc - 1 - j] };
+    const d = moves[e.key];
+    if (e.key === "Escape") return clear();
+    if (!d) return;
+    e.preventDefault();
+    mark(Math.max(0, Math.min(g.nr - 1, i + d[0])), Math.max(0, Math.min(g.nc - 1, j + d[1])), true);
+  });
+}
+
+function showTooltip(t, x, y) {
+  const tip = $("#tooltip");
+  tip.replaceChildren(el("strong", { text: t.title }), el("span", { text: t.body }));
+  tip.hidden = false;
+  const w = tip.offsetWidth;
+  const h = tip.offsetHeight;
+  const left = Math.max(4, Math.min(window.innerWidth - w - 4, x - w / 2));
+  const top = y - h - 6 < 4 ? y + 28 : y - h - 6;
+  tip.style.left = `${left + window.scrollX}px`;
+  tip.style.top = `${top + window.scrollY}px`;
+}
+
+export function drawTable(box, res) {
+  const se = res.token_attr_stderr;
+  const head = el("tr", {}, el("th", { scope: "col", text: "Target token" }),
+    ...res.features.map((f) => el("th", { scope: "col", text: featureValue(f) ? `${f.name} (${f.value})` : f.name })),
+    el("th", { scope: "col", text: "p(token)" }));
+  const body = res.output_tokens.map((t, i) => el("tr", {},
+    el("th", { scope: "row", text: showToken(t) }),
+    ...res.token_attr[i].map((v, j) => el("td", { text: exact(v) + (se ? ` ± ${exact(se[i][j])}` : "") })),
+    el("td", { text: res.target_log_probs ? fmtProb(Math.exp(res.target_log_probs[i])) : "" })));
+  const total = el("tr", { class: "total" }, el("th", { scope: "row", text: "Whole target" }),
+    ...res.seq_attr.map((v, j) => el("td", { text: exact(v) + (res.seq_attr_stderr ? ` ± ${exact(res.seq_attr_stderr[j])}` : "") })),
+    el("td", { text: fmtProb(Math.exp(res.target_log_prob)) }));
+  box.replaceChildren(el("table", {}, el("thead", {}, head), el("tbody", {}, ...body, total)));
+}

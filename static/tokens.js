@@ -1,0 +1,69 @@
+// Token mode: every token of a text is a feature; chips choose tokens kept fixed.
+
+import { api } from "./api.js";
+import { $, el, debounce } from "./dom.js";
+import { showError } from "./errors.js";
+import { showToken } from "./format.js";
+import { saveState } from "./request.js";
+import { state } from "./state.js";
+
+export function setMode(mode) {
+  state.mode = mode;
+  const radio = $(`input[name=mode][value="${mode}"]`);
+  if (radio) radio.checked = true;
+  $("#template-mode").hidden = mode !== "template";
+  $("#tokens-mode").hidden = mode !== "tokens";
+  const tokens = mode === "tokens";
+  $("#compare-needs-template").hidden = !tokens;
+  for (const id of ["compare-ph", "compare-values", "compare-run"]) $(`#${id}`).disabled = tokens;
+  if (tokens) tokenizeSoon();
+}
+
+/** Byte offsets (from the server) to string pieces. */
+function pieces(text, offsets) {
+  const bytes = new TextEncoder().encode(text);
+  const dec = new TextDecoder();
+  return offsets.map(([a, b]) => dec.decode(bytes.slice(a, b)));
+}
+
+async function tokenize() {
+  const text = $("#text").value;
+  const box = $("#token-chips");
+  if (text === "") {
+    state.tokens = null;
+    return box.replaceChildren();
+  }
+  try {
+    const out = await api("POST", "/v1/tokenize", { text });
+    if ($("#text").value !== text) return;
+    state.tokens = { text, ids: out.ids, pieces: pieces(text, out.offsets) };
+    drawChips();
+  } catch (err) {
+    showError(err.field ? err : { ...err, field: "text" });
+  }
+}
+export const tokenizeSoon = debounce(tokenize, 300);
+
+function drawChips() {
+  const t = state.tokens;
+  if (!t) return;
+  const chips = t.ids.map((id, p) => {
+    const piece = t.pieces[p];
+    const skipped = state.skip.has(id) || state.skip.has(piece) || state.skip.has(piece.trim());
+    return el("button", {
+      type: "button", "aria-pressed": skipped ? "true" : "false", "data-id": id,
+      title: `token ${id}${skipped ? ", kept fixed" : ""}`, text: showToken(piece),
+      onclick: () => {
+        if (skipped) {
+          state.skip.delete(id);
+          state.skip.delete(piece);
+          state.skip.delete(piece.trim());
+        } else state.skip.add(id);
+        drawChips();
+        $(`#token-chips button:nth-child(${p + 1})`)?.focus();
+        saveState();
+      },
+    });
+  });
+  $("#token-chips").replaceChildren(...chips);
+}
