@@ -125,15 +125,23 @@ fn rss_mb() -> u64 {
         .map_or(0, |kb| kb / 1024)
 }
 
-/// Log-probs of the targets with every block computed at every position, then the LM head at
-/// the target positions only (what `Model::score` did before `hidden_rows`).
-fn score_all_rows_head_at_targets(arch: &dyn Architecture, items: &[ScoreItem]) -> Vec<f32> {
+/// Input ids of equal-length items as one `[batch, len]` tensor, and `len`.
+fn input_ids(items: &[ScoreItem]) -> (Tensor, usize) {
     let len = items[0].input_len();
     let ids: Vec<u32> = items
         .iter()
         .flat_map(|it| it.prompt.iter().chain(&it.target[..it.target.len() - 1]).copied())
         .collect();
-    let ids = Tensor::from_vec(ids, (items.len(), len), &Device::Cpu).unwrap();
+    (
+        Tensor::from_vec(ids, (items.len(), len), &Device::Cpu).unwrap(),
+        len,
+    )
+}
+
+/// Log-probs of the targets with every block computed at every position, then the LM head at
+/// the target positions only (what `Model::score` did before `hidden_rows`).
+fn score_all_rows_head_at_targets(arch: &dyn Architecture, items: &[ScoreItem]) -> Vec<f32> {
+    let (ids, len) = input_ids(items);
     let mut rows = Vec::new();
     let mut targets = Vec::new();
     for (b, it) in items.iter().enumerate() {
@@ -151,12 +159,7 @@ fn score_all_rows_head_at_targets(arch: &dyn Architecture, items: &[ScoreItem]) 
 
 /// Log-probs of the targets with the LM head over every position of the padded batch.
 fn score_full_head(arch: &dyn Architecture, items: &[ScoreItem]) -> Vec<f32> {
-    let len = items[0].input_len();
-    let ids: Vec<u32> = items
-        .iter()
-        .flat_map(|it| it.prompt.iter().chain(&it.target[..it.target.len() - 1]).copied())
-        .collect();
-    let ids = Tensor::from_vec(ids, (items.len(), len), &Device::Cpu).unwrap();
+    let (ids, len) = input_ids(items);
     let h = arch.hidden(&ids).unwrap();
     let h = h.reshape((items.len() * len, h.dim(2).unwrap())).unwrap();
     let logp = candle_nn::ops::log_softmax(&arch.logits(&h).unwrap(), 1).unwrap();

@@ -40,7 +40,8 @@ pub trait Backend: Send + Sync + 'static {
 
 impl Backend for Model {
     fn score_batch(&self, batch: &[ScoreItem]) -> Result<Vec<Vec<f32>>> {
-        self.score(batch)
+        // Every item passed `check` before it was queued.
+        self.score_checked(batch)
     }
     fn generate(&self, prompt: &[u32], max_new_tokens: usize) -> Result<Vec<u32>> {
         Model::generate(self, prompt, max_new_tokens)

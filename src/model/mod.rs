@@ -158,11 +158,17 @@ impl Model {
     /// the whole batch (right-padded). The LM head runs only at the positions that predict a
     /// target token.
     pub fn score(&self, batch: &[ScoreItem]) -> Result<Vec<Vec<f32>>> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
         for (i, item) in batch.iter().enumerate() {
             self.check(item, &format!("sequences[{i}]"))?;
+        }
+        self.score_checked(batch)
+    }
+
+    /// `score` for items that already passed [`Model::check`] (the engine checks them before
+    /// they are queued).
+    pub(crate) fn score_checked(&self, batch: &[ScoreItem]) -> Result<Vec<Vec<f32>>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
         }
         let len = batch.iter().map(ScoreItem::input_len).max().unwrap_or(0);
         let mut ids = Vec::with_capacity(batch.len() * len);
