@@ -304,7 +304,18 @@ pub fn tokenizer(file: &Gguf) -> Result<Tokenizer> {
             tokens.len()
         )));
     }
-    Ok(Tokenizer::new(inner, eos))
+    let token = |key: &str| -> Result<Option<String>> {
+        match file.get(key) {
+            None => Ok(None),
+            Some(_) => Ok(tokens.get(file.usize(key)?).map(|t| t.to_string())),
+        }
+    };
+    let chat = crate::model::tokenizer::ChatConfig {
+        template: file.str("tokenizer.chat_template").ok().map(str::to_string),
+        bos_token: token("tokenizer.ggml.bos_token_id")?,
+        eos_token: token("tokenizer.ggml.eos_token_id")?,
+    };
+    Ok(Tokenizer::new(inner, eos).with_chat(chat))
 }
 
 /// Llama 3's pre-tokenizer split.

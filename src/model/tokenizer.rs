@@ -9,12 +9,43 @@ pub type Offsets = Vec<(usize, usize)>;
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     eos: Vec<u32>,
+    chat: ChatConfig,
+}
+
+/// The model's chat template and the special tokens a template may print.
+#[derive(Debug, Clone, Default)]
+pub struct ChatConfig {
+    pub template: Option<String>,
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
 }
 
 impl Tokenizer {
     /// `eos`: ids that end a greedy generation.
     pub fn new(inner: tokenizers::Tokenizer, eos: Vec<u32>) -> Self {
-        Tokenizer { inner, eos }
+        Tokenizer {
+            inner,
+            eos,
+            chat: ChatConfig::default(),
+        }
+    }
+
+    pub fn with_chat(mut self, chat: ChatConfig) -> Self {
+        self.chat = chat;
+        self
+    }
+
+    /// The Jinja chat template, if the model has one.
+    pub fn chat_template(&self) -> Option<&str> {
+        self.chat.template.as_deref()
+    }
+
+    pub fn bos_token(&self) -> Option<&str> {
+        self.chat.bos_token.as_deref()
+    }
+
+    pub fn eos_token(&self) -> Option<&str> {
+        self.chat.eos_token.as_deref()
     }
 
     /// Loads a `tokenizer.json`.
