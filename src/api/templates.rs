@@ -5,12 +5,19 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::request::{ChatMessage, Role};
+
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Template {
     pub id: String,
     pub title: String,
-    /// Prompt template with `{placeholder}`s.
-    pub template: String,
+    /// Prompt template with `{placeholder}`s (absent for a chat entry).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// Chat messages with `{placeholder}`s, rendered with the model's chat template (instead of
+    /// `template`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Vec<ChatMessage>>,
     pub values: BTreeMap<String, String>,
     /// Baseline list per placeholder (their product is the baseline distribution).
     pub baselines: BTreeMap<String, Vec<String>>,
@@ -75,8 +82,13 @@ const SPECS: [Spec<'static>; 4] = [
     ),
 ];
 
+/// System message of the chat versions: the user's text is the seed template, the assistant
+/// continues it.
+const CHAT_SYSTEM: &str = "Continue the user's text.";
+
+/// The seed templates, then their chat versions (`<id>-chat`).
 pub fn templates() -> Templates {
-    let templates = SPECS
+    let plain: Vec<Template> = SPECS
         .iter()
         .map(
             |(id, title, template, values, target, second, second_baselines)| {
@@ -88,7 +100,8 @@ pub fn templates() -> Templates {
                 Template {
                     id: id.to_string(),
                     title: title.to_string(),
-                    template: template.to_string(),
+                    template: Some(template.to_string()),
+                    messages: None,
                     values: values
                         .iter()
                         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -99,6 +112,23 @@ pub fn templates() -> Templates {
             },
         )
         .collect();
+    let chat = plain.iter().map(|t| {
+        let message = |role, content: &str| ChatMessage {
+            role,
+            content: content.to_string(),
+        };
+        Template {
+            id: format!("{}-chat", t.id),
+            title: format!("{} (chat)", t.title),
+            template: None,
+            messages: Some(vec![
+                message(Role::System, CHAT_SYSTEM),
+                message(Role::User, t.template.as_deref().unwrap_or_default()),
+            ]),
+            ..t.clone()
+        }
+    });
+    let templates = plain.iter().cloned().chain(chat).collect();
     Templates { templates }
 }
 
@@ -109,10 +139,14 @@ mod tests {
     #[test]
     fn every_placeholder_has_a_value_and_baselines() {
         let t = templates().templates;
-        assert_eq!(t.len(), 4);
+        assert_eq!(t.len(), 8);
         for t in &t {
-            let names: Vec<&str> = t
-                .template
+            let text = match (&t.template, &t.messages) {
+                (Some(template), None) => template.clone(),
+                (None, Some(messages)) => messages.iter().map(|m| m.content.as_str()).collect(),
+                _ => panic!("{}: either a template or messages", t.id),
+            };
+            let names: Vec<&str> = text
                 .split('{')
                 .skip(1)
                 .filter_map(|s| s.split('}').next())
@@ -138,7 +172,7 @@ mod tests {
         let t1 = &templates().templates[0];
         let want = &fixture["template"]["product_baselines"];
         assert_eq!(serde_json::to_value(&t1.baselines).unwrap(), *want);
-        assert_eq!(t1.template, fixture["template"]["prompt"]);
+        assert_eq!(t1.template.as_deref(), fixture["template"]["prompt"].as_str());
         assert_eq!(t1.target, fixture["template"]["target"]);
     }
 }
