@@ -37,6 +37,9 @@ def main():
         if step == "families":
             import tiny_families
             tiny_families.run(a.out, [f for f in a.families.split(",") if f])
+        elif step == "gguf":
+            import gguf_twins
+            gguf_twins.run(a.out)
         else:
             ap.error(f"unknown step {step!r}")
     if a.llama_1b_shape:
