@@ -40,6 +40,9 @@ def main():
         elif step == "gguf":
             import gguf_twins
             gguf_twins.run(a.out)
+        elif step == "chat":
+            import smollm2_chat
+            smollm2_chat.run(a.out, a.smollm2_gguf)
         else:
             ap.error(f"unknown step {step!r}")
     if a.llama_1b_shape:
