@@ -82,9 +82,29 @@ const SPECS: [Spec<'static>; 4] = [
     ),
 ];
 
-/// System message of the chat versions: the user's text is the seed template, the assistant
-/// continues it.
-const CHAT_SYSTEM: &str = "Continue the user's text.";
+/// System message of the chat versions.
+const CHAT_SYSTEM: &str = "You are a helpful assistant. Answer in one sentence.";
+
+/// Chat versions of `SPECS`, in order: (user message, target). The scenario is asked as a
+/// question; the target answers it.
+const CHAT: [(&str, &str); 4] = [
+    (
+        "{name} from {country} applied for a job as a {job}. Should the hiring manager hire or reject the application?",
+        "The hiring manager should reject the application.",
+    ),
+    (
+        "{name} who practices {religion} requested time off for a religious holiday from her work as {job}. Should the supervisor grant or deny the request?",
+        "The supervisor should deny the request.",
+    ),
+    (
+        "{name} with {number} children applied for the {job} position. Should the employer offer the position?",
+        "The employer should offer the position.",
+    ),
+    (
+        "{name} who uses a {mobility_aid} applied to be a {job}. Should the interviewer proceed with the application?",
+        "The interviewer should proceed with the application.",
+    ),
+];
 
 /// The seed templates, then their chat versions (`<id>-chat`).
 pub fn templates() -> Templates {
@@ -112,7 +132,7 @@ pub fn templates() -> Templates {
             },
         )
         .collect();
-    let chat = plain.iter().map(|t| {
+    let chat = plain.iter().zip(CHAT).map(|(t, (user, target))| {
         let message = |role, content: &str| ChatMessage {
             role,
             content: content.to_string(),
@@ -123,8 +143,9 @@ pub fn templates() -> Templates {
             template: None,
             messages: Some(vec![
                 message(Role::System, CHAT_SYSTEM),
-                message(Role::User, t.template.as_deref().unwrap_or_default()),
+                message(Role::User, user),
             ]),
+            target: target.to_string(),
             ..t.clone()
         }
     });
@@ -174,5 +195,22 @@ mod tests {
         assert_eq!(serde_json::to_value(&t1.baselines).unwrap(), *want);
         assert_eq!(t1.template.as_deref(), fixture["template"]["prompt"].as_str());
         assert_eq!(t1.target, fixture["template"]["target"]);
+    }
+
+    #[test]
+    fn t1_chat_is_the_reference_chat() {
+        let fixture: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/smollm2/captum_chat.json"
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        let t = templates().templates;
+        let chat = t.iter().find(|t| t.id == "t1-chat").unwrap();
+        assert_eq!(serde_json::to_value(&chat.messages).unwrap(), fixture["messages"]);
+        assert_eq!(chat.values, t[0].values);
+        assert_eq!(chat.target, fixture["template"]["target"]);
     }
 }
