@@ -112,8 +112,7 @@ pub fn run(
         limits.max_n_samples,
     )?;
     let trials = check_count("num_trials", request.num_trials, 1, limits.max_num_trials)?;
-    let model = scorer.model();
-    let tokenizer = model.tokenizer();
+    let tokenizer = scorer.tokenizer();
     let input = Input::from_request(request, tokenizer)?;
     let n = input.n_features();
     if n > limits.max_features {
@@ -209,7 +208,7 @@ pub fn run(
         None => (None, None),
     };
     Ok(AttributeResponse {
-        model: model.info().spec.clone(),
+        model: scorer.info().spec.clone(),
         method,
         attr_target: request.attr_target,
         baseline_sampling: sampling,
