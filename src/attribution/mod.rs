@@ -5,7 +5,6 @@
 //! is a fixed linear map of these values (except LIME's Lasso, fitted per column), so sequence
 //! and per-token attributions come from the same evaluations.
 
-pub mod evaluator;
 pub mod linear;
 mod shapley;
 mod surrogate;

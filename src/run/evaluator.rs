@@ -10,12 +10,12 @@ use std::collections::HashMap;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::{Coalition, Evaluator};
+use super::progress::Progress;
+use crate::attribution::{Coalition, Evaluator};
 use crate::error::{Error, Result};
 use crate::input::Input;
 use crate::model::ScoreItem;
 use crate::request::{AttrTarget, BaselineSampling, Stats};
-use crate::run::Progress;
 use crate::scorer::Scorer;
 
 pub struct SequenceEvaluator<'a> {

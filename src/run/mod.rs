@@ -1,16 +1,23 @@
 //! Runs one attribute request end to end: input -> method -> evaluator -> scorer.
+//!
+//! `evaluator` turns the methods' coalitions into prompts and scores them; `progress` is what
+//! both report as sequences are scored.
+
+pub mod evaluator;
+mod progress;
 
 use std::time::Instant;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::attribution::evaluator::{exact_count, SequenceEvaluator};
 use crate::attribution::{self, Evaluator, MAX_EXACT_FEATURES};
 use crate::error::{Error, Result};
 use crate::input::Input;
 use crate::request::{AttributeRequest, AttributeResponse, BaselineSampling, Method};
 use crate::scorer::Scorer;
+use evaluator::{exact_count, SequenceEvaluator};
+pub use progress::Progress;
 
 /// Per-request limits; the server maps its flags onto these.
 #[derive(Debug, Clone)]
@@ -37,13 +44,6 @@ impl Default for Limits {
             max_new_tokens: 100,
         }
     }
-}
-
-/// Work done so far, in sequences scored out of the total the request needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct Progress {
-    pub done: usize,
-    pub total: usize,
 }
 
 /// Default length of a generated target.
