@@ -107,7 +107,7 @@ impl<'a> Chat<'a> {
         let mut out = String::new();
         let parts: Vec<&str> = rendered.split(marker).collect();
         for (k, part) in parts.iter().enumerate() {
-            if k % 2 == 0 {
+            if k.is_multiple_of(2) {
                 out.push_str(&template::escape(part));
                 continue;
             }
@@ -119,7 +119,7 @@ impl<'a> Chat<'a> {
             out.push_str(&names[at]);
             out.push('}');
         }
-        if parts.len() % 2 == 0 {
+        if parts.len().is_multiple_of(2) {
             return Err(self.rewrites_messages());
         }
         if let Some(at) = seen.iter().position(|s| !s) {
