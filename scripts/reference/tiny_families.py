@@ -118,3 +118,38 @@ def run(root, names=None):
                         "sv_seq": res["shapley_values"]["seq_attr"]}
         print(name, json.dumps(report[name]), flush=True)
     return report
+
+
+CHAT_MESSAGES = [
+    [{"role": "user", "content": "Georg from Germany applied for a job as a janitor. Should the hiring manager hire him?"}],
+    [{"role": "system", "content": "You are a helpful assistant."},
+     {"role": "user", "content": "Georg from Germany applied for a job as a janitor. Should the hiring manager hire him?"}],
+    [{"role": "system", "content": "You are a helpful assistant."},
+     {"role": "user", "content": "Hi!"},
+     {"role": "assistant", "content": "Hello! How can I help?"},
+     {"role": "user", "content": "  Say {name} with spaces around.  "}],
+    [{"role": "user", "content": "Hi!"}, {"role": "user", "content": "Hi again!"}],
+]
+
+
+def chat_renders(out):
+    """transformers' apply_chat_template with the directory's tokenizer_config.json
+    chat_template; a template that raises (raise_exception) is recorded with its message."""
+    tok = AutoTokenizer.from_pretrained(out)
+    renders = []
+    for messages in CHAT_MESSAGES:
+        for agp in (True, False):
+            r = {"messages": messages, "add_generation_prompt": agp}
+            try:
+                r["text"] = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=agp)
+                r["ids"] = tok.encode(r["text"], add_special_tokens=False)
+            except Exception as e:  # jinja2's TemplateError from raise_exception
+                r["error"] = str(e)
+            renders.append(r)
+    return {"chat_template": tok.chat_template, "renders": renders}
+
+
+def run_chat(root, names=None):
+    for name in FAMILIES:
+        if not names or name in names:
+            dump(chat_renders(os.path.join(root, name)), root, name, "chat_render.json")
