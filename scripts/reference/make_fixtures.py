@@ -22,7 +22,7 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(REPO, "tests", "fixtures"))
-    ap.add_argument("--steps", default="", help="comma list of: families, family-chat, gguf, chat, grad")
+    ap.add_argument("--steps", default="", help="comma list of: families, sharded, family-chat, gguf, chat, grad")
     ap.add_argument("--families", default="", help="comma list of families to build (default all)")
     ap.add_argument("--grad-models", default="tiny-gpt2,llama,qwen2,gemma2,mistral,phi3,qwen3,llama-linear,smollm2",
                     help="fixture dirs the grad step writes captum_grad.json into")
@@ -39,6 +39,9 @@ def main():
         if step == "families":
             import tiny_families
             tiny_families.run(a.out, [f for f in a.families.split(",") if f])
+        elif step == "sharded":
+            import tiny_families
+            tiny_families.write_sharded(a.out)
         elif step == "family-chat":
             import tiny_families
             tiny_families.run_chat(a.out, [f for f in a.families.split(",") if f])

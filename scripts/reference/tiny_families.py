@@ -153,3 +153,34 @@ def run_chat(root, names=None):
     for name in FAMILIES:
         if not names or name in names:
             dump(chat_renders(os.path.join(root, name)), root, name, "chat_render.json")
+
+
+def write_sharded(root, src="qwen3", dst="qwen3-sharded"):
+    """The same weights as `src`, split into two shards with model.safetensors.index.json
+    (as transformers writes them), plus src's config and tokenizer files; src's reference
+    data applies unchanged."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    s, d = os.path.join(root, src), os.path.join(root, dst)
+    os.makedirs(d, exist_ok=True)
+    for f in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(s, f), d)
+    with safe_open(os.path.join(s, "model.safetensors"), "pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    names = sorted(tensors)
+    half = len(names) // 2
+    weight_map, total = {}, 0
+    for n, part in enumerate((names[:half], names[half:]), start=1):
+        fname = f"model-{n:05d}-of-00002.safetensors"
+        save_file({k: tensors[k] for k in part}, os.path.join(d, fname), metadata={"format": "pt"})
+        for k in part:
+            weight_map[k] = fname
+            total += tensors[k].numel() * tensors[k].element_size()
+    with open(os.path.join(d, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+        f.write("\n")
+    a, _ = load(s)
+    b, _ = load(d)
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        assert torch.equal(a(ids).logits, b(ids).logits)
