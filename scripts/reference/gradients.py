@@ -136,3 +136,34 @@ def run(root, gguf_path, families):
         dump(res, d, "captum_grad.json")
         print(fam, [(c["method"], c.get("integration"), [round(x, 3) for x in c["seq_attr"]][:4],
                      max(map(abs, c.get("convergence_delta", [0])))) for c in res["cases"]], flush=True)
+
+
+BENCH_PROMPT = "Georg from Germany applied for a job as a janitor at a bakery. The hiring manager decided to"
+BENCH_TARGET = " reject the application without any further consideration."
+
+
+def time_captum(gguf_path, repeats=2):
+    """Seconds Captum 0.9 takes for IG (50 steps, Gauss-Legendre) and gradient x input on
+    SmolLM2 with a 20-token prompt and an 8-token target, on this CPU: the number issue 12's
+    bench compares against. The best of `repeats` runs."""
+    import json
+    from smollm2_chat import load_smollm2
+    model, tok, _ = load_smollm2(gguf_path)
+    n_prompt, n_target = len(tok.encode(BENCH_PROMPT)), len(tok.encode(BENCH_TARGET, add_special_tokens=False))
+    assert (n_prompt, n_target) == (20, 8), (n_prompt, n_target)
+    layer = model.get_input_embeddings()
+    out = {"model": "SmolLM2-135M-Instruct.Q4_1 dequantized to f32", "prompt": BENCH_PROMPT,
+           "target": BENCH_TARGET, "prompt_tokens": n_prompt, "target_tokens": n_target,
+           "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+    for name, method, kwargs in (
+            ("integrated_gradients_50_gausslegendre", LayerIntegratedGradients(model, layer), {"n_steps": 50}),
+            ("gradient_x_input", LayerGradientXActivation(model, layer), {})):
+        llm = LLMGradientAttribution(method, tok)
+        best = float("inf")
+        for _ in range(repeats):
+            t = time.time()
+            llm.attribute(TextTokenInput(BENCH_PROMPT, tok), target=BENCH_TARGET, **kwargs)
+            best = min(best, time.time() - t)
+        out[name + "_seconds"] = best
+    print(json.dumps(out, indent=1), flush=True)
+    return out

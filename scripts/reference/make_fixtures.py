@@ -29,11 +29,14 @@ def main():
     ap.add_argument("--smollm2-gguf", default=os.path.join(REPO, "models", "SmolLM2-135M-Instruct.Q4_1.gguf"))
     ap.add_argument("--llama-1b-shape", metavar="DIR",
                     help="write a random model at Llama-3.2-1B's shape into DIR (outside the repo)")
+    ap.add_argument("--time-captum-grad", action="store_true",
+                    help="print Captum's seconds for IG (50 steps) and gradient x input on SmolLM2, "
+                         "20-token prompt, 8-token target (issue 12's speed baseline)")
     a = ap.parse_args()
     torch.manual_seed(0)
     random.seed(0)
     steps = [s for s in a.steps.split(",") if s]
-    if not steps and not a.llama_1b_shape:
+    if not steps and not a.llama_1b_shape and not a.time_captum_grad:
         ap.error("nothing to do: give --steps and/or --llama-1b-shape")
     for step in steps:
         if step == "families":
@@ -56,6 +59,9 @@ def main():
             gradients.run(a.out, a.smollm2_gguf, a.grad_models.split(","))
         else:
             ap.error(f"unknown step {step!r}")
+    if a.time_captum_grad:
+        import gradients
+        gradients.time_captum(a.smollm2_gguf)
     if a.llama_1b_shape:
         import big_model
         big_model.write(a.llama_1b_shape)
