@@ -9,7 +9,7 @@ import torch
 from tokenizers import Tokenizer
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, CONFIG_MAPPING
 
-from common import captum_t1, dump, logprob_cases, tokenization_cases
+from common import TEMPLATES, captum_t1, dump, logprob_cases, tokenization_cases
 from families import FAMILIES
 
 
@@ -97,7 +97,6 @@ def greedy(model, tok, prompt, n=12):
 
 
 def run(root, names=None):
-    from common import TEMPLATES
     report = {}
     for name, spec in FAMILIES.items():
         if names and name not in names:
