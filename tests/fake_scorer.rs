@@ -3,7 +3,7 @@
 
 use std::sync::Mutex;
 
-use llm_attr::model::{ArchInfo, Architecture, Model, ScoreItem, Tokenizer};
+use llm_attr::model::{ArchInfo, Architecture, KvCache, Model, ScoreItem, Tokenizer};
 use llm_attr::request::{AttrTarget, AttributeRequest, Baseline, BaselineSampling, Method, TokenRef};
 use llm_attr::run::{run, Limits, Progress};
 use llm_attr::scorer::Scorer;
@@ -18,8 +18,28 @@ impl Architecture for NoArch {
     fn logits(&self, _: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
         Err(candle_core::Error::Msg("fake".into()))
     }
-    fn generate(&self, _: &[u32], _: usize, _: &[u32]) -> candle_core::Result<Vec<u32>> {
+    fn hidden_rows(
+        &self,
+        _: &candle_core::Tensor,
+        _: &candle_core::Tensor,
+    ) -> candle_core::Result<candle_core::Tensor> {
         Err(candle_core::Error::Msg("fake".into()))
+    }
+    fn step(&self, _: &candle_core::Tensor, _: &mut KvCache) -> candle_core::Result<candle_core::Tensor> {
+        Err(candle_core::Error::Msg("fake".into()))
+    }
+    fn new_cache(&self) -> KvCache {
+        KvCache::new(1)
+    }
+    fn embed(&self, _: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+        Err(candle_core::Error::Msg("fake".into()))
+    }
+    fn forward_from_embeddings(&self, _: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+        Err(candle_core::Error::Msg("fake".into()))
+    }
+    fn device(&self) -> &candle_core::Device {
+        static CPU: candle_core::Device = candle_core::Device::Cpu;
+        &CPU
     }
     fn info(&self) -> ArchInfo {
         ArchInfo {
