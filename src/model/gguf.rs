@@ -22,10 +22,10 @@ use tokenizers::decoders::sequence::Sequence as DecoderSequence;
 use tokenizers::decoders::strip::Strip;
 use tokenizers::decoders::DecoderWrapper;
 use tokenizers::models::bpe::{Vocab, BPE};
-use tokenizers::normalizers::NormalizerWrapper;
-use tokenizers::normalizers::{Prepend, Replace};
+use tokenizers::normalizers::Replace;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
@@ -430,9 +430,11 @@ pub fn tokenizer(file: &Gguf) -> Result<Tokenizer> {
     let (mut inner, bos_default) = match model {
         "gpt2" => (byte_level_bpe(file, &tokens)?, false),
         "llama" => (sentencepiece(file, &tokens)?, true),
-        other => return Err(file.error(format!(
+        other => {
+            return Err(file.error(format!(
             "unsupported tokenizer model `{other}` (supported: gpt2 (byte-level BPE), llama (SentencePiece))"
-        ))),
+        )))
+        }
     };
     // Control tokens (type 3) are special; user-defined ones (type 4) are matched as written.
     inner.add_special_tokens(&added(&tokens, &types, 3, true));
@@ -563,10 +565,12 @@ const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p
 /// Qwen2's: as Llama 3's, with single digits.
 const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
-/// SentencePiece BPE (the `llama` tokenizer model) as transformers' GGUF converter builds it:
+/// SentencePiece BPE (the `llama` tokenizer model) as transformers builds it from a GGUF:
 /// byte-fallback BPE whose merges, when the file has none, come from the token scores (every
 /// split of a token into two tokens, best-scored token first); spaces become `▁`, with one in
-/// front unless `tokenizer.ggml.add_space_prefix` is false.
+/// front of the text unless `tokenizer.ggml.add_space_prefix` is false. (llama.cpp also puts one
+/// after every special token and in front of text that starts with a space; transformers does
+/// not, and its tokenization is what Captum sees.)
 fn sentencepiece(file: &Gguf, tokens: &[&str]) -> Result<tokenizers::Tokenizer> {
     let vocab = vocab(tokens);
     let merges: Vec<(String, String)> = match file.get("tokenizer.ggml.merges") {
@@ -609,15 +613,11 @@ fn sentencepiece(file: &Gguf, tokens: &[&str]) -> Result<tokenizers::Tokenizer> 
         Some(Value::Bool(b)) => *b,
         _ => true,
     };
-    let mut normalizers: Vec<NormalizerWrapper> = Vec::new();
-    if prefix {
-        normalizers.push(Prepend::new("▁".into()).into());
-    }
-    normalizers.push(
-        Replace::new(" ", "▁")
-            .map_err(|e| file.error(format!("tokenizer normalizer: {e}")))?
-            .into(),
-    );
+    let scheme = if prefix {
+        PrependScheme::First
+    } else {
+        PrependScheme::Never
+    };
     let mut decoders: Vec<DecoderWrapper> = vec![
         Replace::new("▁", " ")
             .map_err(|e| file.error(format!("tokenizer decoder: {e}")))?
@@ -630,7 +630,7 @@ fn sentencepiece(file: &Gguf, tokens: &[&str]) -> Result<tokenizers::Tokenizer> 
     }
     let mut inner = tokenizers::Tokenizer::new(bpe);
     inner
-        .with_normalizer(Some(tokenizers::normalizers::Sequence::new(normalizers)))
+        .with_pre_tokenizer(Some(Metaspace::new('▁', scheme, false)))
         .with_decoder(Some(DecoderSequence::new(decoders)));
     Ok(inner)
 }
