@@ -75,6 +75,13 @@ fn info_describes_smollm2() {
         info.arch.parameters
     );
     assert_eq!(model().tokenizer().eos_ids(), &[2]);
+    // From the GGUF metadata, for chat input.
+    let tok = model().tokenizer();
+    assert!(tok.chat_template().is_some_and(|t| t.contains("<|im_start|>")));
+    assert_eq!(
+        (tok.bos_token(), tok.eos_token()),
+        (Some("<|im_start|>"), Some("<|im_end|>"))
+    );
 }
 
 #[test]

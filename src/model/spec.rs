@@ -350,6 +350,7 @@ pub fn fetch(repo: &str, revision: Option<&str>, hub: &HubOptions) -> Result<Mod
 /// Gets files of one repo from the cache, or the network unless offline.
 struct Getter<'a> {
     hub: &'a HubOptions,
+    repo: Repo,
     cache: hf_hub::CacheRepo,
     api: Option<hf_hub::api::sync::ApiRepo>,
     spec: &'a str,
@@ -368,10 +369,11 @@ impl<'a> Getter<'a> {
                 .with_retries(2)
                 .build()
                 .map_err(|e| Error::Model(format!("cannot set up the hub client: {e}")))?;
-            Some(api.repo(repo))
+            Some(api.repo(repo.clone()))
         };
         Ok(Getter {
             hub,
+            repo,
             cache,
             api,
             spec,
@@ -399,6 +401,22 @@ impl<'a> Getter<'a> {
         }
     }
 
+    /// huggingface_hub's record that the repo has no such file at the cached commit,
+    /// `.no_exist/<commit>/<file>`, so optional files are asked for once, not on every load.
+    fn absent_marker(&self, file: &str) -> Option<PathBuf> {
+        let dir = self.hub.cache_dir.join(self.repo.folder_name());
+        let rev = self.repo.revision();
+        let commit = if rev.len() == 40 && rev.chars().all(|c| c.is_ascii_hexdigit()) {
+            rev.to_string()
+        } else {
+            std::fs::read_to_string(dir.join("refs").join(rev))
+                .ok()?
+                .trim()
+                .to_string()
+        };
+        Some(dir.join(".no_exist").join(commit).join(file))
+    }
+
     /// `Ok(None)` when the file is not there: not on the hub, or (offline) not in the cache.
     fn try_get(&self, file: &str) -> Result<Option<PathBuf>> {
         if let Some(p) = self.cache.get(file) {
@@ -407,11 +425,22 @@ impl<'a> Getter<'a> {
         let Some(api) = &self.api else {
             return Ok(None);
         };
+        if self.absent_marker(file).is_some_and(|m| m.is_file()) {
+            return Ok(None);
+        }
         tracing::info!(spec = self.spec, file, "downloading from the hub");
         match api.download(file) {
             Ok(p) => Ok(Some(p)),
             Err(e) => match hub_error(&e, &self.hub.endpoint) {
-                HubFailure::MissingFile => Ok(None),
+                HubFailure::MissingFile => {
+                    if let Some(marker) = self.absent_marker(file) {
+                        if let Some(dir) = marker.parent() {
+                            // Best effort: without the marker the file is only asked for again.
+                            let _ = std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&marker, b""));
+                        }
+                    }
+                    Ok(None)
+                }
                 HubFailure::Other(m) => Err(Error::Model(format!(
                     "{}: cannot download {file} from {}: {m}",
                     self.spec, self.hub.endpoint
