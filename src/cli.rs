@@ -206,9 +206,10 @@ mod tests {
             "examples/t1.json",
             "examples/t1_sample.json",
             "examples/t1_single.json",
+            "examples/t1_chat.json",
         ] {
             let r = read_request(f).unwrap();
-            assert!(r.template.is_some(), "{f}");
+            assert!(r.template.is_some() != r.messages.is_some(), "{f}");
         }
     }
 }

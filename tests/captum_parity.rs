@@ -199,6 +199,43 @@ fn smollm2_exact_product_baselines() {
     }
 }
 
+/// Chat input: the messages rendered with SmolLM2's GGUF template, the placeholders in the user
+/// message; Captum ran TextTemplateInput on the rendered template (captum_chat.json).
+#[test]
+fn smollm2_chat_matches_captum() {
+    let m = model(SMOLLM2);
+    let path = "tests/fixtures/smollm2/captum_chat.json";
+    let f = fixture(path);
+    for (key, method) in [
+        ("feature_ablation", Method::FeatureAblation),
+        ("shapley_values", Method::ShapleyValues),
+    ] {
+        let mut req = request(&f["template"], "baselines", method);
+        req.template = None;
+        req.messages = Some(serde_json::from_value(f["messages"].clone()).unwrap());
+        let r = run(&req, m.as_ref(), &Limits::default(), &|_| {}).unwrap();
+        assert_eq!(r.prompt, f["rendered_prompt"].as_str().unwrap());
+        assert_eq!(serde_json::to_value(&r.target_ids).unwrap(), f["target_ids"]);
+        for (k, (got, want)) in r
+            .target_log_probs
+            .iter()
+            .zip(floats(&f["target_logprobs"]))
+            .enumerate()
+        {
+            close(*got, want, &format!("{path} target_logprobs[{k}]"));
+        }
+        compare(&r, &f[key], &format!("{path} {key}"));
+    }
+}
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
 #[test]
 fn every_method_on_tiny_gpt2_is_efficient_and_per_token() {
     let m = model(TINY_GPT2);

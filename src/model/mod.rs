@@ -101,6 +101,8 @@ pub struct ArchInfo {
 pub struct ModelInfo {
     /// The spec the model was loaded from (`hf:ORG/NAME`, a directory or a `.gguf` file).
     pub spec: String,
+    /// Whether the model has a chat template (requests may then give `messages`).
+    pub chat_template: bool,
     #[serde(flatten)]
     pub arch: ArchInfo,
 }
@@ -131,6 +133,7 @@ impl Model {
     pub fn new(arch: Box<dyn Architecture>, tokenizer: Tokenizer, spec: &str) -> Self {
         let info = ModelInfo {
             spec: spec.to_string(),
+            chat_template: tokenizer.chat_template().is_some(),
             arch: arch.info(),
         };
         let device = arch.device().clone();
