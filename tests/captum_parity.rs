@@ -2,9 +2,10 @@
 //! feature ablation and exact Shapley values through LLMAttribution, and exact Shapley values
 //! over the product of baseline lists.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
-use llm_attr::model::Model;
+use llm_attr::model::{LoadOptions, Model};
 use llm_attr::request::{AttributeRequest, AttributeResponse, Baseline, BaselineSampling, Method};
 use llm_attr::run::{run, Limits};
 use serde_json::Value;
@@ -12,11 +13,26 @@ use serde_json::Value;
 const SMOLLM2: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 const TINY_GPT2: &str = "tests/fixtures/tiny-gpt2";
 
-fn model(spec: &'static str) -> Arc<Model> {
-    static SMOL: OnceLock<Arc<Model>> = OnceLock::new();
-    static TINY: OnceLock<Arc<Model>> = OnceLock::new();
-    let cell = if spec == SMOLLM2 { &SMOL } else { &TINY };
-    cell.get_or_init(|| Model::load(spec).unwrap_or_else(|e| panic!("loading {spec}: {e}")))
+/// The tiny decoder of every family (tests/fixtures/<family>, from scripts/reference).
+const FAMILIES: &[&str] = &[
+    "llama",
+    "llama-linear",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "phi3",
+    "gemma2",
+];
+
+fn model(spec: &str) -> Arc<Model> {
+    static MODELS: Mutex<Option<HashMap<String, Arc<Model>>>> = Mutex::new(None);
+    let mut models = MODELS.lock().unwrap_or_else(|e| e.into_inner());
+    models
+        .get_or_insert_with(HashMap::new)
+        .entry(spec.to_string())
+        .or_insert_with(|| {
+            Model::load(spec, &LoadOptions::default()).unwrap_or_else(|e| panic!("loading {spec}: {e}"))
+        })
         .clone()
 }
 
@@ -98,7 +114,7 @@ fn compare(r: &AttributeResponse, reference: &Value, what: &str) {
     }
 }
 
-fn check_captum(spec: &'static str, path: &str) {
+fn check_captum(spec: &str, path: &str) {
     let m = model(spec);
     let f = fixture(path);
     for (key, method) in [
@@ -141,6 +157,14 @@ fn smollm2_t4_matches_captum() {
 #[test]
 fn tiny_gpt2_t1_matches_captum() {
     check_captum(TINY_GPT2, "tests/fixtures/tiny-gpt2/captum_t1.json");
+}
+
+#[test]
+fn every_family_t1_matches_captum() {
+    for family in FAMILIES {
+        let dir = format!("tests/fixtures/{family}");
+        check_captum(&dir, &format!("{dir}/captum_t1.json"));
+    }
 }
 
 #[test]

@@ -9,7 +9,7 @@ import torch
 from tokenizers import Tokenizer
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, CONFIG_MAPPING
 
-from common import captum_t1, dump, logprob_cases, tokenization_cases
+from common import TEMPLATES, captum_t1, dump, logprob_cases, tokenization_cases
 from families import FAMILIES
 
 
@@ -97,7 +97,6 @@ def greedy(model, tok, prompt, n=12):
 
 
 def run(root, names=None):
-    from common import TEMPLATES
     report = {}
     for name, spec in FAMILIES.items():
         if names and name not in names:
@@ -118,3 +117,69 @@ def run(root, names=None):
                         "sv_seq": res["shapley_values"]["seq_attr"]}
         print(name, json.dumps(report[name]), flush=True)
     return report
+
+
+CHAT_MESSAGES = [
+    [{"role": "user", "content": "Georg from Germany applied for a job as a janitor. Should the hiring manager hire him?"}],
+    [{"role": "system", "content": "You are a helpful assistant."},
+     {"role": "user", "content": "Georg from Germany applied for a job as a janitor. Should the hiring manager hire him?"}],
+    [{"role": "system", "content": "You are a helpful assistant."},
+     {"role": "user", "content": "Hi!"},
+     {"role": "assistant", "content": "Hello! How can I help?"},
+     {"role": "user", "content": "  Say {name} with spaces around.  "}],
+    [{"role": "user", "content": "Hi!"}, {"role": "user", "content": "Hi again!"}],
+]
+
+
+def chat_renders(out):
+    """transformers' apply_chat_template with the directory's tokenizer_config.json
+    chat_template; a template that raises (raise_exception) is recorded with its message."""
+    tok = AutoTokenizer.from_pretrained(out)
+    renders = []
+    for messages in CHAT_MESSAGES:
+        for agp in (True, False):
+            r = {"messages": messages, "add_generation_prompt": agp}
+            try:
+                r["text"] = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=agp)
+                r["ids"] = tok.encode(r["text"], add_special_tokens=False)
+            except Exception as e:  # jinja2's TemplateError from raise_exception
+                r["error"] = str(e)
+            renders.append(r)
+    return {"chat_template": tok.chat_template, "renders": renders}
+
+
+def run_chat(root, names=None):
+    for name in FAMILIES:
+        if not names or name in names:
+            dump(chat_renders(os.path.join(root, name)), root, name, "chat_render.json")
+
+
+def write_sharded(root, src="qwen3", dst="qwen3-sharded"):
+    """The same weights as `src`, split into two shards with model.safetensors.index.json
+    (as transformers writes them), plus src's config and tokenizer files; src's reference
+    data applies unchanged."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    s, d = os.path.join(root, src), os.path.join(root, dst)
+    os.makedirs(d, exist_ok=True)
+    for f in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(s, f), d)
+    with safe_open(os.path.join(s, "model.safetensors"), "pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    names = sorted(tensors)
+    half = len(names) // 2
+    weight_map, total = {}, 0
+    for n, part in enumerate((names[:half], names[half:]), start=1):
+        fname = f"model-{n:05d}-of-00002.safetensors"
+        save_file({k: tensors[k] for k in part}, os.path.join(d, fname), metadata={"format": "pt"})
+        for k in part:
+            weight_map[k] = fname
+            total += tensors[k].numel() * tensors[k].element_size()
+    with open(os.path.join(d, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+        f.write("\n")
+    a, _ = load(s)
+    b, _ = load(d)
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        assert torch.equal(a(ids).logits, b(ids).logits)

@@ -173,7 +173,7 @@ impl Input {
                     None => &values[s],
                     Some(k) => &baselines[s][k],
                 });
-                tokenizer.encode(&text)?
+                tokenizer.encode_prompt(&text)?
             }
             Kind::Tokens(t) => t.render(choice),
         };
