@@ -10,7 +10,7 @@ export function pageState() {
   params.set("req", req);
   const seed = document.querySelector("#seed-template").value;
   if (state.mode !== "tokens" && seed) params.set("seed", seed);
-  if (state.mode !== "tokens" && document.querySelector("#audit-ph1").value) params.set("audit", JSON.stringify(buildAudit()));
+  if (state.mode !== "tokens" && auditTouched()) params.set("audit", JSON.stringify(buildAudit()));
   // An audit's result is reopened by running it again (identical prompts come from the score cache).
   if (state.audit?.result && state.audit.request && JSON.stringify(state.audit.request) === params.get("audit")) params.set("rerun", "1");
   // The job goes in the link only while it is running or its result matches the form.
@@ -18,6 +18,12 @@ export function pageState() {
   const matches = state.result && JSON.stringify(state.result.request) === req;
   if (state.jobId && (running || matches)) params.set("job", state.jobId);
   return params.toString();
+}
+
+/** The audit goes in the link once it ran or its settings were edited. */
+function auditTouched() {
+  const edited = ["#audit-targets", "#audit-values1", "#audit-values2"].some((id) => document.querySelector(id).dataset.edited);
+  return Boolean(state.audit) || edited || document.querySelector("#audit-average").checked;
 }
 
 export const saveState = debounce(() => {
