@@ -136,7 +136,7 @@ export async function cancelAudit() {
 }
 
 
-export function showAudit(request, result) {
+function showAudit(request, result) {
   state.audit = { ...state.audit, request, result };
   $("#audit-exports").hidden = false;
   drawAudit();

@@ -17,7 +17,7 @@ export function measureOf(result) {
 }
 
 /** The summary rows of `placeholder`, sorted by rank (1 first), with the charted number and interval. */
-export function summaryRows(result, placeholder) {
+function summaryRows(result, placeholder) {
   const m = measureOf(result);
   const t0 = result.targets[0];
   return (result.summary[placeholder] || [])

@@ -41,7 +41,7 @@ export function showError(err, fallback = "#err-general") {
  * The server counts positions in UTF-8 bytes from 0; people (and the page's own messages) count
  * characters from 1. Rewrites "at byte N" for the text of the field the message belongs to.
  */
-export function inCharacters(message, text) {
+function inCharacters(message, text) {
   const bytes = new TextEncoder().encode(text);
   return message.replace(/\bat byte (\d+)/g, (m, n) => {
     const at = Number(n);

@@ -89,7 +89,7 @@ function csvCell(v) {
 }
 
 /** CSV with the provenance as trailing columns on every row, so each row says what made it. */
-export function csvText(rows, prov) {
+function csvText(rows, prov) {
   const keys = ["model", "method", "n_samples", "seed", "num_trials"];
   const [head, ...body] = rows;
   const all = [[...head, ...keys], ...body.map((r) => [...r, ...keys.map((k) => prov[k])])];
@@ -105,7 +105,7 @@ function timeStamp() {
 }
 
 /** One row per audit cell and target: the swept values, the target, its log p (and stderr). */
-export function auditRows(result) {
+function auditRows(result) {
   const head = [...result.swept, "target", "log_prob", "log_prob_stderr", "token_log_probs", "contexts", "n_contexts"];
   const rows = result.cells.flatMap((c) => result.targets.map((t) => [
     ...result.swept.map((n) => c.values[n]), t, c.log_prob[t], c.log_prob_stderr?.[t] ?? "",

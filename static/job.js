@@ -3,7 +3,7 @@
 
 import { api, readEvents } from "./api.js";
 
-export const ENDED = ["done", "failed", "cancelled"];
+const ENDED = ["done", "failed", "cancelled"];
 
 /** Starts a job: POST `base` with `body`; resolves to the Job. */
 export function startJob(base, body) {

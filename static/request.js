@@ -36,7 +36,7 @@ export function repeatsUseful() {
 }
 
 /** The chat messages the editors hold (an empty system message is left out). */
-export function chatMessages() {
+function chatMessages() {
   const out = [];
   const system = $("#system").value;
   if (system.trim() !== "") out.push({ role: "system", content: system });
@@ -67,7 +67,7 @@ export function promptText() {
 }
 
 /** The input part of a request: template, text or messages, with values, baselines and groups. */
-export function promptInput() {
+function promptInput() {
   if (state.mode === "tokens") {
     const req = { text: $("#text").value };
     if (state.skip.size) req.skip_tokens = [...state.skip];

@@ -22,11 +22,6 @@ export function rowFor(name) {
   return state.rows.get(name);
 }
 
-/** The current value of each of `names`. */
-export function valuesOf(names) {
-  return Object.fromEntries(names.map((n) => [n, rowFor(n).value]));
-}
-
 const listeners = [];
 
 /** Registers `fn`, called after any input of the probe changed (main.js wires these). */

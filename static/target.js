@@ -19,7 +19,7 @@ function tokensOf(text) {
 }
 
 /** True when the prompt ends in a letter or digit and the target starts with one: no space between. */
-export function missingSpace(prompt, target) {
+function missingSpace(prompt, target) {
   return prompt !== null && target !== "" && /[\p{L}\p{N}]$/u.test(prompt) && /^[\p{L}\p{N}]/u.test(target);
 }
 
@@ -64,9 +64,4 @@ export function drawSpaceWarning(box, prompt, target, { seedNote = "", fix = nul
     seedNote ? el("span", { class: "seed-note", text: `${seedNote} ` }) : null,
     fix ? el("button", { type: "button", class: "small", text: "Add the leading space", onclick: fix }) : null,
   ].filter(Boolean));
-}
-
-/** The prompt's last characters and the target, for the audit's list of targets. */
-export function targetLabel(t) {
-  return `“${showToken(t)}”`;
 }
