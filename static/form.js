@@ -119,7 +119,7 @@ export function fillSeeds(keep) {
   const sel = $("#seed-template");
   const usable = state.templates.filter((t) => !t.messages || chatAllowed());
   sel.replaceChildren(el("option", { value: "", text: "Your own prompt" }),
-    ...usable.map((t) => el("option", { value: t.id, text: `${t.id} · ${t.title}${t.messages ? " (chat)" : ""}` })));
+    ...usable.map((t) => el("option", { value: t.id, text: `${t.id} · ${t.title}` })));
   if (keep && usable.some((t) => t.id === keep)) sel.value = keep;
 }
 
