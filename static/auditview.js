@@ -28,8 +28,17 @@ function summaryRows(result, placeholder) {
       y: m.contrast ? s.contrast : s.mean_log_prob[t0],
       ci: m.contrast ? s.contrast_ci ?? null : s.ci?.[t0] ?? null,
       means: s.mean_log_prob,
+      n: s.n,
     }))
     .sort((a, b) => a.rank - b.rank);
+}
+
+/** What a summary row's mean runs over: the contexts, and the other swept placeholder's values. */
+function intervalOver(result) {
+  const parts = [];
+  if (result.n_contexts > 1) parts.push(`${result.n_contexts} contexts`);
+  if (result.swept.length > 1) parts.push("the other placeholder's values");
+  return `over ${parts.join(" and ")}`;
 }
 
 /** The value of one cell: the contrast of the first two targets, or log p of the only one. */
@@ -66,7 +75,7 @@ export function drawAuditSummary(box, result, placeholder) {
   });
   root.append(svg("rect", { x: 0, y: 0, width, height, fill: "#fff" }));
   const heads = [`${m.short} by {${placeholder}}, highest first`, m.contrast ? m.long : null,
-    `${m.contrast ? "right: the first target is the more likely" : "right: more likely"}${rows.some((r) => r.ci) ? ` · bars: 95% interval over ${result.n_contexts} contexts` : ""}`].filter(Boolean);
+    `${m.contrast ? "right: the first target is the more likely" : "right: more likely"}${rows.some((r) => r.ci) ? ` · bars: 95% intervals of the means (${intervalOver(result)})` : ""}`].filter(Boolean);
   heads.forEach((line, k) => {
     const size = k === 0 ? 13 : 11.5;
     root.append(svg("text", { x: 8, y: 16 + 17 * k, fill: k === 0 ? "#111" : "#444", "font-size": size, "font-weight": k === 0 ? 600 : 400, class: k === 1 ? "audit-measure" : null }, fit(line, width - 16, size, k === 0 ? 600 : 400)));
@@ -86,7 +95,8 @@ export function drawAuditSummary(box, result, placeholder) {
     const g = svg("g", { class: "audit-row", "data-label": r.value, "data-value": r.y, "data-rank": r.rank });
     const ciText = r.ci ? `, 95% interval ${exact(r.ci[0])} to ${exact(r.ci[1])}` : "";
     const means = Object.entries(r.means || {}).map(([k, v]) => `log p(${q(k)}) = ${exact(v)}`).join(", ");
-    g.append(svg("title", {}, `${r.value}: ${m.short} = ${exact(r.y)}${ciText}; rank ${r.rank}, gap ${exact(r.gap)}; ${means}`));
+    const over = r.n > 1 ? ` (mean of ${r.n} prompts)` : "";
+    g.append(svg("title", {}, `${r.value}: ${m.short} = ${exact(r.y)}${over}${ciText}; rank ${r.rank}, gap ${exact(r.gap)}; ${means}`));
     if (narrow) g.append(svg("text", { x: left, y: y + 14, fill: "#222", "font-weight": 600, ...HALO }, fit(`${r.rank}. ${r.value} · ${info}`, plotW, 12, 600)));
     else g.append(svg("text", { x: labelW, y: cy + 4, "text-anchor": "end", fill: "#222", "font-weight": 600 }, fit(r.value, labelW - 16, 12, 600)));
     if (r.ci) {

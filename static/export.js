@@ -57,7 +57,7 @@ function chartTitle(kind) {
     const a = state.audit;
     if (!a?.result) return "";
     return [`${measureOf(a.result).long} by ${a.result.swept.map((n) => `{${n}}`).join(" × ")}`,
-      prompt(a.request), provenanceLine(provenance(a.request, null, state.model?.spec))];
+      prompt(a.request), provenanceLine(provenance(a.request, null, a.result.model ?? state.model?.spec))];
   }
   const r = state.result?.response;
   if (!r) return "";
@@ -119,7 +119,7 @@ function exportData(kind, format) {
   if (kind === "audit") {
     const a = state.audit;
     if (!a?.result) return;
-    const prov = provenance(a.request, null, state.model?.spec);
+    const prov = provenance(a.request, null, a.result.model ?? state.model?.spec);
     if (format === "json") {
       const cells = a.result.cells.map((c) => ({ ...c, value: cellValue(a.result, c) }));
       return download(`llm-attr-audit-${stamp}.json`, jsonBlob({ provenance: prov, request: a.request, result: { ...a.result, cells } }));

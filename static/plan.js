@@ -56,6 +56,7 @@ export async function previewInto(box, body) {
     el("span", { class: "plan-prompts", text: `${number(plan.distinct_sequences)} distinct prompts` }),
     ` · ${number(plan.tokens)} tokens · `,
     el("span", { class: "plan-seconds", text: seconds(plan.estimated_seconds) }),
+    plan.target_generated ? el("span", { class: "plan-hint", text: " (at most: the target is generated first)" }) : null,
     slow ? el("span", { class: "plan-hint", text: " — a sampling method or fewer features is faster." }) : null,
   ].filter(Boolean));
 }
