@@ -166,9 +166,11 @@ function wire() {
       fillValues(k, true);
       if (k === 1) fillValues(2, false);
     });
-    $(`#audit-values${k}`).addEventListener("input", (e) => (e.target.dataset.edited = "1"));
   }
-  $("#audit-targets").addEventListener("input", (e) => (e.target.dataset.edited = "1"));
+  // Edited lists stop following the form (a cleared field counts: "change" comes without "input").
+  for (const id of ["audit-values1", "audit-values2", "audit-targets"]) {
+    for (const kind of ["input", "change"]) $(`#${id}`).addEventListener(kind, (e) => (e.target.dataset.edited = "1"));
+  }
   document.addEventListener("input", clearServerMessage);
   for (const scope of ["#probe", "#audit-card"]) {
     $(scope).addEventListener("input", changed);
