@@ -22,6 +22,11 @@ function seconds(s) {
   return `about ${Math.round(s / 60)} min`;
 }
 
+/** An audit's grid: the product of its swept lists. */
+function cells(audit) {
+  return Object.values(audit.sweep).reduce((n, values) => n * values.length, 1);
+}
+
 /** Asks for the plan of `body` and writes it into `box`; the newest call wins. */
 export async function previewInto(box, body) {
   if (unsupported) return;
@@ -52,7 +57,8 @@ export async function previewInto(box, body) {
   box.dataset.plan = JSON.stringify(plan);
   box.replaceChildren(...[
     el("strong", { text: "Cost: " }),
-    `${number(plan.features)} feature${plan.features === 1 ? "" : "s"} · ${number(plan.coalitions)} coalitions · `,
+    body.sweep ? `${number(cells(body))} cells × ${body.targets.length} target${body.targets.length === 1 ? "" : "s"} · ` : "",
+    plan.coalitions ? `${number(plan.features)} feature${plan.features === 1 ? "" : "s"} · ${number(plan.coalitions)} coalitions · ` : "",
     el("span", { class: "plan-prompts", text: `${number(plan.distinct_sequences)} distinct prompts` }),
     ` · ${number(plan.tokens)} tokens · `,
     el("span", { class: "plan-seconds", text: seconds(plan.estimated_seconds) }),
