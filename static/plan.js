@@ -32,8 +32,9 @@ export async function previewInto(box, body) {
   if (unsupported) return;
   const key = JSON.stringify(body);
   box.dataset.pending = key;
+  // A plan made before the server measured its throughput is asked again, for its time.
   let plan = plans.get(key);
-  if (!plan) {
+  if (!plan || plan.estimated_seconds == null) {
     try {
       plan = await api("POST", "/v1/plan", body);
     } catch (err) {
@@ -63,6 +64,6 @@ export async function previewInto(box, body) {
     ` · ${number(plan.tokens)} tokens · `,
     el("span", { class: "plan-seconds", text: seconds(plan.estimated_seconds) }),
     plan.target_generated ? el("span", { class: "plan-hint", text: " (at most: the target is generated first)" }) : null,
-    slow ? el("span", { class: "plan-hint", text: " — a sampling method or fewer features is faster." }) : null,
+    slow ? el("span", { class: "plan-hint", text: body.sweep ? " — fewer values or contexts is faster." : " — a sampling method or fewer features is faster." }) : null,
   ].filter(Boolean));
 }
