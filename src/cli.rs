@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 
-use crate::model::Model;
+use crate::model::{LoadOptions, Model};
 use crate::request::{AttributeRequest, Method};
 use crate::run::{run, Limits, Progress};
 use crate::scorer::Scorer;
@@ -53,7 +53,8 @@ pub fn read_request(path: &str) -> anyhow::Result<AttributeRequest> {
 
 fn load(spec: &str) -> anyhow::Result<std::sync::Arc<Model>> {
     let t = Instant::now();
-    let model = Model::load(spec).with_context(|| format!("loading model {spec}"))?;
+    let model =
+        Model::load(spec, &LoadOptions::default()).with_context(|| format!("loading model {spec}"))?;
     tracing::info!(spec, seconds = t.elapsed().as_secs_f64(), "model loaded");
     Ok(model)
 }
@@ -205,9 +206,10 @@ mod tests {
             "examples/t1.json",
             "examples/t1_sample.json",
             "examples/t1_single.json",
+            "examples/t1_chat.json",
         ] {
             let r = read_request(f).unwrap();
-            assert!(r.template.is_some(), "{f}");
+            assert!(r.template.is_some() != r.messages.is_some(), "{f}");
         }
     }
 }
