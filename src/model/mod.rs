@@ -59,7 +59,7 @@ pub struct ArchInfo {
 /// `GET /v1/model`.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ModelInfo {
-    /// The spec the model was loaded from (`hf:ORG/NAME`, a directory or a `.gguf` file).
+    /// The model: its hub spec (`hf:ORG/NAME`) or the name of its directory or `.gguf` file.
     pub spec: String,
     #[serde(flatten)]
     pub arch: ArchInfo,
