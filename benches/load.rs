@@ -153,6 +153,8 @@ async fn fairness(server: &Server, http: &reqwest::Client) -> anyhow::Result<()>
     let big = json!({
         "text": "The committee reviewed every application for the new research position carefully and then decided to",
         "target": " reject the application without further consideration.",
+        // Removed tokens become " the", so no perturbed prompt is empty.
+        "baseline_token": " the",
         "method": "kernel_shap",
         "n_samples": sequences,
     });
