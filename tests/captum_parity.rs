@@ -13,16 +13,8 @@ use serde_json::Value;
 const SMOLLM2: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 const TINY_GPT2: &str = "tests/fixtures/tiny-gpt2";
 
-/// The tiny decoder of every family (tests/fixtures/<family>, from scripts/reference).
-const FAMILIES: &[&str] = &[
-    "llama",
-    "llama-linear",
-    "mistral",
-    "qwen2",
-    "qwen3",
-    "phi3",
-    "gemma2",
-];
+mod common;
+use common::FAMILIES;
 
 fn model(spec: &str) -> Arc<Model> {
     static MODELS: Mutex<Option<HashMap<String, Arc<Model>>>> = Mutex::new(None);

@@ -345,3 +345,15 @@ pub fn local_scores() -> Vec<Vec<f32>> {
         })
         .clone()
 }
+
+/// The tiny decoder of every family (tests/fixtures/<family>, from scripts/reference); two llama
+/// configs: Llama 3 and Llama 2 layouts.
+pub const FAMILIES: &[&str] = &[
+    "llama",
+    "llama-linear",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "phi3",
+    "gemma2",
+];
