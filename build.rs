@@ -19,6 +19,14 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
 
 fn main() {
     println!("cargo:rerun-if-changed=static");
+    // The CUDA build records which compute capability candle's kernels were compiled for, so a
+    // GPU too old for them is refused with a clear message (src/model/device.rs).
+    println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
+    if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
+        if let Ok(cap) = std::env::var("CUDA_COMPUTE_CAP") {
+            println!("cargo:rustc-env=LLM_ATTR_CUDA_COMPUTE_CAP={cap}");
+        }
+    }
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let dir = root.join("static");
     let mut files = Vec::new();

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 
-use crate::model::{LoadOptions, Model};
+use crate::model::{DeviceArgs, Model};
 use crate::request::{AttributeRequest, Method};
 use crate::run::{run, Limits, Progress};
 use crate::scorer::Scorer;
@@ -19,6 +19,8 @@ pub struct AttributeArgs {
     /// Request JSON file, or - for stdin.
     #[arg(long)]
     pub request: String,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 /// `llm-attr bench --model SPEC --request FILE`
@@ -35,6 +37,8 @@ pub struct BenchArgs {
     /// Methods to time (comma-separated; Captum's short names work).
     #[arg(long, default_value = "fa,sv,svs,lime,kernel")]
     pub methods: String,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 /// `llm-attr probe`: the container health check.
@@ -133,11 +137,17 @@ pub fn read_request(path: &str) -> anyhow::Result<AttributeRequest> {
     serde_json::from_str(&text).with_context(|| format!("the request in {path} is not valid"))
 }
 
-fn load(spec: &str) -> anyhow::Result<std::sync::Arc<Model>> {
+fn load(spec: &str, device: &DeviceArgs) -> anyhow::Result<std::sync::Arc<Model>> {
+    let options = device.load_options()?;
     let t = Instant::now();
-    let model =
-        Model::load(spec, &LoadOptions::default()).with_context(|| format!("loading model {spec}"))?;
-    tracing::info!(spec, seconds = t.elapsed().as_secs_f64(), "model loaded");
+    let model = Model::load(spec, &options).with_context(|| format!("loading model {spec}"))?;
+    tracing::info!(
+        spec,
+        device = crate::model::device::name(&options.device),
+        dtype = options.dtype().as_str(),
+        seconds = t.elapsed().as_secs_f64(),
+        "model loaded"
+    );
     Ok(model)
 }
 
@@ -147,7 +157,7 @@ fn log_progress(p: Progress) {
 
 pub fn attribute(args: AttributeArgs) -> anyhow::Result<()> {
     let request = read_request(&args.request)?;
-    let model = load(&args.model)?;
+    let model = load(&args.model, &args.device)?;
     let response = run(&request, model.as_ref(), &Limits::default(), &log_progress)?;
     println!("{}", serde_json::to_string_pretty(&response)?);
     Ok(())
@@ -250,7 +260,7 @@ pub fn parse_methods(list: &str) -> anyhow::Result<Vec<Method>> {
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let request = read_request(&args.request)?;
     let methods = parse_methods(&args.methods)?;
-    let model = load(&args.model)?;
+    let model = load(&args.model, &args.device)?;
     let rows = bench_rows(model.as_ref(), &request, &methods, args.repeats)?;
     print!("{}", bench_table(&rows));
     Ok(())

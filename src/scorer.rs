@@ -5,7 +5,7 @@
 use crate::error::Result;
 use crate::model::{Model, ModelInfo, ScoreItem, Tokenizer};
 
-/// Default padded-token budget of one forward pass.
+/// Default padded-token budget of one forward pass on the CPU (see `model::device::tuning`).
 pub const DEFAULT_TOKEN_BUDGET: usize = 2048;
 
 pub trait Scorer: Send + Sync {
@@ -48,7 +48,7 @@ impl Scorer for Model {
         items: Vec<ScoreItem>,
         progress: &(dyn Fn(usize, usize) + Sync),
     ) -> Result<Vec<Vec<f32>>> {
-        let out = self.score_all(&items, DEFAULT_TOKEN_BUDGET)?;
+        let out = self.score_all(&items, self.token_budget())?;
         progress(items.len(), items.len());
         Ok(out)
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::engine::EngineConfig;
-use crate::model::Model;
+use crate::model::{DeviceArgs, LoadOptions, Model};
 use crate::run::Limits;
 
 /// Where the model comes from.
@@ -23,6 +23,8 @@ pub enum ModelSource {
 #[derive(Clone)]
 pub struct Config {
     pub model: ModelSource,
+    /// Device and dtype a `ModelSource::Spec` is loaded with.
+    pub load: LoadOptions,
     pub listen: SocketAddr,
     pub engine: EngineConfig,
     pub limits: Limits,
@@ -60,6 +62,7 @@ impl Config {
     pub fn new(model: ModelSource) -> Self {
         Config {
             model,
+            load: LoadOptions::default(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             engine: EngineConfig::default(),
             limits: Limits::default(),
@@ -96,15 +99,19 @@ pub struct ServeArgs {
     /// Threads inside one forward pass (0: all cores).
     #[arg(long, env = "LLM_ATTR_THREADS", default_value_t = 0)]
     pub threads: usize,
-    /// Worker threads running forward passes; they share one copy of the model.
-    #[arg(long, env = "LLM_ATTR_WORKERS", default_value_t = 1)]
-    pub workers: usize,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Worker threads running forward passes; they share one copy of the model. Default: 1
+    /// (one per GPU; on the CPU each pass already uses every core).
+    #[arg(long, env = "LLM_ATTR_WORKERS")]
+    pub workers: Option<usize>,
     /// Sequences the scoring queue holds; beyond it requests get 503 + Retry-After.
     #[arg(long, env = "LLM_ATTR_QUEUE_SIZE", default_value_t = 65_536)]
     pub queue_size: usize,
-    /// Padded tokens (sequences x longest) of one forward pass.
-    #[arg(long, env = "LLM_ATTR_BATCH_TOKENS", default_value_t = crate::scorer::DEFAULT_TOKEN_BUDGET)]
-    pub batch_tokens: usize,
+    /// Padded tokens (sequences x longest) of one forward pass. Default: 2048 on the CPU,
+    /// 16384 on a GPU.
+    #[arg(long, env = "LLM_ATTR_BATCH_TOKENS")]
+    pub batch_tokens: Option<usize>,
     /// Allowed CORS origins, comma separated; `*` allows any.
     #[arg(long, env = "LLM_ATTR_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
@@ -191,11 +198,13 @@ fn non_empty(list: &[String]) -> Vec<String> {
 impl ServeArgs {
     pub fn config(&self) -> anyhow::Result<Config> {
         let mut c = Config::new(ModelSource::Spec(self.model.clone()));
+        c.load = self.device.load_options()?;
+        let tuned = crate::model::device::tuning(&c.load.device);
         c.listen = SocketAddr::new(self.host, self.port);
         c.engine = EngineConfig {
-            workers: self.workers.max(1),
+            workers: self.workers.unwrap_or(tuned.workers).max(1),
             queue_capacity: self.queue_size.max(1),
-            token_budget: self.batch_tokens.max(1),
+            token_budget: self.batch_tokens.unwrap_or(tuned.token_budget).max(1),
             ..EngineConfig::default()
         };
         c.limits = Limits {

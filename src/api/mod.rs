@@ -46,7 +46,7 @@ use jobs::JobStore;
 use metrics::Metrics;
 
 use crate::engine::Engine;
-use crate::model::{LoadOptions, Model};
+use crate::model::Model;
 
 /// The model and the engine around it, once loaded.
 pub struct Ready {
@@ -108,7 +108,7 @@ impl AppState {
         let model = match &self.config.model {
             ModelSource::Loaded(m) => m.clone(),
             ModelSource::Spec(spec) => {
-                Model::load(spec, &LoadOptions::default()).map_err(|e| e.to_string())?
+                Model::load(spec, &self.config.load).map_err(|e| e.to_string())?
             }
         };
         let engine = Engine::new(model.clone(), self.config.engine.clone()).map_err(|e| e.to_string())?;
@@ -117,7 +117,10 @@ impl AppState {
             spec = %info.spec,
             architecture = %info.arch.architecture,
             parameters = info.arch.parameters,
+            device = crate::model::device::name(model.device()),
+            dtype = %info.arch.dtype,
             workers = self.config.engine.workers,
+            batch_tokens = self.config.engine.token_budget,
             "model loaded"
         );
         let _ = self.ready.set(Arc::new(Ready { model, engine }));

@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod config;
 pub mod decoder;
+pub mod device;
 pub mod family;
 pub mod gguf;
 pub mod gpt2;
@@ -19,6 +20,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 pub use cache::KvCache;
+pub use device::{DeviceArgs, DeviceChoice, DtypeChoice};
 pub use family::Family;
 pub use spec::ModelSpec;
 pub use tokenizer::Tokenizer;
@@ -150,6 +152,16 @@ impl Model {
         spec::load(spec, options).map(Arc::new)
     }
 
+    /// Where the weights live and the forward passes run.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Padded tokens per forward pass suited to the device (see [`device::tuning`]).
+    pub fn token_budget(&self) -> usize {
+        device::tuning(&self.device).token_budget
+    }
+
     /// The architecture, for what needs tensors (gradient methods).
     pub fn arch(&self) -> &dyn Architecture {
         self.arch.as_ref()
@@ -215,7 +227,13 @@ impl Model {
 
     /// `score` for items that already passed [`Model::check`] (the engine checks them before
     /// they are queued).
+    /// A batch that runs out of device memory is scored in halves (see [`split_on_oom`]).
     pub(crate) fn score_checked(&self, batch: &[ScoreItem]) -> Result<Vec<Vec<f32>>> {
+        split_on_oom(batch, &mut |part| self.forward_scores(part), &device::name(&self.device))
+    }
+
+    /// One forward pass over `batch`.
+    fn forward_scores(&self, batch: &[ScoreItem]) -> candle_core::Result<Vec<Vec<f32>>> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
@@ -293,6 +311,39 @@ impl Model {
     }
 }
 
+/// Scores `batch` with `run`; when a pass runs out of device memory, scores each half in turn
+/// (recursively), so a batch too big for the device still completes and only a sequence that
+/// does not fit on its own fails. `device` names the device in that error.
+pub(crate) fn split_on_oom(
+    batch: &[ScoreItem],
+    run: &mut dyn FnMut(&[ScoreItem]) -> candle_core::Result<Vec<Vec<f32>>>,
+    device: &str,
+) -> Result<Vec<Vec<f32>>> {
+    match run(batch) {
+        Ok(scores) => Ok(scores),
+        Err(e) if device::is_out_of_memory(&e) && batch.len() > 1 => {
+            let longest = batch.iter().map(ScoreItem::input_len).max().unwrap_or(0);
+            tracing::warn!(
+                sequences = batch.len(),
+                padded_tokens = longest * batch.len(),
+                "{device} ran out of memory; scoring the batch in halves (a smaller --batch-tokens avoids this)"
+            );
+            let (a, b) = batch.split_at(batch.len() / 2);
+            let mut out = split_on_oom(a, run, device)?;
+            out.extend(split_on_oom(b, run, device)?);
+            Ok(out)
+        }
+        Err(e) if device::is_out_of_memory(&e) => Err(Error::too_large(
+            "sequences",
+            format!(
+                "a sequence of {} tokens does not fit in the memory of {device} ({e})",
+                batch.first().map_or(0, ScoreItem::input_len)
+            ),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The one greedy-generation loop: the prompt in one step, then one token per step through the
 /// KV cache; stops after `max_new_tokens` or at a `stop` id (which is included).
 pub fn greedy(
@@ -343,6 +394,58 @@ pub fn batches<F: Fn(usize) -> usize>(order: &[usize], len: F, budget: usize) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn item(n: u32) -> ScoreItem {
+        ScoreItem {
+            prompt: vec![n; n as usize],
+            target: vec![n],
+        }
+    }
+
+    fn oom() -> candle_core::Error {
+        candle_core::Error::Msg("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into())
+    }
+
+    /// An injected out-of-memory failure on batches over 3 sequences: the batch is split until
+    /// the parts fit, and the results come back complete and in order.
+    #[test]
+    fn out_of_memory_splits_the_batch() {
+        let batch: Vec<ScoreItem> = (1..=7).map(item).collect();
+        let mut sizes = Vec::new();
+        let mut run = |part: &[ScoreItem]| {
+            sizes.push(part.len());
+            if part.len() > 3 {
+                return Err(oom());
+            }
+            Ok(part.iter().map(|it| vec![it.prompt.len() as f32]).collect())
+        };
+        let out = split_on_oom(&batch, &mut run, "cuda:0").unwrap();
+        assert_eq!(out, (1..=7).map(|n| vec![n as f32]).collect::<Vec<_>>());
+        assert_eq!(sizes, [7, 3, 4, 2, 2]);
+    }
+
+    /// Only a single sequence that does not fit fails, with an error naming the device; other
+    /// errors pass through unsplit.
+    #[test]
+    fn out_of_memory_on_one_sequence_fails_clearly() {
+        let batch: Vec<ScoreItem> = (1..=4).map(item).collect();
+        let mut run = |part: &[ScoreItem]| {
+            if part.iter().any(|it| it.prompt.len() == 3) {
+                return Err(oom());
+            }
+            Ok(vec![vec![0.0]; part.len()])
+        };
+        let e = split_on_oom(&batch, &mut run, "cuda:0").unwrap_err();
+        assert_eq!(e.field(), Some("sequences"));
+        assert!(e.to_string().contains("3 tokens does not fit in the memory of cuda:0"), "{e}");
+        let mut calls = 0;
+        let mut other = |_: &[ScoreItem]| {
+            calls += 1;
+            Err(candle_core::Error::Msg("shape mismatch".into()))
+        };
+        assert!(matches!(split_on_oom(&batch, &mut other, "cpu"), Err(Error::Model(_))));
+        assert_eq!(calls, 1);
+    }
 
     #[test]
     fn batches_respect_the_budget() {

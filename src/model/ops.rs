@@ -127,8 +127,9 @@ fn is_cpu_f32(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
 }
 
-/// `log_softmax(logits[r])[targets[r]]` for every row of f32 `[n, vocab]` logits, without
-/// materialising the log-softmax (sums in f64).
+/// `log_softmax(logits[r])[targets[r]]` for every row of `[n, vocab]` logits, without
+/// materialising the log-softmax: one fused pass (sums in f64) on CPU f32, candle ops on the
+/// logits' own device elsewhere, so only the `n` numbers leave a GPU.
 pub fn target_logprobs(logits: &Tensor, targets: &[u32]) -> Result<Vec<f32>> {
     let (n, vocab) = logits.dims2()?;
     if targets.len() != n {
@@ -136,6 +137,9 @@ pub fn target_logprobs(logits: &Tensor, targets: &[u32]) -> Result<Vec<f32>> {
     }
     if let Some(t) = targets.iter().find(|&&t| t as usize >= vocab) {
         bail!("target id {t} outside the vocabulary of {vocab}");
+    }
+    if !is_cpu_f32(logits) {
+        return target_logprobs_composed(logits, targets);
     }
     with_f32(logits, |data| {
         Ok(data
@@ -151,6 +155,16 @@ pub fn target_logprobs(logits: &Tensor, targets: &[u32]) -> Result<Vec<f32>> {
             })
             .collect())
     })
+}
+
+/// [`target_logprobs`] from candle ops (any device and dtype), in f32: the row maximum, the
+/// log of the summed exponentials, the target's logit.
+fn target_logprobs_composed(logits: &Tensor, targets: &[u32]) -> Result<Vec<f32>> {
+    let logits = logits.to_dtype(DType::F32)?;
+    let targets = Tensor::new(targets, logits.device())?.unsqueeze(1)?;
+    let shifted = logits.broadcast_sub(&logits.max_keepdim(1)?)?;
+    let log_sum = shifted.exp()?.sum_keepdim(1)?.log()?;
+    (shifted.gather(&targets, 1)? - log_sum)?.squeeze(1)?.to_vec1()
 }
 
 /// An activation function, by its Hugging Face name.
@@ -327,6 +341,44 @@ mod tests {
         }
         assert!(target_logprobs(&x, &[5]).is_err());
         assert!(target_logprobs(&x, &[1000; 9]).is_err());
+    }
+
+    /// The path a GPU takes (candle ops) agrees with the fused CPU kernel, in f32 and from
+    /// bf16 logits; the bf16 logits are exactly representable in f32, so only summation order
+    /// differs.
+    #[test]
+    fn composed_target_logprobs_match_the_fused_kernel() {
+        let x = Tensor::randn(0f32, 5.0, (9, 1000), &Device::Cpu).unwrap();
+        let targets: Vec<u32> = (0..9).map(|i| i * 97 + 3).collect();
+        let fused = target_logprobs(&x, &targets).unwrap();
+        let composed = target_logprobs_composed(&x, &targets).unwrap();
+        for (f, c) in fused.iter().zip(&composed) {
+            assert!((f - c).abs() < 1e-4, "{f} {c}");
+        }
+        let half = x.to_dtype(DType::BF16).unwrap();
+        let from_half = target_logprobs(&half, &targets).unwrap();
+        let want = target_logprobs(&half.to_dtype(DType::F32).unwrap(), &targets).unwrap();
+        for (h, w) in from_half.iter().zip(&want) {
+            assert!((h - w).abs() < 1e-4, "{h} {w}");
+        }
+    }
+
+    /// Off CPU f32, the fused ops fall back to candle ops with the same results.
+    #[test]
+    fn fused_ops_fall_back_off_cpu_f32() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 2.0, (7, 2 * 24), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, 48, &dev).unwrap();
+        let half = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
+        let back = |t: Tensor| t.to_dtype(DType::F32).unwrap();
+        for act in [Activation::Silu, Activation::GeluTanh, Activation::GeluErf] {
+            let got = back(gated(&half(&x), act).unwrap());
+            let want = gated(&back(half(&x)), act).unwrap();
+            assert!(max_abs_diff(&got, &want) < 5e-2, "gated {act:?}");
+            let got = back(bias_act(&half(&x), &half(&b), Some(act)).unwrap());
+            let want = bias_act(&back(half(&x)), &back(half(&b)), Some(act)).unwrap();
+            assert!(max_abs_diff(&got, &want) < 5e-2, "bias_act {act:?}");
+        }
     }
 
     /// The fused bias + activation op equals candle's own ops on odd shapes (rows not a
