@@ -124,8 +124,25 @@ pub fn resolve(device: DeviceChoice, dtype: DtypeChoice) -> Result<LoadOptions> 
             DtypeChoice::Fixed(d) => Some(d),
         },
     );
-    cuda::check_dtype(&options.device, options.dtype())?;
+    check_dtype(&options.device, options.dtype())?;
     Ok(options)
+}
+
+/// The data types the CPU runs: candle's CPU matmul has no bf16 kernel.
+const CPU_DTYPES: &[DType] = &[DType::F32, DType::F16];
+
+fn check_dtype(device: &Device, dtype: DType) -> Result<()> {
+    match device {
+        Device::Cpu if CPU_DTYPES.contains(&dtype) => Ok(()),
+        Device::Cpu => Err(Error::invalid(
+            "dtype",
+            format!(
+                "the CPU does not run {} (candle's CPU matmul has no kernel for it): use --dtype f32 or f16",
+                dtype.as_str()
+            ),
+        )),
+        _ => cuda::check_dtype(device, dtype),
+    }
 }
 
 /// How the engine drives a device: worker threads, padded tokens per forward pass.
@@ -319,8 +336,11 @@ mod tests {
         let o = resolve(DeviceChoice::Cpu, DtypeChoice::Auto).unwrap();
         assert!(o.device.is_cpu());
         assert_eq!(o.dtype(), DType::F32);
-        let o = resolve(DeviceChoice::Cpu, DtypeChoice::Fixed(DType::BF16)).unwrap();
-        assert_eq!(o.dtype(), DType::BF16);
+        let o = resolve(DeviceChoice::Cpu, DtypeChoice::Fixed(DType::F16)).unwrap();
+        assert_eq!(o.dtype(), DType::F16);
+        let e = resolve(DeviceChoice::Cpu, DtypeChoice::Fixed(DType::BF16)).unwrap_err();
+        assert_eq!(e.field(), Some("dtype"));
+        assert!(e.to_string().contains("does not run bf16"), "{e}");
         assert_eq!(name(&o.device), "cpu");
         assert_eq!(tuning(&o.device).workers, 1);
     }
