@@ -55,5 +55,13 @@ eval "$(toolchain)"
 echo "building with CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP" >&2
 cargo build --release --locked --features cuda --bin llm-attr ${args[@]+"${args[@]}"}
 if $tests; then
-  cargo test --release --locked --features cuda --test device_parity --no-run ${args[@]+"${args[@]}"}
+  # What scripts/gpu-check.sh runs, under fixed names: $CARGO_TARGET_DIR/gpu-check/.
+  target=${CARGO_TARGET_DIR:-target}
+  parity=$(cargo test --release --locked --features cuda --test device_parity --no-run \
+    --message-format=json ${args[@]+"${args[@]}"} | sed -n 's/.*"executable":"\([^"]*device_parity[^"]*\)".*/\1/p' | tail -1)
+  mkdir -p "$target/gpu-check"
+  cp "$target/release/llm-attr" "$target/gpu-check/llm-attr"
+  cp "$parity" "$target/gpu-check/device_parity"
+  strip "$target/gpu-check/llm-attr" "$target/gpu-check/device_parity" 2>/dev/null || true
+  ls -la "$target/gpu-check"
 fi

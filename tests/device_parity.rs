@@ -1,8 +1,9 @@
 //! The tiny fixtures (tiny-gpt2 and every decoder family) on the device and in the data types a
-//! GPU runs: log-probs within 1e-3 of transformers in f32, 3e-2 in f16 and 1e-1 in bf16 (see `dtypes`), greedy ids, and
-//! Captum parity in f32.
+//! GPU runs: log-probs within 1e-3 of transformers in f32, 3e-2 in f16 and 1e-1 in bf16 (see
+//! `dtypes`), greedy ids, and Captum parity in f32.
 //!
-//! `LLM_ATTR_TEST_DEVICE` picks the device (`cpu` by default; `cuda` in scripts/gpu-check.sh).
+//! `LLM_ATTR_TEST_DEVICE` picks the device (`cpu` by default; `cuda` in scripts/gpu-check.sh),
+//! `LLM_ATTR_FIXTURES` the fixtures directory.
 //! On the CPU only f16 runs (f32 there is model_families' and captum_parity's job; candle's CPU
 //! has no bf16 matmul): it takes the candle-op paths a GPU takes instead of the fused CPU kernels.
 
@@ -48,10 +49,14 @@ fn dtypes() -> Vec<(DType, f64)> {
     }
 }
 
+/// The fixture directories; `LLM_ATTR_FIXTURES` moves `tests/fixtures` (the test binary runs
+/// on a machine where the source tree sits elsewhere).
 fn dirs() -> Vec<String> {
+    let root = std::env::var("LLM_ATTR_FIXTURES")
+        .unwrap_or_else(|_| format!("{}/tests/fixtures", env!("CARGO_MANIFEST_DIR")));
     std::iter::once("tiny-gpt2")
         .chain(FAMILIES.iter().copied())
-        .map(|f| format!("{}/tests/fixtures/{f}", env!("CARGO_MANIFEST_DIR")))
+        .map(|f| format!("{root}/{f}"))
         .collect()
 }
 
