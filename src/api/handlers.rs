@@ -17,7 +17,8 @@ use crate::engine::CancelToken;
 use crate::error::{Error, ErrorBody};
 use crate::model::ModelInfo;
 use crate::request::{AttributeRequest, AttributeResponse};
-use crate::run::Progress;
+use crate::run::{Limits, Progress};
+use crate::scorer::Scorer;
 
 /// Cancels a request's work when its handler is dropped (the client went away) unless disarmed.
 pub struct CancelOnDrop(pub Option<CancelToken>);
@@ -43,6 +44,26 @@ pub async fn execute(
     progress: impl Fn(Progress) + Send + Sync + 'static,
     on_start: impl FnOnce() -> bool,
 ) -> Result<AttributeResponse, ApiError> {
+    let method = serde_json::to_value(request.method)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    execute_work(state, method, cancel, on_start, move |scorer, limits| {
+        crate::run::run(&request, scorer, limits, &progress)
+    })
+    .await
+}
+
+/// Runs `work` on a blocking thread with a run slot and the engine as its scorer, counted in
+/// the metrics under `label`. Waits for a run slot first; `on_start` (false: give up, e.g. a
+/// cancelled job) is called once it has one.
+pub async fn execute_work<T: Send + 'static>(
+    state: &Arc<AppState>,
+    label: String,
+    cancel: CancelToken,
+    on_start: impl FnOnce() -> bool,
+    work: impl FnOnce(&dyn Scorer, &Limits) -> Result<T, Error> + Send + 'static,
+) -> Result<T, ApiError> {
     let ready = state.ready()?;
     let slot = state
         .run_slots
@@ -54,10 +75,6 @@ pub async fn execute(
         return Err(Error::Cancelled.into());
     }
     let limits = state.config.limits.clone();
-    let method = serde_json::to_value(request.method)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
     // The run owns its slot and its bookkeeping: if the client goes away the handler is
     // dropped, but the run still ends (cancelled) and is counted.
     let st = state.clone();
@@ -66,13 +83,13 @@ pub async fn execute(
         let _active = ActiveRun::new(st.clone());
         let started = Instant::now();
         let handle = ready.engine.handle(cancel);
-        let out = crate::run::run(&request, &handle, &limits, &progress);
+        let out = work(&handle, &limits);
         let outcome = match &out {
             Ok(_) => "ok",
             Err(e) => e.code(),
         };
         st.metrics
-            .record_attribution(&method, outcome, started.elapsed().as_secs_f64());
+            .record_attribution(&label, outcome, started.elapsed().as_secs_f64());
         out
     })
     .await
@@ -116,7 +133,7 @@ async fn with_timeout<T>(
 }
 
 /// Runs `f` on a blocking thread; a panic there is an internal error.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Error> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
