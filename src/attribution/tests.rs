@@ -317,11 +317,17 @@ fn the_exact_shapley_cap_is_one_rule_with_one_message() {
     assert!(m.check_features(14, 1, 20_000).is_ok());
     let e = m.check_features(15, 1, 20_000).unwrap_err();
     assert_eq!(e.field(), Some("method"));
-    assert!(e.to_string().contains("at most 14 features here (15 given)"), "{e}");
+    assert!(
+        e.to_string().contains("at most 14 features here (15 given)"),
+        "{e}"
+    );
     assert!(m.check_features(20, 1, usize::MAX).is_ok());
     let mut g = game(21, 0, |_: &[bool]| vec![]);
     let direct = shapley_values(&mut g).unwrap_err();
-    assert!(direct.to_string().contains("at most 20 features here (21 given)"), "{direct}");
+    assert!(
+        direct.to_string().contains("at most 20 features here (21 given)"),
+        "{direct}"
+    );
     assert_eq!(g.calls, 0);
     assert!(Method::FeatureAblation.check_features(64, 1, 1).is_ok());
 }
