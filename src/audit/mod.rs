@@ -39,6 +39,12 @@ struct Grid<'r> {
     target_ids: Vec<Vec<u32>>,
 }
 
+/// The grid's distinct prompts, and for every cell and context the index of its prompt.
+struct Prompts {
+    ids: Vec<Vec<u32>>,
+    at: Vec<Vec<usize>>,
+}
+
 /// Digits of `index` in the mixed radix `radices`, the last digit changing fastest.
 fn digits(mut index: usize, radices: &[usize]) -> Vec<usize> {
     let mut out = vec![0; radices.len()];
@@ -260,8 +266,7 @@ impl<'r> Grid<'r> {
         choice
     }
 
-    /// Distinct prompts, and for every cell and context the index of its prompt.
-    fn prompts(&self, tokenizer: &Tokenizer) -> Result<(Vec<Vec<u32>>, Vec<Vec<usize>>)> {
+    fn prompts(&self, tokenizer: &Tokenizer) -> Result<Prompts> {
         let mut index: HashMap<Vec<u32>, usize> = HashMap::new();
         let mut prompts = Vec::new();
         let mut at = Vec::with_capacity(self.n_cells());
@@ -277,7 +282,7 @@ impl<'r> Grid<'r> {
             }
             at.push(row);
         }
-        Ok((prompts, at))
+        Ok(Prompts { ids: prompts, at })
     }
 
     /// Every prompt with every target, prompt-major.
@@ -376,7 +381,7 @@ fn execute(
     let started = Instant::now();
     let tokenizer = scorer.tokenizer();
     let grid = Grid::new(request, tokenizer, limits)?;
-    let (prompts, at) = grid.prompts(tokenizer)?;
+    let Prompts { ids: prompts, at } = grid.prompts(tokenizer)?;
     let items = grid.items(&prompts, limits, scorer.context_length())?;
     let shared = SharedScores::new(scorer, total, progress);
     let scores = shared.score(items, &|_, _| {})?;
