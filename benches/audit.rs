@@ -72,6 +72,16 @@ struct Row {
     seconds: f64,
 }
 
+/// Prints the row just measured (a slow machine still shows what it has).
+fn print_last(rows: &[Row]) {
+    if let Some(r) = rows.last() {
+        println!(
+            "{:<26} {:>8} {:>10} {:>9.2}",
+            r.what, r.requests, r.sequences, r.seconds
+        );
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let spec = std::env::args()
         .skip(1)
@@ -83,6 +93,11 @@ fn main() -> anyhow::Result<()> {
     let limits = Limits::default();
     let mut rows = Vec::new();
 
+    println!("{spec}: 5 names x 4 countries x 3 jobs x 2 targets");
+    println!(
+        "{:<26} {:>8} {:>10} {:>9}",
+        "", "requests", "sequences", "seconds"
+    );
     // Warm up (first passes allocate).
     audit::run(&grid(None), &scorer, &limits, &|_| {})?;
 
@@ -94,6 +109,7 @@ fn main() -> anyhow::Result<()> {
         sequences: r.stats.distinct_sequences,
         seconds: t.elapsed().as_secs_f64(),
     });
+    print_last(&rows);
     let t = Instant::now();
     let mut sequences = 0;
     for (values, _) in cells() {
@@ -109,6 +125,7 @@ fn main() -> anyhow::Result<()> {
         sequences,
         seconds: t.elapsed().as_secs_f64(),
     });
+    print_last(&rows);
 
     let t = Instant::now();
     let r = audit::run(&grid(Some(Method::FeatureAblation)), &scorer, &limits, &|_| {})?;
@@ -118,6 +135,7 @@ fn main() -> anyhow::Result<()> {
         sequences: r.stats.distinct_sequences,
         seconds: t.elapsed().as_secs_f64(),
     });
+    print_last(&rows);
     let t = Instant::now();
     let mut sequences = 0;
     for (values, baselines) in cells() {
@@ -138,18 +156,8 @@ fn main() -> anyhow::Result<()> {
         sequences,
         seconds: t.elapsed().as_secs_f64(),
     });
+    print_last(&rows);
 
-    println!("{spec}: 5 names x 4 countries x 3 jobs x 2 targets");
-    println!(
-        "{:<26} {:>8} {:>10} {:>9}",
-        "", "requests", "sequences", "seconds"
-    );
-    for r in &rows {
-        println!(
-            "{:<26} {:>8} {:>10} {:>9.2}",
-            r.what, r.requests, r.sequences, r.seconds
-        );
-    }
     for pair in rows.chunks(2) {
         println!(
             "{}: the audit scores {:.1}x fewer sequences and is {:.1}x faster",
