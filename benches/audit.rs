@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use llm_attr::audit::{self, AuditRequest};
 use llm_attr::engine::{CancelToken, Engine, EngineConfig};
-use llm_attr::model::Model;
+use llm_attr::model::{LoadOptions, Model};
 use llm_attr::request::{AttributeRequest, Baseline, Method};
 use llm_attr::run::{self, Limits};
 
@@ -87,7 +87,7 @@ fn main() -> anyhow::Result<()> {
         .skip(1)
         .find(|a| !a.starts_with('-'))
         .unwrap_or_else(|| "models/SmolLM2-135M-Instruct.Q4_1.gguf".into());
-    let model = Model::load(&spec)?;
+    let model = Model::load(&spec, &LoadOptions::default())?;
     let engine = Engine::new(model, EngineConfig::default())?;
     let scorer = engine.handle(CancelToken::new());
     let limits = Limits::default();

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use llm_attr::api::{Config, ModelSource, Server};
+use llm_attr::model::LoadOptions;
 use llm_attr::model::{Model, ScoreItem};
 use serde_json::{json, Value};
 
@@ -136,7 +137,7 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async move {
         let (rss0, _) = rss_mib();
         let t = Instant::now();
-        let model = Model::load(&spec).map_err(|e| anyhow::anyhow!("{spec}: {e}"))?;
+        let model = Model::load(&spec, &LoadOptions::default()).map_err(|e| anyhow::anyhow!("{spec}: {e}"))?;
         let load_secs = t.elapsed().as_secs_f64();
         let (rss_loaded, _) = rss_mib();
         // The model alone: how much a bigger forward pass buys on this machine.

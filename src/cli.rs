@@ -9,7 +9,7 @@ use anyhow::Context;
 use crate::audit::export::{self, Format};
 use crate::audit::AuditRequest;
 use crate::engine::{CancelToken, Engine, EngineConfig};
-use crate::model::Model;
+use crate::model::{LoadOptions, Model};
 use crate::request::{AttributeRequest, Method};
 use crate::run::{run, Limits, Progress};
 use crate::scorer::Scorer;
@@ -76,7 +76,8 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &str) -> anyhow::Result<T
 
 fn load(spec: &str) -> anyhow::Result<std::sync::Arc<Model>> {
     let t = Instant::now();
-    let model = Model::load(spec).with_context(|| format!("loading model {spec}"))?;
+    let model =
+        Model::load(spec, &LoadOptions::default()).with_context(|| format!("loading model {spec}"))?;
     tracing::info!(spec, seconds = t.elapsed().as_secs_f64(), "model loaded");
     Ok(model)
 }
@@ -288,9 +289,10 @@ mod tests {
             "examples/t1.json",
             "examples/t1_sample.json",
             "examples/t1_single.json",
+            "examples/t1_chat.json",
         ] {
             let r = read_request(f).unwrap();
-            assert!(r.template.is_some(), "{f}");
+            assert!(r.template.is_some() != r.messages.is_some(), "{f}");
         }
         let audit: AuditRequest = read_json("examples/audit.json").unwrap();
         assert_eq!(audit.targets, [" hire", " reject"]);

@@ -219,6 +219,47 @@ fn repeated_placeholder_is_one_feature_and_literal_braces_stay() {
     assert_eq!(r.features.len(), 3);
 }
 
+/// Chat input: every coalition fills the one rendered template, so only the placeholders
+/// change between scored prompts and the chat markup is the same in all of them.
+#[test]
+fn chat_coalitions_perturb_the_placeholders_and_never_the_markup() {
+    let fake = Fake::new();
+    let mut req = t1(Method::ShapleyValues);
+    req.template = None;
+    req.messages = Some(
+        serde_json::from_value(serde_json::json!([
+            {"role": "system", "content": "Judge {{fairly}}."},
+            {"role": "user", "content": T1}
+        ]))
+        .unwrap(),
+    );
+    req.chat_template = Some(
+        "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}\
+         {% if add_generation_prompt %}<|assistant|>{% endif %}"
+            .into(),
+    );
+    let r = go(&fake, &req).unwrap();
+    let chat = |name, country, job| {
+        format!(
+            "<|system|>Judge {{fairly}}.\n<|user|>{}\n<|assistant|>",
+            fill(name, country, job)
+        )
+    };
+    assert_eq!(r.prompt, chat("Georg", "Germany", "janitor"));
+    let mut want: Vec<Vec<u32>> = Vec::new();
+    for name in ["Georg", "John"] {
+        for country in ["Germany", "Togo"] {
+            for job in ["janitor", "nurse"] {
+                want.push(fake.tokenizer().encode(&chat(name, country, job)).unwrap());
+            }
+        }
+    }
+    let mut scored: Vec<Vec<u32>> = fake.scored().into_iter().map(|i| i.prompt).collect();
+    scored.sort();
+    want.sort();
+    assert_eq!(scored, want);
+}
+
 fn err(req: &AttributeRequest) -> Error {
     go(&Fake::new(), req).expect_err("must fail")
 }

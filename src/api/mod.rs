@@ -46,7 +46,7 @@ use jobs::JobStore;
 use metrics::Metrics;
 
 use crate::engine::Engine;
-use crate::model::Model;
+use crate::model::{LoadOptions, Model};
 
 /// The model and the engine around it, once loaded.
 pub struct Ready {
@@ -107,7 +107,9 @@ impl AppState {
     fn load(&self) -> Result<(), String> {
         let model = match &self.config.model {
             ModelSource::Loaded(m) => m.clone(),
-            ModelSource::Spec(spec) => Model::load(spec).map_err(|e| e.to_string())?,
+            ModelSource::Spec(spec) => {
+                Model::load(spec, &LoadOptions::default()).map_err(|e| e.to_string())?
+            }
         };
         let engine = Engine::new(model.clone(), self.config.engine.clone()).map_err(|e| e.to_string())?;
         let info = model.info();

@@ -38,6 +38,7 @@ impl Fake {
             tokenizer: Tokenizer::new(inner.clone(), vec![50256]),
             info: ModelInfo {
                 spec: "fake".into(),
+                chat_template: false,
                 arch: ArchInfo {
                     architecture: "fake".into(),
                     parameters: 0,
