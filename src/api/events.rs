@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use super::error::{ApiError, ApiJson};
 use super::handlers::execute;
-use super::jobs::{Job, JobState};
+use super::jobs::{Job, JobEntry, JobKind, JobResult, JobState};
 use super::AppState;
 use crate::error::{Error, ErrorBody};
 use crate::request::AttributeRequest;
@@ -36,10 +36,41 @@ pub async fn create(
     State(state): State<Arc<AppState>>,
     ApiJson(request): ApiJson<AttributeRequest>,
 ) -> Result<Response, ApiError> {
+    start_job(
+        &state,
+        JobKind::Attribution,
+        "/v1/jobs",
+        move |s, job| async move {
+            let j = job.clone();
+            execute(
+                &s,
+                request,
+                job.cancel.clone(),
+                move |p| j.progress(p),
+                || job.start(),
+            )
+            .await
+            .map(|r| JobResult::Attribution(Box::new(r)))
+        },
+    )
+}
+
+/// Creates a job of `kind` and runs `work` for it in the background; answers 202 with the job
+/// and its URL under `base`. `work` gets the job to report progress and to start it.
+pub fn start_job<F, Fut>(
+    state: &Arc<AppState>,
+    kind: JobKind,
+    base: &str,
+    work: F,
+) -> Result<Response, ApiError>
+where
+    F: FnOnce(Arc<AppState>, Arc<JobEntry>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<JobResult, ApiError>> + Send,
+{
     state.refuse_if_stopping()?;
     state.ready()?;
     let max = state.config.max_pending_jobs;
-    let Some(job) = state.jobs.create(max) else {
+    let Some(job) = state.jobs.create(kind, max) else {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "limit_exceeded",
@@ -50,15 +81,7 @@ pub async fn create(
     let snapshot = job.snapshot();
     let s = state.clone();
     tokio::spawn(async move {
-        let j = job.clone();
-        let out = execute(
-            &s,
-            request,
-            job.cancel.clone(),
-            move |p| j.progress(p),
-            || job.start(),
-        )
-        .await;
+        let out = work(s, job.clone()).await;
         match out {
             Ok(r) => job.finish(JobState::Done, Some(r), None),
             Err(e) if e.code == "cancelled" || job.cancel.is_cancelled() => {
@@ -67,7 +90,7 @@ pub async fn create(
             Err(e) => job.finish(JobState::Failed, None, Some(e.body().error)),
         };
     });
-    let location = format!("/v1/jobs/{}", snapshot.id);
+    let location = format!("{base}/{}", snapshot.id);
     Ok((
         StatusCode::ACCEPTED,
         [(header::LOCATION, location)],
@@ -76,11 +99,38 @@ pub async fn create(
         .into_response())
 }
 
-fn find(state: &AppState, id: &str) -> Result<Arc<super::jobs::JobEntry>, ApiError> {
+/// The job `id`; with `kind`, only a job of that kind.
+fn find(state: &AppState, id: &str, kind: Option<JobKind>) -> Result<Arc<JobEntry>, ApiError> {
     state
         .jobs
         .get(id)
+        .filter(|j| kind.is_none_or(|k| j.snapshot().kind == k))
         .ok_or_else(|| ApiError::not_found(format!("job {id}")).with_field("id"))
+}
+
+/// A job's snapshot (`GET`).
+pub fn get_job(state: &AppState, id: &str, kind: Option<JobKind>) -> Result<Json<Job>, ApiError> {
+    Ok(Json(find(state, id, kind)?.snapshot()))
+}
+
+/// Cancels a job (`DELETE`; no effect on a finished one).
+pub fn cancel_job(state: &AppState, id: &str, kind: Option<JobKind>) -> Result<Json<Job>, ApiError> {
+    let job = find(state, id, kind)?;
+    if !job.state().is_finished() {
+        job.cancel.cancel();
+        job.finish(JobState::Cancelled, None, Some(Error::Cancelled.body().error));
+    }
+    Ok(Json(job.snapshot()))
+}
+
+/// A job's event stream.
+pub fn job_stream(
+    state: &AppState,
+    id: &str,
+    kind: Option<JobKind>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let rx = find(state, id, kind)?.subscribe();
+    Ok(Sse::new(job_events(rx)).keep_alive(KeepAlive::default()))
 }
 
 /// A job's state, progress, and result once done.
@@ -91,7 +141,7 @@ fn find(state: &AppState, id: &str) -> Result<Arc<super::jobs::JobEntry>, ApiErr
     security((), ("bearer" = []), ("api_key" = []))
 )]
 pub async fn get(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<Job>, ApiError> {
-    Ok(Json(find(&state, &id)?.snapshot()))
+    get_job(&state, &id, None)
 }
 
 /// Cancel a job (no effect on a finished one).
@@ -105,12 +155,7 @@ pub async fn cancel(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Job>, ApiError> {
-    let job = find(&state, &id)?;
-    if !job.state().is_finished() {
-        job.cancel.cancel();
-        job.finish(JobState::Cancelled, None, Some(Error::Cancelled.body().error));
-    }
-    Ok(Json(job.snapshot()))
+    cancel_job(&state, &id, None)
 }
 
 /// Progress and the result of a job as server-sent events: `progress` (`{"done","total"}`, at
@@ -129,8 +174,7 @@ pub async fn events(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let rx = find(&state, &id)?.subscribe();
-    Ok(Sse::new(job_events(rx)).keep_alive(KeepAlive::default()))
+    job_stream(&state, &id, None)
 }
 
 enum Phase {

@@ -18,7 +18,8 @@ use crate::engine::CancelToken;
 use crate::error::{Error, ErrorBody};
 use crate::model::ModelInfo;
 use crate::request::{AttributeRequest, AttributeResponse};
-use crate::run::Progress;
+use crate::run::{Limits, Progress};
+use crate::scorer::Scorer;
 
 /// Cancels a request's work when its handler is dropped (the client went away) unless disarmed.
 pub struct CancelOnDrop(pub Option<CancelToken>);
@@ -44,6 +45,26 @@ pub async fn execute(
     progress: impl Fn(Progress) + Send + Sync + 'static,
     on_start: impl FnOnce() -> bool,
 ) -> Result<AttributeResponse, ApiError> {
+    execute_work(
+        state,
+        method_label(&request),
+        cancel,
+        on_start,
+        attribute_work(request, progress),
+    )
+    .await
+}
+
+/// Runs `work` on a blocking thread with a run slot and the engine as its scorer, counted in
+/// the metrics under `label`. Waits for a run slot first; `on_start` (false: give up, e.g. a
+/// cancelled job) is called once it has one.
+pub async fn execute_work<T: Send + 'static>(
+    state: &Arc<AppState>,
+    label: String,
+    cancel: CancelToken,
+    on_start: impl FnOnce() -> bool,
+    work: impl FnOnce(&dyn Scorer, &Limits) -> Result<T, Error> + Send + 'static,
+) -> Result<T, ApiError> {
     let ready = state.ready()?;
     let slot = state
         .run_slots
@@ -54,7 +75,22 @@ pub async fn execute(
     if cancel.is_cancelled() || !on_start() {
         return Err(Error::Cancelled.into());
     }
-    run_in_slot(state, ready, slot, request, cancel, progress).await
+    run_in_slot(state, ready, slot, label, cancel, work).await
+}
+
+/// The metrics label of an attribute request: its method's wire name.
+fn method_label(request: &AttributeRequest) -> String {
+    serde_json::to_value(request.method)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn attribute_work(
+    request: AttributeRequest,
+    progress: impl Fn(Progress) + Send + Sync + 'static,
+) -> impl FnOnce(&dyn Scorer, &Limits) -> Result<AttributeResponse, Error> + Send + 'static {
+    move |scorer, limits| crate::run::run(&request, scorer, limits, &progress)
 }
 
 /// A run slot now, or 503 + Retry-After when all are taken (a synchronous request does not
@@ -73,28 +109,24 @@ fn try_slot(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
     })
 }
 
-/// Runs `request` in `slot`. The run owns its slot and its bookkeeping: if the client goes
+/// Runs `work` in `slot`. The run owns its slot and its bookkeeping: if the client goes
 /// away the handler is dropped, but the run still ends (cancelled) and is counted.
-async fn run_in_slot(
+async fn run_in_slot<T: Send + 'static>(
     state: &Arc<AppState>,
     ready: Arc<super::Ready>,
     slot: OwnedSemaphorePermit,
-    request: AttributeRequest,
+    label: String,
     cancel: CancelToken,
-    progress: impl Fn(Progress) + Send + Sync + 'static,
-) -> Result<AttributeResponse, ApiError> {
+    work: impl FnOnce(&dyn Scorer, &Limits) -> Result<T, Error> + Send + 'static,
+) -> Result<T, ApiError> {
     let limits = state.config.limits.clone();
-    let method = serde_json::to_value(request.method)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
     let st = state.clone();
     tokio::task::spawn_blocking(move || {
         let _slot = slot;
         let _active = ActiveRun::new(st.clone());
         let started = Instant::now();
         let handle = ready.engine.handle(cancel.clone());
-        let out = crate::run::run(&request, &handle, &limits, &progress);
+        let out = work(&handle, &limits);
         // Whatever a run that was cancelled ran into last, it ended because it was cancelled.
         let outcome = match &out {
             _ if cancel.is_cancelled() => "cancelled",
@@ -102,7 +134,7 @@ async fn run_in_slot(
             Err(e) => e.code(),
         };
         st.metrics
-            .record_attribution(&method, outcome, started.elapsed().as_secs_f64());
+            .record_attribution(&label, outcome, started.elapsed().as_secs_f64());
         out
     })
     .await
@@ -146,7 +178,7 @@ async fn with_timeout<T>(
 }
 
 /// Runs `f` on a blocking thread; a panic there is an internal error.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Error> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
@@ -179,7 +211,9 @@ pub async fn attributions(
     let ready = state.ready()?;
     let slot = try_slot(&state)?;
     let cancel = CancelToken::new();
-    let fut = run_in_slot(&state, ready, slot, request, cancel.clone(), |_| {});
+    let label = method_label(&request);
+    let work = attribute_work(request, |_| {});
+    let fut = run_in_slot(&state, ready, slot, label, cancel.clone(), work);
     with_timeout(&state, cancel, fut).await.map(Json)
 }
 

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use utoipa::ToSchema;
 
+use crate::audit::AuditResult;
 use crate::engine::CancelToken;
 use crate::error::ErrorDetail;
 use crate::request::AttributeResponse;
@@ -41,9 +42,40 @@ impl JobState {
     }
 }
 
+/// What a job runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    /// An attribute request (`/v1/jobs`).
+    #[default]
+    Attribution,
+    /// An audit (`/v1/audits`).
+    Audit,
+}
+
+/// A finished job's result: an `AttributeResponse` or an `AuditResult`, by the job's kind.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum JobResult {
+    Attribution(Box<AttributeResponse>),
+    Audit(Box<AuditResult>),
+}
+
+impl JobResult {
+    /// Sequences the work scored.
+    fn sequences(&self) -> usize {
+        match self {
+            JobResult::Attribution(r) => r.stats.unique_sequences,
+            JobResult::Audit(r) => r.stats.distinct_sequences,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Job {
     pub id: String,
+    #[serde(default)]
+    pub kind: JobKind,
     pub state: JobState,
     /// Sequences scored so far out of the total the request needs (0/0 until known).
     pub progress: Progress,
@@ -52,7 +84,7 @@ pub struct Job {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<AttributeResponse>,
+    pub result: Option<JobResult>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorDetail>,
 }
@@ -97,12 +129,7 @@ impl JobEntry {
     }
 
     /// Sets a final state once; later calls (e.g. a run ending after a DELETE) change nothing.
-    pub fn finish(
-        &self,
-        state: JobState,
-        result: Option<AttributeResponse>,
-        error: Option<ErrorDetail>,
-    ) -> bool {
+    pub fn finish(&self, state: JobState, result: Option<JobResult>, error: Option<ErrorDetail>) -> bool {
         let changed = self.tx.send_if_modified(|j| {
             if j.state.is_finished() {
                 return false;
@@ -110,7 +137,7 @@ impl JobEntry {
             j.state = state;
             j.finished_at = Some(rfc3339(SystemTime::now()));
             if let Some(r) = &result {
-                let total = r.stats.unique_sequences.max(j.progress.total);
+                let total = r.sequences().max(j.progress.total);
                 j.progress = Progress { done: total, total };
             }
             j.result = result;
@@ -154,7 +181,7 @@ impl JobStore {
     }
 
     /// Creates a queued job, unless `max_unfinished` jobs are already queued or running.
-    pub fn create(&self, max_unfinished: usize) -> Option<Arc<JobEntry>> {
+    pub fn create(&self, kind: JobKind, max_unfinished: usize) -> Option<Arc<JobEntry>> {
         self.sweep();
         let mut jobs = self.lock();
         if jobs.values().filter(|j| !j.state().is_finished()).count() >= max_unfinished {
@@ -163,6 +190,7 @@ impl JobStore {
         let id = uuid::Uuid::new_v4().to_string();
         let job = Job {
             id: id.clone(),
+            kind,
             state: JobState::Queued,
             progress: Progress { done: 0, total: 0 },
             created_at: rfc3339(SystemTime::now()),
@@ -271,7 +299,7 @@ mod tests {
     #[test]
     fn finish_happens_once() {
         let store = JobStore::new(Duration::from_secs(60), 10);
-        let j = store.create(10).unwrap();
+        let j = store.create(JobKind::Attribution, 10).unwrap();
         assert!(j.start());
         assert!(j.finish(JobState::Cancelled, None, None));
         assert!(!j.finish(JobState::Done, None, None));
@@ -285,21 +313,21 @@ mod tests {
         let store = JobStore::new(Duration::from_secs(3600), 2);
         let ids: Vec<String> = (0..4)
             .map(|_| {
-                let j = store.create(100).unwrap();
+                let j = store.create(JobKind::Attribution, 100).unwrap();
                 j.finish(JobState::Done, None, None);
                 std::thread::sleep(Duration::from_millis(2));
                 j.snapshot().id
             })
             .collect();
-        let open = store.create(100).unwrap();
+        let open = store.create(JobKind::Attribution, 100).unwrap();
         store.sweep();
         assert!(store.get(&ids[0]).is_none() && store.get(&ids[1]).is_none());
         assert!(store.get(&ids[2]).is_some() && store.get(&ids[3]).is_some());
         assert!(store.get(&open.snapshot().id).is_some());
 
         let short = JobStore::new(Duration::from_millis(1), 100);
-        let j = short.create(100).unwrap();
-        let open = short.create(100).unwrap();
+        let j = short.create(JobKind::Attribution, 100).unwrap();
+        let open = short.create(JobKind::Attribution, 100).unwrap();
         j.finish(JobState::Failed, None, None);
         std::thread::sleep(Duration::from_millis(5));
         short.sweep();
@@ -310,10 +338,10 @@ mod tests {
     #[test]
     fn unfinished_jobs_are_capped() {
         let store = JobStore::new(Duration::from_secs(60), 10);
-        let a = store.create(2).unwrap();
-        let _b = store.create(2).unwrap();
-        assert!(store.create(2).is_none());
+        let a = store.create(JobKind::Attribution, 2).unwrap();
+        let _b = store.create(JobKind::Attribution, 2).unwrap();
+        assert!(store.create(JobKind::Attribution, 2).is_none());
         a.finish(JobState::Done, None, None);
-        assert!(store.create(2).is_some());
+        assert!(store.create(JobKind::Attribution, 2).is_some());
     }
 }
