@@ -537,7 +537,7 @@ fn distinct_sequences_are_counted_before_prompts_are_built() {
     // The count of distinct coalitions, not of prompts built until a cut-off (the old answer
     // was 80,001, four times the limit plus one).
     assert!((120_000..=126_002).contains(&count), "{msg}");
-    assert!(msg.contains("distinct perturbed coalitions"), "{msg}");
+    assert!(msg.contains("distinct coalitions"), "{msg}");
     assert!(fake.scored().is_empty());
 }
 
