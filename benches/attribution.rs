@@ -13,7 +13,7 @@ fn main() -> anyhow::Result<()> {
         println!("{file} ({repeats} runs per method)");
         print!(
             "{}",
-            bench_table(&bench_rows(&model, &request, &methods, repeats)?)
+            bench_table(&bench_rows(model.as_ref(), &request, &methods, repeats)?)
         );
     }
     Ok(())

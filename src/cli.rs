@@ -8,6 +8,7 @@ use anyhow::Context;
 use crate::model::Model;
 use crate::request::{AttributeRequest, Method};
 use crate::run::{run, Limits, Progress};
+use crate::scorer::Scorer;
 
 /// `llm-attr attribute --model SPEC --request FILE`
 #[derive(Debug, clap::Args)]
@@ -98,7 +99,7 @@ pub struct BenchRow {
 
 /// Times every method on `request` (its `method` replaced), `repeats` runs each.
 pub fn bench_rows(
-    model: &Model,
+    scorer: &dyn Scorer,
     request: &AttributeRequest,
     methods: &[Method],
     repeats: usize,
@@ -112,7 +113,7 @@ pub fn bench_rows(
         let mut last = None;
         for _ in 0..repeats.max(1) {
             let t = Instant::now();
-            let r = run(&req, model, &limits, &log_progress)?;
+            let r = run(&req, scorer, &limits, &log_progress)?;
             times.push(t.elapsed().as_secs_f64());
             last = Some(r);
         }
@@ -167,7 +168,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let request = read_request(&args.request)?;
     let methods = parse_methods(&args.methods)?;
     let model = load(&args.model)?;
-    let rows = bench_rows(&model, &request, &methods, args.repeats)?;
+    let rows = bench_rows(model.as_ref(), &request, &methods, args.repeats)?;
     print!("{}", bench_table(&rows));
     Ok(())
 }

@@ -145,6 +145,8 @@ pub enum TokenRef {
     Text(String),
 }
 
+/// An attribution method. What each one samples, costs and allows is its row of
+/// `Method::facts` (src/attribution/methods.rs).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Method {

@@ -1,15 +1,22 @@
-//! What attribution needs from a model: score sequences, generate a target, tokenize.
-//! `Model` answers directly (CLI); the engine answers through its queue (HTTP).
+//! What attribution needs from a model: its tokenizer and facts, scores of sequences, and a
+//! generated target. `Model` answers directly (CLI); the engine answers through its queue (HTTP).
+//! Nothing here hands out a `Model`, so a remote or GPU scorer need not hold one.
 
 use crate::error::Result;
-use crate::model::{Model, ScoreItem};
+use crate::model::{Model, ModelInfo, ScoreItem, Tokenizer};
 
 /// Default padded-token budget of one forward pass.
 pub const DEFAULT_TOKEN_BUDGET: usize = 2048;
 
 pub trait Scorer: Send + Sync {
-    /// The model behind it (tokenizer, info).
-    fn model(&self) -> &Model;
+    /// The tokenizer prompts and targets are encoded with.
+    fn tokenizer(&self) -> &Tokenizer;
+    /// What is loaded (spec, architecture, sizes).
+    fn info(&self) -> &ModelInfo;
+    /// Most tokens of one sequence (prompt + target) the model takes.
+    fn context_length(&self) -> usize {
+        self.info().arch.context_length
+    }
     /// Log-probs of every target token of every item, in order. `progress(done, total)` is
     /// called as items finish. Fails with `Error::Cancelled` when the caller gave up.
     fn score(&self, items: Vec<ScoreItem>, progress: &(dyn Fn(usize, usize) + Sync))
@@ -19,8 +26,16 @@ pub trait Scorer: Send + Sync {
 }
 
 impl Scorer for Model {
-    fn model(&self) -> &Model {
-        self
+    fn tokenizer(&self) -> &Tokenizer {
+        Model::tokenizer(self)
+    }
+
+    fn info(&self) -> &ModelInfo {
+        Model::info(self)
+    }
+
+    fn context_length(&self) -> usize {
+        Model::context_length(self)
     }
 
     fn score(

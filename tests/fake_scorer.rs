@@ -3,37 +3,11 @@
 
 use std::sync::Mutex;
 
-use llm_attr::model::{ArchInfo, Architecture, Model, ScoreItem, Tokenizer};
+use llm_attr::model::{ArchInfo, ModelInfo, ScoreItem, Tokenizer};
 use llm_attr::request::{AttrTarget, AttributeRequest, Baseline, BaselineSampling, Method, TokenRef};
 use llm_attr::run::{run, Limits, Progress};
 use llm_attr::scorer::Scorer;
 use llm_attr::Error;
-
-struct NoArch;
-
-impl Architecture for NoArch {
-    fn hidden(&self, _: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
-        Err(candle_core::Error::Msg("fake".into()))
-    }
-    fn logits(&self, _: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
-        Err(candle_core::Error::Msg("fake".into()))
-    }
-    fn generate(&self, _: &[u32], _: usize, _: &[u32]) -> candle_core::Result<Vec<u32>> {
-        Err(candle_core::Error::Msg("fake".into()))
-    }
-    fn info(&self) -> ArchInfo {
-        ArchInfo {
-            architecture: "fake".into(),
-            parameters: 0,
-            vocab_size: 50257,
-            context_length: 1024,
-            hidden_size: 1,
-            layers: 0,
-            heads: 1,
-            dtype: "f32".into(),
-        }
-    }
-}
 
 /// log p(target_k | prompt) = -(sum of prompt ids mod 1000) / 500 - k / 10.
 fn fake_log_probs(prompt: &[u32], target_len: usize) -> Vec<f32> {
@@ -43,8 +17,10 @@ fn fake_log_probs(prompt: &[u32], target_len: usize) -> Vec<f32> {
         .collect()
 }
 
+/// Holds no model: a tokenizer and the facts a scorer reports are all `run()` needs.
 struct Fake {
-    model: Model,
+    tokenizer: Tokenizer,
+    info: ModelInfo,
     calls: Mutex<Vec<Vec<ScoreItem>>>,
 }
 
@@ -54,9 +30,21 @@ impl Fake {
         let inner = GPT2.get_or_init(|| {
             tokenizers::Tokenizer::from_file("tests/fixtures/tiny-gpt2/tokenizer.json").unwrap()
         });
-        let tok = Tokenizer::new(inner.clone(), vec![50256]);
         Fake {
-            model: Model::new(Box::new(NoArch), tok, "fake"),
+            tokenizer: Tokenizer::new(inner.clone(), vec![50256]),
+            info: ModelInfo {
+                spec: "fake".into(),
+                arch: ArchInfo {
+                    architecture: "fake".into(),
+                    parameters: 0,
+                    vocab_size: 50257,
+                    context_length: 1024,
+                    hidden_size: 1,
+                    layers: 0,
+                    heads: 1,
+                    dtype: "f32".into(),
+                },
+            },
             calls: Mutex::new(Vec::new()),
         }
     }
@@ -66,8 +54,11 @@ impl Fake {
 }
 
 impl Scorer for Fake {
-    fn model(&self) -> &Model {
-        &self.model
+    fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+    fn info(&self) -> &ModelInfo {
+        &self.info
     }
     fn score(
         &self,
@@ -145,7 +136,7 @@ fn go(fake: &Fake, req: &AttributeRequest) -> llm_attr::Result<llm_attr::request
 
 /// The fake's value of one prompt text: [sequence, tokens...].
 fn value(fake: &Fake, prompt: &str, target: &[u32]) -> Vec<f64> {
-    let ids = fake.model.tokenizer().encode(prompt).unwrap();
+    let ids = fake.tokenizer().encode(prompt).unwrap();
     let lp: Vec<f64> = fake_log_probs(&ids, target.len())
         .into_iter()
         .map(f64::from)
@@ -307,7 +298,7 @@ fn token_input_skips_and_replaces_tokens() {
         ..Default::default()
     };
     let r = go(&fake, &req).unwrap();
-    let ids = fake.model.tokenizer().encode("Hello world, hello").unwrap();
+    let ids = fake.tokenizer().encode("Hello world, hello").unwrap();
     assert_eq!(r.features.len(), ids.len() - 1);
     assert_eq!(r.features[1].name, " world");
     let prompts: Vec<Vec<u32>> = fake.scored().into_iter().map(|i| i.prompt).collect();

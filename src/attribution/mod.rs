@@ -5,8 +5,8 @@
 //! is a fixed linear map of these values (except LIME's Lasso, fitted per column), so sequence
 //! and per-token attributions come from the same evaluations.
 
-pub mod evaluator;
 pub mod linear;
+mod methods;
 mod shapley;
 mod surrogate;
 
@@ -14,6 +14,7 @@ use rand::Rng;
 
 use crate::error::{Error, Result};
 use crate::request::Method;
+pub use methods::{FeatureCap, MethodFacts};
 pub use shapley::{shapley_value_sampling, shapley_values};
 pub use surrogate::{kernel_shap, lime};
 
@@ -35,30 +36,6 @@ pub struct Attribution {
     pub attr: Vec<Vec<f64>>,
     /// Standard errors, same shape, when the result is random.
     pub stderr: Option<Vec<Vec<f64>>>,
-}
-
-/// Default samples: permutations for Shapley value sampling, perturbations for LIME and
-/// Kernel SHAP (Captum's defaults).
-pub fn default_n_samples(method: Method) -> usize {
-    match method {
-        Method::ShapleyValueSampling => 25,
-        Method::Lime => 50,
-        Method::KernelShap => 25,
-        Method::FeatureAblation | Method::ShapleyValues => 1,
-    }
-}
-
-/// Most features exact Shapley values enumerate (2^n coalitions).
-pub const MAX_EXACT_FEATURES: usize = 20;
-
-/// Coalition evaluations a method asks for in one trial.
-pub fn evaluations(method: Method, n: usize, n_samples: usize) -> usize {
-    match method {
-        Method::FeatureAblation => n + 1,
-        Method::ShapleyValues => 1usize.checked_shl(n as u32).unwrap_or(usize::MAX),
-        Method::ShapleyValueSampling => 1 + n_samples.saturating_mul(n),
-        Method::Lime | Method::KernelShap => n_samples,
-    }
 }
 
 /// Runs `method` once.

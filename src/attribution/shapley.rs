@@ -3,8 +3,9 @@
 use rand::seq::SliceRandom;
 use rand::Rng;
 
-use super::{mean_and_stderr, Attribution, Coalition, Evaluator, MAX_EXACT_FEATURES};
-use crate::error::{Error, Result};
+use super::{mean_and_stderr, Attribution, Coalition, Evaluator};
+use crate::error::Result;
+use crate::request::Method;
 
 fn from_bits(bits: usize, n: usize) -> Coalition {
     (0..n).map(|i| bits >> i & 1 == 1).collect()
@@ -14,15 +15,7 @@ fn from_bits(bits: usize, n: usize) -> Coalition {
 /// from one evaluation of each of the 2^n coalitions.
 pub fn shapley_values(ev: &mut dyn Evaluator) -> Result<Attribution> {
     let n = ev.n_features();
-    if n > MAX_EXACT_FEATURES {
-        return Err(Error::too_large(
-            "method",
-            format!(
-                "shapley_values enumerates 2^n coalitions and allows at most {MAX_EXACT_FEATURES} features \
-                 ({n} given); use shapley_value_sampling or kernel_shap"
-            ),
-        ));
-    }
+    Method::ShapleyValues.check_features(n, 1, usize::MAX)?;
     let coalitions: Vec<Coalition> = (0..1usize << n).map(|b| from_bits(b, n)).collect();
     let v = ev.values(&coalitions)?;
     let outs = ev.n_outputs();

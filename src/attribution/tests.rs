@@ -289,5 +289,45 @@ fn trials_average_and_give_standard_errors() {
     );
     let svs = attribute_trials(Method::ShapleyValueSampling, &mut g, 3, 4, &mut rng(0)).unwrap();
     assert!(svs.stderr.unwrap().iter().flatten().any(|s| *s > 0.0));
-    assert_eq!(evaluations(Method::ShapleyValueSampling, 4, 3), 13);
+    assert_eq!((Method::ShapleyValueSampling.facts().evaluations)(4, 3), 13);
+}
+
+#[test]
+fn method_facts_count_the_evaluations_each_method_asks_for() {
+    let methods = [
+        Method::FeatureAblation,
+        Method::ShapleyValues,
+        Method::ShapleyValueSampling,
+        Method::Lime,
+        Method::KernelShap,
+    ];
+    for method in methods {
+        let facts = method.facts();
+        let n_samples = if facts.samples { 7 } else { facts.default_n_samples };
+        let mut g = game(4, 1, additive);
+        attribute(method, &mut g, n_samples, &mut rng(0)).unwrap();
+        assert_eq!(g.calls, (facts.evaluations)(4, n_samples), "{method:?}");
+    }
+}
+
+#[test]
+fn the_exact_shapley_cap_is_one_rule_with_one_message() {
+    let m = Method::ShapleyValues;
+    // 2^14 coalitions fit in 20 000 sequences, 2^15 do not.
+    assert!(m.check_features(14, 1, 20_000).is_ok());
+    let e = m.check_features(15, 1, 20_000).unwrap_err();
+    assert_eq!(e.field(), Some("method"));
+    assert!(
+        e.to_string().contains("at most 14 features here (15 given)"),
+        "{e}"
+    );
+    assert!(m.check_features(20, 1, usize::MAX).is_ok());
+    let mut g = game(21, 0, |_: &[bool]| vec![]);
+    let direct = shapley_values(&mut g).unwrap_err();
+    assert!(
+        direct.to_string().contains("at most 20 features here (21 given)"),
+        "{direct}"
+    );
+    assert_eq!(g.calls, 0);
+    assert!(Method::FeatureAblation.check_features(64, 1, 1).is_ok());
 }

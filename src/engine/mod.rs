@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::model::{Model, ScoreItem};
+use crate::model::{Model, ModelInfo, ScoreItem, Tokenizer};
 use crate::scorer::Scorer;
 use queue::{Queue, Queued};
 pub use stats::{Histogram, Stats};
@@ -555,9 +555,19 @@ impl<B: Backend> Handle<B> {
     }
 }
 
-impl Scorer for Handle<Model> {
-    fn model(&self) -> &Model {
-        &self.shared.backend
+/// A backend that knows its tokenizer and model (as `Model` does) serves requests through the
+/// queue: facts come from the backend, scores and generations from the workers.
+impl<B: Backend + Scorer> Scorer for Handle<B> {
+    fn tokenizer(&self) -> &Tokenizer {
+        self.shared.backend.tokenizer()
+    }
+
+    fn info(&self) -> &ModelInfo {
+        self.shared.backend.info()
+    }
+
+    fn context_length(&self) -> usize {
+        self.shared.backend.context_length()
     }
 
     fn score(

@@ -1,16 +1,23 @@
 //! Runs one attribute request end to end: input -> method -> evaluator -> scorer.
+//!
+//! `evaluator` turns the methods' coalitions into prompts and scores them; `progress` is what
+//! both report as sequences are scored.
+
+pub mod evaluator;
+mod progress;
 
 use std::time::Instant;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::attribution::evaluator::{exact_count, SequenceEvaluator};
-use crate::attribution::{self, Evaluator, MAX_EXACT_FEATURES};
+use crate::attribution::{self, Evaluator};
 use crate::error::{Error, Result};
 use crate::input::Input;
 use crate::request::{AttributeRequest, AttributeResponse, BaselineSampling, Method};
 use crate::scorer::Scorer;
+use evaluator::{exact_count, SequenceEvaluator};
+pub use progress::Progress;
 
 /// Per-request limits; the server maps its flags onto these.
 #[derive(Debug, Clone)]
@@ -37,13 +44,6 @@ impl Default for Limits {
             max_new_tokens: 100,
         }
     }
-}
-
-/// Work done so far, in sequences scored out of the total the request needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct Progress {
-    pub done: usize,
-    pub total: usize,
 }
 
 /// Default length of a generated target.
@@ -85,7 +85,7 @@ fn exact_sequences(input: &Input, method: Method, n_samples: usize, trials: usiz
         }),
         Method::ShapleyValues => everything,
         _ => everything.min(
-            attribution::evaluations(method, n, n_samples)
+            (method.facts().evaluations)(n, n_samples)
                 .saturating_mul(trials)
                 .saturating_mul(product),
         ),
@@ -101,19 +101,15 @@ pub fn run(
 ) -> Result<AttributeResponse> {
     let started = Instant::now();
     let method = request.method;
-    let sampling_method = matches!(
-        method,
-        Method::ShapleyValueSampling | Method::Lime | Method::KernelShap
-    );
+    let facts = method.facts();
     let n_samples = check_count(
         "n_samples",
         request.n_samples,
-        attribution::default_n_samples(method),
+        facts.default_n_samples,
         limits.max_n_samples,
     )?;
     let trials = check_count("num_trials", request.num_trials, 1, limits.max_num_trials)?;
-    let model = scorer.model();
-    let tokenizer = model.tokenizer();
+    let tokenizer = scorer.tokenizer();
     let input = Input::from_request(request, tokenizer)?;
     let n = input.n_features();
     if n > limits.max_features {
@@ -122,19 +118,7 @@ pub fn run(
             format!("{n} features are more than the limit of {}", limits.max_features),
         ));
     }
-    if method == Method::ShapleyValues {
-        let max_exact = MAX_EXACT_FEATURES.min(limits.max_sequences.max(1).ilog2() as usize);
-        if n > max_exact {
-            return Err(Error::too_large(
-                "method",
-                format!(
-                    "shapley_values is exact over all 2^n coalitions and allows at most {max_exact} features \
-                     here ({n} given, 2^{n} coalitions); use shapley_value_sampling or kernel_shap, which \
-                     sample"
-                ),
-            ));
-        }
-    }
+    method.check_features(n, n_samples, limits.max_sequences)?;
 
     let sampling = match request.baseline_sampling {
         _ if input.single_baselines() => BaselineSampling::Exact,
@@ -194,7 +178,7 @@ pub fn run(
         limits.max_tokens_per_sequence,
         progress,
     )?;
-    if !sampling_method {
+    if !facts.samples {
         ev.set_limit_field("method");
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -209,7 +193,7 @@ pub fn run(
         None => (None, None),
     };
     Ok(AttributeResponse {
-        model: model.info().spec.clone(),
+        model: scorer.info().spec.clone(),
         method,
         attr_target: request.attr_target,
         baseline_sampling: sampling,

@@ -10,12 +10,12 @@ use std::collections::HashMap;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::{Coalition, Evaluator};
+use super::progress::Progress;
+use crate::attribution::{Coalition, Evaluator};
 use crate::error::{Error, Result};
 use crate::input::Input;
 use crate::model::ScoreItem;
 use crate::request::{AttrTarget, BaselineSampling, Stats};
-use crate::run::Progress;
 use crate::scorer::Scorer;
 
 pub struct SequenceEvaluator<'a> {
@@ -59,7 +59,7 @@ impl<'a> SequenceEvaluator<'a> {
         max_tokens: usize,
         progress: &'a (dyn Fn(Progress) + Sync),
     ) -> Result<Self> {
-        let full = input.render(scorer.model().tokenizer(), &vec![None; input.slots.len()])?;
+        let full = input.render(scorer.tokenizer(), &vec![None; input.slots.len()])?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         // Baseline draws use their own stream, so they never shift the method's samples.
         rng.set_stream(1);
@@ -100,7 +100,7 @@ impl<'a> SequenceEvaluator<'a> {
 
     /// Prompts (as choices rendered to ids) that make up one evaluation of `coalition`.
     fn prompts(&mut self, coalition: &[bool]) -> Result<Vec<Vec<u32>>> {
-        let tok = self.scorer.model().tokenizer();
+        let tok = self.scorer.tokenizer();
         let slots = &self.input.slots;
         let absent: Vec<usize> = (0..slots.len())
             .filter(|&s| !coalition[slots[s].feature])
@@ -174,7 +174,7 @@ impl<'a> SequenceEvaluator<'a> {
         if unique > self.max_sequences {
             return Err(self.too_many(unique));
         }
-        let ctx = self.scorer.model().context_length();
+        let ctx = self.scorer.context_length();
         let items: Vec<ScoreItem> = new
             .iter()
             .map(|p| ScoreItem {

@@ -1,0 +1,100 @@
+//! What the rest of the service needs to know about each method, in one table.
+//!
+//! A new method is a variant of [`Method`] (src/request.rs), a row in [`Method::facts`] and an
+//! arm in [`super::attribute`]; the compiler points at the last two.
+
+use crate::error::{Error, Result};
+use crate::request::Method;
+
+/// One row of the table.
+#[derive(Debug, Clone, Copy)]
+pub struct MethodFacts {
+    /// Draws random samples: `n_samples` applies, and one trial estimates its own standard
+    /// errors. Exact methods blame the request's `method` when it needs too many sequences.
+    pub samples: bool,
+    /// `n_samples` when the request gives none (Captum's defaults); 1 for exact methods.
+    pub default_n_samples: usize,
+    /// Coalition evaluations of one trial, given the features and `n_samples` (saturating).
+    pub evaluations: fn(n_features: usize, n_samples: usize) -> usize,
+    /// Most features the method takes whatever the limits, when it has such a cap.
+    pub feature_cap: Option<FeatureCap>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct FeatureCap {
+    pub max: usize,
+    /// Why, as the start of the error message.
+    pub reason: &'static str,
+    /// What to use instead, as the end of the error message.
+    pub instead: &'static str,
+}
+
+/// Exact Shapley values enumerate 2^n coalitions.
+const EXACT_SHAPLEY_CAP: FeatureCap = FeatureCap {
+    max: 20,
+    reason: "shapley_values is exact over all 2^n coalitions",
+    instead: "use shapley_value_sampling or kernel_shap, which sample",
+};
+
+impl Method {
+    /// The method's row of the table (Captum's defaults for the samples).
+    pub fn facts(self) -> MethodFacts {
+        match self {
+            Method::FeatureAblation => MethodFacts {
+                samples: false,
+                default_n_samples: 1,
+                evaluations: |n, _| n.saturating_add(1),
+                feature_cap: None,
+            },
+            Method::ShapleyValues => MethodFacts {
+                samples: false,
+                default_n_samples: 1,
+                evaluations: |n, _| 1usize.checked_shl(n as u32).unwrap_or(usize::MAX),
+                feature_cap: Some(EXACT_SHAPLEY_CAP),
+            },
+            // n_samples permutations, each adding the features one by one to the empty
+            // coalition.
+            Method::ShapleyValueSampling => MethodFacts {
+                samples: true,
+                default_n_samples: 25,
+                evaluations: |n, s| s.saturating_mul(n).saturating_add(1),
+                feature_cap: None,
+            },
+            Method::Lime => MethodFacts {
+                samples: true,
+                default_n_samples: 50,
+                evaluations: |_, s| s,
+                feature_cap: None,
+            },
+            Method::KernelShap => MethodFacts {
+                samples: true,
+                default_n_samples: 25,
+                evaluations: |_, s| s,
+                feature_cap: None,
+            },
+        }
+    }
+
+    /// Fails when the method cannot take `n` features: past its cap, or past what fits in
+    /// `max_sequences` (every evaluation costs at least one distinct sequence).
+    pub fn check_features(self, n: usize, n_samples: usize, max_sequences: usize) -> Result<()> {
+        let facts = self.facts();
+        let Some(cap) = facts.feature_cap else {
+            return Ok(());
+        };
+        let max = (0..=cap.max)
+            .take_while(|&k| (facts.evaluations)(k, n_samples) <= max_sequences)
+            .last()
+            .unwrap_or(0);
+        if n <= max {
+            return Ok(());
+        }
+        Err(Error::too_large(
+            "method",
+            format!(
+                "{} and allows at most {max} features here ({n} given); {}",
+                cap.reason, cap.instead
+            ),
+        ))
+    }
+}
