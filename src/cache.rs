@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use sha2::{Digest, Sha256};
 
 use crate::error::Result;
-use crate::model::{Model, ScoreItem};
+use crate::model::{Model, ModelInfo, ScoreItem, Tokenizer};
 use crate::scorer::Scorer;
 
 /// A store shared between replicas: binary keys to binary values. Failures are misses: the
@@ -227,8 +227,16 @@ impl CachedScorer {
 }
 
 impl Scorer for CachedScorer {
-    fn model(&self) -> &Model {
-        self.inner.model()
+    fn tokenizer(&self) -> &Tokenizer {
+        self.inner.tokenizer()
+    }
+
+    fn info(&self) -> &ModelInfo {
+        self.inner.info()
+    }
+
+    fn context_length(&self) -> usize {
+        self.inner.context_length()
     }
 
     fn score(&self, items: Vec<ScoreItem>, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<Vec<Vec<f32>>> {

@@ -15,7 +15,7 @@ use super::store::{now_ms, ClaimedJob, Outcome};
 use super::AppState;
 use crate::engine::CancelToken;
 use crate::error::{Error, ErrorDetail};
-use crate::model::{Model, ScoreItem};
+use crate::model::{ModelInfo, ScoreItem, Tokenizer};
 use crate::request::AttributeResponse;
 use crate::run::Progress;
 use crate::scorer::Scorer;
@@ -82,6 +82,14 @@ pub fn spawn_runner(state: &Arc<AppState>) {
     tokio::spawn(async move {
         loop {
             let Some(state) = weak.upgrade() else { break };
+            // A replica still loading its model leaves the line to the others.
+            if state.ready.get().is_none() {
+                if state.load_error.get().is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
             let Ok(slot) = state.run_slots.clone().acquire_owned().await else {
                 break;
             };
@@ -239,8 +247,16 @@ impl WaitForRoom {
 }
 
 impl Scorer for WaitForRoom {
-    fn model(&self) -> &Model {
-        self.inner.model()
+    fn tokenizer(&self) -> &Tokenizer {
+        self.inner.tokenizer()
+    }
+
+    fn info(&self) -> &ModelInfo {
+        self.inner.info()
+    }
+
+    fn context_length(&self) -> usize {
+        self.inner.context_length()
     }
 
     fn score(

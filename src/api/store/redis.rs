@@ -36,7 +36,7 @@ use crate::api::Ready;
 use crate::cache::{CachedScorer, SharedScores};
 use crate::engine::CancelToken;
 use crate::error::{Error, ErrorDetail};
-use crate::model::{Model, ScoreItem};
+use crate::model::{ModelInfo, ScoreItem, Tokenizer};
 use crate::request::AttributeRequest;
 use crate::run::Progress;
 use crate::scorer::Scorer;
@@ -865,8 +865,16 @@ struct FanOut {
 }
 
 impl Scorer for FanOut {
-    fn model(&self) -> &Model {
-        self.inner.model()
+    fn tokenizer(&self) -> &Tokenizer {
+        self.inner.tokenizer()
+    }
+
+    fn info(&self) -> &ModelInfo {
+        self.inner.info()
+    }
+
+    fn context_length(&self) -> usize {
+        self.inner.context_length()
     }
 
     fn score(&self, items: Vec<ScoreItem>, progress: &(dyn Fn(usize, usize) + Sync)) -> crate::Result<Vec<Vec<f32>>> {
