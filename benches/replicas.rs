@@ -17,7 +17,11 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn on_path(bin: &str) -> bool {
@@ -70,7 +74,16 @@ fn start(model: &str, cores: &[usize], redis: bool) -> (Procs, Vec<u16>) {
         let port = free_port();
         procs.0.push(
             Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
                 .stdout(Stdio::null())
                 .spawn()
                 .expect("redis-server"),
@@ -159,6 +172,9 @@ fn main() {
     }
     let (memory, one, two) = (rows[0].1, rows[1].1, rows[2].1);
     println!("speed-up, 2 replicas over 1 (Redis): {:.2}x", one / two);
-    println!("Redis overhead on 1 replica: {:+.1}%", 100.0 * (one / memory - 1.0));
+    println!(
+        "Redis overhead on 1 replica: {:+.1}%",
+        100.0 * (one / memory - 1.0)
+    );
     println!("results identical in all three: yes");
 }

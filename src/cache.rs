@@ -56,7 +56,9 @@ impl Lru {
             return;
         }
         while self.bytes + size > self.capacity {
-            let Some((_, old)) = self.order.pop_first() else { break };
+            let Some((_, old)) = self.order.pop_first() else {
+                break;
+            };
             if let Some((s, _)) = self.map.remove(&old) {
                 self.bytes -= entry_bytes(&old, &s);
             }
@@ -135,7 +137,9 @@ impl ScoreCache {
             items.iter().map(|i| l.get(i)).collect()
         };
         let local_hits = out.iter().filter(|o| o.is_some()).count();
-        self.stats.local_hits.fetch_add(local_hits as u64, Ordering::Relaxed);
+        self.stats
+            .local_hits
+            .fetch_add(local_hits as u64, Ordering::Relaxed);
         if let Some(shared) = &self.shared {
             let missing: Vec<usize> = (0..items.len()).filter(|&i| out[i].is_none()).collect();
             if !missing.is_empty() {
@@ -239,7 +243,11 @@ impl Scorer for CachedScorer {
         self.inner.context_length()
     }
 
-    fn score(&self, items: Vec<ScoreItem>, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<Vec<Vec<f32>>> {
+    fn score(
+        &self,
+        items: Vec<ScoreItem>,
+        progress: &(dyn Fn(usize, usize) + Sync),
+    ) -> Result<Vec<Vec<f32>>> {
         let total = items.len();
         let mut found = self.cache.lookup(&items);
         let missing: Vec<usize> = (0..total).filter(|&i| found[i].is_none()).collect();
@@ -249,7 +257,9 @@ impl Scorer for CachedScorer {
         }
         if !missing.is_empty() {
             let todo: Vec<ScoreItem> = missing.iter().map(|&i| items[i].clone()).collect();
-            let scored = self.inner.score(todo.clone(), &|done, _| progress(hits + done, total))?;
+            let scored = self
+                .inner
+                .score(todo.clone(), &|done, _| progress(hits + done, total))?;
             self.cache.insert(&todo, &scored);
             for (&i, s) in missing.iter().zip(scored) {
                 found[i] = Some(s);

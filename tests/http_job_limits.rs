@@ -41,7 +41,12 @@ async fn job_behind_a_full_queue(queue_wait: Duration) -> (Value, f64) {
     let url = s.url();
     let sync = tokio::spawn({
         let (c, url) = (c.clone(), url.clone());
-        async move { c.post(format!("{url}/v1/attributions")).json(&ablation(40, "x")).send().await }
+        async move {
+            c.post(format!("{url}/v1/attributions"))
+                .json(&ablation(40, "x"))
+                .send()
+                .await
+        }
     });
     // The sync request's sequences are queued once the engine is busy.
     while metric(&url, "llm_attr_queue_depth").await < 20.0 {
@@ -79,7 +84,11 @@ async fn a_job_over_its_time_limit_fails_with_its_own_error() {
     })
     .await;
     let c = client();
-    let res = send(c.post(format!("{}/v1/jobs", s.url())).json(&ablation(60, "z")), 202).await;
+    let res = send(
+        c.post(format!("{}/v1/jobs", s.url())).json(&ablation(60, "z")),
+        202,
+    )
+    .await;
     let job = wait_end(&c, &format!("{}{}", s.url(), job_location(&res))).await;
     assert_eq!(job["state"], "failed", "{job}");
     assert_eq!(job["error"]["code"], "time_limit_exceeded");
@@ -104,7 +113,11 @@ async fn a_repeated_request_scores_nothing_new() {
     let res = send(c.post(format!("{url}/v1/jobs")).json(&req), 202).await;
     let job = wait_end(&c, &format!("{url}{}", job_location(&res))).await;
     assert_eq!(job["result"]["seq_attr"], first["seq_attr"]);
-    assert_eq!(metric(&url, "llm_attr_sequences_scored_total").await, scored, "all from the cache");
+    assert_eq!(
+        metric(&url, "llm_attr_sequences_scored_total").await,
+        scored,
+        "all from the cache"
+    );
     assert!(metric(&url, "llm_attr_score_cache_hit_ratio").await >= 0.5);
     s.shutdown().await;
 }

@@ -14,7 +14,11 @@ use serde_json::{json, Value};
 const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-gpt2");
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn redis_server() -> Option<PathBuf> {
@@ -45,7 +49,16 @@ struct Redis {
 impl Redis {
     fn start_on(port: u16) -> Redis {
         let child = Command::new(redis_server().expect("redis-server"))
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -83,7 +96,11 @@ struct Replica {
 }
 
 fn spawn(name: &'static str, port: u16, args: &[String], log: &PathBuf) -> Child {
-    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
     Command::new(env!("CARGO_BIN_EXE_llm-attr"))
         .arg("serve")
         .args(["--model", TINY, "--port", &port.to_string()])
@@ -139,9 +156,11 @@ impl Replica {
     }
 
     fn wait_ready(&self) {
-        wait_for(&format!("{} to be ready", self.name), Duration::from_secs(60), || {
-            (self.status("/ready") == 200).then_some(())
-        });
+        wait_for(
+            &format!("{} to be ready", self.name),
+            Duration::from_secs(60),
+            || (self.status("/ready") == 200).then_some(()),
+        );
     }
 
     fn url(&self, path: &str) -> String {
@@ -149,7 +168,10 @@ impl Replica {
     }
 
     fn status(&self, path: &str) -> u16 {
-        http().get(self.url(path)).send().map_or(0, |r| r.status().as_u16())
+        http()
+            .get(self.url(path))
+            .send()
+            .map_or(0, |r| r.status().as_u16())
     }
 
     fn post_job(&self, request: &Value) -> String {
@@ -189,7 +211,14 @@ impl Replica {
     fn log_tail(&self) -> String {
         let mut s = String::new();
         let _ = std::fs::File::open(&self.log).and_then(|mut f| f.read_to_string(&mut s));
-        s.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+        s.lines()
+            .rev()
+            .take(40)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -237,10 +266,14 @@ fn essence(result: &Value) -> Value {
 }
 
 fn wait_done(r: &Replica, id: &str) -> Value {
-    wait_for(&format!("job {id} to end (on {})", r.name), Duration::from_secs(90), || {
-        let j = r.job(id);
-        (j["state"] != "queued" && j["state"] != "running").then_some(j)
-    })
+    wait_for(
+        &format!("job {id} to end (on {})", r.name),
+        Duration::from_secs(90),
+        || {
+            let j = r.job(id);
+            (j["state"] != "queued" && j["state"] != "running").then_some(j)
+        },
+    )
 }
 
 /// The results one replica on its own computes, for comparison.
@@ -292,14 +325,20 @@ fn replicas_share_jobs_survive_kill_and_stop_and_cancel_anywhere() {
     assert!(seen.contains("queued"), "B sees a queued job: {seen:?}");
 
     // SIGKILL A while it runs a job: B takes it over once the lease runs out.
-    wait_for("A to run a job", Duration::from_secs(60), || (a.running() >= 1.0).then_some(()));
+    wait_for("A to run a job", Duration::from_secs(60), || {
+        (a.running() >= 1.0).then_some(())
+    });
     seen.insert("running".into());
     a.signal("KILL");
     let _ = a.child.wait();
     for (i, id) in ids.iter().enumerate() {
         let j = wait_done(&b, id);
         assert_eq!(j["state"], "done", "{j}");
-        assert_eq!(essence(&j["result"]), want[i], "job {i} equals a run on one replica");
+        assert_eq!(
+            essence(&j["result"]),
+            want[i],
+            "job {i} equals a run on one replica"
+        );
     }
 
     // A restarted answers for the jobs finished meanwhile.
@@ -311,10 +350,14 @@ fn replicas_share_jobs_survive_kill_and_stop_and_cancel_anywhere() {
     // SIGTERM A mid-job: A hands the job over and exits; B finishes it, not cancelled.
     let id3 = a.post_job(&request(3));
     let id4 = a.post_job(&request(4));
-    wait_for("A to run a job", Duration::from_secs(60), || (a.running() >= 1.0).then_some(()));
+    wait_for("A to run a job", Duration::from_secs(60), || {
+        (a.running() >= 1.0).then_some(())
+    });
     let stopping = Instant::now();
     a.signal("TERM");
-    let status = wait_for("A to exit", Duration::from_secs(30), || a.child.try_wait().unwrap());
+    let status = wait_for("A to exit", Duration::from_secs(30), || {
+        a.child.try_wait().unwrap()
+    });
     eprintln!("A exited ({status}) {:?} after SIGTERM", stopping.elapsed());
     for (id, w) in [(&id3, &want[3]), (&id4, &want[4])] {
         let j = wait_done(&b, id);
@@ -329,14 +372,20 @@ fn replicas_share_jobs_survive_kill_and_stop_and_cancel_anywhere() {
     let again = b.post_job(&request(0));
     let j = wait_done(&b, &again);
     assert_eq!(essence(&j["result"]), want[0]);
-    assert_eq!(scored(&a) + scored(&b), before, "a repeated request scores nothing new");
+    assert_eq!(
+        scored(&a) + scored(&b),
+        before,
+        "a repeated request scores nothing new"
+    );
     let hits = |r: &Replica| {
         let m = r.metrics();
         metric(&m, "llm_attr_score_cache_hits_total{layer=\"local\"}")
             + metric(&m, "llm_attr_score_cache_hits_total{layer=\"shared\"}")
     };
     assert!(hits(&a) + hits(&b) > 0.0);
-    assert!(b.metric("llm_attr_score_cache_hit_ratio") > 0.0 || a.metric("llm_attr_score_cache_hit_ratio") > 0.0);
+    assert!(
+        b.metric("llm_attr_score_cache_hit_ratio") > 0.0 || a.metric("llm_attr_score_cache_hit_ratio") > 0.0
+    );
 
     // DELETE on the replica that does not run a job stops it where it runs.
     let id = a.post_job(&request(5));
@@ -349,13 +398,21 @@ fn replicas_share_jobs_survive_kill_and_stop_and_cancel_anywhere() {
             None
         }
     });
-    let res = http().delete(other.url(&format!("/v1/jobs/{id}"))).send().unwrap();
+    let res = http()
+        .delete(other.url(&format!("/v1/jobs/{id}")))
+        .send()
+        .unwrap();
     let cancelled = Instant::now();
     assert_eq!(res.json::<Value>().unwrap()["state"], "cancelled");
     wait_for("the run to stop where it ran", Duration::from_secs(10), || {
         (runner.running() == 0.0 && runner.metric("llm_attr_runs_active") == 0.0).then_some(())
     });
-    eprintln!("the run on {} stopped {:?} after DELETE on {}", runner.name, cancelled.elapsed(), other.name);
+    eprintln!(
+        "the run on {} stopped {:?} after DELETE on {}",
+        runner.name,
+        cancelled.elapsed(),
+        other.name
+    );
     assert_eq!(runner.job(&id)["state"], "cancelled");
 }
 
@@ -379,7 +436,10 @@ fn a_redis_outage_gives_503_then_recovers() {
     assert!(res.headers().contains_key("retry-after"));
     let body: Value = res.json().unwrap();
     assert_eq!(body["error"]["code"], "store_unavailable", "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("cannot be reached"));
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("cannot be reached"));
     assert_eq!(a.status(&format!("/v1/jobs/{id}")), 503);
     assert_eq!(a.status("/health"), 200, "the process itself is fine");
 

@@ -233,7 +233,10 @@ impl ServeArgs {
         c.redis_url = self.redis_url.clone().filter(|u| !u.is_empty());
         c.lease = secs(self.lease_seconds, "lease-seconds")?;
         if c.lease < Duration::from_secs(1) {
-            anyhow::bail!("--lease-seconds: {} is too short (at least 1)", self.lease_seconds);
+            anyhow::bail!(
+                "--lease-seconds: {} is too short (at least 1)",
+                self.lease_seconds
+            );
         }
         let limit = secs(self.job_time_limit, "job-time-limit")?;
         c.job_time_limit = (!limit.is_zero()).then_some(limit);

@@ -154,7 +154,10 @@ async fn run_job(state: Arc<AppState>, job: Arc<dyn ClaimedJob>, slot: OwnedSema
             }
         }
         // Cancelled while it waited: its end is recorded; this ends the claim.
-        Ok(false) => job.finish(Outcome::Cancelled(Error::Cancelled.body().error)).await,
+        Ok(false) => {
+            job.finish(Outcome::Cancelled(Error::Cancelled.body().error))
+                .await
+        }
         // The store is unreachable: the lease runs out and a replica takes the job again.
         Err(e) => tracing::warn!(job = %id, "cannot start the job: {e}"),
     }
@@ -163,7 +166,11 @@ async fn run_job(state: Arc<AppState>, job: Arc<dyn ClaimedJob>, slot: OwnedSema
 
 /// Runs a claimed job within its time limit; its sequences wait (bounded) for room in a full
 /// scoring queue instead of failing at once.
-async fn run_claimed(state: &Arc<AppState>, job: &Arc<dyn ClaimedJob>, slot: OwnedSemaphorePermit) -> Outcome {
+async fn run_claimed(
+    state: &Arc<AppState>,
+    job: &Arc<dyn ClaimedJob>,
+    slot: OwnedSemaphorePermit,
+) -> Outcome {
     let cancel = job.cancel_token().clone();
     let patience = state.config.job_queue_wait;
     let (j, st) = (job.clone(), state.clone());

@@ -254,12 +254,26 @@ fn render_cache(o: &mut String, cache: &ScoreCache) {
         "Hits over lookups since the start (0 before any).",
     );
     let lookups = local + shared + misses;
-    let ratio = if lookups == 0 { 0.0 } else { (local + shared) as f64 / lookups as f64 };
+    let ratio = if lookups == 0 {
+        0.0
+    } else {
+        (local + shared) as f64 / lookups as f64
+    };
     let _ = writeln!(o, "llm_attr_score_cache_hit_ratio {ratio}");
     let (entries, bytes) = cache.size();
-    header(o, "llm_attr_score_cache_entries", "gauge", "Entries in this process's cache.");
+    header(
+        o,
+        "llm_attr_score_cache_entries",
+        "gauge",
+        "Entries in this process's cache.",
+    );
     let _ = writeln!(o, "llm_attr_score_cache_entries {entries}");
-    header(o, "llm_attr_score_cache_bytes", "gauge", "Bytes held by this process's cache.");
+    header(
+        o,
+        "llm_attr_score_cache_bytes",
+        "gauge",
+        "Bytes held by this process's cache.",
+    );
     let _ = writeln!(o, "llm_attr_score_cache_bytes {bytes}");
 }
 

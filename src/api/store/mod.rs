@@ -138,9 +138,11 @@ impl From<StoreError> for super::error::ApiError {
     fn from(e: StoreError) -> Self {
         use axum::http::StatusCode;
         match &e {
-            StoreError::Unavailable(_) => {
-                super::error::ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string())
-            }
+            StoreError::Unavailable(_) => super::error::ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                e.to_string(),
+            ),
             StoreError::Full(_) => {
                 super::error::ApiError::new(StatusCode::TOO_MANY_REQUESTS, "limit_exceeded", e.to_string())
                     .with_field("max_pending_jobs")

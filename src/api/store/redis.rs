@@ -461,7 +461,11 @@ fn parse_job(id: &str, h: &HashMap<String, Vec<u8>>) -> Option<Job> {
 }
 
 /// Retries `f` while Redis is away, for at most one lease: a run's end must be recorded.
-async fn persist<T>(what: &str, mut f: impl AsyncFnMut() -> Result<T, RedisError>, lease: Duration) -> Option<T> {
+async fn persist<T, F: std::future::Future<Output = Result<T, RedisError>>>(
+    what: &str,
+    mut f: impl FnMut() -> F,
+    lease: Duration,
+) -> Option<T> {
     let until = Instant::now() + lease;
     loop {
         match f().await {
@@ -586,7 +590,8 @@ impl JobStore for RedisStore {
                 .query_async(&mut i.con())
                 .await
                 .map_err(unavailable)?;
-            let Some(request) = request.and_then(|r| serde_json::from_str::<AttributeRequest>(&r).ok()) else {
+            let Some(request) = request.and_then(|r| serde_json::from_str::<AttributeRequest>(&r).ok())
+            else {
                 // Expired or unreadable: nothing to run.
                 i.ack("jobs", &entry.id).await.map_err(unavailable)?;
                 return Ok(None);
@@ -758,11 +763,11 @@ impl ClaimedJob for RedisClaim {
             self.stop_keeper();
             let i = &self.inner;
             let lease = i.settings.lease;
-            if persist("recording the job's end", async || i.finish(&self.id, &outcome).await, lease)
+            if persist("recording the job's end", || i.finish(&self.id, &outcome), lease)
                 .await
                 .is_some()
             {
-                persist("acknowledging the job", async || i.ack("jobs", &self.entry).await, lease).await;
+                persist("acknowledging the job", || i.ack("jobs", &self.entry), lease).await;
             }
         }
         .boxed()
@@ -783,7 +788,7 @@ impl ClaimedJob for RedisClaim {
             if self.handed_over.load(Ordering::SeqCst) {
                 let i = &self.inner;
                 let lease = i.settings.lease;
-                persist("handing the job over", async || i.release("jobs", &self.entry).await, lease).await;
+                persist("handing the job over", || i.release("jobs", &self.entry), lease).await;
                 tracing::info!(job = %self.id, "handed the job over to another replica");
             }
         }
@@ -839,7 +844,8 @@ fn decode_chunk(b: &[u8]) -> Result<Vec<Vec<f32>>, Error> {
         Some((0, mut rest)) => {
             let mut out = Vec::new();
             while !rest.is_empty() {
-                let n = u32::from_le_bytes(rest.get(..4).ok_or_else(bad)?.try_into().map_err(|_| bad())?) as usize;
+                let n = u32::from_le_bytes(rest.get(..4).ok_or_else(bad)?.try_into().map_err(|_| bad())?)
+                    as usize;
                 let body = rest.get(4..4 + 4 * n).ok_or_else(bad)?;
                 out.push(crate::cache::decode_scores(body).ok_or_else(bad)?);
                 rest = &rest[4 + 4 * n..];
@@ -877,12 +883,19 @@ impl Scorer for FanOut {
         self.inner.context_length()
     }
 
-    fn score(&self, items: Vec<ScoreItem>, progress: &(dyn Fn(usize, usize) + Sync)) -> crate::Result<Vec<Vec<f32>>> {
+    fn score(
+        &self,
+        items: Vec<ScoreItem>,
+        progress: &(dyn Fn(usize, usize) + Sync),
+    ) -> crate::Result<Vec<Vec<f32>>> {
         let size = self.store.settings.chunk_size;
         if size == 0 || items.len() < 2 * size {
             return self.inner.score(items, progress);
         }
-        self.store.rt.clone().block_on(self.fan_out(&items, size, progress))
+        self.store
+            .rt
+            .clone()
+            .block_on(self.fan_out(&items, size, progress))
     }
 
     fn generate(&self, prompt: &[u32], max_new_tokens: usize) -> crate::Result<Vec<u32>> {
@@ -1058,7 +1071,13 @@ async fn score_chunk(inner: &Arc<Inner>, ready: &Arc<Ready>, entry: StreamId) {
     let cancel = CancelToken::new();
     let lost = Arc::new(AtomicBool::new(false));
     let keeper = {
-        let (inner, entry, cancel, lost, job) = (inner.clone(), entry.id.clone(), cancel.clone(), lost.clone(), job.clone());
+        let (inner, entry, cancel, lost, job) = (
+            inner.clone(),
+            entry.id.clone(),
+            cancel.clone(),
+            lost.clone(),
+            job.clone(),
+        );
         tokio::spawn(async move {
             let beat = (inner.settings.lease / 3).max(TICK);
             let mut last_beat = Instant::now();
@@ -1112,36 +1131,36 @@ async fn score_chunk(inner: &Arc<Inner>, ready: &Arc<Ready>, entry: StreamId) {
     let ttl = inner.ttl_secs();
     let (result, entry_id) = (encode_chunk(&scored), entry.id.clone());
     let lease = inner.settings.lease;
+    let mut pipe = redis::pipe();
+    pipe.atomic()
+        .cmd("SET")
+        .arg(key(&format!("chunk:{run}:{k}")))
+        .arg(&result)
+        .arg("EX")
+        .arg(ttl)
+        .ignore()
+        .cmd("RPUSH")
+        .arg(&done_key)
+        .arg(k)
+        .ignore()
+        .cmd("EXPIRE")
+        .arg(&done_key)
+        .arg(ttl)
+        .ignore()
+        .cmd("XACK")
+        .arg(key("chunks"))
+        .arg(GROUP)
+        .arg(&entry_id)
+        .ignore()
+        .cmd("XDEL")
+        .arg(key("chunks"))
+        .arg(&entry_id)
+        .ignore();
     persist(
         "delivering a chunk",
-        async || {
-            redis::pipe()
-                .atomic()
-                .cmd("SET")
-                .arg(key(&format!("chunk:{run}:{k}")))
-                .arg(&result)
-                .arg("EX")
-                .arg(ttl)
-                .ignore()
-                .cmd("RPUSH")
-                .arg(&done_key)
-                .arg(k)
-                .ignore()
-                .cmd("EXPIRE")
-                .arg(&done_key)
-                .arg(ttl)
-                .ignore()
-                .cmd("XACK")
-                .arg(key("chunks"))
-                .arg(GROUP)
-                .arg(&entry_id)
-                .ignore()
-                .cmd("XDEL")
-                .arg(key("chunks"))
-                .arg(&entry_id)
-                .ignore()
-                .query_async::<()>(&mut inner.con())
-                .await
+        || {
+            let (p, mut con) = (pipe.clone(), inner.con());
+            async move { p.query_async::<()>(&mut con).await }
         },
         lease,
     )
