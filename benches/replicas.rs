@@ -149,6 +149,7 @@ fn main() {
         "text": "Georg from Germany applied for a job as a nurse in the city",
         "target": " hospital.",
         "method": "shapley_values",
+        "baseline_token": " the",
     });
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let second = if cores > 1 { 1 } else { 0 };

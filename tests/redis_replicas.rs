@@ -252,6 +252,7 @@ fn request(n: usize) -> Value {
         "text": format!("Job {} : Georg from Germany applied for the job", words[n]),
         "target": " and was hired",
         "method": "shapley_values",
+        "baseline_token": " the",
     })
 }
 
