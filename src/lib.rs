@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod attribution;
+pub mod cache;
 pub mod cli;
 pub mod engine;
 pub mod error;

@@ -9,15 +9,18 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
+use tokio::sync::OwnedSemaphorePermit;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ApiJson};
 use super::AppState;
+use crate::cache::CachedScorer;
 use crate::engine::CancelToken;
 use crate::error::{Error, ErrorBody};
 use crate::model::ModelInfo;
 use crate::request::{AttributeRequest, AttributeResponse};
 use crate::run::Progress;
+use crate::scorer::Scorer;
 
 /// Cancels a request's work when its handler is dropped (the client went away) unless disarmed.
 pub struct CancelOnDrop(pub Option<CancelToken>);
@@ -34,8 +37,7 @@ impl Drop for CancelOnDrop {
 }
 
 /// Runs one attribute request on a blocking thread, its sequences scored by the engine.
-/// Waits for a run slot first; `on_start` (false: give up, e.g. a cancelled job) is called
-/// once it has one.
+/// Waits for a run slot first; `on_start` (false: give up) is called once it has one.
 pub async fn execute(
     state: &Arc<AppState>,
     request: AttributeRequest,
@@ -43,7 +45,7 @@ pub async fn execute(
     progress: impl Fn(Progress) + Send + Sync + 'static,
     on_start: impl FnOnce() -> bool,
 ) -> Result<AttributeResponse, ApiError> {
-    let ready = state.ready()?;
+    state.ready()?;
     let slot = state
         .run_slots
         .clone()
@@ -53,6 +55,20 @@ pub async fn execute(
     if cancel.is_cancelled() || !on_start() {
         return Err(Error::Cancelled.into());
     }
+    run_in_slot(state, slot, request, cancel, progress, |s| s).await
+}
+
+/// Runs one attribute request in the run slot it holds. Its scorer is the engine, wrapped by
+/// `stack` (a job's scoring rules), behind the score cache.
+pub async fn run_in_slot(
+    state: &Arc<AppState>,
+    slot: OwnedSemaphorePermit,
+    request: AttributeRequest,
+    cancel: CancelToken,
+    progress: impl Fn(Progress) + Send + Sync + 'static,
+    stack: impl FnOnce(Box<dyn Scorer>) -> Box<dyn Scorer> + Send + 'static,
+) -> Result<AttributeResponse, ApiError> {
+    let ready = state.ready()?;
     let limits = state.config.limits.clone();
     let method = serde_json::to_value(request.method)
         .ok()
@@ -65,8 +81,8 @@ pub async fn execute(
         let _slot = slot;
         let _active = ActiveRun::new(st.clone());
         let started = Instant::now();
-        let handle = ready.engine.handle(cancel);
-        let out = crate::run::run(&request, &handle, &limits, &progress);
+        let scorer = CachedScorer::new(stack(Box::new(ready.engine.handle(cancel))), ready.cache.clone());
+        let out = crate::run::run(&request, &scorer, &limits, &progress);
         let outcome = match &out {
             Ok(_) => "ok",
             Err(e) => e.code(),
@@ -292,7 +308,7 @@ pub async fn templates() -> Json<super::templates::Templates> {
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Health {
-    /// `ok`, `loading` or `failed`.
+    /// `ok`, `loading`, `failed`, `stopping` or `store_unavailable`.
     pub status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -307,11 +323,13 @@ pub async fn health() -> Json<Health> {
     })
 }
 
-/// Readiness: 200 once the model is loaded, 503 before (or if loading failed).
+/// Readiness: 200 once the model is loaded and the job store answers; 503 before, while
+/// stopping, if loading failed, or while Redis (with `--redis-url`) cannot be reached.
 #[utoipa::path(get, path = "/ready", tag = "ops",
     responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
-    if state.ready.get().is_some() && !state.stopping() {
+    let store_up = state.jobs.available();
+    if state.ready.get().is_some() && !state.stopping() && store_up {
         return Json(Health {
             status: "ok".into(),
             error: None,
@@ -321,6 +339,10 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
     let (status, error) = match state.load_error.get() {
         Some(e) => ("failed", Some(e.clone())),
         None if state.stopping() => ("stopping", None),
+        None if !store_up => (
+            "store_unavailable",
+            Some("the job store (Redis) cannot be reached".to_string()),
+        ),
         None => ("loading", None),
     };
     (
