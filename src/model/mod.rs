@@ -99,7 +99,7 @@ pub struct ArchInfo {
 /// `GET /v1/model`.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ModelInfo {
-    /// The spec the model was loaded from (`hf:ORG/NAME`, a directory or a `.gguf` file).
+    /// The model: its hub spec (`hf:ORG/NAME`) or the name of its directory or `.gguf` file.
     pub spec: String,
     /// Whether the model has a chat template (requests may then give `messages`).
     pub chat_template: bool,

@@ -202,12 +202,27 @@ pub fn load(spec: &str, options: &LoadOptions) -> Result<Model> {
 
 /// Loads the model a spec names with explicit hub options.
 pub fn load_with(spec: &str, hub: &HubOptions, options: &LoadOptions) -> Result<Model> {
-    let label = spec.trim();
-    match ModelSpec::parse(spec)? {
+    let parsed = ModelSpec::parse(spec)?;
+    let label = &parsed.label(spec);
+    match parsed {
         ModelSpec::Gguf(path) => crate::model::gguf::load(&path, label, options),
         ModelSpec::Dir(dir) => load_files(&dir_files(&dir)?, label, options),
         ModelSpec::Hub { repo, revision } => {
             load_files(&fetch(&repo, revision.as_deref(), hub)?, label, options)
+        }
+    }
+}
+
+impl ModelSpec {
+    /// How the model is named to clients: a hub spec as given, a file or directory by its
+    /// name (the server's paths are none of their business).
+    pub fn label(&self, given: &str) -> String {
+        match self {
+            ModelSpec::Hub { .. } => given.trim().to_string(),
+            ModelSpec::Dir(p) | ModelSpec::Gguf(p) => p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "model".to_string()),
         }
     }
 }
