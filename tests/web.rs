@@ -944,7 +944,7 @@ fn web_page_runs_t1_in_a_real_browser() {
     );
 
     check_stale(d);
-    let has_audits = check_audits(d, &base, &root);
+    let has_audits = check_audits(d, &base, root);
     if has_audits {
         d.wait(
             "location.hash.includes('rerun=1')",
@@ -994,7 +994,7 @@ fn web_page_runs_t1_in_a_real_browser() {
             "the link restores the audit"
         );
     }
-    check_mobile(d, &root);
+    check_mobile(d, root);
 
     // An invalid template: the server's message next to the template field, the page intact.
     // "ü" is two bytes: the server counts bytes, the page says characters.
@@ -1029,7 +1029,7 @@ fn web_page_runs_t1_in_a_real_browser() {
         "error shown by the field, page usable"
     );
     d.screenshot(&root.join("tests/artifacts/web-invalid-template.png"));
-    check_chat(d, &base, &root);
+    check_chat(d, &base, root);
 
     // Nothing left 127.0.0.1 (requests of both page loads), and no script error.
     urls.extend(d.requested());
