@@ -1,7 +1,9 @@
-# syntax=docker/dockerfile:1.7
 # llm-attr: build with the Rust toolchain, run from a small distroless image as a non-root user.
+# (No `# syntax=` line: BuildKit would pull a frontend image for it, which fails offline; the
+# cache mounts below work with the built-in frontend.)
 #
 #   docker build -t llm-attr .
+#   podman build --format docker -t llm-attr .   # podman/buildah: keep the HEALTHCHECK (OCI drops it)
 #   docker run -p 8080:8080 -v llm-attr-hub:/data/hf llm-attr                       # default model from the hub
 #   docker run -p 8080:8080 -v "$PWD/models:/models:ro" \
 #       -e LLM_ATTR_MODEL=/models/SmolLM2-135M-Instruct.Q4_1.gguf llm-attr         # a local GGUF file
@@ -31,7 +33,13 @@ STOPSIGNAL SIGTERM
 VOLUME ["/data/hf"]
 EXPOSE 8080
 USER 65532:65532
+# The probe dials the address and port the running `serve` uses (its flags or LLM_ATTR_HOST /
+# LLM_ATTR_PORT). The start period covers loading (or first downloading) the model; override it
+# with `docker run --health-start-period=600s` (podman: the same flag) on a slow link.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=180s --retries=3 \
     CMD ["/usr/local/bin/llm-attr", "probe", "--path", "/ready"]
+# SIGTERM starts a graceful shutdown (see --shutdown-grace); give `docker stop` / `podman stop`
+# at least the grace plus a few seconds (`--stop-timeout` / `-t`).
+STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/llm-attr"]
 CMD ["serve"]

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, IndexOp, Tensor};
+use llm_attr::model::LoadOptions;
 use llm_attr::model::{gpt2, Architecture, Model, ScoreItem};
 use rand::{Rng, SeedableRng};
 
@@ -267,7 +268,7 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     write_model(dir.path(), 6, 768, 12, 50257, 1024);
     let t0 = Instant::now();
-    let model = Model::load(dir.path().to_str().unwrap()).unwrap();
+    let model = Model::load(dir.path().to_str().unwrap(), &LoadOptions::default()).unwrap();
     println!(
         "load: {:.2} s, resident after loading: {} MB",
         t0.elapsed().as_secs_f64(),
@@ -276,6 +277,7 @@ fn main() {
     let arch = gpt2::load(
         &dir.path().join("config.json"),
         &[dir.path().join("model.safetensors")],
+        &LoadOptions::default(),
     )
     .unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);

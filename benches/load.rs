@@ -12,12 +12,18 @@
 //!
 //! Bounded: `LOAD_CLIENTS` x `LOAD_ROUNDS` requests, and it stops waiting after
 //! `LOAD_MAX_SECONDS` (counting what did not finish as unanswered).
+//!
+//! Fairness row (first): `LOAD_FAIR_SMALL` small requests (t1, shapley_values, 8 sequences)
+//! one at a time alone, then the same while a job of `LOAD_FAIR_SEQUENCES` (4096) distinct
+//! sequences runs; p50/p99 side by side. The job is cancelled afterwards. `LOAD_FAIR_ONLY=1`
+//! stops after this row.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use llm_attr::api::{Config, ModelSource, Server};
+use llm_attr::model::LoadOptions;
 use llm_attr::model::{Model, ScoreItem};
 use serde_json::{json, Value};
 
@@ -119,6 +125,84 @@ fn engine_counts(s: &Server) -> Engine {
     }
 }
 
+/// Latencies of `small` requests sent one at a time.
+async fn timed(http: &reqwest::Client, url: &str, small: &[Value]) -> anyhow::Result<Vec<f64>> {
+    let mut lat = Vec::new();
+    for r in small {
+        let t = Instant::now();
+        let res = http.post(url).json(r).send().await?;
+        anyhow::ensure!(res.status() == 200, "small request failed: {}", res.text().await?);
+        lat.push(t.elapsed().as_secs_f64());
+    }
+    lat.sort_by(f64::total_cmp);
+    Ok(lat)
+}
+
+/// The fairness row: small requests alone, then while a big job runs.
+async fn fairness(server: &Server, http: &reqwest::Client) -> anyhow::Result<()> {
+    let n: usize = env("LOAD_FAIR_SMALL", 16);
+    let sequences: usize = env("LOAD_FAIR_SEQUENCES", 4096);
+    if n == 0 {
+        return Ok(());
+    }
+    let url = format!("{}/v1/attributions", server.url());
+    // Distinct small requests, so nothing is shared with each other or with the job.
+    let small: Vec<Value> = requests(2 * n, true);
+    let alone = timed(http, &url, &small[..n]).await?;
+    // Kernel SHAP on a 24-token text: each sample is a random coalition of 24 tokens, so the
+    // samples are (almost all) distinct sequences.
+    let big = json!({
+        "text": "The committee reviewed every application for the new research position carefully and then decided to",
+        "target": " reject the application without further consideration.",
+        // Removed tokens become " the", so no perturbed prompt is empty.
+        "baseline_token": " the",
+        "method": "kernel_shap",
+        "n_samples": sequences,
+    });
+    let res = http
+        .post(format!("{}/v1/jobs", server.url()))
+        .json(&big)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        res.status() == 202,
+        "the big job was refused: {}",
+        res.text().await?
+    );
+    let job = format!("{}{}", server.url(), res.headers()["location"].to_str()?);
+    // Wait until its sequences are queued.
+    let total = loop {
+        let j: Value = http.get(&job).send().await?.json().await?;
+        let total = j["progress"]["total"].as_u64().unwrap_or(0);
+        if total > 0 {
+            break total;
+        }
+        anyhow::ensure!(
+            j["state"] == "queued" || j["state"] == "running",
+            "the big job ended: {j}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let during = timed(http, &url, &small[n..]).await?;
+    let j: Value = http.delete(&job).send().await?.json().await?;
+    let done = j["progress"]["done"].as_u64().unwrap_or(0);
+    let ran_throughout = j["state"] == "cancelled";
+    println!(
+        "fairness: {n} small requests (8 sequences each) one at a time: alone p50 {:.3}s p99 {:.3}s | \
+         while a {total}-sequence job runs p50 {:.3}s p99 {:.3}s (the job had {done}/{total} done{})",
+        percentile(&alone, 50.0),
+        percentile(&alone, 99.0),
+        percentile(&during, 50.0),
+        percentile(&during, 99.0),
+        if ran_throughout {
+            ", cancelled after"
+        } else {
+            "; it FINISHED first: raise LOAD_FAIR_SEQUENCES"
+        }
+    );
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     // `cargo bench` passes --bench; nothing to parse.
     let spec = std::env::var("LOAD_MODEL").unwrap_or_else(|_| {
@@ -136,7 +220,7 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async move {
         let (rss0, _) = rss_mib();
         let t = Instant::now();
-        let model = Model::load(&spec).map_err(|e| anyhow::anyhow!("{spec}: {e}"))?;
+        let model = Model::load(&spec, &LoadOptions::default()).map_err(|e| anyhow::anyhow!("{spec}: {e}"))?;
         let load_secs = t.elapsed().as_secs_f64();
         let (rss_loaded, _) = rss_mib();
         // The model alone: how much a bigger forward pass buys on this machine.
@@ -171,6 +255,8 @@ fn main() -> anyhow::Result<()> {
         }
         let mut config = Config::new(ModelSource::Loaded(model));
         config.engine.workers = workers;
+        // Room for the fairness row's big job.
+        config.limits.max_n_samples = config.limits.max_n_samples.max(1 << 14);
         config.engine.token_budget = env("LOAD_BATCH_TOKENS", config.engine.token_budget);
         let budget = config.engine.token_budget;
         let server = Server::start(config).await?;
@@ -178,6 +264,12 @@ fn main() -> anyhow::Result<()> {
         let url = format!("{}/v1/attributions", server.url());
         let http = reqwest::Client::builder().timeout(Duration::from_secs_f64(max_secs)).build()?;
         println!("model {spec} loaded in {load_secs:.2}s; RSS {rss0:.0} MiB before, {rss_loaded:.0} MiB after; {workers} worker(s), batch budget {budget} tokens");
+
+        fairness(&server, &http).await?;
+        if env("LOAD_FAIR_ONLY", 0) == 1 {
+            server.shutdown().await;
+            return Ok(());
+        }
 
         // Solo: every request alone, one at a time (the reference results and the 1-client rate).
         let own_baselines = env("LOAD_OWN_BASELINES", 0) == 1;

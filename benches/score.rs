@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use candle_core::quantized::{gguf_file, QMatMul};
 use candle_core::{Device, Module, Tensor};
-use llm_attr::model::{gguf, llama, Architecture, ScoreItem};
+use llm_attr::model::{gguf, LoadOptions, ScoreItem};
 
 fn rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -33,7 +33,8 @@ fn main() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     let rss0 = rss_mb();
     let t = Instant::now();
-    let model = gguf::load(&path, "smollm2").expect("load models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let model = gguf::load(&path, "smollm2", &LoadOptions::default())
+        .expect("load models/SmolLM2-135M-Instruct.Q4_1.gguf");
     println!(
         "load: {:.2} s, VmRSS {:.0} MB after loading ({:.0} MB before), {} cores",
         t.elapsed().as_secs_f64(),
@@ -98,8 +99,7 @@ fn main() {
     // Side by side at batch 64: the PyTorch-style computation (LM head at every position, then a
     // full log-softmax) on the same candle model, vs `Model::score` (head at target rows only,
     // fused log-prob of the target).
-    let mut file = gguf::Gguf::open(&path).unwrap();
-    let arch = llama::Llama::from_gguf(&mut file).unwrap();
+    let arch = model.arch();
     let items = vec![item.clone(); 64];
     let n = item.prompt.len() + item.target.len() - 1;
     let ids: Vec<u32> = items
@@ -127,7 +127,6 @@ fn main() {
         "batch 64 side by side: Model::score {ours:.0} tokens/s, head at every position + log_softmax {naive:.0} tokens/s ({:.2}x)",
         ours / naive
     );
-    drop(arch);
 
     // Side by side: one layer's weights as dequantized f32 (used) vs kept as Q4_1.
     let mut f = std::fs::File::open(&path).unwrap();

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 
-use crate::model::Model;
+use crate::model::{LoadOptions, Model};
 use crate::request::{AttributeRequest, Method};
 use crate::run::{run, Limits, Progress};
 use crate::scorer::Scorer;
@@ -37,6 +37,88 @@ pub struct BenchArgs {
     pub methods: String,
 }
 
+/// `llm-attr probe`: the container health check.
+#[derive(Debug, clap::Args)]
+pub struct ProbeArgs {
+    /// Port to dial. Default: that of the running `llm-attr serve` (its flags and
+    /// environment), else LLM_ATTR_PORT, else 8080.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Address to dial. Default: that `serve` listens on (loopback when it listens on all
+    /// addresses), else LLM_ATTR_HOST, else 127.0.0.1.
+    #[arg(long)]
+    pub host: Option<std::net::IpAddr>,
+    #[arg(long, default_value = "/ready")]
+    pub path: String,
+    /// Seconds to wait for the answer.
+    #[arg(long, default_value_t = 3)]
+    pub timeout: u64,
+}
+
+/// One HTTP/1.0 GET; Ok when the status is 200.
+pub fn probe(args: &ProbeArgs) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let addr = probe_addr(args, running_serve().as_deref());
+    let t = std::time::Duration::from_secs(args.timeout.max(1));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, t).with_context(|| format!("dialing {addr}"))?;
+    s.set_read_timeout(Some(t))?;
+    s.set_write_timeout(Some(t))?;
+    write!(s, "GET {} HTTP/1.0\r\nHost: {addr}\r\n\r\n", args.path)?;
+    let mut head = [0u8; 64];
+    let n = s.read(&mut head)?;
+    let line = String::from_utf8_lossy(&head[..n]);
+    let status = line.split_whitespace().nth(1).unwrap_or("");
+    anyhow::ensure!(status == "200", "{} answered {status:?}", args.path);
+    Ok(())
+}
+
+/// Where to dial: the probe's flags, else the settings of the `serve` command line given
+/// (flags, then this process's environment, as `serve` reads them), else the defaults. An
+/// unspecified listen address (0.0.0.0, ::) is dialled on loopback.
+pub fn probe_addr(args: &ProbeArgs, serve_argv: Option<&[String]>) -> std::net::SocketAddr {
+    use clap::{Args, FromArgMatches};
+    let serve = serve_argv.and_then(|argv| {
+        let cmd = crate::api::ServeArgs::augment_args(clap::Command::new("serve"));
+        let m = cmd.try_get_matches_from(argv).ok()?;
+        crate::api::ServeArgs::from_arg_matches(&m).ok()
+    });
+    fn env<T: std::str::FromStr>(k: &str) -> Option<T> {
+        std::env::var(k).ok().and_then(|v| v.trim().parse().ok())
+    }
+    let host = args
+        .host
+        .or(serve.as_ref().map(|s| s.host))
+        .or_else(|| env("LLM_ATTR_HOST"))
+        .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+    let port = args
+        .port
+        .or(serve.as_ref().map(|s| s.port))
+        .or_else(|| env("LLM_ATTR_PORT"))
+        .unwrap_or(8080);
+    let host = match host {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::IpAddr::from([127, 0, 0, 1]),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
+        }
+        h => h,
+    };
+    std::net::SocketAddr::new(host, port)
+}
+
+/// The arguments after `serve` of a running `llm-attr serve` (Linux `/proc`), led by `serve`.
+fn running_serve() -> Option<Vec<String>> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let raw = std::fs::read(e.path().join("cmdline")).ok()?;
+        let argv: Vec<String> = raw
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let exe = std::path::Path::new(argv.first()?).file_name()?.to_str()?;
+        (exe == "llm-attr" && argv.get(1).map(String::as_str) == Some("serve"))
+            .then(|| argv[1..].iter().filter(|a| !a.is_empty()).cloned().collect())
+    })
+}
+
 /// Reads a request from a file or `-` (stdin).
 pub fn read_request(path: &str) -> anyhow::Result<AttributeRequest> {
     let text = if path == "-" {
@@ -53,7 +135,8 @@ pub fn read_request(path: &str) -> anyhow::Result<AttributeRequest> {
 
 fn load(spec: &str) -> anyhow::Result<std::sync::Arc<Model>> {
     let t = Instant::now();
-    let model = Model::load(spec).with_context(|| format!("loading model {spec}"))?;
+    let model =
+        Model::load(spec, &LoadOptions::default()).with_context(|| format!("loading model {spec}"))?;
     tracing::info!(spec, seconds = t.elapsed().as_secs_f64(), "model loaded");
     Ok(model)
 }
@@ -200,14 +283,43 @@ mod tests {
     }
 
     #[test]
+    fn probe_follows_the_serve_settings() {
+        let args = |port, host| ProbeArgs {
+            port,
+            host,
+            path: "/ready".into(),
+            timeout: 1,
+        };
+        let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let serve = argv(&["serve", "--port", "9123", "--host", "0.0.0.0"]);
+        assert_eq!(
+            probe_addr(&args(None, None), Some(&serve)).to_string(),
+            "127.0.0.1:9123"
+        );
+        let serve = argv(&["serve", "--host=10.1.2.3", "--port=81"]);
+        assert_eq!(
+            probe_addr(&args(None, None), Some(&serve)).to_string(),
+            "10.1.2.3:81"
+        );
+        let serve = argv(&["serve", "--host", "::", "--port", "82"]);
+        assert_eq!(
+            probe_addr(&args(None, None), Some(&serve)).to_string(),
+            "[::1]:82"
+        );
+        let own = args(Some(7), Some("127.0.0.2".parse().unwrap()));
+        assert_eq!(probe_addr(&own, Some(&serve)).to_string(), "127.0.0.2:7");
+    }
+
+    #[test]
     fn example_requests_parse() {
         for f in [
             "examples/t1.json",
             "examples/t1_sample.json",
             "examples/t1_single.json",
+            "examples/t1_chat.json",
         ] {
             let r = read_request(f).unwrap();
-            assert!(r.template.is_some(), "{f}");
+            assert!(r.template.is_some() != r.messages.is_some(), "{f}");
         }
     }
 }

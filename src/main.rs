@@ -22,35 +22,7 @@ enum Command {
     /// Print the OpenAPI document (`llm-attr openapi > openapi/openapi.json`).
     Openapi,
     /// Exit 0 when a local server answers 200 on a path (container health checks; no curl needed).
-    Probe(ProbeArgs),
-}
-
-#[derive(clap::Args)]
-struct ProbeArgs {
-    #[arg(long, env = "LLM_ATTR_PORT", default_value_t = 8080)]
-    port: u16,
-    #[arg(long, default_value = "/ready")]
-    path: String,
-    /// Seconds to wait for the answer.
-    #[arg(long, default_value_t = 3)]
-    timeout: u64,
-}
-
-/// One HTTP/1.0 GET on 127.0.0.1; Ok when the status is 200.
-fn probe(args: &ProbeArgs) -> anyhow::Result<()> {
-    use std::io::{Read, Write};
-    let t = std::time::Duration::from_secs(args.timeout.max(1));
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], args.port));
-    let mut s = std::net::TcpStream::connect_timeout(&addr, t)?;
-    s.set_read_timeout(Some(t))?;
-    s.set_write_timeout(Some(t))?;
-    write!(s, "GET {} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", args.path)?;
-    let mut head = [0u8; 64];
-    let n = s.read(&mut head)?;
-    let line = String::from_utf8_lossy(&head[..n]);
-    let status = line.split_whitespace().nth(1).unwrap_or("");
-    anyhow::ensure!(status == "200", "{} answered {status:?}", args.path);
-    Ok(())
+    Probe(llm_attr::cli::ProbeArgs),
 }
 
 fn init_logs(json: bool) {
@@ -76,7 +48,7 @@ fn main() -> anyhow::Result<()> {
             init_logs(false);
             llm_attr::cli::bench(args)
         }
-        Command::Probe(args) => probe(&args),
+        Command::Probe(args) => llm_attr::cli::probe(&args),
         Command::Openapi => {
             print!("{}", llm_attr::api::openapi::openapi_json());
             Ok(())

@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// One attribution. Either a template input (`template`, `values`, `baselines`, `mask`) or a
-/// token input (`text`, `skip_tokens`, `baseline_token`).
+/// One attribution. Either a template input (`template`, `values`, `baselines`, `mask`), a chat
+/// input (`messages` instead of `template`) or a token input (`text`, `skip_tokens`,
+/// `baseline_token`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AttributeRequest {
@@ -36,6 +37,17 @@ pub struct AttributeRequest {
         deserialize_with = "unique_mask"
     )]
     pub mask: Option<BTreeMap<String, serde_json::Value>>,
+    /// Chat input, instead of `template`: messages whose contents may hold `{placeholders}`
+    /// (`values`, `baselines` and `mask` as for a template), rendered with the model's chat
+    /// template. The placeholders are the features; the template's markup is never perturbed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Vec<ChatMessage>>,
+    /// Chat input: end the prompt with the assistant's turn header (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub add_generation_prompt: Option<bool>,
+    /// Chat input: a Jinja chat template to use instead of the model's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template: Option<String>,
     /// Token input: every token of `text` is a feature.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
@@ -136,6 +148,22 @@ fn unique_mask<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Labels, D::Erro
 pub enum Baseline {
     One(String),
     List(Vec<String>),
+}
+
+/// One chat message; `content` may hold `{placeholders}` (`{{`/`}}` are literal braces).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChatMessage {
+    pub role: Role,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

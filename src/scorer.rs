@@ -23,6 +23,11 @@ pub trait Scorer: Send + Sync {
         -> Result<Vec<Vec<f32>>>;
     /// Greedy continuation of `prompt`.
     fn generate(&self, prompt: &[u32], max_new_tokens: usize) -> Result<Vec<u32>>;
+    /// True once the caller gave up (client gone, job deleted, timeout): work that builds
+    /// prompts looks here often and stops with `Error::Cancelled`.
+    fn is_cancelled(&self) -> bool {
+        false
+    }
 }
 
 impl Scorer for Model {

@@ -1,5 +1,6 @@
 // Pieces shared by the charts: colour scale, feature labels, names.
 
+import { $$, FONT, el, svg } from "./dom.js";
 import { showToken } from "./format.js";
 
 /* ---------- colour ---------- */
@@ -51,4 +52,23 @@ export const HALO = { stroke: "#fff", "stroke-width": 3, "stroke-linejoin": "rou
 /** Width a chart may use in `box`. */
 export function availWidth(box) {
   return Math.max(280, (box.clientWidth || 708) - 8);
+}
+
+/**
+ * When a chart scrolls sideways, a copy of its row labels (`.row-head`, between y0 and y1) stays at
+ * the left edge: a zero-width sticky column in the scroller, so every row stays named.
+ */
+export function stickRowLabels(box, root, width, y0, y1) {
+  const height = y1 - y0;
+  const strip = svg("svg", {
+    width, height, viewBox: `0 ${y0} ${width} ${height}`, class: "row-labels", "aria-hidden": "true",
+    style: `position: relative; top: ${y0}px`, "font-family": FONT, "font-size": 12,
+  });
+  strip.append(svg("rect", { x: 0, y: y0, width, height, fill: "#fff" }));
+  for (const label of $$(".row-head", root)) {
+    const copy = label.cloneNode(true);
+    copy.setAttribute("class", "row-label-copy");
+    strip.append(copy);
+  }
+  box.prepend(el("div", { class: "sticky-col" }, strip));
 }

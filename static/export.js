@@ -1,7 +1,9 @@
-// Export charts (SVG, PNG) and data (CSV, JSON).
+// Export charts (SVG, PNG) and data (CSV, JSON), each carrying what produced it.
 
+import { $$, el, svg, setAttrs, textWidth } from "./dom.js";
 import { METHOD_NAMES } from "./charts.js";
-import { $, el, svg, setAttrs, fit } from "./dom.js";
+import { cellValue, measureOf } from "./auditview.js";
+import { provenance, provenanceLine } from "./provenance.js";
 import { state } from "./state.js";
 
 function download(name, blob) {
@@ -13,38 +15,62 @@ function download(name, blob) {
   setTimeout(() => URL.revokeObjectURL(url), 5000);
 }
 
-/** The chart as a standalone SVG document, with a title line saying what it shows. */
-function exportSvg(node, title) {
-  const copy = node.cloneNode(true);
-  copy.querySelector(".focus-ring")?.remove();
-  copy.removeAttribute("tabindex");
-  copy.removeAttribute("class");
-  const w = node.width.baseVal.value;
-  const h = node.height.baseVal.value;
-  const titles = [title].flat().filter(Boolean);
-  const head = titles.length ? 10 + 18 * titles.length : 0;
-  const body = svg("g", { transform: `translate(0 ${head})` }, ...Array.from(copy.childNodes));
-  copy.replaceChildren(svg("rect", { x: 0, y: 0, width: w, height: h + head, fill: "#fff" }), body);
-  titles.forEach((line, k) => {
-    const size = k === 0 ? 13 : 11.5;
-    const weight = k === 0 ? 600 : 400;
-    copy.append(svg("text", { x: 8, y: 20 + 18 * k, fill: k === 0 ? "#111" : "#444", "font-size": size, "font-weight": weight }, fit(line, w - 16, size, weight)));
+/** Splits `text` into lines of at most `width` pixels, at spaces (a long word gets its own line). */
+function wrap(text, width, size, weight) {
+  const out = [];
+  let line = "";
+  for (const word of text.split(/(?<= )/)) {
+    if (line && textWidth(line + word, size, weight) > width) {
+      out.push(line.trimEnd());
+      line = "";
+    }
+    line += word;
+  }
+  if (line) out.push(line.trimEnd());
+  return out;
+}
+
+/** Stacks chart SVGs into one, with title lines (wrapped, never cut) saying what it shows. */
+function exportSvg(nodes, title) {
+  const w = Math.max(...nodes.map((n) => n.width.baseVal.value));
+  const heads = [title].flat().filter(Boolean).flatMap((line, k) =>
+    wrap(line, w - 16, k === 0 ? 13 : 11.5, k === 0 ? 600 : 400).map((text) => ({ text, first: k === 0 })));
+  const head = heads.length ? 10 + 18 * heads.length : 0;
+  const root = svg("svg", { xmlns: "http://www.w3.org/2000/svg", "font-family": nodes[0].getAttribute("font-family"), "font-size": 12 });
+  let y = head;
+  for (const node of nodes) {
+    const copy = node.cloneNode(true);
+    copy.querySelector(".focus-ring")?.remove();
+    root.append(svg("g", { transform: `translate(0 ${y})` }, ...Array.from(copy.childNodes)));
+    y += node.height.baseVal.value;
+  }
+  root.prepend(svg("rect", { x: 0, y: 0, width: w, height: y, fill: "#fff" }));
+  heads.forEach((line, k) => {
+    root.append(svg("text", { x: 8, y: 20 + 18 * k, fill: line.first ? "#111" : "#444", "font-size": line.first ? 13 : 11.5, "font-weight": line.first ? 600 : 400 }, line.text));
   });
-  setAttrs(copy, { width: w, height: h + head, viewBox: `0 0 ${w} ${h + head}` });
-  return { text: `<?xml version="1.0" encoding="UTF-8"?>\n${new XMLSerializer().serializeToString(copy)}`, w, h: h + head };
+  setAttrs(root, { width: w, height: y, viewBox: `0 0 ${w} ${y}` });
+  return { text: `<?xml version="1.0" encoding="UTF-8"?>\n${new XMLSerializer().serializeToString(root)}`, w, h: y };
 }
 
 function chartTitle(kind) {
+  if (kind === "audit-chart") {
+    const a = state.audit;
+    if (!a?.result) return "";
+    return [`${measureOf(a.result).long} by ${a.result.swept.map((n) => `{${n}}`).join(" × ")}`,
+      prompt(a.request), provenanceLine(provenance(a.request, null, a.result.model ?? state.model?.spec))];
+  }
   const r = state.result?.response;
-  const c = state.compare;
-  if (kind === "compare-chart" && c) return `log p of “${c.target.trim()}” for each value of {${c.placeholder}}`;
   if (!r) return "";
   const what = kind === "heatmap" ? "Attribution per target token" : "Attribution for the whole target";
-  return [`${what} · ${METHOD_NAMES[r.method] || r.method}`, `“${r.prompt}” → “${r.target.trim()}”`];
+  return [`${what} · ${METHOD_NAMES[r.method] || r.method}`, `“${r.prompt}” → “${r.target}”`, provenanceLine(provenance(state.result.request, r))];
 }
 
-function exportPng(node, title, name) {
-  const { text, w, h } = exportSvg(node, title);
+function prompt(request) {
+  return request.template ?? request.messages?.map((m) => `${m.role}: ${m.content}`).join(" / ") ?? "";
+}
+
+function exportPng(nodes, title, name) {
+  const { text, w, h } = exportSvg(nodes, title);
   const img = new Image();
   const scale = 2;
   img.onload = () => {
@@ -58,67 +84,81 @@ function exportPng(node, title, name) {
 }
 
 function csvCell(v) {
-  const s = String(v);
-  return /[",\n\r]/.test(s) || /^[=+\-@]/.test(s) && isNaN(Number(s)) ? `"${s.replace(/"/g, '""')}"` : s;
+  const s = String(v ?? "");
+  return /[",\n\r]/.test(s) || (/^[=+\-@]/.test(s) && isNaN(Number(s))) ? `"${s.replace(/"/g, '""')}"` : s;
 }
 
-function csvBlob(rows) {
-  return new Blob([rows.map((r) => r.map(csvCell).join(",")).join("\r\n") + "\r\n"], { type: "text/csv" });
+/** CSV with the provenance as trailing columns on every row, so each row says what made it. */
+function csvText(rows, prov) {
+  const keys = ["model", "method", "n_samples", "seed", "num_trials"];
+  const [head, ...body] = rows;
+  const all = [[...head, ...keys], ...body.map((r) => [...r, ...keys.map((k) => prov[k])])];
+  return all.map((r) => r.map(csvCell).join(",")).join("\r\n") + "\r\n";
 }
 
-function jsonBlob(data) {
-  return new Blob([JSON.stringify(data, null, 2)], { type: "application/json" });
-}
+const csvBlob = (rows, prov) => new Blob([csvText(rows, prov)], { type: "text/csv" });
+const jsonBlob = (data) => new Blob([JSON.stringify(data, null, 2)], { type: "application/json" });
 
 /** The time, for file names: 2026-01-31T12-00-00. */
 function timeStamp() {
   return new Date().toISOString().replace(/[:.]/g, "-").slice(0, 19);
 }
 
+/** One row per audit cell and target: the swept values, the target, its log p (and stderr). */
+function auditRows(result) {
+  const head = [...result.swept, "target", "log_prob", "log_prob_stderr", "token_log_probs", "contexts", "n_contexts"];
+  const rows = result.cells.flatMap((c) => result.targets.map((t) => [
+    ...result.swept.map((n) => c.values[n]), t, c.log_prob[t], c.log_prob_stderr?.[t] ?? "",
+    (c.token_log_probs?.[t] || []).join(" "), result.contexts, result.n_contexts,
+  ]));
+  return [head, ...rows];
+}
+
 function exportData(kind, format) {
   const stamp = timeStamp();
-  if (kind === "compare") {
-    const c = state.compare;
-    if (!c) return;
-    const ref = c.items.find((it) => it.value === c.reference) || c.items[0];
+  if (kind === "audit") {
+    const a = state.audit;
+    if (!a?.result) return;
+    const prov = provenance(a.request, null, a.result.model ?? state.model?.spec);
     if (format === "json") {
-      return download(`llm-attr-compare-${stamp}.json`, jsonBlob({ placeholder: c.placeholder, template: c.template, target: c.target, reference: c.reference, items: c.items }));
+      const cells = a.result.cells.map((c) => ({ ...c, value: cellValue(a.result, c) }));
+      return download(`llm-attr-audit-${stamp}.json`, jsonBlob({ provenance: prov, request: a.request, result: { ...a.result, cells } }));
     }
-    const rows = [["value", "log_prob", "prob", "delta_log_prob_vs_reference"], ...c.items.map((it) => [it.value, it.log_prob, Math.exp(it.log_prob), it.log_prob - ref.log_prob])];
-    return download(`llm-attr-compare-${stamp}.csv`, csvBlob(rows));
+    return download(`llm-attr-audit-${stamp}.csv`, csvBlob(auditRows(a.result), prov));
   }
   if (!state.result) return;
   const { request, response: r } = state.result;
+  const prov = provenance(request, r);
   const names = r.features.map((f) => f.name);
   if (format === "json") {
     const data = kind === "token"
-      ? { request, output_tokens: r.output_tokens, target_log_probs: r.target_log_probs, features: r.features, token_attr: r.token_attr, token_attr_stderr: r.token_attr_stderr ?? null }
-      : { request, features: r.features, seq_attr: r.seq_attr, seq_attr_stderr: r.seq_attr_stderr ?? null, target_log_prob: r.target_log_prob };
+      ? { provenance: prov, request, output_tokens: r.output_tokens, target_log_probs: r.target_log_probs, features: r.features, token_attr: r.token_attr, token_attr_stderr: r.token_attr_stderr ?? null }
+      : { provenance: prov, request, features: r.features, seq_attr: r.seq_attr, seq_attr_stderr: r.seq_attr_stderr ?? null, target_log_prob: r.target_log_prob };
     return download(`llm-attr-${kind}-attr-${stamp}.json`, jsonBlob(data));
   }
   let rows;
   if (kind === "token") {
     const se = r.token_attr_stderr;
-    rows = [["output_token", ...names, ...(se ? names.map((n) => `${n}_stderr`) : []), "log_prob"],
-      ...r.output_tokens.map((t, i) => [t, ...r.token_attr[i], ...(se ? se[i] : []), r.target_log_probs?.[i] ?? ""])];
+    rows = [["target", "output_token", ...names, ...(se ? names.map((n) => `${n}_stderr`) : []), "log_prob"],
+      ...r.output_tokens.map((t, i) => [r.target, t, ...r.token_attr[i], ...(se ? se[i] : []), r.target_log_probs?.[i] ?? ""])];
   } else {
     const se = r.seq_attr_stderr;
-    rows = [["feature", "value", "seq_attr", ...(se ? ["stderr"] : [])], ...r.features.map((f, j) => [f.name, f.value, r.seq_attr[j], ...(se ? [se[j]] : [])])];
+    rows = [["target", "feature", "value", "seq_attr", ...(se ? ["stderr"] : [])], ...r.features.map((f, j) => [r.target, f.name, f.value, r.seq_attr[j], ...(se ? [se[j]] : [])])];
   }
-  download(`llm-attr-${kind}-attr-${stamp}.csv`, csvBlob(rows));
+  download(`llm-attr-${kind}-attr-${stamp}.csv`, csvBlob(rows, prov));
 }
+
+const CHARTS = { heatmap: "#heatmap svg.heatmap", bars: "#bars svg", "audit-chart": "#audit-chart svg" };
 
 export function onExport(e) {
   const b = e.target.closest("button[data-export]");
   if (!b) return;
   const { export: kind, format } = b.dataset;
-  const charts = { heatmap: "#heatmap svg", bars: "#bars svg", "compare-chart": "#compare-chart svg" };
-  if (charts[kind]) {
-    const node = $(charts[kind]);
-    if (!node) return;
-    const stamp = timeStamp();
-    const name = `llm-attr-${kind}-${stamp}.${format}`;
-    if (format === "svg") download(name, new Blob([exportSvg(node, chartTitle(kind)).text], { type: "image/svg+xml" }));
-    else exportPng(node, chartTitle(kind), name);
-  } else exportData(kind, format);
+  if (!CHARTS[kind]) return exportData(kind, format);
+  const nodes = $$(CHARTS[kind]);
+  if (!nodes.length) return;
+  const name = `llm-attr-${kind}-${timeStamp()}.${format}`;
+  if (format === "svg") download(name, new Blob([exportSvg(nodes, chartTitle(kind)).text], { type: "image/svg+xml" }));
+  else exportPng(nodes, chartTitle(kind), name);
 }
+

@@ -1,23 +1,61 @@
-// Template mode: one row per placeholder, seed templates, asking the model for a target.
+// The probe form: input mode, one row per placeholder, seed templates, chat editors, asking the
+// model for a target, and putting a request (from a link) back into the form.
 
 import { api } from "./api.js";
-import { fillCompareSelect, fillCompareValues } from "./compare.js";
 import { $, $$, el, lines } from "./dom.js";
 import { clearErrors, showError } from "./errors.js";
-import { intField, saveState } from "./request.js";
-import { state, rowFor, valuesOf } from "./state.js";
-import { parseTemplate, renderTemplate } from "./template.js";
+import { METHODS, inputNames, intField, method, promptText, repeatsUseful } from "./request.js";
+import { state, rowFor, changed } from "./state.js";
+import { tokenizeSoon } from "./tokens.js";
 
-export function onTemplateInput() {
-  const { names, error } = parseTemplate($("#template").value);
-  const box = $("#err-template");
-  if (!box.dataset.server) {
-    box.textContent = error || "";
-    $("#template").toggleAttribute("aria-invalid", Boolean(error));
+const ERROR_BOX = { template: "#err-template", chat: "#err-messages" };
+
+/** Shows the editors of `mode` ("template", "tokens" or "chat"). */
+export function setMode(mode) {
+  state.mode = mode;
+  const radio = $(`input[name=mode][value="${mode}"]`);
+  if (radio) radio.checked = true;
+  $("#template-mode").hidden = mode !== "template";
+  $("#tokens-mode").hidden = mode !== "tokens";
+  $("#chat-mode").hidden = mode !== "chat";
+  $("#placeholder-box").hidden = mode === "tokens";
+  $("#generate-row").hidden = mode === "chat";
+  if (mode === "tokens") tokenizeSoon();
+  onInputChanged();
+}
+
+/** A person chose a mode: carry the prompt over, and pick a sampling method for many tokens. */
+export function switchMode(mode) {
+  const from = state.mode;
+  if (mode === "tokens" && $("#text").value === "" && from === "template") {
+    const text = promptText();
+    if (text !== null) $("#text").value = text;
   }
-  if (!error || names.length >= state.names.length) setNames(names);
+  if (mode === "chat" && $("#user").value === "" && from === "template") $("#user").value = $("#template").value;
+  setMode(mode);
+  if (mode === "tokens" && !METHODS[method()].sampled) {
+    // Every token is a feature: exact Shapley values would need 2^tokens prompts.
+    $("input[name=method][value=shapley_value_sampling]").checked = true;
+    updateMethodFields();
+  }
+}
+
+/** Re-reads the placeholders of the current input after an edit. */
+export function onInputChanged() {
+  const { names, error } = inputNames();
+  const box = ERROR_BOX[state.mode] && $(ERROR_BOX[state.mode]);
+  if (box && !box.dataset.server) {
+    box.textContent = error || "";
+    $(state.mode === "chat" ? "#user" : "#template").toggleAttribute("aria-invalid", Boolean(error));
+  }
+  if (state.mode !== "tokens" && (!error || names.length >= state.names.length)) setNames(names);
   const seed = state.templates.find((t) => t.id === $("#seed-template").value);
-  if (seed && seed.template !== $("#template").value) $("#seed-template").value = "";
+  if (seed && !seedMatches(seed)) $("#seed-template").value = "";
+}
+
+function seedMatches(seed) {
+  if (seed.messages) return state.mode === "chat" && seed.messages.every((m) => $(m.role === "system" ? "#system" : "#user").value === m.content);
+  return state.mode === "template" && seed.template === $("#template").value;
 }
 
 /** Shows one row per placeholder; keeps rows (and focus) that did not change. */
@@ -25,16 +63,14 @@ function setNames(names) {
   const same = names.length === state.names.length && names.every((n, i) => n === state.names[i]);
   state.names = names;
   $("#no-placeholders").hidden = names.length > 0;
-  fillCompareSelect();
   if (same) return;
   const box = $("#placeholders");
   const existing = new Map($$(".ph", box).map((node) => [node.dataset.name, node]));
-  const nodes = names.map((name) => existing.get(name) || placeholderRow(name));
-  box.replaceChildren(...nodes);
+  box.replaceChildren(...names.map((name) => existing.get(name) || placeholderRow(name)));
 }
 
 /** Forgets every placeholder row (before loading a seed or a request). */
-export function clearRows() {
+function clearRows() {
   state.rows.clear();
   state.names = [];
   $("#placeholders").replaceChildren();
@@ -48,8 +84,6 @@ function placeholderRow(name) {
     row.value = valueInput.value;
     row.baselines = lines(baseInput.value);
     row.group = groupInput.value.trim();
-    saveState();
-    if ($("#compare-ph").value === name) fillCompareValues(false);
   };
   const valueInput = el("input", {
     id: `${id}-value`, type: "text", value: row.value, spellcheck: "false",
@@ -80,20 +114,41 @@ function placeholderRow(name) {
   );
 }
 
+/** Fills the seed list: template seeds, and chat seeds where the model has a chat template. */
+export function fillSeeds(keep) {
+  const sel = $("#seed-template");
+  const usable = state.templates.filter((t) => !t.messages || chatAllowed());
+  sel.replaceChildren(el("option", { value: "", text: "Your own prompt" }),
+    ...usable.map((t) => el("option", { value: t.id, text: `${t.id} · ${t.title}` })));
+  if (keep && usable.some((t) => t.id === keep)) sel.value = keep;
+}
+
+/** Chat mode is offered unless the server says the model has no chat template. */
+export function chatAllowed() {
+  return state.model?.chat_template !== false;
+}
+
 export function loadSeed(id) {
   const seed = state.templates.find((t) => t.id === id);
   if (!seed) return;
   clearRows();
   for (const [name, value] of Object.entries(seed.values || {})) rowFor(name).value = value;
   for (const [name, b] of Object.entries(seed.baselines || {})) rowFor(name).baselines = Array.isArray(b) ? [...b] : [b];
-  $("#template").value = seed.template;
+  if (seed.messages) {
+    $("#system").value = seed.messages.find((m) => m.role === "system")?.content ?? "";
+    $("#user").value = seed.messages.find((m) => m.role === "user")?.content ?? "";
+  } else $("#template").value = seed.template;
   $("#target").value = seed.target || "";
   $("#generated").hidden = true;
   clearErrors();
-  onTemplateInput();
+  setMode(seed.messages ? "chat" : "template");
   $("#seed-template").value = id;
-  fillCompareValues(true);
-  saveState();
+  changed();
+}
+
+/** The seed the form holds unchanged, if any. */
+export function currentSeed() {
+  return state.templates.find((t) => t.id === $("#seed-template").value) || null;
 }
 
 export function showGenerated(text, note) {
@@ -104,14 +159,9 @@ export function showGenerated(text, note) {
 
 export async function generate() {
   clearErrors($("#probe"));
-  let prompt = $("#text").value;
-  if (state.mode === "template") {
-    const template = $("#template").value;
-    const { names, error } = parseTemplate(template);
-    if (error) return showError({ field: "template", message: error });
-    prompt = renderTemplate(template, valuesOf(names));
-  }
-  const body = { prompt };
+  const { error, field } = inputNames();
+  if (error) return showError({ field, message: error });
+  const body = { prompt: promptText() ?? "" };
   if (intField("max_new_tokens") !== undefined) body.max_new_tokens = intField("max_new_tokens");
   const button = $("#generate");
   button.disabled = true;
@@ -119,9 +169,9 @@ export async function generate() {
   try {
     const out = await api("POST", "/v1/generate", body);
     $("#target").value = out.text;
-    state.generated = { prompt, text: out.text };
+    state.generated = { prompt: body.prompt, text: out.text };
     showGenerated(out.text, `The model's greedy continuation (${out.tokens?.length ?? "?"} tokens), now the target:`);
-    saveState();
+    changed();
     return out.text;
   } catch (err) {
     showError(err.field === "prompt" ? { ...err, field: state.mode === "template" ? "template" : "text" } : err);
@@ -130,4 +180,47 @@ export async function generate() {
     button.disabled = false;
     button.textContent = "Ask the model";
   }
+}
+
+/** Samples and Repeats are enabled only where the method uses them. */
+export function updateMethodFields() {
+  const m = METHODS[method()];
+  const ns = $("#n_samples");
+  ns.disabled = !m.sampled;
+  ns.placeholder = m.sampled ? String(m.samples) : "not used";
+  const trials = $("#num_trials");
+  trials.disabled = !repeatsUseful();
+  trials.placeholder = trials.disabled ? "not used" : "1";
+  $("#num_trials-help").textContent = trials.disabled
+    ? "Not used: this method with exact baselines gives the same answer every run."
+    : "Run the method this many times and average; gives standard errors.";
+}
+
+const METHOD_ALIASES = { fa: "feature_ablation", sv: "shapley_values", svs: "shapley_value_sampling", kernel: "kernel_shap" };
+
+/** Puts a request (from a link or a job) back into the form. */
+export function applyRequest(req) {
+  clearRows();
+  for (const [name, value] of Object.entries(req.values || {})) rowFor(name).value = String(value);
+  for (const [name, b] of Object.entries(req.baselines || {})) rowFor(name).baselines = (Array.isArray(b) ? b : [b]).map(String);
+  for (const [name, g] of Object.entries(req.mask || {})) rowFor(name).group = String(g);
+  $("#template").value = req.template || "";
+  const messages = Array.isArray(req.messages) ? req.messages : [];
+  $("#system").value = messages.find((m) => m.role === "system")?.content ?? "";
+  $("#user").value = messages.find((m) => m.role === "user")?.content ?? "";
+  $("#text").value = req.text ?? "";
+  state.skip = new Set(req.skip_tokens || []);
+  $("#baseline_token").value = req.baseline_token ?? "";
+  $("#target").value = req.target ?? "";
+  $("#max_new_tokens").value = req.max_new_tokens ?? "";
+  const m = METHOD_ALIASES[req.method] || req.method || "shapley_values";
+  const radio = $(`input[name=method][value="${CSS.escape(m)}"]`);
+  if (radio) radio.checked = true;
+  $("#attr_target").value = req.attr_target === "prob" ? "prob" : "log_prob";
+  $("#n_samples").value = req.n_samples ?? "";
+  $("#seed").value = req.seed ?? "";
+  $("#baseline_sampling").value = req.baseline_sampling || "";
+  $("#num_trials").value = req.num_trials ?? "";
+  setMode(req.messages ? "chat" : req.text !== undefined && req.template === undefined ? "tokens" : "template");
+  updateMethodFields();
 }

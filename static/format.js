@@ -40,10 +40,22 @@ export function numberScale(max) {
   return { div: 10 ** e, note: `values × 10${superscript(e)}` };
 }
 
-/** Makes whitespace in a token visible. */
+/** Makes whitespace in a token visible: ␣ for a space at either end, ⏎ and ⇥. */
 export function showToken(t) {
   if (t === "") return "∅";
-  return t.replace(/\n/g, "⏎").replace(/\t/g, "⇥").replace(/^ +| +$/g, (m) => "·".repeat(m.length));
+  return t.replace(/\n/g, "⏎").replace(/\t/g, "⇥").replace(/^ +| +$/g, (m) => "␣".repeat(m.length));
+}
+
+/** A token as a screen reader should say it: the text in quotes, and its spaces in words. */
+export function spokenToken(t) {
+  const lead = t.match(/^\s*/)[0];
+  const trail = t.slice(lead.length).match(/\s*$/)[0];
+  const word = t.trim();
+  const space = (s) => (s === "\n" ? "a line break" : s.length > 1 ? `${s.length} spaces` : "a space");
+  const parts = [word ? `“${word}”` : lead ? space(lead) : "empty"];
+  if (word && lead) parts.push(`after ${space(lead)}`);
+  if (word && trail) parts.push(`before ${space(trail)}`);
+  return parts.join(", ");
 }
 
 /** Round tick values covering [lo, hi]. */

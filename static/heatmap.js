@@ -1,6 +1,6 @@
 // Heatmap of target tokens by features (SVG), its keyboard and hover readout, and table.
 
-import { RDBU, color, textOn, featureLabel, featureValue, measureName, availWidth } from "./charts.js";
+import { RDBU, color, textOn, featureLabel, featureValue, measureName, availWidth, stickRowLabels } from "./charts.js";
 import { $, $$, SVG_NS, FONT, el, svg, textWidth, fit } from "./dom.js";
 import { fmt, exact, fmtProb, numberScale, showToken } from "./format.js";
 
@@ -25,10 +25,14 @@ export function drawHeatmap(box, res) {
   const left = rowLabelW;
   const top = headH + 6;
   const gridW = nc * colW;
-  const width = left + gridW + pColW + 8 + (many ? Math.max(0, headH * 0.65 - pColW) : 0);
   const legendTop = top + nr * rowH + 26;
-  const height = legendTop + 46;
   const measure = measureName(res);
+  const lw = Math.min(300, Math.max(180, gridW));
+  const lx = narrow ? 8 : left;
+  const caption = `← lowers ${measure} · raises ${measure} →`;
+  const captionW = textWidth(caption, 11) + (note ? textWidth(note, 11) + 16 : 0);
+  const width = Math.max(left + gridW + pColW + 8 + (many ? Math.max(0, headH * 0.65 - pColW) : 0), lx + Math.max(lw, captionW) + 12);
+  const height = legendTop + 62;
 
   const root = svg("svg", {
     xmlns: SVG_NS, width, height, viewBox: `0 0 ${width} ${height}`, class: "chart heatmap",
@@ -85,24 +89,30 @@ export function drawHeatmap(box, res) {
     }
   });
 
-  // legend
-  const lw = Math.min(300, Math.max(180, gridW));
-  const lx = left;
+  // legend: the colour bar, its numbers, and a caption below (all inside the chart's width)
   const grad = svg("linearGradient", { id: "heat-grad", x1: 0, x2: 1, y1: 0, y2: 0 });
   RDBU.forEach((c, k) => grad.append(svg("stop", { offset: k / (RDBU.length - 1), "stop-color": c })));
   root.append(svg("defs", {}, grad));
-  root.append(svg("rect", { x: lx, y: legendTop, width: lw, height: 10, fill: "url(#heat-grad)", stroke: "#999", "stroke-width": 0.5 }));
+  root.append(svg("rect", { x: lx, y: legendTop, width: lw, height: 10, fill: "url(#heat-grad)", stroke: "#999", "stroke-width": 0.5, class: "legend" }));
   [-1, -0.5, 0, 0.5, 1].forEach((t) => {
     const x = lx + ((t + 1) / 2) * lw;
     root.append(svg("line", { x1: x, x2: x, y1: legendTop + 10, y2: legendTop + 14, stroke: "#666" }));
     root.append(svg("text", { x, y: legendTop + 26, "text-anchor": "middle", fill: "#444", "font-size": 11 }, t === 0 ? "0" : fmt((t * max) / div)));
   });
-  root.append(svg("text", { x: lx + lw + 10, y: legendTop + 9, fill: "#444", "font-size": 11 }, `← lowers ${measure} · raises ${measure} →`));
-  if (note) root.append(svg("text", { x: lx + lw + 10, y: legendTop + 26, fill: "#444", "font-size": 11, class: "scale-note" }, note));
+  root.append(svg("text", { x: lx, y: legendTop + 44, fill: "#444", "font-size": 11, class: "legend-caption" }, caption,
+    note ? svg("tspan", { dx: 16, class: "scale-note" }, note) : null));
 
   const focus = svg("rect", { class: "focus-ring", width: colW, height: rowH, fill: "none", stroke: "#111", "stroke-width": 2.5, visibility: "hidden", "pointer-events": "none" });
   root.append(focus);
   box.replaceChildren(root);
+  const scrolls = width > avail + 4;
+  if (scrolls) stickRowLabels(box, root, left, top, top + nr * rowH);
+  box.classList.toggle("scrolls", scrolls);
+  const hint = box.parentElement.querySelector(".scroll-hint");
+  if (hint) {
+    hint.hidden = !scrolls;
+    hint.textContent = `Scroll sideways for all ${nc} features →`;
+  }
   wireHeatmap(root, res, { left, top, colW, rowH, nr, nc, focus });
 }
 

@@ -1,28 +1,37 @@
-// llm-attr web page: build an attribute request, run it as a job, draw the results as SVG.
-// Plain JS modules, no dependencies, no external requests. This file wires the page up.
-// Modules: dom, format, template, state (no page logic); api (server); errors (messages by
-// field); form (placeholders, target), tokens (token mode), request (form <-> request, URL);
-// job (run, progress, cancel); results, charts, heatmap, bars, compare (drawing); export.
+// llm-attr web page: build an attribute request or an audit, run it as a job, draw the results as
+// SVG. Plain JS modules, no dependencies, no external requests. This file wires the page up.
+//
+// Imports go one way, top to bottom (no module imports one above it):
+//   main -> run, audit -> results, auditview, export -> heatmap, bars -> charts
+//        -> form, target, plan -> tokens -> link -> request -> state, template, dom, format
+//        -> job -> api;  errors, progress, provenance beside them.
+// state.js owns the shared state; modules that change inputs call changed(), and main.js decides
+// what follows (save the link, mark results stale, refresh previews).
 
 import { api } from "./api.js";
-import { fillCompareValues, runCompare } from "./compare.js";
-import { $, $$, el, debounce } from "./dom.js";
+import { applyAudit, cancelAudit, drawAudit, fillValues, markAuditStale, refreshAuditControls, runAudit } from "./audit.js";
+import { $, $$, debounce, el } from "./dom.js";
 import { showError } from "./errors.js";
 import { onExport } from "./export.js";
-import { onTemplateInput, loadSeed, generate } from "./form.js";
-import { runJob, cancelJob, reopenJob } from "./job.js";
-import { applyRequest, buildRequest, pageState, saveState, readHash, onMethodChange } from "./request.js";
-import { drawAll } from "./results.js";
-import { state, valuesOf } from "./state.js";
-import { parseTemplate, renderTemplate } from "./template.js";
-import { setMode, tokenizeSoon } from "./tokens.js";
+import { applyRequest, chatAllowed, currentSeed, fillSeeds, generate, loadSeed, onInputChanged, setMode, switchMode, updateMethodFields } from "./form.js";
+import { pageState, readHash, saveState } from "./link.js";
+import { previewInto } from "./plan.js";
+import { auditSweep, auditTargets, buildAudit, buildRequest, promptText, targetText } from "./request.js";
+import { drawResult, markResultStale } from "./results.js";
+import { cancelRun, reopenJob, runJob } from "./run.js";
+import { state, onChange, changed } from "./state.js";
+import { drawSpaceWarning, drawTokens } from "./target.js";
+import { tokenizeSoon } from "./tokens.js";
 
 async function loadModelInfo() {
   try {
     const info = await api("GET", "/v1/model");
+    state.model = info;
     const name = (info.spec || "").split(/[\\/]/).pop() || info.spec;
     const params = info.parameters ? `${Math.round(info.parameters / 1e6)}M parameters` : "";
     $("#model-info").textContent = [name, info.architecture, params, info.dtype].filter(Boolean).join(" · ");
+    showChatAvailability();
+    fillSeeds($("#seed-template").value);
   } catch (err) {
     if (err.status === 503) {
       $("#model-info").textContent = "Loading the model…";
@@ -33,93 +42,15 @@ async function loadModelInfo() {
   }
 }
 
-async function start() {
-  $("#probe").addEventListener("submit", runJob);
-  $("#cancel").addEventListener("click", cancelJob);
-  $("#template").addEventListener("input", () => {
-    delete $("#err-template").dataset.server;
-    onTemplateInput();
-    saveState();
-  });
-  $("#seed-template").addEventListener("change", (e) => e.target.value && loadSeed(e.target.value));
-  $("#generate").addEventListener("click", generate);
-  for (const input of $$("input[name=mode]")) {
-    input.addEventListener("change", () => {
-      if (input.value === "tokens" && $("#text").value === "") {
-        const { names, error } = parseTemplate($("#template").value);
-        if (!error) $("#text").value = renderTemplate($("#template").value, valuesOf(names));
-      }
-      setMode(input.value);
-      saveState();
-    });
-  }
-  $("#text").addEventListener("input", () => {
-    tokenizeSoon();
-    saveState();
-  });
-  $("#baseline_token").addEventListener("input", saveState);
-  $("#compare-run").addEventListener("click", runCompare);
-  $("#compare-cancel").addEventListener("click", () => state.compareAbort?.abort());
-  $("#compare-ph").addEventListener("change", () => {
-    fillCompareValues(true);
-    saveState();
-  });
-  $("#compare-values").addEventListener("input", (e) => {
-    e.target.dataset.edited = "1";
-    saveState();
-  });
-  for (const input of $$("input[name=method]")) input.addEventListener("change", onMethodChange);
-  for (const id of ["target", "max_new_tokens", "n_samples", "seed", "attr_target", "baseline_sampling", "num_trials"]) {
-    $(`#${id}`).addEventListener("input", saveState);
-    $(`#${id}`).addEventListener("change", saveState);
-  }
-  $("#target").addEventListener("input", () => ($("#generated").hidden = true));
-  // Editing a field clears its server message.
-  document.addEventListener("input", (e) => {
-    const ids = (e.target.getAttribute?.("aria-describedby") || "").split(/\s+/);
-    for (const id of ids) {
-      const box = id && document.getElementById(id);
-      if (box?.classList.contains("field-error") && box.dataset.server) {
-        box.textContent = "";
-        delete box.dataset.server;
-        e.target.removeAttribute("aria-invalid");
-      }
-    }
-  });
-  $("#results").addEventListener("click", onExport);
-  $("#share").addEventListener("click", async () => {
-    history.replaceState(null, "", `#${pageState()}`);
-    try {
-      await navigator.clipboard.writeText(location.href);
-      $("#progress-text").textContent = "Link copied: it opens this probe with every setting.";
-    } catch {
-      $("#progress-text").textContent = "The address bar now holds a link to this probe.";
-    }
-  });
-  const key = $("#api-key");
-  key.value = sessionStorage.getItem("llm-attr-key") || "";
-  key.addEventListener("change", () => {
-    sessionStorage.setItem("llm-attr-key", key.value.trim());
-    loadModelInfo();
-    loadTemplates();
-  });
-  window.addEventListener("resize", debounce(drawAll, 150));
-
-  const hash = readHash();
-  if (hash.req) applyRequest(hash.req);
-  else onMethodChange();
-  loadModelInfo();
-  await loadTemplates(hash);
-  if (hash.cmp && state.names.includes(hash.cmp.placeholder)) {
-    $("#compare-ph").value = hash.cmp.placeholder;
-    if (Array.isArray(hash.cmp.values)) {
-      $("#compare-values").value = hash.cmp.values.join("\n");
-      $("#compare-values").dataset.edited = "1";
-    }
-  }
-  if (hash.bad) showError({ message: "The link is damaged; starting from a seed template." });
-  if (hash.job) reopenJob(hash.job, hash.req);
-  document.body.dataset.ready = "1";
+/** Chat mode is hidden where the model has no chat template, and warned about where it is unknown. */
+function showChatAvailability() {
+  $("#mode-chat-label").hidden = !chatAllowed() && state.mode !== "chat";
+  const unknown = state.model && state.model.chat_template === undefined;
+  const box = $("#chat-warning");
+  box.hidden = state.mode !== "chat" || !(unknown || !chatAllowed());
+  box.textContent = chatAllowed()
+    ? "This server does not say whether the model has a chat template: it may refuse chat messages."
+    : "This model has no chat template: the server will refuse chat messages.";
 }
 
 async function loadTemplates(hash = {}) {
@@ -130,18 +61,158 @@ async function loadTemplates(hash = {}) {
     state.templates = [];
     $("#err-template").textContent = `Seed templates unavailable: ${err.message}`;
   }
-  const sel = $("#seed-template");
-  const keep = sel.value;
-  sel.replaceChildren(el("option", { value: "", text: "Your own template" }),
-    ...state.templates.map((t) => el("option", { value: t.id, text: `${t.id} · ${t.title}` })));
+  const keep = $("#seed-template").value;
+  fillSeeds(keep);
   if (hash.req) {
-    const seed = state.templates.find((t) => t.id === hash.seed && t.template === hash.req.template);
-    sel.value = seed ? seed.id : "";
-  } else if (keep) sel.value = keep;
-  else if (state.templates.length && !$("#template").value) loadSeed(state.templates[0].id);
+    const seed = state.templates.find((t) => t.id === hash.seed);
+    const same = seed && (seed.template === hash.req.template || JSON.stringify(seed.messages) === JSON.stringify(hash.req.messages));
+    $("#seed-template").value = same ? seed.id : "";
+  } else if (!keep && state.templates.length && !$("#template").value) loadSeed(state.templates[0].id);
 }
 
-// The request the form describes, for the browser console (and the page tests).
+/** The target's tokens and the leading-space warning, for the form and the audit's targets. */
+function previewTargets() {
+  const prompt = promptText();
+  const target = $("#target").value;
+  drawTokens($("#target-tokens"), target);
+  const seed = currentSeed();
+  drawSpaceWarning($("#space-warning"), prompt, target, {
+    seedNote: seed && seed.target === target ? "This is the seed's target as Captum's tutorial wrote it, without the space." : "",
+    fix: () => {
+      $("#target").value = ` ${target}`;
+      changed();
+    },
+  });
+  if (state.mode === "tokens") return;
+  const targets = auditTargets();
+  const box = $("#audit-target-tokens");
+  box.replaceChildren(...targets.map((t) => {
+    const row = el("div", { class: "target-row" });
+    drawTokens(row, t);
+    return row;
+  }));
+  const lacking = targets.find((t) => !/^\s/.test(t));
+  drawSpaceWarning($("#audit-space-warning"), prompt, lacking ?? "", {
+    fix: () => {
+      $("#audit-targets").value = targets.map((t) => (/^\s/.test(t) ? t : ` ${t}`)).join("\n");
+      $("#audit-targets").dataset.edited = "1";
+      changed();
+    },
+  });
+}
+
+function previewCosts() {
+  previewInto($("#plan"), buildRequest());
+  const sweep = auditSweep();
+  if (state.mode !== "tokens" && sweep.length && sweep.every(([, v]) => v.length) && auditTargets().length) {
+    previewInto($("#audit-plan"), buildAudit());
+  } else $("#audit-plan").replaceChildren();
+}
+
+const previewSoon = debounce(() => {
+  previewTargets();
+  previewCosts();
+}, 300);
+
+/** What follows any change of the inputs. */
+function onInputs() {
+  saveState();
+  refreshAuditControls();
+  markResultStale(buildRequest());
+  if (state.mode !== "tokens") markAuditStale(buildAudit());
+  showChatAvailability();
+  previewSoon();
+}
+
+/** Editing a field clears the server's message about it. */
+function clearServerMessage(e) {
+  const ids = (e.target.getAttribute?.("aria-describedby") || "").split(/\s+/);
+  for (const id of ids) {
+    const box = id ? document.getElementById(id) : null;
+    if (box?.classList.contains("field-error") && box.dataset.server) {
+      box.textContent = "";
+      delete box.dataset.server;
+      e.target.removeAttribute("aria-invalid");
+    }
+  }
+}
+
+async function share() {
+  history.replaceState(null, "", `#${pageState()}`);
+  try {
+    await navigator.clipboard.writeText(location.href);
+    $("#progress-text").textContent = "Link copied: it opens this probe (and re-runs its audit) with every setting.";
+  } catch {
+    $("#progress-text").textContent = "The address bar now holds a link to this probe.";
+  }
+}
+
+function wire() {
+  $("#probe").addEventListener("submit", runJob);
+  $("#cancel").addEventListener("click", cancelRun);
+  for (const id of ["template", "system", "user"]) $(`#${id}`).addEventListener("input", onInputChanged);
+  $("#seed-template").addEventListener("change", (e) => e.target.value && loadSeed(e.target.value));
+  $("#generate").addEventListener("click", generate);
+  for (const input of $$("input[name=mode]")) input.addEventListener("change", () => switchMode(input.value));
+  $("#text").addEventListener("input", tokenizeSoon);
+  for (const input of $$("input[name=method]")) input.addEventListener("change", updateMethodFields);
+  $("#baseline_sampling").addEventListener("change", updateMethodFields);
+  $("#target").addEventListener("input", () => ($("#generated").hidden = true));
+  $("#audit-run").addEventListener("click", runAudit);
+  $("#audit-cancel").addEventListener("click", cancelAudit);
+  for (const k of [1, 2]) {
+    $(`#audit-ph${k}`).addEventListener("change", () => {
+      refreshAuditControls();
+      fillValues(k, true);
+      if (k === 1) fillValues(2, false);
+    });
+  }
+  // Edited lists stop following the form (a cleared field counts: "change" comes without "input").
+  for (const id of ["audit-values1", "audit-values2", "audit-targets"]) {
+    for (const kind of ["input", "change"]) $(`#${id}`).addEventListener(kind, (e) => (e.target.dataset.edited = "1"));
+  }
+  document.addEventListener("input", clearServerMessage);
+  for (const scope of ["#probe", "#audit-card"]) {
+    $(scope).addEventListener("input", changed);
+    $(scope).addEventListener("change", changed);
+  }
+  $("#results").addEventListener("click", onExport);
+  $("#share").addEventListener("click", share);
+  const key = $("#api-key");
+  key.value = sessionStorage.getItem("llm-attr-key") || "";
+  key.addEventListener("change", () => {
+    sessionStorage.setItem("llm-attr-key", key.value.trim());
+    loadModelInfo();
+    loadTemplates();
+  });
+  window.addEventListener("resize", debounce(() => {
+    drawResult();
+    drawAudit();
+  }, 150));
+  onChange(onInputs);
+}
+
+async function start() {
+  wire();
+  const hash = readHash();
+  if (hash.req) applyRequest(hash.req);
+  else {
+    setMode("template");
+    updateMethodFields();
+  }
+  loadModelInfo();
+  await loadTemplates(hash);
+  if (hash.audit) applyAudit(hash.audit);
+  changed();
+  if (hash.bad) showError({ message: "The link is damaged; starting from a seed template." });
+  document.body.dataset.ready = "1";
+  if (hash.audit && hash.rerun) runAudit();
+  if (hash.job) reopenJob(hash.job, hash.req);
+}
+
+// The requests the form describes, for the browser console (and the page tests).
 window.buildRequest = buildRequest;
+window.buildAudit = buildAudit;
+window.targetText = targetText;
 
 start();

@@ -1,15 +1,20 @@
-// The request the form describes, and the page state kept in the URL.
+// The requests the form describes: AttributeRequest (src/request.rs) and AuditRequest.
+// Reads the form and the state; writes nothing. Imported by the modules above it, never the reverse.
 
-import { $, debounce, lines } from "./dom.js";
-import { onTemplateInput, clearRows } from "./form.js";
+import { $, lines } from "./dom.js";
 import { state, rowFor } from "./state.js";
-import { parseTemplate } from "./template.js";
-import { setMode } from "./tokens.js";
+import { parseTemplate, renderTemplate } from "./template.js";
 
-const SAMPLED = new Set(["shapley_value_sampling", "lime", "kernel_shap"]);
-const DEFAULT_SAMPLES = { shapley_value_sampling: 25, lime: 50, kernel_shap: 25 };
+/** What the page knows of each method: sampling or exact, and its default sample count. */
+export const METHODS = {
+  feature_ablation: { sampled: false },
+  shapley_values: { sampled: false },
+  shapley_value_sampling: { sampled: true, samples: 25 },
+  lime: { sampled: true, samples: 50 },
+  kernel_shap: { sampled: true, samples: 25 },
+};
 
-function method() {
+export function method() {
   return $("input[name=method]:checked")?.value || "shapley_values";
 }
 
@@ -25,28 +30,56 @@ export function targetText() {
   return t.trim() === "" ? undefined : t;
 }
 
-/** The AttributeRequest (src/request.rs) the form describes. */
-export function buildRequest() {
-  const req = state.mode === "tokens" ? tokenInput() : templateInput();
-  const target = targetText();
-  if (target !== undefined) req.target = target;
-  else if (intField("max_new_tokens") !== undefined) req.max_new_tokens = intField("max_new_tokens");
-  req.method = method();
-  req.attr_target = $("#attr_target").value;
-  if (SAMPLED.has(req.method) && intField("n_samples") !== undefined) req.n_samples = intField("n_samples");
-  if (intField("seed") !== undefined) req.seed = intField("seed");
-  if ($("#baseline_sampling").value) req.baseline_sampling = $("#baseline_sampling").value;
-  if (intField("num_trials") !== undefined) req.num_trials = intField("num_trials");
-  return req;
+/** Repeats only help where a run can differ: sampling methods, or baselines drawn at random. */
+export function repeatsUseful() {
+  return METHODS[method()]?.sampled || $("#baseline_sampling").value === "sample";
 }
 
-function templateInput() {
-  const template = $("#template").value;
-  const { names } = parseTemplate(template);
-  const req = { template, values: {} };
+/** The chat messages the editors hold (an empty system message is left out). */
+function chatMessages() {
+  const out = [];
+  const system = $("#system").value;
+  if (system.trim() !== "") out.push({ role: "system", content: system });
+  out.push({ role: "user", content: $("#user").value });
+  return out;
+}
+
+/** Placeholder names of the current input, in order of first use, and the first parse error. */
+export function inputNames() {
+  if (state.mode === "tokens") return { names: [], error: null, field: "text" };
+  if (state.mode === "template") return { ...parseTemplate($("#template").value), field: "template" };
+  const names = [];
+  for (const m of chatMessages()) {
+    const { names: own, error } = parseTemplate(m.content);
+    if (error) return { names, error: `${m.role === "system" ? "System" : "User"} message: ${error}`, field: "messages" };
+    for (const n of own) if (!names.includes(n)) names.push(n);
+  }
+  return { names, error: null, field: "messages" };
+}
+
+/** The prompt text as the model sees it, where the page can write it (not for chat). */
+export function promptText() {
+  if (state.mode === "tokens") return $("#text").value;
+  if (state.mode === "chat") return null;
+  const { names, error } = inputNames();
+  if (error) return null;
+  return renderTemplate($("#template").value, Object.fromEntries(names.map((n) => [n, rowFor(n).value])));
+}
+
+/** The input part of a request: template, text or messages, with values, baselines and groups. */
+function promptInput() {
+  if (state.mode === "tokens") {
+    const req = { text: $("#text").value };
+    if (state.skip.size) req.skip_tokens = [...state.skip];
+    const b = $("#baseline_token").value;
+    if (b.trim() !== "") req.baseline_token = /^\d+$/.test(b.trim()) ? Number(b.trim()) : b;
+    return req;
+  }
+  const req = state.mode === "chat" ? { messages: chatMessages() } : { template: $("#template").value };
+  req.values = {};
   const baselines = {};
   const mask = {};
-  for (const name of names) {
+  for (const name of inputNames().names) {
     const row = rowFor(name);
     req.values[name] = row.value;
     if (row.baselines.length === 1) baselines[name] = row.baselines[0];
@@ -58,76 +91,47 @@ function templateInput() {
   return req;
 }
 
-function tokenInput() {
-  const req = { text: $("#text").value };
-  if (state.skip.size) req.skip_tokens = [...state.skip];
-  const b = $("#baseline_token").value;
-  if (b.trim() !== "") req.baseline_token = /^\d+$/.test(b.trim()) ? Number(b.trim()) : b;
+/** The AttributeRequest the form describes. */
+export function buildRequest() {
+  const req = promptInput();
+  const target = targetText();
+  if (target !== undefined) req.target = target;
+  else if (intField("max_new_tokens") !== undefined) req.max_new_tokens = intField("max_new_tokens");
+  req.method = method();
+  req.attr_target = $("#attr_target").value;
+  if (METHODS[req.method]?.sampled && intField("n_samples") !== undefined) req.n_samples = intField("n_samples");
+  if (intField("seed") !== undefined) req.seed = intField("seed");
+  if ($("#baseline_sampling").value) req.baseline_sampling = $("#baseline_sampling").value;
+  if (repeatsUseful() && intField("num_trials") !== undefined) req.num_trials = intField("num_trials");
   return req;
 }
 
-/** Puts a request (from a link or a job) back into the form. */
-export function applyRequest(req) {
-  clearRows();
-  for (const [name, value] of Object.entries(req.values || {})) rowFor(name).value = String(value);
-  for (const [name, b] of Object.entries(req.baselines || {})) rowFor(name).baselines = (Array.isArray(b) ? b : [b]).map(String);
-  for (const [name, g] of Object.entries(req.mask || {})) rowFor(name).group = String(g);
-  $("#template").value = req.template || "";
-  $("#text").value = req.text ?? "";
-  state.skip = new Set(req.skip_tokens || []);
-  $("#baseline_token").value = req.baseline_token ?? "";
-  setMode(req.text !== undefined && req.template === undefined ? "tokens" : "template");
-  $("#target").value = req.target ?? "";
-  $("#max_new_tokens").value = req.max_new_tokens ?? "";
-  const m = { fa: "feature_ablation", sv: "shapley_values", svs: "shapley_value_sampling", kernel: "kernel_shap" }[req.method] || req.method || "shapley_values";
-  const radio = $(`input[name=method][value="${CSS.escape(m)}"]`);
-  if (radio) radio.checked = true;
-  $("#attr_target").value = req.attr_target === "prob" ? "prob" : "log_prob";
-  $("#n_samples").value = req.n_samples ?? "";
-  $("#seed").value = req.seed ?? "";
-  $("#baseline_sampling").value = req.baseline_sampling || "";
-  $("#num_trials").value = req.num_trials ?? "";
-  onTemplateInput();
-  onMethodChange();
+/** Audit targets, one per line, kept exactly as written (a leading space is part of a target). */
+export function auditTargets() {
+  return $("#audit-targets").value.split("\n").map((t) => t.replace(/\r$/, "")).filter((t) => t.trim() !== "");
 }
 
-export function pageState() {
-  const params = new URLSearchParams();
-  params.set("req", JSON.stringify(buildRequest()));
-  if (state.mode === "template" && $("#seed-template").value) params.set("seed", $("#seed-template").value);
-  const ph = $("#compare-ph").value;
-  if (ph && state.mode === "template") params.set("cmp", JSON.stringify({ placeholder: ph, values: lines($("#compare-values").value) }));
-  // The job goes in the link only while it is running or its result matches the form.
-  const running = Boolean(state.abort);
-  const matches = state.result && JSON.stringify(state.result.request) === params.get("req");
-  if (state.jobId && (running || matches)) params.set("job", state.jobId);
-  return params.toString();
-}
-
-export const saveState = debounce(() => {
-  history.replaceState(null, "", `#${pageState()}`);
-}, 250);
-
-export function readHash() {
-  const params = new URLSearchParams(location.hash.slice(1));
-  const out = {};
-  for (const key of ["req", "cmp"]) {
-    if (!params.has(key)) continue;
-    try {
-      out[key] = JSON.parse(params.get(key));
-    } catch {
-      out.bad = true;
-    }
+/** The swept placeholders and their values: [[name, [values]]], one or two entries. */
+export function auditSweep() {
+  const out = [];
+  for (const k of [1, 2]) {
+    const name = $(`#audit-ph${k}`).value;
+    if (!name || out.some(([n]) => n === name)) continue;
+    out.push([name, [...new Set(lines($(`#audit-values${k}`).value))]]);
   }
-  out.seed = params.get("seed");
-  out.job = params.get("job");
   return out;
 }
 
-export function onMethodChange() {
-  const m = method();
-  const ns = $("#n_samples");
-  ns.disabled = !SAMPLED.has(m);
-  ns.placeholder = SAMPLED.has(m) ? String(DEFAULT_SAMPLES[m]) : "not used";
-  saveState();
+/** The AuditRequest the form and the audit card describe (template or chat input only). */
+export function buildAudit() {
+  const { mask, baselines, ...req } = promptInput();
+  const sweep = auditSweep();
+  req.sweep = Object.fromEntries(sweep);
+  req.targets = auditTargets();
+  if ($("#audit-average").checked) {
+    req.contexts = "average";
+    const others = Object.entries(baselines || {}).filter(([n]) => !(n in req.sweep));
+    if (others.length) req.baselines = Object.fromEntries(others);
+  }
+  return req;
 }

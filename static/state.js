@@ -1,4 +1,5 @@
-// The page's shared state.
+// The page's shared state, and the one way modules say "the inputs changed".
+// Lowest layer: imports nothing, so every module may use it without forming a loop.
 
 export const state = {
   templates: [],
@@ -7,12 +8,13 @@ export const state = {
   result: null, // {request, response}
   jobId: null,
   abort: null,
-  compare: null, // {placeholder, target, items: [{value, log_prob, log_probs}]}
-  compareAbort: null,
+  audit: null, // {request, result, jobId}
+  auditAbort: null,
   generated: null, // {prompt, text}
-  mode: "template", // or "tokens": every token of a text is a feature
+  mode: "template", // "tokens": every token of a text is a feature; "chat": system and user messages
   tokens: null, // tokenization of the text: {text, ids, pieces}
   skip: new Set(), // token ids (or token strings from a link) never perturbed
+  model: null, // GET /v1/model
 };
 
 export function rowFor(name) {
@@ -20,7 +22,14 @@ export function rowFor(name) {
   return state.rows.get(name);
 }
 
-/** The current value of each of `names`. */
-export function valuesOf(names) {
-  return Object.fromEntries(names.map((n) => [n, rowFor(n).value]));
+const listeners = [];
+
+/** Registers `fn`, called after any input of the probe changed (main.js wires these). */
+export function onChange(fn) {
+  listeners.push(fn);
+}
+
+/** Tells every listener that the inputs changed (typing, a seed, a token chip, a link). */
+export function changed() {
+  for (const fn of listeners) fn();
 }

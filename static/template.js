@@ -12,22 +12,27 @@ export function parseTemplate(t) {
       const end = t.indexOf("}", i + 1);
       const next = t.indexOf("{", i + 1);
       if (end < 0 || (next >= 0 && next < end)) {
-        return { names, error: `“{” at character ${i + 1} is never closed (write {{ for a literal brace).` };
+        return { names, error: `“{” at character ${charNumber(t, i)} is never closed (write {{ for a literal brace).` };
       }
       const name = t.slice(i + 1, end);
-      if (name === "") return { names, error: `Empty placeholder {} at character ${i + 1}: give it a name, e.g. {name}.` };
+      if (name === "") return { names, error: `Empty placeholder {} at character ${charNumber(t, i)}: give it a name, e.g. {name}.` };
       if (!/^[\p{L}\p{N}_-]+$/u.test(name)) {
         return { names, error: `Placeholder {${name}}: names use letters, digits, _ and - only.` };
       }
       if (!names.includes(name)) names.push(name);
       i = end + 1;
     } else if (c === "}") {
-      return { names, error: `“}” at character ${i + 1} has no opening brace (write }} for a literal brace).` };
+      return { names, error: `“}” at character ${charNumber(t, i)} has no opening brace (write }} for a literal brace).` };
     } else {
       i += 1;
     }
   }
   return { names, error: null };
+}
+
+/** The 1-based character (code point) number of UTF-16 index `i`, as people count. */
+function charNumber(t, i) {
+  return Array.from(t.slice(0, i)).length + 1;
 }
 
 /** Fills placeholders; `keep` names stay placeholders (their braces are kept). */

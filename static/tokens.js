@@ -1,29 +1,23 @@
 // Token mode: every token of a text is a feature; chips choose tokens kept fixed.
+// Also the tokenizer call the target preview uses.
 
 import { api } from "./api.js";
 import { $, el, debounce } from "./dom.js";
 import { showError } from "./errors.js";
-import { showToken } from "./format.js";
-import { saveState } from "./request.js";
-import { state } from "./state.js";
-
-export function setMode(mode) {
-  state.mode = mode;
-  const radio = $(`input[name=mode][value="${mode}"]`);
-  if (radio) radio.checked = true;
-  $("#template-mode").hidden = mode !== "template";
-  $("#tokens-mode").hidden = mode !== "tokens";
-  const tokens = mode === "tokens";
-  $("#compare-needs-template").hidden = !tokens;
-  for (const id of ["compare-ph", "compare-values", "compare-run"]) $(`#${id}`).disabled = tokens;
-  if (tokens) tokenizeSoon();
-}
+import { showToken, spokenToken } from "./format.js";
+import { state, changed } from "./state.js";
 
 /** Byte offsets (from the server) to string pieces. */
 function pieces(text, offsets) {
   const bytes = new TextEncoder().encode(text);
   const dec = new TextDecoder();
   return offsets.map(([a, b]) => dec.decode(bytes.slice(a, b)));
+}
+
+/** The model's tokens of `text` (no special tokens): {ids, pieces}, pieces cut from the text itself. */
+export async function tokenizeText(text, signal) {
+  const out = await api("POST", "/v1/tokenize", { text }, signal);
+  return { ids: out.ids, pieces: pieces(text, out.offsets) };
 }
 
 async function tokenize() {
@@ -34,9 +28,9 @@ async function tokenize() {
     return box.replaceChildren();
   }
   try {
-    const out = await api("POST", "/v1/tokenize", { text });
+    const out = await tokenizeText(text);
     if ($("#text").value !== text) return;
-    state.tokens = { text, ids: out.ids, pieces: pieces(text, out.offsets) };
+    state.tokens = { text, ...out };
     drawChips();
   } catch (err) {
     showError(err.field ? err : { ...err, field: "text" });
@@ -52,6 +46,7 @@ function drawChips() {
     const skipped = state.skip.has(id) || state.skip.has(piece) || state.skip.has(piece.trim());
     return el("button", {
       type: "button", "aria-pressed": skipped ? "true" : "false", "data-id": id,
+      "aria-label": `token ${spokenToken(piece)}`,
       title: `token ${id}${skipped ? ", kept fixed" : ""}`, text: showToken(piece),
       onclick: () => {
         if (skipped) {
@@ -61,7 +56,7 @@ function drawChips() {
         } else state.skip.add(id);
         drawChips();
         $(`#token-chips button:nth-child(${p + 1})`)?.focus();
-        saveState();
+        changed();
       },
     });
   });

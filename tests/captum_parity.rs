@@ -2,9 +2,10 @@
 //! feature ablation and exact Shapley values through LLMAttribution, and exact Shapley values
 //! over the product of baseline lists.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
-use llm_attr::model::Model;
+use llm_attr::model::{LoadOptions, Model};
 use llm_attr::request::{AttributeRequest, AttributeResponse, Baseline, BaselineSampling, Method};
 use llm_attr::run::{run, Limits};
 use serde_json::Value;
@@ -12,11 +13,26 @@ use serde_json::Value;
 const SMOLLM2: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 const TINY_GPT2: &str = "tests/fixtures/tiny-gpt2";
 
-fn model(spec: &'static str) -> Arc<Model> {
-    static SMOL: OnceLock<Arc<Model>> = OnceLock::new();
-    static TINY: OnceLock<Arc<Model>> = OnceLock::new();
-    let cell = if spec == SMOLLM2 { &SMOL } else { &TINY };
-    cell.get_or_init(|| Model::load(spec).unwrap_or_else(|e| panic!("loading {spec}: {e}")))
+/// The tiny decoder of every family (tests/fixtures/<family>, from scripts/reference).
+const FAMILIES: &[&str] = &[
+    "llama",
+    "llama-linear",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "phi3",
+    "gemma2",
+];
+
+fn model(spec: &str) -> Arc<Model> {
+    static MODELS: Mutex<Option<HashMap<String, Arc<Model>>>> = Mutex::new(None);
+    let mut models = MODELS.lock().unwrap_or_else(|e| e.into_inner());
+    models
+        .get_or_insert_with(HashMap::new)
+        .entry(spec.to_string())
+        .or_insert_with(|| {
+            Model::load(spec, &LoadOptions::default()).unwrap_or_else(|e| panic!("loading {spec}: {e}"))
+        })
         .clone()
 }
 
@@ -98,7 +114,7 @@ fn compare(r: &AttributeResponse, reference: &Value, what: &str) {
     }
 }
 
-fn check_captum(spec: &'static str, path: &str) {
+fn check_captum(spec: &str, path: &str) {
     let m = model(spec);
     let f = fixture(path);
     for (key, method) in [
@@ -144,6 +160,14 @@ fn tiny_gpt2_t1_matches_captum() {
 }
 
 #[test]
+fn every_family_t1_matches_captum() {
+    for family in FAMILIES {
+        let dir = format!("tests/fixtures/{family}");
+        check_captum(&dir, &format!("{dir}/captum_t1.json"));
+    }
+}
+
+#[test]
 fn smollm2_exact_product_baselines() {
     let m = model(SMOLLM2);
     let t = fixture("tests/fixtures/smollm2/captum_t1.json")["template"].clone();
@@ -173,6 +197,43 @@ fn smollm2_exact_product_baselines() {
             assert_eq!(r.stats.unique_sequences, 125);
         }
     }
+}
+
+/// Chat input: the messages rendered with SmolLM2's GGUF template, the placeholders in the user
+/// message; Captum ran TextTemplateInput on the rendered template (captum_chat.json).
+#[test]
+fn smollm2_chat_matches_captum() {
+    let m = model(SMOLLM2);
+    let path = "tests/fixtures/smollm2/captum_chat.json";
+    let f = fixture(path);
+    for (key, method) in [
+        ("feature_ablation", Method::FeatureAblation),
+        ("shapley_values", Method::ShapleyValues),
+    ] {
+        let mut req = request(&f["template"], "baselines", method);
+        req.template = None;
+        req.messages = Some(serde_json::from_value(f["messages"].clone()).unwrap());
+        let r = run(&req, m.as_ref(), &Limits::default(), &|_| {}).unwrap();
+        assert_eq!(r.prompt, f["rendered_prompt"].as_str().unwrap());
+        assert_eq!(serde_json::to_value(&r.target_ids).unwrap(), f["target_ids"]);
+        for (k, (got, want)) in r
+            .target_log_probs
+            .iter()
+            .zip(floats(&f["target_logprobs"]))
+            .enumerate()
+        {
+            close(*got, want, &format!("{path} target_logprobs[{k}]"));
+        }
+        compare(&r, &f[key], &format!("{path} {key}"));
+    }
+}
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
 }
 
 #[test]

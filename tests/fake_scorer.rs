@@ -1,6 +1,7 @@
 //! The evaluator, `run()` and every bad input, against a fake scorer whose log-probs are a
 //! known function of the prompt (GPT-2's real tokenizer, no model).
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use llm_attr::model::{ArchInfo, ModelInfo, ScoreItem, Tokenizer};
@@ -22,6 +23,11 @@ struct Fake {
     tokenizer: Tokenizer,
     info: ModelInfo,
     calls: Mutex<Vec<Vec<ScoreItem>>>,
+    generations: AtomicUsize,
+    /// What the caller's cancel flag says; `cancel_on_score` sets it after each score call
+    /// (a client that leaves while the run goes on).
+    cancelled: AtomicBool,
+    cancel_on_score: bool,
 }
 
 impl Fake {
@@ -34,6 +40,7 @@ impl Fake {
             tokenizer: Tokenizer::new(inner.clone(), vec![50256]),
             info: ModelInfo {
                 spec: "fake".into(),
+                chat_template: false,
                 arch: ArchInfo {
                     architecture: "fake".into(),
                     parameters: 0,
@@ -46,6 +53,9 @@ impl Fake {
                 },
             },
             calls: Mutex::new(Vec::new()),
+            generations: AtomicUsize::new(0),
+            cancelled: AtomicBool::new(false),
+            cancel_on_score: false,
         }
     }
     fn scored(&self) -> Vec<ScoreItem> {
@@ -73,9 +83,16 @@ impl Scorer for Fake {
             progress(k, items.len());
         }
         self.calls.lock().unwrap().push(items);
+        if self.cancel_on_score {
+            self.cancelled.store(true, Ordering::SeqCst);
+        }
         Ok(out)
     }
+    fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
     fn generate(&self, _: &[u32], max_new_tokens: usize) -> llm_attr::Result<Vec<u32>> {
+        self.generations.fetch_add(1, Ordering::SeqCst);
         Ok([262u32, 3290, 13].into_iter().take(max_new_tokens).collect())
     }
 }
@@ -346,6 +363,47 @@ fn repeated_placeholder_is_one_feature_and_literal_braces_stay() {
     assert_eq!(r.features.len(), 3);
 }
 
+/// Chat input: every coalition fills the one rendered template, so only the placeholders
+/// change between scored prompts and the chat markup is the same in all of them.
+#[test]
+fn chat_coalitions_perturb_the_placeholders_and_never_the_markup() {
+    let fake = Fake::new();
+    let mut req = t1(Method::ShapleyValues);
+    req.template = None;
+    req.messages = Some(
+        serde_json::from_value(serde_json::json!([
+            {"role": "system", "content": "Judge {{fairly}}."},
+            {"role": "user", "content": T1}
+        ]))
+        .unwrap(),
+    );
+    req.chat_template = Some(
+        "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}\
+         {% if add_generation_prompt %}<|assistant|>{% endif %}"
+            .into(),
+    );
+    let r = go(&fake, &req).unwrap();
+    let chat = |name, country, job| {
+        format!(
+            "<|system|>Judge {{fairly}}.\n<|user|>{}\n<|assistant|>",
+            fill(name, country, job)
+        )
+    };
+    assert_eq!(r.prompt, chat("Georg", "Germany", "janitor"));
+    let mut want: Vec<Vec<u32>> = Vec::new();
+    for name in ["Georg", "John"] {
+        for country in ["Germany", "Togo"] {
+            for job in ["janitor", "nurse"] {
+                want.push(fake.tokenizer().encode(&chat(name, country, job)).unwrap());
+            }
+        }
+    }
+    let mut scored: Vec<Vec<u32>> = fake.scored().into_iter().map(|i| i.prompt).collect();
+    scored.sort();
+    want.sort();
+    assert_eq!(scored, want);
+}
+
 fn err(req: &AttributeRequest) -> Error {
     go(&Fake::new(), req).expect_err("must fail")
 }
@@ -551,4 +609,99 @@ fn default_baseline_sampling_is_exact_while_affordable() {
     let resp = go(&Fake::new(), &r).unwrap();
     assert_eq!(resp.baseline_sampling, BaselineSampling::Sample);
     assert_eq!(resp.stats.evaluations, 25);
+}
+
+#[test]
+fn a_prompt_too_long_for_its_target_is_refused_before_generating() {
+    let fake = Fake::new();
+    let long = format!(
+        "{}{{a}} decided to",
+        "The committee reviewed the file carefully. ".repeat(200)
+    );
+    let mut req = AttributeRequest {
+        template: Some(long),
+        values: Some([("a".to_string(), "Georg".to_string())].into()),
+        method: Method::FeatureAblation,
+        ..Default::default()
+    };
+    let e = go(&fake, &req).unwrap_err();
+    assert_eq!((e.code(), e.field()), ("limit_exceeded", Some("template")), "{e}");
+    // A prompt that fits alone, but not with the tokens it may generate.
+    let prompt = fake.tokenizer().encode("Georg decided to").unwrap().len();
+    req.template = Some("{a} decided to".into());
+    let limits = Limits {
+        max_tokens_per_sequence: prompt + 10,
+        ..Limits::default()
+    };
+    let e = run(&req, &fake, &limits, &|_| {}).unwrap_err();
+    assert_eq!(
+        (e.code(), e.field()),
+        ("limit_exceeded", Some("max_new_tokens")),
+        "{e}"
+    );
+    assert_eq!(
+        fake.generations.load(Ordering::SeqCst),
+        0,
+        "nothing was generated"
+    );
+    assert!(fake.scored().is_empty());
+    // The same with a target that is too long: the target is named.
+    req.target = Some(" and".repeat(20));
+    let e = run(&req, &fake, &limits, &|_| {}).unwrap_err();
+    assert_eq!((e.code(), e.field()), ("limit_exceeded", Some("target")), "{e}");
+}
+
+#[test]
+fn distinct_sequences_are_counted_before_prompts_are_built() {
+    // shapley_value_sampling over 64 token features with 2000 permutations: every field is
+    // within its limit, but the permutations reach ~126,000 distinct coalitions.
+    let fake = Fake::new();
+    let req = AttributeRequest {
+        text: Some(" a".repeat(64)),
+        target: Some(" b".into()),
+        method: Method::ShapleyValueSampling,
+        n_samples: Some(2000),
+        ..Default::default()
+    };
+    let e = go(&fake, &req).unwrap_err();
+    assert_eq!(
+        (e.code(), e.field()),
+        ("limit_exceeded", Some("n_samples")),
+        "{e}"
+    );
+    let msg = e.to_string();
+    let count: usize = msg
+        .split("up to ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{msg}"));
+    // The count of distinct coalitions, not of prompts built until a cut-off (the old answer
+    // was 80,001, four times the limit plus one).
+    assert!((120_000..=126_002).contains(&count), "{msg}");
+    assert!(msg.contains("distinct perturbed coalitions"), "{msg}");
+    assert!(fake.scored().is_empty());
+}
+
+#[test]
+fn a_cancelled_run_stops_building_and_scoring() {
+    let fake = Fake::new();
+    fake.cancelled.store(true, Ordering::SeqCst);
+    let mut no_target = t1(Method::FeatureAblation);
+    no_target.target = None;
+    for req in [t1(Method::ShapleyValueSampling), no_target] {
+        assert_eq!(go(&fake, &req).unwrap_err(), Error::Cancelled);
+    }
+    assert!(fake.scored().is_empty());
+    assert_eq!(fake.generations.load(Ordering::SeqCst), 0);
+
+    // Cancelled while it runs: what follows the first scores is never built or scored.
+    let fake = Fake {
+        cancel_on_score: true,
+        ..Fake::new()
+    };
+    let mut req = t1(Method::ShapleyValueSampling);
+    req.num_trials = Some(5);
+    assert_eq!(go(&fake, &req).unwrap_err(), Error::Cancelled);
+    assert_eq!(fake.calls.lock().unwrap().len(), 1);
 }

@@ -56,7 +56,7 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
     .await;
     send(c.get(url("/v1/templates")).header("x-api-key", KEY), 200).await;
     send(c.get(url("/v1/templates")).bearer_auth(KEY), 200).await;
-    // Health, readiness and metrics need no key.
+    // Health and readiness need no key.
     send(c.get(url("/health")), 200).await;
     send(c.get(url("/ready")), 200).await;
 
@@ -175,7 +175,15 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
         &fixture("tiny-gpt2/captum_t1.json")["feature_ablation"]["seq_attr"],
         "seq_attr",
     );
-    let m = c.get(url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let m = c
+        .get(url("/metrics"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(m.contains("status=\"401\""), "{m}");
     assert!(m.contains("status=\"413\""), "{m}");
     s.shutdown().await;

@@ -74,5 +74,28 @@ async fn smollm2_over_http_matches_the_reference() {
     assert_eq!(res["ids"], case["greedy_ids"]);
     let info = send_json(c.get(url("/v1/model"))).await;
     assert_eq!(info["architecture"], "llama");
+    assert_eq!(info["chat_template"], true);
+
+    // The chat version of t1, with the reference's single baselines: Captum on the rendered chat.
+    let chat = templates["templates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == "t1-chat")
+        .unwrap();
+    let want = fixture("smollm2/captum_chat.json");
+    let req = json!({"messages": chat["messages"], "values": chat["values"],
+        "baselines": want["template"]["baselines"], "target": chat["target"], "method": "feature_ablation"});
+    let got = send_json(c.post(url("/v1/attributions")).json(&req)).await;
+    assert_eq!(got["prompt"], want["rendered_prompt"]);
+    assert_close(
+        &got["seq_attr"],
+        &want["feature_ablation"]["seq_attr"],
+        "chat seq_attr",
+    );
+    let bad = json!({"messages": [{"role": "robot", "content": "{x}"}], "values": {"x": "a"}});
+    let res = send(c.post(url("/v1/attributions")).json(&bad), 400).await;
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["field"], "messages[0].role");
     s.shutdown().await;
 }

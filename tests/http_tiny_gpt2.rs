@@ -264,12 +264,13 @@ async fn model_endpoints_tokenize_generate_and_describe() {
     assert_eq!(info["spec"], json!(m.info().spec));
     assert!(info["vocab_size"].as_u64().unwrap() > 50_000);
     assert!(info["context_length"].as_u64().unwrap() > 0);
+    assert_eq!(info["chat_template"], false);
 
     let t = send_json(c.get(format!("{}/v1/templates", s.url()))).await;
     let ts = t["templates"].as_array().unwrap();
     assert_eq!(
         ts.iter().map(|t| t["id"].as_str().unwrap()).collect::<Vec<_>>(),
-        ["t1", "t2", "t3", "t4"]
+        ["t1", "t2", "t3", "t4", "t1-chat", "t2-chat", "t3-chat", "t4-chat"]
     );
     // A template runs as it is served.
     let t4 = &ts[3];

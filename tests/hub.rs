@@ -7,13 +7,19 @@ mod common;
 
 use common::*;
 use llm_attr::model::spec::{load_with, HubOptions};
+use llm_attr::model::LoadOptions;
 
 #[test]
 fn download_then_cache_then_offline() {
     let hub = start_hub();
     let home = tempfile::tempdir().unwrap();
     let cache = home.path().join("hub");
-    let m = load_with("hf:tiny/gpt2", &options(&hub, &cache, false)).unwrap();
+    let m = load_with(
+        "hf:tiny/gpt2",
+        &options(&hub, &cache, false),
+        &LoadOptions::default(),
+    )
+    .unwrap();
     assert_eq!(m.info().spec, "hf:tiny/gpt2");
     assert_eq!(reference_scores(&m), local_scores());
 
@@ -41,12 +47,22 @@ fn download_then_cache_then_offline() {
 
     // Second load: served from the cache, no request reaches the server.
     let n = log.len();
-    let again = load_with("hf:tiny/gpt2", &options(&hub, &cache, false)).unwrap();
+    let again = load_with(
+        "hf:tiny/gpt2",
+        &options(&hub, &cache, false),
+        &LoadOptions::default(),
+    )
+    .unwrap();
     assert_eq!(hub.requests().len(), n, "{:?}", &hub.requests()[n..]);
     assert_eq!(reference_scores(&again), reference_scores(&m));
 
     // Offline with a filled cache works, and never touches the network.
-    let offline = load_with("hf:tiny/gpt2", &options(&hub, &cache, true)).unwrap();
+    let offline = load_with(
+        "hf:tiny/gpt2",
+        &options(&hub, &cache, true),
+        &LoadOptions::default(),
+    )
+    .unwrap();
     assert_eq!(reference_scores(&offline), reference_scores(&m));
     assert_eq!(hub.requests().len(), n);
 }
@@ -56,7 +72,7 @@ fn sharded_checkpoint_and_pinned_revision() {
     let hub = start_hub();
     let home = tempfile::tempdir().unwrap();
     let spec = format!("hf:tiny/sharded@{COMMIT}");
-    let m = load_with(&spec, &options(&hub, home.path(), false)).unwrap();
+    let m = load_with(&spec, &options(&hub, home.path(), false), &LoadOptions::default()).unwrap();
     assert_eq!(reference_scores(&m), local_scores());
     let log = hub.requests();
     assert!(
@@ -74,7 +90,12 @@ fn sharded_checkpoint_and_pinned_revision() {
 fn vocab_and_merges_when_there_is_no_tokenizer_json() {
     let hub = start_hub();
     let home = tempfile::tempdir().unwrap();
-    let m = load_with("hf:tiny/legacy", &options(&hub, home.path(), false)).unwrap();
+    let m = load_with(
+        "hf:tiny/legacy",
+        &options(&hub, home.path(), false),
+        &LoadOptions::default(),
+    )
+    .unwrap();
     assert_eq!(reference_scores(&m), local_scores());
     assert_eq!(
         m.tokenizer().encode(" Trinidad and Tobago").unwrap(),
@@ -92,7 +113,12 @@ fn vocab_and_merges_when_there_is_no_tokenizer_json() {
 fn renamed_repo_follows_relative_redirect() {
     let hub = start_hub();
     let home = tempfile::tempdir().unwrap();
-    let m = load_with("hf:old-org/tiny-gpt2", &options(&hub, home.path(), false)).unwrap();
+    let m = load_with(
+        "hf:old-org/tiny-gpt2",
+        &options(&hub, home.path(), false),
+        &LoadOptions::default(),
+    )
+    .unwrap();
     assert_eq!(reference_scores(&m), local_scores());
 }
 
@@ -102,12 +128,18 @@ fn unknown_repo_and_revision_are_clear_errors() {
     let home = tempfile::tempdir().unwrap();
     let opts = options(&hub, home.path(), false);
 
-    let e = load_with("hf:nobody/nothing", &opts).err().unwrap().to_string();
+    let e = load_with("hf:nobody/nothing", &opts, &LoadOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
     eprintln!("{e}");
     assert!(e.starts_with("model: hf:nobody/nothing"), "{e}");
     assert!(e.contains("does not exist"), "{e}");
 
-    let e = load_with("hf:tiny/gpt2@v9", &opts).err().unwrap().to_string();
+    let e = load_with("hf:tiny/gpt2@v9", &opts, &LoadOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
     eprintln!("{e}");
     assert!(
         e.contains("hf:tiny/gpt2@v9") && e.contains("revision does not exist"),
@@ -121,7 +153,10 @@ fn unknown_repo_and_revision_are_clear_errors() {
         offline: false,
         token: None,
     };
-    let e = load_with("hf:tiny/gpt2", &dead).err().unwrap().to_string();
+    let e = load_with("hf:tiny/gpt2", &dead, &LoadOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
     eprintln!("{e}");
     assert!(
         e.contains("hf:tiny/gpt2") && e.contains("http://127.0.0.1:9"),
@@ -133,10 +168,14 @@ fn unknown_repo_and_revision_are_clear_errors() {
 fn offline_with_empty_cache_is_a_clear_error() {
     let hub = start_hub();
     let home = tempfile::tempdir().unwrap();
-    let e = load_with("hf:tiny/gpt2", &options(&hub, home.path(), true))
-        .err()
-        .unwrap()
-        .to_string();
+    let e = load_with(
+        "hf:tiny/gpt2",
+        &options(&hub, home.path(), true),
+        &LoadOptions::default(),
+    )
+    .err()
+    .unwrap()
+    .to_string();
     eprintln!("{e}");
     assert!(e.contains("hf:tiny/gpt2") && e.contains("HF_HUB_OFFLINE"), "{e}");
     assert!(e.contains(&home.path().display().to_string()), "{e}");

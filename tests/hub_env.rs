@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use llm_attr::model::spec::HubOptions;
+use llm_attr::model::LoadOptions;
 use llm_attr::model::Model;
 
 #[test]
@@ -20,10 +21,10 @@ fn environment_settings_are_honoured() {
     assert_eq!(opts.endpoint, hub.url);
     assert_eq!(opts.cache_dir, home.path().join("hub"));
     assert!(opts.offline);
-    assert!(Model::load("hf:tiny/gpt2").is_err());
+    assert!(Model::load("hf:tiny/gpt2", &LoadOptions::default()).is_err());
 
     std::env::set_var("HF_HUB_OFFLINE", "0");
-    let m = Model::load("hf:tiny/gpt2").unwrap();
+    let m = Model::load("hf:tiny/gpt2", &LoadOptions::default()).unwrap();
     assert_eq!(reference_scores(&m), local_scores());
     assert!(home.path().join("hub/models--tiny--gpt2/refs/main").is_file());
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 
 use candle_core::{Device, IndexOp, Tensor};
 use llm_attr::error::Error;
-use llm_attr::model::{gpt2, Architecture, Model, ModelSpec, ScoreItem};
+use llm_attr::model::{gpt2, greedy, Architecture, LoadOptions, Model, ModelSpec, ScoreItem};
 use serde::Deserialize;
 
 fn fixtures() -> PathBuf {
@@ -16,7 +16,9 @@ fn fixtures() -> PathBuf {
 fn model() -> Arc<Model> {
     static MODEL: OnceLock<Arc<Model>> = OnceLock::new();
     MODEL
-        .get_or_init(|| Model::load(fixtures().to_str().unwrap()).expect("tiny-gpt2 loads"))
+        .get_or_init(|| {
+            Model::load(fixtures().to_str().unwrap(), &LoadOptions::default()).expect("tiny-gpt2 loads")
+        })
         .clone()
 }
 
@@ -141,10 +143,15 @@ fn greedy_without_cache(arch: &dyn Architecture, prompt: &[u32], n: usize) -> Ve
 #[test]
 fn greedy_with_cache_equals_recomputation() {
     let dir = fixtures();
-    let arch = gpt2::load(&dir.join("config.json"), &[dir.join("model.safetensors")]).unwrap();
+    let arch = gpt2::load(
+        &dir.join("config.json"),
+        &[dir.join("model.safetensors")],
+        &LoadOptions::default(),
+    )
+    .unwrap();
     let cases: Vec<LogprobCase> = read("logprobs.json");
     for c in cases.iter().take(3) {
-        let cached = arch.generate(&c.prompt_ids, 12, &[]).unwrap();
+        let cached = greedy(&arch, &c.prompt_ids, 12, &[]).unwrap();
         assert_eq!(cached.len(), 12);
         let full = greedy_without_cache(&arch, &c.prompt_ids, 12);
         assert_eq!(cached, full, "prompt {:?}", c.prompt);
@@ -152,7 +159,7 @@ fn greedy_with_cache_equals_recomputation() {
         let stop = cached[2];
         let first = cached.iter().position(|&t| t == stop).unwrap();
         assert_eq!(
-            arch.generate(&c.prompt_ids, 12, &[stop]).unwrap(),
+            greedy(&arch, &c.prompt_ids, 12, &[stop]).unwrap(),
             cached[..=first]
         );
         // Through the model (EOS = 50256 stops).
@@ -164,7 +171,7 @@ fn greedy_with_cache_equals_recomputation() {
 }
 
 fn expect_model_err(spec: &str, needle: &str) {
-    match Model::load(spec) {
+    match Model::load(spec, &LoadOptions::default()) {
         Ok(_) => panic!("{spec} loaded"),
         Err(e) => {
             let msg = e.to_string();
@@ -415,12 +422,12 @@ fn tensor_names_without_prefix_and_explicit_lm_head() {
 
     // No prefix, lm_head stored as a copy of wte: the same numbers.
     let d = rewritten_dir(Some(1.0), true);
-    let m = Model::load(d.path().to_str().unwrap()).unwrap();
+    let m = Model::load(d.path().to_str().unwrap(), &LoadOptions::default()).unwrap();
     assert_eq!(m.score(&items).unwrap(), want);
 
     // An untied head is really used: doubling it changes the scores.
     let d = rewritten_dir(Some(2.0), false);
-    let m = Model::load(d.path().to_str().unwrap()).unwrap();
+    let m = Model::load(d.path().to_str().unwrap(), &LoadOptions::default()).unwrap();
     let got = m.score(&items).unwrap();
     assert!(got[0][0] != want[0][0], "{} == {}", got[0][0], want[0][0]);
     assert_eq!(
@@ -493,7 +500,7 @@ fn write_vocab_merges(dir: &Path) {
 fn vocab_and_merges_instead_of_tokenizer_json() {
     let d = patched_dir("tokenizer.json", None);
     write_vocab_merges(d.path());
-    let m = Model::load(d.path().to_str().unwrap()).unwrap();
+    let m = Model::load(d.path().to_str().unwrap(), &LoadOptions::default()).unwrap();
     let cases: Vec<TokCase> = read("tokenization.json");
     for c in &cases {
         let ids = m.tokenizer().encode(&c.text).unwrap();

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use llm_attr::error::Error;
+use llm_attr::model::LoadOptions;
 use llm_attr::model::{gguf, Model, ScoreItem};
 use serde::Deserialize;
 
@@ -15,7 +16,8 @@ fn model() -> &'static Model {
     static MODEL: OnceLock<Arc<Model>> = OnceLock::new();
     MODEL.get_or_init(|| {
         // Through the model spec, as `--model models/...gguf` does.
-        Model::load(model_path().to_str().unwrap()).expect("load SmolLM2 (scripts/fetch-models.sh)")
+        Model::load(model_path().to_str().unwrap(), &LoadOptions::default())
+            .expect("load SmolLM2 (scripts/fetch-models.sh)")
     })
 }
 
@@ -73,6 +75,13 @@ fn info_describes_smollm2() {
         info.arch.parameters
     );
     assert_eq!(model().tokenizer().eos_ids(), &[2]);
+    // From the GGUF metadata, for chat input.
+    let tok = model().tokenizer();
+    assert!(tok.chat_template().is_some_and(|t| t.contains("<|im_start|>")));
+    assert_eq!(
+        (tok.bos_token(), tok.eos_token()),
+        (Some("<|im_start|>"), Some("<|im_end|>"))
+    );
 }
 
 #[test]
@@ -191,7 +200,11 @@ fn model_error(r: Result<Model, Error>) -> String {
 
 #[test]
 fn missing_file_is_a_clear_error() {
-    let msg = model_error(gguf::load(Path::new("/nonexistent/model.gguf"), "x"));
+    let msg = model_error(gguf::load(
+        Path::new("/nonexistent/model.gguf"),
+        "x",
+        &LoadOptions::default(),
+    ));
     assert!(
         msg.contains("/nonexistent/model.gguf") && msg.contains("cannot open"),
         "{msg}"
@@ -246,7 +259,7 @@ fn garbage_files_are_clear_errors() {
     ];
     for (name, bytes, want) in cases {
         let p = write(name, &bytes);
-        let msg = model_error(gguf::load(&p, name));
+        let msg = model_error(gguf::load(&p, name, &LoadOptions::default()));
         assert!(msg.contains(want) && msg.contains(name), "{name}: {msg}");
     }
 }
@@ -259,7 +272,7 @@ fn truncated_files_are_clear_errors() {
     for (cut, want) in [(1000, "not a valid GGUF"), (bytes.len() / 2, "truncated")] {
         let p = dir.path().join(format!("cut-{cut}.gguf"));
         std::fs::write(&p, &bytes[..cut]).unwrap();
-        let msg = model_error(gguf::load(&p, "cut"));
+        let msg = model_error(gguf::load(&p, "cut", &LoadOptions::default()));
         assert!(msg.contains(want), "cut at {cut}: {msg}");
     }
     // Random bytes over the tensor index.
@@ -270,7 +283,7 @@ fn truncated_files_are_clear_errors() {
     }
     let p = dir.path().join("scrambled.gguf");
     std::fs::write(&p, &broken).unwrap();
-    let msg = model_error(gguf::load(&p, "scrambled"));
+    let msg = model_error(gguf::load(&p, "scrambled", &LoadOptions::default()));
     assert!(msg.contains("scrambled.gguf"), "{msg}");
 }
 
@@ -305,29 +318,31 @@ fn unsupported_architecture_is_a_clear_error() {
     )
     .unwrap();
     drop(f);
-    let msg = model_error(gguf::load(&path, "mamba"));
+    let msg = model_error(gguf::load(&path, "mamba", &LoadOptions::default()));
     assert!(
-        msg.contains("unsupported architecture `mamba` (supported: llama)"),
+        msg.contains(
+            "unsupported architecture `mamba` (supported in GGUF: llama, qwen2, qwen3, phi3, gemma2)"
+        ),
         "{msg}"
     );
 
-    // A llama file whose tokenizer is SentencePiece (not byte-level BPE).
-    let path = dir.path().join("spm.gguf");
+    // A llama file whose tokenizer model is neither byte-level BPE nor SentencePiece.
+    let path = dir.path().join("rwkv.gguf");
     let llama = Value::String("llama".into());
     let mut f = std::fs::File::create(&path).unwrap();
     gguf_file::write(
         &mut f,
         &[
             ("general.architecture", &llama),
-            ("tokenizer.ggml.model", &tok_model),
+            ("tokenizer.ggml.model", &Value::String("rwkv".into())),
             ("tokenizer.ggml.tokens", &tokens),
         ],
         &[("token_embd.weight", &q)],
     )
     .unwrap();
     drop(f);
-    let msg = model_error(gguf::load(&path, "spm"));
-    assert!(msg.contains("unsupported tokenizer model `llama`"), "{msg}");
+    let msg = model_error(gguf::load(&path, "rwkv", &LoadOptions::default()));
+    assert!(msg.contains("unsupported tokenizer model `rwkv`"), "{msg}");
 }
 
 #[test]

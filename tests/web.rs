@@ -1,7 +1,13 @@
 //! End to end: the web page in headless Chromium, driven over WebDriver (plain HTTP + JSON),
-//! against the server started in-process with the real model. Runs t1 with Shapley values and
-//! checks what the page drew against a direct API call; then checks that an invalid template
-//! shows an error next to the template field, and that no request left 127.0.0.1.
+//! against the server started in-process with the real model. Checks the target's tokens and the
+//! leading-space warning, the cost preview against POST /v1/plan, runs t1 with Shapley values and
+//! checks what the page drew against a direct API call, marks the result out of date when an input
+//! changes, runs audits (sorted rows, a two-placeholder grid, intervals over contexts) against
+//! direct POST /v1/audits jobs, restores and re-runs an audit from the link, runs a chat request
+//! where the model has a chat template, shows an invalid template's error next to the field (in
+//! characters), keeps the heatmap's legend whole at a phone's width, and checks that no request
+//! left 127.0.0.1. Screenshots go to tests/artifacts/ (1400x1000 and 390x844).
+//! Parts whose endpoint the server does not offer (404/405) are skipped with a message.
 //! Skips (with a message) only when chromedriver is not installed.
 
 use std::net::TcpListener;
@@ -14,6 +20,8 @@ use llm_attr::api::{Config, ModelSource, Server};
 use serde_json::{json, Value};
 
 const MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+/// How long a model run may take: generous, as the test shares its CPUs with builds.
+const SLOW: u64 = 400;
 /// The W3C WebDriver key of an element reference.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
@@ -100,7 +108,7 @@ impl Driver {
             "args": [
                 "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", "--window-size=1280,1800",
+                "--disable-dev-shm-usage", "--window-size=1400,1000",
                 format!("--user-data-dir={}", profile.display()),
             ],
         });
@@ -170,9 +178,14 @@ impl Driver {
             .to_string()
     }
 
-    /// A real click (pointer events), as a person would.
+    /// A real click (pointer events), as a person would: scrolled to the middle of the view first,
+    /// clear of the sticky run box.
     fn click(&self, css: &str) {
         let id = self.find(css);
+        self.js(
+            "arguments[0].scrollIntoView({block: 'center'})",
+            json!([{ ELEMENT: id }]),
+        );
         self.cmd(
             reqwest::Method::POST,
             &self.s(&format!("/element/{id}/click")),
@@ -227,6 +240,42 @@ impl Driver {
         );
     }
 
+    /// Resizes the browser window (the page sees its inner size).
+    fn resize(&self, width: u32, height: u32) {
+        self.cmd(
+            reqwest::Method::POST,
+            &self.s("/window/rect"),
+            Some(json!({"width": width, "height": height})),
+        );
+    }
+
+    /// Sets a form control's value as a script would and tells the page (input and change).
+    fn set(&self, css: &str, value: &str) {
+        self.js(
+            "const e = document.querySelector(arguments[0]); e.value = arguments[1]; \
+             e.dispatchEvent(new Event('input', {bubbles: true})); \
+             e.dispatchEvent(new Event('change', {bubbles: true}));",
+            json!([css, value]),
+        );
+    }
+
+    fn text(&self, css: &str) -> String {
+        self.js(
+            "return document.querySelector(arguments[0])?.textContent ?? ''",
+            json!([css]),
+        )
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+    }
+
+    fn visible(&self, css: &str) -> bool {
+        self.js(
+            "const e = document.querySelector(arguments[0]); return !!e && !e.hidden && e.offsetParent !== null",
+            json!([css]),
+        ) == json!(true)
+    }
+
     fn screenshot(&self, path: &Path) {
         let v = self.cmd(reqwest::Method::GET, &self.s("/screenshot"), None);
         let png = base64::engine::general_purpose::STANDARD
@@ -269,6 +318,386 @@ fn page_number(text: &str) -> f64 {
         .unwrap_or_else(|_| panic!("not a number on the page: {text:?}"))
 }
 
+fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(SLOW))
+        .build()
+        .unwrap()
+}
+
+/// POSTs `body`; None when the server has no such endpoint (404/405), else (status, JSON).
+fn post(base: &str, path: &str, body: &Value) -> Option<(u16, Value)> {
+    let res = http()
+        .post(format!("{base}{path}"))
+        .json(body)
+        .send()
+        .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+    let status = res.status().as_u16();
+    if status == 404 || status == 405 {
+        return None;
+    }
+    Some((status, res.json().unwrap_or(Value::Null)))
+}
+
+/// Runs an audit straight through the API (POST, then polls the job) and returns its result.
+fn audit_direct(base: &str, body: &Value) -> Value {
+    let (status, job) = post(base, "/v1/audits", body).expect("POST /v1/audits");
+    assert_eq!(status, 202, "POST /v1/audits: {job}");
+    let id = job["id"].as_str().expect("job id").to_string();
+    let start = Instant::now();
+    loop {
+        let j: Value = http()
+            .get(format!("{base}/v1/audits/{id}"))
+            .send()
+            .and_then(|r| r.json())
+            .expect("GET /v1/audits/{id}");
+        match j["state"].as_str() {
+            Some("done") => return j["result"].clone(),
+            Some("failed") | Some("cancelled") => panic!("direct audit ended: {j}"),
+            _ => {}
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(SLOW),
+            "direct audit did not end"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The target's tokens are shown before a run; the seed's target (Captum's, without a leading
+/// space) gets the warning, and adding the space clears it.
+fn check_leading_space(d: &Driver) {
+    let tokens = d.wait(
+        "document.querySelectorAll('#target-tokens .tok').length",
+        Duration::from_secs(10),
+        "the target's tokens",
+    );
+    assert!(
+        tokens.as_u64().unwrap() >= 5,
+        "t1's target has several tokens: {tokens}"
+    );
+    let warning = d.wait(
+        "!document.querySelector('#space-warning').hidden && document.querySelector('#space-warning').textContent",
+        Duration::from_secs(10),
+        "the leading-space warning",
+    );
+    let warning = warning.as_str().unwrap();
+    assert!(warning.contains("No space before the target"), "{warning}");
+    assert!(
+        warning.contains("toreject"),
+        "the warning shows the joined words: {warning}"
+    );
+    assert!(
+        warning.contains("Captum"),
+        "the warning says the seed is Captum's: {warning}"
+    );
+    let first_marked = d.js(
+        "return !!document.querySelector('#target-tokens .tok:first-child .space-mark')",
+        json!([]),
+    );
+    assert_eq!(
+        first_marked,
+        json!(false),
+        "no space is drawn where the text has none"
+    );
+    d.click("#space-warning button");
+    d.wait(
+        "document.querySelector('#space-warning').hidden \
+         && !!document.querySelector('#target-tokens .tok:first-child .space-mark')",
+        Duration::from_secs(10),
+        "the warning to clear and the first token to show its space",
+    );
+    let target = d.js("return buildRequest().target", json!([]));
+    assert!(
+        target.as_str().unwrap().starts_with(" reject"),
+        "the fix adds the space: {target}"
+    );
+    let spoken = d.js(
+        "return document.querySelector('#target-tokens .tok').getAttribute('aria-label')",
+        json!([]),
+    );
+    assert_eq!(
+        spoken, "“reject”, after a space",
+        "screen readers hear the token, not ␣"
+    );
+}
+
+/// The cost preview shows the server's plan for the form's request. False when there is no /v1/plan.
+fn check_cost_preview(d: &Driver, base: &str) -> bool {
+    let request = d.js("return buildRequest()", json!([]));
+    let Some((status, plan)) = post(base, "/v1/plan", &request) else {
+        eprintln!("skipping the cost preview check: the server has no POST /v1/plan yet");
+        return false;
+    };
+    assert_eq!(status, 200, "POST /v1/plan: {plan}");
+    let shown = d.wait(
+        "document.querySelector('#plan').dataset.plan",
+        Duration::from_secs(10),
+        "the cost preview",
+    );
+    let shown: Value = serde_json::from_str(shown.as_str().unwrap()).unwrap();
+    for key in ["features", "coalitions", "distinct_sequences", "tokens"] {
+        assert_eq!(
+            shown[key], plan[key],
+            "cost preview {key}: page {shown}, API {plan}"
+        );
+    }
+    assert_eq!(plan["features"], 3);
+    assert_eq!(
+        plan["coalitions"], 8,
+        "exact Shapley over 3 features: 2^3 coalitions"
+    );
+    let text = d.text("#plan");
+    let prompts = plan["distinct_sequences"].as_u64().unwrap();
+    assert!(
+        text.replace(',', "")
+            .contains(&format!("{prompts} distinct prompts")),
+        "the preview says how many prompts: {text}"
+    );
+    true
+}
+
+/// Editing an input marks the result out of date; undoing the edit makes it current again.
+fn check_stale(d: &Driver) {
+    assert!(!d.visible("#result-stale"), "a fresh result is not out of date");
+    d.type_into("#placeholders .ph input[type=text]", "Greg");
+    d.wait(
+        "!document.querySelector('#result-stale').hidden && document.querySelector('#summary').classList.contains('stale')",
+        Duration::from_secs(5),
+        "the result to be marked out of date",
+    );
+    d.screenshot(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/artifacts/web-stale.png"));
+    d.type_into("#placeholders .ph input[type=text]", "Georg");
+    d.wait(
+        "document.querySelector('#result-stale').hidden && !document.querySelector('#summary').classList.contains('stale')",
+        Duration::from_secs(5),
+        "the result to be current again",
+    );
+}
+
+/// Waits for the page's audit and returns the rows of `placeholder`'s chart: [label, value, rank].
+fn run_page_audit(d: &Driver, placeholder: &str) -> Vec<Value> {
+    d.click("#audit-run");
+    d.wait(
+        "(document.querySelector('#audit-status').textContent.startsWith('Done') \
+          && !document.querySelector('#audit-chart').classList.contains('stale') \
+          && document.querySelector('#audit-run').disabled === false) \
+         || document.querySelector('#err-audit').textContent",
+        Duration::from_secs(SLOW),
+        "the audit",
+    );
+    assert_eq!(d.text("#err-audit"), "", "the audit failed on the page");
+    let rows = d.js(
+        "return Array.from(document.querySelectorAll(`#audit-chart svg.audit-summary[data-placeholder='${arguments[0]}'] .audit-row`))\
+         .map(r => [r.dataset.label, Number(r.dataset.value), Number(r.dataset.rank), !!r.querySelector('.ci')])",
+        json!([placeholder]),
+    );
+    rows.as_array().unwrap().clone()
+}
+
+/// The page's sorted rows hold the API's summary, highest first, with both targets named.
+fn assert_rows_match(rows: &[Value], api: &Value, placeholder: &str) {
+    let mut summary = api["summary"][placeholder].as_array().unwrap().clone();
+    summary.sort_by_key(|s| s["rank"].as_u64().unwrap());
+    assert_eq!(
+        rows.len(),
+        summary.len(),
+        "one row per value of {{{placeholder}}}"
+    );
+    for (row, s) in rows.iter().zip(&summary) {
+        assert_eq!(row[0], s["value"], "rows sorted by the API's rank");
+        let want = s["contrast"].as_f64().expect("a contrast of two targets");
+        let got = row[1].as_f64().unwrap();
+        assert!(close(got, want), "{}: page {got}, API {want}", s["value"]);
+        assert_eq!(row[2], s["rank"]);
+    }
+    let values: Vec<f64> = rows.iter().map(|r| r[1].as_f64().unwrap()).collect();
+    assert!(
+        values.windows(2).all(|w| w[0] >= w[1]),
+        "highest first: {values:?}"
+    );
+}
+
+/// Audits: one placeholder (sorted rows named by both targets), averaged over contexts (intervals),
+/// two placeholders (a grid). False when the server has no /v1/audits.
+fn check_audits(d: &Driver, base: &str, root: &Path) -> bool {
+    let probe = post(base, "/v1/audits", &json!({}));
+    if probe.is_none() {
+        eprintln!("skipping the audit checks: the server has no POST /v1/audits yet");
+        return false;
+    }
+    d.type_into("#audit-targets", " hire\n reject");
+    let audit = d.js("return buildAudit()", json!([]));
+    assert_eq!(
+        audit["targets"],
+        json!([" hire", " reject"]),
+        "targets kept with their spaces"
+    );
+    assert_eq!(
+        audit["sweep"],
+        json!({"name": ["Georg", "John", "Maria", "Ahmed", "Zhang Wei"]}),
+        "the sweep defaults to the placeholder's value and baselines"
+    );
+    let api = audit_direct(base, &audit);
+    let rows = run_page_audit(d, "name");
+    assert_rows_match(&rows, &api, "name");
+    let measure = d.text("#audit-chart svg.audit-summary .audit-measure");
+    assert!(
+        measure.contains("␣hire") && measure.contains("␣reject"),
+        "the chart names both targets: {measure}"
+    );
+    d.js(
+        "document.querySelector('#audit-card').scrollIntoView()",
+        json!([]),
+    );
+    d.screenshot(&root.join("tests/artifacts/web-audit.png"));
+
+    // A changed target makes the audit's charts out of date.
+    d.type_into("#audit-targets", " hire\n fire");
+    d.wait(
+        "!document.querySelector('#audit-stale').hidden && document.querySelector('#audit-chart').classList.contains('stale')",
+        Duration::from_secs(5),
+        "the audit to be marked out of date",
+    );
+    d.type_into("#audit-targets", " hire\n reject");
+    d.wait(
+        "document.querySelector('#audit-stale').hidden",
+        Duration::from_secs(5),
+        "the audit to be current again",
+    );
+
+    // Averaged over the other placeholders' baselines: every row has its interval.
+    d.click("#audit-average");
+    let audit = d.js("return buildAudit()", json!([]));
+    assert_eq!(audit["contexts"], "average");
+    let api = audit_direct(base, &audit);
+    let rows = run_page_audit(d, "name");
+    assert_rows_match(&rows, &api, "name");
+    assert!(
+        rows.iter().all(|r| r[3] == json!(true)),
+        "every row has its interval: {rows:?}"
+    );
+    assert!(api["n_contexts"].as_u64().unwrap() > 1, "{}", api["n_contexts"]);
+    d.js(
+        "document.querySelector('#audit-card').scrollIntoView()",
+        json!([]),
+    );
+    d.screenshot(&root.join("tests/artifacts/web-audit-average.png"));
+    d.click("#audit-average");
+
+    // Two placeholders: a grid with one cell per pair, holding the API's contrasts.
+    d.set("#audit-ph2", "country");
+    d.type_into("#audit-values2", "Germany\nTogo");
+    let audit = d.js("return buildAudit()", json!([]));
+    assert_eq!(audit["sweep"]["country"], json!(["Germany", "Togo"]));
+    let api = audit_direct(base, &audit);
+    run_page_audit(d, "name");
+    let cells = d.js(
+        "return Array.from(document.querySelectorAll('#audit-chart .grid-cell')).map(c => [c.dataset.row, c.dataset.col, Number(c.dataset.value)])",
+        json!([]),
+    );
+    let cells = cells.as_array().unwrap();
+    assert_eq!(cells.len(), 10, "5 names x 2 countries");
+    for c in cells {
+        let cell = api["cells"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["values"]["name"] == c[0] && x["values"]["country"] == c[1])
+            .unwrap_or_else(|| panic!("no API cell for {c}"));
+        let want =
+            cell["log_prob"][" hire"].as_f64().unwrap() - cell["log_prob"][" reject"].as_f64().unwrap();
+        assert!(close(c[2].as_f64().unwrap(), want), "grid cell {c}: API {want}");
+    }
+    d.js(
+        "document.querySelector('#audit-card').scrollIntoView()",
+        json!([]),
+    );
+    d.screenshot(&root.join("tests/artifacts/web-audit-grid.png"));
+    // Back to one placeholder, for the link.
+    d.set("#audit-ph2", "");
+    run_page_audit(d, "name");
+    true
+}
+
+/// Chat mode where the model has a chat template: messages instead of a template, run as a job.
+fn check_chat(d: &Driver, base: &str, root: &Path) {
+    let model: Value = http()
+        .get(format!("{base}/v1/model"))
+        .send()
+        .and_then(|r| r.json())
+        .expect("GET /v1/model");
+    let has = model["chat_template"].clone();
+    if has != json!(true) {
+        eprintln!("skipping the chat check: /v1/model does not say the model has a chat template ({has})");
+        return;
+    }
+    d.click("input[name=mode][value=chat]");
+    d.type_into("#system", "You are a hiring manager.");
+    d.type_into(
+        "#user",
+        "{name} from {country} applied for a job as a {job}. Do you hire them?",
+    );
+    d.type_into("#target", " Yes");
+    d.click("input[name=method][value=feature_ablation]");
+    let request = d.js("return buildRequest()", json!([]));
+    assert!(request.get("template").is_none(), "{request}");
+    assert_eq!(request["messages"][0]["role"], "system");
+    assert_eq!(request["messages"][1]["role"], "user");
+    d.click("#run");
+    d.wait(
+        "document.querySelector('#progress-text').textContent.startsWith('Done') \
+         || document.querySelector('.field-error[data-server]')?.textContent",
+        Duration::from_secs(SLOW),
+        "the chat job",
+    );
+    let errors = d.js(
+        "return Array.from(document.querySelectorAll('.field-error')).map(e => e.textContent).filter(Boolean)",
+        json!([]),
+    );
+    assert_eq!(errors, json!([]), "the chat request failed on the page");
+    let roles = d.js(
+        "return Array.from(document.querySelectorAll('#prompt-view .role')).map(r => r.textContent)",
+        json!([]),
+    );
+    assert_eq!(roles, json!(["system", "user", "assistant"]));
+    d.js("window.scrollTo(0, 0)", json!([]));
+    d.screenshot(&root.join("tests/artifacts/web-chat.png"));
+}
+
+/// At a phone's width the heatmap's legend fits its chart, and a wide chart keeps its row labels.
+fn check_mobile(d: &Driver, root: &Path) {
+    d.resize(390, 844);
+    d.wait(
+        "document.querySelector('#heatmap svg.heatmap')?.width.baseVal.value < 600",
+        Duration::from_secs(5),
+        "the heatmap to be drawn for a phone",
+    );
+    let fits = d.js(
+        "const s = document.querySelector('#heatmap svg.heatmap'); const b = s.querySelector('.legend-caption').getBBox(); \
+         const scrolls = document.querySelector('#heatmap').classList.contains('scrolls'); \
+         return [b.x >= 0 && b.x + b.width <= s.width.baseVal.value, scrolls, \
+                 !!document.querySelector('#heatmap .sticky-col'), !document.querySelector('#heatmap-card .scroll-hint').hidden]",
+        json!([]),
+    );
+    assert_eq!(fits[0], json!(true), "the legend fits the chart: {fits}");
+    assert_eq!(
+        fits[1], fits[2],
+        "a scrolling heatmap keeps its row labels: {fits}"
+    );
+    assert_eq!(fits[1], fits[3], "a scrolling heatmap says so: {fits}");
+    d.js(
+        "document.querySelector('#heatmap-card').scrollIntoView()",
+        json!([]),
+    );
+    d.screenshot(&root.join("tests/artifacts/web-mobile-heatmap.png"));
+    d.js(
+        "document.querySelector('#audit-card').scrollIntoView()",
+        json!([]),
+    );
+    d.screenshot(&root.join("tests/artifacts/web-mobile-audit.png"));
+    d.resize(1400, 1000);
+}
 #[test]
 fn web_page_runs_t1_in_a_real_browser() {
     let Some(chromedriver) = env_path("CHROMEDRIVER").or_else(|| in_path(&["chromedriver"])) else {
@@ -325,16 +754,25 @@ fn web_page_runs_t1_in_a_real_browser() {
         json!(["name", "country", "job"]),
         "one row per placeholder of t1"
     );
+    check_leading_space(d);
+    let has_plan = check_cost_preview(d, &base);
     let request = d.js("return buildRequest()", json!([]));
     assert_eq!(request["method"], "shapley_values");
     assert_eq!(request["values"]["name"], "Georg");
+    assert!(
+        request.get("num_trials").is_none()
+            && d.js("return document.querySelector('#num_trials').disabled", json!([])) == json!(true),
+        "Repeats is off for exact Shapley values with exact baselines"
+    );
+    d.js("window.scrollTo(0, 0)", json!([]));
+    d.screenshot(&root.join("tests/artifacts/web-before-run.png"));
 
     // The same request straight to the API, while the page runs it as a job.
     let direct = {
         let (url, body) = (format!("{base}/v1/attributions"), request.clone());
         std::thread::spawn(move || {
             let http = reqwest::blocking::Client::builder()
-                .timeout(Duration::from_secs(120))
+                .timeout(Duration::from_secs(SLOW))
                 .build()
                 .unwrap();
             let res = http.post(url).json(&body).send().expect("direct API call");
@@ -344,10 +782,18 @@ fn web_page_runs_t1_in_a_real_browser() {
     };
     let t_run = Instant::now();
     d.click("#run");
+    let focused = d.js(
+        "return document.activeElement?.id || document.activeElement?.tagName",
+        json!([]),
+    );
+    assert!(
+        focused == json!("cancel") || focused == json!("run"),
+        "focus stays on a button while Explain disables itself: {focused}"
+    );
     d.wait(
         "document.querySelector('#progress-text').textContent.startsWith('Done') \
          || document.querySelector('#err-general').textContent",
-        Duration::from_secs(50),
+        Duration::from_secs(SLOW),
         "the job to finish",
     );
     let general = d.js(
@@ -355,6 +801,11 @@ fn web_page_runs_t1_in_a_real_browser() {
         json!([]),
     );
     assert_eq!(general, "", "the job failed on the page");
+    let focused = d.js(
+        "return document.activeElement?.id || document.activeElement?.tagName",
+        json!([]),
+    );
+    assert_ne!(focused, json!("BODY"), "focus is not dropped to <body>");
 
     println!(
         "the page's job finished in {:.1} s",
@@ -447,6 +898,25 @@ fn web_page_runs_t1_in_a_real_browser() {
         .map(page_number)
         .expect("log p shown");
     assert!((shown - lp).abs() < 1e-3, "log p(target): page {shown}, API {lp}");
+    let provenance = d.text("#provenance");
+    for part in [
+        "SmolLM2",
+        "Shapley values",
+        "seed 0",
+        "repeats 1",
+        "“ reject the application",
+    ] {
+        assert!(
+            provenance.contains(part),
+            "the facts line says {part}: {provenance}"
+        );
+    }
+    if has_plan {
+        assert!(
+            d.text("#progress-text").starts_with("Done"),
+            "the run ended with its summary"
+        );
+    }
 
     d.js("window.scrollTo(0, 0)", json!([]));
     let shot = root.join("tests/artifacts/web-t1.png");
@@ -473,45 +943,23 @@ fn web_page_runs_t1_in_a_real_browser() {
         "keyboard readout of cell (1, 1): {readout}, API {want}"
     );
 
-    // Compare: the target's log p for each name; the prompt with "Georg" is t1's own prompt.
-    d.click("#compare-run");
-    d.wait(
-        "document.querySelector('#compare-status').textContent.startsWith('Done') \
-         || document.querySelector('#err-compare').textContent",
-        Duration::from_secs(30),
-        "the comparison",
-    );
-    let rows = d.js(
-        "return Array.from(document.querySelectorAll('#compare-chart .compare-row')).map(r => [r.dataset.label, Number(r.dataset.value)])",
-        json!([]),
-    );
-    let labels: Vec<&str> = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r[0].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        labels,
-        ["Georg", "John", "Maria", "Ahmed", "Zhang Wei"],
-        "one row per value"
-    );
-    let georg = rows[0][1].as_f64().unwrap();
-    assert!(
-        (georg - lp).abs() < 1e-3,
-        "compare log p for Georg {georg}, API {lp}"
-    );
-    d.js("window.scrollTo(0, 0)", json!([]));
-    d.screenshot(&root.join("tests/artifacts/web-compare.png"));
-    assert!(
-        rows.as_array()
-            .unwrap()
-            .iter()
-            .all(|r| r[1].as_f64().unwrap() < 0.0),
-        "log-probabilities"
-    );
+    check_stale(d);
+    let has_audits = check_audits(d, &base, root);
+    if has_audits {
+        d.wait(
+            "location.hash.includes('rerun=1')",
+            Duration::from_secs(5),
+            "the link to hold the audit",
+        );
+    }
 
     // The link holds the probe: opening it restores the form and the job's result.
+    d.wait(
+        "new URLSearchParams(location.hash.slice(1)).get('req') === JSON.stringify(buildRequest()) \
+         && new URLSearchParams(location.hash.slice(1)).has('job')",
+        Duration::from_secs(5),
+        "the link to hold the form and the job",
+    );
     let link = d.js("return location.href", json!([]));
     let mut urls = d.requested();
     d.go("about:blank");
@@ -531,15 +979,27 @@ fn web_page_runs_t1_in_a_real_browser() {
         json!([]),
     );
     assert_eq!(restored, json!(tokens * features), "the link restores the result");
-    let cmp = d.js("return [document.querySelector('#compare-ph').value, document.querySelector('#compare-values').value]", json!([]));
-    assert_eq!(
-        cmp,
-        json!(["name", "Georg\nJohn\nMaria\nAhmed\nZhang Wei"]),
-        "the link restores the comparison"
-    );
+    if has_audits {
+        // The link restores the audit and runs it again.
+        let rows = d.wait(
+            "document.querySelectorAll('#audit-chart .audit-row').length",
+            Duration::from_secs(SLOW),
+            "the shared link to re-run the audit",
+        );
+        assert_eq!(rows, json!(5), "the link re-runs the audit");
+        let audit = d.js("return buildAudit()", json!([]));
+        assert_eq!(
+            audit["targets"],
+            json!([" hire", " reject"]),
+            "the link restores the audit"
+        );
+    }
+    check_mobile(d, root);
 
     // An invalid template: the server's message next to the template field, the page intact.
-    d.type_into("#template", "{name} from {country applied for a job as a {job}.");
+    // "ü" is two bytes: the server counts bytes, the page says characters.
+    let bad = "Müller {name} from {country applied for a job as a {job}.";
+    d.type_into("#template", bad);
     d.click("#run");
     let err = d.wait(
         "document.querySelector('#err-template').dataset.server === '1' \
@@ -550,6 +1010,12 @@ fn web_page_runs_t1_in_a_real_browser() {
     assert!(
         err.as_str().unwrap().contains('{'),
         "the error explains the braces: {err}"
+    );
+    let brace = bad.find("{country").unwrap();
+    let character = bad[..brace].chars().count() + 1;
+    assert!(
+        err.as_str().unwrap().contains(&format!("character {character}")),
+        "the error counts characters, like the page: {err}"
     );
     let state = d.js(
         "return [document.querySelector('#template').getAttribute('aria-invalid'), \
@@ -563,6 +1029,7 @@ fn web_page_runs_t1_in_a_real_browser() {
         "error shown by the field, page usable"
     );
     d.screenshot(&root.join("tests/artifacts/web-invalid-template.png"));
+    check_chat(d, &base, root);
 
     // Nothing left 127.0.0.1 (requests of both page loads), and no script error.
     urls.extend(d.requested());
@@ -580,9 +1047,48 @@ fn web_page_runs_t1_in_a_real_browser() {
         .browser_log()
         .into_iter()
         .filter(|e| e["level"] == "SEVERE")
+        // Chromium logs every 4xx answer; the page shows those by their fields (checked above).
+        .filter(|e| {
+            !(e["source"] == "network" && e["message"].as_str().is_some_and(|m| m.contains("status of 4")))
+        })
         .collect();
-    assert!(errors.is_empty(), "browser errors: {errors:?}");
+    assert!(errors.is_empty(), "script errors: {errors:?}");
 
     drop(driver);
     rt.block_on(server.shutdown());
+}
+
+/// The page's modules import each other one way: no module reaches itself through its imports.
+#[test]
+fn page_modules_import_one_way() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("static");
+    let mut imports = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "js") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let deps: Vec<String> = text
+                .split("from \"./")
+                .skip(1)
+                .map(|s| s.split('"').next().unwrap().to_string())
+                .collect();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            imports.insert(name, deps);
+        }
+    }
+    assert!(imports.len() > 10, "the page's modules: {imports:?}");
+    // Depth-first search; `path` is the chain of imports from the start module.
+    fn visit(m: &str, imports: &std::collections::BTreeMap<String, Vec<String>>, path: &mut Vec<String>) {
+        if let Some(at) = path.iter().position(|p| p == m) {
+            panic!("import loop: {} -> {m}", path[at..].join(" -> "));
+        }
+        path.push(m.to_string());
+        for dep in imports.get(m).into_iter().flatten() {
+            visit(dep, imports, path);
+        }
+        path.pop();
+    }
+    for m in imports.keys() {
+        visit(m, &imports, &mut Vec::new());
+    }
 }

@@ -38,8 +38,15 @@ pub struct Config {
     pub job_ttl: Duration,
     /// How many finished jobs are kept at most.
     pub max_finished_jobs: usize,
-    /// Required on /v1/* when set (`Authorization: Bearer KEY` or `X-Api-Key: KEY`).
+    /// Required on /v1/* and /metrics when set (`Authorization: Bearer KEY` or `X-Api-Key: KEY`).
     pub api_key: Option<String>,
+    /// With an API key, leave /metrics open (for a scraper without the key).
+    pub public_metrics: bool,
+    /// Without an API key, `Host` values answered besides loopback names: exact names,
+    /// `.example.com` for a domain and its subdomains, or `*` for any.
+    pub allowed_hosts: Vec<String>,
+    /// Connection timeouts: reading a request's headers, and idle keep-alive.
+    pub timeouts: super::conn::Timeouts,
     /// Allowed CORS origins; `*` allows any; empty: no CORS headers.
     pub cors_origins: Vec<String>,
     /// Serve the web page from this directory instead of the copy compiled into the binary.
@@ -80,6 +87,12 @@ impl Config {
             job_ttl: Duration::from_secs(3600),
             max_finished_jobs: 1000,
             api_key: None,
+            public_metrics: false,
+            allowed_hosts: Vec::new(),
+            timeouts: super::conn::Timeouts {
+                header: Duration::from_secs(30),
+                keep_alive: Duration::from_secs(60),
+            },
             cors_origins: Vec::new(),
             static_dir: None,
             shutdown_grace: Duration::from_secs(6),
@@ -119,9 +132,23 @@ pub struct ServeArgs {
     /// Allowed CORS origins, comma separated; `*` allows any.
     #[arg(long, env = "LLM_ATTR_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
-    /// API key required on /v1/* (Authorization: Bearer KEY or X-Api-Key: KEY).
+    /// API key required on /v1/* and /metrics (Authorization: Bearer KEY or X-Api-Key: KEY).
+    /// Without one, only loopback Host names and --allowed-hosts are answered.
     #[arg(long, env = "LLM_ATTR_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// With --api-key, leave /metrics open (e.g. for a scraper without the key).
+    #[arg(long, env = "LLM_ATTR_PUBLIC_METRICS")]
+    pub public_metrics: bool,
+    /// Without --api-key, Host names answered besides loopback ones, comma separated:
+    /// `name`, `.domain` (it and its subdomains), or `*` (any).
+    #[arg(long, env = "LLM_ATTR_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
+    /// Seconds a client has to send a request's headers (from connecting, or from its first byte).
+    #[arg(long, env = "LLM_ATTR_HEADER_TIMEOUT", default_value_t = 30.0)]
+    pub header_timeout: f64,
+    /// Seconds an idle keep-alive connection stays open between requests.
+    #[arg(long, env = "LLM_ATTR_KEEP_ALIVE_TIMEOUT", default_value_t = 60.0)]
+    pub keep_alive_timeout: f64,
     /// Serve the web page from this directory instead of the compiled-in copy.
     #[arg(long, env = "LLM_ATTR_STATIC_DIR")]
     pub static_dir: Option<PathBuf>,
@@ -196,6 +223,20 @@ fn secs(v: f64, flag: &str) -> anyhow::Result<Duration> {
         .map_err(|_| anyhow::anyhow!("--{flag}: {v} is not a valid number of seconds"))
 }
 
+fn positive_secs(v: f64, flag: &str) -> anyhow::Result<Duration> {
+    let d = secs(v, flag)?;
+    anyhow::ensure!(!d.is_zero(), "--{flag}: must be more than 0 seconds");
+    Ok(d)
+}
+
+/// A comma-separated list flag, trimmed, without empty entries.
+fn non_empty(list: &[String]) -> Vec<String> {
+    list.iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
 impl ServeArgs {
     pub fn config(&self) -> anyhow::Result<Config> {
         let mut c = Config::new(ModelSource::Spec(self.model.clone()));
@@ -222,12 +263,13 @@ impl ServeArgs {
         c.job_ttl = secs(self.job_ttl, "job-ttl")?;
         c.max_finished_jobs = self.max_finished_jobs;
         c.api_key = self.api_key.clone().filter(|k| !k.is_empty());
-        c.cors_origins = self
-            .cors_origins
-            .iter()
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect();
+        c.public_metrics = self.public_metrics;
+        c.allowed_hosts = non_empty(&self.allowed_hosts);
+        c.timeouts = super::conn::Timeouts {
+            header: positive_secs(self.header_timeout, "header-timeout")?,
+            keep_alive: positive_secs(self.keep_alive_timeout, "keep-alive-timeout")?,
+        };
+        c.cors_origins = non_empty(&self.cors_origins);
         c.static_dir = self.static_dir.clone();
         c.shutdown_grace = secs(self.shutdown_grace, "shutdown-grace")?;
         c.redis_url = self.redis_url.clone().filter(|u| !u.is_empty());

@@ -121,12 +121,15 @@ impl IntoResponse for ApiError {
 }
 
 /// A JSON body. Unlike `axum::Json` its errors are JSON too and name the offending field.
+/// The body must be sent as `Content-Type: application/json` (415 otherwise): a web page can
+/// send `text/plain` to any server without asking, but not JSON.
 pub struct ApiJson<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        require_json(req.headers())?;
         let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|r| {
             if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::new(
@@ -143,24 +146,47 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     }
 }
 
-/// Parses `bytes` as `T`; errors name the JSON path of the problem.
+/// 415 unless the content type is `application/json` or `application/*+json`.
+fn require_json(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let given = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = given.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let json = essence
+        .strip_prefix("application/")
+        .is_some_and(|sub| sub == "json" || sub.ends_with("+json"));
+    if json {
+        return Ok(());
+    }
+    let given = if given.is_empty() { "none" } else { given };
+    Err(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        format!("send the body as `Content-Type: application/json` (given: {given})"),
+    )
+    .with_field("content-type"))
+}
+
+/// Parses `bytes` as `T` in one pass, as the CLI does (so a duplicate key is an error, not a
+/// silent overwrite); errors name the JSON path of the problem.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
+    let Some(first) = bytes.iter().find(|b| !b.is_ascii_whitespace()) else {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_json",
             "the request body is empty: send a JSON object",
         ));
-    }
-    // Syntax first (malformed JSON), then the shape, with the path of any problem.
-    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+    };
+    let syntax = |e: serde_json::Error| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_json",
             format!("the body is not valid JSON: {e}"),
         )
-    })?;
-    if !value.is_object() {
+    };
+    if *first != b'{' {
+        serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(syntax)?;
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_request",
@@ -168,30 +194,40 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         )
         .with_field("body"));
     }
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let message = e.inner().to_string();
-        let path = e.path().to_string();
-        let path = if path == "." { String::new() } else { path };
-        // Unknown and missing fields may be reported at their parent; name the field itself.
-        let named = ["unknown field `", "missing field `"]
-            .iter()
-            .find_map(|p| message.strip_prefix(p))
-            .and_then(|rest| rest.split('`').next());
-        let field = match named {
-            Some(name) if path.is_empty() => name.to_string(),
-            Some(name) if path == name || path.ends_with(&format!(".{name}")) => path,
-            Some(name) => format!("{path}.{name}"),
-            None if path.is_empty() => "body".to_string(),
-            None => path,
-        };
-        let message = strip_position(&message);
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            format!("{field}: {message}"),
-        )
-        .with_field(field)
-    })
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = match serde_path_to_error::deserialize(&mut de) {
+        Ok(v) => v,
+        Err(e) if e.inner().is_data() => return Err(shape_error(&e)),
+        Err(e) => return Err(syntax(e.into_inner())),
+    };
+    de.end().map_err(syntax)?;
+    Ok(value)
+}
+
+/// A body of the wrong shape: names the field at fault.
+fn shape_error(e: &serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let message = e.inner().to_string();
+    let path = e.path().to_string();
+    let path = if path == "." { String::new() } else { path };
+    // Unknown, missing and repeated fields may be reported at their parent; name the field.
+    let named = ["unknown field `", "missing field `", "duplicate field `"]
+        .iter()
+        .find_map(|p| message.strip_prefix(p))
+        .and_then(|rest| rest.split('`').next());
+    let field = match named {
+        Some(name) if path.is_empty() => name.to_string(),
+        Some(name) if path == name || path.ends_with(&format!(".{name}")) => path,
+        Some(name) => format!("{path}.{name}"),
+        None if path.is_empty() => "body".to_string(),
+        None => path,
+    };
+    let message = strip_position(&message);
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        format!("{field}: {message}"),
+    )
+    .with_field(field)
 }
 
 /// Drops serde_json's " at line 1 column 42" from a data error (the field says where).
@@ -239,5 +275,44 @@ mod tests {
             );
         }
         assert!(parse_json::<AttributeRequest>(b" {} ").is_ok());
+    }
+
+    #[test]
+    fn repeated_keys_are_errors_as_in_the_cli() {
+        for (body, field) in [
+            (r#"{"values": {"a": "x", "a": "y"}}"#, "values"),
+            (r#"{"mask": {"a": 1, "a": 2}}"#, "mask"),
+            (r#"{"seed": 1, "seed": 2}"#, "seed"),
+        ] {
+            let e = err(body);
+            assert_eq!(e.code, "invalid_request", "{body}");
+            assert!(e.message.contains("duplicate"), "{body}: {}", e.message);
+            let f = e.field.unwrap();
+            assert!(f == field || f.starts_with(&format!("{field}.")), "{body}: {f}");
+            assert!(
+                serde_json::from_str::<AttributeRequest>(body).is_err(),
+                "the CLI agrees"
+            );
+        }
+    }
+
+    #[test]
+    fn json_bodies_need_a_json_content_type() {
+        let mut h = axum::http::HeaderMap::new();
+        assert_eq!(
+            require_json(&h).unwrap_err().status,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE
+        );
+        for (ct, ok) in [
+            ("application/json", true),
+            ("Application/JSON; charset=utf-8", true),
+            ("application/problem+json", true),
+            ("text/plain", false),
+            ("application/jsonx", false),
+            ("multipart/form-data", false),
+        ] {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+            assert_eq!(require_json(&h).is_ok(), ok, "{ct}");
+        }
     }
 }

@@ -58,8 +58,26 @@ pub async fn execute(
     run_in_slot(state, slot, request, cancel, progress, |s| s).await
 }
 
+/// A run slot now, or 503 + Retry-After when all are taken (a synchronous request does not
+/// wait out its timeout in line; jobs wait for a slot).
+fn try_slot(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
+    state.run_slots.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            format!(
+                "all {} run slots are busy (--max-concurrent-jobs): retry later, or submit a job \
+                 (POST /v1/jobs), which waits for a slot",
+                state.config.max_concurrent_jobs.max(1)
+            ),
+        )
+    })
+}
+
 /// Runs one attribute request in the run slot it holds. Its scorer is the engine, wrapped by
-/// `stack` (a job's scoring rules), behind the score cache.
+/// `stack` (a job's scoring rules), behind the score cache. The run owns its slot and its
+/// bookkeeping: if the client goes away the handler is dropped, but the run still ends
+/// (cancelled) and is counted.
 pub async fn run_in_slot(
     state: &Arc<AppState>,
     slot: OwnedSemaphorePermit,
@@ -74,16 +92,16 @@ pub async fn run_in_slot(
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default();
-    // The run owns its slot and its bookkeeping: if the client goes away the handler is
-    // dropped, but the run still ends (cancelled) and is counted.
     let st = state.clone();
     tokio::task::spawn_blocking(move || {
         let _slot = slot;
         let _active = ActiveRun::new(st.clone());
         let started = Instant::now();
-        let scorer = CachedScorer::new(stack(Box::new(ready.engine.handle(cancel))), ready.cache.clone());
+        let scorer = CachedScorer::new(stack(Box::new(ready.engine.handle(cancel.clone()))), ready.cache.clone());
         let out = crate::run::run(&request, &scorer, &limits, &progress);
+        // Whatever a run that was cancelled ran into last, it ended because it was cancelled.
         let outcome = match &out {
+            _ if cancel.is_cancelled() => "cancelled",
             Ok(_) => "ok",
             Err(e) => e.code(),
         };
@@ -150,8 +168,9 @@ async fn blocking<T: Send + 'static>(
         (status = 400, description = "Malformed JSON or invalid request", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "The body is not sent as application/json", body = ErrorBody),
         (status = 422, description = "A limit is exceeded", body = ErrorBody),
-        (status = 503, description = "Queue full or model not loaded (Retry-After)", body = ErrorBody),
+        (status = 503, description = "All run slots busy, queue full, or model not loaded (Retry-After)", body = ErrorBody),
         (status = 504, description = "Request timeout", body = ErrorBody),
     ),
     security((), ("bearer" = []), ("api_key" = []))
@@ -161,8 +180,10 @@ pub async fn attributions(
     ApiJson(request): ApiJson<AttributeRequest>,
 ) -> Result<Json<AttributeResponse>, ApiError> {
     state.refuse_if_stopping()?;
+    state.ready()?;
+    let slot = try_slot(&state)?;
     let cancel = CancelToken::new();
-    let fut = execute(&state, request, cancel.clone(), |_| {}, || true);
+    let fut = run_in_slot(&state, slot, request, cancel.clone(), |_| {}, |s| s);
     with_timeout(&state, cancel, fut).await.map(Json)
 }
 

@@ -13,8 +13,10 @@
 
 pub mod assets;
 pub mod config;
+pub mod conn;
 pub mod error;
 pub mod events;
+pub mod guard;
 pub mod handlers;
 pub mod jobs;
 pub mod metrics;
@@ -29,12 +31,11 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderName, HeaderValue, Method};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use tokio::sync::{watch, Semaphore};
-use tower::ServiceExt;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
@@ -50,7 +51,7 @@ use store::JobStore;
 use crate::cache::ScoreCache;
 use crate::engine::Engine;
 use crate::error::ErrorDetail;
-use crate::model::Model;
+use crate::model::{LoadOptions, Model};
 
 /// The model, the engine around it and the score cache, once loaded.
 pub struct Ready {
@@ -133,7 +134,9 @@ impl AppState {
     fn load(&self) -> Result<(), String> {
         let model = match &self.config.model {
             ModelSource::Loaded(m) => m.clone(),
-            ModelSource::Spec(spec) => Model::load(spec).map_err(|e| e.to_string())?,
+            ModelSource::Spec(spec) => {
+                Model::load(spec, &LoadOptions::default()).map_err(|e| e.to_string())?
+            }
         };
         let engine = Engine::new(model.clone(), self.config.engine.clone()).map_err(|e| e.to_string())?;
         let digest = crate::cache::model_digest(&model);
@@ -157,34 +160,6 @@ impl AppState {
     }
 }
 
-/// Checks the API key on /v1/* when one is configured.
-async fn auth(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let Some(key) = &state.config.api_key else {
-        return next.run(req).await;
-    };
-    let h = req.headers();
-    let given = h
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .or_else(|| h.get("x-api-key").and_then(|v| v.to_str().ok()));
-    match given {
-        None => ApiError::unauthorized(
-            "an API key is required: send `Authorization: Bearer KEY` or `X-Api-Key: KEY`",
-        )
-        .into_response(),
-        Some(g) if constant_time_eq(g.trim().as_bytes(), key.as_bytes()) => next.run(req).await,
-        Some(_) => ApiError::unauthorized("the API key is not valid").into_response(),
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Anything no route matched: the web page, or a JSON 404.
 async fn fallback(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let path = req.uri().path().to_string();
@@ -193,28 +168,28 @@ async fn fallback(State(state): State<Arc<AppState>>, req: Request) -> Response 
         return not_found();
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return ApiError::new(
-            axum::http::StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            format!("{} is not allowed on {path}", req.method()),
-        )
-        .into_response();
+        return method_not_allowed(req).await;
     }
-    if let Some(dir) = &state.config.static_dir {
-        let res = tower_http::services::ServeDir::new(dir)
-            .oneshot(req)
-            .await
-            .map(IntoResponse::into_response);
-        return match res {
-            Ok(r) if r.status() != axum::http::StatusCode::NOT_FOUND => r,
-            _ => not_found(),
-        };
-    }
-    assets::serve(&path).unwrap_or_else(not_found)
+    let found = match &state.config.static_dir {
+        Some(dir) => assets::serve_dir(dir, &path).await,
+        None => assets::serve(&path),
+    };
+    found.unwrap_or_else(not_found)
+}
+
+/// 405 in the JSON error shape (the router adds the `Allow` header).
+async fn method_not_allowed(req: Request) -> Response {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
+    .into_response()
 }
 
 /// The application: every route and layer, around `state`.
 pub fn router(state: Arc<AppState>) -> Router {
+    let auth = || middleware::from_fn_with_state(state.clone(), guard::auth);
     let v1 = Router::new()
         .route("/v1/attributions", post(handlers::attributions))
         .route("/v1/jobs", post(events::create))
@@ -224,26 +199,34 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/tokenize", post(handlers::tokenize))
         .route("/v1/generate", post(handlers::generate))
         .route("/v1/model", get(handlers::model))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+        .route_layer(auth());
+    let metrics = if state.config.public_metrics {
+        get(handlers::metrics)
+    } else {
+        get(handlers::metrics).route_layer(auth())
+    };
     let request_id = HeaderName::from_static("x-request-id");
     let mut app = Router::new()
         .merge(v1)
         .route("/health", get(handlers::health))
         .route("/ready", get(handlers::ready))
-        .route("/metrics", get(handlers::metrics))
+        .route("/metrics", metrics)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::openapi()))
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(fallback)
+        .layer(middleware::from_fn_with_state(state.clone(), guard::check_host))
         .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(
             TraceLayer::new_for_http()
+                // The path only: a query string may carry a secret (a key sent as `?api_key=`).
                 .make_span_with(|req: &Request| {
                     let id = req
                         .headers()
                         .get("x-request-id")
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("-");
-                    tracing::info_span!("http", method = %req.method(), uri = %req.uri(), request_id = %id)
+                    tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
                 })
                 .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
         )
@@ -252,7 +235,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     if let Some(cors) = cors(&state.config.cors_origins) {
         app = app.layer(cors);
     }
-    app.with_state(state)
+    app.layer(middleware::from_fn(conn::track)).with_state(state)
 }
 
 fn cors(origins: &[String]) -> Option<CorsLayer> {
@@ -333,7 +316,8 @@ impl Server {
             }
         });
         let (stop, mut rx) = watch::channel(false);
-        let app = router(state.clone());
+        let listener = conn::TimeoutListener::new(listener, state.config.timeouts);
+        let app = router(state.clone()).into_make_service_with_connect_info::<conn::Conn>();
         let task = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move {

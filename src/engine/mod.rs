@@ -122,6 +122,8 @@ enum Work {
         key: u64,
     },
     Generate {
+        /// A turn of its own in the queue's rotation.
+        owner: u64,
         cancel: CancelToken,
         prompt: Vec<u32>,
         max_new_tokens: usize,
@@ -146,6 +148,12 @@ impl Queued for Work {
         match self {
             Work::Score { key, .. } => Some(*key),
             Work::Generate { .. } => None,
+        }
+    }
+    fn owner(&self) -> u64 {
+        match self {
+            Work::Score { ticket, .. } => ticket.id,
+            Work::Generate { owner, .. } => *owner,
         }
     }
 }
@@ -509,6 +517,7 @@ impl<B: Backend> Handle<B> {
         }
         let (reply, rx) = mpsc::channel();
         self.enqueue(vec![Work::Generate {
+            owner: self.shared.next_ticket.fetch_add(1, Ordering::Relaxed),
             cancel: self.cancel.clone(),
             prompt: prompt.to_vec(),
             max_new_tokens,
@@ -576,6 +585,10 @@ impl<B: Backend + Scorer> Scorer for Handle<B> {
         progress: &(dyn Fn(usize, usize) + Sync),
     ) -> Result<Vec<Vec<f32>>> {
         self.score_items(items, progress)
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
     }
 
     fn generate(&self, prompt: &[u32], max_new_tokens: usize) -> Result<Vec<u32>> {

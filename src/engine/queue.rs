@@ -1,10 +1,14 @@
 //! The bounded queue of pending work and how one batch is picked from it.
 //!
-//! Work is kept in arrival order. A batch always contains the oldest item (nobody starves) and
-//! is filled with the items whose lengths are closest to it, taken from a window at the front of
-//! the queue, as long as the padded size (count x longest) stays within the token budget.
+//! Work is kept per owner (one request's call), in arrival order, and owners take turns:
+//! each batch is led by the next owner in the rotation, whose oldest item it always contains
+//! (nobody starves), and is then filled round-robin, one item per owner per turn, with each
+//! owner's items whose lengths are closest to the leader's, taken from a window at the front
+//! of its queue, as long as the padded size (count x longest) stays within the token budget.
+//! So a request of a few sequences shares the next batch with a job of thousands instead of
+//! waiting behind all of them.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 
 /// What the queue needs to know about a piece of work.
 pub trait Queued {
@@ -16,107 +20,188 @@ pub trait Queued {
     fn key(&self) -> Option<u64> {
         None
     }
+    /// Who the work is for; owners share batches fairly.
+    fn owner(&self) -> u64 {
+        0
+    }
+}
+
+/// One owner's pending work, oldest first.
+struct Flow<W> {
+    owner: u64,
+    items: VecDeque<W>,
 }
 
 pub struct Queue<W> {
-    items: VecDeque<W>,
+    /// In turn order: the front leads the next batch.
+    flows: VecDeque<Flow<W>>,
+    len: usize,
     capacity: usize,
 }
 
 impl<W: Queued> Queue<W> {
     pub fn new(capacity: usize) -> Self {
         Queue {
-            items: VecDeque::new(),
+            flows: VecDeque::new(),
+            len: 0,
             capacity,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.items.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
+        self.len == 0
     }
 
     pub fn capacity(&self) -> usize {
         self.capacity
     }
 
-    /// Adds all of `work` or none of it: `Err(work)` when it does not fit.
+    /// Adds all of `work` or none of it: `Err(work)` when it does not fit. A new owner takes
+    /// its turn after those already waiting.
     pub fn push_all(&mut self, work: Vec<W>) -> Result<(), Vec<W>> {
-        if self.items.len() + work.len() > self.capacity {
+        if self.len + work.len() > self.capacity {
             return Err(work);
         }
-        self.items.extend(work);
+        self.len += work.len();
+        for w in work {
+            let owner = w.owner();
+            match self.flows.iter_mut().find(|f| f.owner == owner) {
+                Some(f) => f.items.push_back(w),
+                None => self.flows.push_back(Flow {
+                    owner,
+                    items: VecDeque::from([w]),
+                }),
+            }
+        }
         Ok(())
     }
 
     /// Removes every item `drop` selects; returns how many.
     pub fn remove_where(&mut self, drop: impl Fn(&W) -> bool) -> usize {
-        let before = self.items.len();
-        self.items.retain(|w| !drop(w));
-        before - self.items.len()
+        for f in &mut self.flows {
+            f.items.retain(|w| !drop(w));
+        }
+        self.flows.retain(|f| !f.items.is_empty());
+        let before = self.len;
+        self.len = self.flows.iter().map(|f| f.items.len()).sum();
+        before - self.len
     }
 
     /// Empties the queue.
     pub fn drain(&mut self) -> Vec<W> {
-        self.items.drain(..).collect()
+        self.len = 0;
+        self.flows.drain(..).flat_map(|f| f.items).collect()
     }
 
     /// Takes the next batch (empty when the queue is). Cancelled work is discarded first and
     /// counted in the second value. Scoring items come back sorted by length.
     pub fn take_batch(&mut self, budget: usize, window: usize) -> (Vec<W>, usize) {
         let skipped = self.remove_where(|w| w.is_cancelled());
-        let Some(head) = self.items.front() else {
+        let Some(lead) = self.flows.front_mut() else {
             return (Vec::new(), skipped);
         };
-        let Some(head_len) = head.padded_len() else {
-            return (self.items.pop_front().into_iter().collect(), skipped);
+        let Some(head_len) = lead.items.front().and_then(Queued::padded_len) else {
+            let batch: Vec<W> = lead.items.pop_front().into_iter().collect();
+            self.end_turn(batch.len());
+            return (batch, skipped);
         };
-        // Candidates: scoring items in the window, nearest in length to the head first.
-        let mut candidates: Vec<(usize, usize)> = self
-            .items
-            .iter()
-            .take(window.max(1))
-            .enumerate()
-            .skip(1)
-            .filter_map(|(i, w)| w.padded_len().map(|l| (i, l)))
-            .collect();
-        candidates.sort_by_key(|&(i, l)| (l.abs_diff(head_len), i));
-        let mut chosen = vec![0];
-        let mut keys: std::collections::HashSet<u64> = head.key().into_iter().collect();
-        let mut distinct = 1;
-        let mut longest = head_len;
-        for (i, l) in candidates {
-            let key = self.items[i].key();
-            if key.is_some_and(|k| keys.contains(&k)) {
-                chosen.push(i);
-                continue;
+        let chosen = self.choose(head_len, budget, window);
+        let mut batch = Vec::with_capacity(chosen.iter().map(Vec::len).sum());
+        for (flow, picked) in self.flows.iter_mut().zip(chosen) {
+            let mut next = picked.iter().peekable();
+            let mut rest = VecDeque::with_capacity(flow.items.len() - picked.len());
+            for (i, w) in flow.items.drain(..).enumerate() {
+                if next.peek() == Some(&&i) {
+                    next.next();
+                    batch.push(w);
+                } else {
+                    rest.push_back(w);
+                }
             }
-            let longer = longest.max(l);
-            if longer * (distinct + 1) <= budget {
-                chosen.push(i);
-                keys.extend(key);
-                distinct += 1;
-                longest = longer;
-            }
+            flow.items = rest;
         }
-        chosen.sort_unstable();
-        let mut batch = Vec::with_capacity(chosen.len());
-        let mut rest = VecDeque::with_capacity(self.items.len() - chosen.len());
-        let mut next = chosen.iter().peekable();
-        for (i, w) in self.items.drain(..).enumerate() {
-            if next.peek() == Some(&&i) {
-                next.next();
-                batch.push(w);
-            } else {
-                rest.push_back(w);
-            }
-        }
-        self.items = rest;
+        self.end_turn(batch.len());
         batch.sort_by_key(|w| w.padded_len().unwrap_or(0));
         (batch, skipped)
+    }
+
+    /// Indices (sorted) of the items of each flow that make the next batch, led by the front
+    /// flow's oldest item of padded length `head_len`.
+    fn choose(&self, head_len: usize, budget: usize, window: usize) -> Vec<Vec<usize>> {
+        // Per flow: its scoring items in its share of the window, nearest in length to the
+        // head first.
+        let window = (window / self.flows.len()).max(64).min(window).max(1);
+        let mut candidates: Vec<VecDeque<(usize, usize)>> = self
+            .flows
+            .iter()
+            .enumerate()
+            .map(|(k, f)| {
+                let mut c: Vec<(usize, usize)> = f
+                    .items
+                    .iter()
+                    .take(window)
+                    .enumerate()
+                    .skip(usize::from(k == 0))
+                    .filter_map(|(i, w)| w.padded_len().map(|l| (i, l)))
+                    .collect();
+                c.sort_by_key(|&(i, l)| (l.abs_diff(head_len), i));
+                c.into()
+            })
+            .collect();
+        let mut chosen: Vec<Vec<usize>> = vec![Vec::new(); self.flows.len()];
+        chosen[0].push(0);
+        let mut keys: HashSet<u64> = self.flows[0].items[0].key().into_iter().collect();
+        let mut distinct = 1;
+        let mut longest = head_len;
+        // Turns: each flow adds at most one new sequence per round (the leader's head was its
+        // first); copies of a sequence already in the batch ride along free.
+        let mut open = true;
+        let mut first_round = true;
+        while open {
+            open = false;
+            for (k, cands) in candidates.iter_mut().enumerate() {
+                if first_round && k == 0 {
+                    open = true;
+                    continue;
+                }
+                while let Some((i, l)) = cands.pop_front() {
+                    let key = self.flows[k].items[i].key();
+                    if key.is_some_and(|key| keys.contains(&key)) {
+                        chosen[k].push(i);
+                        continue;
+                    }
+                    let longer = longest.max(l);
+                    if longer * (distinct + 1) <= budget {
+                        chosen[k].push(i);
+                        keys.extend(key);
+                        distinct += 1;
+                        longest = longer;
+                        open = true;
+                        break;
+                    }
+                }
+            }
+            first_round = false;
+        }
+        for c in &mut chosen {
+            c.sort_unstable();
+        }
+        chosen
+    }
+
+    /// After a batch of `taken` items: drops emptied flows and passes the lead to the next.
+    fn end_turn(&mut self, taken: usize) {
+        self.len -= taken;
+        if let Some(lead) = self.flows.pop_front() {
+            if !lead.items.is_empty() {
+                self.flows.push_back(lead);
+            }
+        }
+        self.flows.retain(|f| !f.items.is_empty());
     }
 }
 
@@ -130,6 +215,7 @@ mod tests {
         len: Option<usize>,
         cancelled: bool,
         key: Option<u64>,
+        owner: u64,
     }
 
     impl Queued for W {
@@ -142,6 +228,9 @@ mod tests {
         fn key(&self) -> Option<u64> {
             self.key
         }
+        fn owner(&self) -> u64 {
+            self.owner
+        }
     }
 
     fn w(id: usize, len: usize) -> W {
@@ -150,7 +239,12 @@ mod tests {
             len: Some(len),
             cancelled: false,
             key: None,
+            owner: 0,
         }
+    }
+
+    fn owned(owner: u64, ids: std::ops::Range<usize>, len: usize) -> Vec<W> {
+        ids.map(|id| W { owner, ..w(id, len) }).collect()
     }
 
     fn ids(ws: &[W]) -> Vec<usize> {
@@ -240,20 +334,61 @@ mod tests {
         let mut q = Queue::new(100);
         let mut c = w(1, 10);
         c.cancelled = true;
-        q.push_all(vec![
-            W {
-                id: 0,
-                len: None,
-                cancelled: false,
-                key: None,
-            },
-            c,
-            w(2, 10),
-        ])
-        .unwrap();
+        q.push_all(vec![W { len: None, ..w(0, 0) }, c, w(2, 10)]).unwrap();
         let (b, skipped) = q.take_batch(1000, 64);
         assert_eq!((ids(&b), skipped), (vec![0], 1));
         let (b, _) = q.take_batch(1000, 64);
         assert_eq!(ids(&b), vec![2]);
+    }
+
+    #[test]
+    fn a_small_request_shares_the_next_batch_with_a_big_one() {
+        let mut q = Queue::new(10_000);
+        q.push_all(owned(1, 0..1000, 10)).unwrap();
+        q.push_all(owned(2, 1000..1003, 10)).unwrap();
+        // Room for 8 sequences: the big request leads, then turns alternate.
+        let (b, _) = q.take_batch(80, 4096);
+        let mut got = ids(&b);
+        got.sort_unstable();
+        assert_eq!(got, vec![0, 1, 2, 3, 4, 1000, 1001, 1002]);
+        assert_eq!(q.len(), 995);
+    }
+
+    #[test]
+    fn owners_take_turns_leading_and_share_batches_evenly() {
+        let mut q = Queue::new(100);
+        q.push_all(owned(1, 0..20, 10)).unwrap();
+        q.push_all(owned(2, 20..40, 10)).unwrap();
+        q.push_all(owned(3, 40..60, 10)).unwrap();
+        let owners = |b: &[W]| {
+            let mut o: Vec<u64> = b.iter().map(|w| w.owner).collect();
+            o.sort_unstable();
+            o
+        };
+        let (b, _) = q.take_batch(60, 64);
+        assert_eq!(owners(&b), vec![1, 1, 2, 2, 3, 3]);
+        // Owner 2 leads the next batch: its oldest remaining item is in it.
+        let (b, _) = q.take_batch(10, 64);
+        assert_eq!(ids(&b), vec![22]);
+        let (b, _) = q.take_batch(10, 64);
+        assert_eq!(ids(&b), vec![42]);
+        let (b, _) = q.take_batch(10, 64);
+        assert_eq!(ids(&b), vec![2]);
+    }
+
+    #[test]
+    fn generation_waits_one_turn_not_the_whole_queue() {
+        let mut q = Queue::new(1000);
+        q.push_all(owned(1, 0..500, 10)).unwrap();
+        q.push_all(vec![W {
+            len: None,
+            owner: 2,
+            ..w(999, 0)
+        }])
+        .unwrap();
+        let (b, _) = q.take_batch(40, 64);
+        assert_eq!(b.len(), 4);
+        assert_eq!(ids(&q.take_batch(40, 64).0), vec![999]);
+        assert_eq!(q.len(), 496);
     }
 }

@@ -2,6 +2,7 @@
 //! features. A feature is made of slots (placeholders or token positions); each slot has its
 //! value and one or more baselines. Rendering a choice per slot gives a prompt's token ids.
 
+pub mod chat;
 pub mod template;
 pub mod tokens;
 
@@ -9,7 +10,8 @@ use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
 use crate::model::Tokenizer;
-use crate::request::{AttributeRequest, Baseline, Feature};
+use crate::request::{AttributeRequest, Baseline, ChatMessage, Feature};
+use chat::{Chat, ChatTemplate};
 use template::Piece;
 
 /// One perturbable unit of the prompt: a placeholder or a token position.
@@ -34,6 +36,7 @@ pub struct Input {
 #[derive(Debug, Clone)]
 enum Kind {
     Template {
+        source: Source,
         pieces: Vec<Piece>,
         /// Per slot: value, then baselines.
         names: Vec<String>,
@@ -46,32 +49,50 @@ enum Kind {
 /// For each slot: `None` keeps the value, `Some(k)` puts in its k-th baseline.
 pub type Choice = [Option<usize>];
 
+/// Where a template's placeholders were written: the request field, and how errors speak of it.
+#[derive(Debug, Clone, Copy)]
+struct Source {
+    field: &'static str,
+    has: &'static str,
+}
+
+const TEMPLATE: Source = Source {
+    field: "template",
+    has: "the template has",
+};
+const MESSAGES: Source = Source {
+    field: "messages",
+    has: "the messages have",
+};
+
 impl Input {
     pub fn from_request(req: &AttributeRequest, tokenizer: &Tokenizer) -> Result<Input> {
-        match (&req.template, &req.text) {
-            (Some(_), Some(_)) => Err(Error::invalid(
+        check_chat_fields(req)?;
+        match (&req.template, &req.text, &req.messages) {
+            (Some(_), Some(_), _) => Err(Error::invalid(
                 "text",
                 "give either `template` (with `values`) or `text`, not both",
             )),
-            (None, None) => Err(Error::invalid(
+            (None, None, None) => Err(Error::invalid(
                 "template",
-                "missing input: give `template` with `values`, or `text` (every token is a feature)",
+                "missing input: give `template` with `values`, `messages` with `values`, or `text` \
+                 (every token is a feature)",
             )),
-            (Some(t), None) => {
-                for (field, given) in [
-                    ("skip_tokens", req.skip_tokens.is_some()),
-                    ("baseline_token", req.baseline_token.is_some()),
-                ] {
-                    if given {
-                        return Err(Error::invalid(
-                            field,
-                            "only for token input (`text`); a template's baselines go in `baselines`",
-                        ));
-                    }
-                }
-                from_template(t, req.values.as_ref(), req.baselines.as_ref(), req.mask.as_ref())
+            (None, None, Some(messages)) => {
+                no_token_fields(req)?;
+                from_chat(req, messages, tokenizer)
             }
-            (None, Some(text)) => {
+            (Some(t), None, None) => {
+                no_token_fields(req)?;
+                from_template(
+                    TEMPLATE,
+                    t,
+                    req.values.as_ref(),
+                    req.baselines.as_ref(),
+                    req.mask.as_ref(),
+                )
+            }
+            (None, Some(text), None) => {
                 for (field, given) in [
                     ("values", req.values.is_some()),
                     ("baselines", req.baselines.is_some()),
@@ -105,6 +126,10 @@ impl Input {
                     kind: Kind::Tokens(t),
                 })
             }
+            (_, _, Some(_)) => Err(Error::invalid(
+                "messages",
+                "give either `messages` or `template`/`text`, not both",
+            )),
         }
     }
 
@@ -115,7 +140,7 @@ impl Input {
     /// The request field that holds the features (for errors about their number).
     pub fn features_field(&self) -> &'static str {
         match self.kind {
-            Kind::Template { .. } => "template",
+            Kind::Template { source, .. } => source.field,
             Kind::Tokens(_) => "text",
         }
     }
@@ -142,12 +167,13 @@ impl Input {
                 names,
                 values,
                 baselines,
+                ..
             } => {
                 let text = render_template(pieces, names, |s| match choice[s] {
                     None => &values[s],
                     Some(k) => &baselines[s][k],
                 });
-                tokenizer.encode(&text)?
+                tokenizer.encode_prompt(&text)?
             }
             Kind::Tokens(t) => t.render(choice),
         };
@@ -165,6 +191,79 @@ impl Input {
         }
         Ok(ids)
     }
+}
+
+/// Chat-only fields without `messages`.
+fn check_chat_fields(req: &AttributeRequest) -> Result<()> {
+    if req.messages.is_some() {
+        return Ok(());
+    }
+    for (field, given) in [
+        ("chat_template", req.chat_template.is_some()),
+        ("add_generation_prompt", req.add_generation_prompt.is_some()),
+    ] {
+        if given {
+            return Err(Error::invalid(field, "only for chat input (`messages`)"));
+        }
+    }
+    Ok(())
+}
+
+/// Token-input fields with a template or chat input.
+fn no_token_fields(req: &AttributeRequest) -> Result<()> {
+    for (field, given) in [
+        ("skip_tokens", req.skip_tokens.is_some()),
+        ("baseline_token", req.baseline_token.is_some()),
+    ] {
+        if given {
+            return Err(Error::invalid(
+                field,
+                "only for token input (`text`); a template's baselines go in `baselines`",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Renders the messages with the chat template into a template (see [`chat`]) and reads it as a
+/// template input.
+fn from_chat(req: &AttributeRequest, messages: &[ChatMessage], tokenizer: &Tokenizer) -> Result<Input> {
+    let template = match (&req.chat_template, tokenizer.chat_template()) {
+        (Some(source), _) => ChatTemplate {
+            source,
+            bos_token: tokenizer.bos_token(),
+            eos_token: tokenizer.eos_token(),
+            field: "chat_template",
+        },
+        (None, Some(source)) => ChatTemplate {
+            source,
+            bos_token: tokenizer.bos_token(),
+            eos_token: tokenizer.eos_token(),
+            field: "messages",
+        },
+        (None, None) => {
+            return Err(Error::invalid(
+                "messages",
+                "the model has no chat template: give one in `chat_template`, or use `template`",
+            ))
+        }
+    };
+    let chat = Chat::new(template, messages, req.add_generation_prompt.unwrap_or(true))?;
+    let input = from_template(
+        MESSAGES,
+        &chat.to_template()?,
+        req.values.as_ref(),
+        req.baselines.as_ref(),
+        req.mask.as_ref(),
+    )?;
+    let value = |name: &str| {
+        req.values
+            .as_ref()
+            .and_then(|v| v.get(name))
+            .map_or("", String::as_str)
+    };
+    chat.check_values(value, &input.prompt)?;
+    Ok(input)
 }
 
 fn render_template<'v>(pieces: &[Piece], names: &[String], value: impl Fn(usize) -> &'v str) -> String {
@@ -193,6 +292,7 @@ fn mask_label(name: &str, v: &serde_json::Value) -> Result<String> {
 }
 
 fn from_template(
+    source: Source,
     template: &str,
     values: Option<&BTreeMap<String, String>>,
     baselines: Option<&BTreeMap<String, Baseline>>,
@@ -202,8 +302,11 @@ fn from_template(
     let names: Vec<String> = template::names(&pieces).into_iter().map(str::to_string).collect();
     if names.is_empty() {
         return Err(Error::invalid(
-            "template",
-            "the template has no placeholders: write {name} where a value goes ({{ and }} are literal braces)",
+            source.field,
+            format!(
+                "{} no placeholders: write {{name}} where a value goes ({{{{ and }}}} are literal braces)",
+                source.has
+            ),
         ));
     }
     let listed = || {
@@ -224,7 +327,7 @@ fn from_template(
         if !names.contains(key) {
             return Err(Error::invalid(
                 format!("values.{key}"),
-                format!("unknown placeholder `{key}`: the template has {}", listed()),
+                format!("unknown placeholder `{key}`: {} {}", source.has, listed()),
             ));
         }
     }
@@ -233,7 +336,7 @@ fn from_template(
         if !names.contains(key) {
             return Err(Error::invalid(
                 format!("baselines.{key}"),
-                format!("unknown placeholder `{key}`: the template has {}", listed()),
+                format!("unknown placeholder `{key}`: {} {}", source.has, listed()),
             ));
         }
         if matches!(b, Baseline::List(l) if l.is_empty()) {
@@ -250,7 +353,7 @@ fn from_template(
         if !names.contains(key) {
             return Err(Error::invalid(
                 format!("mask.{key}"),
-                format!("unknown placeholder `{key}`: the template has {}", listed()),
+                format!("unknown placeholder `{key}`: {} {}", source.has, listed()),
             ));
         }
         labels.insert(key.as_str(), mask_label(key, v)?);
@@ -338,6 +441,7 @@ fn from_template(
         slots,
         prompt,
         kind: Kind::Template {
+            source,
             pieces,
             names,
             values: slot_values,

@@ -16,6 +16,12 @@ pub fn parse(template: &str) -> Result<Vec<Piece>> {
     if template.is_empty() {
         return Err(Error::invalid("template", "the template is empty"));
     }
+    parse_text(template, "template")
+}
+
+/// Splits text that may hold placeholders (a template, a chat message) into pieces; it may be
+/// empty. Errors name `field`.
+pub fn parse_text(template: &str, field: &str) -> Result<Vec<Piece>> {
     let mut pieces = Vec::new();
     let mut text = String::new();
     let mut chars = template.char_indices().peekable();
@@ -31,7 +37,7 @@ pub fn parse(template: &str) -> Result<Vec<Piece>> {
             }
             '}' => {
                 return Err(Error::invalid(
-                    "template",
+                    field,
                     format!(
                     "unbalanced braces: '}}' at byte {at} closes nothing (write '}}}}' for a literal brace)"
                 ),
@@ -48,7 +54,7 @@ pub fn parse(template: &str) -> Result<Vec<Piece>> {
                         }
                         '{' => {
                             return Err(Error::invalid(
-                                "template",
+                                field,
                                 format!(
                                     "unbalanced braces: '{{' at byte {inner_at} inside the placeholder opened at \
                                      byte {at} (write '{{{{' for a literal brace)"
@@ -60,11 +66,11 @@ pub fn parse(template: &str) -> Result<Vec<Piece>> {
                 }
                 if !closed {
                     return Err(Error::invalid(
-                        "template",
+                        field,
                         format!("unbalanced braces: '{{' at byte {at} is never closed (write '{{{{' for a literal brace)"),
                     ));
                 }
-                check_name(&name, at)?;
+                check_name(&name, at, field)?;
                 if !text.is_empty() {
                     pieces.push(Piece::Text(std::mem::take(&mut text)));
                 }
@@ -79,10 +85,10 @@ pub fn parse(template: &str) -> Result<Vec<Piece>> {
     Ok(pieces)
 }
 
-fn check_name(name: &str, at: usize) -> Result<()> {
+fn check_name(name: &str, at: usize, field: &str) -> Result<()> {
     if name.is_empty() {
         return Err(Error::invalid(
-            "template",
+            field,
             format!(
                 "the placeholder at byte {at} has no name: write {{name}} (positional {{}} is not supported)"
             ),
@@ -93,7 +99,7 @@ fn check_name(name: &str, at: usize) -> Result<()> {
         .find(|c| !(c.is_alphanumeric() || *c == '_' || *c == '-'))
     {
         return Err(Error::invalid(
-            "template",
+            field,
             format!(
                 "placeholder {{{name}}} at byte {at}: names use letters, digits, '_' and '-' only \
                  (found {bad:?}; format specs and conversions are not supported)"
@@ -101,6 +107,11 @@ fn check_name(name: &str, at: usize) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// `text` as literal template text: braces doubled, so that `parse` gives `text` back.
+pub fn escape(text: &str) -> String {
+    text.replace('{', "{{").replace('}', "}}")
 }
 
 /// Placeholder names in order of first appearance.
@@ -141,6 +152,19 @@ mod tests {
             ]
         );
         assert_eq!(names(&p), vec!["name", "country"]);
+    }
+
+    #[test]
+    fn escaped_text_parses_back_to_itself() {
+        let text = "{% if x %}{{ y }}{% endif %} }{";
+        assert_eq!(parse(&escape(text)).unwrap(), vec![Piece::Text(text.into())]);
+    }
+
+    #[test]
+    fn message_text_may_be_empty_and_errors_name_its_field() {
+        assert_eq!(parse_text("", "messages[0].content").unwrap(), vec![]);
+        let e = parse_text("a {b", "messages[1].content").unwrap_err();
+        assert_eq!(e.field(), Some("messages[1].content"), "{e}");
     }
 
     #[test]

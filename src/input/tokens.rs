@@ -48,7 +48,7 @@ impl TokenInput {
         if text.is_empty() {
             return Err(Error::invalid("text", "the text is empty"));
         }
-        let (ids, offsets) = tokenizer.encode_with_offsets(text)?;
+        let (ids, offsets) = tokenizer.encode_prompt_with_offsets(text)?;
         if ids.is_empty() {
             return Err(Error::invalid("text", "the text tokenizes to nothing"));
         }

@@ -4,18 +4,16 @@
 //! `[tokens, features]` matrix: one GEMM per projection for the whole batch. Q, K and V come out
 //! of one fused projection and are split by a single permute.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use candle_core::safetensors::MmapedSafetensors;
-use candle_core::{DType, Device, IndexOp, Tensor};
-use candle_nn::kv_cache::KvCache;
+use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::model::ops::{self, Activation};
-use crate::model::{ArchInfo, Architecture};
+use crate::model::cache::{KvCache, Masks};
+use crate::model::ops::{self, Activation, Kernels};
+use crate::model::{ArchInfo, Architecture, LoadOptions};
 
 /// The fields of a GPT-2 `config.json` the forward pass needs.
 #[derive(Debug, Clone, Deserialize)]
@@ -107,12 +105,11 @@ impl Config {
     }
 
     fn activation(&self) -> std::result::Result<Activation, String> {
-        match self.activation_function.as_str() {
-            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Activation::GeluTanh),
-            "gelu" => Ok(Activation::GeluErf),
-            "relu" => Ok(Activation::Relu),
-            other => Err(format!(
-                "unsupported activation_function {other:?} (supported: gelu_new, gelu_pytorch_tanh, gelu_fast, gelu, relu)"
+        match Activation::from_name(&self.activation_function) {
+            Some(a) if a != Activation::Silu => Ok(a),
+            _ => Err(format!(
+                "unsupported activation_function {:?} (supported: gelu_new, gelu_pytorch_tanh, gelu_fast, gelu, relu)",
+                self.activation_function
             )),
         }
     }
@@ -125,8 +122,8 @@ struct LayerNorm {
 }
 
 impl LayerNorm {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps)
+    fn forward(&self, x: &Tensor, k: Kernels) -> candle_core::Result<Tensor> {
+        k.layer_norm(x, &self.weight, &self.bias, self.eps)
     }
 }
 
@@ -138,8 +135,8 @@ struct Conv1D {
 
 impl Conv1D {
     /// `act(x @ weight + bias)`; bias and activation in one parallel pass.
-    fn forward(&self, x: &Tensor, act: Option<Activation>) -> candle_core::Result<Tensor> {
-        ops::bias_act(&x.matmul(&self.weight)?, &self.bias, act)
+    fn forward(&self, x: &Tensor, act: Option<Activation>, k: Kernels) -> candle_core::Result<Tensor> {
+        k.bias_act(&x.matmul(&self.weight)?, &self.bias, act)
     }
 }
 
@@ -171,9 +168,9 @@ pub struct Gpt2 {
     /// `[vocab, hidden]`; `None` when tied to `wte`.
     lm_head: Option<Tensor>,
     parameters: usize,
-    /// Additive causal masks `[len, past + len]`, keyed by `(len, past)`.
-    masks: Mutex<HashMap<(usize, usize), Tensor>>,
+    masks: Masks,
     device: Device,
+    dtype: DType,
 }
 
 /// Reads tensors from one or more safetensors files and checks their shapes.
@@ -181,11 +178,12 @@ struct Weights {
     st: MmapedSafetensors,
     prefix: &'static str,
     device: Device,
+    dtype: DType,
     parameters: usize,
 }
 
 impl Weights {
-    fn open(files: &[PathBuf]) -> Result<Self> {
+    fn open(files: &[PathBuf], options: &LoadOptions) -> Result<Self> {
         if files.is_empty() {
             return Err(Error::Model("no safetensors weight file given".into()));
         }
@@ -218,7 +216,8 @@ impl Weights {
         Ok(Weights {
             st,
             prefix,
-            device: Device::Cpu,
+            device: options.device.clone(),
+            dtype: options.dtype(),
             parameters: 0,
         })
     }
@@ -227,7 +226,7 @@ impl Weights {
         self.st.get(name).is_ok()
     }
 
-    /// Loads `name` (with the `transformer.` prefix if the file uses it) as f32 of shape `dims`.
+    /// Loads `name` (with the `transformer.` prefix if the file uses it) of shape `dims`.
     fn get(&mut self, name: &str, dims: &[usize]) -> Result<Tensor> {
         let full = format!("{}{name}", self.prefix);
         self.exact(&full, dims)
@@ -240,7 +239,7 @@ impl Weights {
         let t = self
             .st
             .load(name, &self.device)
-            .and_then(|t| t.to_dtype(DType::F32))
+            .and_then(|t| t.to_dtype(self.dtype))
             .map_err(|e| Error::Model(format!("cannot load tensor {name}: {e}")))?;
         if t.dims() != dims {
             return Err(Error::Model(format!(
@@ -271,11 +270,11 @@ impl Weights {
 impl Gpt2 {
     /// Loads the weights named by a validated config from safetensors files (one, or the shards
     /// of a sharded checkpoint).
-    pub fn load(cfg: Config, files: &[PathBuf]) -> Result<Self> {
+    pub fn load(cfg: Config, files: &[PathBuf], options: &LoadOptions) -> Result<Self> {
         let activation = cfg
             .activation()
             .map_err(|m| Error::Model(format!("config.json: {m}")))?;
-        let mut w = Weights::open(files)?;
+        let mut w = Weights::open(files, options)?;
         let (c, v, inner) = (cfg.n_embd, cfg.vocab_size, cfg.inner());
         let head_dim = (c / cfg.n_head) as f64;
         let wte = w.get("wte.weight", &[v, c])?;
@@ -312,7 +311,6 @@ impl Gpt2 {
         } else {
             None
         };
-        let device = w.device.clone();
         Ok(Gpt2 {
             activation,
             wte,
@@ -321,8 +319,9 @@ impl Gpt2 {
             ln_f,
             lm_head,
             parameters: w.parameters,
-            masks: Mutex::new(HashMap::new()),
-            device,
+            masks: Masks::new(&w.device),
+            device: w.device,
+            dtype: w.dtype,
             cfg,
         })
     }
@@ -331,100 +330,68 @@ impl Gpt2 {
         &self.cfg
     }
 
-    /// Additive mask `[len, past + len]`: query i (at position past + i) sees keys 0..=past + i.
-    fn mask(&self, len: usize, past: usize) -> candle_core::Result<Tensor> {
-        let mut masks = self.masks.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(m) = masks.get(&(len, past)) {
-            return Ok(m.clone());
-        }
-        let total = past + len;
-        let data: Vec<f32> = (0..len)
-            .flat_map(|i| (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
-            .collect();
-        let m = Tensor::from_vec(data, (len, total), &self.device)?;
-        // Bound the cache by size (a 1024 x 1024 mask alone is 4 MB), not by count.
-        const MAX_CACHED: usize = 8 << 20;
-        let cached: usize = masks.values().map(Tensor::elem_count).sum();
-        if cached + len * total > MAX_CACHED {
-            masks.clear();
-        }
-        masks.insert((len, past), m.clone());
-        Ok(m)
-    }
-
-    /// Final hidden states `[batch * len, hidden]` of `ids` (`[batch, len]`) placed at positions
-    /// `past..past + len`. With `cache`, keys and values are appended to (and read from) it.
+    /// Final hidden states `[batch * len, hidden]` of token embeddings `tok` (`[batch * len,
+    /// hidden]`) placed after the positions in `cache`; with `rows` (indices into the
+    /// `batch * len` positions) only those rows come out, and the last block computes its
+    /// attention output projection and MLP for them alone.
     fn forward(
         &self,
-        ids: &Tensor,
-        past: usize,
-        cache: Option<&mut [KvCache]>,
-    ) -> candle_core::Result<Tensor> {
-        self.forward_rows(ids, past, cache, None)
-    }
-
-    /// As `forward`, but with `rows` (indices into the `batch * len` positions) only those rows
-    /// come out, and the last block computes its attention output projection and MLP for them
-    /// alone.
-    fn forward_rows(
-        &self,
-        ids: &Tensor,
-        past: usize,
-        mut cache: Option<&mut [KvCache]>,
+        tok: &Tensor,
+        (b, t): (usize, usize),
+        mut cache: Option<&mut KvCache>,
         rows: Option<&Tensor>,
+        k: Kernels,
     ) -> candle_core::Result<Tensor> {
-        let (b, t) = ids.dims2()?;
         let c = self.cfg.n_embd;
         let ctx = self.cfg.context_length();
+        let past = cache.as_ref().map_or(0, |c| c.len());
         if past + t > ctx {
             candle_core::bail!("{} tokens exceed the context length of {ctx}", past + t);
         }
-        let tok = self.wte.index_select(&ids.flatten_all()?, 0)?;
         let pos = self.wpe.narrow(0, past, t)?;
         let mut x = tok.reshape((b, t, c))?.broadcast_add(&pos)?.reshape((b * t, c))?;
-        let mask = if t > 1 { Some(self.mask(t, past)?) } else { None };
+        let mask = self.masks.get(t, past, None, self.dtype)?;
         let last = self.blocks.len().saturating_sub(1);
         for (i, block) in self.blocks.iter().enumerate() {
-            let kv = cache.as_deref_mut().map(|c| &mut c[i]);
+            let kv = cache.as_deref_mut().map(|c| (c, i));
             let only = if i == last { rows } else { None };
-            x = self.block(block, &x, (b, t), mask.as_ref(), kv, only)?;
+            x = self.block(block, &x, (b, t), mask.as_ref(), kv, only, k)?;
         }
-        self.ln_f.forward(&x)
+        self.ln_f.forward(&x, k)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn block(
         &self,
         blk: &Block,
         x: &Tensor,
         (b, t): (usize, usize),
         mask: Option<&Tensor>,
-        cache: Option<&mut KvCache>,
+        cache: Option<(&mut KvCache, usize)>,
         rows: Option<&Tensor>,
+        k: Kernels,
     ) -> candle_core::Result<Tensor> {
         let (c, nh) = (self.cfg.n_embd, self.cfg.n_head);
         let hd = c / nh;
-        let h = blk.ln_1.forward(x)?;
+        let h = blk.ln_1.forward(x, k)?;
         // [b*t, 3c] -> [3, b, heads, t, head_dim] in one copy.
         let qkv = blk
             .c_attn
-            .forward(&h, None)?
+            .forward(&h, None, k)?
             .reshape((b, t, 3, nh, hd))?
             .permute((2, 0, 3, 1, 4))?
             .contiguous()?;
-        let q = (qkv.i(0)? * blk.scale)?;
-        let (k, v) = (qkv.i(1)?, qkv.i(2)?);
-        let (k, v) = match cache {
-            Some(cache) => {
-                let (k, v) = cache.append(&k, &v)?;
-                (k.contiguous()?, v.contiguous()?)
-            }
-            None => (k, v),
+        let q = (qkv.get(0)? * blk.scale)?;
+        let (key, v) = (qkv.get(1)?, qkv.get(2)?);
+        let (key, v) = match cache {
+            Some((cache, i)) => cache.append(i, key, v)?,
+            None => (key, v),
         };
-        let mut att = q.matmul(&k.t()?)?;
+        let mut att = q.matmul(&key.t()?)?;
         if let Some(mask) = mask {
             att = att.broadcast_add(mask)?;
         }
-        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let att = k.softmax_last_dim(&att)?;
         let y = att
             .matmul(&v)?
             .transpose(1, 2)?
@@ -435,9 +402,15 @@ impl Gpt2 {
             Some(rows) => (x.index_select(rows, 0)?, y.index_select(rows, 0)?),
             None => (x.clone(), y),
         };
-        let x = (&x + blk.attn_proj.forward(&y, None)?)?;
-        let h = blk.c_fc.forward(&blk.ln_2.forward(&x)?, Some(self.activation))?;
-        x + blk.mlp_proj.forward(&h, None)?
+        let x = (&x + blk.attn_proj.forward(&y, None, k)?)?;
+        let h = blk
+            .c_fc
+            .forward(&blk.ln_2.forward(&x, k)?, Some(self.activation), k)?;
+        x + blk.mlp_proj.forward(&h, None, k)?
+    }
+
+    fn tokens(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        self.wte.index_select(&ids.flatten_all()?, 0)
     }
 
     fn head(&self) -> &Tensor {
@@ -448,40 +421,53 @@ impl Gpt2 {
 impl Architecture for Gpt2 {
     fn hidden(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        self.forward(ids, 0, None)?.reshape((b, t, self.cfg.n_embd))
+        self.forward(&self.tokens(ids)?, (b, t), None, None, Kernels::Fused)?
+            .reshape((b, t, self.cfg.n_embd))
     }
 
     fn hidden_rows(&self, ids: &Tensor, rows: &Tensor) -> candle_core::Result<Tensor> {
-        self.forward_rows(ids, 0, None, Some(rows))
+        let (b, t) = ids.dims2()?;
+        self.forward(&self.tokens(ids)?, (b, t), None, Some(rows), Kernels::Fused)
     }
 
     fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
-        hidden.matmul(&self.head().t()?)
+        let head = self.head().t()?;
+        match hidden.rank() {
+            2 => hidden.matmul(&head),
+            _ => hidden.broadcast_matmul(&head),
+        }
     }
 
-    fn generate(&self, prompt: &[u32], max_new_tokens: usize, stop: &[u32]) -> candle_core::Result<Vec<u32>> {
-        let ctx = self.cfg.context_length();
-        if prompt.is_empty() {
-            candle_core::bail!("the prompt is empty");
-        }
-        let mut cache: Vec<KvCache> = (0..self.cfg.n_layer).map(|_| KvCache::new(2, ctx)).collect();
-        let mut out = Vec::with_capacity(max_new_tokens);
-        let mut input = prompt.to_vec();
-        let mut past = 0;
-        while out.len() < max_new_tokens {
-            let t = input.len();
-            let ids = Tensor::from_vec(input, (1, t), &self.device)?;
-            let h = self.forward(&ids, past, Some(&mut cache))?;
-            let logits = self.logits(&h.i(t - 1..t)?)?;
-            let next = logits.argmax(1)?.to_vec1::<u32>()?[0];
-            out.push(next);
-            past += t;
-            if stop.contains(&next) {
-                break;
-            }
-            input = vec![next];
-        }
-        Ok(out)
+    fn step(&self, ids: &Tensor, cache: &mut KvCache) -> candle_core::Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let last = Tensor::new(&[(t - 1) as u32], &self.device)?;
+        self.forward(
+            &self.tokens(ids)?,
+            (b, t),
+            Some(cache),
+            Some(&last),
+            Kernels::Fused,
+        )
+    }
+
+    fn new_cache(&self) -> KvCache {
+        KvCache::new(self.blocks.len())
+    }
+
+    fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        self.tokens(ids)?.reshape((b, t, self.cfg.n_embd))
+    }
+
+    fn forward_from_embeddings(&self, embeds: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t, c) = embeds.dims3()?;
+        let x = embeds.reshape((b * t, c))?;
+        self.forward(&x, (b, t), None, None, Kernels::Differentiable)?
+            .reshape((b, t, c))
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
     }
 
     fn info(&self) -> ArchInfo {
@@ -493,62 +479,61 @@ impl Architecture for Gpt2 {
             hidden_size: self.cfg.n_embd,
             layers: self.cfg.n_layer,
             heads: self.cfg.n_head,
-            dtype: "f32".into(),
+            dtype: self.dtype.as_str().into(),
         }
     }
 }
 
 /// Loads a GPT-2 from a config file and its safetensors weights.
-pub fn load(config: &Path, weights: &[PathBuf]) -> Result<Gpt2> {
+pub fn load(config: &Path, weights: &[PathBuf], options: &LoadOptions) -> Result<Gpt2> {
     let text = std::fs::read_to_string(config)
         .map_err(|e| Error::Model(format!("cannot read {}: {e}", config.display())))?;
     let cfg = Config::from_json(&text, &config.display().to_string())?;
-    Gpt2::load(cfg, weights)
+    Gpt2::load(cfg, weights, options)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn tiny() -> Gpt2 {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-gpt2");
+        load(
+            &dir.join("config.json"),
+            &[dir.join("model.safetensors")],
+            &LoadOptions::default(),
+        )
+        .unwrap()
+    }
+
     /// Feeding a sequence in chunks through the KV cache (masks with a past) gives the hidden
     /// states of one full pass.
     #[test]
     fn chunked_cache_equals_full_pass() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-gpt2");
-        let m = load(&dir.join("config.json"), &[dir.join("model.safetensors")]).unwrap();
+        let m = tiny();
         let ids: Vec<u32> = (0..15).map(|i| 100 + 37 * i).collect();
-        let full = m
-            .forward(
-                &Tensor::new(ids.as_slice(), &m.device)
-                    .unwrap()
-                    .unsqueeze(0)
-                    .unwrap(),
-                0,
-                None,
-            )
-            .unwrap();
-        let mut cache: Vec<KvCache> = (0..2).map(|_| KvCache::new(2, 128)).collect();
-        let mut parts = Vec::new();
-        for (start, end) in [(0, 10), (10, 11), (11, 15)] {
-            let chunk = Tensor::new(&ids[start..end], &m.device)
-                .unwrap()
-                .unsqueeze(0)
-                .unwrap();
-            parts.push(m.forward(&chunk, start, Some(&mut cache)).unwrap());
-        }
+        let run = |ids: &[u32], cache: Option<&mut KvCache>| {
+            let ids = Tensor::new(ids, &m.device).unwrap().unsqueeze(0).unwrap();
+            let tok = m.tokens(&ids).unwrap();
+            m.forward(&tok, (1, ids.dim(1).unwrap()), cache, None, Kernels::Fused)
+        };
+        let full = run(&ids, None).unwrap();
+        let mut cache = m.new_cache();
+        let parts: Vec<Tensor> = [(0, 10), (10, 11), (11, 15)]
+            .iter()
+            .map(|&(start, end)| run(&ids[start..end], Some(&mut cache)).unwrap())
+            .collect();
         let chunked = Tensor::cat(&parts, 0).unwrap();
         let diff = ops::max_abs_diff(&full, &chunked);
         assert!(diff < 1e-4, "max difference {diff}");
         // Past the context length: an error, not a panic.
-        let over = Tensor::new(&[1u32, 2], &m.device).unwrap().unsqueeze(0).unwrap();
-        assert!(m.forward(&over, 127, None).is_err());
+        assert!(run(&[1; 129], None).is_err());
     }
 
     /// Computing the last block for selected rows only gives those rows of the full pass.
     #[test]
     fn hidden_rows_equals_picking_from_hidden() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-gpt2");
-        let m = load(&dir.join("config.json"), &[dir.join("model.safetensors")]).unwrap();
+        let m = tiny();
         let ids: Vec<u32> = (0..24).map(|i| 50 + 101 * i).collect();
         let ids = Tensor::from_vec(ids, (2, 12), &m.device).unwrap();
         let rows = Tensor::new(&[0u32, 5, 11, 12, 23, 5], &m.device).unwrap();

@@ -2,9 +2,12 @@
 //!
 //! The model owns the tensors. Everything above this module sees token ids and log-probs.
 
+pub mod cache;
+pub mod config;
+pub mod decoder;
+pub mod family;
 pub mod gguf;
 pub mod gpt2;
-pub mod llama;
 pub mod ops;
 pub mod spec;
 pub mod tokenizer;
@@ -15,36 +18,73 @@ use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+pub use cache::KvCache;
+pub use family::Family;
 pub use spec::ModelSpec;
 pub use tokenizer::Tokenizer;
 
-/// What one architecture file provides. Inputs are right-padded `[batch, len]` u32 ids with
+/// What one architecture provides. Inputs are right-padded `[batch, len]` u32 ids with
 /// positions starting at 0; the causal mask alone keeps padding (always after the real tokens)
 /// out of every real position.
 pub trait Architecture: Send + Sync {
     /// Final hidden states (after the last norm), `[batch, len, hidden]`.
     fn hidden(&self, ids: &Tensor) -> candle_core::Result<Tensor>;
     /// Final hidden states at `rows` only (u32 indices into the `batch * len` positions),
-    /// `[n, hidden]`. An architecture may override it to skip work that feeds no selected row;
-    /// by default it runs `hidden` and picks the rows.
-    fn hidden_rows(&self, ids: &Tensor, rows: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, t) = ids.dims2()?;
-        let h = self.hidden(ids)?;
-        let d = h.dim(2)?;
-        h.reshape((b * t, d))?.index_select(rows, 0)
-    }
-    /// LM head on selected rows: `[n, hidden]` -> `[n, vocab]`.
+    /// `[n, hidden]`, skipping work that feeds no selected row.
+    fn hidden_rows(&self, ids: &Tensor, rows: &Tensor) -> candle_core::Result<Tensor>;
+    /// LM head: `[.., hidden]` -> `[.., vocab]` (differentiable).
     fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor>;
-    /// Greedy continuation with a KV cache; stops after `max_new_tokens` or at a `stop` id
-    /// (which is included in the result).
-    fn generate(&self, prompt: &[u32], max_new_tokens: usize, stop: &[u32]) -> candle_core::Result<Vec<u32>>;
+    /// Runs `ids` (`[1, len]`) after the positions in `cache`, appending their keys and values;
+    /// the final hidden state of the last one, `[1, hidden]`.
+    fn step(&self, ids: &Tensor, cache: &mut KvCache) -> candle_core::Result<Tensor>;
+    /// An empty cache for [`Architecture::step`].
+    fn new_cache(&self) -> KvCache;
+    /// The input embedding layer's output, `[batch, len, hidden]` (what Captum's layer methods
+    /// attribute to).
+    fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor>;
+    /// Final hidden states `[batch, len, hidden]` from the output of [`Architecture::embed`],
+    /// built only from candle ops with a backward pass (none of the fused kernels), so
+    /// gradients flow back to `embeds`. Feed it to [`Architecture::logits`].
+    fn forward_from_embeddings(&self, embeds: &Tensor) -> candle_core::Result<Tensor>;
+    /// Where the weights live.
+    fn device(&self) -> &Device;
     fn info(&self) -> ArchInfo;
+}
+
+/// Where to put a model and in which data type.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub device: Device,
+    /// `None`: f32 on the CPU, bf16 elsewhere.
+    pub dtype: Option<DType>,
+}
+
+impl LoadOptions {
+    pub fn new(device: Device, dtype: Option<DType>) -> Self {
+        LoadOptions { device, dtype }
+    }
+
+    /// The data type the weights are loaded in and the forward pass runs in.
+    pub fn dtype(&self) -> DType {
+        match self.dtype {
+            Some(d) => d,
+            None if self.device.is_cpu() => DType::F32,
+            None => DType::BF16,
+        }
+    }
+}
+
+impl Default for LoadOptions {
+    /// The CPU in f32: what the CLI and server use unless told otherwise.
+    fn default() -> Self {
+        LoadOptions::new(Device::Cpu, None)
+    }
 }
 
 /// Static facts about a loaded architecture.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ArchInfo {
-    /// `gpt2` or `llama`.
+    /// The family (`gpt2`, `llama`, `qwen2`, ...).
     pub architecture: String,
     pub parameters: usize,
     pub vocab_size: usize,
@@ -59,8 +99,10 @@ pub struct ArchInfo {
 /// `GET /v1/model`.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ModelInfo {
-    /// The spec the model was loaded from (`hf:ORG/NAME`, a directory or a `.gguf` file).
+    /// The model: its hub spec (`hf:ORG/NAME`) or the name of its directory or `.gguf` file.
     pub spec: String,
+    /// Whether the model has a chat template (requests may then give `messages`).
+    pub chat_template: bool,
     #[serde(flatten)]
     pub arch: ArchInfo,
 }
@@ -91,19 +133,26 @@ impl Model {
     pub fn new(arch: Box<dyn Architecture>, tokenizer: Tokenizer, spec: &str) -> Self {
         let info = ModelInfo {
             spec: spec.to_string(),
+            chat_template: tokenizer.chat_template().is_some(),
             arch: arch.info(),
         };
+        let device = arch.device().clone();
         Model {
             arch,
             tokenizer,
             info,
-            device: Device::Cpu,
+            device,
         }
     }
 
     /// Loads a model from a spec: `hf:ORG/NAME[@REV]`, a directory, or a `.gguf` file.
-    pub fn load(spec: &str) -> Result<Arc<Model>> {
-        spec::load(spec).map(Arc::new)
+    pub fn load(spec: &str, options: &LoadOptions) -> Result<Arc<Model>> {
+        spec::load(spec, options).map(Arc::new)
+    }
+
+    /// The architecture, for what needs tensors (gradient methods).
+    pub fn arch(&self) -> &dyn Architecture {
+        self.arch.as_ref()
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
@@ -235,10 +284,38 @@ impl Model {
                 format!("token id {id} is out of range (vocabulary size {vocab})"),
             ));
         }
-        Ok(self
-            .arch
-            .generate(prompt, max_new_tokens, self.tokenizer.eos_ids())?)
+        Ok(greedy(
+            self.arch.as_ref(),
+            prompt,
+            max_new_tokens,
+            self.tokenizer.eos_ids(),
+        )?)
     }
+}
+
+/// The one greedy-generation loop: the prompt in one step, then one token per step through the
+/// KV cache; stops after `max_new_tokens` or at a `stop` id (which is included).
+pub fn greedy(
+    arch: &dyn Architecture,
+    prompt: &[u32],
+    max_new_tokens: usize,
+    stop: &[u32],
+) -> candle_core::Result<Vec<u32>> {
+    let mut out = Vec::with_capacity(max_new_tokens);
+    let mut cache = arch.new_cache();
+    let mut input = prompt.to_vec();
+    while out.len() < max_new_tokens && !input.is_empty() {
+        let ids = Tensor::new(input.as_slice(), arch.device())?.unsqueeze(0)?;
+        let hidden = arch.step(&ids, &mut cache)?;
+        let logits = arch.logits(&hidden)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let next = cache::argmax(&logits[0]);
+        out.push(next);
+        if stop.contains(&next) {
+            break;
+        }
+        input = vec![next];
+    }
+    Ok(out)
 }
 
 /// Splits `order` (already sorted by length) into consecutive runs whose padded size

@@ -1,7 +1,75 @@
 //! Fused CPU kernels for the hot elementwise steps that candle would run as several
 //! single-threaded passes, each allocating a full-size tensor.
 
-use candle_core::{bail, CpuStorage, Device, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{bail, CpuStorage, DType, Layout, Result, Shape, Storage, Tensor, D};
+
+use crate::model::config::RopeStyle;
+
+/// Which implementation a forward pass uses for norms, softmax, RoPE and activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernels {
+    /// Fused kernels (candle's and this module's): the scoring and generation path. They have
+    /// no backward pass; ours fall back to candle ops off CPU f32.
+    Fused,
+    /// Plain candle ops, every one with a backward pass (gradient methods).
+    Differentiable,
+}
+
+impl Kernels {
+    pub fn rms_norm(self, x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
+        match self {
+            Kernels::Fused => candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps),
+            Kernels::Differentiable => candle_nn::ops::rms_norm_slow(x, weight, eps),
+        }
+    }
+
+    pub fn layer_norm(self, x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
+        match self {
+            Kernels::Fused => candle_nn::ops::layer_norm(x, weight, bias, eps),
+            Kernels::Differentiable => candle_nn::ops::layer_norm_slow(x, weight, bias, eps),
+        }
+    }
+
+    pub fn softmax_last_dim(self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Kernels::Fused => candle_nn::ops::softmax_last_dim(x),
+            Kernels::Differentiable => candle_nn::ops::softmax(x, D::Minus1),
+        }
+    }
+
+    /// RoPE on `[b, heads, t, head_dim]` with `[t, head_dim / 2]` tables.
+    pub fn rope(self, x: &Tensor, cos: &Tensor, sin: &Tensor, style: RopeStyle) -> Result<Tensor> {
+        use candle_nn::rotary_emb as r;
+        match (self, style) {
+            (Kernels::Fused, RopeStyle::Half) => r::rope(&x.contiguous()?, cos, sin),
+            (Kernels::Fused, RopeStyle::Interleaved) => r::rope_i(&x.contiguous()?, cos, sin),
+            (Kernels::Differentiable, RopeStyle::Half) => r::rope_slow(x, cos, sin),
+            (Kernels::Differentiable, RopeStyle::Interleaved) => r::rope_i_slow(x, cos, sin),
+        }
+    }
+
+    /// `act(gate) * up` for `[n, 2f]` rows holding gate then up.
+    pub fn gated(self, gate_up: &Tensor, act: Activation) -> Result<Tensor> {
+        match self {
+            Kernels::Fused => gated(gate_up, act),
+            Kernels::Differentiable => {
+                let f = gate_up.dim(1)? / 2;
+                act.apply(&gate_up.narrow(1, 0, f)?)? * gate_up.narrow(1, f, f)?
+            }
+        }
+    }
+
+    /// `act(x + bias)` for `[n, out]` rows.
+    pub fn bias_act(self, x: &Tensor, bias: &Tensor, act: Option<Activation>) -> Result<Tensor> {
+        match self {
+            Kernels::Fused => bias_act(x, bias, act),
+            Kernels::Differentiable => {
+                let y = x.broadcast_add(bias)?;
+                act.map_or(Ok(y.clone()), |a| a.apply(&y))
+            }
+        }
+    }
+}
 use rayon::prelude::*;
 
 /// Runs `f` on the f32 data of a contiguous CPU tensor.
@@ -20,10 +88,14 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
 /// Rows of at least this many floats per rayon task.
 const GRAIN: usize = 1 << 14;
 
-/// `silu(gate) * up` for `[n, 2f]` rows that hold gate then up; returns `[n, f]`.
-pub fn swiglu(gate_up: &Tensor) -> Result<Tensor> {
+/// `act(gate) * up` for `[n, 2f]` rows that hold gate then up; returns `[n, f]`. One parallel
+/// pass on CPU f32; candle ops elsewhere.
+pub fn gated(gate_up: &Tensor, act: Activation) -> Result<Tensor> {
     let (n, two_f) = gate_up.dims2()?;
     let f = two_f / 2;
+    if !is_cpu_f32(gate_up) {
+        return Kernels::Differentiable.gated(gate_up, act);
+    }
     let mut out = vec![0f32; n * f];
     with_f32(gate_up, |src| {
         let rows = (GRAIN / two_f.max(1)).max(1);
@@ -32,14 +104,27 @@ pub fn swiglu(gate_up: &Tensor) -> Result<Tensor> {
             .for_each(|(dst, src)| {
                 for (dst, src) in dst.chunks_mut(f).zip(src.chunks(two_f)) {
                     let (gate, up) = src.split_at(f);
-                    for ((d, &g), &u) in dst.iter_mut().zip(gate).zip(up) {
-                        *d = g / (1.0 + (-g).exp()) * u;
+                    match act {
+                        Activation::Silu => dst
+                            .iter_mut()
+                            .zip(gate)
+                            .zip(up)
+                            .for_each(|((d, &g), &u)| *d = g / (1.0 + (-g).exp()) * u),
+                        act => dst
+                            .iter_mut()
+                            .zip(gate)
+                            .zip(up)
+                            .for_each(|((d, &g), &u)| *d = act.scalar(g) * u),
                     }
                 }
             });
         Ok(())
     })?;
-    Tensor::from_vec(out, (n, f), &Device::Cpu)
+    Tensor::from_vec(out, (n, f), gate_up.device())
+}
+
+fn is_cpu_f32(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32
 }
 
 /// `log_softmax(logits[r])[targets[r]]` for every row of f32 `[n, vocab]` logits, without
@@ -68,14 +153,49 @@ pub fn target_logprobs(logits: &Tensor, targets: &[u32]) -> Result<Vec<f32>> {
     })
 }
 
-/// The activation fused into [`bias_act`].
+/// An activation function, by its Hugging Face name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Activation {
+pub enum Activation {
+    /// `silu` / `swish`.
+    Silu,
     /// tanh approximation (`gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`).
     GeluTanh,
     /// exact erf GELU (`gelu`).
     GeluErf,
     Relu,
+}
+
+impl Activation {
+    /// The activation a config's `hidden_act` / `activation_function` names.
+    pub fn from_name(name: &str) -> Option<Activation> {
+        Some(match name {
+            "silu" | "swish" => Activation::Silu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
+            "gelu" => Activation::GeluErf,
+            "relu" => Activation::Relu,
+            _ => return None,
+        })
+    }
+
+    /// Applied with candle ops (any device and dtype, with backward).
+    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Activation::Silu => x.silu(),
+            Activation::GeluTanh => x.gelu(),
+            Activation::GeluErf => x.gelu_erf(),
+            Activation::Relu => x.relu(),
+        }
+    }
+
+    #[inline]
+    fn scalar(self, x: f32) -> f32 {
+        match self {
+            Activation::Silu => x / (1.0 + (-x).exp()),
+            Activation::GeluTanh => gelu_tanh(x),
+            Activation::GeluErf => gelu_erf(x),
+            Activation::Relu => x.max(0.0),
+        }
+    }
 }
 
 /// `gelu_new(x) = 0.5 x (1 + tanh(u)) = x * sigmoid(2u)`, `u = sqrt(2/pi) (x + 0.044715 x^3)`:
@@ -95,6 +215,9 @@ fn gelu_erf(x: f32) -> f32 {
 /// `act(x + bias)` for a contiguous f32 `[rows, out]` tensor and an `[out]` bias, in one
 /// parallel pass.
 pub(crate) fn bias_act(x: &Tensor, bias: &Tensor, act: Option<Activation>) -> Result<Tensor> {
+    if !is_cpu_f32(x) {
+        return Kernels::Differentiable.bias_act(x, bias, act);
+    }
     x.apply_op2_no_bwd(bias, &BiasAct(act))
 }
 
@@ -150,6 +273,11 @@ impl candle_core::CustomOp2 for BiasAct {
                             .zip(x)
                             .zip(b)
                             .for_each(|((o, &x), &b)| *o = (x + b).max(0.0)),
+                        Some(Activation::Silu) => o
+                            .iter_mut()
+                            .zip(x)
+                            .zip(b)
+                            .for_each(|((o, &x), &b)| *o = Activation::Silu.scalar(x + b)),
                     }
                 }
             });
@@ -168,13 +296,16 @@ pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
 
     #[test]
-    fn swiglu_matches_candle() {
+    fn gated_matches_candle() {
         let x = Tensor::randn(0f32, 2.0, (37, 2 * 50), &Device::Cpu).unwrap();
-        let want = (x.narrow(1, 0, 50).unwrap().silu().unwrap() * x.narrow(1, 50, 50).unwrap()).unwrap();
-        let got = swiglu(&x).unwrap();
-        assert!(max_abs_diff(&got, &want) < 1e-5);
+        for act in [Activation::Silu, Activation::GeluTanh] {
+            let want = Kernels::Differentiable.gated(&x, act).unwrap();
+            let got = Kernels::Fused.gated(&x, act).unwrap();
+            assert!(max_abs_diff(&got, &want) < 1e-5, "{act:?}");
+        }
     }
 
     #[test]

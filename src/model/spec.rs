@@ -7,15 +7,22 @@
 //!
 //! A directory or hub repo needs `config.json`, `tokenizer.json` (or GPT-2's `vocab.json` +
 //! `merges.txt`) and `model.safetensors` or a sharded `model.safetensors.index.json`;
-//! `model_type` in the config picks the architecture.
+//! `model_type` in the config picks the family (see `family.rs`). `tokenizer_config.json`,
+//! `chat_template.jinja` and `generation_config.json` are read when present.
 
 use std::path::{Path, PathBuf};
 
 use hf_hub::api::sync::{ApiBuilder, ApiError};
 use hf_hub::{Cache, Repo, RepoType};
 
+use candle_nn::VarBuilder;
+use serde_json::Value;
+
 use crate::error::{Error, Result};
-use crate::model::{gpt2, Model, Tokenizer};
+use crate::model::config::DecoderConfig;
+use crate::model::decoder::Decoder;
+use crate::model::tokenizer::{set_bos_eos, SpecialTokens};
+use crate::model::{gpt2, Architecture, Family, LoadOptions, Model, Tokenizer};
 
 /// The model used when none is given.
 pub const DEFAULT_SPEC: &str = "hf:distilbert/distilgpt2";
@@ -155,7 +162,21 @@ pub struct ModelFiles {
     pub config: PathBuf,
     pub tokenizer: TokenizerFiles,
     pub weights: Vec<PathBuf>,
+    /// The files beside the tokenizer that may be missing.
+    pub extra: ExtraFiles,
 }
+
+/// `tokenizer_config.json`, `chat_template.jinja` and `generation_config.json`, where present.
+#[derive(Debug, Clone, Default)]
+pub struct ExtraFiles {
+    pub tokenizer_config: Option<PathBuf>,
+    pub chat_template: Option<PathBuf>,
+    pub generation_config: Option<PathBuf>,
+}
+
+const TOKENIZER_CONFIG: &str = "tokenizer_config.json";
+const CHAT_TEMPLATE: &str = "chat_template.jinja";
+const GENERATION_CONFIG: &str = "generation_config.json";
 
 /// A `tokenizer.json`, or the older GPT-2 pair `vocab.json` + `merges.txt`.
 #[derive(Debug, Clone)]
@@ -175,17 +196,34 @@ impl TokenizerFiles {
 }
 
 /// Loads the model a spec names, reaching the hub as the environment says.
-pub fn load(spec: &str) -> Result<Model> {
-    load_with(spec, &HubOptions::from_env())
+pub fn load(spec: &str, options: &LoadOptions) -> Result<Model> {
+    load_with(spec, &HubOptions::from_env(), options)
 }
 
 /// Loads the model a spec names with explicit hub options.
-pub fn load_with(spec: &str, hub: &HubOptions) -> Result<Model> {
-    let label = spec.trim();
-    match ModelSpec::parse(spec)? {
-        ModelSpec::Gguf(path) => crate::model::gguf::load(&path, label),
-        ModelSpec::Dir(dir) => load_files(&dir_files(&dir)?, label),
-        ModelSpec::Hub { repo, revision } => load_files(&fetch(&repo, revision.as_deref(), hub)?, label),
+pub fn load_with(spec: &str, hub: &HubOptions, options: &LoadOptions) -> Result<Model> {
+    let parsed = ModelSpec::parse(spec)?;
+    let label = &parsed.label(spec);
+    match parsed {
+        ModelSpec::Gguf(path) => crate::model::gguf::load(&path, label, options),
+        ModelSpec::Dir(dir) => load_files(&dir_files(&dir)?, label, options),
+        ModelSpec::Hub { repo, revision } => {
+            load_files(&fetch(&repo, revision.as_deref(), hub)?, label, options)
+        }
+    }
+}
+
+impl ModelSpec {
+    /// How the model is named to clients: a hub spec as given, a file or directory by its
+    /// name (the server's paths are none of their business).
+    pub fn label(&self, given: &str) -> String {
+        match self {
+            ModelSpec::Hub { .. } => given.trim().to_string(),
+            ModelSpec::Dir(p) | ModelSpec::Gguf(p) => p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "model".to_string()),
+        }
     }
 }
 
@@ -233,10 +271,16 @@ pub fn dir_files(dir: &Path) -> Result<ModelFiles> {
             dir.display()
         )));
     }
+    let optional = |name: &str| Some(dir.join(name)).filter(|p| p.is_file());
     Ok(ModelFiles {
         config,
         tokenizer,
         weights,
+        extra: ExtraFiles {
+            tokenizer_config: optional(TOKENIZER_CONFIG),
+            chat_template: optional(CHAT_TEMPLATE),
+            generation_config: optional(GENERATION_CONFIG),
+        },
     })
 }
 
@@ -305,16 +349,23 @@ pub fn fetch(repo: &str, revision: Option<&str>, hub: &HubOptions) -> Result<Mod
             }
         },
     };
+    let extra = ExtraFiles {
+        tokenizer_config: getter.try_get(TOKENIZER_CONFIG)?,
+        chat_template: getter.try_get(CHAT_TEMPLATE)?,
+        generation_config: getter.try_get(GENERATION_CONFIG)?,
+    };
     Ok(ModelFiles {
         config,
         tokenizer,
         weights,
+        extra,
     })
 }
 
 /// Gets files of one repo from the cache, or the network unless offline.
 struct Getter<'a> {
     hub: &'a HubOptions,
+    repo: Repo,
     cache: hf_hub::CacheRepo,
     api: Option<hf_hub::api::sync::ApiRepo>,
     spec: &'a str,
@@ -333,10 +384,11 @@ impl<'a> Getter<'a> {
                 .with_retries(2)
                 .build()
                 .map_err(|e| Error::Model(format!("cannot set up the hub client: {e}")))?;
-            Some(api.repo(repo))
+            Some(api.repo(repo.clone()))
         };
         Ok(Getter {
             hub,
+            repo,
             cache,
             api,
             spec,
@@ -364,6 +416,22 @@ impl<'a> Getter<'a> {
         }
     }
 
+    /// huggingface_hub's record that the repo has no such file at the cached commit,
+    /// `.no_exist/<commit>/<file>`, so optional files are asked for once, not on every load.
+    fn absent_marker(&self, file: &str) -> Option<PathBuf> {
+        let dir = self.hub.cache_dir.join(self.repo.folder_name());
+        let rev = self.repo.revision();
+        let commit = if rev.len() == 40 && rev.chars().all(|c| c.is_ascii_hexdigit()) {
+            rev.to_string()
+        } else {
+            std::fs::read_to_string(dir.join("refs").join(rev))
+                .ok()?
+                .trim()
+                .to_string()
+        };
+        Some(dir.join(".no_exist").join(commit).join(file))
+    }
+
     /// `Ok(None)` when the file is not there: not on the hub, or (offline) not in the cache.
     fn try_get(&self, file: &str) -> Result<Option<PathBuf>> {
         if let Some(p) = self.cache.get(file) {
@@ -372,11 +440,22 @@ impl<'a> Getter<'a> {
         let Some(api) = &self.api else {
             return Ok(None);
         };
+        if self.absent_marker(file).is_some_and(|m| m.is_file()) {
+            return Ok(None);
+        }
         tracing::info!(spec = self.spec, file, "downloading from the hub");
         match api.download(file) {
             Ok(p) => Ok(Some(p)),
             Err(e) => match hub_error(&e, &self.hub.endpoint) {
-                HubFailure::MissingFile => Ok(None),
+                HubFailure::MissingFile => {
+                    if let Some(marker) = self.absent_marker(file) {
+                        if let Some(dir) = marker.parent() {
+                            // Best effort: without the marker the file is only asked for again.
+                            let _ = std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&marker, b""));
+                        }
+                    }
+                    Ok(None)
+                }
                 HubFailure::Other(m) => Err(Error::Model(format!(
                     "{}: cannot download {file} from {}: {m}",
                     self.spec, self.hub.endpoint
@@ -431,45 +510,146 @@ fn hub_error(e: &ApiError, endpoint: &str) -> HubFailure {
     }
 }
 
-/// Loads a model from its local files, choosing the architecture from `config.json`.
-pub fn load_files(files: &ModelFiles, spec: &str) -> Result<Model> {
-    let text = std::fs::read_to_string(&files.config)
-        .map_err(|e| Error::Model(format!("cannot read {}: {e}", files.config.display())))?;
-    let json: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Error::Model(format!("{} is not valid JSON: {e}", files.config.display())))?;
-    let model_type = json.get("model_type").and_then(|t| t.as_str()).ok_or_else(|| {
-        Error::Model(format!(
-            "{} has no model_type (string) field",
-            files.config.display()
-        ))
-    })?;
-    match model_type {
-        "gpt2" => {
-            let cfg = gpt2::Config::from_json(&text, &files.config.display().to_string())?;
-            let arch = gpt2::Gpt2::load(cfg, &files.weights)?;
-            let inner = files.tokenizer.load()?;
-            let eos = eos_ids(&json, &inner);
-            let tokenizer = Tokenizer::new(inner, eos);
-            check_vocab(&tokenizer, arch.config().vocab_size)?;
-            Ok(Model::new(Box::new(arch), tokenizer, spec))
+/// Loads a model from its local files, choosing the family from `config.json`.
+pub fn load_files(files: &ModelFiles, spec: &str, options: &LoadOptions) -> Result<Model> {
+    let origin = files.config.display().to_string();
+    let json = read_json(&files.config)?;
+    let model_type = json
+        .get("model_type")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Error::Model(format!("{origin} has no model_type (string) field")))?;
+    let family = Family::from_model_type(model_type)?;
+    let tokenizer = hf_tokenizer(files, &json)?;
+    let arch: Box<dyn Architecture> = match family {
+        Family::Gpt2 => {
+            let cfg = gpt2::Config::from_json(&json.to_string(), &origin)?;
+            Box::new(gpt2::Gpt2::load(cfg, &files.weights, options)?)
         }
-        other => Err(Error::Model(format!(
-            "unsupported architecture {other} (supported: gpt2, llama via GGUF)"
-        ))),
+        _ => {
+            let cfg = DecoderConfig::from_hf(family, &json, &origin)?;
+            Box::new(Decoder::load(cfg, safetensors(&files.weights, options)?)?)
+        }
+    };
+    check_vocab(&tokenizer, arch.info().vocab_size)?;
+    Ok(Model::new(arch, tokenizer, spec))
+}
+
+/// A `VarBuilder` over memory-mapped safetensors files, converting to the chosen dtype.
+fn safetensors(files: &[PathBuf], options: &LoadOptions) -> Result<VarBuilder<'static>> {
+    for f in files {
+        if !f.is_file() {
+            return Err(Error::Model(format!(
+                "weight file {} does not exist",
+                f.display()
+            )));
+        }
+    }
+    // SAFETY: the files are memory-mapped read-only; like every mmap-based loader we assume
+    // nobody truncates or rewrites them while the model loads (tensors are copied out).
+    unsafe { VarBuilder::from_mmaped_safetensors(files, options.dtype(), &options.device) }.map_err(|e| {
+        let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        Error::Model(format!(
+            "cannot read safetensors {} (corrupt, truncated or not safetensors): {e}",
+            names.join(", ")
+        ))
+    })
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Model(format!("cannot read {}: {e}", path.display())))?;
+    serde_json::from_str(&text)
+        .map_err(|e| Error::Model(format!("{} is not valid JSON: {e}", path.display())))
+}
+
+/// The tokenizer with what tokenizer_config.json, chat_template.jinja and
+/// generation_config.json add: special-token strings, the chat template, BOS/EOS handling and
+/// the ids that end a generation.
+fn hf_tokenizer(files: &ModelFiles, config: &Value) -> Result<Tokenizer> {
+    let mut inner = files.tokenizer.load()?;
+    let tok_config = files
+        .extra
+        .tokenizer_config
+        .as_deref()
+        .map(read_json)
+        .transpose()?;
+    let tok_config = tok_config.unwrap_or(Value::Null);
+    let token_text = |key: &str| match tok_config.get(key) {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Object(o)) => o.get("content").and_then(Value::as_str).map(str::to_string),
+        _ => None,
+    };
+    let (bos, eos) = (token_text("bos_token"), token_text("eos_token"));
+    // transformers' Llama and Gemma tokenizers rebuild the post-processor from these flags.
+    let class = tok_config
+        .get("tokenizer_class")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let rebuilds = [
+        "LlamaTokenizer",
+        "LlamaTokenizerFast",
+        "GemmaTokenizer",
+        "GemmaTokenizerFast",
+    ]
+    .contains(&class);
+    let flag = |key: &str, default: bool| tok_config.get(key).and_then(Value::as_bool).unwrap_or(default);
+    if rebuilds {
+        let add_bos = flag("add_bos_token", true).then_some(bos.as_deref()).flatten();
+        let add_eos = flag("add_eos_token", false).then_some(eos.as_deref()).flatten();
+        set_bos_eos(&mut inner, add_bos, add_eos)?;
+    }
+    let chat_template = match &files.extra.chat_template {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| Error::Model(format!("cannot read {}: {e}", path.display())))?,
+        ),
+        None => chat_template(&tok_config),
+    };
+    let generation = files
+        .extra
+        .generation_config
+        .as_deref()
+        .map(read_json)
+        .transpose()?;
+    let mut eos_ids = generation
+        .as_ref()
+        .map(|g| ids(g.get("eos_token_id")))
+        .unwrap_or_default();
+    if eos_ids.is_empty() {
+        eos_ids = ids(config.get("eos_token_id"));
+    }
+    if eos_ids.is_empty() {
+        let name = eos.as_deref().unwrap_or("<|endoftext|>");
+        eos_ids.extend(inner.token_to_id(name));
+    }
+    Ok(Tokenizer::new(inner, eos_ids).with_special(SpecialTokens {
+        bos,
+        eos,
+        chat_template,
+    }))
+}
+
+/// `chat_template` as a string, or the `default` one of a list of named templates.
+fn chat_template(tok_config: &Value) -> Option<String> {
+    match tok_config.get("chat_template")? {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(named) => named
+            .iter()
+            .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+            .and_then(|t| t.get("template"))
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        _ => None,
     }
 }
 
-/// `eos_token_id` from the config (a number or a list), else the tokenizer's `<|endoftext|>`.
-fn eos_ids(config: &serde_json::Value, tokenizer: &tokenizers::Tokenizer) -> Vec<u32> {
-    let mut ids: Vec<u32> = match config.get("eos_token_id") {
-        Some(serde_json::Value::Number(n)) => n.as_u64().map(|n| n as u32).into_iter().collect(),
-        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_u64().map(|n| n as u32)).collect(),
+/// A token id or a list of them.
+fn ids(v: Option<&Value>) -> Vec<u32> {
+    match v {
+        Some(Value::Number(n)) => n.as_u64().map(|n| n as u32).into_iter().collect(),
+        Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_u64().map(|n| n as u32)).collect(),
         _ => Vec::new(),
-    };
-    if ids.is_empty() {
-        ids.extend(tokenizer.token_to_id("<|endoftext|>"));
     }
-    ids
 }
 
 fn check_vocab(tokenizer: &Tokenizer, vocab: usize) -> Result<()> {

@@ -1,20 +1,60 @@
-//! A thin wrapper over `tokenizers::Tokenizer`: encoding without special tokens, decoding,
-//! and output tokens as a person reads them.
+//! A thin wrapper over `tokenizers::Tokenizer`: encoding as transformers does (prompts with the
+//! special tokens the post-processor adds, targets without), decoding, output tokens as a person
+//! reads them, and the chat template and special-token strings a chat renderer needs.
+
+use tokenizers::processors::sequence::Sequence;
+use tokenizers::processors::template::TemplateProcessing;
+use tokenizers::processors::PostProcessorWrapper;
 
 use crate::error::{Error, Result};
 
 /// Byte range of `text` a token came from.
 pub type Offsets = Vec<(usize, usize)>;
 
+/// What tokenizer_config.json (or GGUF metadata) says beyond the vocabulary.
+#[derive(Debug, Clone, Default)]
+pub struct SpecialTokens {
+    pub bos: Option<String>,
+    pub eos: Option<String>,
+    /// Jinja source of the chat template.
+    pub chat_template: Option<String>,
+}
+
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     eos: Vec<u32>,
+    special: SpecialTokens,
 }
 
 impl Tokenizer {
     /// `eos`: ids that end a greedy generation.
     pub fn new(inner: tokenizers::Tokenizer, eos: Vec<u32>) -> Self {
-        Tokenizer { inner, eos }
+        Tokenizer {
+            inner,
+            eos,
+            special: SpecialTokens::default(),
+        }
+    }
+
+    pub fn with_special(mut self, special: SpecialTokens) -> Self {
+        self.special = special;
+        self
+    }
+
+    /// The model's chat template (tokenizer_config.json `chat_template`, chat_template.jinja, or
+    /// GGUF `tokenizer.chat_template`).
+    pub fn chat_template(&self) -> Option<&str> {
+        self.special.chat_template.as_deref()
+    }
+
+    /// The beginning-of-sequence token as text (e.g. `<s>`), for chat templates.
+    pub fn bos_token(&self) -> Option<&str> {
+        self.special.bos.as_deref()
+    }
+
+    /// The end-of-sequence token as text (e.g. `</s>`), for chat templates.
+    pub fn eos_token(&self) -> Option<&str> {
+        self.special.eos.as_deref()
     }
 
     /// Loads a `tokenizer.json`.
@@ -68,16 +108,31 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
-    /// Token ids of `text`, no special tokens added.
+    /// Token ids of `text`, no special tokens added (how Captum encodes a target).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         Ok(self.encode_with_offsets(text)?.0)
     }
 
-    /// Token ids and the byte range of `text` each one came from.
+    /// Token ids and the byte range of `text` each one came from, no special tokens added.
     pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Offsets)> {
+        self.encode_inner(text, false)
+    }
+
+    /// Token ids of a prompt with the special tokens the tokenizer adds (a BOS where its
+    /// post-processor puts one), as `tokenizer(prompt)` in transformers and Captum.
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self.encode_prompt_with_offsets(text)?.0)
+    }
+
+    /// [`Tokenizer::encode_prompt`] with offsets; added tokens have the empty range `(0, 0)`.
+    pub fn encode_prompt_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Offsets)> {
+        self.encode_inner(text, true)
+    }
+
+    fn encode_inner(&self, text: &str, special: bool) -> Result<(Vec<u32>, Offsets)> {
         let enc = self
             .inner
-            .encode(text, false)
+            .encode(text, special)
             .map_err(|e| Error::Internal(format!("tokenizer: {e}")))?;
         Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
     }
@@ -175,6 +230,53 @@ impl Tokenizer {
         }
         out
     }
+}
+
+/// Makes `inner` add BOS and/or EOS around every encoding, as transformers' Llama and Gemma
+/// tokenizers rebuild their post-processor from `add_bos_token` / `add_eos_token`. A byte-level
+/// post-processor already there is kept in front (it fixes offsets).
+pub fn set_bos_eos(inner: &mut tokenizers::Tokenizer, bos: Option<&str>, eos: Option<&str>) -> Result<()> {
+    let id = |t: &str| {
+        inner
+            .token_to_id(t)
+            .ok_or_else(|| Error::Model(format!("the special token {t:?} is not in the vocabulary")))
+    };
+    let mut special = Vec::new();
+    let (mut single, mut pair) = (String::new(), String::new());
+    if let Some(b) = bos {
+        special.push((b.to_string(), id(b)?));
+        single += &format!("{b}:0 ");
+        pair += &format!("{b}:0 ");
+    }
+    single += "$A:0";
+    pair += "$A:0";
+    if let Some(e) = eos {
+        special.push((e.to_string(), id(e)?));
+        single += &format!(" {e}:0");
+        pair += &format!(" {e}:0");
+    }
+    if let Some(b) = bos {
+        pair += &format!(" {b}:1");
+    }
+    pair += " $B:1";
+    if let Some(e) = eos {
+        pair += &format!(" {e}:1");
+    }
+    let template = TemplateProcessing::builder()
+        .try_single(single)
+        .and_then(|b| b.try_pair(pair))
+        .map_err(|e| Error::Model(format!("tokenizer template: {e}")))?
+        .special_tokens(special)
+        .build()
+        .map_err(|e| Error::Model(format!("tokenizer template: {e}")))?;
+    let processor: PostProcessorWrapper = match inner.get_post_processor() {
+        Some(PostProcessorWrapper::ByteLevel(b)) => {
+            Sequence::new(vec![b.clone().into(), template.into()]).into()
+        }
+        _ => template.into(),
+    };
+    inner.with_post_processor(Some(processor));
+    Ok(())
 }
 
 /// Captum's `_clean_up_pretty_token`: newlines shown as `\n`, surrounding whitespace trimmed.

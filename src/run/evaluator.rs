@@ -32,12 +32,20 @@ pub struct SequenceEvaluator<'a> {
     max_tokens: usize,
     /// What to name when the sequence limit is hit.
     limit_field: String,
+    /// Distinct coalitions asked for so far -> most distinct prompts they can need; their sum
+    /// bounds the request's distinct sequences before any prompt is built.
+    planned: HashMap<Coalition, usize>,
+    /// The sum of `planned`, plus the unperturbed prompt.
+    planned_total: usize,
     progress: &'a (dyn Fn(Progress) + Sync),
     pub stats: Stats,
 }
 
 /// Number of prompts `exact` sampling needs for `coalition` (product of the absent slots'
 /// baseline counts), saturating.
+/// Prompts built (or coalitions looked at) between two looks at the cancel flag.
+const CANCEL_EVERY: usize = 32;
+
 pub fn exact_count(input: &Input, coalition: &[bool]) -> usize {
     input
         .slots
@@ -75,6 +83,8 @@ impl<'a> SequenceEvaluator<'a> {
             max_sequences,
             max_tokens,
             limit_field: "n_samples".into(),
+            planned: HashMap::new(),
+            planned_total: 1,
             progress,
             stats: Stats::default(),
         })
@@ -116,13 +126,16 @@ impl<'a> SequenceEvaluator<'a> {
             BaselineSampling::Exact => {
                 let count = exact_count(self.input, coalition);
                 if count > self.max_sequences {
-                    return Err(self.too_many(count));
+                    return Err(self.too_many(&format!("{count} distinct sequences for one evaluation")));
                 }
                 for &s in &absent {
                     choice[s] = Some(0);
                 }
                 let mut out = Vec::with_capacity(count);
                 loop {
+                    if out.len() % CANCEL_EVERY == CANCEL_EVERY - 1 {
+                        self.check_cancelled()?;
+                    }
                     out.push(self.input.render(tok, &choice)?);
                     // Odometer over the absent slots' baseline indices.
                     let mut carried = true;
@@ -143,7 +156,61 @@ impl<'a> SequenceEvaluator<'a> {
         }
     }
 
-    fn too_many(&self, count: usize) -> Error {
+    fn check_cancelled(&self) -> Result<()> {
+        if self.scorer.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        Ok(())
+    }
+
+    /// Before building any prompt for `coalitions`: counts the distinct sequences the request
+    /// can need with them (each distinct coalition needs at most the product of its absent
+    /// slots' baseline counts, and with `sample` at most one per evaluation) and refuses, with
+    /// that count, what cannot fit the limit.
+    fn plan(&mut self, coalitions: &[Coalition]) -> Result<()> {
+        let n = self.input.n_features();
+        let mut occurrences: HashMap<&Coalition, usize> = HashMap::new();
+        for c in coalitions {
+            if c.len() != n {
+                return Err(Error::Internal("coalition of the wrong size".into()));
+            }
+            *occurrences.entry(c).or_default() += 1;
+        }
+        // Each coalition's new most, and how much the total grows.
+        let mut updates = Vec::with_capacity(occurrences.len());
+        let mut bound = self.planned_total;
+        for (c, k) in occurrences {
+            // All present is the unperturbed prompt, counted from the start.
+            if c.iter().all(|&present| present) {
+                continue;
+            }
+            let most = exact_count(self.input, c);
+            let before = self.planned.get(c).copied().unwrap_or(0);
+            let after = match self.sampling {
+                BaselineSampling::Exact => most,
+                BaselineSampling::Sample => most.min(before.saturating_add(k)),
+            };
+            bound = bound.saturating_add(after - before);
+            updates.push((c, after));
+        }
+        if bound > self.max_sequences {
+            let coalitions = self.planned.len()
+                + updates
+                    .iter()
+                    .filter(|(c, _)| !self.planned.contains_key(*c))
+                    .count();
+            return Err(self.too_many(&format!(
+                "up to {bound} distinct sequences ({coalitions} distinct perturbed coalitions)"
+            )));
+        }
+        for (c, after) in updates {
+            self.planned.insert(c.clone(), after);
+        }
+        self.planned_total = bound;
+        Ok(())
+    }
+
+    fn too_many(&self, count: &str) -> Error {
         let hint = if self.sampling == BaselineSampling::Exact && !self.input.single_baselines() {
             "; use baseline_sampling \"sample\", fewer baselines or fewer samples".to_string()
         } else {
@@ -156,7 +223,7 @@ impl<'a> SequenceEvaluator<'a> {
                 self.limit_field.clone()
             },
             format!(
-                "this request needs at least {count} distinct sequences, more than the limit of {}{hint}",
+                "this request needs {count}, more than the limit of {}{hint}",
                 self.max_sequences
             ),
         )
@@ -172,8 +239,9 @@ impl<'a> SequenceEvaluator<'a> {
         }
         let unique = self.cache.len() + new.len();
         if unique > self.max_sequences {
-            return Err(self.too_many(unique));
+            return Err(self.too_many(&format!("at least {unique} distinct sequences")));
         }
+        self.check_cancelled()?;
         let ctx = self.scorer.context_length();
         let items: Vec<ScoreItem> = new
             .iter()
@@ -258,13 +326,13 @@ impl Evaluator for SequenceEvaluator<'_> {
     fn values(&mut self, coalitions: &[Coalition]) -> Result<Vec<Vec<f64>>> {
         self.stats.evaluations += coalitions.len();
         // Exact expansions are deterministic: expand each distinct coalition once.
+        self.plan(coalitions)?;
         let mut memo: HashMap<&Coalition, usize> = HashMap::new();
         let mut expansions: Vec<Vec<Vec<u32>>> = Vec::new();
         let mut which = Vec::with_capacity(coalitions.len());
-        let mut planned = 0usize;
-        for c in coalitions {
-            if c.len() != self.input.n_features() {
-                return Err(Error::Internal("coalition of the wrong size".into()));
+        for (i, c) in coalitions.iter().enumerate() {
+            if i % CANCEL_EVERY == 0 {
+                self.check_cancelled()?;
             }
             let reuse = self.sampling == BaselineSampling::Exact;
             if let Some(&k) = memo.get(c).filter(|_| reuse) {
@@ -272,10 +340,6 @@ impl Evaluator for SequenceEvaluator<'_> {
                 continue;
             }
             let prompts = self.prompts(c)?;
-            planned = planned.saturating_add(prompts.len());
-            if planned > self.max_sequences.saturating_mul(4).max(1 << 16) {
-                return Err(self.too_many(planned));
-            }
             memo.insert(c, expansions.len());
             which.push(expansions.len());
             expansions.push(prompts);

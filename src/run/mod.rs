@@ -92,6 +92,28 @@ fn exact_sequences(input: &Input, method: Method, n_samples: usize, trials: usiz
     }
 }
 
+/// The unperturbed sequence (the prompt, then a target of `target` tokens, the last of which
+/// is never fed) must fit `limit`. The prompt is to blame when it leaves no room for a target,
+/// else `target_field` (`target`, or `max_new_tokens` for a generated target).
+fn check_length(input: &Input, prompt: usize, target: usize, limit: usize, target_field: &str) -> Result<()> {
+    let len = prompt + target - 1;
+    if len <= limit {
+        return Ok(());
+    }
+    let (field, target) = match target_field {
+        _ if prompt >= limit => (input.features_field(), format!("a target of {target} tokens")),
+        "max_new_tokens" => (target_field, format!("up to {target} generated tokens")),
+        _ => (target_field, format!("a target of {target} tokens")),
+    };
+    Err(Error::too_large(
+        field,
+        format!(
+            "the prompt ({prompt} tokens) and {target} need {len} tokens, more than the limit of \
+             {limit} tokens per sequence (--max-tokens)"
+        ),
+    ))
+}
+
 /// Runs `request` against `scorer`. `progress` is called as sequences are scored.
 pub fn run(
     request: &AttributeRequest,
@@ -135,6 +157,7 @@ pub fn run(
     let seed = request.seed.unwrap_or(0);
 
     let full = input.render(tokenizer, &vec![None; input.slots.len()])?;
+    let limit = limits.max_tokens_per_sequence.min(scorer.context_length());
     let (target_ids, generated) = match &request.target {
         Some(t) => {
             if t.is_empty() {
@@ -147,6 +170,7 @@ pub fn run(
             if ids.is_empty() {
                 return Err(Error::invalid("target", format!("{t:?} tokenizes to nothing")));
             }
+            check_length(&input, full.len(), ids.len(), limit, "target")?;
             (ids, false)
         }
         None => {
@@ -156,6 +180,11 @@ pub fn run(
                 DEFAULT_MAX_NEW_TOKENS,
                 limits.max_new_tokens,
             )?;
+            // Before generating: the longest target it may produce must fit.
+            check_length(&input, full.len(), max_new, limit, "max_new_tokens")?;
+            if scorer.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
             let ids = scorer.generate(&full, max_new)?;
             if ids.is_empty() {
                 return Err(Error::invalid(

@@ -73,18 +73,38 @@ pub fn tiny_files() -> HashMap<String, Arc<Vec<u8>>> {
 
 /// The tiny-gpt2 weights split into two shards with an index, as large models are stored.
 fn sharded_files() -> HashMap<String, Arc<Vec<u8>>> {
-    let tensors = candle_core::safetensors::load(fixtures().join("model.safetensors"), &Device::Cpu).unwrap();
+    sharded(tiny_files())
+}
+
+/// The files of a model directory (those that exist of the usual names).
+pub fn dir_files(dir: &Path) -> HashMap<String, Arc<Vec<u8>>> {
+    [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "model.safetensors",
+    ]
+    .iter()
+    .filter_map(|f| Some((f.to_string(), Arc::new(std::fs::read(dir.join(f)).ok()?))))
+    .collect()
+}
+
+/// `files` with `model.safetensors` split into two shards (the embeddings in the second) and
+/// a `model.safetensors.index.json`.
+pub fn sharded(mut files: HashMap<String, Arc<Vec<u8>>>) -> HashMap<String, Arc<Vec<u8>>> {
     let dir = tempfile::tempdir().unwrap();
+    let whole = dir.path().join("model.safetensors");
+    std::fs::write(&whole, files.remove("model.safetensors").unwrap().as_slice()).unwrap();
+    let tensors = candle_core::safetensors::load(&whole, &Device::Cpu).unwrap();
     let mut shards: [HashMap<String, Tensor>; 2] = Default::default();
     let mut weight_map = serde_json::Map::new();
     for (name, t) in tensors {
-        let k = usize::from(name.contains("wte"));
+        let k = usize::from(name.contains("wte") || name.contains("embed"));
         let file = format!("model-{:05}-of-00002.safetensors", k + 1);
         weight_map.insert(name.clone(), serde_json::Value::String(file));
         shards[k].insert(name, t);
     }
-    let mut files = tiny_files();
-    files.remove("model.safetensors");
     for (k, shard) in shards.iter().enumerate() {
         let name = format!("model-{:05}-of-00002.safetensors", k + 1);
         let path = dir.path().join(&name);
@@ -116,6 +136,11 @@ fn legacy_files() -> HashMap<String, Arc<Vec<u8>>> {
 }
 
 pub fn start_hub() -> FakeHub {
+    start_hub_with(Vec::new())
+}
+
+/// The hub with more repos beside the tiny-gpt2 ones.
+pub fn start_hub_with(extra: Vec<(String, HashMap<String, Arc<Vec<u8>>>)>) -> FakeHub {
     // hf-hub's client takes its proxy from the environment, and a proxy would carry the
     // 127.0.0.1 requests elsewhere (std serialises environment access, so this is safe).
     static NO_PROXY: std::sync::Once = std::sync::Once::new();
@@ -141,6 +166,7 @@ pub fn start_hub() -> FakeHub {
     state.repos.insert("tiny/gpt2".into(), tiny_files());
     state.repos.insert("tiny/sharded".into(), sharded_files());
     state.repos.insert("tiny/legacy".into(), legacy_files());
+    state.repos.extend(extra);
     state
         .renamed
         .insert("old-org/tiny-gpt2".into(), "tiny/gpt2".into());
@@ -309,6 +335,7 @@ pub fn local_scores() -> Vec<Vec<f32>> {
                     offline: true,
                     token: None,
                 },
+                &llm_attr::model::LoadOptions::default(),
             )
             .unwrap();
             reference_scores(&m)

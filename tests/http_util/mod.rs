@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use llm_attr::api::{Config, ModelSource, Server};
+use llm_attr::model::LoadOptions;
 use llm_attr::model::Model;
 use serde_json::Value;
 
@@ -20,8 +21,10 @@ pub fn model(spec: &'static str) -> Arc<Model> {
     static TINY_M: OnceLock<Arc<Model>> = OnceLock::new();
     static SMOL_M: OnceLock<Arc<Model>> = OnceLock::new();
     let cell = if spec == TINY { &TINY_M } else { &SMOL_M };
-    cell.get_or_init(|| Model::load(spec).unwrap_or_else(|e| panic!("cannot load {spec}: {e}")))
-        .clone()
+    cell.get_or_init(|| {
+        Model::load(spec, &LoadOptions::default()).unwrap_or_else(|e| panic!("cannot load {spec}: {e}"))
+    })
+    .clone()
 }
 
 pub async fn start(spec: &'static str, tweak: impl FnOnce(&mut Config)) -> Server {

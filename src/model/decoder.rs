@@ -1,0 +1,426 @@
+//! The one Llama-style decoder, with per-family options (see `family.rs`): Llama (incl. Llama 3
+//! RoPE scaling, tied or untied head), Mistral, Qwen2 (Q/K/V bias), Qwen3 (per-head Q/K
+//! RMSNorm), Phi-3 (fused projections) and Gemma 2 (scaled embeddings, (1 + w) norms, post-norms,
+//! soft-capping, `query_pre_attn_scalar`, sliding windows on alternate layers). Weights come
+//! through a `VarBuilder` under Hugging Face's names, from safetensors or (renamed) from GGUF.
+//!
+//! Layout for speed on the scoring path (right-padded batches, head only at target rows):
+//! - Q, K and V are one matmul, gate and up another; weights are kept `[in, out]`.
+//! - The attention scale is folded into the query weights (or the query norm), Gemma's (1 + w)
+//!   into the norm weights, so the forward pass never rescales.
+//! - GQA runs without copying K/V: the query heads that share a KV head are stacked along the
+//!   sequence axis of one batched matmul.
+//! - The last layer computes its output projection and MLP only at the requested rows.
+//!
+//! Adapted from candle-transformers' `llama`, `qwen3`, `phi3` and `gemma2` models (the Llama 3
+//! frequency rescaling, the Gemma 2 block order and soft-capping); differs where transformers
+//! does: `query_pre_attn_scalar`, and sliding windows only on the layers that have them.
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::error::{Error, Result};
+use crate::model::cache::{KvCache, Masks};
+use crate::model::config::DecoderConfig;
+use crate::model::ops::Kernels;
+use crate::model::{ArchInfo, Architecture};
+
+struct Layer {
+    attn_norm: Tensor,
+    /// `[hidden, (heads + 2 kv_heads) head_dim]`; the query columns carry the attention scale
+    /// unless a query norm does.
+    qkv: Tensor,
+    qkv_bias: Option<Tensor>,
+    /// `[head_dim]` each (Qwen3); the query norm carries the attention scale.
+    qk_norm: Option<(Tensor, Tensor)>,
+    /// `[heads head_dim, hidden]`.
+    out: Tensor,
+    out_bias: Option<Tensor>,
+    /// Gemma 2's norm of the attention output.
+    post_attn_norm: Option<Tensor>,
+    ffn_norm: Tensor,
+    /// `[hidden, 2 ffn]`: gate then up.
+    gate_up: Tensor,
+    /// `[ffn, hidden]`.
+    down: Tensor,
+    /// Gemma 2's norm of the MLP output.
+    post_ffn_norm: Option<Tensor>,
+    window: Option<usize>,
+}
+
+pub struct Decoder {
+    cfg: DecoderConfig,
+    /// `[vocab, hidden]`.
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    /// `[vocab, hidden]`; the embedding itself when tied.
+    head: Tensor,
+    inv_freq: Vec<f32>,
+    masks: Masks,
+    device: Device,
+    dtype: DType,
+    parameters: usize,
+}
+
+/// Reads one tensor of a known shape; the error names the tensor.
+fn get(vb: &VarBuilder, shape: &[usize], name: &str) -> Result<Tensor> {
+    vb.get(shape, name).map_err(|e| {
+        Error::Model(format!(
+            "weights: {}",
+            e.to_string().lines().next().unwrap_or_default()
+        ))
+    })
+}
+
+/// `[out, in]` as stored -> `[in, out]` contiguous, for `x @ w`.
+fn transposed(w: Tensor) -> Result<Tensor> {
+    Ok(w.t()?.contiguous()?)
+}
+
+impl Decoder {
+    /// Loads the weights under Hugging Face's names (`model.layers.0.self_attn.q_proj.weight`);
+    /// the `VarBuilder` fixes device and dtype.
+    pub fn load(cfg: DecoderConfig, vb: VarBuilder) -> Result<Self> {
+        let (v, d) = (cfg.vocab, cfg.hidden);
+        let m = vb.pp("model");
+        let embed = get(&m.pp("embed_tokens"), &[v, d], "weight")?;
+        let norm = Self::norm(&cfg, &m.pp("norm"), d)?;
+        let head = if cfg.tied {
+            embed.clone()
+        } else {
+            get(&vb.pp("lm_head"), &[v, d], "weight")?
+        };
+        let layers = (0..cfg.layers)
+            .map(|i| Self::layer(&cfg, &m.pp("layers").pp(i), i))
+            .collect::<Result<Vec<_>>>()?;
+        let mut parameters = embed.elem_count() + norm.elem_count();
+        if !cfg.tied {
+            parameters += head.elem_count();
+        }
+        for l in &layers {
+            let optional = [&l.qkv_bias, &l.out_bias, &l.post_attn_norm, &l.post_ffn_norm];
+            parameters += [&l.attn_norm, &l.qkv, &l.out, &l.ffn_norm, &l.gate_up, &l.down]
+                .iter()
+                .map(|t| t.elem_count())
+                .sum::<usize>()
+                + optional
+                    .iter()
+                    .filter_map(|t| t.as_ref())
+                    .map(Tensor::elem_count)
+                    .sum::<usize>()
+                + l.qk_norm
+                    .as_ref()
+                    .map_or(0, |(q, k)| q.elem_count() + k.elem_count());
+        }
+        Ok(Decoder {
+            inv_freq: cfg.rope.inverse_frequencies(cfg.head_dim),
+            masks: Masks::new(vb.device()),
+            device: vb.device().clone(),
+            dtype: vb.dtype(),
+            cfg,
+            embed,
+            layers,
+            norm,
+            head,
+            parameters,
+        })
+    }
+
+    /// An RMSNorm weight, with Gemma's (1 + w) applied once here.
+    fn norm(cfg: &DecoderConfig, vb: &VarBuilder, n: usize) -> Result<Tensor> {
+        let w = get(vb, &[n], "weight")?;
+        Ok(if cfg.gemma { (w + 1.0)? } else { w })
+    }
+
+    fn layer(cfg: &DecoderConfig, vb: &VarBuilder, i: usize) -> Result<Layer> {
+        let (d, hd) = (cfg.hidden, cfg.head_dim);
+        let (q_out, kv_out) = (cfg.heads * hd, cfg.kv_heads * hd);
+        let a = vb.pp("self_attn");
+        let (mut qkv, mut qkv_bias) = if cfg.fused_projections {
+            let w = get(&a.pp("qkv_proj"), &[q_out + 2 * kv_out, d], "weight")?;
+            let b = cfg
+                .qkv_bias
+                .then(|| get(&a.pp("qkv_proj"), &[q_out + 2 * kv_out], "bias"))
+                .transpose()?;
+            (w, b)
+        } else {
+            let parts = [("q_proj", q_out), ("k_proj", kv_out), ("v_proj", kv_out)];
+            let w: Vec<Tensor> = parts
+                .iter()
+                .map(|(name, out)| get(&a.pp(name), &[*out, d], "weight"))
+                .collect::<Result<_>>()?;
+            let b = if cfg.qkv_bias {
+                let b: Vec<Tensor> = parts
+                    .iter()
+                    .map(|(name, out)| get(&a.pp(name), &[*out], "bias"))
+                    .collect::<Result<_>>()?;
+                Some(Tensor::cat(&b, 0)?)
+            } else {
+                None
+            };
+            (Tensor::cat(&w, 0)?, b)
+        };
+        let qk_norm = if cfg.qk_norm {
+            let q = (get(&a.pp("q_norm"), &[hd], "weight")? * cfg.query_scale)?;
+            Some((q, get(&a.pp("k_norm"), &[hd], "weight")?))
+        } else {
+            qkv = scale_rows(&qkv, q_out, cfg.query_scale)?;
+            qkv_bias = qkv_bias
+                .map(|b| scale_rows(&b, q_out, cfg.query_scale))
+                .transpose()?;
+            None
+        };
+        let mlp = vb.pp("mlp");
+        let gate_up = if cfg.fused_projections {
+            get(&mlp.pp("gate_up_proj"), &[2 * cfg.ffn, d], "weight")?
+        } else {
+            let gate = get(&mlp.pp("gate_proj"), &[cfg.ffn, d], "weight")?;
+            let up = get(&mlp.pp("up_proj"), &[cfg.ffn, d], "weight")?;
+            Tensor::cat(&[gate, up], 0)?
+        };
+        let o = a.pp("o_proj");
+        let gemma_norm = |name: &str| cfg.gemma.then(|| Self::norm(cfg, &vb.pp(name), d)).transpose();
+        let ffn_norm_name = if cfg.gemma {
+            "pre_feedforward_layernorm"
+        } else {
+            "post_attention_layernorm"
+        };
+        Ok(Layer {
+            attn_norm: Self::norm(cfg, &vb.pp("input_layernorm"), d)?,
+            qkv: transposed(qkv)?,
+            qkv_bias,
+            qk_norm,
+            out: transposed(get(&o, &[d, q_out], "weight")?)?,
+            out_bias: cfg.o_bias.then(|| get(&o, &[d], "bias")).transpose()?,
+            post_attn_norm: gemma_norm("post_attention_layernorm")?,
+            ffn_norm: Self::norm(cfg, &vb.pp(ffn_norm_name), d)?,
+            gate_up: transposed(gate_up)?,
+            down: transposed(get(&mlp.pp("down_proj"), &[d, cfg.ffn], "weight")?)?,
+            post_ffn_norm: gemma_norm("post_feedforward_layernorm")?,
+            window: cfg.windows[i],
+        })
+    }
+
+    pub fn config(&self) -> &DecoderConfig {
+        &self.cfg
+    }
+
+    /// cos and sin of positions `past..past + t`, `[t, head_dim / 2]` each, computed in f32
+    /// as PyTorch does.
+    fn rope_tables(&self, past: usize, t: usize) -> candle_core::Result<(Tensor, Tensor)> {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(t * half);
+        let mut sin = Vec::with_capacity(t * half);
+        for p in past..past + t {
+            for &f in &self.inv_freq {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        let cos = Tensor::from_vec(cos, (t, half), &self.device)?.to_dtype(self.dtype)?;
+        let sin = Tensor::from_vec(sin, (t, half), &self.device)?.to_dtype(self.dtype)?;
+        Ok((cos, sin))
+    }
+
+    /// Token embeddings `[b * t, hidden]` as the first layer sees them (Gemma scales them).
+    fn scaled(&self, x: Tensor) -> candle_core::Result<Tensor> {
+        if self.cfg.gemma {
+            x * (self.cfg.hidden as f64).sqrt()
+        } else {
+            Ok(x)
+        }
+    }
+
+    /// Final hidden states (after the last norm) of `x` (`[b * t, hidden]`, positions
+    /// `past..past + t`): `[b * t, hidden]`, or `[rows, hidden]` with `rows`.
+    fn forward(
+        &self,
+        x: Tensor,
+        (b, t): (usize, usize),
+        mut cache: Option<&mut KvCache>,
+        rows: Option<&Tensor>,
+        k: Kernels,
+    ) -> candle_core::Result<Tensor> {
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        if past + t > self.cfg.context {
+            candle_core::bail!(
+                "{} positions exceed the context length {}",
+                past + t,
+                self.cfg.context
+            );
+        }
+        let (cos, sin) = self.rope_tables(past, t)?;
+        let mut x = self.scaled(x)?;
+        let last = self.layers.len() - 1;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let at = Position { b, t, past, i };
+            let only = if i == last { rows } else { None };
+            x = self.layer_forward(layer, &x, at, (&cos, &sin), cache.as_deref_mut(), only, k)?;
+        }
+        k.rms_norm(&x, &self.norm, self.cfg.eps as f32)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn layer_forward(
+        &self,
+        l: &Layer,
+        x: &Tensor,
+        at: Position,
+        (cos, sin): (&Tensor, &Tensor),
+        cache: Option<&mut KvCache>,
+        rows: Option<&Tensor>,
+        k: Kernels,
+    ) -> candle_core::Result<Tensor> {
+        let c = &self.cfg;
+        let (b, t, n) = (at.b, at.t, at.b * at.t);
+        let (heads, kv, hd, eps) = (c.heads, c.kv_heads, c.head_dim, c.eps as f32);
+        let group = heads / kv;
+        let h = k.rms_norm(x, &l.attn_norm, eps)?;
+        let mut qkv = h.matmul(&l.qkv)?;
+        if let Some(bias) = &l.qkv_bias {
+            qkv = k.bias_act(&qkv, bias, None)?;
+        }
+        let qkv = qkv.reshape((b, t, heads + 2 * kv, hd))?;
+        let mut q = qkv.narrow(2, 0, heads)?;
+        let mut key = qkv.narrow(2, heads, kv)?;
+        if let Some((qn, kn)) = &l.qk_norm {
+            q = k.rms_norm(&q, qn, eps)?;
+            key = k.rms_norm(&key, kn, eps)?;
+        }
+        let q = k.rope(&q.transpose(1, 2)?, cos, sin, c.rope.style)?;
+        let key = k.rope(&key.transpose(1, 2)?, cos, sin, c.rope.style)?;
+        let v = qkv.narrow(2, heads + kv, kv)?.transpose(1, 2)?.contiguous()?;
+        let (key, v) = match cache {
+            Some(cache) => cache.append(at.i, key, v)?,
+            None => (key, v),
+        };
+        let len = key.dim(2)?;
+        let q = q.contiguous()?.reshape((b, kv, group * t, hd))?;
+        let mut att = q.matmul(&key.t()?)?;
+        if let Some(cap) = c.attn_softcap {
+            att = ((att / cap)?.tanh()? * cap)?;
+        }
+        if let Some(mask) = self.masks.get(t, at.past, l.window, att.dtype())? {
+            att = att
+                .reshape((b, kv, group, t, len))?
+                .broadcast_add(&mask)?
+                .reshape((b, kv, group * t, len))?;
+        }
+        let att = k.softmax_last_dim(&att)?;
+        let y = att
+            .matmul(&v)?
+            .reshape((b, heads, t, hd))?
+            .transpose(1, 2)?
+            .reshape((n, heads * hd))?;
+        // Every position's keys and values were needed above; from here on only `rows` matter.
+        let (x, y) = match rows {
+            Some(rows) => (x.index_select(rows, 0)?, y.index_select(rows, 0)?),
+            None => (x.clone(), y),
+        };
+        let mut o = y.matmul(&l.out)?;
+        if let Some(bias) = &l.out_bias {
+            o = k.bias_act(&o, bias, None)?;
+        }
+        if let Some(w) = &l.post_attn_norm {
+            o = k.rms_norm(&o, w, eps)?;
+        }
+        let x = (x + o)?;
+        let h = k.rms_norm(&x, &l.ffn_norm, eps)?;
+        let mut m = k.gated(&h.matmul(&l.gate_up)?, c.activation)?.matmul(&l.down)?;
+        if let Some(w) = &l.post_ffn_norm {
+            m = k.rms_norm(&m, w, eps)?;
+        }
+        x + m
+    }
+
+    fn ids_to_embeddings(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        self.embed.index_select(&ids.flatten_all()?, 0)
+    }
+}
+
+/// Where a layer runs: batch, new positions, cached positions, layer index.
+#[derive(Clone, Copy)]
+struct Position {
+    b: usize,
+    t: usize,
+    past: usize,
+    i: usize,
+}
+
+/// `x` with its first `n` rows multiplied by `s`.
+fn scale_rows(x: &Tensor, n: usize, s: f64) -> Result<Tensor> {
+    let rest = x.dim(0)? - n;
+    Ok(Tensor::cat(
+        &[(x.narrow(0, 0, n)? * s)?, x.narrow(0, n, rest)?],
+        0,
+    )?)
+}
+
+impl Architecture for Decoder {
+    fn hidden(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let x = self.ids_to_embeddings(ids)?;
+        self.forward(x, (b, t), None, None, Kernels::Fused)?
+            .reshape((b, t, self.cfg.hidden))
+    }
+
+    fn hidden_rows(&self, ids: &Tensor, rows: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let x = self.ids_to_embeddings(ids)?;
+        self.forward(x, (b, t), None, Some(rows), Kernels::Fused)
+    }
+
+    fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
+        let head = self.head.t()?;
+        let logits = match hidden.rank() {
+            2 => hidden.matmul(&head)?,
+            _ => hidden.broadcast_matmul(&head)?,
+        };
+        match self.cfg.final_softcap {
+            Some(cap) => (logits / cap)?.tanh()? * cap,
+            None => Ok(logits),
+        }
+    }
+
+    fn step(&self, ids: &Tensor, cache: &mut KvCache) -> candle_core::Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let last = Tensor::new(&[(t - 1) as u32], &self.device)?;
+        let x = self.ids_to_embeddings(ids)?;
+        self.forward(x, (b, t), Some(cache), Some(&last), Kernels::Fused)
+    }
+
+    fn new_cache(&self) -> KvCache {
+        KvCache::new(self.layers.len())
+    }
+
+    fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        self.ids_to_embeddings(ids)?.reshape((b, t, self.cfg.hidden))
+    }
+
+    fn forward_from_embeddings(&self, embeds: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t, d) = embeds.dims3()?;
+        let x = embeds.reshape((b * t, d))?;
+        self.forward(x, (b, t), None, None, Kernels::Differentiable)?
+            .reshape((b, t, d))
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn info(&self) -> ArchInfo {
+        ArchInfo {
+            architecture: self.cfg.family.name().into(),
+            parameters: self.parameters,
+            vocab_size: self.cfg.vocab,
+            context_length: self.cfg.context,
+            hidden_size: self.cfg.hidden,
+            layers: self.cfg.layers,
+            heads: self.cfg.heads,
+            dtype: self.dtype.as_str().into(),
+        }
+    }
+}

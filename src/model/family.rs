@@ -1,0 +1,225 @@
+//! The one registry of model families: which config.json `model_type` and which GGUF
+//! `general.architecture` name each one, and what sets the family apart from plain Llama.
+
+use crate::error::{Error, Result};
+
+/// A model family this crate runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    Gpt2,
+    Llama,
+    Mistral,
+    Qwen2,
+    Qwen3,
+    Phi3,
+    Gemma2,
+}
+
+/// Biases of the attention projections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionBias {
+    /// Q, K and V have biases, the output projection has none (Qwen2).
+    Qkv,
+    /// All four have biases when config.json says `attention_bias: true` (Llama, Qwen3, Gemma 2).
+    FromConfig,
+    /// Never.
+    None,
+}
+
+/// Which layers attend within a sliding window, when the config has none of `layer_types`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowLayers {
+    None,
+    /// Every layer, when `sliding_window` is set (Mistral, Phi-3).
+    All,
+    /// Layers from `max_window_layers` on, when `use_sliding_window` is true (Qwen2, Qwen3).
+    FromMaxWindowLayers,
+    /// Even layers (Gemma 2).
+    Even,
+}
+
+/// How a decoder family departs from Llama.
+#[derive(Debug, Clone, Copy)]
+pub struct Traits {
+    pub bias: AttentionBias,
+    /// RMSNorm of each query and key head before RoPE (Qwen3).
+    pub qk_norm: bool,
+    /// Q, K, V stored as one `qkv_proj` and gate, up as one `gate_up_proj` (Phi-3).
+    pub fused_projections: bool,
+    /// Gemma's changes: embeddings × √hidden, RMSNorm scaled by (1 + w), norms after attention
+    /// and MLP too, soft-capped attention and logits, `query_pre_attn_scalar`.
+    pub gemma: bool,
+    pub windows: WindowLayers,
+    /// `tie_word_embeddings` when config.json does not say.
+    pub tied_by_default: bool,
+    /// `hidden_act` when config.json does not say.
+    pub default_activation: &'static str,
+}
+
+pub struct Entry {
+    pub family: Family,
+    /// The name in `ArchInfo` and errors.
+    pub name: &'static str,
+    /// config.json `model_type` values.
+    pub model_types: &'static [&'static str],
+    /// GGUF `general.architecture`, where GGUF defines the family.
+    pub gguf: Option<&'static str>,
+    /// `None` for GPT-2, which is not a Llama-style decoder.
+    pub traits: Option<Traits>,
+}
+
+const LLAMA: Traits = Traits {
+    bias: AttentionBias::FromConfig,
+    qk_norm: false,
+    fused_projections: false,
+    gemma: false,
+    windows: WindowLayers::None,
+    tied_by_default: false,
+    default_activation: "silu",
+};
+
+pub const REGISTRY: &[Entry] = &[
+    Entry {
+        family: Family::Gpt2,
+        name: "gpt2",
+        model_types: &["gpt2"],
+        gguf: None,
+        traits: None,
+    },
+    Entry {
+        family: Family::Llama,
+        name: "llama",
+        model_types: &["llama"],
+        gguf: Some("llama"),
+        traits: Some(LLAMA),
+    },
+    Entry {
+        family: Family::Mistral,
+        name: "mistral",
+        model_types: &["mistral"],
+        // llama.cpp stores Mistral 7B as `llama`.
+        gguf: None,
+        traits: Some(Traits {
+            bias: AttentionBias::None,
+            windows: WindowLayers::All,
+            ..LLAMA
+        }),
+    },
+    Entry {
+        family: Family::Qwen2,
+        name: "qwen2",
+        model_types: &["qwen2"],
+        gguf: Some("qwen2"),
+        traits: Some(Traits {
+            bias: AttentionBias::Qkv,
+            windows: WindowLayers::FromMaxWindowLayers,
+            ..LLAMA
+        }),
+    },
+    Entry {
+        family: Family::Qwen3,
+        name: "qwen3",
+        model_types: &["qwen3"],
+        gguf: Some("qwen3"),
+        traits: Some(Traits {
+            qk_norm: true,
+            windows: WindowLayers::FromMaxWindowLayers,
+            ..LLAMA
+        }),
+    },
+    Entry {
+        family: Family::Phi3,
+        name: "phi3",
+        model_types: &["phi3"],
+        gguf: Some("phi3"),
+        traits: Some(Traits {
+            bias: AttentionBias::None,
+            fused_projections: true,
+            windows: WindowLayers::All,
+            ..LLAMA
+        }),
+    },
+    Entry {
+        family: Family::Gemma2,
+        name: "gemma2",
+        model_types: &["gemma2"],
+        gguf: Some("gemma2"),
+        traits: Some(Traits {
+            gemma: true,
+            windows: WindowLayers::Even,
+            tied_by_default: true,
+            default_activation: "gelu_pytorch_tanh",
+            ..LLAMA
+        }),
+    },
+];
+
+impl Family {
+    pub fn entry(self) -> &'static Entry {
+        REGISTRY
+            .iter()
+            .find(|e| e.family == self)
+            .expect("every family has a registry entry")
+    }
+
+    pub fn name(self) -> &'static str {
+        self.entry().name
+    }
+
+    /// The family of a config.json `model_type`.
+    pub fn from_model_type(model_type: &str) -> Result<Family> {
+        REGISTRY
+            .iter()
+            .find(|e| e.model_types.contains(&model_type))
+            .map(|e| e.family)
+            .ok_or_else(|| {
+                let supported: Vec<&str> = REGISTRY
+                    .iter()
+                    .flat_map(|e| e.model_types.iter().copied())
+                    .collect();
+                Error::Model(format!(
+                    "unsupported model_type `{model_type}` (supported: {})",
+                    supported.join(", ")
+                ))
+            })
+    }
+
+    /// The family of a GGUF `general.architecture`.
+    pub fn from_gguf(architecture: &str) -> Result<Family> {
+        REGISTRY
+            .iter()
+            .find(|e| e.gguf == Some(architecture))
+            .map(|e| e.family)
+            .ok_or_else(|| {
+                let supported: Vec<&str> = REGISTRY.iter().filter_map(|e| e.gguf).collect();
+                Error::Model(format!(
+                    "unsupported architecture `{architecture}` (supported in GGUF: {})",
+                    supported.join(", ")
+                ))
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_map_both_ways_and_unknown_ones_list_the_supported() {
+        for e in REGISTRY {
+            for t in e.model_types {
+                assert_eq!(Family::from_model_type(t).unwrap(), e.family);
+            }
+            if let Some(g) = e.gguf {
+                assert_eq!(Family::from_gguf(g).unwrap(), e.family);
+            }
+        }
+        let e = Family::from_model_type("mamba").unwrap_err().to_string();
+        assert!(
+            e.contains("`mamba`") && e.contains("qwen3") && e.contains("gemma2"),
+            "{e}"
+        );
+        let e = Family::from_gguf("mamba").unwrap_err().to_string();
+        assert!(e.contains("llama, qwen2, qwen3, phi3, gemma2"), "{e}");
+    }
+}
