@@ -189,7 +189,7 @@ pub fn encode_scores(scores: &[f32]) -> Vec<u8> {
 }
 
 pub fn decode_scores(bytes: &[u8]) -> Option<Vec<f32>> {
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return None;
     }
     Some(
@@ -270,6 +270,10 @@ impl Scorer for CachedScorer {
 
     fn generate(&self, prompt: &[u32], max_new_tokens: usize) -> Result<Vec<u32>> {
         self.inner.generate(prompt, max_new_tokens)
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.inner.is_cancelled()
     }
 }
 

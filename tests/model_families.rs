@@ -14,16 +14,7 @@ use llm_attr::model::spec::load_with;
 use llm_attr::model::{LoadOptions, Model, ScoreItem};
 use serde::Deserialize;
 
-/// Fixture directory names (two llama configs: Llama 3 and Llama 2 layouts).
-const FAMILIES: &[&str] = &[
-    "llama",
-    "llama-linear",
-    "mistral",
-    "qwen2",
-    "qwen3",
-    "phi3",
-    "gemma2",
-];
+use common::FAMILIES;
 
 fn dir(family: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -3,6 +3,8 @@
 //! Llama-layout files, Gemma's norms stored as 1 + w, fused Phi-3 projections, Llama 3's RoPE
 //! rescaling as `rope_freqs`, the tokenizer as metadata) must score as its safetensors twin.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -297,15 +299,7 @@ fn safetensors_twin(family: &str, tmp: &Path) -> std::sync::Arc<Model> {
 #[test]
 fn every_gguf_family_scores_as_its_safetensors_twin() {
     let tmp = tempfile::tempdir().unwrap();
-    for family in [
-        "llama",
-        "llama-linear",
-        "mistral",
-        "qwen2",
-        "qwen3",
-        "phi3",
-        "gemma2",
-    ] {
+    for family in common::FAMILIES {
         let path = write_gguf(family, tmp.path());
         let g =
             gguf::load(&path, family, &LoadOptions::default()).unwrap_or_else(|e| panic!("{family}: {e}"));

@@ -225,7 +225,7 @@ fn bad_model_files_give_clear_errors() {
     );
     expect_model_err(
         d.path().to_str().unwrap(),
-        "unsupported architecture bert (supported: gpt2, llama via GGUF)",
+        "unsupported model_type `bert` (supported: gpt2, llama, mistral, qwen2, qwen3, phi3, gemma2)",
     );
 
     let d = patched_dir(

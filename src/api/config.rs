@@ -170,6 +170,9 @@ pub struct ServeArgs {
     pub max_num_trials: usize,
     #[arg(long, env = "LLM_ATTR_MAX_NEW_TOKENS", default_value_t = Limits::default().max_new_tokens)]
     pub max_new_tokens: usize,
+    /// Cells of one audit (the product of its sweep lists).
+    #[arg(long, env = "LLM_ATTR_MAX_AUDIT_CELLS", default_value_t = Limits::default().max_audit_cells)]
+    pub max_audit_cells: usize,
     /// Attribute requests running at once; more wait their turn.
     #[arg(long, env = "LLM_ATTR_MAX_CONCURRENT_JOBS", default_value_t = 64)]
     pub max_concurrent_jobs: usize,
@@ -255,6 +258,7 @@ impl ServeArgs {
             max_n_samples: self.max_n_samples,
             max_num_trials: self.max_num_trials,
             max_new_tokens: self.max_new_tokens,
+            max_audit_cells: self.max_audit_cells,
         };
         c.max_body_bytes = self.max_body_bytes;
         c.max_concurrent_jobs = self.max_concurrent_jobs.max(1);

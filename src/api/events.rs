@@ -11,7 +11,7 @@ use axum::Json;
 use futures::stream::{self, BoxStream, Stream, StreamExt};
 
 use super::error::{ApiError, ApiJson};
-use super::jobs::Job;
+use super::jobs::{Job, JobKind, JobRequest};
 use super::AppState;
 use crate::error::ErrorBody;
 use crate::request::AttributeRequest;
@@ -34,15 +34,52 @@ pub async fn create(
     State(state): State<Arc<AppState>>,
     ApiJson(request): ApiJson<AttributeRequest>,
 ) -> Result<Response, ApiError> {
+    submit(&state, JobRequest::Attribution(request), "/v1/jobs").await
+}
+
+/// Puts `request` in line as a job; answers 202 with the job and its URL under `base`.
+pub async fn submit(state: &Arc<AppState>, request: JobRequest, base: &str) -> Result<Response, ApiError> {
     state.refuse_if_stopping()?;
     state.ready()?;
     let job = state.jobs.create(&request).await?;
-    let location = format!("/v1/jobs/{}", job.id);
+    let location = format!("{base}/{}", job.id);
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(job)).into_response())
 }
 
-fn found<T>(id: &str, job: Option<T>) -> Result<T, ApiError> {
-    job.ok_or_else(|| ApiError::not_found(format!("job {id}")).with_field("id"))
+/// `job`, when it exists and (with `kind`) is of that kind; 404 otherwise.
+fn found(id: &str, kind: Option<JobKind>, job: Option<Job>) -> Result<Job, ApiError> {
+    job.filter(|j| kind.is_none_or(|k| j.kind == k))
+        .ok_or_else(|| ApiError::not_found(format!("job {id}")).with_field("id"))
+}
+
+/// A job's snapshot (`GET`); with `kind`, only a job of that kind.
+pub async fn get_job(state: &AppState, id: &str, kind: Option<JobKind>) -> Result<Json<Job>, ApiError> {
+    Ok(Json(found(id, kind, state.jobs.get(id).await?)?))
+}
+
+/// Cancels a job (`DELETE`; no effect on a finished one); with `kind`, only a job of that kind.
+pub async fn cancel_job(state: &AppState, id: &str, kind: Option<JobKind>) -> Result<Json<Job>, ApiError> {
+    if kind.is_some() {
+        found(id, kind, state.jobs.get(id).await?)?;
+    }
+    Ok(Json(found(id, None, state.jobs.cancel(id).await?)?))
+}
+
+/// A job's event stream; with `kind`, only a job of that kind.
+pub async fn job_stream(
+    state: &AppState,
+    id: &str,
+    kind: Option<JobKind>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    if kind.is_some() {
+        found(id, kind, state.jobs.get(id).await?)?;
+    }
+    let snapshots = state
+        .jobs
+        .watch(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("job {id}")).with_field("id"))?;
+    Ok(Sse::new(job_events(snapshots)).keep_alive(KeepAlive::default()))
 }
 
 /// A job's state, progress, and result once done.
@@ -53,7 +90,7 @@ fn found<T>(id: &str, job: Option<T>) -> Result<T, ApiError> {
     security((), ("bearer" = []), ("api_key" = []))
 )]
 pub async fn get(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<Job>, ApiError> {
-    Ok(Json(found(&id, state.jobs.get(&id).await?)?))
+    get_job(&state, &id, None).await
 }
 
 /// Cancel a job (no effect on a finished one).
@@ -67,7 +104,7 @@ pub async fn cancel(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Job>, ApiError> {
-    Ok(Json(found(&id, state.jobs.cancel(&id).await?)?))
+    cancel_job(&state, &id, None).await
 }
 
 /// Progress and the result of a job as server-sent events: `progress` (`{"done","total"}`, at
@@ -86,8 +123,7 @@ pub async fn events(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let snapshots = found(&id, state.jobs.watch(&id).await?)?;
-    Ok(Sse::new(job_events(snapshots)).keep_alive(KeepAlive::default()))
+    job_stream(&state, &id, None).await
 }
 
 /// The event stream of one job from its snapshots: `progress` at once and whenever it

@@ -19,7 +19,7 @@ use crate::engine::CancelToken;
 use crate::error::{Error, ErrorBody};
 use crate::model::ModelInfo;
 use crate::request::{AttributeRequest, AttributeResponse};
-use crate::run::Progress;
+use crate::run::{Limits, Progress};
 use crate::scorer::Scorer;
 
 /// Cancels a request's work when its handler is dropped (the client went away) unless disarmed.
@@ -36,26 +36,20 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// Runs one attribute request on a blocking thread, its sequences scored by the engine.
-/// Waits for a run slot first; `on_start` (false: give up) is called once it has one.
-pub async fn execute(
-    state: &Arc<AppState>,
+/// The metrics label of an attribute request: its method's wire name.
+pub fn method_label(request: &AttributeRequest) -> String {
+    serde_json::to_value(request.method)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// The run of one attribute request, reporting `progress`.
+pub fn attribute_work(
     request: AttributeRequest,
-    cancel: CancelToken,
     progress: impl Fn(Progress) + Send + Sync + 'static,
-    on_start: impl FnOnce() -> bool,
-) -> Result<AttributeResponse, ApiError> {
-    state.ready()?;
-    let slot = state
-        .run_slots
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|_| ApiError::from(Error::Cancelled))?;
-    if cancel.is_cancelled() || !on_start() {
-        return Err(Error::Cancelled.into());
-    }
-    run_in_slot(state, slot, request, cancel, progress, |s| s).await
+) -> impl FnOnce(&dyn Scorer, &Limits) -> Result<AttributeResponse, Error> + Send + 'static {
+    move |scorer, limits| crate::run::run(&request, scorer, limits, &progress)
 }
 
 /// A run slot now, or 503 + Retry-After when all are taken (a synchronous request does not
@@ -74,31 +68,28 @@ fn try_slot(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
     })
 }
 
-/// Runs one attribute request in the run slot it holds. Its scorer is the engine, wrapped by
-/// `stack` (a job's scoring rules), behind the score cache. The run owns its slot and its
-/// bookkeeping: if the client goes away the handler is dropped, but the run still ends
-/// (cancelled) and is counted.
-pub async fn run_in_slot(
+/// Runs `work` in the run slot it holds, counted in the metrics under `label`. Its scorer is
+/// the engine, wrapped by `stack` (a job's scoring rules), behind the score cache. The run
+/// owns its slot and its bookkeeping: if the client goes away the handler is dropped, but the
+/// run still ends (cancelled) and is counted.
+pub async fn run_in_slot<T: Send + 'static>(
     state: &Arc<AppState>,
     slot: OwnedSemaphorePermit,
-    request: AttributeRequest,
+    label: String,
     cancel: CancelToken,
-    progress: impl Fn(Progress) + Send + Sync + 'static,
+    work: impl FnOnce(&dyn Scorer, &Limits) -> Result<T, Error> + Send + 'static,
     stack: impl FnOnce(Box<dyn Scorer>) -> Box<dyn Scorer> + Send + 'static,
-) -> Result<AttributeResponse, ApiError> {
+) -> Result<T, ApiError> {
     let ready = state.ready()?;
     let limits = state.config.limits.clone();
-    let method = serde_json::to_value(request.method)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
     let st = state.clone();
     tokio::task::spawn_blocking(move || {
         let _slot = slot;
         let _active = ActiveRun::new(st.clone());
         let started = Instant::now();
-        let scorer = CachedScorer::new(stack(Box::new(ready.engine.handle(cancel.clone()))), ready.cache.clone());
-        let out = crate::run::run(&request, &scorer, &limits, &progress);
+        let engine = Box::new(ready.engine.handle(cancel.clone()));
+        let scorer = CachedScorer::new(stack(engine), ready.cache.clone());
+        let out = work(&scorer, &limits);
         // Whatever a run that was cancelled ran into last, it ended because it was cancelled.
         let outcome = match &out {
             _ if cancel.is_cancelled() => "cancelled",
@@ -106,7 +97,7 @@ pub async fn run_in_slot(
             Err(e) => e.code(),
         };
         st.metrics
-            .record_attribution(&method, outcome, started.elapsed().as_secs_f64());
+            .record_attribution(&label, outcome, started.elapsed().as_secs_f64());
         out
     })
     .await
@@ -150,7 +141,7 @@ async fn with_timeout<T>(
 }
 
 /// Runs `f` on a blocking thread; a panic there is an internal error.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Error> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
@@ -183,7 +174,9 @@ pub async fn attributions(
     state.ready()?;
     let slot = try_slot(&state)?;
     let cancel = CancelToken::new();
-    let fut = run_in_slot(&state, slot, request, cancel.clone(), |_| {}, |s| s);
+    let label = method_label(&request);
+    let work = attribute_work(request, |_| {});
+    let fut = run_in_slot(&state, slot, label, cancel.clone(), work, |s| s);
     with_timeout(&state, cancel, fut).await.map(Json)
 }
 

@@ -1,4 +1,5 @@
-//! Asynchronous jobs: state, progress and result of attribute requests run in the background,
+//! Asynchronous jobs: state, progress and result of attribute requests and audits run in the
+//! background,
 //! kept after they finish for a configurable time and count (where: [`super::store`]), and
 //! the runner that claims queued jobs whenever a run slot is free.
 
@@ -10,14 +11,15 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::OwnedSemaphorePermit;
 use utoipa::ToSchema;
 
-use super::handlers::run_in_slot;
+use super::handlers::{attribute_work, method_label, run_in_slot};
 use super::store::{now_ms, ClaimedJob, Outcome};
 use super::AppState;
+use crate::audit::{self, AuditRequest, AuditResult};
 use crate::engine::CancelToken;
 use crate::error::{Error, ErrorDetail};
 use crate::model::{ModelInfo, ScoreItem, Tokenizer};
-use crate::request::AttributeResponse;
-use crate::run::Progress;
+use crate::request::{AttributeRequest, AttributeResponse};
+use crate::run::{Limits, Progress};
 use crate::scorer::Scorer;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -59,9 +61,81 @@ impl JobState {
     }
 }
 
+/// What a job runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    /// An attribute request (`/v1/jobs`).
+    #[default]
+    Attribution,
+    /// An audit (`/v1/audits`).
+    Audit,
+}
+
+/// What a job was asked to do, as the store keeps it (and as a replica that takes the job
+/// over reads it back).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "request", rename_all = "snake_case")]
+pub enum JobRequest {
+    Attribution(AttributeRequest),
+    Audit(AuditRequest),
+}
+
+impl JobRequest {
+    pub fn kind(&self) -> JobKind {
+        match self {
+            JobRequest::Attribution(_) => JobKind::Attribution,
+            JobRequest::Audit(_) => JobKind::Audit,
+        }
+    }
+
+    /// The metrics label of the run.
+    fn label(&self) -> String {
+        match self {
+            JobRequest::Attribution(r) => method_label(r),
+            JobRequest::Audit(_) => "audit".into(),
+        }
+    }
+
+    /// The run: the request computed against the run's scorer, reporting `progress`.
+    fn work(
+        self,
+        progress: impl Fn(Progress) + Send + Sync + 'static,
+    ) -> impl FnOnce(&dyn Scorer, &Limits) -> crate::Result<JobResult> + Send + 'static {
+        move |scorer, limits| match self {
+            JobRequest::Attribution(r) => {
+                attribute_work(r, progress)(scorer, limits).map(|r| JobResult::Attribution(Box::new(r)))
+            }
+            JobRequest::Audit(r) => {
+                audit::run(&r, scorer, limits, &progress).map(|r| JobResult::Audit(Box::new(r)))
+            }
+        }
+    }
+}
+
+/// A finished job's result: an `AttributeResponse` or an `AuditResult`, by the job's kind.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum JobResult {
+    Attribution(Box<AttributeResponse>),
+    Audit(Box<AuditResult>),
+}
+
+impl JobResult {
+    /// Sequences the work scored.
+    pub fn sequences(&self) -> usize {
+        match self {
+            JobResult::Attribution(r) => r.stats.unique_sequences,
+            JobResult::Audit(r) => r.stats.distinct_sequences,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Job {
     pub id: String,
+    #[serde(default)]
+    pub kind: JobKind,
     pub state: JobState,
     /// Sequences scored so far out of the total the request needs (0/0 until known).
     pub progress: Progress,
@@ -70,7 +144,7 @@ pub struct Job {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<AttributeResponse>,
+    pub result: Option<JobResult>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorDetail>,
 }
@@ -179,14 +253,10 @@ async fn run_claimed(
         st.jobs.job_scorer(&*j, patient)
     };
     let p = job.clone();
-    let run = run_in_slot(
-        state,
-        slot,
-        job.request().clone(),
-        cancel.clone(),
-        move |progress| p.progress(progress),
-        stack,
-    );
+    let request = job.request().clone();
+    let label = request.label();
+    let work = request.work(move |progress| p.progress(progress));
+    let run = run_in_slot(state, slot, label, cancel.clone(), work, stack);
     let limit = state.config.job_time_limit;
     let left = limit.map(|l| {
         let ran = job.started_at_ms().map_or(0, |t| now_ms().saturating_sub(t));
@@ -277,6 +347,10 @@ impl Scorer for WaitForRoom {
     fn generate(&self, prompt: &[u32], max_new_tokens: usize) -> crate::Result<Vec<u32>> {
         self.retry(|| self.inner.generate(prompt, max_new_tokens))
     }
+
+    fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled() || self.inner.is_cancelled()
+    }
 }
 
 /// `2026-11-26T17:54:02.123Z`
@@ -305,7 +379,109 @@ pub fn rfc3339(t: SystemTime) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
+    use crate::model::ArchInfo;
+
+    /// Answers `Busy` (a full scoring queue) to its first `busy` calls, then scores.
+    struct BusyFor {
+        busy: usize,
+        calls: AtomicUsize,
+        tokenizer: Tokenizer,
+        info: ModelInfo,
+    }
+
+    impl BusyFor {
+        fn new(busy: usize) -> BusyFor {
+            let inner = tokenizers::Tokenizer::from_file("tests/fixtures/tiny-gpt2/tokenizer.json").unwrap();
+            BusyFor {
+                busy,
+                calls: AtomicUsize::new(0),
+                tokenizer: Tokenizer::new(inner, vec![50256]),
+                info: ModelInfo {
+                    spec: "busy".into(),
+                    chat_template: false,
+                    arch: ArchInfo {
+                        architecture: "busy".into(),
+                        parameters: 0,
+                        vocab_size: 50257,
+                        context_length: 1024,
+                        hidden_size: 1,
+                        layers: 0,
+                        heads: 1,
+                        dtype: "f32".into(),
+                    },
+                },
+            }
+        }
+    }
+
+    impl Scorer for BusyFor {
+        fn tokenizer(&self) -> &Tokenizer {
+            &self.tokenizer
+        }
+        fn info(&self) -> &ModelInfo {
+            &self.info
+        }
+        fn score(
+            &self,
+            items: Vec<ScoreItem>,
+            _: &(dyn Fn(usize, usize) + Sync),
+        ) -> crate::Result<Vec<Vec<f32>>> {
+            if self.calls.fetch_add(1, Ordering::SeqCst) < self.busy {
+                return Err(Error::Busy);
+            }
+            Ok(items.iter().map(|i| vec![-1.0; i.target.len()]).collect())
+        }
+        fn generate(&self, _: &[u32], _: usize) -> crate::Result<Vec<u32>> {
+            Err(Error::Busy)
+        }
+    }
+
+    fn item() -> Vec<ScoreItem> {
+        vec![ScoreItem {
+            prompt: vec![1, 2],
+            target: vec![3],
+        }]
+    }
+
+    #[test]
+    fn a_job_waits_for_room_in_a_full_queue() {
+        let patient = WaitForRoom::new(
+            Box::new(BusyFor::new(3)),
+            CancelToken::new(),
+            Duration::from_secs(60),
+        );
+        assert_eq!(patient.score(item(), &|_, _| {}).unwrap(), vec![vec![-1.0]]);
+    }
+
+    #[test]
+    fn a_job_stops_waiting_after_its_bound() {
+        let patient = WaitForRoom::new(
+            Box::new(BusyFor::new(usize::MAX)),
+            CancelToken::new(),
+            Duration::from_millis(100),
+        );
+        assert_eq!(patient.score(item(), &|_, _| {}).unwrap_err(), Error::Busy);
+        assert_eq!(patient.generate(&[1], 3).unwrap_err(), Error::Busy);
+        // No bound at all: the first answer stands.
+        let impatient = WaitForRoom::new(Box::new(BusyFor::new(1)), CancelToken::new(), Duration::ZERO);
+        assert_eq!(impatient.score(item(), &|_, _| {}).unwrap_err(), Error::Busy);
+    }
+
+    #[test]
+    fn a_cancelled_job_stops_waiting() {
+        let cancel = CancelToken::new();
+        cancel.cancel();
+        let patient = WaitForRoom::new(
+            Box::new(BusyFor::new(usize::MAX)),
+            cancel,
+            Duration::from_secs(3600),
+        );
+        assert_eq!(patient.score(item(), &|_, _| {}).unwrap_err(), Error::Busy);
+        assert!(patient.is_cancelled());
+    }
 
     #[test]
     fn rfc3339_formats_known_instants() {

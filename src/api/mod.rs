@@ -12,6 +12,7 @@
 //! ```
 
 pub mod assets;
+pub mod audits;
 pub mod config;
 pub mod conn;
 pub mod error;
@@ -195,6 +196,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/jobs", post(events::create))
         .route("/v1/jobs/{id}", get(events::get).delete(events::cancel))
         .route("/v1/jobs/{id}/events", get(events::events))
+        .route("/v1/audits", post(audits::create))
+        .route("/v1/audits/{id}", get(audits::get).delete(audits::cancel))
+        .route("/v1/audits/{id}/events", get(audits::events))
+        .route("/v1/plan", post(audits::plan))
         .route("/v1/templates", get(handlers::templates))
         .route("/v1/tokenize", post(handlers::tokenize))
         .route("/v1/generate", post(handlers::generate))

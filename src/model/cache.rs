@@ -39,10 +39,13 @@ impl KvCache {
     }
 }
 
+/// A mask's shape: query length, key length, sliding window, dtype.
+type MaskKey = (usize, usize, Option<usize>, DType);
+
 /// Additive causal masks (0 where a query sees a key, -inf elsewhere), kept per shape.
 pub struct Masks {
     device: Device,
-    cache: Mutex<HashMap<(usize, usize, Option<usize>, DType), Tensor>>,
+    cache: Mutex<HashMap<MaskKey, Tensor>>,
 }
 
 /// Cached mask elements before the cache is emptied (a 1024 x 1024 mask alone is 4 MB).

@@ -175,7 +175,7 @@ impl DecoderConfig {
         let heads = c.num_attention_heads;
         let head_dim = c
             .head_dim
-            .unwrap_or(if heads == 0 { 0 } else { c.hidden_size / heads });
+            .unwrap_or(c.hidden_size.checked_div(heads).unwrap_or(0));
         let attention_bias = c.attention_bias.unwrap_or(false);
         let (qkv_bias, o_bias) = match traits.bias {
             AttentionBias::Qkv => (true, false),

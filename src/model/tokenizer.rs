@@ -270,9 +270,7 @@ pub fn set_bos_eos(inner: &mut tokenizers::Tokenizer, bos: Option<&str>, eos: Op
         .build()
         .map_err(|e| Error::Model(format!("tokenizer template: {e}")))?;
     let processor: PostProcessorWrapper = match inner.get_post_processor() {
-        Some(PostProcessorWrapper::ByteLevel(b)) => {
-            Sequence::new(vec![b.clone().into(), template.into()]).into()
-        }
+        Some(PostProcessorWrapper::ByteLevel(b)) => Sequence::new(vec![(*b).into(), template.into()]).into(),
         _ => template.into(),
     };
     inner.with_post_processor(Some(processor));

@@ -139,8 +139,11 @@ pub fn start_hub() -> FakeHub {
     start_hub_with(Vec::new())
 }
 
+/// A hub repo: its name and its files by path.
+pub type HubRepo = (String, HashMap<String, Arc<Vec<u8>>>);
+
 /// The hub with more repos beside the tiny-gpt2 ones.
-pub fn start_hub_with(extra: Vec<(String, HashMap<String, Arc<Vec<u8>>>)>) -> FakeHub {
+pub fn start_hub_with(extra: Vec<HubRepo>) -> FakeHub {
     // hf-hub's client takes its proxy from the environment, and a proxy would carry the
     // 127.0.0.1 requests elsewhere (std serialises environment access, so this is safe).
     static NO_PROXY: std::sync::Once = std::sync::Once::new();
@@ -342,3 +345,15 @@ pub fn local_scores() -> Vec<Vec<f32>> {
         })
         .clone()
 }
+
+/// The tiny decoder of every family (tests/fixtures/<family>, from scripts/reference); two llama
+/// configs: Llama 3 and Llama 2 layouts.
+pub const FAMILIES: &[&str] = &[
+    "llama",
+    "llama-linear",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "phi3",
+    "gemma2",
+];

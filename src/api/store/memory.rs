@@ -10,15 +10,14 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::{watch, Notify};
 
 use super::{new_job, now_ms, ClaimedJob, JobStore, Outcome, StoreError, StoreResult};
-use crate::api::jobs::{rfc3339, Job, JobState};
+use crate::api::jobs::{rfc3339, Job, JobRequest, JobState};
 use crate::engine::CancelToken;
 use crate::error::ErrorDetail;
-use crate::request::AttributeRequest;
 use crate::run::Progress;
 
 /// One job: its request, its published snapshot (watched by SSE streams) and its cancel token.
 pub struct JobEntry {
-    request: AttributeRequest,
+    request: JobRequest,
     cancel: CancelToken,
     tx: watch::Sender<Job>,
     started_ms: Mutex<Option<u64>>,
@@ -68,7 +67,7 @@ impl JobEntry {
             j.finished_at = Some(rfc3339(SystemTime::now()));
             match outcome.clone() {
                 Outcome::Done(r) => {
-                    let total = r.stats.unique_sequences.max(j.progress.total);
+                    let total = r.sequences().max(j.progress.total);
                     j.progress = Progress { done: total, total };
                     j.result = Some(*r);
                 }
@@ -120,7 +119,7 @@ impl MemoryStore {
         lock(&self.jobs).get(id).cloned()
     }
 
-    fn insert(&self, request: &AttributeRequest) -> StoreResult<Arc<JobEntry>> {
+    fn insert(&self, request: &JobRequest) -> StoreResult<Arc<JobEntry>> {
         self.sweep();
         let mut jobs = lock(&self.jobs);
         if jobs.values().filter(|j| !j.state().is_finished()).count() >= self.max_pending {
@@ -130,7 +129,7 @@ impl MemoryStore {
         let entry = Arc::new(JobEntry {
             request: request.clone(),
             cancel: CancelToken::new(),
-            tx: watch::Sender::new(new_job(id.clone())),
+            tx: watch::Sender::new(new_job(id.clone(), request.kind())),
             started_ms: Mutex::new(None),
             finished: Mutex::new(None),
         });
@@ -140,7 +139,7 @@ impl MemoryStore {
 }
 
 impl JobStore for MemoryStore {
-    fn create<'a>(&'a self, request: &'a AttributeRequest) -> BoxFuture<'a, StoreResult<Job>> {
+    fn create<'a>(&'a self, request: &'a JobRequest) -> BoxFuture<'a, StoreResult<Job>> {
         let out = self.insert(request).map(|entry| {
             let job = entry.snapshot();
             lock(&self.waiting).push_back(entry);
@@ -258,7 +257,7 @@ impl ClaimedJob for MemoryClaim {
     fn id(&self) -> &str {
         &self.id
     }
-    fn request(&self) -> &AttributeRequest {
+    fn request(&self) -> &JobRequest {
         &self.entry.request
     }
     fn cancel_token(&self) -> &CancelToken {
@@ -296,7 +295,7 @@ mod tests {
     }
 
     fn create(s: &MemoryStore) -> StoreResult<Arc<JobEntry>> {
-        s.insert(&AttributeRequest::default())
+        s.insert(&JobRequest::Attribution(Default::default()))
     }
 
     fn done() -> Outcome {
@@ -355,8 +354,14 @@ mod tests {
     #[tokio::test]
     async fn claims_in_order_of_arrival() {
         let s = store(Duration::from_secs(60), 10, 10);
-        let a = s.create(&AttributeRequest::default()).await.unwrap();
-        let b = s.create(&AttributeRequest::default()).await.unwrap();
+        let a = s
+            .create(&JobRequest::Attribution(Default::default()))
+            .await
+            .unwrap();
+        let b = s
+            .create(&JobRequest::Attribution(Default::default()))
+            .await
+            .unwrap();
         assert_eq!(s.claim().await.unwrap().unwrap().id(), a.id);
         assert_eq!(s.claim().await.unwrap().unwrap().id(), b.id);
         assert!(s.claim().await.unwrap().is_none());

@@ -10,11 +10,10 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 
-use super::jobs::{Job, JobState};
+use super::jobs::{Job, JobKind, JobRequest, JobResult, JobState};
 use super::Ready;
 use crate::engine::CancelToken;
 use crate::error::ErrorDetail;
-use crate::request::{AttributeRequest, AttributeResponse};
 use crate::run::Progress;
 use crate::scorer::Scorer;
 
@@ -33,7 +32,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// How a job ended.
 #[derive(Debug, Clone)]
 pub enum Outcome {
-    Done(Box<AttributeResponse>),
+    Done(Box<JobResult>),
     Failed(ErrorDetail),
     Cancelled(ErrorDetail),
 }
@@ -52,7 +51,7 @@ impl Outcome {
 pub trait JobStore: Send + Sync {
     /// Records a queued job for `request` and puts it in line; refuses beyond `max_pending`
     /// unfinished jobs.
-    fn create<'a>(&'a self, request: &'a AttributeRequest) -> BoxFuture<'a, StoreResult<Job>>;
+    fn create<'a>(&'a self, request: &'a JobRequest) -> BoxFuture<'a, StoreResult<Job>>;
     fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<Job>>>;
     /// Cancels an unfinished job wherever it runs (no effect on a finished one); the job after.
     fn cancel<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<Job>>>;
@@ -91,7 +90,7 @@ pub trait JobStore: Send + Sync {
 /// A job this process runs. Holding it is holding its lease (Redis: kept by heartbeats).
 pub trait ClaimedJob: Send + Sync {
     fn id(&self) -> &str;
-    fn request(&self) -> &AttributeRequest;
+    fn request(&self) -> &JobRequest;
     /// Fires when the job is cancelled anywhere, or this process lost or gave up the job.
     fn cancel_token(&self) -> &CancelToken;
     /// When the job first started running (on any replica), as milliseconds since the epoch.
@@ -122,9 +121,10 @@ pub fn now_ms() -> u64 {
 }
 
 /// A fresh job snapshot.
-pub fn new_job(id: String) -> Job {
+pub fn new_job(id: String, kind: JobKind) -> Job {
     Job {
         id,
+        kind,
         state: JobState::Queued,
         progress: Progress { done: 0, total: 0 },
         created_at: super::jobs::rfc3339(std::time::SystemTime::now()),

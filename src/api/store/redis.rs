@@ -31,13 +31,12 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use super::{new_job, now_ms, ClaimedJob, JobStore, Outcome, StoreError, StoreResult};
-use crate::api::jobs::{rfc3339, Job, JobState, WaitForRoom};
+use crate::api::jobs::{rfc3339, Job, JobRequest, JobState, WaitForRoom};
 use crate::api::Ready;
 use crate::cache::{CachedScorer, SharedScores};
 use crate::engine::CancelToken;
 use crate::error::{Error, ErrorDetail};
 use crate::model::{ModelInfo, ScoreItem, Tokenizer};
-use crate::request::AttributeRequest;
 use crate::run::Progress;
 use crate::scorer::Scorer;
 
@@ -116,7 +115,7 @@ static CREATE: LazyLock<Script> = LazyLock::new(|| {
         r"
 local n = tonumber(redis.call('GET', KEYS[2]) or '0')
 if n >= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'queued', 'done', 0, 'total', 0, 'created_at', ARGV[2], 'request', ARGV[3])
+redis.call('HSET', KEYS[1], 'state', 'queued', 'done', 0, 'total', 0, 'created_at', ARGV[2], 'request', ARGV[3], 'kind', ARGV[5])
 redis.call('INCR', KEYS[2])
 redis.call('XADD', KEYS[3], '*', 'job', ARGV[4])
 return 1",
@@ -416,7 +415,7 @@ impl Inner {
             Outcome::Done(r) => (
                 serde_json::to_string(r).unwrap_or_default(),
                 String::new(),
-                r.stats.unique_sequences,
+                r.sequences(),
             ),
             Outcome::Failed(e) | Outcome::Cancelled(e) => {
                 (String::new(), serde_json::to_string(e).unwrap_or_default(), 0)
@@ -447,7 +446,10 @@ fn parse_job(id: &str, h: &HashMap<String, Vec<u8>>) -> Option<Job> {
     };
     let num = |k: &str| text(k).and_then(|s| s.parse().ok()).unwrap_or(0);
     let state = JobState::parse(&text("state")?)?;
-    let mut job = new_job(id.to_string());
+    let kind = text("kind")
+        .and_then(|k| serde_json::from_str(&k).ok())
+        .unwrap_or_default();
+    let mut job = new_job(id.to_string(), kind);
     job.state = state;
     job.progress = Progress {
         done: num("done"),
@@ -483,10 +485,11 @@ async fn persist<T, F: std::future::Future<Output = Result<T, RedisError>>>(
 }
 
 impl JobStore for RedisStore {
-    fn create<'a>(&'a self, request: &'a AttributeRequest) -> BoxFuture<'a, StoreResult<Job>> {
+    fn create<'a>(&'a self, request: &'a JobRequest) -> BoxFuture<'a, StoreResult<Job>> {
         async move {
             let i = &self.inner;
-            let job = new_job(uuid::Uuid::new_v4().to_string());
+            let job = new_job(uuid::Uuid::new_v4().to_string(), request.kind());
+            let kind = serde_json::to_string(&job.kind).unwrap_or_default();
             let request = serde_json::to_string(request)
                 .map_err(|e| StoreError::Unavailable(format!("cannot encode the request: {e}")))?;
             let created: i64 = CREATE
@@ -497,6 +500,7 @@ impl JobStore for RedisStore {
                 .arg(&job.created_at)
                 .arg(request)
                 .arg(&job.id)
+                .arg(kind)
                 .invoke_async(&mut i.con())
                 .await
                 .map_err(unavailable)?;
@@ -590,8 +594,7 @@ impl JobStore for RedisStore {
                 .query_async(&mut i.con())
                 .await
                 .map_err(unavailable)?;
-            let Some(request) = request.and_then(|r| serde_json::from_str::<AttributeRequest>(&r).ok())
-            else {
+            let Some(request) = request.and_then(|r| serde_json::from_str::<JobRequest>(&r).ok()) else {
                 // Expired or unreadable: nothing to run.
                 i.ack("jobs", &entry.id).await.map_err(unavailable)?;
                 return Ok(None);
@@ -661,7 +664,7 @@ struct RedisClaim {
     inner: Arc<Inner>,
     id: String,
     entry: String,
-    request: AttributeRequest,
+    request: JobRequest,
     cancel: CancelToken,
     started_ms: Mutex<Option<u64>>,
     /// Latest progress, written to Redis by the keeper.
@@ -726,7 +729,7 @@ impl ClaimedJob for RedisClaim {
     fn id(&self) -> &str {
         &self.id
     }
-    fn request(&self) -> &AttributeRequest {
+    fn request(&self) -> &JobRequest {
         &self.request
     }
     fn cancel_token(&self) -> &CancelToken {
@@ -900,6 +903,10 @@ impl Scorer for FanOut {
 
     fn generate(&self, prompt: &[u32], max_new_tokens: usize) -> crate::Result<Vec<u32>> {
         self.inner.generate(prompt, max_new_tokens)
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled() || self.inner.is_cancelled()
     }
 }
 
@@ -1173,8 +1180,8 @@ mod tests {
 
     #[test]
     fn chunk_results_round_trip() {
-        let ok: Result<Vec<Vec<f32>>, Error> = Ok(vec![vec![-1.5, -0.25], vec![], vec![f32::MIN]]);
-        assert_eq!(decode_chunk(&encode_chunk(&ok)).unwrap(), ok.unwrap());
+        let scores = vec![vec![-1.5, -0.25], vec![], vec![f32::MIN]];
+        assert_eq!(decode_chunk(&encode_chunk(&Ok(scores.clone()))).unwrap(), scores);
         let failed = decode_chunk(&encode_chunk(&Err(Error::Model("boom".into()))));
         assert!(failed.unwrap_err().to_string().contains("boom"));
         assert!(decode_chunk(&[0, 9, 0, 0, 0, 1]).is_err());
