@@ -10,6 +10,7 @@
 pub mod api;
 pub mod attribution;
 pub mod audit;
+pub mod cache;
 pub mod cli;
 pub mod engine;
 pub mod error;

@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::{parse_json, read_body, ApiError, ApiJson};
-use super::events::{cancel_job, get_job, job_stream, start_job};
-use super::handlers::{blocking, execute_work};
-use super::jobs::{Job, JobKind, JobResult};
+use super::events::{cancel_job, get_job, job_stream, submit};
+use super::handlers::blocking;
+use super::jobs::{Job, JobKind, JobRequest};
 use super::AppState;
 use crate::audit::{self, AuditRequest};
 use crate::engine::stats::Stats;
@@ -47,19 +47,7 @@ pub async fn create(
     let limits = state.config.limits.clone();
     let checked = request.clone();
     blocking(move || audit::plan(&checked, ready.model.as_ref(), &limits)).await?;
-    start_job(&state, JobKind::Audit, "/v1/audits", move |s, job| async move {
-        let j = job.clone();
-        let cancel = job.cancel.clone();
-        execute_work(
-            &s,
-            "audit".into(),
-            cancel,
-            || job.start(),
-            move |scorer, limits| audit::run(&request, scorer, limits, &|p| j.progress(p)),
-        )
-        .await
-        .map(|r| JobResult::Audit(Box::new(r)))
-    })
+    submit(&state, JobRequest::Audit(request), "/v1/audits").await
 }
 
 /// An audit's state, progress, and result once done.
@@ -70,7 +58,7 @@ pub async fn create(
     security((), ("bearer" = []), ("api_key" = []))
 )]
 pub async fn get(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<Job>, ApiError> {
-    get_job(&state, &id, Some(JobKind::Audit))
+    get_job(&state, &id, Some(JobKind::Audit)).await
 }
 
 /// Cancel an audit (no effect on a finished one).
@@ -84,7 +72,7 @@ pub async fn cancel(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Job>, ApiError> {
-    cancel_job(&state, &id, Some(JobKind::Audit))
+    cancel_job(&state, &id, Some(JobKind::Audit)).await
 }
 
 /// An audit's progress (sequences scored) and result as server-sent events, as for jobs.
@@ -101,7 +89,7 @@ pub async fn events(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    job_stream(&state, &id, Some(JobKind::Audit))
+    job_stream(&state, &id, Some(JobKind::Audit)).await
 }
 
 /// The body of `/v1/plan`: an audit request when it has `sweep`, else an attribute request.
