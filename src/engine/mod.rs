@@ -74,6 +74,19 @@ impl Default for EngineConfig {
     }
 }
 
+impl EngineConfig {
+    /// The defaults with the workers and batch size suited to `device` (see
+    /// [`crate::model::device::tuning`]).
+    pub fn for_device(device: &candle_core::Device) -> Self {
+        let tuned = crate::model::device::tuning(device);
+        EngineConfig {
+            workers: tuned.workers,
+            token_budget: tuned.token_budget,
+            ..EngineConfig::default()
+        }
+    }
+}
+
 /// Shared flag a request, its job, a dropped connection or shutdown sets to stop its work.
 #[derive(Debug, Clone, Default)]
 pub struct CancelToken(Arc<AtomicBool>);

@@ -59,11 +59,7 @@ pub enum DtypeChoice {
 }
 
 /// The data types a forward pass may run in, by their flag names.
-const DTYPES: &[(&str, DType)] = &[
-    ("f32", DType::F32),
-    ("bf16", DType::BF16),
-    ("f16", DType::F16),
-];
+const DTYPES: &[(&str, DType)] = &[("f32", DType::F32), ("bf16", DType::BF16), ("f16", DType::F16)];
 
 impl FromStr for DtypeChoice {
     type Err = String;
@@ -181,9 +177,13 @@ pub fn name(device: &Device) -> String {
 /// and cuBLAS's allocation errors; candle passes them on as text).
 pub fn is_out_of_memory(e: &candle_core::Error) -> bool {
     let text = e.to_string();
-    ["CUDA_ERROR_OUT_OF_MEMORY", "CUBLAS_STATUS_ALLOC_FAILED", "out of memory"]
-        .iter()
-        .any(|s| text.contains(s))
+    [
+        "CUDA_ERROR_OUT_OF_MEMORY",
+        "CUBLAS_STATUS_ALLOC_FAILED",
+        "out of memory",
+    ]
+    .iter()
+    .any(|s| text.contains(s))
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -217,11 +217,8 @@ mod cuda {
     const BUILT_FOR: Option<&str> = option_env!("LLM_ATTR_CUDA_COMPUTE_CAP");
 
     /// The oldest compute capability with native kernels for each data type in candle.
-    const MIN_CAPABILITY: &[(DType, (i32, i32))] = &[
-        (DType::F32, (5, 0)),
-        (DType::F16, (5, 3)),
-        (DType::BF16, (8, 0)),
-    ];
+    const MIN_CAPABILITY: &[(DType, (i32, i32))] =
+        &[(DType::F32, (5, 0)), (DType::F16, (5, 3)), (DType::BF16, (8, 0))];
 
     fn count() -> Result<usize> {
         CudaContext::device_count()
@@ -237,7 +234,10 @@ mod cuda {
         if i >= n {
             return Err(Error::invalid(
                 "device",
-                format!("cuda:{i} is out of range: {n} CUDA GPU(s) found (cuda:0 to cuda:{})", n - 1),
+                format!(
+                    "cuda:{i} is out of range: {n} CUDA GPU(s) found (cuda:0 to cuda:{})",
+                    n - 1
+                ),
             ));
         }
         check_built_for(i)?;
@@ -254,7 +254,8 @@ mod cuda {
     }
 
     fn capability(i: usize) -> Result<(String, (i32, i32))> {
-        let ctx = CudaContext::new(i).map_err(|e| Error::invalid("device", format!("cannot open cuda:{i}: {e}")))?;
+        let ctx = CudaContext::new(i)
+            .map_err(|e| Error::invalid("device", format!("cannot open cuda:{i}: {e}")))?;
         let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         let cc = ctx
             .compute_capability()
@@ -321,7 +322,10 @@ mod tests {
         assert_eq!("cuda".parse(), Ok(DeviceChoice::Cuda(0)));
         assert_eq!("cuda:3".parse(), Ok(DeviceChoice::Cuda(3)));
         assert!("cuda:x".parse::<DeviceChoice>().is_err());
-        assert!("tpu".parse::<DeviceChoice>().unwrap_err().contains("auto, cpu, cuda or cuda:N"));
+        assert!("tpu"
+            .parse::<DeviceChoice>()
+            .unwrap_err()
+            .contains("auto, cpu, cuda or cuda:N"));
         for (name, d) in DTYPES {
             assert_eq!(name.parse(), Ok(DtypeChoice::Fixed(*d)));
             assert_eq!(DtypeChoice::Fixed(*d).to_string(), *name);
@@ -352,7 +356,10 @@ mod tests {
         let e = resolve(DeviceChoice::Cuda(0), DtypeChoice::Auto).unwrap_err();
         assert_eq!(e.field(), Some("device"));
         assert!(e.to_string().contains("--features cuda"), "{e}");
-        assert!(resolve(DeviceChoice::Auto, DtypeChoice::Auto).unwrap().device.is_cpu());
+        assert!(resolve(DeviceChoice::Auto, DtypeChoice::Auto)
+            .unwrap()
+            .device
+            .is_cpu());
     }
 
     #[test]
@@ -361,6 +368,8 @@ mod tests {
         assert!(is_out_of_memory(&oom));
         let blas = candle_core::Error::Msg("CublasError(CUBLAS_STATUS_ALLOC_FAILED)".into());
         assert!(is_out_of_memory(&blas));
-        assert!(!is_out_of_memory(&candle_core::Error::Msg("shape mismatch".into())));
+        assert!(!is_out_of_memory(&candle_core::Error::Msg(
+            "shape mismatch".into()
+        )));
     }
 }

@@ -229,7 +229,11 @@ impl Model {
     /// they are queued).
     /// A batch that runs out of device memory is scored in halves (see [`split_on_oom`]).
     pub(crate) fn score_checked(&self, batch: &[ScoreItem]) -> Result<Vec<Vec<f32>>> {
-        split_on_oom(batch, &mut |part| self.forward_scores(part), &device::name(&self.device))
+        split_on_oom(
+            batch,
+            &mut |part| self.forward_scores(part),
+            &device::name(&self.device),
+        )
     }
 
     /// One forward pass over `batch`.
@@ -437,13 +441,20 @@ mod tests {
         };
         let e = split_on_oom(&batch, &mut run, "cuda:0").unwrap_err();
         assert_eq!(e.field(), Some("sequences"));
-        assert!(e.to_string().contains("3 tokens does not fit in the memory of cuda:0"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("3 tokens does not fit in the memory of cuda:0"),
+            "{e}"
+        );
         let mut calls = 0;
         let mut other = |_: &[ScoreItem]| {
             calls += 1;
             Err(candle_core::Error::Msg("shape mismatch".into()))
         };
-        assert!(matches!(split_on_oom(&batch, &mut other, "cpu"), Err(Error::Model(_))));
+        assert!(matches!(
+            split_on_oom(&batch, &mut other, "cpu"),
+            Err(Error::Model(_))
+        ));
         assert_eq!(calls, 1);
     }
 
