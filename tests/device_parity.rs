@@ -107,7 +107,10 @@ fn logprobs_match_transformers_on_the_device() {
                 }
             }
             eprintln!("{dir} {dtype:?}: largest log-prob difference {worst:.2e} (tolerance {tol:.0e})");
-            assert!(worst <= tol, "{dir} {dtype:?}: log-probs differ by {worst} > {tol}");
+            assert!(
+                worst <= tol,
+                "{dir} {dtype:?}: log-probs differ by {worst} > {tol}"
+            );
         }
     }
 }
@@ -187,7 +190,13 @@ fn captum_t1_matches_on_the_device() {
             ("feature_ablation", Method::FeatureAblation),
             ("shapley_values", Method::ShapleyValues),
         ] {
-            let r = run(&captum_request(&f, method), m.as_ref(), &Limits::default(), &|_| {}).unwrap();
+            let r = run(
+                &captum_request(&f, method),
+                m.as_ref(),
+                &Limits::default(),
+                &|_| {},
+            )
+            .unwrap();
             let want: Vec<f64> = f[key]["seq_attr"]
                 .as_array()
                 .unwrap()
