@@ -81,7 +81,7 @@ bench() {
   timeout 300 "$llm_attr" bench --model "$dir" --request "$3" --device "$device" --dtype "$2" \
     --repeats 3 "${methods[@]}" 2>"$WORK/$1.log"
   local rc=$?
-  grep -o 'seconds=[0-9.]*' "$WORK/$1.log" | head -1 | sed "s/^/  load: /"
+  sed 's/\x1b\[[0-9;]*m//g' "$WORK/$1.log" | grep -o 'model loaded.*' | head -1 | sed 's/^/  /'
   [ $rc = 0 ] || { tail -5 "$WORK/$1.log"; fail; }
 }
 
