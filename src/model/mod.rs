@@ -318,11 +318,10 @@ impl Model {
 /// Scores `batch` with `run`; when a pass runs out of device memory, scores each half in turn
 /// (recursively), so a batch too big for the device still completes and only a sequence that
 /// does not fit on its own fails. `device` names the device in that error.
-pub(crate) fn split_on_oom(
-    batch: &[ScoreItem],
-    run: &mut dyn FnMut(&[ScoreItem]) -> candle_core::Result<Vec<Vec<f32>>>,
-    device: &str,
-) -> Result<Vec<Vec<f32>>> {
+pub(crate) fn split_on_oom<F>(batch: &[ScoreItem], run: &mut F, device: &str) -> Result<Vec<Vec<f32>>>
+where
+    F: FnMut(&[ScoreItem]) -> candle_core::Result<Vec<Vec<f32>>>,
+{
     match run(batch) {
         Ok(scores) => Ok(scores),
         Err(e) if device::is_out_of_memory(&e) && batch.len() > 1 => {
