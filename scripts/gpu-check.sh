@@ -2,7 +2,8 @@
 # One prepared check of the CUDA backend on a GPU machine where nothing can be fetched. Run from
 # the repository root (tracked files: tests/fixtures, examples, scripts) with the two binaries
 # that `scripts/build-cuda.sh --tests` leaves in $CARGO_TARGET_DIR/gpu-check/ (llm-attr and
-# device_parity), plus python3 with torch and safetensors on the machine. It:
+# device_parity; carry target-cuda/gpu-check.tar.gz, ~20 MB, it is unpacked here), plus python3
+# with torch and safetensors on the machine. It:
 #   1. prints the GPU;
 #   2. checks parity on tiny-gpt2 and every family fixture (f32 1e-3, f16 3e-2, bf16 1e-1 against
 #      transformers' f32 references; greedy ids; Captum's t1 in f32): tests/device_parity.rs;
@@ -32,6 +33,10 @@ while [ $# -gt 0 ]; do
   esac
 done
 PYTHON=${PYTHON:-python3}
+# What was carried may be the gzipped form (the binaries alone exceed the carry limit).
+if [ ! -d "$bin_dir" ] && [ -f "$bin_dir.tar.gz" ]; then
+  tar -C "$(dirname "$bin_dir")" -xzf "$bin_dir.tar.gz"
+fi
 llm_attr=$bin_dir/llm-attr
 parity=$(find "$bin_dir" -maxdepth 1 -type f -name 'device_parity*' -perm -u+x 2>/dev/null | head -1)
 [ -x "$llm_attr" ] || { echo "no $llm_attr: build it with scripts/build-cuda.sh --tests" >&2; exit 2; }
