@@ -146,6 +146,9 @@ pub struct ServeArgs {
     pub max_num_trials: usize,
     #[arg(long, env = "LLM_ATTR_MAX_NEW_TOKENS", default_value_t = Limits::default().max_new_tokens)]
     pub max_new_tokens: usize,
+    /// Interpolation steps of integrated_gradients (`n_steps`).
+    #[arg(long, env = "LLM_ATTR_MAX_N_STEPS", default_value_t = Limits::default().max_n_steps)]
+    pub max_n_steps: usize,
     /// Attribute requests running at once; more wait their turn.
     #[arg(long, env = "LLM_ATTR_MAX_CONCURRENT_JOBS", default_value_t = 64)]
     pub max_concurrent_jobs: usize,
@@ -206,6 +209,7 @@ impl ServeArgs {
             max_n_samples: self.max_n_samples,
             max_num_trials: self.max_num_trials,
             max_new_tokens: self.max_new_tokens,
+            max_n_steps: self.max_n_steps,
         };
         c.max_body_bytes = self.max_body_bytes;
         c.max_concurrent_jobs = self.max_concurrent_jobs.max(1);
