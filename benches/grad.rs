@@ -16,7 +16,8 @@ use llm_attr::request::{AttributeRequest, Method};
 use llm_attr::run::{run, Limits};
 use serde_json::Value;
 
-const PROMPT: &str = "Georg from Germany applied for a job as a janitor at a bakery. The hiring manager decided to";
+const PROMPT: &str =
+    "Georg from Germany applied for a job as a janitor at a bakery. The hiring manager decided to";
 const TARGET: &str = " reject the application without any further consideration.";
 
 /// Seconds of one run of `method` (the best of `repeats`), checking the token counts.
@@ -32,7 +33,11 @@ fn time(model: &Model, method: Method, repeats: usize) -> f64 {
         let t = Instant::now();
         let r = run(&req, model, &Limits::default(), &|_| {}).expect("attribute");
         best = best.min(t.elapsed().as_secs_f64());
-        assert_eq!((r.features.len(), r.target_ids.len()), (20, 8), "prompt and target tokens");
+        assert_eq!(
+            (r.features.len(), r.target_ids.len()),
+            (20, 8),
+            "prompt and target tokens"
+        );
         if let Some(d) = &r.convergence_delta {
             let worst = d.iter().fold(0.0f64, |a, x| a.max(x.abs()));
             println!("  largest |convergence delta|: {worst:.4}");
@@ -67,13 +72,19 @@ fn main() {
         println!("no Captum timing in {path}");
         return;
     };
-    println!("Captum 0.9, torch {} with {} threads:", c["torch"], c["torch_threads"]);
+    println!(
+        "Captum 0.9, torch {} with {} threads:",
+        c["torch"], c["torch_threads"]
+    );
     for (name, ours) in [
         ("integrated_gradients_50_gausslegendre", ig),
         ("gradient_x_input", gxi),
     ] {
         if let Some(theirs) = c[format!("{name}_seconds")].as_f64() {
-            println!("  {name}: Captum {theirs:.2} s, llm-attr {ours:.2} s, {:.1}x faster", theirs / ours);
+            println!(
+                "  {name}: Captum {theirs:.2} s, llm-attr {ours:.2} s, {:.1}x faster",
+                theirs / ours
+            );
         }
     }
 }

@@ -26,11 +26,7 @@ pub trait Scorer: Send + Sync {
     /// The gradient methods' numbers (see [`GradientJob`]): `attr[k][p]` per target token k
     /// and prompt position p. `progress(done, total)` counts interpolation steps. A scorer
     /// without a differentiable model refuses.
-    fn gradients(
-        &self,
-        job: GradientJob,
-        progress: &(dyn Fn(usize, usize) + Sync),
-    ) -> Result<Vec<Vec<f64>>> {
+    fn gradients(&self, job: GradientJob, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<Vec<Vec<f64>>> {
         let _ = (job, progress);
         Err(no_gradients())
     }
@@ -76,11 +72,7 @@ impl Scorer for Model {
         Model::generate(self, prompt, max_new_tokens)
     }
 
-    fn gradients(
-        &self,
-        job: GradientJob,
-        progress: &(dyn Fn(usize, usize) + Sync),
-    ) -> Result<Vec<Vec<f64>>> {
+    fn gradients(&self, job: GradientJob, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<Vec<Vec<f64>>> {
         Model::gradients(self, &job, &mut |done, total| {
             progress(done, total);
             Ok(())

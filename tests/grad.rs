@@ -36,11 +36,19 @@ fn cases(dir: &str) -> Vec<Value> {
 }
 
 fn floats(v: &Value) -> Vec<f64> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 /// The request Captum's case ran.
@@ -68,7 +76,9 @@ fn tolerance(want: f64) -> f64 {
 /// Misses are collected so that a failure shows them all.
 fn close(got: f64, want: f64, tol: f64, what: &str, misses: &mut Vec<String>) {
     if (got - want).abs() > tol {
-        misses.push(format!("{what}: got {got:.5}, Captum {want:.5} (tolerance {tol:.5})"));
+        misses.push(format!(
+            "{what}: got {got:.5}, Captum {want:.5} (tolerance {tol:.5})"
+        ));
     }
 }
 
@@ -87,7 +97,10 @@ enum SeqTolerance {
 
 fn compare(r: &AttributeResponse, case: &Value, what: &str, seq_tolerance: SeqTolerance) {
     let positions: Vec<usize> = r.features.iter().map(|f| f.position.unwrap()).collect();
-    let want_positions: Vec<usize> = ids(&case["input_positions"]).into_iter().map(|p| p as usize).collect();
+    let want_positions: Vec<usize> = ids(&case["input_positions"])
+        .into_iter()
+        .map(|p| p as usize)
+        .collect();
     assert_eq!(positions, want_positions, "{what}: feature positions");
     assert_eq!(r.target_ids, ids(&case["target_ids"]), "{what}: target ids");
     let seq = floats(&case["seq_attr"]);
@@ -113,7 +126,10 @@ fn compare(r: &AttributeResponse, case: &Value, what: &str, seq_tolerance: SeqTo
 /// Completeness: each row sums to Captum's f(input) - f(baseline) within the convergence delta
 /// Captum reports (plus the tolerance, per feature); our own delta is that row's miss.
 fn complete(r: &AttributeResponse, case: &Value, what: &str) {
-    let deltas = r.convergence_delta.as_ref().expect("integrated_gradients reports deltas");
+    let deltas = r
+        .convergence_delta
+        .as_ref()
+        .expect("integrated_gradients reports deltas");
     let (f_in, f_base) = (floats(&case["f_input"]), floats(&case["f_baseline"]));
     let captum = floats(&case["convergence_delta"]);
     for (k, row) in r.token_attr.iter().enumerate() {
@@ -224,8 +240,10 @@ fn gradient_errors_name_the_field() {
     expect(&r, "n_samples", "deterministic");
     // An unknown rule is refused while the JSON is read, at the field.
     let body = r#"{"text": "a b", "method": "integrated_gradients", "integration": "simpson"}"#;
-    let e = serde_path_to_error::deserialize::<_, AttributeRequest>(&mut serde_json::Deserializer::from_str(body))
-        .unwrap_err();
+    let e = serde_path_to_error::deserialize::<_, AttributeRequest>(&mut serde_json::Deserializer::from_str(
+        body,
+    ))
+    .unwrap_err();
     assert_eq!(e.path().to_string(), "integration");
     assert!(e.inner().to_string().contains("riemann_trapezoid"), "{e}");
     // Captum's short names.
@@ -238,7 +256,10 @@ fn gradient_errors_name_the_field() {
 #[test]
 fn integrated_gradients_complete_with_any_target() {
     let m = model(TINY_GPT2);
-    for attr_target in [llm_attr::request::AttrTarget::LogProb, llm_attr::request::AttrTarget::Prob] {
+    for attr_target in [
+        llm_attr::request::AttrTarget::LogProb,
+        llm_attr::request::AttrTarget::Prob,
+    ] {
         let req = AttributeRequest {
             text: Some("Georg from Germany applied for".into()),
             max_new_tokens: Some(3),

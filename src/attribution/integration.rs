@@ -29,7 +29,11 @@ impl Integration {
         if n == 0 || (n < 2 && self != Integration::Gausslegendre) {
             return Err(Error::invalid(
                 "n_steps",
-                format!("{} needs at least {} steps", self.name(), if n == 0 { 1 } else { 2 }),
+                format!(
+                    "{} needs at least {} steps",
+                    self.name(),
+                    if n == 0 { 1 } else { 2 }
+                ),
             ));
         }
         let k = n as f64;
@@ -133,12 +137,21 @@ mod tests {
             assert!((r.weights[i] - want_w[i]).abs() < 1e-14, "{:?}", r.weights);
         }
         let one = Integration::Gausslegendre.rule(1).unwrap();
-        assert_eq!(one, Rule { alphas: vec![0.5], weights: vec![1.0] });
+        assert_eq!(
+            one,
+            Rule {
+                alphas: vec![0.5],
+                weights: vec![1.0]
+            }
+        );
         // 50 points integrate x^9 exactly; weights sum to 1.
         let r = Integration::Gausslegendre.rule(50).unwrap();
         let sum: f64 = r.weights.iter().sum();
         let x9: f64 = r.alphas.iter().zip(&r.weights).map(|(a, w)| w * a.powi(9)).sum();
-        assert!((sum - 1.0).abs() < 1e-12 && (x9 - 0.1).abs() < 1e-12, "{sum} {x9}");
+        assert!(
+            (sum - 1.0).abs() < 1e-12 && (x9 - 0.1).abs() < 1e-12,
+            "{sum} {x9}"
+        );
         assert!(r.alphas.windows(2).all(|w| w[0] < w[1]));
     }
 
@@ -147,10 +160,21 @@ mod tests {
         let t = Integration::RiemannTrapezoid.rule(5).unwrap();
         assert_eq!(t.alphas, vec![0.0, 0.25, 0.5, 0.75, 1.0]);
         assert_eq!(t.weights, vec![0.1, 0.2, 0.2, 0.2, 0.1]);
-        let sum: f64 = Integration::RiemannTrapezoid.rule(20).unwrap().weights.iter().sum();
+        let sum: f64 = Integration::RiemannTrapezoid
+            .rule(20)
+            .unwrap()
+            .weights
+            .iter()
+            .sum();
         assert!((sum - 19.0 / 20.0).abs() < 1e-12);
-        assert_eq!(Integration::RiemannLeft.rule(4).unwrap().alphas, vec![0.0, 0.25, 0.5, 0.75]);
-        assert_eq!(Integration::RiemannRight.rule(4).unwrap().alphas, vec![0.25, 0.5, 0.75, 1.0]);
+        assert_eq!(
+            Integration::RiemannLeft.rule(4).unwrap().alphas,
+            vec![0.0, 0.25, 0.5, 0.75]
+        );
+        assert_eq!(
+            Integration::RiemannRight.rule(4).unwrap().alphas,
+            vec![0.25, 0.5, 0.75, 1.0]
+        );
         let m = Integration::RiemannMiddle.rule(4).unwrap();
         assert_eq!(m.alphas, vec![0.125, 0.375, 0.625, 0.875]);
         assert_eq!(m.weights, vec![0.25; 4]);

@@ -56,9 +56,9 @@ pub fn attribute(
         Method::Lime => lime(ev, n_samples, rng),
         Method::KernelShap => kernel_shap(ev, n_samples, rng),
         // Their numbers come from the model's gradients, below the scorer (src/run/gradient.rs).
-        Method::IntegratedGradients | Method::GradientXInput => Err(Error::Internal(format!(
-            "{method:?} takes no coalitions"
-        ))),
+        Method::IntegratedGradients | Method::GradientXInput => {
+            Err(Error::Internal(format!("{method:?} takes no coalitions")))
+        }
     }
 }
 

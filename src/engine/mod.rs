@@ -674,11 +674,7 @@ impl<B: Backend + Scorer> Scorer for Handle<B> {
         self.generate_ids(prompt, max_new_tokens)
     }
 
-    fn gradients(
-        &self,
-        job: GradientJob,
-        progress: &(dyn Fn(usize, usize) + Sync),
-    ) -> Result<Vec<Vec<f64>>> {
+    fn gradients(&self, job: GradientJob, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<Vec<Vec<f64>>> {
         self.gradient_rows(job, progress)
     }
 }

@@ -53,10 +53,18 @@ impl GradientJob {
             return Err(Error::Internal("a gradient job needs one weight per step".into()));
         }
         if self.target.is_empty() || self.prompt.is_empty() {
-            return Err(Error::Internal("a gradient job needs a prompt and a target".into()));
+            return Err(Error::Internal(
+                "a gradient job needs a prompt and a target".into(),
+            ));
         }
-        if self.baseline.as_ref().is_some_and(|b| b.len() != self.prompt.len()) {
-            return Err(Error::Internal("the baseline is not as long as the prompt".into()));
+        if self
+            .baseline
+            .as_ref()
+            .is_some_and(|b| b.len() != self.prompt.len())
+        {
+            return Err(Error::Internal(
+                "the baseline is not as long as the prompt".into(),
+            ));
         }
         Ok(())
     }

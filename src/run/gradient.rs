@@ -27,7 +27,12 @@ pub(super) fn run(
 ) -> Result<AttributeResponse> {
     let method = request.method;
     no_sampling_fields(request)?;
-    let n_steps = check_count("n_steps", request.n_steps, facts.default_n_steps, limits.max_n_steps)?;
+    let n_steps = check_count(
+        "n_steps",
+        request.n_steps,
+        facts.default_n_steps,
+        limits.max_n_steps,
+    )?;
     // Gradient × input: the gradient at the input itself.
     let rule = if facts.integrates {
         request.integration.unwrap_or_default().rule(n_steps)?
