@@ -25,7 +25,11 @@ ENV LLM_ATTR_MODEL=hf:distilbert/distilgpt2 \
     LLM_ATTR_HOST=0.0.0.0 \
     LLM_ATTR_PORT=8080 \
     HF_HOME=/data/hf \
-    RUST_LOG=info
+    RUST_LOG=info \
+    LLM_ATTR_SHUTDOWN_GRACE=6
+# Shutdown takes at most the grace (6 s) + 2 s for open connections: inside the 10 s that
+# `docker stop` waits by default. A longer grace needs `docker stop --time` >= grace + 3.
+STOPSIGNAL SIGTERM
 VOLUME ["/data/hf"]
 EXPOSE 8080
 USER 65532:65532

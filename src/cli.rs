@@ -1,10 +1,14 @@
-//! `llm-attr attribute` and `llm-attr bench`.
+//! `llm-attr attribute`, `llm-attr audit` and `llm-attr bench`.
 
-use std::io::Read;
+use std::io::{IsTerminal, Read, Write};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::Context;
 
+use crate::audit::export::{self, Format};
+use crate::audit::AuditRequest;
+use crate::engine::{CancelToken, Engine, EngineConfig};
 use crate::model::{LoadOptions, Model};
 use crate::request::{AttributeRequest, Method};
 use crate::run::{run, Limits, Progress};
@@ -19,6 +23,20 @@ pub struct AttributeArgs {
     /// Request JSON file, or - for stdin.
     #[arg(long)]
     pub request: String,
+}
+
+/// `llm-attr audit --model SPEC --request FILE [--format json|jsonl|csv]`
+#[derive(Debug, clap::Args)]
+pub struct AuditArgs {
+    /// Model spec: hf:ORG/NAME[@REV], a directory, or a .gguf file.
+    #[arg(long, env = "LLM_ATTR_MODEL", default_value = "hf:distilbert/distilgpt2")]
+    pub model: String,
+    /// Audit request JSON file, or - for stdin.
+    #[arg(long)]
+    pub request: String,
+    /// json: the whole result; jsonl: one cell a line; csv: one cell and target a row.
+    #[arg(long, value_enum, default_value = "json")]
+    pub format: Format,
 }
 
 /// `llm-attr bench --model SPEC --request FILE`
@@ -121,6 +139,11 @@ fn running_serve() -> Option<Vec<String>> {
 
 /// Reads a request from a file or `-` (stdin).
 pub fn read_request(path: &str) -> anyhow::Result<AttributeRequest> {
+    read_json(path)
+}
+
+/// Reads JSON from a file or `-` (stdin).
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &str) -> anyhow::Result<T> {
     let text = if path == "-" {
         let mut s = String::new();
         std::io::stdin()
@@ -150,6 +173,66 @@ pub fn attribute(args: AttributeArgs) -> anyhow::Result<()> {
     let model = load(&args.model)?;
     let response = run(&request, model.as_ref(), &Limits::default(), &log_progress)?;
     println!("{}", serde_json::to_string_pretty(&response)?);
+    Ok(())
+}
+
+/// A one-line progress bar on stderr, drawn only when stderr is a terminal.
+struct ProgressBar {
+    on: bool,
+    /// Last drawn (done, total), to redraw only on change.
+    last: Mutex<(usize, usize)>,
+}
+
+impl ProgressBar {
+    const WIDTH: usize = 30;
+
+    fn stderr() -> Self {
+        ProgressBar {
+            on: std::io::stderr().is_terminal(),
+            last: Mutex::new((usize::MAX, 0)),
+        }
+    }
+
+    fn show(&self, p: Progress) {
+        if !self.on || p.total == 0 {
+            return;
+        }
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if *last == (p.done, p.total) {
+            return;
+        }
+        *last = (p.done, p.total);
+        let filled = p.done.min(p.total) * Self::WIDTH / p.total;
+        let mut err = std::io::stderr().lock();
+        let _ = write!(
+            err,
+            "\r[{}{}] {}/{} sequences",
+            "#".repeat(filled),
+            " ".repeat(Self::WIDTH - filled),
+            p.done,
+            p.total
+        );
+        let _ = err.flush();
+    }
+
+    fn finish(&self) {
+        if self.on && self.last.lock().map(|l| l.0 != usize::MAX).unwrap_or(false) {
+            eprintln!();
+        }
+    }
+}
+
+/// Runs an audit through the engine (batches across cells, progress as they finish) and
+/// prints the result.
+pub fn audit(args: AuditArgs) -> anyhow::Result<()> {
+    let request: AuditRequest = read_json(&args.request)?;
+    let model = load(&args.model)?;
+    let engine = Engine::new(model, EngineConfig::default())?;
+    let scorer = engine.handle(CancelToken::new());
+    let bar = ProgressBar::stderr();
+    let result = crate::audit::run(&request, &scorer, &Limits::default(), &|p| bar.show(p));
+    bar.finish();
+    print!("{}", export::render(&result?, args.format)?);
     Ok(())
 }
 
@@ -321,5 +404,7 @@ mod tests {
             let r = read_request(f).unwrap();
             assert!(r.template.is_some() != r.messages.is_some(), "{f}");
         }
+        let audit: AuditRequest = read_json("examples/audit.json").unwrap();
+        assert_eq!(audit.targets, [" hire", " reject"]);
     }
 }

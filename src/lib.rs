@@ -9,6 +9,8 @@
 
 pub mod api;
 pub mod attribution;
+pub mod audit;
+pub mod cache;
 pub mod cli;
 pub mod engine;
 pub mod error;

@@ -15,6 +15,8 @@ struct Cli {
 enum Command {
     /// Run one attribute request and print the response JSON.
     Attribute(llm_attr::cli::AttributeArgs),
+    /// Run an audit (a grid of values, several targets) and print the result.
+    Audit(llm_attr::cli::AuditArgs),
     /// Time every method on one request.
     Bench(llm_attr::cli::BenchArgs),
     /// Start the HTTP service.
@@ -43,6 +45,10 @@ fn main() -> anyhow::Result<()> {
         Command::Attribute(args) => {
             init_logs(false);
             llm_attr::cli::attribute(args)
+        }
+        Command::Audit(args) => {
+            init_logs(false);
+            llm_attr::cli::audit(args)
         }
         Command::Bench(args) => {
             init_logs(false);

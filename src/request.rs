@@ -60,6 +60,11 @@ pub struct AttributeRequest {
     /// Target continuation, encoded as given. Absent: the model's greedy continuation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// A second continuation contrasted with the target: the attributed quantity becomes
+    /// log p(target) - log p(contrast_target) (with `attr_target: prob`, the difference of the
+    /// probabilities). Both are scored for every perturbed prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contrast_target: Option<String>,
     /// Length of the greedy continuation when `target` is absent (default 25).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_new_tokens: Option<usize>,
@@ -95,7 +100,10 @@ pub struct AttributeRequest {
 }
 
 /// A JSON object into a map, refusing duplicate keys (serde would keep the last silently).
-fn unique_keys<'de, D, V>(d: D, field: &'static str) -> Result<Option<BTreeMap<String, V>>, D::Error>
+pub(crate) fn unique_keys<'de, D, V>(
+    d: D,
+    field: &'static str,
+) -> Result<Option<BTreeMap<String, V>>, D::Error>
 where
     D: serde::Deserializer<'de>,
     V: Deserialize<'de>,
@@ -132,13 +140,13 @@ where
     d.deserialize_option(Visit(std::marker::PhantomData, field))
 }
 
-fn unique_values<'de, D: serde::Deserializer<'de>>(
+pub(crate) fn unique_values<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<BTreeMap<String, String>>, D::Error> {
     unique_keys(d, "values")
 }
 
-fn unique_baselines<'de, D: serde::Deserializer<'de>>(
+pub(crate) fn unique_baselines<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<BTreeMap<String, Baseline>>, D::Error> {
     unique_keys(d, "baselines")
@@ -254,6 +262,9 @@ pub struct Feature {
 pub struct Stats {
     /// Coalition evaluations the method asked for.
     pub evaluations: usize,
+    /// Distinct coalitions among them.
+    #[serde(default)]
+    pub coalitions: usize,
     /// Distinct perturbed prompts scored by the model.
     pub unique_sequences: usize,
     /// Tokens fed to the model.
@@ -280,9 +291,23 @@ pub struct AttributeResponse {
     pub target_log_probs: Vec<f64>,
     /// Unperturbed log p of the whole target.
     pub target_log_prob: f64,
-    /// One attribution per feature for the whole target.
+    /// The contrasted continuation, when the request gives one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contrast_target: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contrast_ids: Option<Vec<u32>>,
+    /// The contrast's tokens as a person reads them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contrast_output_tokens: Option<Vec<String>>,
+    /// Unperturbed log p of each contrast token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contrast_log_probs: Option<Vec<f64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contrast_log_prob: Option<f64>,
+    /// One attribution per feature for the whole target (with a contrast: for the difference).
     pub seq_attr: Vec<f64>,
-    /// Rows: output tokens; columns: features.
+    /// Rows: output tokens, then (with a contrast) the contrast's tokens, negated; columns:
+    /// features.
     pub token_attr: Vec<Vec<f64>>,
     /// Standard errors of `seq_attr` (sampling methods, or num_trials > 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -276,3 +276,59 @@ fn every_method_on_tiny_gpt2_is_efficient_and_per_token() {
         "kernel_shap is linear in the outputs"
     );
 }
+
+/// Contrastive FA and exact SV equal Captum's for the target minus Captum's for the contrast
+/// (token rows: the target's, then the contrast's negated).
+#[test]
+fn smollm2_contrast_is_captum_target_minus_contrast() {
+    let m = model(SMOLLM2);
+    let f = fixture("tests/fixtures/smollm2/captum_contrast_t1.json");
+    let ids = |v: &Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
+    for (key, method) in [
+        ("feature_ablation", Method::FeatureAblation),
+        ("shapley_values", Method::ShapleyValues),
+    ] {
+        let mut template = f["template"].clone();
+        template["target"] = f["target"].clone();
+        let mut req = request(&template, "baselines", method);
+        req.contrast_target = Some(f["contrast_target"].as_str().unwrap().into());
+        let r = run(&req, m.as_ref(), &Limits::default(), &|_| {}).unwrap();
+        assert_eq!(r.target_ids, ids(&f["target_ids"]));
+        assert_eq!(r.contrast_ids.as_ref(), Some(&ids(&f["contrast_target_ids"])));
+        let want = &f["difference"][key];
+        compare(&r, want, &format!("contrast {key}"));
+        assert_eq!(
+            r.contrast_output_tokens.as_ref(),
+            Some(&strings(&want["contrast_output_tokens"]))
+        );
+        for (got, want) in r
+            .contrast_log_probs
+            .as_ref()
+            .unwrap()
+            .iter()
+            .zip(f["contrast_target_logprobs"].as_array().unwrap())
+        {
+            assert!(
+                (got - want.as_f64().unwrap()).abs() < 1e-3,
+                "contrast log-prob {got} vs {want}"
+            );
+        }
+        let n = r.features.len();
+        let coalitions = if method == Method::ShapleyValues {
+            1 << n
+        } else {
+            n + 1
+        };
+        assert_eq!(
+            r.stats.unique_sequences,
+            2 * coalitions,
+            "both continuations of every prompt"
+        );
+    }
+}

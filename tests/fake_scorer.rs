@@ -1,163 +1,21 @@
 //! The evaluator, `run()` and every bad input, against a fake scorer whose log-probs are a
 //! known function of the prompt (GPT-2's real tokenizer, no model).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 
-use llm_attr::model::{ArchInfo, ModelInfo, ScoreItem, Tokenizer};
+mod fake;
+
+use fake::{fake_log_probs, go, product, t1, Fake, T1};
+use llm_attr::model::ScoreItem;
 use llm_attr::request::{AttrTarget, AttributeRequest, Baseline, BaselineSampling, Method, TokenRef};
 use llm_attr::run::{run, Limits, Progress};
 use llm_attr::scorer::Scorer;
 use llm_attr::Error;
 
-/// log p(target_k | prompt) = -(sum of prompt ids mod 1000) / 500 - k / 10.
-fn fake_log_probs(prompt: &[u32], target_len: usize) -> Vec<f32> {
-    let s = prompt.iter().map(|&i| u64::from(i)).sum::<u64>() % 1000;
-    (0..target_len)
-        .map(|k| -(s as f32) / 500.0 - k as f32 / 10.0)
-        .collect()
-}
-
-/// Holds no model: a tokenizer and the facts a scorer reports are all `run()` needs.
-struct Fake {
-    tokenizer: Tokenizer,
-    info: ModelInfo,
-    calls: Mutex<Vec<Vec<ScoreItem>>>,
-    generations: AtomicUsize,
-    /// What the caller's cancel flag says; `cancel_on_score` sets it after each score call
-    /// (a client that leaves while the run goes on).
-    cancelled: AtomicBool,
-    cancel_on_score: bool,
-}
-
-impl Fake {
-    fn new() -> Fake {
-        static GPT2: std::sync::OnceLock<tokenizers::Tokenizer> = std::sync::OnceLock::new();
-        let inner = GPT2.get_or_init(|| {
-            tokenizers::Tokenizer::from_file("tests/fixtures/tiny-gpt2/tokenizer.json").unwrap()
-        });
-        Fake {
-            tokenizer: Tokenizer::new(inner.clone(), vec![50256]),
-            info: ModelInfo {
-                spec: "fake".into(),
-                chat_template: false,
-                arch: ArchInfo {
-                    architecture: "fake".into(),
-                    parameters: 0,
-                    vocab_size: 50257,
-                    context_length: 1024,
-                    hidden_size: 1,
-                    layers: 0,
-                    heads: 1,
-                    dtype: "f32".into(),
-                },
-            },
-            calls: Mutex::new(Vec::new()),
-            generations: AtomicUsize::new(0),
-            cancelled: AtomicBool::new(false),
-            cancel_on_score: false,
-        }
-    }
-    fn scored(&self) -> Vec<ScoreItem> {
-        self.calls.lock().unwrap().iter().flatten().cloned().collect()
-    }
-}
-
-impl Scorer for Fake {
-    fn tokenizer(&self) -> &Tokenizer {
-        &self.tokenizer
-    }
-    fn info(&self) -> &ModelInfo {
-        &self.info
-    }
-    fn score(
-        &self,
-        items: Vec<ScoreItem>,
-        progress: &(dyn Fn(usize, usize) + Sync),
-    ) -> llm_attr::Result<Vec<Vec<f32>>> {
-        let out = items
-            .iter()
-            .map(|i| fake_log_probs(&i.prompt, i.target.len()))
-            .collect();
-        for k in 1..=items.len() {
-            progress(k, items.len());
-        }
-        self.calls.lock().unwrap().push(items);
-        if self.cancel_on_score {
-            self.cancelled.store(true, Ordering::SeqCst);
-        }
-        Ok(out)
-    }
-    fn is_cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::SeqCst)
-    }
-    fn generate(&self, _: &[u32], max_new_tokens: usize) -> llm_attr::Result<Vec<u32>> {
-        self.generations.fetch_add(1, Ordering::SeqCst);
-        Ok([262u32, 3290, 13].into_iter().take(max_new_tokens).collect())
-    }
-}
-
-const T1: &str = "{name} from {country} applied for a job as a {job}. The hiring manager decided to";
-
-fn t1(method: Method) -> AttributeRequest {
-    let map = |pairs: &[(&str, &str)]| {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    };
-    AttributeRequest {
-        template: Some(T1.into()),
-        values: Some(map(&[
-            ("name", "Georg"),
-            ("country", "Germany"),
-            ("job", "janitor"),
-        ])),
-        baselines: Some(
-            [("name", "John"), ("country", "Togo"), ("job", "nurse")]
-                .iter()
-                .map(|(k, v)| (k.to_string(), Baseline::One(v.to_string())))
-                .collect(),
-        ),
-        target: Some(" reject the application".into()),
-        method,
-        ..Default::default()
-    }
-}
-
-fn product(req: &mut AttributeRequest) {
-    let lists = [
-        ("name", vec!["John", "Maria", "Ahmed", "Zhang Wei"]),
-        (
-            "country",
-            vec!["Togo", "Turkmenistan", "Trinidad and Tobago", "Tuvalu"],
-        ),
-        ("job", vec!["nurse", "CEO", "teacher", "construction worker"]),
-    ];
-    req.baselines = Some(
-        lists
-            .iter()
-            .map(|(k, l)| {
-                (
-                    k.to_string(),
-                    Baseline::List(l.iter().map(|s| s.to_string()).collect()),
-                )
-            })
-            .collect(),
-    );
-}
-
-fn go(fake: &Fake, req: &AttributeRequest) -> llm_attr::Result<llm_attr::request::AttributeResponse> {
-    run(req, fake, &Limits::default(), &|_| {})
-}
-
 /// The fake's value of one prompt text: [sequence, tokens...].
 fn value(fake: &Fake, prompt: &str, target: &[u32]) -> Vec<f64> {
     let ids = fake.tokenizer().encode(prompt).unwrap();
-    let lp: Vec<f64> = fake_log_probs(&ids, target.len())
-        .into_iter()
-        .map(f64::from)
-        .collect();
+    let lp: Vec<f64> = fake_log_probs(&ids, target).into_iter().map(f64::from).collect();
     let mut v = vec![lp.iter().sum()];
     v.extend(lp);
     v
@@ -268,7 +126,7 @@ fn trials_reuse_scored_prompts_and_progress_reaches_the_total() {
     let fake = Fake::new();
     let mut req = t1(Method::ShapleyValues);
     req.num_trials = Some(3);
-    let seen = Mutex::new(Vec::new());
+    let seen = std::sync::Mutex::new(Vec::new());
     let r = run(&req, &fake, &Limits::default(), &|p: Progress| {
         seen.lock().unwrap().push(p)
     })
@@ -278,7 +136,7 @@ fn trials_reuse_scored_prompts_and_progress_reaches_the_total() {
     assert_eq!(fake.scored().len(), 8);
     let last = *seen.lock().unwrap().last().unwrap();
     assert_eq!(last, Progress { done: 8, total: 8 });
-    assert!(r.seq_attr_stderr.unwrap().iter().all(|s| *s == 0.0));
+    assert!(r.seq_attr_stderr.unwrap().iter().all(|s| s.abs() < 1e-12));
 }
 
 #[test]
@@ -679,7 +537,7 @@ fn distinct_sequences_are_counted_before_prompts_are_built() {
     // The count of distinct coalitions, not of prompts built until a cut-off (the old answer
     // was 80,001, four times the limit plus one).
     assert!((120_000..=126_002).contains(&count), "{msg}");
-    assert!(msg.contains("distinct perturbed coalitions"), "{msg}");
+    assert!(msg.contains("distinct coalitions"), "{msg}");
     assert!(fake.scored().is_empty());
 }
 

@@ -327,7 +327,8 @@ async fn shutdown_cancels_work_that_outlives_the_grace_period() {
         .await
         .expect("shutdown is prompt");
     let id = location.rsplit('/').next().unwrap();
-    assert_eq!(state.jobs.get(id).unwrap().snapshot().state.as_str(), "cancelled");
+    let job = state.jobs.get(id).await.unwrap().unwrap();
+    assert_eq!(job.state.as_str(), "cancelled");
     let events = read_events(events.await.unwrap().unwrap()).await;
     assert_eq!(events.last().unwrap().event, "cancelled");
     assert!(

@@ -51,8 +51,25 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     /// Serve the web page from this directory instead of the copy compiled into the binary.
     pub static_dir: Option<PathBuf>,
-    /// On shutdown, how long in-flight work may finish before it is cancelled.
+    /// On shutdown, how long in-flight work may finish before it is cancelled. With the
+    /// connection drain after it, shutdown stays inside docker's default 10 s stop timeout.
     pub shutdown_grace: Duration,
+    /// Keep jobs (and share work and scores) in this Redis; None: in this process.
+    pub redis_url: Option<String>,
+    /// A job or chunk claimed from Redis whose replica sent no heartbeat for this long is
+    /// taken over by another replica.
+    pub lease: Duration,
+    /// Longest a job may run (from its start, across replicas); None: no limit.
+    pub job_time_limit: Option<Duration>,
+    /// How long a job's sequences wait for room in a full scoring queue before the job fails
+    /// with `queue_full`.
+    pub job_queue_wait: Duration,
+    /// Bytes of scores the in-process cache keeps (0: none).
+    pub score_cache_bytes: usize,
+    /// With Redis: sequences per fan-out chunk (0: no fan-out).
+    pub fanout_chunk: usize,
+    /// With Redis: chunks this replica scores at once.
+    pub chunk_workers: usize,
 }
 
 impl Config {
@@ -78,7 +95,14 @@ impl Config {
             },
             cors_origins: Vec::new(),
             static_dir: None,
-            shutdown_grace: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(6),
+            redis_url: None,
+            lease: Duration::from_secs(30),
+            job_time_limit: None,
+            job_queue_wait: Duration::from_secs(120),
+            score_cache_bytes: 64 << 20,
+            fanout_chunk: 256,
+            chunk_workers: 2,
         }
     }
 }
@@ -149,6 +173,9 @@ pub struct ServeArgs {
     /// Interpolation steps of integrated_gradients (`n_steps`).
     #[arg(long, env = "LLM_ATTR_MAX_N_STEPS", default_value_t = Limits::default().max_n_steps)]
     pub max_n_steps: usize,
+    /// Cells of one audit (the product of its sweep lists).
+    #[arg(long, env = "LLM_ATTR_MAX_AUDIT_CELLS", default_value_t = Limits::default().max_audit_cells)]
+    pub max_audit_cells: usize,
     /// Attribute requests running at once; more wait their turn.
     #[arg(long, env = "LLM_ATTR_MAX_CONCURRENT_JOBS", default_value_t = 64)]
     pub max_concurrent_jobs: usize,
@@ -164,9 +191,34 @@ pub struct ServeArgs {
     /// Finished jobs kept at most.
     #[arg(long, env = "LLM_ATTR_MAX_FINISHED_JOBS", default_value_t = 1000)]
     pub max_finished_jobs: usize,
-    /// Seconds in-flight work may finish on shutdown before it is cancelled.
-    #[arg(long, env = "LLM_ATTR_SHUTDOWN_GRACE", default_value_t = 10.0)]
+    /// Seconds in-flight work may finish on shutdown before it is cancelled (plus up to 2 s
+    /// for open connections: inside docker's default 10 s stop timeout). With --redis-url,
+    /// running jobs are handed to another replica at once instead.
+    #[arg(long, env = "LLM_ATTR_SHUTDOWN_GRACE", default_value_t = 6.0)]
     pub shutdown_grace: f64,
+    /// Keep jobs in Redis (redis://[:PASSWORD@]HOST:PORT[/DB]): every replica answers for every
+    /// job, shares the work and the score cache, and takes over the jobs of a replica that dies.
+    #[arg(long, env = "LLM_ATTR_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// With --redis-url: seconds without a heartbeat after which a replica's job is taken over.
+    #[arg(long, env = "LLM_ATTR_LEASE_SECONDS", default_value_t = 30.0)]
+    pub lease_seconds: f64,
+    /// Seconds a job may run (from its start) before it fails with time_limit_exceeded; 0: none.
+    #[arg(long, env = "LLM_ATTR_JOB_TIME_LIMIT", default_value_t = 0.0)]
+    pub job_time_limit: f64,
+    /// Seconds a job waits for room in a full scoring queue before it fails with queue_full.
+    #[arg(long, env = "LLM_ATTR_JOB_QUEUE_WAIT", default_value_t = 120.0)]
+    pub job_queue_wait: f64,
+    /// Megabytes of scores kept in this process's cache (0: none).
+    #[arg(long, env = "LLM_ATTR_SCORE_CACHE_MB", default_value_t = 64)]
+    pub score_cache_mb: usize,
+    /// With --redis-url: sequences per fan-out chunk; a job's scoring call of two chunks or
+    /// more is split so every replica helps (0: never).
+    #[arg(long, env = "LLM_ATTR_FANOUT_CHUNK", default_value_t = 256)]
+    pub fanout_chunk: usize,
+    /// With --redis-url: fan-out chunks this replica scores at once.
+    #[arg(long, env = "LLM_ATTR_CHUNK_WORKERS", default_value_t = 2)]
+    pub chunk_workers: usize,
     /// Log as JSON lines.
     #[arg(long, env = "LLM_ATTR_LOG_JSON")]
     pub log_json: bool,
@@ -210,6 +262,7 @@ impl ServeArgs {
             max_num_trials: self.max_num_trials,
             max_new_tokens: self.max_new_tokens,
             max_n_steps: self.max_n_steps,
+            max_audit_cells: self.max_audit_cells,
         };
         c.max_body_bytes = self.max_body_bytes;
         c.max_concurrent_jobs = self.max_concurrent_jobs.max(1);
@@ -227,6 +280,20 @@ impl ServeArgs {
         c.cors_origins = non_empty(&self.cors_origins);
         c.static_dir = self.static_dir.clone();
         c.shutdown_grace = secs(self.shutdown_grace, "shutdown-grace")?;
+        c.redis_url = self.redis_url.clone().filter(|u| !u.is_empty());
+        c.lease = secs(self.lease_seconds, "lease-seconds")?;
+        if c.lease < Duration::from_secs(1) {
+            anyhow::bail!(
+                "--lease-seconds: {} is too short (at least 1)",
+                self.lease_seconds
+            );
+        }
+        let limit = secs(self.job_time_limit, "job-time-limit")?;
+        c.job_time_limit = (!limit.is_zero()).then_some(limit);
+        c.job_queue_wait = secs(self.job_queue_wait, "job-queue-wait")?;
+        c.score_cache_bytes = self.score_cache_mb.saturating_mul(1 << 20);
+        c.fanout_chunk = self.fanout_chunk;
+        c.chunk_workers = self.chunk_workers.max(1);
         Ok(c)
     }
 }

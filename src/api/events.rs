@@ -8,14 +8,12 @@ use axum::http::{header, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures::stream::{self, Stream};
-use tokio::sync::watch;
+use futures::stream::{self, BoxStream, Stream, StreamExt};
 
 use super::error::{ApiError, ApiJson};
-use super::handlers::execute;
-use super::jobs::{Job, JobState};
+use super::jobs::{Job, JobKind, JobRequest};
 use super::AppState;
-use crate::error::{Error, ErrorBody};
+use crate::error::ErrorBody;
 use crate::request::AttributeRequest;
 use crate::run::Progress;
 
@@ -28,7 +26,7 @@ use crate::run::Progress;
             headers(("Location" = String, description = "/v1/jobs/{id}"))),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 413, body = ErrorBody),
         (status = 429, description = "Too many jobs queued or running", body = ErrorBody),
-        (status = 503, body = ErrorBody),
+        (status = 503, description = "Model not loaded, shutting down, or the job store (Redis) unreachable", body = ErrorBody),
     ),
     security((), ("bearer" = []), ("api_key" = []))
 )]
@@ -36,51 +34,52 @@ pub async fn create(
     State(state): State<Arc<AppState>>,
     ApiJson(request): ApiJson<AttributeRequest>,
 ) -> Result<Response, ApiError> {
-    state.refuse_if_stopping()?;
-    state.ready()?;
-    let max = state.config.max_pending_jobs;
-    let Some(job) = state.jobs.create(max) else {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "limit_exceeded",
-            format!("{max} jobs are already queued or running (--max-pending-jobs)"),
-        )
-        .with_field("max_pending_jobs"));
-    };
-    let snapshot = job.snapshot();
-    let s = state.clone();
-    tokio::spawn(async move {
-        let j = job.clone();
-        let out = execute(
-            &s,
-            request,
-            job.cancel.clone(),
-            move |p| j.progress(p),
-            || job.start(),
-        )
-        .await;
-        match out {
-            Ok(r) => job.finish(JobState::Done, Some(r), None),
-            Err(e) if e.code == "cancelled" || job.cancel.is_cancelled() => {
-                job.finish(JobState::Cancelled, None, Some(e.body().error))
-            }
-            Err(e) => job.finish(JobState::Failed, None, Some(e.body().error)),
-        };
-    });
-    let location = format!("/v1/jobs/{}", snapshot.id);
-    Ok((
-        StatusCode::ACCEPTED,
-        [(header::LOCATION, location)],
-        Json(snapshot),
-    )
-        .into_response())
+    submit(&state, JobRequest::Attribution(request), "/v1/jobs").await
 }
 
-fn find(state: &AppState, id: &str) -> Result<Arc<super::jobs::JobEntry>, ApiError> {
-    state
-        .jobs
-        .get(id)
+/// Puts `request` in line as a job; answers 202 with the job and its URL under `base`.
+pub async fn submit(state: &Arc<AppState>, request: JobRequest, base: &str) -> Result<Response, ApiError> {
+    state.refuse_if_stopping()?;
+    state.ready()?;
+    let job = state.jobs.create(&request).await?;
+    let location = format!("{base}/{}", job.id);
+    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(job)).into_response())
+}
+
+/// `job`, when it exists and (with `kind`) is of that kind; 404 otherwise.
+fn found(id: &str, kind: Option<JobKind>, job: Option<Job>) -> Result<Job, ApiError> {
+    job.filter(|j| kind.is_none_or(|k| j.kind == k))
         .ok_or_else(|| ApiError::not_found(format!("job {id}")).with_field("id"))
+}
+
+/// A job's snapshot (`GET`); with `kind`, only a job of that kind.
+pub async fn get_job(state: &AppState, id: &str, kind: Option<JobKind>) -> Result<Json<Job>, ApiError> {
+    Ok(Json(found(id, kind, state.jobs.get(id).await?)?))
+}
+
+/// Cancels a job (`DELETE`; no effect on a finished one); with `kind`, only a job of that kind.
+pub async fn cancel_job(state: &AppState, id: &str, kind: Option<JobKind>) -> Result<Json<Job>, ApiError> {
+    if kind.is_some() {
+        found(id, kind, state.jobs.get(id).await?)?;
+    }
+    Ok(Json(found(id, None, state.jobs.cancel(id).await?)?))
+}
+
+/// A job's event stream; with `kind`, only a job of that kind.
+pub async fn job_stream(
+    state: &AppState,
+    id: &str,
+    kind: Option<JobKind>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    if kind.is_some() {
+        found(id, kind, state.jobs.get(id).await?)?;
+    }
+    let snapshots = state
+        .jobs
+        .watch(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("job {id}")).with_field("id"))?;
+    Ok(Sse::new(job_events(snapshots)).keep_alive(KeepAlive::default()))
 }
 
 /// A job's state, progress, and result once done.
@@ -91,7 +90,7 @@ fn find(state: &AppState, id: &str) -> Result<Arc<super::jobs::JobEntry>, ApiErr
     security((), ("bearer" = []), ("api_key" = []))
 )]
 pub async fn get(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<Job>, ApiError> {
-    Ok(Json(find(&state, &id)?.snapshot()))
+    get_job(&state, &id, None).await
 }
 
 /// Cancel a job (no effect on a finished one).
@@ -105,12 +104,7 @@ pub async fn cancel(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Job>, ApiError> {
-    let job = find(&state, &id)?;
-    if !job.state().is_finished() {
-        job.cancel.cancel();
-        job.finish(JobState::Cancelled, None, Some(Error::Cancelled.body().error));
-    }
-    Ok(Json(job.snapshot()))
+    cancel_job(&state, &id, None).await
 }
 
 /// Progress and the result of a job as server-sent events: `progress` (`{"done","total"}`, at
@@ -129,55 +123,29 @@ pub async fn events(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let rx = find(&state, &id)?.subscribe();
-    Ok(Sse::new(job_events(rx)).keep_alive(KeepAlive::default()))
+    job_stream(&state, &id, None).await
 }
 
-enum Phase {
-    Start,
-    Watching,
-    Ended,
-}
-
-/// The event stream of one job.
-fn job_events(rx: watch::Receiver<Job>) -> impl Stream<Item = Result<Event, Infallible>> {
-    let progress = |p: Progress| {
-        Ok(Event::default()
-            .event("progress")
-            .json_data(p)
-            .unwrap_or_else(|_| Event::default().event("progress")))
-    };
-    stream::unfold(
-        (rx, Phase::Start, None),
-        move |(mut rx, phase, last)| async move {
-            match phase {
-                Phase::Ended => None,
-                Phase::Start => {
-                    let p = rx.borrow_and_update().progress;
-                    Some((progress(p), (rx, Phase::Watching, Some(p))))
-                }
-                Phase::Watching => loop {
-                    let (finished, p) = {
-                        let j = rx.borrow_and_update();
-                        (j.state.is_finished(), j.progress)
-                    };
-                    if finished {
-                        let job = rx.borrow().clone();
-                        let name = job.state.as_str();
-                        let event = Event::default()
-                            .event(name)
-                            .json_data(&job)
-                            .unwrap_or_else(|_| Event::default().event(name));
-                        return Some((Ok(event), (rx, Phase::Ended, last)));
-                    }
-                    if Some(p) != last {
-                        return Some((progress(p), (rx, Phase::Watching, Some(p))));
-                    }
-                    if rx.changed().await.is_err() {
-                        return None;
-                    }
-                },
-            }
-        },
-    )
+/// The event stream of one job from its snapshots: `progress` at once and whenever it
+/// changes, then the end state.
+fn job_events(snapshots: BoxStream<'static, Job>) -> impl Stream<Item = Result<Event, Infallible>> {
+    let mut last: Option<Progress> = None;
+    snapshots.flat_map(move |job| {
+        let mut events = Vec::with_capacity(2);
+        if last != Some(job.progress) && (last.is_none() || !job.state.is_finished()) {
+            last = Some(job.progress);
+            events.push(Ok(Event::default()
+                .event("progress")
+                .json_data(job.progress)
+                .unwrap_or_else(|_| Event::default().event("progress"))));
+        }
+        if job.state.is_finished() {
+            let name = job.state.as_str();
+            events.push(Ok(Event::default()
+                .event(name)
+                .json_data(&job)
+                .unwrap_or_else(|_| Event::default().event(name))));
+        }
+        stream::iter(events)
+    })
 }

@@ -14,11 +14,13 @@ use utoipa::ToSchema;
 
 use super::error::{ApiError, ApiJson};
 use super::AppState;
+use crate::cache::CachedScorer;
 use crate::engine::CancelToken;
 use crate::error::{Error, ErrorBody};
 use crate::model::ModelInfo;
 use crate::request::{AttributeRequest, AttributeResponse};
-use crate::run::Progress;
+use crate::run::{Limits, Progress};
+use crate::scorer::Scorer;
 
 /// Cancels a request's work when its handler is dropped (the client went away) unless disarmed.
 pub struct CancelOnDrop(pub Option<CancelToken>);
@@ -34,27 +36,20 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// Runs one attribute request on a blocking thread, its sequences scored by the engine.
-/// Waits for a run slot first; `on_start` (false: give up, e.g. a cancelled job) is called
-/// once it has one.
-pub async fn execute(
-    state: &Arc<AppState>,
+/// The metrics label of an attribute request: its method's wire name.
+pub fn method_label(request: &AttributeRequest) -> String {
+    serde_json::to_value(request.method)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// The run of one attribute request, reporting `progress`.
+pub fn attribute_work(
     request: AttributeRequest,
-    cancel: CancelToken,
     progress: impl Fn(Progress) + Send + Sync + 'static,
-    on_start: impl FnOnce() -> bool,
-) -> Result<AttributeResponse, ApiError> {
-    let ready = state.ready()?;
-    let slot = state
-        .run_slots
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|_| ApiError::from(Error::Cancelled))?;
-    if cancel.is_cancelled() || !on_start() {
-        return Err(Error::Cancelled.into());
-    }
-    run_in_slot(state, ready, slot, request, cancel, progress).await
+) -> impl FnOnce(&dyn Scorer, &Limits) -> Result<AttributeResponse, Error> + Send + 'static {
+    move |scorer, limits| crate::run::run(&request, scorer, limits, &progress)
 }
 
 /// A run slot now, or 503 + Retry-After when all are taken (a synchronous request does not
@@ -73,28 +68,28 @@ fn try_slot(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
     })
 }
 
-/// Runs `request` in `slot`. The run owns its slot and its bookkeeping: if the client goes
-/// away the handler is dropped, but the run still ends (cancelled) and is counted.
-async fn run_in_slot(
+/// Runs `work` in the run slot it holds, counted in the metrics under `label`. Its scorer is
+/// the engine, wrapped by `stack` (a job's scoring rules), behind the score cache. The run
+/// owns its slot and its bookkeeping: if the client goes away the handler is dropped, but the
+/// run still ends (cancelled) and is counted.
+pub async fn run_in_slot<T: Send + 'static>(
     state: &Arc<AppState>,
-    ready: Arc<super::Ready>,
     slot: OwnedSemaphorePermit,
-    request: AttributeRequest,
+    label: String,
     cancel: CancelToken,
-    progress: impl Fn(Progress) + Send + Sync + 'static,
-) -> Result<AttributeResponse, ApiError> {
+    work: impl FnOnce(&dyn Scorer, &Limits) -> Result<T, Error> + Send + 'static,
+    stack: impl FnOnce(Box<dyn Scorer>) -> Box<dyn Scorer> + Send + 'static,
+) -> Result<T, ApiError> {
+    let ready = state.ready()?;
     let limits = state.config.limits.clone();
-    let method = serde_json::to_value(request.method)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
     let st = state.clone();
     tokio::task::spawn_blocking(move || {
         let _slot = slot;
         let _active = ActiveRun::new(st.clone());
         let started = Instant::now();
-        let handle = ready.engine.handle(cancel.clone());
-        let out = crate::run::run(&request, &handle, &limits, &progress);
+        let engine = Box::new(ready.engine.handle(cancel.clone()));
+        let scorer = CachedScorer::new(stack(engine), ready.cache.clone());
+        let out = work(&scorer, &limits);
         // Whatever a run that was cancelled ran into last, it ended because it was cancelled.
         let outcome = match &out {
             _ if cancel.is_cancelled() => "cancelled",
@@ -102,7 +97,7 @@ async fn run_in_slot(
             Err(e) => e.code(),
         };
         st.metrics
-            .record_attribution(&method, outcome, started.elapsed().as_secs_f64());
+            .record_attribution(&label, outcome, started.elapsed().as_secs_f64());
         out
     })
     .await
@@ -146,7 +141,7 @@ async fn with_timeout<T>(
 }
 
 /// Runs `f` on a blocking thread; a panic there is an internal error.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Error> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
@@ -176,10 +171,12 @@ pub async fn attributions(
     ApiJson(request): ApiJson<AttributeRequest>,
 ) -> Result<Json<AttributeResponse>, ApiError> {
     state.refuse_if_stopping()?;
-    let ready = state.ready()?;
+    state.ready()?;
     let slot = try_slot(&state)?;
     let cancel = CancelToken::new();
-    let fut = run_in_slot(&state, ready, slot, request, cancel.clone(), |_| {});
+    let label = method_label(&request);
+    let work = attribute_work(request, |_| {});
+    let fut = run_in_slot(&state, slot, label, cancel.clone(), work, |s| s);
     with_timeout(&state, cancel, fut).await.map(Json)
 }
 
@@ -325,7 +322,7 @@ pub async fn templates() -> Json<super::templates::Templates> {
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Health {
-    /// `ok`, `loading` or `failed`.
+    /// `ok`, `loading`, `failed`, `stopping` or `store_unavailable`.
     pub status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -340,11 +337,13 @@ pub async fn health() -> Json<Health> {
     })
 }
 
-/// Readiness: 200 once the model is loaded, 503 before (or if loading failed).
+/// Readiness: 200 once the model is loaded and the job store answers; 503 before, while
+/// stopping, if loading failed, or while Redis (with `--redis-url`) cannot be reached.
 #[utoipa::path(get, path = "/ready", tag = "ops",
     responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
-    if state.ready.get().is_some() && !state.stopping() {
+    let store_up = state.jobs.available();
+    if state.ready.get().is_some() && !state.stopping() && store_up {
         return Json(Health {
             status: "ok".into(),
             error: None,
@@ -354,6 +353,10 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
     let (status, error) = match state.load_error.get() {
         Some(e) => ("failed", Some(e.clone())),
         None if state.stopping() => ("stopping", None),
+        None if !store_up => (
+            "store_unavailable",
+            Some("the job store (Redis) cannot be reached".to_string()),
+        ),
         None => ("loading", None),
     };
     (

@@ -1,18 +1,26 @@
-//! Asynchronous jobs: state, progress and result of attribute requests run in the background,
-//! kept after they finish for a configurable time and count.
+//! Asynchronous jobs: state, progress and result of attribute requests and audits run in the
+//! background,
+//! kept after they finish for a configurable time and count (where: [`super::store`]), and
+//! the runner that claims queued jobs whenever a run slot is free.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::OwnedSemaphorePermit;
 use utoipa::ToSchema;
 
+use super::handlers::{attribute_work, method_label, run_in_slot};
+use super::store::{now_ms, ClaimedJob, Outcome};
+use super::AppState;
+use crate::audit::{self, AuditRequest, AuditResult};
 use crate::engine::CancelToken;
-use crate::error::ErrorDetail;
-use crate::request::AttributeResponse;
-use crate::run::Progress;
+use crate::error::{Error, ErrorDetail};
+use crate::model::{GradientJob, ModelInfo, ScoreItem, Tokenizer};
+use crate::request::{AttributeRequest, AttributeResponse};
+use crate::run::{Limits, Progress};
+use crate::scorer::Scorer;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -30,6 +38,18 @@ impl JobState {
         matches!(self, JobState::Done | JobState::Failed | JobState::Cancelled)
     }
 
+    pub const ALL: [JobState; 5] = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Done,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
+
+    pub fn parse(s: &str) -> Option<JobState> {
+        JobState::ALL.into_iter().find(|j| j.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             JobState::Queued => "queued",
@@ -41,9 +61,81 @@ impl JobState {
     }
 }
 
+/// What a job runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    /// An attribute request (`/v1/jobs`).
+    #[default]
+    Attribution,
+    /// An audit (`/v1/audits`).
+    Audit,
+}
+
+/// What a job was asked to do, as the store keeps it (and as a replica that takes the job
+/// over reads it back).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "request", rename_all = "snake_case")]
+pub enum JobRequest {
+    Attribution(AttributeRequest),
+    Audit(AuditRequest),
+}
+
+impl JobRequest {
+    pub fn kind(&self) -> JobKind {
+        match self {
+            JobRequest::Attribution(_) => JobKind::Attribution,
+            JobRequest::Audit(_) => JobKind::Audit,
+        }
+    }
+
+    /// The metrics label of the run.
+    fn label(&self) -> String {
+        match self {
+            JobRequest::Attribution(r) => method_label(r),
+            JobRequest::Audit(_) => "audit".into(),
+        }
+    }
+
+    /// The run: the request computed against the run's scorer, reporting `progress`.
+    fn work(
+        self,
+        progress: impl Fn(Progress) + Send + Sync + 'static,
+    ) -> impl FnOnce(&dyn Scorer, &Limits) -> crate::Result<JobResult> + Send + 'static {
+        move |scorer, limits| match self {
+            JobRequest::Attribution(r) => {
+                attribute_work(r, progress)(scorer, limits).map(|r| JobResult::Attribution(Box::new(r)))
+            }
+            JobRequest::Audit(r) => {
+                audit::run(&r, scorer, limits, &progress).map(|r| JobResult::Audit(Box::new(r)))
+            }
+        }
+    }
+}
+
+/// A finished job's result: an `AttributeResponse` or an `AuditResult`, by the job's kind.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum JobResult {
+    Attribution(Box<AttributeResponse>),
+    Audit(Box<AuditResult>),
+}
+
+impl JobResult {
+    /// Sequences the work scored.
+    pub fn sequences(&self) -> usize {
+        match self {
+            JobResult::Attribution(r) => r.stats.unique_sequences,
+            JobResult::Audit(r) => r.stats.distinct_sequences,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Job {
     pub id: String,
+    #[serde(default)]
+    pub kind: JobKind,
     pub state: JobState,
     /// Sequences scored so far out of the total the request needs (0/0 until known).
     pub progress: Progress,
@@ -52,183 +144,220 @@ pub struct Job {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<AttributeResponse>,
+    pub result: Option<JobResult>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorDetail>,
 }
 
-/// One job: its published snapshot (watched by SSE streams) and its cancel token.
-pub struct JobEntry {
-    pub cancel: CancelToken,
-    tx: watch::Sender<Job>,
-    finished: Mutex<Option<Instant>>,
+/// Runs queued jobs: whenever a run slot is free, claims the next job from the store and runs
+/// it. Stops claiming when the server stops.
+pub fn spawn_runner(state: &Arc<AppState>) {
+    let weak = Arc::downgrade(state);
+    tokio::spawn(async move {
+        loop {
+            let Some(state) = weak.upgrade() else { break };
+            // A replica still loading its model leaves the line to the others.
+            if state.ready.get().is_none() {
+                if state.load_error.get().is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            let Ok(slot) = state.run_slots.clone().acquire_owned().await else {
+                break;
+            };
+            // Jobs shared with other replicas are left to them; in-process ones still run
+            // during the shutdown grace.
+            if state.stopping() && state.jobs.shares_work() {
+                break;
+            }
+            match state.jobs.claim().await {
+                Ok(Some(job)) => {
+                    tokio::spawn(run_job(state.clone(), Arc::from(job), slot));
+                }
+                Ok(None) => {
+                    drop(slot);
+                    state.jobs.work_waiting(Duration::from_millis(200)).await;
+                }
+                Err(e) => {
+                    drop(slot);
+                    tracing::debug!("cannot claim a job: {e}");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    });
 }
 
-impl JobEntry {
-    pub fn snapshot(&self) -> Job {
-        self.tx.borrow().clone()
+/// Jobs this process runs now, by id (shutdown hands them over).
+#[derive(Default)]
+pub struct Running(Mutex<HashMap<String, Arc<dyn ClaimedJob>>>);
+
+impl Running {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<dyn ClaimedJob>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<Job> {
-        self.tx.subscribe()
+    pub fn len(&self) -> usize {
+        self.lock().len()
     }
 
-    /// Moves a queued job to running (unless it was cancelled meanwhile).
-    pub fn start(&self) -> bool {
-        self.tx.send_if_modified(|j| {
-            if j.state == JobState::Queued {
-                j.state = JobState::Running;
-                true
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// Gives every running job back to the store so another replica continues it.
+    pub fn hand_over_all(&self) {
+        for job in self.lock().values() {
+            job.hand_over();
+        }
+    }
+}
+
+async fn run_job(state: Arc<AppState>, job: Arc<dyn ClaimedJob>, slot: OwnedSemaphorePermit) {
+    let id = job.id().to_string();
+    state.running_jobs.lock().insert(id.clone(), job.clone());
+    match job.start().await {
+        Ok(true) => {
+            let outcome = run_claimed(&state, &job, slot).await;
+            if job.let_go() {
+                job.release().await;
             } else {
-                false
+                job.finish(outcome).await;
             }
-        });
-        self.state() == JobState::Running
+        }
+        // Cancelled while it waited: its end is recorded; this ends the claim.
+        Ok(false) => {
+            job.finish(Outcome::Cancelled(Error::Cancelled.body().error))
+                .await
+        }
+        // The store is unreachable: the lease runs out and a replica takes the job again.
+        Err(e) => tracing::warn!(job = %id, "cannot start the job: {e}"),
+    }
+    state.running_jobs.lock().remove(&id);
+}
+
+/// Runs a claimed job within its time limit; its sequences wait (bounded) for room in a full
+/// scoring queue instead of failing at once.
+async fn run_claimed(
+    state: &Arc<AppState>,
+    job: &Arc<dyn ClaimedJob>,
+    slot: OwnedSemaphorePermit,
+) -> Outcome {
+    let cancel = job.cancel_token().clone();
+    let patience = state.config.job_queue_wait;
+    let (j, st) = (job.clone(), state.clone());
+    let stack = move |handle: Box<dyn Scorer>| {
+        let patient = Box::new(WaitForRoom::new(handle, j.cancel_token().clone(), patience));
+        st.jobs.job_scorer(&*j, patient)
+    };
+    let p = job.clone();
+    let request = job.request().clone();
+    let label = request.label();
+    let work = request.work(move |progress| p.progress(progress));
+    let run = run_in_slot(state, slot, label, cancel.clone(), work, stack);
+    let limit = state.config.job_time_limit;
+    let left = limit.map(|l| {
+        let ran = job.started_at_ms().map_or(0, |t| now_ms().saturating_sub(t));
+        l.saturating_sub(Duration::from_millis(ran))
+    });
+    let out = match left {
+        Some(left) => match tokio::time::timeout(left, run).await {
+            Ok(out) => out,
+            Err(_) => {
+                cancel.cancel();
+                return Outcome::Failed(time_limit_error(limit.unwrap_or_default()));
+            }
+        },
+        None => run.await,
+    };
+    match out {
+        Ok(r) => Outcome::Done(Box::new(r)),
+        Err(e) if e.code == "cancelled" || cancel.is_cancelled() => Outcome::Cancelled(e.body().error),
+        Err(e) => Outcome::Failed(e.body().error),
+    }
+}
+
+fn time_limit_error(limit: Duration) -> ErrorDetail {
+    ErrorDetail {
+        code: "time_limit_exceeded".into(),
+        message: format!(
+            "the job ran longer than its time limit of {} s (--job-time-limit) and was stopped",
+            limit.as_secs_f64()
+        ),
+        field: Some("job_time_limit".into()),
+    }
+}
+
+/// A job's scorer that, when the scoring queue is full, waits for room (up to `patience`)
+/// instead of failing the job at once; its items go in all together or not at all, so trying
+/// again is safe.
+pub(crate) struct WaitForRoom {
+    inner: Box<dyn Scorer>,
+    cancel: CancelToken,
+    patience: Duration,
+}
+
+impl WaitForRoom {
+    pub(crate) fn new(inner: Box<dyn Scorer>, cancel: CancelToken, patience: Duration) -> Self {
+        WaitForRoom {
+            inner,
+            cancel,
+            patience,
+        }
     }
 
-    pub fn progress(&self, p: Progress) {
-        self.tx.send_if_modified(|j| {
-            if j.state.is_finished() || j.progress == p {
-                return false;
+    fn retry<T>(&self, mut f: impl FnMut() -> crate::Result<T>) -> crate::Result<T> {
+        let until = Instant::now() + self.patience;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            match f() {
+                Err(Error::Busy) if Instant::now() + pause < until && !self.cancel.is_cancelled() => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                out => return out,
             }
-            j.progress = p;
-            true
-        });
+        }
+    }
+}
+
+impl Scorer for WaitForRoom {
+    fn tokenizer(&self) -> &Tokenizer {
+        self.inner.tokenizer()
     }
 
-    /// Sets a final state once; later calls (e.g. a run ending after a DELETE) change nothing.
-    pub fn finish(
+    fn info(&self) -> &ModelInfo {
+        self.inner.info()
+    }
+
+    fn context_length(&self) -> usize {
+        self.inner.context_length()
+    }
+
+    fn score(
         &self,
-        state: JobState,
-        result: Option<AttributeResponse>,
-        error: Option<ErrorDetail>,
-    ) -> bool {
-        let changed = self.tx.send_if_modified(|j| {
-            if j.state.is_finished() {
-                return false;
-            }
-            j.state = state;
-            j.finished_at = Some(rfc3339(SystemTime::now()));
-            if let Some(r) = &result {
-                let total = r.stats.unique_sequences.max(j.progress.total);
-                j.progress = Progress { done: total, total };
-            }
-            j.result = result;
-            j.error = error;
-            true
-        });
-        if changed {
-            *self.finished.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-        }
-        changed
+        items: Vec<ScoreItem>,
+        progress: &(dyn Fn(usize, usize) + Sync),
+    ) -> crate::Result<Vec<Vec<f32>>> {
+        self.retry(|| self.inner.score(items.clone(), progress))
     }
 
-    pub fn state(&self) -> JobState {
-        self.tx.borrow().state
+    fn generate(&self, prompt: &[u32], max_new_tokens: usize) -> crate::Result<Vec<u32>> {
+        self.retry(|| self.inner.generate(prompt, max_new_tokens))
     }
 
-    fn finished_at(&self) -> Option<Instant> {
-        *self.finished.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// All jobs by id. Finished jobs are dropped after `ttl`, and beyond `max_finished` the
-/// oldest finished ones go first. Unfinished jobs are never dropped.
-pub struct JobStore {
-    jobs: Mutex<HashMap<String, Arc<JobEntry>>>,
-    ttl: Duration,
-    max_finished: usize,
-}
-
-impl JobStore {
-    pub fn new(ttl: Duration, max_finished: usize) -> Self {
-        JobStore {
-            jobs: Mutex::new(HashMap::new()),
-            ttl,
-            max_finished,
-        }
+    fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled() || self.inner.is_cancelled()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<JobEntry>>> {
-        self.jobs.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Creates a queued job, unless `max_unfinished` jobs are already queued or running.
-    pub fn create(&self, max_unfinished: usize) -> Option<Arc<JobEntry>> {
-        self.sweep();
-        let mut jobs = self.lock();
-        if jobs.values().filter(|j| !j.state().is_finished()).count() >= max_unfinished {
-            return None;
-        }
-        let id = uuid::Uuid::new_v4().to_string();
-        let job = Job {
-            id: id.clone(),
-            state: JobState::Queued,
-            progress: Progress { done: 0, total: 0 },
-            created_at: rfc3339(SystemTime::now()),
-            finished_at: None,
-            result: None,
-            error: None,
-        };
-        let entry = Arc::new(JobEntry {
-            cancel: CancelToken::new(),
-            tx: watch::Sender::new(job),
-            finished: Mutex::new(None),
-        });
-        jobs.insert(id, entry.clone());
-        Some(entry)
-    }
-
-    pub fn get(&self, id: &str) -> Option<Arc<JobEntry>> {
-        self.lock().get(id).cloned()
-    }
-
-    /// Counts by state.
-    pub fn counts(&self) -> [(JobState, usize); 5] {
-        let mut c = [
-            (JobState::Queued, 0),
-            (JobState::Running, 0),
-            (JobState::Done, 0),
-            (JobState::Failed, 0),
-            (JobState::Cancelled, 0),
-        ];
-        for j in self.lock().values() {
-            let s = j.state();
-            if let Some(slot) = c.iter_mut().find(|(k, _)| *k == s) {
-                slot.1 += 1;
-            }
-        }
-        c
-    }
-
-    /// Cancels every unfinished job (shutdown).
-    pub fn cancel_all(&self) {
-        for j in self.lock().values() {
-            j.cancel.cancel();
-            j.finish(
-                JobState::Cancelled,
-                None,
-                Some(crate::error::Error::Cancelled.body().error),
-            );
-        }
-    }
-
-    /// Applies the retention rules.
-    pub fn sweep(&self) {
-        let now = Instant::now();
-        let mut jobs = self.lock();
-        jobs.retain(|_, j| j.finished_at().is_none_or(|t| now.duration_since(t) < self.ttl));
-        let mut finished: Vec<(Instant, String)> = jobs
-            .iter()
-            .filter_map(|(id, j)| j.finished_at().map(|t| (t, id.clone())))
-            .collect();
-        if finished.len() > self.max_finished {
-            finished.sort();
-            let excess = finished.len() - self.max_finished;
-            for (_, id) in finished.into_iter().take(excess) {
-                jobs.remove(&id);
-            }
-        }
+    fn gradients(
+        &self,
+        job: GradientJob,
+        progress: &(dyn Fn(usize, usize) + Sync),
+    ) -> crate::Result<Vec<Vec<f64>>> {
+        self.retry(|| self.inner.gradients(job.clone(), progress))
     }
 }
 
@@ -258,7 +387,109 @@ pub fn rfc3339(t: SystemTime) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
+    use crate::model::ArchInfo;
+
+    /// Answers `Busy` (a full scoring queue) to its first `busy` calls, then scores.
+    struct BusyFor {
+        busy: usize,
+        calls: AtomicUsize,
+        tokenizer: Tokenizer,
+        info: ModelInfo,
+    }
+
+    impl BusyFor {
+        fn new(busy: usize) -> BusyFor {
+            let inner = tokenizers::Tokenizer::from_file("tests/fixtures/tiny-gpt2/tokenizer.json").unwrap();
+            BusyFor {
+                busy,
+                calls: AtomicUsize::new(0),
+                tokenizer: Tokenizer::new(inner, vec![50256]),
+                info: ModelInfo {
+                    spec: "busy".into(),
+                    chat_template: false,
+                    arch: ArchInfo {
+                        architecture: "busy".into(),
+                        parameters: 0,
+                        vocab_size: 50257,
+                        context_length: 1024,
+                        hidden_size: 1,
+                        layers: 0,
+                        heads: 1,
+                        dtype: "f32".into(),
+                    },
+                },
+            }
+        }
+    }
+
+    impl Scorer for BusyFor {
+        fn tokenizer(&self) -> &Tokenizer {
+            &self.tokenizer
+        }
+        fn info(&self) -> &ModelInfo {
+            &self.info
+        }
+        fn score(
+            &self,
+            items: Vec<ScoreItem>,
+            _: &(dyn Fn(usize, usize) + Sync),
+        ) -> crate::Result<Vec<Vec<f32>>> {
+            if self.calls.fetch_add(1, Ordering::SeqCst) < self.busy {
+                return Err(Error::Busy);
+            }
+            Ok(items.iter().map(|i| vec![-1.0; i.target.len()]).collect())
+        }
+        fn generate(&self, _: &[u32], _: usize) -> crate::Result<Vec<u32>> {
+            Err(Error::Busy)
+        }
+    }
+
+    fn item() -> Vec<ScoreItem> {
+        vec![ScoreItem {
+            prompt: vec![1, 2],
+            target: vec![3],
+        }]
+    }
+
+    #[test]
+    fn a_job_waits_for_room_in_a_full_queue() {
+        let patient = WaitForRoom::new(
+            Box::new(BusyFor::new(3)),
+            CancelToken::new(),
+            Duration::from_secs(60),
+        );
+        assert_eq!(patient.score(item(), &|_, _| {}).unwrap(), vec![vec![-1.0]]);
+    }
+
+    #[test]
+    fn a_job_stops_waiting_after_its_bound() {
+        let patient = WaitForRoom::new(
+            Box::new(BusyFor::new(usize::MAX)),
+            CancelToken::new(),
+            Duration::from_millis(100),
+        );
+        assert_eq!(patient.score(item(), &|_, _| {}).unwrap_err(), Error::Busy);
+        assert_eq!(patient.generate(&[1], 3).unwrap_err(), Error::Busy);
+        // No bound at all: the first answer stands.
+        let impatient = WaitForRoom::new(Box::new(BusyFor::new(1)), CancelToken::new(), Duration::ZERO);
+        assert_eq!(impatient.score(item(), &|_, _| {}).unwrap_err(), Error::Busy);
+    }
+
+    #[test]
+    fn a_cancelled_job_stops_waiting() {
+        let cancel = CancelToken::new();
+        cancel.cancel();
+        let patient = WaitForRoom::new(
+            Box::new(BusyFor::new(usize::MAX)),
+            cancel,
+            Duration::from_secs(3600),
+        );
+        assert_eq!(patient.score(item(), &|_, _| {}).unwrap_err(), Error::Busy);
+        assert!(patient.is_cancelled());
+    }
 
     #[test]
     fn rfc3339_formats_known_instants() {
@@ -266,54 +497,5 @@ mod tests {
         assert_eq!(at(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(at(951_782_400_000), "2000-02-29T00:00:00.000Z");
         assert_eq!(at(1_795_715_642_123), "2026-11-26T17:54:02.123Z");
-    }
-
-    #[test]
-    fn finish_happens_once() {
-        let store = JobStore::new(Duration::from_secs(60), 10);
-        let j = store.create(10).unwrap();
-        assert!(j.start());
-        assert!(j.finish(JobState::Cancelled, None, None));
-        assert!(!j.finish(JobState::Done, None, None));
-        assert_eq!(j.state(), JobState::Cancelled);
-        assert!(j.snapshot().finished_at.is_some());
-        assert!(!j.start(), "a cancelled job never runs");
-    }
-
-    #[test]
-    fn retention_by_count_and_time() {
-        let store = JobStore::new(Duration::from_secs(3600), 2);
-        let ids: Vec<String> = (0..4)
-            .map(|_| {
-                let j = store.create(100).unwrap();
-                j.finish(JobState::Done, None, None);
-                std::thread::sleep(Duration::from_millis(2));
-                j.snapshot().id
-            })
-            .collect();
-        let open = store.create(100).unwrap();
-        store.sweep();
-        assert!(store.get(&ids[0]).is_none() && store.get(&ids[1]).is_none());
-        assert!(store.get(&ids[2]).is_some() && store.get(&ids[3]).is_some());
-        assert!(store.get(&open.snapshot().id).is_some());
-
-        let short = JobStore::new(Duration::from_millis(1), 100);
-        let j = short.create(100).unwrap();
-        let open = short.create(100).unwrap();
-        j.finish(JobState::Failed, None, None);
-        std::thread::sleep(Duration::from_millis(5));
-        short.sweep();
-        assert!(short.get(&j.snapshot().id).is_none());
-        assert!(short.get(&open.snapshot().id).is_some(), "unfinished jobs stay");
-    }
-
-    #[test]
-    fn unfinished_jobs_are_capped() {
-        let store = JobStore::new(Duration::from_secs(60), 10);
-        let a = store.create(2).unwrap();
-        let _b = store.create(2).unwrap();
-        assert!(store.create(2).is_none());
-        a.finish(JobState::Done, None, None);
-        assert!(store.create(2).is_some());
     }
 }

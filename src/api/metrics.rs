@@ -12,6 +12,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use super::AppState;
+use crate::cache::ScoreCache;
 use crate::engine::{Histogram, Stats};
 
 #[derive(Default)]
@@ -105,7 +106,12 @@ impl Metrics {
                 &format!("method=\"{m}\""),
             );
         }
-        header(o, "llm_attr_jobs", "gauge", "Jobs held, by state.");
+        header(
+            o,
+            "llm_attr_jobs",
+            "gauge",
+            "Jobs held, by state (with Redis: the jobs running on this replica).",
+        );
         for (s, n) in state.jobs.counts() {
             let _ = writeln!(o, "llm_attr_jobs{{state=\"{}\"}} {n}", s.as_str());
         }
@@ -120,6 +126,13 @@ impl Metrics {
             "llm_attr_runs_active {}",
             state.active_runs.load(Ordering::Relaxed)
         );
+        header(
+            o,
+            "llm_attr_store_available",
+            "gauge",
+            "1 when the job store answers (always, in memory; Redis when reachable).",
+        );
+        let _ = writeln!(o, "llm_attr_store_available {}", u8::from(state.jobs.available()));
         header(o, "llm_attr_model_ready", "gauge", "1 when the model is loaded.");
         let _ = writeln!(
             o,
@@ -197,6 +210,7 @@ impl Metrics {
                 header(o, name, "counter", help);
                 let _ = writeln!(o, "{name} {}", Stats::get(c));
             }
+            render_cache(o, &r.cache);
             header(
                 o,
                 "llm_attr_batch_size",
@@ -214,6 +228,58 @@ impl Metrics {
         }
         out
     }
+}
+
+fn render_cache(o: &mut String, cache: &ScoreCache) {
+    let st = &cache.stats;
+    let (local, shared, misses) = (
+        st.local_hits.load(Ordering::Relaxed),
+        st.shared_hits.load(Ordering::Relaxed),
+        st.misses.load(Ordering::Relaxed),
+    );
+    header(
+        o,
+        "llm_attr_score_cache_hits_total",
+        "counter",
+        "Sequences answered by the score cache, by layer (this process, or Redis).",
+    );
+    let _ = writeln!(o, "llm_attr_score_cache_hits_total{{layer=\"local\"}} {local}");
+    let _ = writeln!(o, "llm_attr_score_cache_hits_total{{layer=\"shared\"}} {shared}");
+    header(
+        o,
+        "llm_attr_score_cache_misses_total",
+        "counter",
+        "Sequences the score cache did not know.",
+    );
+    let _ = writeln!(o, "llm_attr_score_cache_misses_total {misses}");
+    header(
+        o,
+        "llm_attr_score_cache_hit_ratio",
+        "gauge",
+        "Hits over lookups since the start (0 before any).",
+    );
+    let lookups = local + shared + misses;
+    let ratio = if lookups == 0 {
+        0.0
+    } else {
+        (local + shared) as f64 / lookups as f64
+    };
+    let _ = writeln!(o, "llm_attr_score_cache_hit_ratio {ratio}");
+    let (entries, bytes) = cache.size();
+    header(
+        o,
+        "llm_attr_score_cache_entries",
+        "gauge",
+        "Entries in this process's cache.",
+    );
+    let _ = writeln!(o, "llm_attr_score_cache_entries {entries}");
+    header(
+        o,
+        "llm_attr_score_cache_bytes",
+        "gauge",
+        "Bytes held by this process's cache.",
+    );
+    let _ = writeln!(o, "llm_attr_score_cache_bytes {bytes}");
 }
 
 fn header(o: &mut String, name: &str, kind: &str, help: &str) {

@@ -12,6 +12,7 @@
 //! ```
 
 pub mod assets;
+pub mod audits;
 pub mod config;
 pub mod conn;
 pub mod error;
@@ -21,6 +22,7 @@ pub mod handlers;
 pub mod jobs;
 pub mod metrics;
 pub mod openapi;
+pub mod store;
 pub mod templates;
 
 use std::net::SocketAddr;
@@ -42,16 +44,21 @@ use utoipa_swagger_ui::SwaggerUi;
 
 pub use config::{Config, ModelSource, ServeArgs};
 use error::ApiError;
-use jobs::JobStore;
 use metrics::Metrics;
+use store::memory::MemoryStore;
+use store::redis::{RedisSettings, RedisStore};
+use store::JobStore;
 
+use crate::cache::ScoreCache;
 use crate::engine::Engine;
+use crate::error::ErrorDetail;
 use crate::model::{LoadOptions, Model};
 
-/// The model and the engine around it, once loaded.
+/// The model, the engine around it and the score cache, once loaded.
 pub struct Ready {
     pub model: Arc<Model>,
     pub engine: Engine<Model>,
+    pub cache: Arc<ScoreCache>,
 }
 
 /// Everything the handlers share.
@@ -59,7 +66,9 @@ pub struct AppState {
     pub config: Config,
     pub ready: OnceLock<Arc<Ready>>,
     pub load_error: OnceLock<String>,
-    pub jobs: JobStore,
+    pub jobs: Arc<dyn JobStore>,
+    /// Jobs this process runs now.
+    pub running_jobs: jobs::Running,
     pub metrics: Metrics,
     /// One permit per attribute request allowed to run at once.
     pub run_slots: Arc<Semaphore>,
@@ -68,9 +77,28 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: Config) -> Self {
-        AppState {
-            jobs: JobStore::new(config.job_ttl, config.max_finished_jobs),
+    /// The state for `config`; with a Redis URL, the job store connects in the background
+    /// (call inside a Tokio runtime).
+    pub fn new(config: Config) -> anyhow::Result<Self> {
+        let jobs: Arc<dyn JobStore> = match &config.redis_url {
+            Some(url) => Arc::new(RedisStore::connect(RedisSettings {
+                url: url.clone(),
+                lease: config.lease,
+                ttl: config.job_ttl,
+                max_pending: config.max_pending_jobs,
+                chunk_size: config.fanout_chunk,
+                chunk_workers: config.chunk_workers,
+                queue_wait: config.job_queue_wait,
+            })?),
+            None => Arc::new(MemoryStore::new(
+                config.job_ttl,
+                config.max_finished_jobs,
+                config.max_pending_jobs,
+            )),
+        };
+        Ok(AppState {
+            jobs,
+            running_jobs: jobs::Running::default(),
             run_slots: Arc::new(Semaphore::new(config.max_concurrent_jobs.max(1))),
             config,
             ready: OnceLock::new(),
@@ -78,7 +106,7 @@ impl AppState {
             metrics: Metrics::default(),
             active_runs: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
-        }
+        })
     }
 
     /// The loaded model, or 503 while it loads.
@@ -112,15 +140,23 @@ impl AppState {
             }
         };
         let engine = Engine::new(model.clone(), self.config.engine.clone()).map_err(|e| e.to_string())?;
+        let digest = crate::cache::model_digest(&model);
+        let cache = Arc::new(ScoreCache::new(
+            digest,
+            self.config.score_cache_bytes,
+            self.jobs.shared_scores(),
+        ));
         let info = model.info();
         tracing::info!(
             spec = %info.spec,
             architecture = %info.arch.architecture,
             parameters = info.arch.parameters,
             workers = self.config.engine.workers,
+            digest = cache.digest(),
             "model loaded"
         );
-        let _ = self.ready.set(Arc::new(Ready { model, engine }));
+        let ready = Arc::new(Ready { model, engine, cache });
+        let _ = self.ready.set(ready);
         Ok(())
     }
 }
@@ -160,6 +196,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/jobs", post(events::create))
         .route("/v1/jobs/{id}", get(events::get).delete(events::cancel))
         .route("/v1/jobs/{id}/events", get(events::events))
+        .route("/v1/audits", post(audits::create))
+        .route("/v1/audits/{id}", get(audits::get).delete(audits::cancel))
+        .route("/v1/audits/{id}/events", get(audits::events))
+        .route("/v1/plan", post(audits::plan))
         .route("/v1/templates", get(handlers::templates))
         .route("/v1/tokenize", post(handlers::tokenize))
         .route("/v1/generate", post(handlers::generate))
@@ -250,14 +290,26 @@ impl Server {
     /// Serves on an already bound listener.
     pub async fn start_on(config: Config, listener: tokio::net::TcpListener) -> anyhow::Result<Server> {
         let addr = listener.local_addr()?;
-        let state = Arc::new(AppState::new(config));
+        let state = Arc::new(AppState::new(config)?);
         let loader = state.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = loader.load() {
-                tracing::error!("cannot load the model: {e}");
-                let _ = loader.load_error.set(e);
+        tokio::spawn(async move {
+            let l = loader.clone();
+            let loaded = tokio::task::spawn_blocking(move || l.load())
+                .await
+                .unwrap_or_else(|e| Err(format!("the loading task failed: {e}")));
+            match loaded {
+                Ok(()) => {
+                    if let Some(r) = loader.ready.get() {
+                        loader.jobs.start(r);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("cannot load the model: {e}");
+                    let _ = loader.load_error.set(e);
+                }
             }
         });
+        jobs::spawn_runner(&state);
         let sweeper = Arc::downgrade(&state);
         tokio::spawn(async move {
             loop {
@@ -320,27 +372,41 @@ impl Server {
         self.shutdown().await;
     }
 
-    /// Stops accepting connections, lets in-flight work finish for up to the configured grace
-    /// period, cancels what is left, stops the workers and waits for connections to close.
+    /// Stops accepting connections and claiming jobs. Running jobs that another replica can
+    /// continue (Redis) are handed over at once; other in-flight work may finish for up to
+    /// the configured grace period, then what is left is cancelled. Then the workers stop and
+    /// open connections get a short moment to close: the whole fits inside docker's default
+    /// 10 s stop timeout with the default grace (6 s).
     pub async fn shutdown(self) {
         let state = self.state;
         state.stopping.store(true, Ordering::SeqCst);
+        state.jobs.stop();
         let _ = self.stop.send(true);
+        if state.jobs.shares_work() {
+            state.running_jobs.hand_over_all();
+        }
         let deadline = Instant::now() + state.config.shutdown_grace;
         let busy = |s: &AppState| {
             s.active_runs.load(Ordering::SeqCst) > 0
-                || s.jobs.counts().iter().any(|(st, n)| !st.is_finished() && *n > 0)
+                || !s.running_jobs.is_empty()
+                || (!s.jobs.shares_work()
+                    && s.jobs.counts().iter().any(|(st, n)| !st.is_finished() && *n > 0))
         };
         while busy(&state) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        state.jobs.cancel_all();
+        state.jobs.cancel_all(ErrorDetail {
+            code: "cancelled".into(),
+            message: "the server shut down before the job finished".into(),
+            field: None,
+        });
+        state.run_slots.close();
         if let Some(r) = state.ready.get().cloned() {
             let _ = tokio::task::spawn_blocking(move || r.engine.shutdown()).await;
         }
         // Connections still open (a slow SSE reader, a keep-alive client) get a moment, then go.
         let mut task = self.task;
-        if tokio::time::timeout(Duration::from_secs(5), &mut task)
+        if tokio::time::timeout(Duration::from_secs(2), &mut task)
             .await
             .is_err()
         {

@@ -4,11 +4,12 @@
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{events, handlers, jobs, templates};
+use super::{audits, events, handlers, jobs, templates};
+use crate::audit::{AuditCell, AuditRequest, AuditResult, AuditStats, Contexts, SummaryRow};
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::model::{ArchInfo, ModelInfo};
 use crate::request::*;
-use crate::run::Progress;
+use crate::run::{Plan, Progress};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -25,6 +26,11 @@ use crate::run::Progress;
         events::get,
         events::cancel,
         events::events,
+        audits::create,
+        audits::get,
+        audits::cancel,
+        audits::events,
+        audits::plan,
         handlers::templates,
         handlers::tokenize,
         handlers::generate,
@@ -35,7 +41,9 @@ use crate::run::Progress;
     ),
     components(schemas(
         AttributeRequest, AttributeResponse, Baseline, TokenRef, Method, AttrTarget, BaselineSampling,
-        Feature, Stats, ErrorBody, ErrorDetail, Progress, jobs::Job, jobs::JobState, templates::Template,
+        Feature, Stats, ErrorBody, ErrorDetail, Progress, jobs::Job, jobs::JobState, jobs::JobKind,
+        jobs::JobResult, AuditRequest, AuditResult, AuditCell, SummaryRow, AuditStats, Contexts,
+        audits::PlanRequest, Plan, templates::Template,
         templates::Templates, handlers::TokenizeRequest, handlers::TokenizeResponse,
         handlers::GenerateRequest, handlers::GenerateResponse, handlers::Health, ModelInfo, ArchInfo,
     )),
@@ -43,6 +51,7 @@ use crate::run::Progress;
     tags(
         (name = "attribution", description = "Run attributions"),
         (name = "jobs", description = "Attributions in the background, with progress"),
+        (name = "audits", description = "Grids of values scored for several targets, averaged over contexts"),
         (name = "model", description = "The loaded model"),
         (name = "ops", description = "Health, readiness, metrics"),
     )

@@ -4,8 +4,11 @@
 //! value is the mean over the whole product of the absent slots' baseline lists; with `sample`
 //! every evaluation draws one baseline per slot (Captum's ProductBaselines). Identical prompts
 //! are scored once per request.
+//!
+//! With a contrast, every prompt is scored with both continuations in the same call, and a
+//! coalition's value is the target's minus the contrast's (log-probs, or probabilities).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -22,10 +25,12 @@ pub struct SequenceEvaluator<'a> {
     input: &'a Input,
     scorer: &'a dyn Scorer,
     target: Vec<u32>,
+    /// Continuation whose value is subtracted from the target's.
+    contrast: Option<Vec<u32>>,
     attr_target: AttrTarget,
     sampling: BaselineSampling,
     rng: ChaCha8Rng,
-    /// Prompt ids -> log p of every target token.
+    /// Prompt ids -> log p of every target token, then of every contrast token.
     cache: HashMap<Vec<u32>, Vec<f32>>,
     full: Vec<u32>,
     max_sequences: usize,
@@ -33,7 +38,8 @@ pub struct SequenceEvaluator<'a> {
     /// What to name when the sequence limit is hit.
     limit_field: String,
     /// Distinct coalitions asked for so far -> most distinct prompts they can need; their sum
-    /// bounds the request's distinct sequences before any prompt is built.
+    /// (times the continuations per prompt) bounds the request's distinct sequences before
+    /// any prompt is built.
     planned: HashMap<Coalition, usize>,
     /// The sum of `planned`, plus the unperturbed prompt.
     planned_total: usize,
@@ -41,11 +47,11 @@ pub struct SequenceEvaluator<'a> {
     pub stats: Stats,
 }
 
-/// Number of prompts `exact` sampling needs for `coalition` (product of the absent slots'
-/// baseline counts), saturating.
 /// Prompts built (or coalitions looked at) between two looks at the cancel flag.
 const CANCEL_EVERY: usize = 32;
 
+/// Number of prompts `exact` sampling needs for `coalition` (product of the absent slots'
+/// baseline counts), saturating.
 pub fn exact_count(input: &Input, coalition: &[bool]) -> usize {
     input
         .slots
@@ -75,6 +81,7 @@ impl<'a> SequenceEvaluator<'a> {
             input,
             scorer,
             target,
+            contrast: None,
             attr_target,
             sampling,
             rng,
@@ -90,6 +97,17 @@ impl<'a> SequenceEvaluator<'a> {
         })
     }
 
+    /// Attributes log p(target) - log p(`contrast`) (or the difference of probabilities):
+    /// both continuations are scored after every prompt.
+    pub fn set_contrast(&mut self, contrast: Vec<u32>) {
+        self.contrast = Some(contrast);
+    }
+
+    /// The target, then the contrast if there is one.
+    fn continuations(&self) -> impl Iterator<Item = &Vec<u32>> {
+        std::iter::once(&self.target).chain(&self.contrast)
+    }
+
     /// Names the request field to blame when the sequence limit is hit.
     pub fn set_limit_field(&mut self, field: &str) {
         self.limit_field = field.to_string();
@@ -100,7 +118,8 @@ impl<'a> SequenceEvaluator<'a> {
         &self.full
     }
 
-    /// Log p of every target token given the unperturbed prompt (scored with the first batch).
+    /// Log p of every target token given the unperturbed prompt, then of every contrast token
+    /// (scored with the first batch).
     pub fn target_log_probs(&mut self) -> Result<Vec<f32>> {
         if !self.cache.contains_key(&self.full) {
             self.score(vec![self.full.clone()])?;
@@ -181,10 +200,11 @@ impl<'a> SequenceEvaluator<'a> {
         let mut bound = self.planned_total;
         for (c, k) in occurrences {
             // All present is the unperturbed prompt, counted from the start.
-            if c.iter().all(|&present| present) {
-                continue;
-            }
-            let most = exact_count(self.input, c);
+            let most = if c.iter().all(|&present| present) {
+                0
+            } else {
+                exact_count(self.input, c)
+            };
             let before = self.planned.get(c).copied().unwrap_or(0);
             let after = match self.sampling {
                 BaselineSampling::Exact => most,
@@ -193,20 +213,22 @@ impl<'a> SequenceEvaluator<'a> {
             bound = bound.saturating_add(after - before);
             updates.push((c, after));
         }
-        if bound > self.max_sequences {
+        let sequences = bound.saturating_mul(self.continuations().count());
+        if sequences > self.max_sequences {
             let coalitions = self.planned.len()
                 + updates
                     .iter()
                     .filter(|(c, _)| !self.planned.contains_key(*c))
                     .count();
             return Err(self.too_many(&format!(
-                "up to {bound} distinct sequences ({coalitions} distinct perturbed coalitions)"
+                "up to {sequences} distinct sequences ({coalitions} distinct coalitions)"
             )));
         }
         for (c, after) in updates {
             self.planned.insert(c.clone(), after);
         }
         self.planned_total = bound;
+        self.stats.coalitions = self.planned.len();
         Ok(())
     }
 
@@ -237,31 +259,22 @@ impl<'a> SequenceEvaluator<'a> {
         if new.is_empty() {
             return Ok(());
         }
-        let unique = self.cache.len() + new.len();
+        let per_prompt = self.continuations().count();
+        let unique = (self.cache.len() + new.len()).saturating_mul(per_prompt);
         if unique > self.max_sequences {
             return Err(self.too_many(&format!("at least {unique} distinct sequences")));
         }
         self.check_cancelled()?;
-        let ctx = self.scorer.context_length();
-        let items: Vec<ScoreItem> = new
-            .iter()
-            .map(|p| ScoreItem {
-                prompt: p.clone(),
-                target: self.target.clone(),
-            })
-            .collect();
-        for item in &items {
-            let len = item.input_len();
-            if len > self.max_tokens || len > ctx {
-                return Err(Error::too_large(
-                    self.input.features_field(),
-                    format!(
-                        "a sequence of {} prompt + {} target tokens exceeds the limit of {} tokens",
-                        item.prompt.len(),
-                        item.target.len(),
-                        self.max_tokens.min(ctx)
-                    ),
-                ));
+        let max_tokens = self.max_tokens.min(self.scorer.context_length());
+        let mut items = Vec::with_capacity(new.len() * per_prompt);
+        for p in &new {
+            for c in self.continuations() {
+                let item = ScoreItem {
+                    prompt: p.clone(),
+                    target: c.clone(),
+                };
+                check_sequence(&item, max_tokens, self.input.features_field())?;
+                items.push(item);
             }
         }
         let before = self.stats.unique_sequences;
@@ -281,37 +294,59 @@ impl<'a> SequenceEvaluator<'a> {
             seconds = started.elapsed().as_secs_f64(),
             "scored"
         );
-        if scores.len() != new.len() {
+        if scores.len() != items_len {
             return Err(Error::Internal(format!(
-                "scorer returned {} results for {}",
+                "scorer returned {} results for {items_len}",
                 scores.len(),
-                new.len()
             )));
         }
-        for (p, s) in new.into_iter().zip(scores) {
-            if s.len() != self.target.len() {
+        let lengths: Vec<usize> = self.continuations().map(Vec::len).collect();
+        for (p, per) in new.into_iter().zip(scores.chunks(per_prompt)) {
+            if per.iter().map(Vec::len).ne(lengths.iter().copied()) {
                 return Err(Error::Internal(
                     "scorer returned the wrong number of log-probs".into(),
                 ));
             }
-            self.stats.unique_sequences += 1;
-            self.stats.tokens_scored += p.len() + self.target.len() - 1;
-            self.cache.insert(p, s);
+            self.stats.unique_sequences += per_prompt;
+            self.stats.tokens_scored += lengths.iter().map(|l| p.len() + l - 1).sum::<usize>();
+            self.cache.insert(p, per.concat());
         }
         Ok(())
     }
 
+    /// `[sequence value, one per target token, then minus one per contrast token]`, in
+    /// log-probs or probabilities.
     fn value(&self, log_probs: &[f32]) -> Vec<f64> {
-        let lp: Vec<f64> = log_probs.iter().map(|&v| f64::from(v)).collect();
-        let total: f64 = lp.iter().sum();
-        let mut v = Vec::with_capacity(lp.len() + 1);
-        v.push(total);
-        v.extend(lp);
-        if self.attr_target == AttrTarget::Prob {
-            v.iter_mut().for_each(|x| *x = x.exp());
+        let prob = self.attr_target == AttrTarget::Prob;
+        let scale = |x: f64| if prob { x.exp() } else { x };
+        let (target, contrast) = log_probs.split_at(self.target.len());
+        let total = |lp: &[f32]| lp.iter().map(|&v| f64::from(v)).sum::<f64>();
+        let mut v = Vec::with_capacity(log_probs.len() + 1);
+        let mut seq = scale(total(target));
+        if self.contrast.is_some() {
+            seq -= scale(total(contrast));
         }
+        v.push(seq);
+        v.extend(target.iter().map(|&x| scale(f64::from(x))));
+        v.extend(contrast.iter().map(|&x| -scale(f64::from(x))));
         v
     }
+}
+
+/// Fails when `item` is longer than `max_tokens` (the request's limit or the model's context,
+/// whichever is smaller), naming `field`.
+pub fn check_sequence(item: &ScoreItem, max_tokens: usize, field: &str) -> Result<()> {
+    if item.input_len() > max_tokens {
+        return Err(Error::too_large(
+            field,
+            format!(
+                "a sequence of {} prompt + {} target tokens exceeds the limit of {max_tokens} tokens",
+                item.prompt.len(),
+                item.target.len(),
+            ),
+        ));
+    }
+    Ok(())
 }
 
 impl Evaluator for SequenceEvaluator<'_> {
@@ -320,7 +355,7 @@ impl Evaluator for SequenceEvaluator<'_> {
     }
 
     fn n_outputs(&self) -> usize {
-        self.target.len() + 1
+        1 + self.continuations().map(Vec::len).sum::<usize>()
     }
 
     fn values(&mut self, coalitions: &[Coalition]) -> Result<Vec<Vec<f64>>> {
@@ -345,7 +380,7 @@ impl Evaluator for SequenceEvaluator<'_> {
             expansions.push(prompts);
         }
         let mut new = Vec::new();
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = HashSet::new();
         for p in expansions.iter().flatten() {
             if !self.cache.contains_key(p) && seen.insert(p) {
                 new.push(p.clone());

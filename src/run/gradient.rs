@@ -135,10 +135,17 @@ pub(super) fn run(
         token_attr,
         seq_attr_stderr: None,
         token_attr_stderr: None,
+        contrast_target: None,
+        contrast_ids: None,
+        contrast_output_tokens: None,
+        contrast_log_probs: None,
+        contrast_log_prob: None,
         convergence_delta,
         stats: Stats {
             // One gradient per target token and step.
             evaluations: n_steps * target_ids.len(),
+            // The distinct points of the path.
+            coalitions: n_steps,
             unique_sequences: n_steps + n_scored,
             tokens_scored: n_steps * sequence_len + scored_tokens,
             seconds: started.elapsed().as_secs_f64(),
@@ -147,8 +154,15 @@ pub(super) fn run(
     })
 }
 
-/// Gradient methods are exact and deterministic: the sampling fields do not apply.
+/// Gradient methods are exact and deterministic: the sampling fields do not apply; nor, yet, a
+/// contrastive target.
 fn no_sampling_fields(request: &AttributeRequest) -> Result<()> {
+    if request.contrast_target.is_some() {
+        return Err(Error::invalid(
+            "contrast_target",
+            format!("not yet with {}; use a perturbation method", request.method.name()),
+        ));
+    }
     for (field, given) in [
         ("n_samples", request.n_samples.is_some()),
         ("num_trials", request.num_trials.is_some_and(|t| t != 1)),

@@ -1,10 +1,11 @@
 //! Runs one attribute request end to end: input -> method -> evaluator -> scorer.
 //!
 //! `evaluator` turns the methods' coalitions into prompts and scores them; `progress` is what
-//! both report as sequences are scored.
+//! both report as sequences are scored; `plan` counts what a request would score.
 
 pub mod evaluator;
 mod gradient;
+mod plan;
 mod progress;
 
 use std::time::Instant;
@@ -15,9 +16,12 @@ use rand_chacha::ChaCha8Rng;
 use crate::attribution::{self, Evaluator, Inputs, MethodFacts};
 use crate::error::{Error, Result};
 use crate::input::Input;
+use crate::model::Tokenizer;
 use crate::request::{AttributeRequest, AttributeResponse, BaselineSampling, Method};
 use crate::scorer::Scorer;
+pub use evaluator::check_sequence;
 use evaluator::{exact_count, SequenceEvaluator};
+pub use plan::{plan, DryScorer, Plan};
 pub use progress::Progress;
 
 /// Per-request limits; the server maps its flags onto these.
@@ -34,6 +38,8 @@ pub struct Limits {
     pub max_new_tokens: usize,
     /// Interpolation steps of integrated_gradients.
     pub max_n_steps: usize,
+    /// Cells of one audit (the product of its sweep lists).
+    pub max_audit_cells: usize,
 }
 
 impl Default for Limits {
@@ -46,6 +52,7 @@ impl Default for Limits {
             max_num_trials: 20,
             max_new_tokens: 100,
             max_n_steps: 1_000,
+            max_audit_cells: 1000,
         }
     }
 }
@@ -68,6 +75,40 @@ fn check_count(field: &str, value: Option<usize>, default: usize, max: usize) ->
         ));
     }
     Ok(v)
+}
+
+/// The ids of a continuation given as text (`field` names it in errors): never empty.
+pub fn encode_text(field: &str, text: &str, tokenizer: &Tokenizer) -> Result<Vec<u32>> {
+    if text.is_empty() {
+        return Err(Error::invalid(
+            field,
+            "it is empty; give the text to score, or leave it out",
+        ));
+    }
+    let ids = tokenizer.encode(text)?;
+    if ids.is_empty() {
+        return Err(Error::invalid(field, format!("{text:?} tokenizes to nothing")));
+    }
+    Ok(ids)
+}
+
+/// The contrast's ids, when the request has one: not the target's.
+fn contrast_ids(
+    request: &AttributeRequest,
+    tokenizer: &Tokenizer,
+    target: &[u32],
+) -> Result<Option<Vec<u32>>> {
+    let Some(text) = &request.contrast_target else {
+        return Ok(None);
+    };
+    let ids = encode_text("contrast_target", text, tokenizer)?;
+    if ids == target {
+        return Err(Error::invalid(
+            "contrast_target",
+            "it is the same continuation as the target; contrast the target with a different one",
+        ));
+    }
+    Ok(Some(ids))
 }
 
 /// Distinct sequences `exact` baseline sampling would need for `method`, saturating (an upper
@@ -178,16 +219,7 @@ fn resolve_target(
     let limit = limits.max_tokens_per_sequence.min(scorer.context_length());
     match &request.target {
         Some(t) => {
-            if t.is_empty() {
-                return Err(Error::invalid(
-                    "target",
-                    "the target is empty; give text or leave it out",
-                ));
-            }
-            let ids = tokenizer.encode(t)?;
-            if ids.is_empty() {
-                return Err(Error::invalid("target", format!("{t:?} tokenizes to nothing")));
-            }
+            let ids = encode_text("target", t, tokenizer)?;
             check_length(input, full.len(), ids.len(), limit, "target")?;
             Ok((ids, false))
         }
@@ -257,6 +289,12 @@ pub fn run(
 
     let full = input.render(tokenizer, &vec![None; input.slots.len()])?;
     let (target_ids, generated) = resolve_target(request, &input, &full, scorer, limits)?;
+    let limit = limits.max_tokens_per_sequence.min(scorer.context_length());
+
+    let contrast = contrast_ids(request, tokenizer, &target_ids)?;
+    if let Some(c) = &contrast {
+        check_length(&input, full.len(), c.len(), limit, "contrast_target")?;
+    }
 
     let mut ev = SequenceEvaluator::new(
         &input,
@@ -272,9 +310,13 @@ pub fn run(
     if !facts.samples {
         ev.set_limit_field("method");
     }
+    if let Some(c) = &contrast {
+        ev.set_contrast(c.clone());
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let result = attribution::attribute_trials(method, &mut ev, n_samples, trials, &mut rng)?;
-    let log_probs: Vec<f64> = ev.target_log_probs()?.into_iter().map(f64::from).collect();
+    let mut log_probs: Vec<f64> = ev.target_log_probs()?.into_iter().map(f64::from).collect();
+    let contrast_log_probs = log_probs.split_off(target_ids.len());
     debug_assert_eq!(ev.n_outputs(), result.attr.len());
 
     let mut stats = ev.stats.clone();
@@ -299,6 +341,11 @@ pub fn run(
         features: input.features.clone(),
         target_log_prob: log_probs.iter().sum(),
         target_log_probs: log_probs,
+        contrast_target: request.contrast_target.clone(),
+        contrast_output_tokens: contrast.as_ref().map(|c| tokenizer.pretty_tokens(c)),
+        contrast_log_prob: contrast.as_ref().map(|_| contrast_log_probs.iter().sum()),
+        contrast_log_probs: contrast.as_ref().map(|_| contrast_log_probs),
+        contrast_ids: contrast,
         seq_attr: result.attr[0].clone(),
         token_attr: result.attr[1..].to_vec(),
         seq_attr_stderr,

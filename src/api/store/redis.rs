@@ -1,0 +1,1203 @@
+//! Jobs shared by replicas through Redis (`--redis-url`).
+//!
+//! Keys (prefix `llm-attr:`):
+//! - `job:{id}`: hash with the request, state, progress, result and error; expires `--job-ttl`
+//!   after the job ends.
+//! - `jobs`: stream of job ids waiting for a worker, consumer group `workers`. A replica
+//!   claims an entry (XREADGROUP) when it has a free run slot; the entry stays pending under
+//!   its name while it runs, and heartbeats (XCLAIM to itself) keep its idle time under
+//!   `--lease-seconds`. When a replica dies its entries go idle and another takes them over
+//!   (XAUTOCLAIM) and runs the job again from the start: the score cache makes the part
+//!   already scored cheap, and the result is the same.
+//! - `chunks`: stream of a big job's sequences in chunks (fan-out), same group and leases;
+//!   every replica's chunk workers score them, and the job's owner merges them by index.
+//!   `chunk:{run}:{k}` holds a chunk's scores, `chunks-done:{run}` lists the chunks ready.
+//! - `unfinished`: count of jobs queued or running (`--max-pending-jobs`).
+//! - `score:{digest}:{ids}`: the shared score cache.
+//! - channel `events:{id}`: a job changed (progress, state), for SSE streams on every replica.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use redis::{RedisError, Script};
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+
+use super::{new_job, now_ms, ClaimedJob, JobStore, Outcome, StoreError, StoreResult};
+use crate::api::jobs::{rfc3339, Job, JobRequest, JobState, WaitForRoom};
+use crate::api::Ready;
+use crate::cache::{CachedScorer, SharedScores};
+use crate::engine::CancelToken;
+use crate::error::{Error, ErrorDetail};
+use crate::model::{GradientJob, ModelInfo, ScoreItem, Tokenizer};
+use crate::run::Progress;
+use crate::scorer::Scorer;
+
+const PREFIX: &str = "llm-attr:";
+const GROUP: &str = "workers";
+/// How often a running job's progress and state are synchronised.
+const TICK: Duration = Duration::from_millis(250);
+/// How often an idle worker looks for work.
+const IDLE_POLL: Duration = Duration::from_millis(50);
+
+fn key(k: &str) -> String {
+    format!("{PREFIX}{k}")
+}
+fn job_key(id: &str) -> String {
+    key(&format!("job:{id}"))
+}
+fn channel(id: &str) -> String {
+    key(&format!("events:{id}"))
+}
+
+/// Settings of a Redis store.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: String,
+    /// A claimed job or chunk whose worker sent no heartbeat for this long is taken over.
+    pub lease: Duration,
+    /// Finished jobs, chunk results and cached scores expire after this long.
+    pub ttl: Duration,
+    pub max_pending: usize,
+    /// Sequences per fan-out chunk; a scoring call of at least two chunks is fanned out
+    /// (0: never).
+    pub chunk_size: usize,
+    /// Chunks this replica scores at once.
+    pub chunk_workers: usize,
+    /// How long a chunk waits for room in a full scoring queue.
+    pub queue_wait: Duration,
+}
+
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: redis::Client,
+    con: ConnectionManager,
+    settings: RedisSettings,
+    consumer: String,
+    up: AtomicBool,
+    stopping: AtomicBool,
+    /// Ids of jobs with news (from the pub/sub listener).
+    news: broadcast::Sender<String>,
+    running_here: AtomicUsize,
+    rt: tokio::runtime::Handle,
+}
+
+fn unavailable(e: RedisError) -> StoreError {
+    StoreError::Unavailable(format!("Redis: {}", e.kind_str()))
+}
+
+trait KindStr {
+    fn kind_str(&self) -> String;
+}
+
+impl KindStr for RedisError {
+    fn kind_str(&self) -> String {
+        if self.is_io_error() || self.is_connection_dropped() || self.is_timeout() {
+            "not reachable".into()
+        } else {
+            self.to_string()
+        }
+    }
+}
+
+static CREATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local n = tonumber(redis.call('GET', KEYS[2]) or '0')
+if n >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'queued', 'done', 0, 'total', 0, 'created_at', ARGV[2], 'request', ARGV[3], 'kind', ARGV[5])
+redis.call('INCR', KEYS[2])
+redis.call('XADD', KEYS[3], '*', 'job', ARGV[4])
+return 1",
+    )
+});
+
+static START: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local s = redis.call('HGET', KEYS[1], 'state')
+if s ~= 'queued' and s ~= 'running' then return false end
+redis.call('HSET', KEYS[1], 'state', 'running')
+redis.call('HSETNX', KEYS[1], 'started_ms', ARGV[1])
+if s == 'queued' then redis.call('PUBLISH', ARGV[2], 'running') end
+return redis.call('HGET', KEYS[1], 'started_ms')",
+    )
+});
+
+/// Records progress when it changed; answers the job's state ('gone' once expired).
+static PROGRESS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local s = redis.call('HGET', KEYS[1], 'state')
+if s ~= 'queued' and s ~= 'running' then return s or 'gone' end
+if ARGV[1] ~= '' then
+  local d = redis.call('HMGET', KEYS[1], 'done', 'total')
+  if d[1] ~= ARGV[1] or d[2] ~= ARGV[2] then
+    redis.call('HSET', KEYS[1], 'done', ARGV[1], 'total', ARGV[2])
+    redis.call('PUBLISH', ARGV[3], 'progress')
+  end
+end
+return s",
+    )
+});
+
+/// Sets the end state once: only an unfinished job changes.
+static FINISH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local s = redis.call('HGET', KEYS[1], 'state')
+if s ~= 'queued' and s ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'finished_at', ARGV[2], 'result', ARGV[3], 'error', ARGV[4])
+if ARGV[1] == 'done' then
+  local t = math.max(tonumber(redis.call('HGET', KEYS[1], 'total') or '0'), tonumber(ARGV[7]))
+  redis.call('HSET', KEYS[1], 'done', t, 'total', t)
+end
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('DECR', KEYS[2])
+redis.call('PUBLISH', ARGV[6], ARGV[1])
+return 1",
+    )
+});
+
+/// Renews a lease: resets the entry's idle time, only while this consumer still holds it.
+static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #p == 0 or p[1][2] ~= ARGV[2] then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
+return 1",
+    )
+});
+
+/// Gives an entry back (shutdown): acknowledged and added again, so a waiting replica reads
+/// it at once; only while this consumer still holds it.
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #p == 0 or p[1][2] ~= ARGV[2] then return 0 end
+local e = redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3])
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+redis.call('XDEL', KEYS[1], ARGV[3])
+if #e > 0 then redis.call('XADD', KEYS[1], '*', unpack(e[1][2])) end
+return 1",
+    )
+});
+
+impl RedisStore {
+    /// Connects lazily: the store answers 503 until Redis is reachable, then recovers by
+    /// itself after any outage.
+    pub fn connect(settings: RedisSettings) -> anyhow::Result<RedisStore> {
+        let client = redis::Client::open(settings.url.as_str())
+            .map_err(|e| anyhow::anyhow!("--redis-url {}: {e}", redact(&settings.url)))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(3)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let con = ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .map_err(|e| anyhow::anyhow!("cannot set up the Redis connection: {e}"))?;
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "llm-attr".into());
+        let consumer = format!(
+            "{host}-{}-{}",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let inner = Arc::new(Inner {
+            client,
+            con,
+            settings,
+            consumer,
+            up: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            news: broadcast::channel(1024).0,
+            running_here: AtomicUsize::new(0),
+            rt: tokio::runtime::Handle::current(),
+        });
+        tokio::spawn(watch_health(Arc::downgrade(&inner)));
+        tokio::spawn(listen(Arc::downgrade(&inner)));
+        tracing::info!(consumer = %inner.consumer, "jobs are kept in Redis");
+        Ok(RedisStore { inner })
+    }
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
+        _ => url.to_string(),
+    }
+}
+
+/// Pings Redis twice a second: `available()` follows, and the consumer groups are made again
+/// after Redis comes back empty.
+async fn watch_health(inner: Weak<Inner>) {
+    loop {
+        let Some(i) = inner.upgrade() else { break };
+        let mut con = i.con.clone();
+        let ok = tokio::time::timeout(
+            Duration::from_secs(1),
+            redis::cmd("PING").query_async::<String>(&mut con),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        let ok = ok && i.ensure_groups().await.is_ok();
+        let was = i.up.swap(ok, Ordering::SeqCst);
+        if ok != was {
+            if ok {
+                tracing::info!("Redis is reachable");
+            } else {
+                tracing::warn!("Redis is not reachable; job requests get 503 until it is back");
+            }
+        }
+        drop(i);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Forwards job change notifications to this replica's SSE streams.
+async fn listen(inner: Weak<Inner>) {
+    loop {
+        let Some(i) = inner.upgrade() else { break };
+        let (client, news) = (i.client.clone(), i.news.clone());
+        drop(i);
+        if let Ok(mut ps) = client.get_async_pubsub().await {
+            if ps.psubscribe(key("events:*")).await.is_ok() {
+                let mut messages = ps.on_message();
+                let prefix = key("events:");
+                while let Some(m) = messages.next().await {
+                    if let Some(id) = m.get_channel_name().strip_prefix(&prefix) {
+                        let _ = news.send(id.to_string());
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+impl Inner {
+    fn con(&self) -> ConnectionManager {
+        self.con.clone()
+    }
+
+    fn lease_ms(&self) -> u64 {
+        self.settings.lease.as_millis().max(1) as u64
+    }
+
+    fn ttl_secs(&self) -> u64 {
+        self.settings.ttl.as_secs().max(1)
+    }
+
+    async fn ensure_groups(&self) -> Result<(), RedisError> {
+        for stream in ["jobs", "chunks"] {
+            let r: Result<(), RedisError> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(key(stream))
+                .arg(GROUP)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async(&mut self.con())
+                .await;
+            match r {
+                Err(e) if e.code() != Some("BUSYGROUP") => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The next entry of `stream` for this consumer: one whose lease ran out first, else a
+    /// new one.
+    async fn take(&self, stream: &str) -> Result<Option<StreamId>, RedisError> {
+        let stream = key(stream);
+        let mut con = self.con();
+        let stale: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            .arg(&stream)
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg(self.lease_ms())
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut con)
+            .await?;
+        if let Some(e) = stale.claimed.into_iter().next() {
+            tracing::info!(stream = %stream, entry = %e.id, "taking over work whose lease ran out");
+            return Ok(Some(e));
+        }
+        let fresh: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(1)
+            .arg("STREAMS")
+            .arg(&stream)
+            .arg(">")
+            .query_async(&mut con)
+            .await?;
+        Ok(fresh
+            .and_then(|r| r.keys.into_iter().next())
+            .and_then(|k| k.ids.into_iter().next()))
+    }
+
+    async fn ack(&self, stream: &str, entry: &str) -> Result<(), RedisError> {
+        redis::pipe()
+            .atomic()
+            .cmd("XACK")
+            .arg(key(stream))
+            .arg(GROUP)
+            .arg(entry)
+            .ignore()
+            .cmd("XDEL")
+            .arg(key(stream))
+            .arg(entry)
+            .ignore()
+            .query_async(&mut self.con())
+            .await
+    }
+
+    /// Keeps the lease of `entry`; false once another consumer holds it.
+    async fn heartbeat(&self, stream: &str, entry: &str) -> Result<bool, RedisError> {
+        let kept: i64 = HEARTBEAT
+            .key(key(stream))
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg(entry)
+            .invoke_async(&mut self.con())
+            .await?;
+        Ok(kept == 1)
+    }
+
+    async fn release(&self, stream: &str, entry: &str) -> Result<(), RedisError> {
+        let _: i64 = RELEASE
+            .key(key(stream))
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg(entry)
+            .invoke_async(&mut self.con())
+            .await?;
+        Ok(())
+    }
+
+    async fn get(&self, id: &str) -> StoreResult<Option<Job>> {
+        let h: HashMap<String, Vec<u8>> = redis::cmd("HGETALL")
+            .arg(job_key(id))
+            .query_async(&mut self.con())
+            .await
+            .map_err(unavailable)?;
+        Ok(parse_job(id, &h))
+    }
+
+    async fn state(&self, id: &str) -> Result<Option<JobState>, RedisError> {
+        let s: Option<String> = redis::cmd("HGET")
+            .arg(job_key(id))
+            .arg("state")
+            .query_async(&mut self.con())
+            .await?;
+        Ok(s.as_deref().and_then(JobState::parse))
+    }
+
+    async fn finish(&self, id: &str, outcome: &Outcome) -> Result<bool, RedisError> {
+        let (result, error, unique) = match outcome {
+            Outcome::Done(r) => (
+                serde_json::to_string(r).unwrap_or_default(),
+                String::new(),
+                r.sequences(),
+            ),
+            Outcome::Failed(e) | Outcome::Cancelled(e) => {
+                (String::new(), serde_json::to_string(e).unwrap_or_default(), 0)
+            }
+        };
+        let changed: i64 = FINISH
+            .key(job_key(id))
+            .key(key("unfinished"))
+            .arg(outcome.state().as_str())
+            .arg(rfc3339(SystemTime::now()))
+            .arg(result)
+            .arg(error)
+            .arg(self.ttl_secs())
+            .arg(channel(id))
+            .arg(unique)
+            .invoke_async(&mut self.con())
+            .await?;
+        Ok(changed == 1)
+    }
+}
+
+/// A job from its hash (None: no such job, or it expired).
+fn parse_job(id: &str, h: &HashMap<String, Vec<u8>>) -> Option<Job> {
+    let text = |k: &str| {
+        h.get(k)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .filter(|s| !s.is_empty())
+    };
+    let num = |k: &str| text(k).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let state = JobState::parse(&text("state")?)?;
+    let kind = text("kind")
+        .and_then(|k| serde_json::from_str(&k).ok())
+        .unwrap_or_default();
+    let mut job = new_job(id.to_string(), kind);
+    job.state = state;
+    job.progress = Progress {
+        done: num("done"),
+        total: num("total"),
+    };
+    job.created_at = text("created_at").unwrap_or_default();
+    job.finished_at = text("finished_at");
+    job.result = text("result").and_then(|r| serde_json::from_str(&r).ok());
+    job.error = text("error").and_then(|e| serde_json::from_str(&e).ok());
+    Some(job)
+}
+
+/// Retries `f` while Redis is away, for at most one lease: a run's end must be recorded.
+async fn persist<T, F: std::future::Future<Output = Result<T, RedisError>>>(
+    what: &str,
+    mut f: impl FnMut() -> F,
+    lease: Duration,
+) -> Option<T> {
+    let until = Instant::now() + lease;
+    loop {
+        match f().await {
+            Ok(v) => return Some(v),
+            Err(e) if Instant::now() < until => {
+                tracing::debug!("{what}: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => {
+                tracing::warn!("{what}: {e}; giving up (the lease runs out and a replica takes it)");
+                return None;
+            }
+        }
+    }
+}
+
+impl JobStore for RedisStore {
+    fn create<'a>(&'a self, request: &'a JobRequest) -> BoxFuture<'a, StoreResult<Job>> {
+        async move {
+            let i = &self.inner;
+            let job = new_job(uuid::Uuid::new_v4().to_string(), request.kind());
+            let kind = serde_json::to_string(&job.kind).unwrap_or_default();
+            let request = serde_json::to_string(request)
+                .map_err(|e| StoreError::Unavailable(format!("cannot encode the request: {e}")))?;
+            let created: i64 = CREATE
+                .key(job_key(&job.id))
+                .key(key("unfinished"))
+                .key(key("jobs"))
+                .arg(i.settings.max_pending)
+                .arg(&job.created_at)
+                .arg(request)
+                .arg(&job.id)
+                .arg(kind)
+                .invoke_async(&mut i.con())
+                .await
+                .map_err(unavailable)?;
+            if created == 0 {
+                return Err(StoreError::Full(i.settings.max_pending));
+            }
+            Ok(job)
+        }
+        .boxed()
+    }
+
+    fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<Job>>> {
+        self.inner.get(id).boxed()
+    }
+
+    fn cancel<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<Job>>> {
+        async move {
+            let outcome = Outcome::Cancelled(Error::Cancelled.body().error);
+            self.inner.finish(id, &outcome).await.map_err(unavailable)?;
+            self.inner.get(id).await
+        }
+        .boxed()
+    }
+
+    fn watch<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<BoxStream<'static, Job>>>> {
+        async move {
+            let news = self.inner.news.subscribe();
+            let Some(first) = self.inner.get(id).await? else {
+                return Ok(None);
+            };
+            let inner = self.inner.clone();
+            let id = id.to_string();
+            let s = futures::stream::unfold(
+                (Some(first), None::<(JobState, Progress)>, news),
+                move |(first, mut last, mut news)| {
+                    let (inner, id) = (inner.clone(), id.clone());
+                    async move {
+                        if let Some(j) = first {
+                            let seen = Some((j.state, j.progress));
+                            return Some((j, (None, seen, news)));
+                        }
+                        loop {
+                            if last.is_some_and(|(s, _)| s.is_finished()) {
+                                return None;
+                            }
+                            // Pub/sub may drop a message (e.g. while Redis restarts): look
+                            // again at least every second.
+                            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                                loop {
+                                    match news.recv().await {
+                                        Ok(n) if n == id => break,
+                                        Ok(_) => {}
+                                        Err(broadcast::error::RecvError::Lagged(_)) => break,
+                                        Err(broadcast::error::RecvError::Closed) => {
+                                            std::future::pending::<()>().await
+                                        }
+                                    }
+                                }
+                            })
+                            .await;
+                            match inner.get(&id).await {
+                                Ok(Some(j)) if Some((j.state, j.progress)) != last => {
+                                    last = Some((j.state, j.progress));
+                                    return Some((j, (None, last, news)));
+                                }
+                                Ok(None) => return None,
+                                _ => {}
+                            }
+                        }
+                    }
+                },
+            );
+            Ok(Some(s.boxed()))
+        }
+        .boxed()
+    }
+
+    fn claim(&self) -> BoxFuture<'_, StoreResult<Option<Box<dyn ClaimedJob>>>> {
+        async move {
+            let i = &self.inner;
+            if i.stopping.load(Ordering::SeqCst) {
+                return Ok(None);
+            }
+            let Some(entry) = i.take("jobs").await.map_err(unavailable)? else {
+                return Ok(None);
+            };
+            let id: String = entry.get("job").unwrap_or_default();
+            let request: Option<String> = redis::cmd("HGET")
+                .arg(job_key(&id))
+                .arg("request")
+                .query_async(&mut i.con())
+                .await
+                .map_err(unavailable)?;
+            let Some(request) = request.and_then(|r| serde_json::from_str::<JobRequest>(&r).ok()) else {
+                // Expired or unreadable: nothing to run.
+                i.ack("jobs", &entry.id).await.map_err(unavailable)?;
+                return Ok(None);
+            };
+            Ok(Some(Box::new(RedisClaim {
+                inner: i.clone(),
+                id,
+                entry: entry.id,
+                request,
+                cancel: CancelToken::new(),
+                started_ms: Mutex::new(None),
+                progress: Arc::new(Mutex::new(None)),
+                handed_over: Arc::new(AtomicBool::new(false)),
+                lost: Arc::new(AtomicBool::new(false)),
+                keeper: Mutex::new(None),
+            }) as Box<dyn ClaimedJob>))
+        }
+        .boxed()
+    }
+
+    fn work_waiting(&self, max: Duration) -> BoxFuture<'_, ()> {
+        tokio::time::sleep(max.min(IDLE_POLL * 2)).boxed()
+    }
+
+    fn counts(&self) -> Vec<(JobState, usize)> {
+        vec![(JobState::Running, self.inner.running_here.load(Ordering::Relaxed))]
+    }
+
+    fn available(&self) -> bool {
+        self.inner.up.load(Ordering::SeqCst)
+    }
+
+    fn shares_work(&self) -> bool {
+        true
+    }
+
+    fn cancel_all(&self, _error: ErrorDetail) {
+        // Never: another replica continues what this one leaves.
+    }
+
+    fn stop(&self) {
+        self.inner.stopping.store(true, Ordering::SeqCst);
+    }
+
+    fn shared_scores(&self) -> Option<Arc<dyn SharedScores>> {
+        Some(self.inner.clone())
+    }
+
+    fn start(&self, ready: &Arc<Ready>) {
+        for _ in 0..self.inner.settings.chunk_workers.max(1) {
+            tokio::spawn(chunk_worker(self.inner.clone(), ready.clone()));
+        }
+    }
+
+    fn job_scorer(&self, job: &dyn ClaimedJob, inner: Box<dyn Scorer>) -> Box<dyn Scorer> {
+        Box::new(FanOut {
+            inner,
+            store: self.inner.clone(),
+            job: job.id().to_string(),
+            cancel: job.cancel_token().clone(),
+        })
+    }
+}
+
+/// A job this replica runs, leased from the `jobs` stream.
+struct RedisClaim {
+    inner: Arc<Inner>,
+    id: String,
+    entry: String,
+    request: JobRequest,
+    cancel: CancelToken,
+    started_ms: Mutex<Option<u64>>,
+    /// Latest progress, written to Redis by the keeper.
+    progress: Arc<Mutex<Option<Progress>>>,
+    handed_over: Arc<AtomicBool>,
+    lost: Arc<AtomicBool>,
+    keeper: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl RedisClaim {
+    fn stop_keeper(&self) {
+        if let Some(k) = self.keeper.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            k.abort();
+            self.inner.running_here.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Every tick: writes progress, notices a cancel (or expiry) from anywhere; every third of
+    /// a lease: renews the lease, and stops the local run if another replica holds it now.
+    fn spawn_keeper(&self) -> JoinHandle<()> {
+        let (inner, id, entry) = (self.inner.clone(), self.id.clone(), self.entry.clone());
+        let (cancel, progress, lost) = (self.cancel.clone(), self.progress.clone(), self.lost.clone());
+        tokio::spawn(async move {
+            let beat = (inner.settings.lease / 3).max(TICK);
+            let mut last_beat = Instant::now();
+            loop {
+                tokio::time::sleep(TICK).await;
+                let p = *progress.lock().unwrap_or_else(|e| e.into_inner());
+                let (done, total) = p.map_or((String::new(), String::new()), |p| {
+                    (p.done.to_string(), p.total.to_string())
+                });
+                let state: Result<String, _> = PROGRESS
+                    .key(job_key(&id))
+                    .arg(done)
+                    .arg(total)
+                    .arg(channel(&id))
+                    .invoke_async(&mut inner.con())
+                    .await;
+                if let Ok(s) = state {
+                    if s != "queued" && s != "running" {
+                        tracing::info!(job = %id, state = %s, "the job ended elsewhere; stopping its run here");
+                        cancel.cancel();
+                    }
+                }
+                if last_beat.elapsed() >= beat {
+                    match inner.heartbeat("jobs", &entry).await {
+                        Ok(true) => last_beat = Instant::now(),
+                        Ok(false) => {
+                            tracing::warn!(job = %id, "another replica took this job over; stopping here");
+                            lost.store(true, Ordering::SeqCst);
+                            cancel.cancel();
+                        }
+                        Err(_) => {}
+                    }
+                }
+            }
+        })
+    }
+}
+
+impl ClaimedJob for RedisClaim {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn request(&self) -> &JobRequest {
+        &self.request
+    }
+    fn cancel_token(&self) -> &CancelToken {
+        &self.cancel
+    }
+    fn started_at_ms(&self) -> Option<u64> {
+        *self.started_ms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn start(&self) -> BoxFuture<'_, StoreResult<bool>> {
+        async move {
+            let started: Option<u64> = START
+                .key(job_key(&self.id))
+                .arg(now_ms())
+                .arg(channel(&self.id))
+                .invoke_async(&mut self.inner.con())
+                .await
+                .map_err(unavailable)?;
+            let Some(ms) = started else { return Ok(false) };
+            *self.started_ms.lock().unwrap_or_else(|e| e.into_inner()) = Some(ms);
+            self.inner.running_here.fetch_add(1, Ordering::Relaxed);
+            *self.keeper.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.spawn_keeper());
+            Ok(true)
+        }
+        .boxed()
+    }
+
+    fn progress(&self, p: Progress) {
+        *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
+    }
+
+    fn finish(&self, outcome: Outcome) -> BoxFuture<'_, ()> {
+        async move {
+            self.stop_keeper();
+            let i = &self.inner;
+            let lease = i.settings.lease;
+            if persist("recording the job's end", || i.finish(&self.id, &outcome), lease)
+                .await
+                .is_some()
+            {
+                persist("acknowledging the job", || i.ack("jobs", &self.entry), lease).await;
+            }
+        }
+        .boxed()
+    }
+
+    fn hand_over(&self) {
+        self.handed_over.store(true, Ordering::SeqCst);
+        self.cancel.cancel();
+    }
+
+    fn let_go(&self) -> bool {
+        self.handed_over.load(Ordering::SeqCst) || self.lost.load(Ordering::SeqCst)
+    }
+
+    fn release(&self) -> BoxFuture<'_, ()> {
+        async move {
+            self.stop_keeper();
+            if self.handed_over.load(Ordering::SeqCst) {
+                let i = &self.inner;
+                let lease = i.settings.lease;
+                persist("handing the job over", || i.release("jobs", &self.entry), lease).await;
+                tracing::info!(job = %self.id, "handed the job over to another replica");
+            }
+        }
+        .boxed()
+    }
+}
+
+impl SharedScores for Inner {
+    fn get_many(&self, keys: &[Vec<u8>]) -> Vec<Option<Vec<u8>>> {
+        let mut cmd = redis::cmd("MGET");
+        for k in keys {
+            cmd.arg([PREFIX.as_bytes(), k].concat());
+        }
+        let mut con = self.con();
+        self.rt
+            .block_on(cmd.query_async::<Vec<Option<Vec<u8>>>>(&mut con))
+            .unwrap_or_else(|_| vec![None; keys.len()])
+    }
+
+    fn put_many(&self, entries: Vec<(Vec<u8>, Vec<u8>)>) {
+        let mut pipe = redis::pipe();
+        for (k, v) in entries {
+            pipe.cmd("SET")
+                .arg([PREFIX.as_bytes(), &k].concat())
+                .arg(v)
+                .arg("EX")
+                .arg(self.ttl_secs())
+                .ignore();
+        }
+        let mut con = self.con();
+        let _ = self.rt.block_on(pipe.query_async::<()>(&mut con));
+    }
+}
+
+/// Encodes a chunk's result: 0 then per item its length and f32s, or 1 then an error message.
+fn encode_chunk(r: &Result<Vec<Vec<f32>>, Error>) -> Vec<u8> {
+    match r {
+        Ok(scores) => {
+            let mut out = vec![0u8];
+            for s in scores {
+                out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+                out.extend(crate::cache::encode_scores(s));
+            }
+            out
+        }
+        Err(e) => [&[1u8][..], e.to_string().as_bytes()].concat(),
+    }
+}
+
+fn decode_chunk(b: &[u8]) -> Result<Vec<Vec<f32>>, Error> {
+    let bad = || Error::Internal("a fan-out chunk result is malformed".into());
+    match b.split_first() {
+        Some((0, mut rest)) => {
+            let mut out = Vec::new();
+            while !rest.is_empty() {
+                let n = u32::from_le_bytes(rest.get(..4).ok_or_else(bad)?.try_into().map_err(|_| bad())?)
+                    as usize;
+                let body = rest.get(4..4 + 4 * n).ok_or_else(bad)?;
+                out.push(crate::cache::decode_scores(body).ok_or_else(bad)?);
+                rest = &rest[4 + 4 * n..];
+            }
+            Ok(out)
+        }
+        Some((1, msg)) => Err(Error::Internal(format!(
+            "a replica failed to score a chunk: {}",
+            String::from_utf8_lossy(msg)
+        ))),
+        _ => Err(bad()),
+    }
+}
+
+/// A job's scorer that splits big calls into chunks on the `chunks` stream, so every
+/// replica's chunk workers (this one's too) score them; the scores come back by index, so
+/// the merged result is the one a single replica computes.
+struct FanOut {
+    inner: Box<dyn Scorer>,
+    store: Arc<Inner>,
+    job: String,
+    cancel: CancelToken,
+}
+
+impl Scorer for FanOut {
+    fn tokenizer(&self) -> &Tokenizer {
+        self.inner.tokenizer()
+    }
+
+    fn info(&self) -> &ModelInfo {
+        self.inner.info()
+    }
+
+    fn context_length(&self) -> usize {
+        self.inner.context_length()
+    }
+
+    fn score(
+        &self,
+        items: Vec<ScoreItem>,
+        progress: &(dyn Fn(usize, usize) + Sync),
+    ) -> crate::Result<Vec<Vec<f32>>> {
+        let size = self.store.settings.chunk_size;
+        if size == 0 || items.len() < 2 * size {
+            return self.inner.score(items, progress);
+        }
+        self.store
+            .rt
+            .clone()
+            .block_on(self.fan_out(&items, size, progress))
+    }
+
+    fn generate(&self, prompt: &[u32], max_new_tokens: usize) -> crate::Result<Vec<u32>> {
+        self.inner.generate(prompt, max_new_tokens)
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled() || self.inner.is_cancelled()
+    }
+
+    fn gradients(
+        &self,
+        job: GradientJob,
+        progress: &(dyn Fn(usize, usize) + Sync),
+    ) -> crate::Result<Vec<Vec<f64>>> {
+        self.inner.gradients(job, progress)
+    }
+}
+
+impl FanOut {
+    async fn publish(&self, run: &str, k: usize, items: &[ScoreItem]) -> Result<String, RedisError> {
+        let pairs: Vec<(&[u32], &[u32])> = items.iter().map(|i| (&i.prompt[..], &i.target[..])).collect();
+        redis::cmd("XADD")
+            .arg(key("chunks"))
+            .arg("*")
+            .arg("job")
+            .arg(&self.job)
+            .arg("run")
+            .arg(run)
+            .arg("k")
+            .arg(k)
+            .arg("items")
+            .arg(serde_json::to_string(&pairs).unwrap_or_default())
+            .query_async(&mut self.store.con())
+            .await
+    }
+
+    async fn fan_out(
+        &self,
+        items: &[ScoreItem],
+        size: usize,
+        progress: &(dyn Fn(usize, usize) + Sync),
+    ) -> crate::Result<Vec<Vec<f32>>> {
+        let lost = |e: RedisError| Error::Internal(format!("the job store failed while fanning out: {e}"));
+        let run = uuid::Uuid::new_v4().simple().to_string();
+        let chunks: Vec<&[ScoreItem]> = items.chunks(size).collect();
+        let mut entries = Vec::with_capacity(chunks.len());
+        for (k, c) in chunks.iter().enumerate() {
+            entries.push(self.publish(&run, k, c).await.map_err(lost)?);
+        }
+        let result_key = |k: usize| key(&format!("chunk:{run}:{k}"));
+        let done_key = key(&format!("chunks-done:{run}"));
+        let mut out: Vec<Option<Vec<Vec<f32>>>> = vec![None; chunks.len()];
+        let (mut got, mut scored) = (0, 0);
+        let mut last_news = Instant::now();
+        let mut failing_since: Option<Instant> = None;
+        let outcome = loop {
+            if self.cancel.is_cancelled() {
+                break Err(Error::Cancelled);
+            }
+            match self.collect(&done_key, &result_key, out.len()).await {
+                Ok(news) => {
+                    failing_since = None;
+                    let mut failed = None;
+                    for (k, r) in news {
+                        if out[k].is_some() {
+                            continue;
+                        }
+                        match r {
+                            Ok(scores) => {
+                                out[k] = Some(scores);
+                                got += 1;
+                                scored += chunks[k].len();
+                                last_news = Instant::now();
+                            }
+                            Err(e) => failed = Some(e),
+                        }
+                    }
+                    if let Some(e) = failed {
+                        break Err(e);
+                    }
+                    if got > 0 {
+                        progress(scored, items.len());
+                    }
+                }
+                Err(e) => {
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > self.store.settings.lease {
+                        break Err(lost(e));
+                    }
+                }
+            }
+            if got == chunks.len() {
+                break Ok(());
+            }
+            if last_news.elapsed() > Duration::from_secs(1) {
+                // A chunk whose entry vanished without a result (Redis restarted empty) is
+                // published again.
+                last_news = Instant::now();
+                for k in (0..chunks.len()).filter(|&k| out[k].is_none()) {
+                    if let Ok(true) = self.vanished(&entries[k], &result_key(k)).await {
+                        tracing::info!(job = %self.job, chunk = k, "a fan-out chunk was lost; publishing it again");
+                        if let Ok(e) = self.publish(&run, k, chunks[k]).await {
+                            entries[k] = e;
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let mut cleanup = redis::pipe();
+        cleanup.cmd("DEL").arg(&done_key).ignore();
+        for k in 0..chunks.len() {
+            cleanup.cmd("DEL").arg(result_key(k)).ignore();
+        }
+        let _ = cleanup.query_async::<()>(&mut self.store.con()).await;
+        outcome?;
+        Ok(out.into_iter().flatten().flatten().collect())
+    }
+
+    /// The chunks finished since the last look, by index.
+    async fn collect(
+        &self,
+        done_key: &str,
+        result_key: &impl Fn(usize) -> String,
+        n: usize,
+    ) -> Result<Vec<(usize, crate::Result<Vec<Vec<f32>>>)>, RedisError> {
+        let ready: Option<Vec<usize>> = redis::cmd("LPOP")
+            .arg(done_key)
+            .arg(64)
+            .query_async(&mut self.store.con())
+            .await?;
+        let mut news = Vec::new();
+        for k in ready.unwrap_or_default().into_iter().filter(|&k| k < n) {
+            let bytes: Option<Vec<u8>> = redis::cmd("GET")
+                .arg(result_key(k))
+                .query_async(&mut self.store.con())
+                .await?;
+            if let Some(b) = bytes {
+                news.push((k, decode_chunk(&b)));
+            }
+        }
+        Ok(news)
+    }
+
+    async fn vanished(&self, entry: &str, result_key: &str) -> Result<bool, RedisError> {
+        let left: Vec<redis::Value> = redis::cmd("XRANGE")
+            .arg(key("chunks"))
+            .arg(entry)
+            .arg(entry)
+            .query_async(&mut self.store.con())
+            .await?;
+        let has_result: bool = redis::cmd("EXISTS")
+            .arg(result_key)
+            .query_async(&mut self.store.con())
+            .await?;
+        Ok(left.is_empty() && !has_result)
+    }
+}
+
+/// Scores chunks of any replica's fanned-out jobs.
+async fn chunk_worker(inner: Arc<Inner>, ready: Arc<Ready>) {
+    while !inner.stopping.load(Ordering::SeqCst) {
+        match inner.take("chunks").await {
+            Ok(Some(entry)) => score_chunk(&inner, &ready, entry).await,
+            Ok(None) => tokio::time::sleep(IDLE_POLL).await,
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+async fn score_chunk(inner: &Arc<Inner>, ready: &Arc<Ready>, entry: StreamId) {
+    let job: String = entry.get("job").unwrap_or_default();
+    let run: String = entry.get("run").unwrap_or_default();
+    let k: usize = entry.get("k").unwrap_or(usize::MAX);
+    let items: Option<Vec<(Vec<u32>, Vec<u32>)>> = entry
+        .get::<String>("items")
+        .and_then(|s| serde_json::from_str(&s).ok());
+    let running = matches!(inner.state(&job).await, Ok(Some(JobState::Running)));
+    let (Some(items), true) = (items, running) else {
+        // Its job ended (or the entry is malformed): nothing to do.
+        let _ = inner.ack("chunks", &entry.id).await;
+        return;
+    };
+    let cancel = CancelToken::new();
+    let lost = Arc::new(AtomicBool::new(false));
+    let keeper = {
+        let (inner, entry, cancel, lost, job) = (
+            inner.clone(),
+            entry.id.clone(),
+            cancel.clone(),
+            lost.clone(),
+            job.clone(),
+        );
+        tokio::spawn(async move {
+            let beat = (inner.settings.lease / 3).max(TICK);
+            let mut last_beat = Instant::now();
+            loop {
+                tokio::time::sleep(TICK).await;
+                if inner.stopping.load(Ordering::SeqCst) {
+                    cancel.cancel();
+                }
+                if let Ok(s) = inner.state(&job).await {
+                    if s != Some(JobState::Running) {
+                        cancel.cancel();
+                    }
+                }
+                if last_beat.elapsed() >= beat {
+                    match inner.heartbeat("chunks", &entry).await {
+                        Ok(true) => last_beat = Instant::now(),
+                        Ok(false) => {
+                            lost.store(true, Ordering::SeqCst);
+                            cancel.cancel();
+                        }
+                        Err(_) => {}
+                    }
+                }
+            }
+        })
+    };
+    let items: Vec<ScoreItem> = items
+        .into_iter()
+        .map(|(prompt, target)| ScoreItem { prompt, target })
+        .collect();
+    let (r, c, wait) = (ready.clone(), cancel.clone(), inner.settings.queue_wait);
+    let scored = tokio::task::spawn_blocking(move || {
+        let engine = WaitForRoom::new(Box::new(r.engine.handle(c.clone())), c, wait);
+        CachedScorer::new(Box::new(engine), r.cache.clone()).score(items, &|_, _| {})
+    })
+    .await
+    .unwrap_or_else(|e| Err(Error::Internal(format!("the chunk task failed: {e}"))));
+    keeper.abort();
+    if lost.load(Ordering::SeqCst) {
+        return;
+    }
+    if matches!(scored, Err(Error::Cancelled)) {
+        if inner.stopping.load(Ordering::SeqCst) {
+            let _ = inner.release("chunks", &entry.id).await;
+        } else {
+            let _ = inner.ack("chunks", &entry.id).await;
+        }
+        return;
+    }
+    let done_key = key(&format!("chunks-done:{run}"));
+    let ttl = inner.ttl_secs();
+    let (result, entry_id) = (encode_chunk(&scored), entry.id.clone());
+    let lease = inner.settings.lease;
+    let mut pipe = redis::pipe();
+    pipe.atomic()
+        .cmd("SET")
+        .arg(key(&format!("chunk:{run}:{k}")))
+        .arg(&result)
+        .arg("EX")
+        .arg(ttl)
+        .ignore()
+        .cmd("RPUSH")
+        .arg(&done_key)
+        .arg(k)
+        .ignore()
+        .cmd("EXPIRE")
+        .arg(&done_key)
+        .arg(ttl)
+        .ignore()
+        .cmd("XACK")
+        .arg(key("chunks"))
+        .arg(GROUP)
+        .arg(&entry_id)
+        .ignore()
+        .cmd("XDEL")
+        .arg(key("chunks"))
+        .arg(&entry_id)
+        .ignore();
+    persist(
+        "delivering a chunk",
+        || {
+            let (p, mut con) = (pipe.clone(), inner.con());
+            async move { p.query_async::<()>(&mut con).await }
+        },
+        lease,
+    )
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_results_round_trip() {
+        let scores = vec![vec![-1.5, -0.25], vec![], vec![f32::MIN]];
+        assert_eq!(decode_chunk(&encode_chunk(&Ok(scores.clone()))).unwrap(), scores);
+        let failed = decode_chunk(&encode_chunk(&Err(Error::Model("boom".into()))));
+        assert!(failed.unwrap_err().to_string().contains("boom"));
+        assert!(decode_chunk(&[0, 9, 0, 0, 0, 1]).is_err());
+    }
+
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert_eq!(redact("redis://:secret@host:6379/0"), "redis://***@host:6379/0");
+        assert_eq!(redact("redis://host:6379"), "redis://host:6379");
+    }
+}

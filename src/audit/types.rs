@@ -1,0 +1,140 @@
+//! The audit request and result: one schema for the CLI and the HTTP API.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::request::{AttrTarget, AttributeResponse, Baseline, BaselineSampling, Method};
+
+/// A template over a grid of values (the product of the `sweep` lists), scored for every
+/// target, optionally averaged over contexts and attributed per cell.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditRequest {
+    /// Template with named placeholders, as for attributions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// Values of the placeholders. Optional for swept placeholders, and for averaged ones
+    /// under `contexts: "average"` (their first baseline stands in).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::request::unique_values"
+    )]
+    pub values: Option<BTreeMap<String, String>>,
+    /// Placeholder -> the values it takes; the grid is the product of these lists, in the
+    /// order the placeholders appear in the template.
+    #[serde(deserialize_with = "unique_sweep")]
+    pub sweep: BTreeMap<String, Vec<String>>,
+    /// Continuations scored in every cell (at least one). The summary contrasts the first two.
+    pub targets: Vec<String>,
+    /// Baselines of placeholders that are not swept: the contexts averaged over with
+    /// `contexts: "average"`, and the attribution baselines of those placeholders.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::request::unique_baselines"
+    )]
+    pub baselines: Option<BTreeMap<String, Baseline>>,
+    #[serde(default)]
+    pub contexts: Contexts,
+    /// Attribute every cell with this method as well (target: `targets[0]`, contrasted with
+    /// `targets[1]` when there is one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<Method>,
+    #[serde(default)]
+    pub attr_target: AttrTarget,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_samples: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_trials: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_sampling: Option<BaselineSampling>,
+}
+
+fn unique_sweep<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Vec<String>>, D::Error> {
+    crate::request::unique_keys(d, "sweep").map(Option::unwrap_or_default)
+}
+
+/// `single`: every cell is one prompt (the other placeholders at their values). `average`:
+/// every cell is the mean over the product of the other placeholders' baselines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Contexts {
+    #[default]
+    Single,
+    Average,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditResult {
+    pub model: String,
+    pub targets: Vec<String>,
+    /// Swept placeholders, in template order; cells run through them row-major (the last
+    /// changes fastest).
+    pub swept: Vec<String>,
+    pub contexts: Contexts,
+    /// Prompts averaged in each cell (1 for `single`).
+    pub n_contexts: usize,
+    /// Each target's tokens as a person reads them.
+    pub target_tokens: BTreeMap<String, Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<Method>,
+    pub cells: Vec<AuditCell>,
+    /// Per swept placeholder, one row per value in sweep order.
+    pub summary: BTreeMap<String, Vec<SummaryRow>>,
+    pub stats: AuditStats,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditCell {
+    /// The swept placeholders' values.
+    pub values: BTreeMap<String, String>,
+    /// log p of each whole target (mean over contexts).
+    pub log_prob: BTreeMap<String, f64>,
+    /// log p of each target token (mean over contexts).
+    pub token_log_probs: BTreeMap<String, Vec<f64>>,
+    /// log p(targets[0]) - log p(targets[1]); absent with one target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contrast: Option<f64>,
+    /// Standard error of `log_prob` across contexts (`contexts: "average"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_prob_stderr: Option<BTreeMap<String, f64>>,
+    /// The cell's attribution, when the request names a method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attribution: Option<Box<AttributeResponse>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SummaryRow {
+    pub value: String,
+    /// Mean log p of each target over the prompts with this value (the other swept
+    /// placeholders' values and the contexts).
+    pub mean_log_prob: BTreeMap<String, f64>,
+    /// Mean of log p(targets[0]) - log p(targets[1]); null with one target.
+    pub contrast: Option<f64>,
+    /// 95% Student-t intervals of the means, when more than one prompt is averaged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ci: Option<BTreeMap<String, [f64; 2]>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contrast_ci: Option<[f64; 2]>,
+    /// 1 = highest contrast (or highest mean log p of the only target).
+    pub rank: usize,
+    /// Contrast (or mean log p) minus that of the rank-1 value: zero or negative.
+    pub gap: f64,
+    /// Prompts averaged.
+    pub n: usize,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct AuditStats {
+    pub cells: usize,
+    /// Distinct sequences (prompt + target) scored, attributions included.
+    pub distinct_sequences: usize,
+    /// Tokens fed to the model.
+    pub tokens: usize,
+    pub seconds: f64,
+}
