@@ -38,8 +38,5 @@ USER 65532:65532
 # with `docker run --health-start-period=600s` (podman: the same flag) on a slow link.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=180s --retries=3 \
     CMD ["/usr/local/bin/llm-attr", "probe", "--path", "/ready"]
-# SIGTERM starts a graceful shutdown (see --shutdown-grace); give `docker stop` / `podman stop`
-# at least the grace plus a few seconds (`--stop-timeout` / `-t`).
-STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/llm-attr"]
 CMD ["serve"]

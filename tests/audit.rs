@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use fake::{go, t1, Fake, T1};
 use llm_attr::audit::{self, AuditRequest, AuditResult, Contexts};
 use llm_attr::model::ScoreItem;
-use llm_attr::request::{AttrTarget, AttributeRequest, Baseline, Method};
+use llm_attr::request::{AttrTarget, AttributeRequest, Baseline, ChatMessage, Method, Role};
 use llm_attr::run::{plan, Limits};
 use llm_attr::Error;
 
@@ -107,6 +107,64 @@ fn every_cell_equals_its_request_run_alone() {
         assert_eq!(a.token_attr, one.token_attr);
         assert_eq!(a.contrast_log_probs, one.contrast_log_probs);
     }
+}
+
+/// A plain chat template, given in the request (the fake's tokenizer has none).
+const CHAT: &str = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}\
+{% if add_generation_prompt %}<|assistant|>{% endif %}";
+
+fn chat_messages() -> Vec<ChatMessage> {
+    vec![
+        ChatMessage {
+            role: Role::System,
+            content: "You screen job applications for {country}.".into(),
+        },
+        ChatMessage {
+            role: Role::User,
+            content: "{name} applied for a job as a {job}. Decide.".into(),
+        },
+    ]
+}
+
+#[test]
+fn a_chat_audit_cell_equals_its_chat_request_run_alone() {
+    let mut req = hiring();
+    req.template = None;
+    req.messages = Some(chat_messages());
+    req.chat_template = Some(CHAT.into());
+    req.method = Some(Method::FeatureAblation);
+    let r = audit(&Fake::new(), &req).unwrap();
+    assert_eq!(
+        r.swept,
+        ["country", "name"],
+        "order of first appearance in the messages"
+    );
+    assert_eq!(r.cells.len(), 6);
+    for cell in &r.cells {
+        let mut v = cell.values.clone();
+        v.insert("job".into(), "janitor".into());
+        let own = AttributeRequest {
+            messages: Some(chat_messages()),
+            chat_template: Some(CHAT.into()),
+            values: Some(v),
+            target: Some(" hire".into()),
+            method: Method::FeatureAblation,
+            ..Default::default()
+        };
+        let one = go(&Fake::new(), &own).unwrap();
+        assert_eq!(
+            cell.token_log_probs[" hire"], one.target_log_probs,
+            "{:?}",
+            cell.values
+        );
+        assert!(cell.attribution.is_some());
+    }
+    // Both inputs at once, or neither, name the field.
+    req.template = Some(T1.into());
+    expect(audit(&Fake::new(), &req).unwrap_err(), "messages", "not both");
+    req.template = None;
+    req.messages = None;
+    expect(audit(&Fake::new(), &req).unwrap_err(), "template", "messages");
 }
 
 #[test]

@@ -174,16 +174,25 @@ impl Replica {
             .map_or(0, |r| r.status().as_u16())
     }
 
-    fn post_job(&self, request: &Value) -> String {
-        let res = http().post(self.url("/v1/jobs")).json(request).send().unwrap();
+    /// POSTs a job to `base` (`/v1/jobs` or `/v1/audits`); its id.
+    fn post_to(&self, base: &str, request: &Value) -> String {
+        let res = http().post(self.url(base)).json(request).send().unwrap();
         assert_eq!(res.status(), 202, "{}: {}", self.name, res.text().unwrap());
         res.json::<Value>().unwrap()["id"].as_str().unwrap().to_string()
     }
 
-    fn job(&self, id: &str) -> Value {
-        let res = http().get(self.url(&format!("/v1/jobs/{id}"))).send().unwrap();
-        assert_eq!(res.status(), 200, "{} GET job {id}", self.name);
+    fn post_job(&self, request: &Value) -> String {
+        self.post_to("/v1/jobs", request)
+    }
+
+    fn get_from(&self, base: &str, id: &str) -> Value {
+        let res = http().get(self.url(&format!("{base}/{id}"))).send().unwrap();
+        assert_eq!(res.status(), 200, "{} GET {base}/{id}", self.name);
         res.json().unwrap()
+    }
+
+    fn job(&self, id: &str) -> Value {
+        self.get_from("/v1/jobs", id)
     }
 
     fn metrics(&self) -> String {
@@ -267,14 +276,27 @@ fn essence(result: &Value) -> Value {
 }
 
 fn wait_done(r: &Replica, id: &str) -> Value {
+    wait_done_at(r, "/v1/jobs", id)
+}
+
+fn wait_done_at(r: &Replica, base: &str, id: &str) -> Value {
     wait_for(
-        &format!("job {id} to end (on {})", r.name),
+        &format!("{base}/{id} to end (on {})", r.name),
         Duration::from_secs(90),
         || {
-            let j = r.job(id);
+            let j = r.get_from(base, id);
             (j["state"] != "queued" && j["state"] != "running").then_some(j)
         },
     )
+}
+
+/// A 3 x 2 grid, two targets: 12 sequences.
+fn audit_request() -> Value {
+    json!({
+        "template": "{name} from {country} applied for the job and was",
+        "sweep": {"name": ["Georg", "Ahmed", "Emily"], "country": ["Germany", "Togo"]},
+        "targets": [" hired", " rejected"],
+    })
 }
 
 /// The results one replica on its own computes, for comparison.
@@ -386,6 +408,23 @@ fn replicas_share_jobs_survive_kill_and_stop_and_cancel_anywhere() {
     assert!(hits(&a) + hits(&b) > 0.0);
     assert!(
         b.metric("llm_attr_score_cache_hit_ratio") > 0.0 || a.metric("llm_attr_score_cache_hit_ratio") > 0.0
+    );
+
+    // Audits are jobs too: one posted to B is read on A, and the same audit again, on A,
+    // scores nothing new.
+    let first = b.post_to("/v1/audits", &audit_request());
+    let first = wait_done_at(&a, "/v1/audits", &first);
+    assert_eq!(first["state"], "done", "{first}");
+    assert_eq!(first["kind"], "audit");
+    assert_eq!(first["result"]["cells"].as_array().unwrap().len(), 6);
+    let before = scored(&a) + scored(&b);
+    let again = a.post_to("/v1/audits", &audit_request());
+    let again = wait_done_at(&b, "/v1/audits", &again);
+    assert_eq!(again["result"]["cells"], first["result"]["cells"]);
+    assert_eq!(
+        scored(&a) + scored(&b),
+        before,
+        "a repeated audit scores nothing new"
     );
 
     // DELETE on the replica that does not run a job stops it where it runs.

@@ -7,7 +7,6 @@
 //! where the model has a chat template, shows an invalid template's error next to the field (in
 //! characters), keeps the heatmap's legend whole at a phone's width, and checks that no request
 //! left 127.0.0.1. Screenshots go to tests/artifacts/ (1400x1000 and 390x844).
-//! Parts whose endpoint the server does not offer (404/405) are skipped with a message.
 //! Skips (with a message) only when chromedriver is not installed.
 
 use std::net::TcpListener;
@@ -325,23 +324,20 @@ fn http() -> reqwest::blocking::Client {
         .unwrap()
 }
 
-/// POSTs `body`; None when the server has no such endpoint (404/405), else (status, JSON).
-fn post(base: &str, path: &str, body: &Value) -> Option<(u16, Value)> {
+/// POSTs `body`; (status, JSON).
+fn post(base: &str, path: &str, body: &Value) -> (u16, Value) {
     let res = http()
         .post(format!("{base}{path}"))
         .json(body)
         .send()
         .unwrap_or_else(|e| panic!("POST {path}: {e}"));
     let status = res.status().as_u16();
-    if status == 404 || status == 405 {
-        return None;
-    }
-    Some((status, res.json().unwrap_or(Value::Null)))
+    (status, res.json().unwrap_or(Value::Null))
 }
 
 /// Runs an audit straight through the API (POST, then polls the job) and returns its result.
 fn audit_direct(base: &str, body: &Value) -> Value {
-    let (status, job) = post(base, "/v1/audits", body).expect("POST /v1/audits");
+    let (status, job) = post(base, "/v1/audits", body);
     assert_eq!(status, 202, "POST /v1/audits: {job}");
     let id = job["id"].as_str().expect("job id").to_string();
     let start = Instant::now();
@@ -422,13 +418,10 @@ fn check_leading_space(d: &Driver) {
     );
 }
 
-/// The cost preview shows the server's plan for the form's request. False when there is no /v1/plan.
-fn check_cost_preview(d: &Driver, base: &str) -> bool {
+/// The cost preview shows the server's plan for the form's request.
+fn check_cost_preview(d: &Driver, base: &str) {
     let request = d.js("return buildRequest()", json!([]));
-    let Some((status, plan)) = post(base, "/v1/plan", &request) else {
-        eprintln!("skipping the cost preview check: the server has no POST /v1/plan yet");
-        return false;
-    };
+    let (status, plan) = post(base, "/v1/plan", &request);
     assert_eq!(status, 200, "POST /v1/plan: {plan}");
     let shown = d.wait(
         "document.querySelector('#plan').dataset.plan",
@@ -454,7 +447,6 @@ fn check_cost_preview(d: &Driver, base: &str) -> bool {
             .contains(&format!("{prompts} distinct prompts")),
         "the preview says how many prompts: {text}"
     );
-    true
 }
 
 /// Editing an input marks the result out of date; undoing the edit makes it current again.
@@ -519,13 +511,8 @@ fn assert_rows_match(rows: &[Value], api: &Value, placeholder: &str) {
 }
 
 /// Audits: one placeholder (sorted rows named by both targets), averaged over contexts (intervals),
-/// two placeholders (a grid). False when the server has no /v1/audits.
-fn check_audits(d: &Driver, base: &str, root: &Path) -> bool {
-    let probe = post(base, "/v1/audits", &json!({}));
-    if probe.is_none() {
-        eprintln!("skipping the audit checks: the server has no POST /v1/audits yet");
-        return false;
-    }
+/// two placeholders (a grid).
+fn check_audits(d: &Driver, base: &str, root: &Path) {
     d.type_into("#audit-targets", " hire\n reject");
     let audit = d.js("return buildAudit()", json!([]));
     assert_eq!(
@@ -617,7 +604,6 @@ fn check_audits(d: &Driver, base: &str, root: &Path) -> bool {
     // Back to one placeholder, for the link.
     d.set("#audit-ph2", "");
     run_page_audit(d, "name");
-    true
 }
 
 /// Chat mode where the model has a chat template: messages instead of a template, run as a job.
@@ -755,7 +741,7 @@ fn web_page_runs_t1_in_a_real_browser() {
         "one row per placeholder of t1"
     );
     check_leading_space(d);
-    let has_plan = check_cost_preview(d, &base);
+    check_cost_preview(d, &base);
     let request = d.js("return buildRequest()", json!([]));
     assert_eq!(request["method"], "shapley_values");
     assert_eq!(request["values"]["name"], "Georg");
@@ -911,12 +897,10 @@ fn web_page_runs_t1_in_a_real_browser() {
             "the facts line says {part}: {provenance}"
         );
     }
-    if has_plan {
-        assert!(
-            d.text("#progress-text").starts_with("Done"),
-            "the run ended with its summary"
-        );
-    }
+    assert!(
+        d.text("#progress-text").starts_with("Done"),
+        "the run ended with its summary"
+    );
 
     d.js("window.scrollTo(0, 0)", json!([]));
     let shot = root.join("tests/artifacts/web-t1.png");
@@ -944,14 +928,12 @@ fn web_page_runs_t1_in_a_real_browser() {
     );
 
     check_stale(d);
-    let has_audits = check_audits(d, &base, root);
-    if has_audits {
-        d.wait(
-            "location.hash.includes('rerun=1')",
-            Duration::from_secs(5),
-            "the link to hold the audit",
-        );
-    }
+    check_audits(d, &base, root);
+    d.wait(
+        "location.hash.includes('rerun=1')",
+        Duration::from_secs(5),
+        "the link to hold the audit",
+    );
 
     // The link holds the probe: opening it restores the form and the job's result.
     d.wait(
@@ -979,21 +961,19 @@ fn web_page_runs_t1_in_a_real_browser() {
         json!([]),
     );
     assert_eq!(restored, json!(tokens * features), "the link restores the result");
-    if has_audits {
-        // The link restores the audit and runs it again.
-        let rows = d.wait(
-            "document.querySelectorAll('#audit-chart .audit-row').length",
-            Duration::from_secs(SLOW),
-            "the shared link to re-run the audit",
-        );
-        assert_eq!(rows, json!(5), "the link re-runs the audit");
-        let audit = d.js("return buildAudit()", json!([]));
-        assert_eq!(
-            audit["targets"],
-            json!([" hire", " reject"]),
-            "the link restores the audit"
-        );
-    }
+    // The link restores the audit and runs it again.
+    let rows = d.wait(
+        "document.querySelectorAll('#audit-chart .audit-row').length",
+        Duration::from_secs(SLOW),
+        "the shared link to re-run the audit",
+    );
+    assert_eq!(rows, json!(5), "the link re-runs the audit");
+    let audit = d.js("return buildAudit()", json!([]));
+    assert_eq!(
+        audit["targets"],
+        json!([" hire", " reject"]),
+        "the link restores the audit"
+    );
     check_mobile(d, root);
 
     // An invalid template: the server's message next to the template field, the page intact.

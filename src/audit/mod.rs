@@ -77,17 +77,35 @@ fn check_targets(targets: &[String], tokenizer: &Tokenizer) -> Result<Vec<Vec<u3
     Ok(out)
 }
 
-/// Placeholder names of the template, in order of first appearance.
+/// Placeholder names of the template (or of the messages' contents), in order of first
+/// appearance.
 fn placeholders(request: &AuditRequest) -> Result<Vec<String>> {
-    let template = request
-        .template
-        .as_deref()
-        .ok_or_else(|| Error::invalid("template", "missing input: give `template` with `values`"))?;
-    let pieces = crate::input::template::parse(template)?;
-    Ok(crate::input::template::names(&pieces)
-        .into_iter()
-        .map(str::to_string)
-        .collect())
+    let texts: Vec<&str> = match (&request.template, &request.messages) {
+        (Some(t), None) => vec![t.as_str()],
+        (None, Some(m)) => m.iter().map(|m| m.content.as_str()).collect(),
+        (Some(_), Some(_)) => {
+            return Err(Error::invalid(
+                "messages",
+                "give either `messages` or `template`, not both",
+            ))
+        }
+        (None, None) => {
+            return Err(Error::invalid(
+                "template",
+                "missing input: give `template` or `messages`, with `values`",
+            ))
+        }
+    };
+    let mut names: Vec<String> = Vec::new();
+    for text in texts {
+        let pieces = crate::input::template::parse(text)?;
+        for name in crate::input::template::names(&pieces) {
+            if !names.iter().any(|n| n == name) {
+                names.push(name.to_string());
+            }
+        }
+    }
+    Ok(names)
 }
 
 fn check_sweep(request: &AuditRequest, names: &[String]) -> Result<()> {
@@ -137,6 +155,17 @@ fn check_sweep(request: &AuditRequest, names: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// An attribute request with the audit's input (template or chat) and nothing else.
+fn input_of(request: &AuditRequest) -> AttributeRequest {
+    AttributeRequest {
+        template: request.template.clone(),
+        messages: request.messages.clone(),
+        add_generation_prompt: request.add_generation_prompt,
+        chat_template: request.chat_template.clone(),
+        ..Default::default()
+    }
+}
+
 fn first_baseline(b: &Baseline) -> Option<&String> {
     match b {
         Baseline::One(s) => Some(s),
@@ -168,10 +197,9 @@ impl<'r> Grid<'r> {
             baselines.insert(name.clone(), Baseline::List(list.clone()));
         }
         let whole = AttributeRequest {
-            template: request.template.clone(),
             values: Some(values.clone()),
             baselines: Some(baselines),
-            ..Default::default()
+            ..input_of(request)
         };
         let input = Input::from_request(&whole, tokenizer)?;
         let slot_name = |s: usize| input.features[input.slots[s].feature].placeholders[0].clone();
@@ -297,7 +325,7 @@ impl<'r> Grid<'r> {
                 run::check_sequence(
                     &item,
                     limits.max_tokens_per_sequence.min(context_length),
-                    "template",
+                    self.input.features_field(),
                 )?;
                 items.push(item);
             }
@@ -328,7 +356,6 @@ impl<'r> Grid<'r> {
             );
         }
         Some(AttributeRequest {
-            template: r.template.clone(),
             values: Some(values),
             baselines: Some(baselines),
             target: r.targets.first().cloned(),
@@ -339,7 +366,7 @@ impl<'r> Grid<'r> {
             num_trials: r.num_trials,
             seed: r.seed,
             baseline_sampling: r.baseline_sampling,
-            ..Default::default()
+            ..input_of(r)
         })
     }
 

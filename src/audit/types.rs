@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::request::{AttrTarget, AttributeResponse, Baseline, BaselineSampling, Method};
+use crate::request::{AttrTarget, AttributeResponse, Baseline, BaselineSampling, ChatMessage, Method};
 
 /// A template over a grid of values (the product of the `sweep` lists), scored for every
 /// target, optionally averaged over contexts and attributed per cell.
@@ -15,6 +15,16 @@ pub struct AuditRequest {
     /// Template with named placeholders, as for attributions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
+    /// Chat input instead of `template`: `{role, content}` messages whose contents hold the
+    /// placeholders, rendered with the model's chat template, as for attributions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Vec<ChatMessage>>,
+    /// Chat input: end the prompt with the assistant's turn header (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub add_generation_prompt: Option<bool>,
+    /// Chat input: a Jinja chat template to use instead of the model's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template: Option<String>,
     /// Values of the placeholders. Optional for swept placeholders, and for averaged ones
     /// under `contexts: "average"` (their first baseline stands in).
     #[serde(
