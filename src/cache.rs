@@ -276,11 +276,7 @@ impl Scorer for CachedScorer {
         self.inner.is_cancelled()
     }
 
-    fn gradients(
-        &self,
-        job: GradientJob,
-        progress: &(dyn Fn(usize, usize) + Sync),
-    ) -> Result<Vec<Vec<f64>>> {
+    fn gradients(&self, job: GradientJob, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<Vec<Vec<f64>>> {
         self.inner.gradients(job, progress)
     }
 }

@@ -229,6 +229,15 @@ fn gradient_errors_name_the_field() {
     r.n_steps = Some(1);
     r.integration = Some(Integration::RiemannMiddle);
     expect(&r, "n_steps", "at least 2");
+    r.integration = None;
+    r.n_steps = Some(20);
+    let few = Limits {
+        max_sequences: 10,
+        ..Limits::default()
+    };
+    let e = run(&r, m.as_ref(), &few, &|_| {}).unwrap_err();
+    assert_eq!(e.field(), Some("n_steps"), "{e}");
+    assert!(e.to_string().contains("20 gradients"), "{e}");
     let mut r = text(Method::GradientXInput);
     r.n_steps = Some(10);
     expect(&r, "n_steps", "only for integrated_gradients");

@@ -106,11 +106,7 @@ impl Scorer for SharedScores<'_> {
         self.inner.generate(prompt, max_new_tokens)
     }
 
-    fn gradients(
-        &self,
-        job: GradientJob,
-        progress: &(dyn Fn(usize, usize) + Sync),
-    ) -> Result<Vec<Vec<f64>>> {
+    fn gradients(&self, job: GradientJob, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<Vec<Vec<f64>>> {
         self.inner.gradients(job, progress)
     }
 }

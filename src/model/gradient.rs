@@ -47,7 +47,7 @@ impl GradientJob {
         ids
     }
 
-    /// Fails on a job that cannot run; `field` names the request field behind it.
+    /// Fails on a job of the wrong shape (the run layer builds jobs from checked requests).
     pub fn check(&self) -> Result<()> {
         if self.alphas.is_empty() || self.alphas.len() != self.weights.len() {
             return Err(Error::Internal("a gradient job needs one weight per step".into()));

@@ -49,6 +49,20 @@ pub(super) fn run(
     let tokenizer = scorer.tokenizer();
     let prompt = tokens.ids.clone();
     let (target_ids, generated) = resolve_target(request, &input, &prompt, scorer, limits)?;
+    // One backward pass per target token and step: bounded like the perturbation methods'
+    // sequences.
+    let gradients = n_steps.saturating_mul(target_ids.len());
+    if gradients > limits.max_sequences {
+        return Err(Error::too_large(
+            if facts.integrates { "n_steps" } else { "target" },
+            format!(
+                "{n_steps} steps for {} target tokens need {gradients} gradients, more than the \
+                 limit of {} (--max-sequences); use fewer steps or a shorter target",
+                target_ids.len(),
+                limits.max_sequences
+            ),
+        ));
+    }
 
     // Integrated gradients start from the prompt with every feature token replaced by the
     // baseline token; gradient × input from the zero embedding.
@@ -160,7 +174,10 @@ fn no_sampling_fields(request: &AttributeRequest) -> Result<()> {
     if request.contrast_target.is_some() {
         return Err(Error::invalid(
             "contrast_target",
-            format!("not yet with {}; use a perturbation method", request.method.name()),
+            format!(
+                "not yet with {}; use a perturbation method",
+                request.method.name()
+            ),
         ));
     }
     for (field, given) in [

@@ -83,11 +83,7 @@ impl Scorer for DryScorer<'_> {
         Ok(vec![filler; max_new_tokens])
     }
 
-    fn gradients(
-        &self,
-        job: GradientJob,
-        progress: &(dyn Fn(usize, usize) + Sync),
-    ) -> Result<Vec<Vec<f64>>> {
+    fn gradients(&self, job: GradientJob, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<Vec<Vec<f64>>> {
         let _ = progress;
         Ok(vec![vec![0.0; job.prompt.len()]; job.target.len()])
     }
