@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use sha2::{Digest, Sha256};
 
 use crate::error::Result;
-use crate::model::{Model, ModelInfo, ScoreItem, Tokenizer};
+use crate::model::{GradientJob, Model, ModelInfo, ScoreItem, Tokenizer};
 use crate::scorer::Scorer;
 
 /// A store shared between replicas: binary keys to binary values. Failures are misses: the
@@ -274,6 +274,10 @@ impl Scorer for CachedScorer {
 
     fn is_cancelled(&self) -> bool {
         self.inner.is_cancelled()
+    }
+
+    fn gradients(&self, job: GradientJob, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<Vec<Vec<f64>>> {
+        self.inner.gradients(job, progress)
     }
 }
 

@@ -90,6 +90,13 @@ pub struct AttributeRequest {
     /// 4096 distinct sequences for the request), else sample.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline_sampling: Option<BaselineSampling>,
+    /// integrated_gradients: points of the path integral from the baseline to the input
+    /// (default 50, Captum's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_steps: Option<usize>,
+    /// integrated_gradients: the quadrature rule (default `gausslegendre`, Captum's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub integration: Option<Integration>,
 }
 
 /// A JSON object into a map, refusing duplicate keys (serde would keep the last silently).
@@ -196,6 +203,24 @@ pub enum Method {
     Lime,
     #[serde(alias = "kernel")]
     KernelShap,
+    /// Captum's LayerIntegratedGradients on the input embeddings (token input).
+    #[serde(alias = "ig")]
+    IntegratedGradients,
+    /// Captum's LayerGradientXActivation on the input embeddings (token input).
+    #[serde(alias = "gxi")]
+    GradientXInput,
+}
+
+/// How integrated_gradients approximates its path integral (Captum's `method`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Integration {
+    #[default]
+    Gausslegendre,
+    RiemannTrapezoid,
+    RiemannLeft,
+    RiemannRight,
+    RiemannMiddle,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -289,5 +314,9 @@ pub struct AttributeResponse {
     pub seq_attr_stderr: Option<Vec<f64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_attr_stderr: Option<Vec<Vec<f64>>>,
+    /// integrated_gradients: per output token, the row's sum minus f(input) - f(baseline)
+    /// (Captum's convergence delta; small when the integral is well approximated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub convergence_delta: Option<Vec<f64>>,
     pub stats: Stats,
 }

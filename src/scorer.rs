@@ -2,8 +2,8 @@
 //! generated target. `Model` answers directly (CLI); the engine answers through its queue (HTTP).
 //! Nothing here hands out a `Model`, so a remote or GPU scorer need not hold one.
 
-use crate::error::Result;
-use crate::model::{Model, ModelInfo, ScoreItem, Tokenizer};
+use crate::error::{Error, Result};
+use crate::model::{GradientJob, Model, ModelInfo, ScoreItem, Tokenizer};
 
 /// Default padded-token budget of one forward pass on the CPU (see `model::device::tuning`).
 pub const DEFAULT_TOKEN_BUDGET: usize = 2048;
@@ -23,11 +23,26 @@ pub trait Scorer: Send + Sync {
         -> Result<Vec<Vec<f32>>>;
     /// Greedy continuation of `prompt`.
     fn generate(&self, prompt: &[u32], max_new_tokens: usize) -> Result<Vec<u32>>;
+    /// The gradient methods' numbers (see [`GradientJob`]): `attr[k][p]` per target token k
+    /// and prompt position p. `progress(done, total)` counts interpolation steps. A scorer
+    /// without a differentiable model refuses.
+    fn gradients(&self, job: GradientJob, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<Vec<Vec<f64>>> {
+        let _ = (job, progress);
+        Err(no_gradients())
+    }
     /// True once the caller gave up (client gone, job deleted, timeout): work that builds
     /// prompts looks here often and stops with `Error::Cancelled`.
     fn is_cancelled(&self) -> bool {
         false
     }
+}
+
+/// What a scorer without gradients answers.
+pub fn no_gradients() -> Error {
+    Error::invalid(
+        "method",
+        "this model cannot compute gradients here; use a perturbation method",
+    )
 }
 
 impl Scorer for Model {
@@ -55,5 +70,12 @@ impl Scorer for Model {
 
     fn generate(&self, prompt: &[u32], max_new_tokens: usize) -> Result<Vec<u32>> {
         Model::generate(self, prompt, max_new_tokens)
+    }
+
+    fn gradients(&self, job: GradientJob, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<Vec<Vec<f64>>> {
+        Model::gradients(self, &job, &mut |done, total| {
+            progress(done, total);
+            Ok(())
+        })
     }
 }

@@ -44,6 +44,8 @@ export const METHOD_NAMES = {
   shapley_value_sampling: "Shapley value sampling",
   lime: "LIME",
   kernel_shap: "Kernel SHAP",
+  integrated_gradients: "Integrated gradients",
+  gradient_x_input: "Gradient × input",
 };
 
 /** White outline behind text that may cross grid lines. */

@@ -21,6 +21,12 @@ export function setMode(mode) {
   $("#placeholder-box").hidden = mode === "tokens";
   $("#generate-row").hidden = mode === "chat";
   if (mode === "tokens") tokenizeSoon();
+  // Gradient methods take token input only.
+  for (const label of $$("[data-tokens-only]")) label.hidden = mode !== "tokens";
+  if (mode !== "tokens" && METHODS[method()]?.gradient) {
+    $("input[name=method][value=shapley_values]").checked = true;
+    updateMethodFields();
+  }
   onInputChanged();
 }
 
@@ -33,7 +39,7 @@ export function switchMode(mode) {
   }
   if (mode === "chat" && $("#user").value === "" && from === "template") $("#user").value = $("#template").value;
   setMode(mode);
-  if (mode === "tokens" && !METHODS[method()].sampled) {
+  if (mode === "tokens" && !METHODS[method()].sampled && !METHODS[method()].gradient) {
     // Every token is a feature: exact Shapley values would need 2^tokens prompts.
     $("input[name=method][value=shapley_value_sampling]").checked = true;
     updateMethodFields();
@@ -187,6 +193,7 @@ export function updateMethodFields() {
   const m = METHODS[method()];
   const ns = $("#n_samples");
   ns.disabled = !m.sampled;
+  $("#baseline_sampling").disabled = Boolean(m.gradient);
   ns.placeholder = m.sampled ? String(m.samples) : "not used";
   const trials = $("#num_trials");
   trials.disabled = !repeatsUseful();
@@ -196,7 +203,14 @@ export function updateMethodFields() {
     : "Run the method this many times and average; gives standard errors.";
 }
 
-const METHOD_ALIASES = { fa: "feature_ablation", sv: "shapley_values", svs: "shapley_value_sampling", kernel: "kernel_shap" };
+const METHOD_ALIASES = {
+  fa: "feature_ablation",
+  sv: "shapley_values",
+  svs: "shapley_value_sampling",
+  kernel: "kernel_shap",
+  ig: "integrated_gradients",
+  gxi: "gradient_x_input",
+};
 
 /** Puts a request (from a link or a job) back into the form. */
 export function applyRequest(req) {

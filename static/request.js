@@ -5,13 +5,16 @@ import { $, lines } from "./dom.js";
 import { state, rowFor } from "./state.js";
 import { parseTemplate, renderTemplate } from "./template.js";
 
-/** What the page knows of each method: sampling or exact, and its default sample count. */
+/** What the page knows of each method: sampling or exact, its default sample count, and whether
+ * it works from the model's gradients (token input only, no baselines to sample). */
 export const METHODS = {
   feature_ablation: { sampled: false },
   shapley_values: { sampled: false },
   shapley_value_sampling: { sampled: true, samples: 25 },
   lime: { sampled: true, samples: 50 },
   kernel_shap: { sampled: true, samples: 25 },
+  integrated_gradients: { sampled: false, gradient: true },
+  gradient_x_input: { sampled: false, gradient: true },
 };
 
 export function method() {
@@ -32,7 +35,8 @@ export function targetText() {
 
 /** Repeats only help where a run can differ: sampling methods, or baselines drawn at random. */
 export function repeatsUseful() {
-  return METHODS[method()]?.sampled || $("#baseline_sampling").value === "sample";
+  const m = METHODS[method()];
+  return m?.sampled || (!m?.gradient && $("#baseline_sampling").value === "sample");
 }
 
 /** The chat messages the editors hold (an empty system message is left out). */
@@ -101,7 +105,7 @@ export function buildRequest() {
   req.attr_target = $("#attr_target").value;
   if (METHODS[req.method]?.sampled && intField("n_samples") !== undefined) req.n_samples = intField("n_samples");
   if (intField("seed") !== undefined) req.seed = intField("seed");
-  if ($("#baseline_sampling").value) req.baseline_sampling = $("#baseline_sampling").value;
+  if (!METHODS[req.method]?.gradient && $("#baseline_sampling").value) req.baseline_sampling = $("#baseline_sampling").value;
   if (repeatsUseful() && intField("num_trials") !== undefined) req.num_trials = intField("num_trials");
   return req;
 }

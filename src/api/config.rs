@@ -177,6 +177,9 @@ pub struct ServeArgs {
     pub max_num_trials: usize,
     #[arg(long, env = "LLM_ATTR_MAX_NEW_TOKENS", default_value_t = Limits::default().max_new_tokens)]
     pub max_new_tokens: usize,
+    /// Interpolation steps of integrated_gradients (`n_steps`).
+    #[arg(long, env = "LLM_ATTR_MAX_N_STEPS", default_value_t = Limits::default().max_n_steps)]
+    pub max_n_steps: usize,
     /// Cells of one audit (the product of its sweep lists).
     #[arg(long, env = "LLM_ATTR_MAX_AUDIT_CELLS", default_value_t = Limits::default().max_audit_cells)]
     pub max_audit_cells: usize,
@@ -267,6 +270,7 @@ impl ServeArgs {
             max_n_samples: self.max_n_samples,
             max_num_trials: self.max_num_trials,
             max_new_tokens: self.max_new_tokens,
+            max_n_steps: self.max_n_steps,
             max_audit_cells: self.max_audit_cells,
         };
         c.max_body_bytes = self.max_body_bytes;

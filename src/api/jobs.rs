@@ -17,7 +17,7 @@ use super::AppState;
 use crate::audit::{self, AuditRequest, AuditResult};
 use crate::engine::CancelToken;
 use crate::error::{Error, ErrorDetail};
-use crate::model::{ModelInfo, ScoreItem, Tokenizer};
+use crate::model::{GradientJob, ModelInfo, ScoreItem, Tokenizer};
 use crate::request::{AttributeRequest, AttributeResponse};
 use crate::run::{Limits, Progress};
 use crate::scorer::Scorer;
@@ -350,6 +350,14 @@ impl Scorer for WaitForRoom {
 
     fn is_cancelled(&self) -> bool {
         self.cancel.is_cancelled() || self.inner.is_cancelled()
+    }
+
+    fn gradients(
+        &self,
+        job: GradientJob,
+        progress: &(dyn Fn(usize, usize) + Sync),
+    ) -> crate::Result<Vec<Vec<f64>>> {
+        self.retry(|| self.inner.gradients(job.clone(), progress))
     }
 }
 

@@ -200,6 +200,11 @@ impl Metrics {
                     "Greedy generations run.",
                     &st.generations,
                 ),
+                (
+                    "llm_attr_gradient_jobs_total",
+                    "Gradient attributions run (gradient methods).",
+                    &st.gradients,
+                ),
             ];
             for (name, help, c) in counters {
                 header(o, name, "counter", help);

@@ -18,6 +18,29 @@ pub struct MethodFacts {
     pub evaluations: fn(n_features: usize, n_samples: usize) -> usize,
     /// Most features the method takes whatever the limits, when it has such a cap.
     pub feature_cap: Option<FeatureCap>,
+    /// Gradient methods attribute through the model's gradients (`Scorer::gradients`) instead
+    /// of coalitions; `None` for the perturbation methods.
+    pub gradient: Option<GradientFacts>,
+    /// Which inputs the method takes.
+    pub inputs: Inputs,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct GradientFacts {
+    /// Integrates along a path from the baseline: takes `n_steps` and `integration`, and
+    /// reports convergence deltas.
+    pub integrates: bool,
+    /// `n_steps` when the request gives none (Captum's); 1 for a method that takes the
+    /// gradient at the input only.
+    pub default_n_steps: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inputs {
+    /// Template, chat and token input.
+    All,
+    /// Token input (`text`) only.
+    Tokens,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +60,14 @@ const EXACT_SHAPLEY_CAP: FeatureCap = FeatureCap {
 };
 
 impl Method {
+    /// The method's name in requests (`integrated_gradients`).
+    pub fn name(self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+
     /// The method's row of the table (Captum's defaults for the samples).
     pub fn facts(self) -> MethodFacts {
         match self {
@@ -45,12 +76,16 @@ impl Method {
                 default_n_samples: 1,
                 evaluations: |n, _| n.saturating_add(1),
                 feature_cap: None,
+                gradient: None,
+                inputs: Inputs::All,
             },
             Method::ShapleyValues => MethodFacts {
                 samples: false,
                 default_n_samples: 1,
                 evaluations: |n, _| 1usize.checked_shl(n as u32).unwrap_or(usize::MAX),
                 feature_cap: Some(EXACT_SHAPLEY_CAP),
+                gradient: None,
+                inputs: Inputs::All,
             },
             // n_samples permutations, each adding the features one by one to the empty
             // coalition.
@@ -59,18 +94,47 @@ impl Method {
                 default_n_samples: 25,
                 evaluations: |n, s| s.saturating_mul(n).saturating_add(1),
                 feature_cap: None,
+                gradient: None,
+                inputs: Inputs::All,
             },
             Method::Lime => MethodFacts {
                 samples: true,
                 default_n_samples: 50,
                 evaluations: |_, s| s,
                 feature_cap: None,
+                gradient: None,
+                inputs: Inputs::All,
             },
             Method::KernelShap => MethodFacts {
                 samples: true,
                 default_n_samples: 25,
                 evaluations: |_, s| s,
                 feature_cap: None,
+                gradient: None,
+                inputs: Inputs::All,
+            },
+            // One gradient per output token and step, summed over the embedding per token.
+            Method::IntegratedGradients => MethodFacts {
+                samples: false,
+                default_n_samples: 1,
+                evaluations: |_, _| 1,
+                feature_cap: None,
+                gradient: Some(GradientFacts {
+                    integrates: true,
+                    default_n_steps: 50,
+                }),
+                inputs: Inputs::Tokens,
+            },
+            Method::GradientXInput => MethodFacts {
+                samples: false,
+                default_n_samples: 1,
+                evaluations: |_, _| 1,
+                feature_cap: None,
+                gradient: Some(GradientFacts {
+                    integrates: false,
+                    default_n_steps: 1,
+                }),
+                inputs: Inputs::Tokens,
             },
         }
     }

@@ -5,6 +5,7 @@
 //! is a fixed linear map of these values (except LIME's Lasso, fitted per column), so sequence
 //! and per-token attributions come from the same evaluations.
 
+pub mod integration;
 pub mod linear;
 mod methods;
 mod shapley;
@@ -14,7 +15,7 @@ use rand::Rng;
 
 use crate::error::{Error, Result};
 use crate::request::Method;
-pub use methods::{FeatureCap, MethodFacts};
+pub use methods::{FeatureCap, GradientFacts, Inputs, MethodFacts};
 pub use shapley::{shapley_value_sampling, shapley_values};
 pub use surrogate::{kernel_shap, lime};
 
@@ -54,6 +55,10 @@ pub fn attribute(
         Method::ShapleyValueSampling => shapley_value_sampling(ev, n_samples, rng),
         Method::Lime => lime(ev, n_samples, rng),
         Method::KernelShap => kernel_shap(ev, n_samples, rng),
+        // Their numbers come from the model's gradients, below the scorer (src/run/gradient.rs).
+        Method::IntegratedGradients | Method::GradientXInput => {
+            Err(Error::Internal(format!("{method:?} takes no coalitions")))
+        }
     }
 }
 

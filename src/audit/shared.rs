@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use crate::error::{Error, Result};
-use crate::model::{ModelInfo, ScoreItem, Tokenizer};
+use crate::model::{GradientJob, ModelInfo, ScoreItem, Tokenizer};
 use crate::run::Progress;
 use crate::scorer::Scorer;
 
@@ -104,5 +104,9 @@ impl Scorer for SharedScores<'_> {
 
     fn generate(&self, prompt: &[u32], max_new_tokens: usize) -> Result<Vec<u32>> {
         self.inner.generate(prompt, max_new_tokens)
+    }
+
+    fn gradients(&self, job: GradientJob, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<Vec<Vec<f64>>> {
+        self.inner.gradients(job, progress)
     }
 }

@@ -17,8 +17,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::model::{Model, ModelInfo, ScoreItem, Tokenizer};
-use crate::scorer::Scorer;
+use crate::model::{GradientJob, Model, ModelInfo, ScoreItem, Tokenizer};
+use crate::scorer::{no_gradients, Scorer};
 use queue::{Queue, Queued};
 pub use stats::{Histogram, Stats};
 
@@ -36,6 +36,14 @@ pub trait Backend: Send + Sync + 'static {
     fn check(&self, _item: &ScoreItem, _field: &str) -> Result<()> {
         Ok(())
     }
+    /// The gradient methods' numbers ([`Scorer::gradients`]); `progress` fails to stop.
+    fn gradients(
+        &self,
+        _job: &GradientJob,
+        _progress: &mut dyn FnMut(usize, usize) -> Result<()>,
+    ) -> Result<Vec<Vec<f64>>> {
+        Err(no_gradients())
+    }
 }
 
 impl Backend for Model {
@@ -48,6 +56,13 @@ impl Backend for Model {
     }
     fn check(&self, item: &ScoreItem, field: &str) -> Result<()> {
         Model::check(self, item, field)
+    }
+    fn gradients(
+        &self,
+        job: &GradientJob,
+        progress: &mut dyn FnMut(usize, usize) -> Result<()>,
+    ) -> Result<Vec<Vec<f64>>> {
+        Model::gradients(self, job, progress)
     }
 }
 
@@ -142,31 +157,44 @@ enum Work {
         max_new_tokens: usize,
         reply: mpsc::Sender<Result<Vec<u32>>>,
     },
+    /// One gradient attribution: a whole turn of a worker, like a generation.
+    Gradient {
+        owner: u64,
+        cancel: CancelToken,
+        job: GradientJob,
+        reply: mpsc::Sender<GradientReply>,
+    },
+}
+
+/// What a gradient job sends back: progress as chunks finish, then its result.
+enum GradientReply {
+    Progress(usize, usize),
+    Done(Result<Vec<Vec<f64>>>),
 }
 
 impl Queued for Work {
     fn padded_len(&self) -> Option<usize> {
         match self {
             Work::Score { item, .. } => Some(item.input_len()),
-            Work::Generate { .. } => None,
+            Work::Generate { .. } | Work::Gradient { .. } => None,
         }
     }
     fn is_cancelled(&self) -> bool {
         match self {
             Work::Score { ticket, .. } => ticket.cancel.is_cancelled(),
-            Work::Generate { cancel, .. } => cancel.is_cancelled(),
+            Work::Generate { cancel, .. } | Work::Gradient { cancel, .. } => cancel.is_cancelled(),
         }
     }
     fn key(&self) -> Option<u64> {
         match self {
             Work::Score { key, .. } => Some(*key),
-            Work::Generate { .. } => None,
+            Work::Generate { .. } | Work::Gradient { .. } => None,
         }
     }
     fn owner(&self) -> u64 {
         match self {
             Work::Score { ticket, .. } => ticket.id,
-            Work::Generate { owner, .. } => *owner,
+            Work::Generate { owner, .. } | Work::Gradient { owner, .. } => *owner,
         }
     }
 }
@@ -296,6 +324,9 @@ fn fail_all(work: Vec<Work>, e: &Error) {
             Work::Generate { reply, .. } => {
                 let _ = reply.send(Err(e.clone()));
             }
+            Work::Gradient { reply, .. } => {
+                let _ = reply.send(GradientReply::Done(Err(e.clone())));
+            }
         }
     }
 }
@@ -336,6 +367,21 @@ fn run_batch<B: Backend>(s: &Shared<B>, batch: Vec<Work>) {
                 s.stats.generations.fetch_add(1, Ordering::Relaxed);
                 let out = catch(|| s.backend.generate(&prompt, max_new_tokens));
                 let _ = reply.send(out);
+            }
+            Work::Gradient {
+                cancel, job, reply, ..
+            } => {
+                s.stats.gradients.fetch_add(1, Ordering::Relaxed);
+                let out = catch(|| {
+                    s.backend.gradients(&job, &mut |done, total| {
+                        if cancel.is_cancelled() {
+                            return Err(Error::Cancelled);
+                        }
+                        let _ = reply.send(GradientReply::Progress(done, total));
+                        Ok(())
+                    })
+                });
+                let _ = reply.send(GradientReply::Done(out));
             }
             Work::Score {
                 ticket, index, item, ..
@@ -551,6 +597,39 @@ impl<B: Backend> Handle<B> {
         }
     }
 
+    /// A gradient attribution, run on a worker thread between batches; `progress(done,
+    /// total)` as its chunks of steps finish.
+    pub fn gradient_rows(
+        &self,
+        job: GradientJob,
+        progress: &(dyn Fn(usize, usize) + Sync),
+    ) -> Result<Vec<Vec<f64>>> {
+        if self.cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let (reply, rx) = mpsc::channel();
+        self.enqueue(vec![Work::Gradient {
+            owner: self.shared.next_ticket.fetch_add(1, Ordering::Relaxed),
+            cancel: self.cancel.clone(),
+            job,
+            reply,
+        }])?;
+        loop {
+            match rx.recv_timeout(POLL) {
+                Ok(GradientReply::Progress(done, total)) => progress(done, total),
+                Ok(GradientReply::Done(r)) => return r,
+                // A running job looks at the flag between chunks; a queued one is dropped by
+                // the batcher, which disconnects the channel.
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if self.cancel.is_cancelled() {
+                        return Err(Error::Cancelled);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Err(Error::Cancelled),
+            }
+        }
+    }
+
     fn enqueue(&self, work: Vec<Work>) -> Result<()> {
         let s = &*self.shared;
         {
@@ -571,7 +650,7 @@ impl<B: Backend> Handle<B> {
     fn purge(&self, ticket: u64) {
         let n = self.shared.lock().queue.remove_where(|w| match w {
             Work::Score { ticket: t, .. } => t.id == ticket,
-            Work::Generate { .. } => false,
+            Work::Generate { .. } | Work::Gradient { .. } => false,
         });
         self.shared.stats.skipped.fetch_add(n as u64, Ordering::Relaxed);
     }
@@ -606,6 +685,10 @@ impl<B: Backend + Scorer> Scorer for Handle<B> {
 
     fn generate(&self, prompt: &[u32], max_new_tokens: usize) -> Result<Vec<u32>> {
         self.generate_ids(prompt, max_new_tokens)
+    }
+
+    fn gradients(&self, job: GradientJob, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<Vec<Vec<f64>>> {
+        self.gradient_rows(job, progress)
     }
 }
 

@@ -100,6 +100,8 @@ pub struct Stats {
     /// Submissions refused because the queue was full.
     pub rejected: AtomicU64,
     pub generations: AtomicU64,
+    /// Gradient attributions run (gradient methods).
+    pub gradients: AtomicU64,
     /// Sequences per forward pass.
     pub batch_size: Histogram,
     /// Seconds per forward pass.
@@ -117,6 +119,7 @@ impl Stats {
             skipped: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             generations: AtomicU64::new(0),
+            gradients: AtomicU64::new(0),
             batch_size: Histogram::powers_of_two(token_budget.max(1)),
             batch_seconds: Histogram::seconds(),
         }

@@ -133,6 +133,14 @@ impl Input {
         }
     }
 
+    /// The token input behind this input, if it is one.
+    pub fn tokens(&self) -> Option<&tokens::TokenInput> {
+        match &self.kind {
+            Kind::Tokens(t) => Some(t),
+            Kind::Template { .. } => None,
+        }
+    }
+
     pub fn n_features(&self) -> usize {
         self.features.len()
     }

@@ -278,7 +278,7 @@ impl Decoder {
         let (heads, kv, hd, eps) = (c.heads, c.kv_heads, c.head_dim, c.eps as f32);
         let group = heads / kv;
         let h = k.rms_norm(x, &l.attn_norm, eps)?;
-        let mut qkv = h.matmul(&l.qkv)?;
+        let mut qkv = k.matmul(&h, &l.qkv)?;
         if let Some(bias) = &l.qkv_bias {
             qkv = k.bias_act(&qkv, bias, None)?;
         }
@@ -319,7 +319,7 @@ impl Decoder {
             Some(rows) => (x.index_select(rows, 0)?, y.index_select(rows, 0)?),
             None => (x.clone(), y),
         };
-        let mut o = y.matmul(&l.out)?;
+        let mut o = k.matmul(&y, &l.out)?;
         if let Some(bias) = &l.out_bias {
             o = k.bias_act(&o, bias, None)?;
         }
@@ -328,7 +328,7 @@ impl Decoder {
         }
         let x = (x + o)?;
         let h = k.rms_norm(&x, &l.ffn_norm, eps)?;
-        let mut m = k.gated(&h.matmul(&l.gate_up)?, c.activation)?.matmul(&l.down)?;
+        let mut m = k.matmul(&k.gated(&k.matmul(&h, &l.gate_up)?, c.activation)?, &l.down)?;
         if let Some(w) = &l.post_ffn_norm {
             m = k.rms_norm(&m, w, eps)?;
         }

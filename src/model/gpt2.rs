@@ -136,7 +136,7 @@ struct Conv1D {
 impl Conv1D {
     /// `act(x @ weight + bias)`; bias and activation in one parallel pass.
     fn forward(&self, x: &Tensor, act: Option<Activation>, k: Kernels) -> candle_core::Result<Tensor> {
-        k.bias_act(&x.matmul(&self.weight)?, &self.bias, act)
+        k.bias_act(&k.matmul(x, &self.weight)?, &self.bias, act)
     }
 }
 

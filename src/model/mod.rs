@@ -9,6 +9,7 @@ pub mod device;
 pub mod family;
 pub mod gguf;
 pub mod gpt2;
+pub mod gradient;
 pub mod ops;
 pub mod spec;
 pub mod tokenizer;
@@ -22,6 +23,7 @@ use crate::error::{Error, Result};
 pub use cache::KvCache;
 pub use device::{DeviceArgs, DeviceChoice, DtypeChoice};
 pub use family::Family;
+pub use gradient::GradientJob;
 pub use spec::ModelSpec;
 pub use tokenizer::Tokenizer;
 
@@ -282,6 +284,30 @@ impl Model {
             }
         }
         Ok(out)
+    }
+
+    /// Gradient attribution of `job` (see [`gradient::attribute`]); `progress(done, total)`
+    /// after each chunk of steps stops the work when it fails.
+    pub fn gradients(
+        &self,
+        job: &GradientJob,
+        progress: &mut dyn FnMut(usize, usize) -> Result<()>,
+    ) -> Result<Vec<Vec<f64>>> {
+        let item = ScoreItem {
+            prompt: job.prompt.clone(),
+            target: job.target.clone(),
+        };
+        self.check(&item, "text")?;
+        if let Some(b) = &job.baseline {
+            self.check(
+                &ScoreItem {
+                    prompt: b.clone(),
+                    target: job.target.clone(),
+                },
+                "baseline_token",
+            )?;
+        }
+        gradient::attribute(self.arch(), job, gradient::GRADIENT_TOKEN_BUDGET, progress)
     }
 
     /// Greedy continuation of `prompt` (ids), stopping at an end-of-sequence token.

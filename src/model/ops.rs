@@ -1,7 +1,7 @@
 //! Fused CPU kernels for the hot elementwise steps that candle would run as several
 //! single-threaded passes, each allocating a full-size tensor.
 
-use candle_core::{bail, CpuStorage, DType, Layout, Result, Shape, Storage, Tensor, D};
+use candle_core::{bail, CpuStorage, DType, Device, Layout, Result, Shape, Storage, Tensor, D};
 
 use crate::model::config::RopeStyle;
 
@@ -59,6 +59,18 @@ impl Kernels {
         }
     }
 
+    /// `x @ w` for `[n, in]` rows and a weight `w` (`[in, out]`). Differentiable on the CPU
+    /// with a backward pass for `x` alone: candle's own matmul backward also computes the
+    /// weight's gradient, which gradient methods never use and which costs as much again.
+    pub fn matmul(self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        match self {
+            Kernels::Differentiable if is_cpu_f32(x) && is_cpu_f32(w) => {
+                x.contiguous()?.apply_op1(ConstMatmul(w.clone()))
+            }
+            _ => x.matmul(w),
+        }
+    }
+
     /// `act(x + bias)` for `[n, out]` rows.
     pub fn bias_act(self, x: &Tensor, bias: &Tensor, act: Option<Activation>) -> Result<Tensor> {
         match self {
@@ -82,6 +94,32 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     match layout.contiguous_offsets() {
         Some((a, b)) => f(&data[a..b]),
         None => bail!("expected a contiguous tensor"),
+    }
+}
+
+/// `x @ w` with `w` a constant: its backward gives `x` its gradient and skips `w`'s.
+struct ConstMatmul(Tensor);
+
+impl candle_core::CustomOp1 for ConstMatmul {
+    fn name(&self) -> &'static str {
+        "const-matmul"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let Some((a, b)) = layout.contiguous_offsets() else {
+            bail!("const-matmul: expected a contiguous input")
+        };
+        let x = Tensor::from_slice(&storage.as_slice::<f32>()?[a..b], layout.shape(), &Device::Cpu)?;
+        let y = x.matmul(&self.0)?;
+        let (out, _) = y.storage_and_layout();
+        let Storage::Cpu(out) = &*out else {
+            bail!("const-matmul: expected a CPU result")
+        };
+        Ok((out.clone(), y.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.0.t()?)?))
     }
 }
 

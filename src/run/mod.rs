@@ -4,6 +4,7 @@
 //! both report as sequences are scored; `plan` counts what a request would score.
 
 pub mod evaluator;
+mod gradient;
 mod plan;
 mod progress;
 
@@ -12,7 +13,7 @@ use std::time::Instant;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::attribution::{self, Evaluator};
+use crate::attribution::{self, Evaluator, Inputs, MethodFacts};
 use crate::error::{Error, Result};
 use crate::input::Input;
 use crate::model::Tokenizer;
@@ -35,6 +36,8 @@ pub struct Limits {
     pub max_n_samples: usize,
     pub max_num_trials: usize,
     pub max_new_tokens: usize,
+    /// Interpolation steps of integrated_gradients.
+    pub max_n_steps: usize,
     /// Cells of one audit (the product of its sweep lists).
     pub max_audit_cells: usize,
 }
@@ -48,6 +51,7 @@ impl Default for Limits {
             max_n_samples: 2_000,
             max_num_trials: 20,
             max_new_tokens: 100,
+            max_n_steps: 1_000,
             max_audit_cells: 1000,
         }
     }
@@ -155,6 +159,94 @@ fn check_length(input: &Input, prompt: usize, target: usize, limit: usize, targe
     ))
 }
 
+/// `n_steps` and `integration` only for the methods that integrate.
+fn check_integration_fields(request: &AttributeRequest, facts: &MethodFacts) -> Result<()> {
+    if facts.gradient.is_some_and(|g| g.integrates) {
+        return Ok(());
+    }
+    for (field, given) in [
+        ("n_steps", request.n_steps.is_some()),
+        ("integration", request.integration.is_some()),
+    ] {
+        if given {
+            return Err(Error::invalid(
+                field,
+                format!("only for integrated_gradients, not {}", request.method.name()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The request's input, if the method takes that kind of input and it has few enough features.
+fn parse_input(
+    request: &AttributeRequest,
+    facts: &MethodFacts,
+    scorer: &dyn Scorer,
+    limits: &Limits,
+) -> Result<Input> {
+    let input = Input::from_request(request, scorer.tokenizer())?;
+    if facts.inputs == Inputs::Tokens && input.tokens().is_none() {
+        return Err(Error::invalid(
+            input.features_field(),
+            format!(
+                "{} takes token input only: give `text` (every token is a feature), or use a \
+                 perturbation method",
+                request.method.name()
+            ),
+        ));
+    }
+    let n = input.n_features();
+    if n > limits.max_features {
+        return Err(Error::too_large(
+            input.features_field(),
+            format!("{n} features are more than the limit of {}", limits.max_features),
+        ));
+    }
+    Ok(input)
+}
+
+/// The target's ids, and whether they are the model's greedy continuation of `full` (the
+/// unperturbed prompt) because the request gave no target.
+fn resolve_target(
+    request: &AttributeRequest,
+    input: &Input,
+    full: &[u32],
+    scorer: &dyn Scorer,
+    limits: &Limits,
+) -> Result<(Vec<u32>, bool)> {
+    let tokenizer = scorer.tokenizer();
+    let limit = limits.max_tokens_per_sequence.min(scorer.context_length());
+    match &request.target {
+        Some(t) => {
+            let ids = encode_text("target", t, tokenizer)?;
+            check_length(input, full.len(), ids.len(), limit, "target")?;
+            Ok((ids, false))
+        }
+        None => {
+            let max_new = check_count(
+                "max_new_tokens",
+                request.max_new_tokens,
+                DEFAULT_MAX_NEW_TOKENS,
+                limits.max_new_tokens,
+            )?;
+            // Before generating: the longest target it may produce must fit.
+            check_length(input, full.len(), max_new, limit, "max_new_tokens")?;
+            if scorer.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
+            let ids = scorer.generate(full, max_new)?;
+            if ids.is_empty() {
+                return Err(Error::invalid(
+                    "target",
+                    "the model generated nothing to attribute; give a target",
+                ));
+            }
+            Ok((ids, true))
+        }
+    }
+}
+
 /// Runs `request` against `scorer`. `progress` is called as sequences are scored.
 pub fn run(
     request: &AttributeRequest,
@@ -165,6 +257,10 @@ pub fn run(
     let started = Instant::now();
     let method = request.method;
     let facts = method.facts();
+    check_integration_fields(request, &facts)?;
+    if let Some(g) = facts.gradient {
+        return gradient::run(request, g, scorer, limits, progress, started);
+    }
     let n_samples = check_count(
         "n_samples",
         request.n_samples,
@@ -173,14 +269,8 @@ pub fn run(
     )?;
     let trials = check_count("num_trials", request.num_trials, 1, limits.max_num_trials)?;
     let tokenizer = scorer.tokenizer();
-    let input = Input::from_request(request, tokenizer)?;
+    let input = parse_input(request, &facts, scorer, limits)?;
     let n = input.n_features();
-    if n > limits.max_features {
-        return Err(Error::too_large(
-            input.features_field(),
-            format!("{n} features are more than the limit of {}", limits.max_features),
-        ));
-    }
     method.check_features(n, n_samples, limits.max_sequences)?;
 
     let sampling = match request.baseline_sampling {
@@ -198,35 +288,8 @@ pub fn run(
     let seed = request.seed.unwrap_or(0);
 
     let full = input.render(tokenizer, &vec![None; input.slots.len()])?;
+    let (target_ids, generated) = resolve_target(request, &input, &full, scorer, limits)?;
     let limit = limits.max_tokens_per_sequence.min(scorer.context_length());
-    let (target_ids, generated) = match &request.target {
-        Some(t) => {
-            let ids = encode_text("target", t, tokenizer)?;
-            check_length(&input, full.len(), ids.len(), limit, "target")?;
-            (ids, false)
-        }
-        None => {
-            let max_new = check_count(
-                "max_new_tokens",
-                request.max_new_tokens,
-                DEFAULT_MAX_NEW_TOKENS,
-                limits.max_new_tokens,
-            )?;
-            // Before generating: the longest target it may produce must fit.
-            check_length(&input, full.len(), max_new, limit, "max_new_tokens")?;
-            if scorer.is_cancelled() {
-                return Err(Error::Cancelled);
-            }
-            let ids = scorer.generate(&full, max_new)?;
-            if ids.is_empty() {
-                return Err(Error::invalid(
-                    "target",
-                    "the model generated nothing to attribute; give a target",
-                ));
-            }
-            (ids, true)
-        }
-    };
 
     let contrast = contrast_ids(request, tokenizer, &target_ids)?;
     if let Some(c) = &contrast {
@@ -287,6 +350,7 @@ pub fn run(
         token_attr: result.attr[1..].to_vec(),
         seq_attr_stderr,
         token_attr_stderr,
+        convergence_delta: None,
         stats,
     })
 }

@@ -7,7 +7,7 @@ use utoipa::ToSchema;
 
 use super::{run, Limits};
 use crate::error::Result;
-use crate::model::{ModelInfo, ScoreItem, Tokenizer};
+use crate::model::{GradientJob, ModelInfo, ScoreItem, Tokenizer};
 use crate::request::AttributeRequest;
 use crate::scorer::Scorer;
 
@@ -81,6 +81,11 @@ impl Scorer for DryScorer<'_> {
     fn generate(&self, _: &[u32], max_new_tokens: usize) -> Result<Vec<u32>> {
         let filler = self.tokenizer().eos_ids().first().copied().unwrap_or(0);
         Ok(vec![filler; max_new_tokens])
+    }
+
+    fn gradients(&self, job: GradientJob, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<Vec<Vec<f64>>> {
+        let _ = progress;
+        Ok(vec![vec![0.0; job.prompt.len()]; job.target.len()])
     }
 }
 

@@ -36,7 +36,7 @@ use crate::api::Ready;
 use crate::cache::{CachedScorer, SharedScores};
 use crate::engine::CancelToken;
 use crate::error::{Error, ErrorDetail};
-use crate::model::{ModelInfo, ScoreItem, Tokenizer};
+use crate::model::{GradientJob, ModelInfo, ScoreItem, Tokenizer};
 use crate::run::Progress;
 use crate::scorer::Scorer;
 
@@ -907,6 +907,14 @@ impl Scorer for FanOut {
 
     fn is_cancelled(&self) -> bool {
         self.cancel.is_cancelled() || self.inner.is_cancelled()
+    }
+
+    fn gradients(
+        &self,
+        job: GradientJob,
+        progress: &(dyn Fn(usize, usize) + Sync),
+    ) -> crate::Result<Vec<Vec<f64>>> {
+        self.inner.gradients(job, progress)
     }
 }
 

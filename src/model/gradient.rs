@@ -1,0 +1,156 @@
+//! Gradients of the target tokens' log-probs with respect to the input embeddings, for the
+//! gradient methods (Captum's LayerIntegratedGradients and LayerGradientXActivation on the
+//! embedding layer, as LLMGradientAttribution runs them).
+//!
+//! Captum runs one forward and backward pass per target token, over the prompt and the target
+//! tokens before it. Here one forward pass over the prompt and the whole target (but its last
+//! token) serves every target token, since a causal model's prediction of target token k never
+//! sees what comes after it; the interpolation steps go through it as one batch (in chunks
+//! that bound the memory the backward pass keeps), and each target token gets its own backward
+//! pass through that shared graph. Only differentiable candle ops are used
+//! ([`Architecture::forward_from_embeddings`]).
+
+use candle_core::{DType, Tensor, Var, D};
+
+use crate::error::{Error, Result};
+use crate::model::Architecture;
+
+/// Padded tokens of one chunk of interpolation steps: bounds the activations a backward pass
+/// keeps (about 1 MB per token for a 135M-parameter model).
+pub const GRADIENT_TOKEN_BUDGET: usize = 1024;
+
+/// One gradient attribution: `attr[k][p] = (x_p - b_p) . sum_s w_s grad_{x_p} f_k(b + a_s (x - b))`
+/// for target token k and prompt position p, where x is the embedding of the prompt followed
+/// by the target's earlier tokens, b the baseline's, and f_k the log-prob (or prob) of target
+/// token k.
+#[derive(Debug, Clone)]
+pub struct GradientJob {
+    pub prompt: Vec<u32>,
+    /// Baseline ids, as long as `prompt` (the target tokens are never replaced); `None`: the
+    /// zero embedding (gradient × input).
+    pub baseline: Option<Vec<u32>>,
+    pub target: Vec<u32>,
+    /// Points along the path, in [0, 1].
+    pub alphas: Vec<f64>,
+    /// Weight of each point in the integral.
+    pub weights: Vec<f64>,
+    /// Differentiate the probability instead of the log-prob.
+    pub prob: bool,
+}
+
+impl GradientJob {
+    /// The prompt and the target's earlier tokens: the sequence every target token is
+    /// predicted from.
+    fn sequence(&self, prompt: &[u32]) -> Vec<u32> {
+        let mut ids = prompt.to_vec();
+        ids.extend(&self.target[..self.target.len() - 1]);
+        ids
+    }
+
+    /// Fails on a job of the wrong shape (the run layer builds jobs from checked requests).
+    pub fn check(&self) -> Result<()> {
+        if self.alphas.is_empty() || self.alphas.len() != self.weights.len() {
+            return Err(Error::Internal("a gradient job needs one weight per step".into()));
+        }
+        if self.target.is_empty() || self.prompt.is_empty() {
+            return Err(Error::Internal(
+                "a gradient job needs a prompt and a target".into(),
+            ));
+        }
+        if self
+            .baseline
+            .as_ref()
+            .is_some_and(|b| b.len() != self.prompt.len())
+        {
+            return Err(Error::Internal(
+                "the baseline is not as long as the prompt".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Runs `job` on `arch`: `attr[k][p]` per target token k and prompt position p.
+/// `progress(done, total)` is called after each chunk of steps and stops the work when it
+/// fails (cancellation).
+pub fn attribute(
+    arch: &dyn Architecture,
+    job: &GradientJob,
+    token_budget: usize,
+    progress: &mut dyn FnMut(usize, usize) -> Result<()>,
+) -> Result<Vec<Vec<f64>>> {
+    job.check()?;
+    let dev = arch.device();
+    let (p, k) = (job.prompt.len(), job.target.len());
+    let embed = |ids: Vec<u32>| -> candle_core::Result<Tensor> {
+        arch.embed(&Tensor::new(ids.as_slice(), dev)?.unsqueeze(0)?)
+    };
+    let x = embed(job.sequence(&job.prompt))?;
+    let base = match &job.baseline {
+        Some(b) => embed(job.sequence(b))?,
+        None => x.zeros_like()?,
+    };
+    let diff = (&x - &base)?;
+    let len = x.dim(1)?;
+    let diff_f32 = diff.squeeze(0)?.to_dtype(DType::F32)?;
+    let n = job.alphas.len();
+    // Equal chunks of at most `token_budget` tokens.
+    let chunks = (n * len).div_ceil(token_budget).clamp(1, n);
+    let per_chunk = n.div_ceil(chunks);
+    let mut attr = vec![vec![0.0f64; p]; k];
+    let mut done = 0;
+    while done < n {
+        let m = per_chunk.min(n - done);
+        let column = |v: &[f64]| -> candle_core::Result<Tensor> {
+            let v: Vec<f32> = v.iter().map(|&a| a as f32).collect();
+            Tensor::from_vec(v, (m, 1, 1), dev)
+        };
+        let alphas = column(&job.alphas[done..done + m])?.to_dtype(x.dtype())?;
+        let weights = column(&job.weights[done..done + m])?;
+        // The steps' embeddings, as one batch.
+        let points = Var::from_tensor(&base.broadcast_add(&diff.broadcast_mul(&alphas)?)?)?;
+        let hidden = arch.forward_from_embeddings(points.as_tensor())?;
+        let rows = hidden.narrow(1, p - 1, k)?;
+        for (row, out) in attr.iter_mut().enumerate() {
+            let grads = target_value(arch, &rows, row, job.target[row], job.prob)?
+                .sum_all()?
+                .backward()?;
+            let g = grads
+                .get(points.as_tensor())
+                .ok_or_else(|| Error::Internal("no gradient reached the embeddings".into()))?
+                .to_dtype(DType::F32)?;
+            let summed = g.broadcast_mul(&weights)?.sum(0)?;
+            let per_token = (summed * &diff_f32)?.sum(1)?.narrow(0, 0, p)?.to_vec1::<f32>()?;
+            for (a, v) in out.iter_mut().zip(per_token) {
+                *a += f64::from(v);
+            }
+        }
+        done += m;
+        progress(done, n)?;
+    }
+    debug_assert_eq!(len, p + k - 1);
+    Ok(attr)
+}
+
+/// f_k of every step, `[steps]`: the log-prob (or prob) of target token `row` (`target`) from
+/// the final hidden states `rows` (`[steps, target tokens, hidden]`). Each target token has its
+/// own head and log-softmax, so its backward pass never runs through the others' vocabularies;
+/// the head is a 2-D matmul, as a batched one would broadcast its weight to every step (and its
+/// backward pass would build a gradient that size).
+fn target_value(
+    arch: &dyn Architecture,
+    rows: &Tensor,
+    row: usize,
+    target: u32,
+    prob: bool,
+) -> candle_core::Result<Tensor> {
+    let hidden = rows.narrow(1, row, 1)?.squeeze(1)?.contiguous()?;
+    let logits = arch.logits(&hidden)?.to_dtype(DType::F32)?;
+    let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+    let f = log_probs.narrow(1, target as usize, 1)?;
+    if prob {
+        f.exp()
+    } else {
+        Ok(f)
+    }
+}

@@ -1,0 +1,199 @@
+//! Runs a gradient method (integrated_gradients, gradient_x_input) as Captum's
+//! LLMGradientAttribution does: one row per target token, the gradient of its log-prob with
+//! respect to the input embeddings, summed over the embedding per prompt token; `seq_attr` is
+//! the sum of the rows. The tensors are the scorer's business ([`Scorer::gradients`]).
+
+use std::time::Instant;
+
+use super::{check_count, parse_input, resolve_target, Limits, Progress};
+use crate::attribution::integration::Rule;
+use crate::attribution::GradientFacts;
+use crate::error::{Error, Result};
+use crate::model::{GradientJob, ScoreItem};
+use crate::request::{AttrTarget, AttributeRequest, AttributeResponse, BaselineSampling, Stats};
+use crate::scorer::Scorer;
+
+/// The baseline token of integrated gradients when the request gives none: Captum's
+/// TextTokenInput default, token id 0.
+const DEFAULT_BASELINE_ID: u32 = 0;
+
+pub(super) fn run(
+    request: &AttributeRequest,
+    facts: GradientFacts,
+    scorer: &dyn Scorer,
+    limits: &Limits,
+    progress: &(dyn Fn(Progress) + Sync),
+    started: Instant,
+) -> Result<AttributeResponse> {
+    let method = request.method;
+    no_sampling_fields(request)?;
+    let n_steps = check_count(
+        "n_steps",
+        request.n_steps,
+        facts.default_n_steps,
+        limits.max_n_steps,
+    )?;
+    // Gradient × input: the gradient at the input itself.
+    let rule = if facts.integrates {
+        request.integration.unwrap_or_default().rule(n_steps)?
+    } else {
+        Rule {
+            alphas: vec![1.0],
+            weights: vec![1.0],
+        }
+    };
+    let input = parse_input(request, &method.facts(), scorer, limits)?;
+    let tokens = input
+        .tokens()
+        .ok_or_else(|| Error::Internal("a gradient method without token input".into()))?;
+    let tokenizer = scorer.tokenizer();
+    let prompt = tokens.ids.clone();
+    let (target_ids, generated) = resolve_target(request, &input, &prompt, scorer, limits)?;
+    // One backward pass per target token and step: bounded like the perturbation methods'
+    // sequences.
+    let gradients = n_steps.saturating_mul(target_ids.len());
+    if gradients > limits.max_sequences {
+        return Err(Error::too_large(
+            if facts.integrates { "n_steps" } else { "target" },
+            format!(
+                "{n_steps} steps for {} target tokens need {gradients} gradients, more than the \
+                 limit of {} (--max-sequences); use fewer steps or a shorter target",
+                target_ids.len(),
+                limits.max_sequences
+            ),
+        ));
+    }
+
+    // Integrated gradients start from the prompt with every feature token replaced by the
+    // baseline token; gradient × input from the zero embedding.
+    let baseline_id = tokens.baseline.unwrap_or(DEFAULT_BASELINE_ID);
+    let baseline = facts.integrates.then(|| {
+        let mut ids = prompt.clone();
+        for &p in &tokens.positions {
+            ids[p] = baseline_id;
+        }
+        ids
+    });
+    let mut items = vec![ScoreItem {
+        prompt: prompt.clone(),
+        target: target_ids.clone(),
+    }];
+    items.extend(baseline.iter().map(|b| ScoreItem {
+        prompt: b.clone(),
+        target: target_ids.clone(),
+    }));
+    let scored_tokens: usize = items.iter().map(ScoreItem::input_len).sum();
+    let n_scored = items.len();
+    let scores = scorer.score(items, &|_, _| {})?;
+    let value = |lp: f32| match request.attr_target {
+        AttrTarget::LogProb => f64::from(lp),
+        AttrTarget::Prob => f64::from(lp).exp(),
+    };
+
+    let job = GradientJob {
+        prompt: prompt.clone(),
+        baseline,
+        target: target_ids.clone(),
+        alphas: rule.alphas,
+        weights: rule.weights,
+        prob: request.attr_target == AttrTarget::Prob,
+    };
+    let rows = scorer.gradients(job, &|done, total| progress(Progress { done, total }))?;
+    if rows.len() != target_ids.len() || rows.iter().any(|r| r.len() != prompt.len()) {
+        return Err(Error::Internal("gradient rows of the wrong shape".into()));
+    }
+    let token_attr: Vec<Vec<f64>> = rows
+        .iter()
+        .map(|r| tokens.positions.iter().map(|&p| r[p]).collect())
+        .collect();
+    let seq_attr = (0..tokens.positions.len())
+        .map(|f| token_attr.iter().map(|r| r[f]).sum())
+        .collect();
+    // Captum's delta: the row's sum over every position minus f(input) - f(baseline).
+    let convergence_delta = facts.integrates.then(|| {
+        rows.iter()
+            .enumerate()
+            .map(|(k, r)| {
+                let change = value(scores[0][k]) - value(scores[1][k]);
+                r.iter().sum::<f64>() - change
+            })
+            .collect()
+    });
+
+    let mut features = input.features.clone();
+    for f in &mut features {
+        f.baselines = if facts.integrates {
+            vec![tokenizer.decode(&[baseline_id])?]
+        } else {
+            Vec::new()
+        };
+    }
+    let log_probs: Vec<f64> = scores[0].iter().map(|&v| f64::from(v)).collect();
+    let sequence_len = prompt.len() + target_ids.len() - 1;
+    Ok(AttributeResponse {
+        model: scorer.info().spec.clone(),
+        method,
+        attr_target: request.attr_target,
+        baseline_sampling: BaselineSampling::Exact,
+        prompt: input.prompt.clone(),
+        target: match &request.target {
+            Some(t) => t.clone(),
+            None => tokenizer.decode(&target_ids)?,
+        },
+        generated_target: generated,
+        output_tokens: tokenizer.pretty_tokens(&target_ids),
+        features,
+        target_log_prob: log_probs.iter().sum(),
+        target_log_probs: log_probs,
+        seq_attr,
+        token_attr,
+        seq_attr_stderr: None,
+        token_attr_stderr: None,
+        contrast_target: None,
+        contrast_ids: None,
+        contrast_output_tokens: None,
+        contrast_log_probs: None,
+        contrast_log_prob: None,
+        convergence_delta,
+        stats: Stats {
+            // One gradient per target token and step.
+            evaluations: n_steps * target_ids.len(),
+            // The distinct points of the path.
+            coalitions: n_steps,
+            unique_sequences: n_steps + n_scored,
+            tokens_scored: n_steps * sequence_len + scored_tokens,
+            seconds: started.elapsed().as_secs_f64(),
+        },
+        target_ids,
+    })
+}
+
+/// Gradient methods are exact and deterministic: the sampling fields do not apply; nor, yet, a
+/// contrastive target.
+fn no_sampling_fields(request: &AttributeRequest) -> Result<()> {
+    if request.contrast_target.is_some() {
+        return Err(Error::invalid(
+            "contrast_target",
+            format!(
+                "not yet with {}; use a perturbation method",
+                request.method.name()
+            ),
+        ));
+    }
+    for (field, given) in [
+        ("n_samples", request.n_samples.is_some()),
+        ("num_trials", request.num_trials.is_some_and(|t| t != 1)),
+        ("baseline_sampling", request.baseline_sampling.is_some()),
+    ] {
+        if given {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "{} is exact and deterministic and draws no samples",
+                    request.method.name()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
