@@ -168,15 +168,18 @@ impl JobStore for MemoryStore {
     fn watch<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<BoxStream<'static, Job>>>> {
         let out = self.entry(id).map(|e| {
             let rx = e.tx.subscribe();
-            futures::stream::unfold((rx, false), |(mut rx, first_sent)| async move {
-                if first_sent && rx.borrow().state.is_finished() {
-                    return None;
-                }
-                if first_sent && rx.changed().await.is_err() {
-                    return None;
+            // State: whether the last snapshot sent was a finished one (None: none sent yet).
+            // The stream ends only after sending a finished snapshot, so a job that ends
+            // between two looks is still seen ending.
+            futures::stream::unfold((rx, None), |(mut rx, sent_finished)| async move {
+                match sent_finished {
+                    Some(true) => return None,
+                    Some(false) if rx.changed().await.is_err() => return None,
+                    _ => {}
                 }
                 let job = rx.borrow_and_update().clone();
-                Some((job, (rx, true)))
+                let finished = job.state.is_finished();
+                Some((job, (rx, Some(finished))))
             })
             .boxed()
         });
