@@ -401,21 +401,30 @@ mod tests {
         }
     }
 
-    /// Off CPU f32, the fused ops fall back to candle ops with the same results.
+    /// Off CPU f32, the fused ops fall back to candle ops with the same results, up to bf16's
+    /// rounding of the outputs (relative, since the outputs reach tens).
     #[test]
     fn fused_ops_fall_back_off_cpu_f32() {
         let dev = Device::Cpu;
-        let x = Tensor::randn(0f32, 2.0, (7, 2 * 24), &dev).unwrap();
-        let b = Tensor::randn(0f32, 1.0, 48, &dev).unwrap();
+        let wave = |n: usize, scale: f64| {
+            let v: Vec<f32> = (0..n).map(|i| (scale * (0.37 * i as f64).sin()) as f32).collect();
+            Tensor::from_vec(v, n, &dev).unwrap()
+        };
+        let x = wave(7 * 48, 6.0).reshape((7, 48)).unwrap();
+        let b = wave(48, 1.5);
         let half = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
         let back = |t: Tensor| t.to_dtype(DType::F32).unwrap();
+        let close = |got: &Tensor, want: &Tensor| {
+            let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+            max_abs_diff(got, want) <= 1e-2 * (1.0 + scale.to_scalar::<f32>().unwrap())
+        };
         for act in [Activation::Silu, Activation::GeluTanh, Activation::GeluErf] {
             let got = back(gated(&half(&x), act).unwrap());
             let want = gated(&back(half(&x)), act).unwrap();
-            assert!(max_abs_diff(&got, &want) < 5e-2, "gated {act:?}");
+            assert!(close(&got, &want), "gated {act:?}");
             let got = back(bias_act(&half(&x), &half(&b), Some(act)).unwrap());
             let want = bias_act(&back(half(&x)), &back(half(&b)), Some(act)).unwrap();
-            assert!(max_abs_diff(&got, &want) < 5e-2, "bias_act {act:?}");
+            assert!(close(&got, &want), "bias_act {act:?}");
         }
     }
 
