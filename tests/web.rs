@@ -929,8 +929,11 @@ fn web_page_runs_t1_in_a_real_browser() {
 
     check_stale(d);
     check_audits(d, &base, root);
+    // The link is written a moment after each change: wait for the audit the form holds now
+    // (the one-placeholder audit), not the grid's that ran before it.
     d.wait(
-        "location.hash.includes('rerun=1')",
+        "new URLSearchParams(location.hash.slice(1)).get('audit') === JSON.stringify(buildAudit()) \
+         && new URLSearchParams(location.hash.slice(1)).get('rerun') === '1'",
         Duration::from_secs(5),
         "the link to hold the audit",
     );
