@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use sha2::{Digest, Sha256};
 
 use crate::error::Result;
-use crate::model::{GradientJob, Model, ModelInfo, ScoreItem, Tokenizer};
+use crate::model::{GradientJob, Model, ScoreItem};
 use crate::scorer::Scorer;
 
 /// A store shared between replicas: binary keys to binary values. Failures are misses: the
@@ -231,17 +231,7 @@ impl CachedScorer {
 }
 
 impl Scorer for CachedScorer {
-    fn tokenizer(&self) -> &Tokenizer {
-        self.inner.tokenizer()
-    }
-
-    fn info(&self) -> &ModelInfo {
-        self.inner.info()
-    }
-
-    fn context_length(&self) -> usize {
-        self.inner.context_length()
-    }
+    crate::scorer_facts_from!(inner);
 
     fn score(
         &self,

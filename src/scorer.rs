@@ -37,6 +37,25 @@ pub trait Scorer: Send + Sync {
     }
 }
 
+/// The model facts of a scorer that wraps another (`self.$field`): its tokenizer, info and
+/// context length are the inner scorer's. Written once so a wrapper only states what it changes.
+#[macro_export]
+macro_rules! scorer_facts_from {
+    ($field:tt) => {
+        fn tokenizer(&self) -> &$crate::model::Tokenizer {
+            self.$field.tokenizer()
+        }
+
+        fn info(&self) -> &$crate::model::ModelInfo {
+            self.$field.info()
+        }
+
+        fn context_length(&self) -> usize {
+            self.$field.context_length()
+        }
+    };
+}
+
 /// What a scorer without gradients answers.
 pub fn no_gradients() -> Error {
     Error::invalid(

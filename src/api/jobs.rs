@@ -17,7 +17,7 @@ use super::AppState;
 use crate::audit::{self, AuditRequest, AuditResult};
 use crate::engine::CancelToken;
 use crate::error::{Error, ErrorDetail};
-use crate::model::{GradientJob, ModelInfo, ScoreItem, Tokenizer};
+use crate::model::{GradientJob, ScoreItem};
 use crate::request::{AttributeRequest, AttributeResponse};
 use crate::run::{Limits, Progress};
 use crate::scorer::Scorer;
@@ -324,17 +324,7 @@ impl WaitForRoom {
 }
 
 impl Scorer for WaitForRoom {
-    fn tokenizer(&self) -> &Tokenizer {
-        self.inner.tokenizer()
-    }
-
-    fn info(&self) -> &ModelInfo {
-        self.inner.info()
-    }
-
-    fn context_length(&self) -> usize {
-        self.inner.context_length()
-    }
+    crate::scorer_facts_from!(inner);
 
     fn score(
         &self,
@@ -390,7 +380,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-    use crate::model::ArchInfo;
+    use crate::model::{ArchInfo, ModelInfo, Tokenizer};
 
     /// Answers `Busy` (a full scoring queue) to its first `busy` calls, then scores.
     struct BusyFor {

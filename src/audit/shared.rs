@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use crate::error::{Error, Result};
-use crate::model::{GradientJob, ModelInfo, ScoreItem, Tokenizer};
+use crate::model::{GradientJob, ScoreItem};
 use crate::run::Progress;
 use crate::scorer::Scorer;
 
@@ -50,17 +50,7 @@ impl<'a> SharedScores<'a> {
 }
 
 impl Scorer for SharedScores<'_> {
-    fn tokenizer(&self) -> &Tokenizer {
-        self.inner.tokenizer()
-    }
-
-    fn info(&self) -> &ModelInfo {
-        self.inner.info()
-    }
-
-    fn context_length(&self) -> usize {
-        self.inner.context_length()
-    }
+    crate::scorer_facts_from!(inner);
 
     fn is_cancelled(&self) -> bool {
         self.inner.is_cancelled()

@@ -7,7 +7,7 @@ use utoipa::ToSchema;
 
 use super::{run, Limits};
 use crate::error::Result;
-use crate::model::{GradientJob, ModelInfo, ScoreItem, Tokenizer};
+use crate::model::{GradientJob, ScoreItem};
 use crate::request::AttributeRequest;
 use crate::scorer::Scorer;
 
@@ -58,17 +58,7 @@ impl Plan {
 pub struct DryScorer<'a>(pub &'a dyn Scorer);
 
 impl Scorer for DryScorer<'_> {
-    fn tokenizer(&self) -> &Tokenizer {
-        self.0.tokenizer()
-    }
-
-    fn info(&self) -> &ModelInfo {
-        self.0.info()
-    }
-
-    fn context_length(&self) -> usize {
-        self.0.context_length()
-    }
+    crate::scorer_facts_from!(0);
 
     fn is_cancelled(&self) -> bool {
         self.0.is_cancelled()

@@ -36,7 +36,7 @@ use crate::api::Ready;
 use crate::cache::{CachedScorer, SharedScores};
 use crate::engine::CancelToken;
 use crate::error::{Error, ErrorDetail};
-use crate::model::{GradientJob, ModelInfo, ScoreItem, Tokenizer};
+use crate::model::{GradientJob, ScoreItem};
 use crate::run::Progress;
 use crate::scorer::Scorer;
 
@@ -874,17 +874,7 @@ struct FanOut {
 }
 
 impl Scorer for FanOut {
-    fn tokenizer(&self) -> &Tokenizer {
-        self.inner.tokenizer()
-    }
-
-    fn info(&self) -> &ModelInfo {
-        self.inner.info()
-    }
-
-    fn context_length(&self) -> usize {
-        self.inner.context_length()
-    }
+    crate::scorer_facts_from!(inner);
 
     fn score(
         &self,
