@@ -16,7 +16,7 @@
 //! Fairness row (first): `LOAD_FAIR_SMALL` small requests (t1, shapley_values, 8 sequences)
 //! one at a time alone, then the same while a job of `LOAD_FAIR_SEQUENCES` (4096) distinct
 //! sequences runs; p50/p99 side by side. The job is cancelled afterwards. `LOAD_FAIR_ONLY=1`
-//! stops after this row.
+//! stops after this row. `LOAD_BATCH_SECONDS` sets `--batch-seconds` (0: off), to compare.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -259,11 +259,14 @@ fn main() -> anyhow::Result<()> {
         config.limits.max_n_samples = config.limits.max_n_samples.max(1 << 14);
         config.engine.token_budget = env("LOAD_BATCH_TOKENS", config.engine.token_budget);
         let budget = config.engine.token_budget;
+        // `LOAD_BATCH_SECONDS=0` turns pacing off (batches always fill the budget).
+        let pace = env("LOAD_BATCH_SECONDS", config.engine.batch_seconds.unwrap_or(0.0));
+        config.engine.batch_seconds = Some(pace).filter(|s| *s > 0.0);
         let server = Server::start(config).await?;
         server.ready().await?;
         let url = format!("{}/v1/attributions", server.url());
         let http = reqwest::Client::builder().timeout(Duration::from_secs_f64(max_secs)).build()?;
-        println!("model {spec} loaded in {load_secs:.2}s; RSS {rss0:.0} MiB before, {rss_loaded:.0} MiB after; {workers} worker(s), batch budget {budget} tokens");
+        println!("model {spec} loaded in {load_secs:.2}s; RSS {rss0:.0} MiB before, {rss_loaded:.0} MiB after; {workers} worker(s), batch budget {budget} tokens, batches paced to {pace} s (0: off)");
 
         fairness(&server, &http).await?;
         if env("LOAD_FAIR_ONLY", 0) == 1 {

@@ -81,7 +81,10 @@ impl Config {
             model,
             load: LoadOptions::default(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            engine: EngineConfig::default(),
+            engine: EngineConfig {
+                batch_seconds: Some(crate::engine::pace::DEFAULT_BATCH_SECONDS),
+                ..EngineConfig::default()
+            },
             limits: Limits::default(),
             max_body_bytes: 1 << 20,
             max_concurrent_jobs: 64,
@@ -136,6 +139,11 @@ pub struct ServeArgs {
     /// 16384 on a GPU.
     #[arg(long, env = "LLM_ATTR_BATCH_TOKENS")]
     pub batch_tokens: Option<usize>,
+    /// Seconds one forward pass should take at most: batches shrink below --batch-tokens
+    /// when the device is too slow for that, so work that arrives while one runs (a small
+    /// request behind a big job) waits about this long. 0 turns it off.
+    #[arg(long, env = "LLM_ATTR_BATCH_SECONDS", default_value_t = crate::engine::pace::DEFAULT_BATCH_SECONDS)]
+    pub batch_seconds: f64,
     /// Allowed CORS origins, comma separated; `*` allows any.
     #[arg(long, env = "LLM_ATTR_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
@@ -260,6 +268,7 @@ impl ServeArgs {
             workers: self.workers.unwrap_or(tuned.workers).max(1),
             queue_capacity: self.queue_size.max(1),
             token_budget: self.batch_tokens.unwrap_or(tuned.token_budget).max(1),
+            batch_seconds: Some(self.batch_seconds).filter(|s| *s > 0.0),
             ..EngineConfig::default()
         };
         c.limits = Limits {

@@ -6,6 +6,7 @@
 //! queued all at once or not at all (`Error::Busy`), results and progress come back as batches
 //! finish, and cancelling the request's [`CancelToken`] drops its queued work.
 
+pub mod pace;
 pub mod queue;
 pub mod stats;
 
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::model::{GradientJob, Model, ModelInfo, ScoreItem, Tokenizer};
 use crate::scorer::{no_gradients, Scorer};
+use pace::Pace;
 use queue::{Queue, Queued};
 pub use stats::{Histogram, Stats};
 
@@ -76,6 +78,9 @@ pub struct EngineConfig {
     pub token_budget: usize,
     /// How many queued items the batcher looks at to fill a batch.
     pub window: usize,
+    /// Seconds one forward pass should take at most (see [`pace`]): bounds how long work
+    /// that arrives meanwhile waits. `None`: batches fill `token_budget`.
+    pub batch_seconds: Option<f64>,
 }
 
 impl Default for EngineConfig {
@@ -85,6 +90,7 @@ impl Default for EngineConfig {
             queue_capacity: 65_536,
             token_budget: crate::scorer::DEFAULT_TOKEN_BUDGET,
             window: 4096,
+            batch_seconds: None,
         }
     }
 }
@@ -211,6 +217,7 @@ struct State {
     closed: bool,
     /// Forward passes running right now.
     running: usize,
+    pace: Pace,
 }
 
 struct Shared<B> {
@@ -244,6 +251,7 @@ impl<B: Backend> Engine<B> {
                 queue: Queue::new(config.queue_capacity.max(1)),
                 closed: false,
                 running: 0,
+                pace: Pace::new(config.batch_seconds),
             }),
             wake: Condvar::new(),
             next_ticket: AtomicU64::new(0),
@@ -339,7 +347,8 @@ fn worker<B: Backend>(s: &Shared<B>) {
                 if st.closed {
                     return;
                 }
-                let (batch, skipped) = st.queue.take_batch(s.config.token_budget, s.config.window);
+                let budget = st.pace.budget(s.config.token_budget);
+                let (batch, skipped) = st.queue.take_batch(budget, s.config.window);
                 s.stats.skipped.fetch_add(skipped as u64, Ordering::Relaxed);
                 if !batch.is_empty() {
                     st.running += 1;
@@ -348,12 +357,18 @@ fn worker<B: Backend>(s: &Shared<B>) {
                 st = s.wake.wait(st).unwrap_or_else(|e| e.into_inner());
             }
         };
-        run_batch(s, batch);
-        s.lock().running -= 1;
+        let timed = run_batch(s, batch);
+        let mut st = s.lock();
+        st.running -= 1;
+        if let Some((padded_tokens, seconds)) = timed {
+            st.pace.observe(padded_tokens, seconds);
+        }
     }
 }
 
-fn run_batch<B: Backend>(s: &Shared<B>, batch: Vec<Work>) {
+/// Runs one batch and delivers its results; for a scoring batch, returns its padded tokens
+/// and how long the forward pass took.
+fn run_batch<B: Backend>(s: &Shared<B>, batch: Vec<Work>) -> Option<(usize, f64)> {
     let mut items = Vec::with_capacity(batch.len());
     let mut owners = Vec::with_capacity(batch.len());
     for w in batch {
@@ -392,7 +407,7 @@ fn run_batch<B: Backend>(s: &Shared<B>, batch: Vec<Work>) {
         }
     }
     if items.is_empty() {
-        return;
+        return None;
     }
     // Each distinct sequence is scored once, whoever asked for it.
     let mut distinct: Vec<ScoreItem> = Vec::with_capacity(items.len());
@@ -418,8 +433,9 @@ fn run_batch<B: Backend>(s: &Shared<B>, batch: Vec<Work>) {
             )))
         }
     });
+    let seconds = started.elapsed().as_secs_f64();
     let st = &s.stats;
-    st.batch_seconds.observe(started.elapsed().as_secs_f64());
+    st.batch_seconds.observe(seconds);
     st.batches.fetch_add(1, Ordering::Relaxed);
     st.batch_size.observe(distinct.len() as f64);
     st.sequences.fetch_add(distinct.len() as u64, Ordering::Relaxed);
@@ -428,8 +444,9 @@ fn run_batch<B: Backend>(s: &Shared<B>, batch: Vec<Work>) {
     let real: usize = distinct.iter().map(ScoreItem::input_len).sum();
     let longest = distinct.iter().map(ScoreItem::input_len).max().unwrap_or(0);
     st.tokens.fetch_add(real as u64, Ordering::Relaxed);
-    st.padded_tokens
-        .fetch_add((longest * distinct.len()) as u64, Ordering::Relaxed);
+    let padded = longest * distinct.len();
+    st.padded_tokens.fetch_add(padded as u64, Ordering::Relaxed);
+    let timed = result.is_ok().then_some((padded, seconds));
     match result {
         Ok(scores) => deliver(owners, scores),
         // A batch shared by several requests failed: score each request's part on its own, so
@@ -439,24 +456,34 @@ fn run_batch<B: Backend>(s: &Shared<B>, batch: Vec<Work>) {
                 "a batch of {} sequences failed ({e}); scoring each request's part alone",
                 items.len()
             );
-            let mut groups: Vec<(u64, Vec<usize>)> = Vec::new();
-            for (k, (t, _)) in owners.iter().enumerate() {
-                match groups.iter_mut().find(|(id, _)| *id == t.id) {
-                    Some((_, ks)) => ks.push(k),
-                    None => groups.push((t.id, vec![k])),
-                }
-            }
-            for (_, ks) in groups {
-                let part: Vec<ScoreItem> = ks.iter().map(|&k| items[k].clone()).collect();
-                let who: Vec<(Arc<Ticket>, usize)> = ks.iter().map(|&k| owners[k].clone()).collect();
-                match catch(|| s.backend.score_batch(&part)) {
-                    Ok(scores) if scores.len() == part.len() => deliver(who, scores),
-                    Ok(_) => fail_owners(&who, &Error::Internal("wrong number of results".into())),
-                    Err(e) => fail_owners(&who, &e),
-                }
-            }
+            score_each_owner_alone(s, &items, &owners);
         }
         Err(e) => fail_owners(&owners, &e),
+    }
+    timed
+}
+
+/// Scores each request's part of a failed batch as a batch of its own.
+fn score_each_owner_alone<B: Backend>(
+    s: &Shared<B>,
+    items: &[ScoreItem],
+    owners: &[(Arc<Ticket>, usize)],
+) {
+    let mut groups: Vec<(u64, Vec<usize>)> = Vec::new();
+    for (k, (t, _)) in owners.iter().enumerate() {
+        match groups.iter_mut().find(|(id, _)| *id == t.id) {
+            Some((_, ks)) => ks.push(k),
+            None => groups.push((t.id, vec![k])),
+        }
+    }
+    for (_, ks) in groups {
+        let part: Vec<ScoreItem> = ks.iter().map(|&k| items[k].clone()).collect();
+        let who: Vec<(Arc<Ticket>, usize)> = ks.iter().map(|&k| owners[k].clone()).collect();
+        match catch(|| s.backend.score_batch(&part)) {
+            Ok(scores) if scores.len() == part.len() => deliver(who, scores),
+            Ok(_) => fail_owners(&who, &Error::Internal("wrong number of results".into())),
+            Err(e) => fail_owners(&who, &e),
+        }
     }
 }
 

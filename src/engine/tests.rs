@@ -8,6 +8,8 @@ use std::sync::atomic::AtomicUsize;
 struct Fake {
     batches: Mutex<Vec<usize>>,
     delay: Duration,
+    /// Added per padded token of a batch (a forward pass's cost grows with its size).
+    per_token: Duration,
     /// While false, forward passes wait (lets a test fill the queue first).
     open: AtomicBool,
     calls: AtomicUsize,
@@ -22,6 +24,7 @@ impl Fake {
         Arc::new(Fake {
             batches: Mutex::new(Vec::new()),
             delay: Duration::from_millis(delay_ms),
+            per_token: Duration::ZERO,
             open: AtomicBool::new(true),
             calls: AtomicUsize::new(0),
             received: AtomicUsize::new(0),
@@ -44,7 +47,8 @@ impl Backend for Fake {
         while !self.open.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(2));
         }
-        std::thread::sleep(self.delay);
+        let longest = batch.iter().map(ScoreItem::input_len).max().unwrap_or(0);
+        std::thread::sleep(self.delay + self.per_token * (longest * batch.len()) as u32);
         self.batches.lock().unwrap().push(batch.len());
         if batch.iter().any(|i| i.prompt.contains(&POISON)) {
             return Err(Error::Model("poisoned batch".into()));
@@ -79,7 +83,46 @@ fn config(budget: usize, capacity: usize) -> EngineConfig {
         queue_capacity: capacity,
         token_budget: budget,
         window: 4096,
+        batch_seconds: None,
     }
+}
+
+/// `n` distinct items of exactly `len` input tokens.
+fn items_of_len(seed: u32, n: usize, len: usize) -> Vec<ScoreItem> {
+    (0..n as u32)
+        .map(|i| ScoreItem {
+            prompt: (0..len as u32).map(|t| seed * 1000 + i * 10 + t).collect(),
+            target: vec![7],
+        })
+        .collect()
+}
+
+#[test]
+fn batches_shrink_to_the_time_target_once_their_cost_is_known() {
+    // 50 us per padded token, a 20 ms target: 400 tokens, so at most four 100-token sequences
+    // per pass (fewer if sleeping overshoots, but never under the 256-token floor: two).
+    let fake = Arc::new(Fake {
+        per_token: Duration::from_micros(50),
+        ..Arc::into_inner(Fake::new(0)).unwrap()
+    });
+    let paced = EngineConfig {
+        batch_seconds: Some(0.02),
+        ..config(100_000, 1000)
+    };
+    let engine = Engine::new(fake.clone(), paced).unwrap();
+    let h = engine.handle(CancelToken::new());
+    // Nothing is known yet: the first request goes as one pass.
+    h.score_items(items_of_len(1, 10, 100), &|_, _| {}).unwrap();
+    let input = items_of_len(2, 20, 100);
+    let out = h.score_items(input.clone(), &|_, _| {}).unwrap();
+    assert_eq!(out, input.iter().map(Fake::expected).collect::<Vec<_>>());
+    let batches = fake.batches.lock().unwrap().clone();
+    assert_eq!(batches[0], 10);
+    assert!(
+        batches[1..].iter().all(|&b| (2..=4).contains(&b)),
+        "{batches:?}"
+    );
+    assert_eq!(batches[1..].iter().sum::<usize>(), 20);
 }
 
 #[test]
