@@ -464,11 +464,7 @@ fn run_batch<B: Backend>(s: &Shared<B>, batch: Vec<Work>) -> Option<(usize, f64)
 }
 
 /// Scores each request's part of a failed batch as a batch of its own.
-fn score_each_owner_alone<B: Backend>(
-    s: &Shared<B>,
-    items: &[ScoreItem],
-    owners: &[(Arc<Ticket>, usize)],
-) {
+fn score_each_owner_alone<B: Backend>(s: &Shared<B>, items: &[ScoreItem], owners: &[(Arc<Ticket>, usize)]) {
     let mut groups: Vec<(u64, Vec<usize>)> = Vec::new();
     for (k, (t, _)) in owners.iter().enumerate() {
         match groups.iter_mut().find(|(id, _)| *id == t.id) {

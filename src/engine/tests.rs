@@ -118,10 +118,7 @@ fn batches_shrink_to_the_time_target_once_their_cost_is_known() {
     assert_eq!(out, input.iter().map(Fake::expected).collect::<Vec<_>>());
     let batches = fake.batches.lock().unwrap().clone();
     assert_eq!(batches[0], 10);
-    assert!(
-        batches[1..].iter().all(|&b| (2..=4).contains(&b)),
-        "{batches:?}"
-    );
+    assert!(batches[1..].iter().all(|&b| (2..=4).contains(&b)), "{batches:?}");
     assert_eq!(batches[1..].iter().sum::<usize>(), 20);
 }
 
