@@ -2,6 +2,7 @@
 //!
 //! The model owns the tensors. Everything above this module sees token ids and log-probs.
 
+pub(crate) mod backward;
 pub mod cache;
 pub mod config;
 pub mod decoder;

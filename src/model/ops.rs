@@ -1,8 +1,9 @@
 //! Fused CPU kernels for the hot elementwise steps that candle would run as several
 //! single-threaded passes, each allocating a full-size tensor.
 
-use candle_core::{bail, CpuStorage, DType, Device, Layout, Result, Shape, Storage, Tensor, D};
+use candle_core::{bail, CpuStorage, DType, Layout, Result, Shape, Storage, Tensor, D};
 
+use crate::model::backward;
 use crate::model::config::RopeStyle;
 
 /// Which implementation a forward pass uses for norms, softmax, RoPE and activations.
@@ -11,7 +12,8 @@ pub enum Kernels {
     /// Fused kernels (candle's and this module's): the scoring and generation path. They have
     /// no backward pass; ours fall back to candle ops off CPU f32.
     Fused,
-    /// Plain candle ops, every one with a backward pass (gradient methods).
+    /// Every step with a backward pass (gradient methods): on CPU f32 the fused kernels with
+    /// hand-written backward passes of [`backward`], elsewhere composed candle ops.
     Differentiable,
 }
 
@@ -19,6 +21,9 @@ impl Kernels {
     pub fn rms_norm(self, x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
         match self {
             Kernels::Fused => candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps),
+            Kernels::Differentiable if is_cpu_f32(x) && is_cpu_f32(weight) => {
+                backward::rms_norm(x, weight, eps)
+            }
             Kernels::Differentiable => candle_nn::ops::rms_norm_slow(x, weight, eps),
         }
     }
@@ -33,6 +38,7 @@ impl Kernels {
     pub fn softmax_last_dim(self, x: &Tensor) -> Result<Tensor> {
         match self {
             Kernels::Fused => candle_nn::ops::softmax_last_dim(x),
+            Kernels::Differentiable if is_cpu_f32(x) => backward::softmax_last_dim(x),
             Kernels::Differentiable => candle_nn::ops::softmax(x, D::Minus1),
         }
     }
@@ -43,6 +49,9 @@ impl Kernels {
         match (self, style) {
             (Kernels::Fused, RopeStyle::Half) => r::rope(&x.contiguous()?, cos, sin),
             (Kernels::Fused, RopeStyle::Interleaved) => r::rope_i(&x.contiguous()?, cos, sin),
+            (Kernels::Differentiable, style) if is_cpu_f32(x) && is_cpu_f32(cos) => {
+                backward::rope(x, cos, sin, style)
+            }
             (Kernels::Differentiable, RopeStyle::Half) => r::rope_slow(x, cos, sin),
             (Kernels::Differentiable, RopeStyle::Interleaved) => r::rope_i_slow(x, cos, sin),
         }
@@ -52,6 +61,7 @@ impl Kernels {
     pub fn gated(self, gate_up: &Tensor, act: Activation) -> Result<Tensor> {
         match self {
             Kernels::Fused => gated(gate_up, act),
+            Kernels::Differentiable if is_cpu_f32(gate_up) => backward::gated_act(gate_up, act),
             Kernels::Differentiable => {
                 let f = gate_up.dim(1)? / 2;
                 act.apply(&gate_up.narrow(1, 0, f)?)? * gate_up.narrow(1, f, f)?
@@ -64,9 +74,7 @@ impl Kernels {
     /// weight's gradient, which gradient methods never use and which costs as much again.
     pub fn matmul(self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
         match self {
-            Kernels::Differentiable if is_cpu_f32(x) && is_cpu_f32(w) => {
-                x.contiguous()?.apply_op1(ConstMatmul(w.clone()))
-            }
+            Kernels::Differentiable if is_cpu_f32(x) && is_cpu_f32(w) => backward::matmul(x, w),
             _ => x.matmul(w),
         }
     }
@@ -85,7 +93,7 @@ impl Kernels {
 use rayon::prelude::*;
 
 /// Runs `f` on the f32 data of a contiguous CPU tensor.
-fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     let (storage, layout) = t.storage_and_layout();
     let Storage::Cpu(cpu) = &*storage else {
         bail!("expected a CPU tensor")
@@ -97,34 +105,8 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     }
 }
 
-/// `x @ w` with `w` a constant: its backward gives `x` its gradient and skips `w`'s.
-struct ConstMatmul(Tensor);
-
-impl candle_core::CustomOp1 for ConstMatmul {
-    fn name(&self) -> &'static str {
-        "const-matmul"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let Some((a, b)) = layout.contiguous_offsets() else {
-            bail!("const-matmul: expected a contiguous input")
-        };
-        let x = Tensor::from_slice(&storage.as_slice::<f32>()?[a..b], layout.shape(), &Device::Cpu)?;
-        let y = x.matmul(&self.0)?;
-        let (out, _) = y.storage_and_layout();
-        let Storage::Cpu(out) = &*out else {
-            bail!("const-matmul: expected a CPU result")
-        };
-        Ok((out.clone(), y.shape().clone()))
-    }
-
-    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad.matmul(&self.0.t()?)?))
-    }
-}
-
 /// Rows of at least this many floats per rayon task.
-const GRAIN: usize = 1 << 14;
+pub(crate) const GRAIN: usize = 1 << 14;
 
 /// `act(gate) * up` for `[n, 2f]` rows that hold gate then up; returns `[n, f]`. One parallel
 /// pass on CPU f32; candle ops elsewhere.
@@ -239,6 +221,33 @@ impl Activation {
         }
     }
 
+    /// `act(x)` and `act'(x)` (the gated MLP's backward pass).
+    #[inline]
+    pub(crate) fn value_and_slope(self, x: f32) -> (f32, f32) {
+        match self {
+            Activation::Silu => {
+                let s = 1.0 / (1.0 + (-x).exp());
+                (x * s, s * (1.0 + x * (1.0 - s)))
+            }
+            Activation::GeluTanh => {
+                // x * s with s = sigmoid(2u): s + x s (1 - s) 2u'.
+                let u = GELU_K * (x + 0.044_715 * x * x * x);
+                let s = 1.0 / (1.0 + (-2.0 * u).exp());
+                let du = GELU_K * (1.0 + 3.0 * 0.044_715 * x * x);
+                (x * s, s + x * s * (1.0 - s) * 2.0 * du)
+            }
+            Activation::GeluErf => {
+                // x Phi(x): Phi(x) + x phi(x).
+                let x = f64::from(x);
+                let cdf = 0.5 * (1.0 + candle_core::cpu::erf::erf_f64(x / std::f64::consts::SQRT_2));
+                let pdf = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
+                ((x * cdf) as f32, (cdf + x * pdf) as f32)
+            }
+            Activation::Relu if x > 0.0 => (x, 1.0),
+            Activation::Relu => (0.0, 0.0),
+        }
+    }
+
     #[inline]
     fn scalar(self, x: f32) -> f32 {
         match self {
@@ -250,12 +259,14 @@ impl Activation {
     }
 }
 
+/// sqrt(2/pi), of the tanh GELU.
+const GELU_K: f32 = 0.797_884_6;
+
 /// `gelu_new(x) = 0.5 x (1 + tanh(u)) = x * sigmoid(2u)`, `u = sqrt(2/pi) (x + 0.044715 x^3)`:
 /// one `exp` instead of a `tanh`.
 #[inline]
 fn gelu_tanh(x: f32) -> f32 {
-    const K: f32 = 0.797_884_6; // sqrt(2/pi)
-    let u = K * (x + 0.044_715 * x * x * x);
+    let u = GELU_K * (x + 0.044_715 * x * x * x);
     x / (1.0 + (-2.0 * u).exp())
 }
 
