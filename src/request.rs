@@ -203,10 +203,10 @@ pub enum Method {
     Lime,
     #[serde(alias = "kernel")]
     KernelShap,
-    /// Captum's LayerIntegratedGradients on the input embeddings (token input).
+    /// Captum's LayerIntegratedGradients on the input embeddings.
     #[serde(alias = "ig")]
     IntegratedGradients,
-    /// Captum's LayerGradientXActivation on the input embeddings (token input).
+    /// Captum's LayerGradientXActivation on the input embeddings.
     #[serde(alias = "gxi")]
     GradientXInput,
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use llm_attr::model::{LoadOptions, Model};
-use llm_attr::request::{AttributeRequest, AttributeResponse, Integration, Method, TokenRef};
+use llm_attr::request::{AttributeRequest, AttributeResponse, Baseline, Integration, Method, TokenRef};
 use llm_attr::run::{run, Limits};
 use serde_json::Value;
 
@@ -213,13 +213,18 @@ fn gradient_errors_name_the_field() {
         assert_eq!(e.field(), Some(field), "{e}");
         assert!(e.to_string().contains(words), "{e}");
     };
-    // Template input is not supported yet.
+    // A template's baseline strings do not apply: its tokens are replaced one by one.
     for method in [Method::IntegratedGradients, Method::GradientXInput] {
         let mut r = text(method);
         r.text = None;
         r.template = Some("{name} from Germany".into());
         r.values = Some([("name".to_string(), "Georg".to_string())].into_iter().collect());
-        expect(&r, "template", "token input only");
+        r.baselines = Some(
+            [("name".to_string(), Baseline::One("Alex".into()))]
+                .into_iter()
+                .collect(),
+        );
+        expect(&r, "baselines", "baseline strings do not apply");
     }
     let mut r = text(Method::IntegratedGradients);
     r.n_steps = Some(0);
@@ -258,6 +263,72 @@ fn gradient_errors_name_the_field() {
     // Captum's short names.
     let ig: AttributeRequest = serde_json::from_str(r#"{"text": "a", "method": "ig"}"#).unwrap();
     assert_eq!(ig.method, Method::IntegratedGradients);
+}
+
+/// Template input: a placeholder's attribution is the sum of its tokens' attributions, as text
+/// input gives them when every other token is skipped (so both start from the same baseline).
+#[test]
+fn a_placeholder_gets_the_sum_over_its_tokens() {
+    let m = model(TINY_GPT2);
+    let tok = m.tokenizer();
+    let values = [("name", "Georg Smith"), ("country", "Germany")];
+    for method in [Method::IntegratedGradients, Method::GradientXInput] {
+        let template = AttributeRequest {
+            template: Some("{name} from {country} applied for".into()),
+            values: Some(
+                values
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            target: Some(" a job".into()),
+            method,
+            n_steps: (method == Method::IntegratedGradients).then_some(16),
+            ..Default::default()
+        };
+        let by_placeholder = run(&template, m.as_ref(), &Limits::default(), &|_| {}).unwrap();
+        let fixed: Vec<TokenRef> = [" from", " applied", " for"]
+            .iter()
+            .map(|t| TokenRef::Id(tok.encode(t).unwrap()[0]))
+            .collect();
+        let text = AttributeRequest {
+            text: Some("Georg Smith from Germany applied for".into()),
+            skip_tokens: Some(fixed),
+            template: None,
+            values: None,
+            ..template.clone()
+        };
+        let by_token = run(&text, m.as_ref(), &Limits::default(), &|_| {}).unwrap();
+        // The text's features: the name's tokens, then the country's.
+        let n_name = tok.encode("Georg Smith").unwrap().len();
+        assert!(n_name > 1, "a placeholder of several tokens");
+        assert_eq!(
+            by_token.features.len(),
+            n_name + tok.encode(" Germany").unwrap().len()
+        );
+        assert_eq!(by_placeholder.features.len(), 2);
+        for (row, (p, t)) in by_placeholder
+            .token_attr
+            .iter()
+            .zip(&by_token.token_attr)
+            .enumerate()
+        {
+            let want = [t[..n_name].iter().sum::<f64>(), t[n_name..].iter().sum()];
+            for (f, (&got, want)) in p.iter().zip(want).enumerate() {
+                assert!(
+                    (got - want).abs() <= 1e-6 * want.abs().max(1.0),
+                    "{method:?} row {row} feature {f}: {got} vs {want}"
+                );
+            }
+        }
+        let deltas = |r: &AttributeResponse| r.convergence_delta.clone().unwrap_or_default();
+        for (a, b) in deltas(&by_placeholder).iter().zip(deltas(&by_token)) {
+            assert!(
+                (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                "{method:?}: delta {a} vs {b}"
+            );
+        }
+    }
 }
 
 /// Gradient × input's rows and integrated gradients' completeness on tiny-gpt2 with a

@@ -21,8 +21,6 @@ pub struct MethodFacts {
     /// Gradient methods attribute through the model's gradients (`Scorer::gradients`) instead
     /// of coalitions; `None` for the perturbation methods.
     pub gradient: Option<GradientFacts>,
-    /// Which inputs the method takes.
-    pub inputs: Inputs,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -33,14 +31,6 @@ pub struct GradientFacts {
     /// `n_steps` when the request gives none (Captum's); 1 for a method that takes the
     /// gradient at the input only.
     pub default_n_steps: usize,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Inputs {
-    /// Template, chat and token input.
-    All,
-    /// Token input (`text`) only.
-    Tokens,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -77,7 +67,6 @@ impl Method {
                 evaluations: |n, _| n.saturating_add(1),
                 feature_cap: None,
                 gradient: None,
-                inputs: Inputs::All,
             },
             Method::ShapleyValues => MethodFacts {
                 samples: false,
@@ -85,7 +74,6 @@ impl Method {
                 evaluations: |n, _| 1usize.checked_shl(n as u32).unwrap_or(usize::MAX),
                 feature_cap: Some(EXACT_SHAPLEY_CAP),
                 gradient: None,
-                inputs: Inputs::All,
             },
             // n_samples permutations, each adding the features one by one to the empty
             // coalition.
@@ -95,7 +83,6 @@ impl Method {
                 evaluations: |n, s| s.saturating_mul(n).saturating_add(1),
                 feature_cap: None,
                 gradient: None,
-                inputs: Inputs::All,
             },
             Method::Lime => MethodFacts {
                 samples: true,
@@ -103,7 +90,6 @@ impl Method {
                 evaluations: |_, s| s,
                 feature_cap: None,
                 gradient: None,
-                inputs: Inputs::All,
             },
             Method::KernelShap => MethodFacts {
                 samples: true,
@@ -111,7 +97,6 @@ impl Method {
                 evaluations: |_, s| s,
                 feature_cap: None,
                 gradient: None,
-                inputs: Inputs::All,
             },
             // One gradient per output token and step, summed over the embedding per token.
             Method::IntegratedGradients => MethodFacts {
@@ -123,7 +108,6 @@ impl Method {
                     integrates: true,
                     default_n_steps: 50,
                 }),
-                inputs: Inputs::Tokens,
             },
             Method::GradientXInput => MethodFacts {
                 samples: false,
@@ -134,7 +118,6 @@ impl Method {
                     integrates: false,
                     default_n_steps: 1,
                 }),
-                inputs: Inputs::Tokens,
             },
         }
     }

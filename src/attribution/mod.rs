@@ -15,7 +15,7 @@ use rand::Rng;
 
 use crate::error::{Error, Result};
 use crate::request::Method;
-pub use methods::{FeatureCap, GradientFacts, Inputs, MethodFacts};
+pub use methods::{FeatureCap, GradientFacts, MethodFacts};
 pub use shapley::{shapley_value_sampling, shapley_values};
 pub use surrogate::{kernel_shap, lime};
 

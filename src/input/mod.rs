@@ -46,6 +46,14 @@ enum Kind {
     Tokens(tokens::TokenInput),
 }
 
+/// The unperturbed prompt as tokens, and which of them make each feature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeatureTokens {
+    pub ids: Vec<u32>,
+    /// Per feature, its token positions in `ids` (none when its value tokenizes to nothing).
+    pub positions: Vec<Vec<usize>>,
+}
+
 /// For each slot: `None` keeps the value, `Some(k)` puts in its k-th baseline.
 pub type Choice = [Option<usize>];
 
@@ -166,6 +174,36 @@ impl Input {
         self.slots.iter().all(|s| s.n_baselines == 1)
     }
 
+    /// The unperturbed prompt's token ids and the positions of each feature's tokens, for the
+    /// gradient methods, which attribute to positions. A text's feature is its token; a
+    /// template's placeholder owns every token whose text overlaps its value (a token across
+    /// two values goes to the first).
+    pub fn feature_tokens(&self, tokenizer: &Tokenizer) -> Result<FeatureTokens> {
+        let (ids, positions) = match &self.kind {
+            Kind::Tokens(t) => (t.ids.clone(), t.positions.iter().map(|&p| vec![p]).collect()),
+            Kind::Template {
+                pieces,
+                names,
+                values,
+                ..
+            } => {
+                let (text, spans) = render_template_with_spans(pieces, names, |s| &values[s]);
+                let (ids, offsets) = tokenizer.encode_prompt_with_offsets(&text)?;
+                let mut positions = vec![Vec::new(); self.features.len()];
+                for (p, &(a, b)) in offsets.iter().enumerate() {
+                    if let Some((_, s)) = spans.iter().find(|(r, _)| a < r.end && r.start < b) {
+                        positions[self.slots[*s].feature].push(p);
+                    }
+                }
+                (ids, positions)
+            }
+        };
+        if ids.is_empty() {
+            return Err(Error::invalid(self.features_field(), "the prompt is empty"));
+        }
+        Ok(FeatureTokens { ids, positions })
+    }
+
     /// Token ids of the prompt for one choice per slot. Fails with a clear error if the prompt
     /// comes out empty (the first target token needs a context).
     pub fn render(&self, tokenizer: &Tokenizer, choice: &Choice) -> Result<Vec<u32>> {
@@ -275,17 +313,29 @@ fn from_chat(req: &AttributeRequest, messages: &[ChatMessage], tokenizer: &Token
 }
 
 fn render_template<'v>(pieces: &[Piece], names: &[String], value: impl Fn(usize) -> &'v str) -> String {
+    render_template_with_spans(pieces, names, value).0
+}
+
+/// [`render_template`], with the byte range of every placeholder's value and its slot.
+fn render_template_with_spans<'v>(
+    pieces: &[Piece],
+    names: &[String],
+    value: impl Fn(usize) -> &'v str,
+) -> (String, Vec<(std::ops::Range<usize>, usize)>) {
     let mut out = String::new();
+    let mut spans = Vec::new();
     for p in pieces {
         match p {
             Piece::Text(t) => out.push_str(t),
             Piece::Slot(name) => {
                 let s = names.iter().position(|n| n == name).unwrap_or(0);
+                let start = out.len();
                 out.push_str(value(s));
+                spans.push((start..out.len(), s));
             }
         }
     }
-    out
+    (out, spans)
 }
 
 fn mask_label(name: &str, v: &serde_json::Value) -> Result<String> {

@@ -2,6 +2,10 @@
 //! LLMGradientAttribution does: one row per target token, the gradient of its log-prob with
 //! respect to the input embeddings, summed over the embedding per prompt token; `seq_attr` is
 //! the sum of the rows. The tensors are the scorer's business ([`Scorer::gradients`]).
+//!
+//! Beyond Captum, template and chat input work too: a placeholder's attribution is the sum over
+//! the tokens of its value ([`crate::input::Input::feature_tokens`]), and integrated gradients start from
+//! the prompt with each of those tokens replaced by token id 0.
 
 use std::time::Instant;
 
@@ -9,6 +13,7 @@ use super::{check_count, parse_input, resolve_target, Limits, Progress};
 use crate::attribution::integration::Rule;
 use crate::attribution::GradientFacts;
 use crate::error::{Error, Result};
+use crate::input::FeatureTokens;
 use crate::model::{GradientJob, ScoreItem};
 use crate::request::{AttrTarget, AttributeRequest, AttributeResponse, BaselineSampling, Stats};
 use crate::scorer::Scorer;
@@ -42,12 +47,22 @@ pub(super) fn run(
             weights: vec![1.0],
         }
     };
-    let input = parse_input(request, &method.facts(), scorer, limits)?;
-    let tokens = input
-        .tokens()
-        .ok_or_else(|| Error::Internal("a gradient method without token input".into()))?;
+    let input = parse_input(request, scorer, limits)?;
+    if request.baselines.is_some() {
+        return Err(Error::invalid(
+            "baselines",
+            format!(
+                "{} replaces each token of a placeholder's value with token id 0 (or starts from the \
+                 zero embedding); baseline strings do not apply",
+                method.name()
+            ),
+        ));
+    }
     let tokenizer = scorer.tokenizer();
-    let prompt = tokens.ids.clone();
+    let FeatureTokens {
+        ids: prompt,
+        positions,
+    } = input.feature_tokens(tokenizer)?;
     let (target_ids, generated) = resolve_target(request, &input, &prompt, scorer, limits)?;
     // One backward pass per target token and step: bounded like the perturbation methods'
     // sequences.
@@ -66,10 +81,13 @@ pub(super) fn run(
 
     // Integrated gradients start from the prompt with every feature token replaced by the
     // baseline token; gradient × input from the zero embedding.
-    let baseline_id = tokens.baseline.unwrap_or(DEFAULT_BASELINE_ID);
+    let baseline_id = input
+        .tokens()
+        .and_then(|t| t.baseline)
+        .unwrap_or(DEFAULT_BASELINE_ID);
     let baseline = facts.integrates.then(|| {
         let mut ids = prompt.clone();
-        for &p in &tokens.positions {
+        for &p in positions.iter().flatten() {
             ids[p] = baseline_id;
         }
         ids
@@ -102,11 +120,17 @@ pub(super) fn run(
     if rows.len() != target_ids.len() || rows.iter().any(|r| r.len() != prompt.len()) {
         return Err(Error::Internal("gradient rows of the wrong shape".into()));
     }
+    // A feature's attribution is the sum over its tokens (one token for text input).
     let token_attr: Vec<Vec<f64>> = rows
         .iter()
-        .map(|r| tokens.positions.iter().map(|&p| r[p]).collect())
+        .map(|r| {
+            positions
+                .iter()
+                .map(|ps| ps.iter().map(|&p| r[p]).sum())
+                .collect()
+        })
         .collect();
-    let seq_attr = (0..tokens.positions.len())
+    let seq_attr = (0..positions.len())
         .map(|f| token_attr.iter().map(|r| r[f]).sum())
         .collect();
     // Captum's delta: the row's sum over every position minus f(input) - f(baseline).

@@ -13,7 +13,7 @@ use std::time::Instant;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::attribution::{self, Evaluator, Inputs, MethodFacts};
+use crate::attribution::{self, Evaluator, MethodFacts};
 use crate::error::{Error, Result};
 use crate::input::Input;
 use crate::model::Tokenizer;
@@ -178,24 +178,9 @@ fn check_integration_fields(request: &AttributeRequest, facts: &MethodFacts) -> 
     Ok(())
 }
 
-/// The request's input, if the method takes that kind of input and it has few enough features.
-fn parse_input(
-    request: &AttributeRequest,
-    facts: &MethodFacts,
-    scorer: &dyn Scorer,
-    limits: &Limits,
-) -> Result<Input> {
+/// The request's input, if it has no more features than the limits allow.
+fn parse_input(request: &AttributeRequest, scorer: &dyn Scorer, limits: &Limits) -> Result<Input> {
     let input = Input::from_request(request, scorer.tokenizer())?;
-    if facts.inputs == Inputs::Tokens && input.tokens().is_none() {
-        return Err(Error::invalid(
-            input.features_field(),
-            format!(
-                "{} takes token input only: give `text` (every token is a feature), or use a \
-                 perturbation method",
-                request.method.name()
-            ),
-        ));
-    }
     let n = input.n_features();
     if n > limits.max_features {
         return Err(Error::too_large(
@@ -269,7 +254,7 @@ pub fn run(
     )?;
     let trials = check_count("num_trials", request.num_trials, 1, limits.max_num_trials)?;
     let tokenizer = scorer.tokenizer();
-    let input = parse_input(request, &facts, scorer, limits)?;
+    let input = parse_input(request, scorer, limits)?;
     let n = input.n_features();
     method.check_features(n, n_samples, limits.max_sequences)?;
 
