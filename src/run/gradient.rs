@@ -3,9 +3,9 @@
 //! respect to the input embeddings, summed over the embedding per prompt token; `seq_attr` is
 //! the sum of the rows. The tensors are the scorer's business ([`Scorer::gradients`]).
 //!
-//! Beyond Captum, template and chat input work too: a placeholder's attribution is the sum over
-//! the tokens of its value ([`crate::input::Input::feature_tokens`]), and integrated gradients start from
-//! the prompt with each of those tokens replaced by token id 0.
+//! Beyond Captum, template and chat input work too: a placeholder's attribution is the sum
+//! over the tokens of its value ([`crate::input::Input::feature_tokens`]), and integrated
+//! gradients start from the prompt with each of those tokens replaced by token id 0.
 
 use std::time::Instant;
 
