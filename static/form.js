@@ -21,12 +21,6 @@ export function setMode(mode) {
   $("#placeholder-box").hidden = mode === "tokens";
   $("#generate-row").hidden = mode === "chat";
   if (mode === "tokens") tokenizeSoon();
-  // Gradient methods take token input only.
-  for (const label of $$("[data-tokens-only]")) label.hidden = mode !== "tokens";
-  if (mode !== "tokens" && METHODS[method()]?.gradient) {
-    $("input[name=method][value=shapley_values]").checked = true;
-    updateMethodFields();
-  }
   onInputChanged();
 }
 

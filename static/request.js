@@ -6,7 +6,7 @@ import { state, rowFor } from "./state.js";
 import { parseTemplate, renderTemplate } from "./template.js";
 
 /** What the page knows of each method: sampling or exact, its default sample count, and whether
- * it works from the model's gradients (token input only, no baselines to sample). */
+ * it works from the model's gradients (no baselines to sample). */
 export const METHODS = {
   feature_ablation: { sampled: false },
   shapley_values: { sampled: false },
@@ -102,6 +102,8 @@ export function buildRequest() {
   if (target !== undefined) req.target = target;
   else if (intField("max_new_tokens") !== undefined) req.max_new_tokens = intField("max_new_tokens");
   req.method = method();
+  // Gradient methods replace a placeholder's tokens with token 0: baseline strings do not apply.
+  if (METHODS[req.method]?.gradient) delete req.baselines;
   req.attr_target = $("#attr_target").value;
   if (METHODS[req.method]?.sampled && intField("n_samples") !== undefined) req.n_samples = intField("n_samples");
   if (intField("seed") !== undefined) req.seed = intField("seed");

@@ -606,6 +606,21 @@ fn check_audits(d: &Driver, base: &str, root: &Path) {
     run_page_audit(d, "name");
 }
 
+/// The gradient methods are offered with a template too (a hidden one could not be clicked),
+/// and their request leaves out the baselines, which they do not use. Ends on Shapley values.
+fn check_gradient_request(d: &Driver) {
+    for method in ["integrated_gradients", "gradient_x_input"] {
+        d.click(&format!("input[name=method][value={method}]"));
+        let request = d.js("return buildRequest()", json!([]));
+        assert_eq!(request["method"], method);
+        assert_eq!(request["values"]["name"], "Georg", "{request}");
+        assert!(request.get("baselines").is_none(), "{request}");
+    }
+    d.click("input[name=method][value=shapley_values]");
+    let request = d.js("return buildRequest()", json!([]));
+    assert!(request.get("baselines").is_some(), "{request}");
+}
+
 /// Chat mode where the model has a chat template: messages instead of a template, run as a job.
 fn check_chat(d: &Driver, base: &str, root: &Path) {
     let model: Value = http()
@@ -742,6 +757,7 @@ fn web_page_runs_t1_in_a_real_browser() {
     );
     check_leading_space(d);
     check_cost_preview(d, &base);
+    check_gradient_request(d);
     let request = d.js("return buildRequest()", json!([]));
     assert_eq!(request["method"], "shapley_values");
     assert_eq!(request["values"]["name"], "Georg");
