@@ -125,6 +125,8 @@ async fn delete_cancels_a_running_job_and_its_queued_work() {
     assert_eq!(metric(&s.url(), "llm_attr_sequences_scored_total").await, scored);
     assert!(scored < total as f64, "{scored} of {total}");
     assert_eq!(metric(&s.url(), "llm_attr_queue_depth").await, 0.0);
+    // Pacing never raises the budget above --batch-tokens (1 token here).
+    assert_eq!(metric(&s.url(), "llm_attr_batch_token_budget").await, 1.0);
     let job = send_json(c.get(&url)).await;
     assert_eq!(
         job["state"], "cancelled",

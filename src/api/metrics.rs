@@ -163,6 +163,13 @@ impl Metrics {
                 "Forward passes running now.",
             );
             let _ = writeln!(o, "llm_attr_batches_running {}", e.running());
+            header(
+                o,
+                "llm_attr_batch_token_budget",
+                "gauge",
+                "Padded tokens the next forward pass may take: --batch-tokens, or less while passes are paced to --batch-seconds.",
+            );
+            let _ = writeln!(o, "llm_attr_batch_token_budget {}", e.batch_budget());
             let counters = [
                 ("llm_attr_batches_total", "Forward passes run.", &st.batches),
                 (

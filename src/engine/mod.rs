@@ -294,6 +294,12 @@ impl<B: Backend> Engine<B> {
         self.shared.lock().running
     }
 
+    /// Padded tokens the next forward pass may take: the token budget, or less while passes
+    /// are paced to `batch_seconds`.
+    pub fn batch_budget(&self) -> usize {
+        self.shared.lock().pace.budget(self.shared.config.token_budget)
+    }
+
     /// A scorer for one request; cancelling `cancel` stops its remaining work.
     pub fn handle(&self, cancel: CancelToken) -> Handle<B> {
         Handle {

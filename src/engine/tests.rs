@@ -111,8 +111,14 @@ fn batches_shrink_to_the_time_target_once_their_cost_is_known() {
     };
     let engine = Engine::new(fake.clone(), paced).unwrap();
     let h = engine.handle(CancelToken::new());
+    assert_eq!(engine.batch_budget(), 100_000);
     // Nothing is known yet: the first request goes as one pass.
     h.score_items(items_of_len(1, 10, 100), &|_, _| {}).unwrap();
+    assert!(
+        (256..=400).contains(&engine.batch_budget()),
+        "{}",
+        engine.batch_budget()
+    );
     let input = items_of_len(2, 20, 100);
     let out = h.score_items(input.clone(), &|_, _| {}).unwrap();
     assert_eq!(out, input.iter().map(Fake::expected).collect::<Vec<_>>());
