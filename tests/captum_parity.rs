@@ -2,10 +2,6 @@
 //! feature ablation and exact Shapley values through LLMAttribution, and exact Shapley values
 //! over the product of baseline lists.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-
-use llm_attr::model::{LoadOptions, Model};
 use llm_attr::request::{AttributeRequest, AttributeResponse, Baseline, BaselineSampling, Method};
 use llm_attr::run::{run, Limits};
 use serde_json::Value;
@@ -14,24 +10,7 @@ const SMOLLM2: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 const TINY_GPT2: &str = "tests/fixtures/tiny-gpt2";
 
 mod common;
-use common::FAMILIES;
-
-fn model(spec: &str) -> Arc<Model> {
-    static MODELS: Mutex<Option<HashMap<String, Arc<Model>>>> = Mutex::new(None);
-    let mut models = MODELS.lock().unwrap_or_else(|e| e.into_inner());
-    models
-        .get_or_insert_with(HashMap::new)
-        .entry(spec.to_string())
-        .or_insert_with(|| {
-            Model::load(spec, &LoadOptions::default()).unwrap_or_else(|e| panic!("loading {spec}: {e}"))
-        })
-        .clone()
-}
-
-fn fixture(path: &str) -> Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    serde_json::from_str(&text).unwrap()
-}
+use common::{read_json, shared_model, FAMILIES};
 
 fn strings(v: &Value) -> Vec<String> {
     v.as_array()
@@ -107,8 +86,8 @@ fn compare(r: &AttributeResponse, reference: &Value, what: &str) {
 }
 
 fn check_captum(spec: &str, path: &str) {
-    let m = model(spec);
-    let f = fixture(path);
+    let m = shared_model(spec);
+    let f = read_json(path);
     for (key, method) in [
         ("feature_ablation", Method::FeatureAblation),
         ("shapley_values", Method::ShapleyValues),
@@ -161,9 +140,9 @@ fn every_family_t1_matches_captum() {
 
 #[test]
 fn smollm2_exact_product_baselines() {
-    let m = model(SMOLLM2);
-    let t = fixture("tests/fixtures/smollm2/captum_t1.json")["template"].clone();
-    let f = fixture("tests/fixtures/smollm2/exact_product_t1.json");
+    let m = shared_model(SMOLLM2);
+    let t = read_json("tests/fixtures/smollm2/captum_t1.json")["template"].clone();
+    let f = read_json("tests/fixtures/smollm2/exact_product_t1.json");
     for (key, method) in [
         ("shapley", Method::ShapleyValues),
         ("feature_ablation", Method::FeatureAblation),
@@ -195,9 +174,9 @@ fn smollm2_exact_product_baselines() {
 /// message; Captum ran TextTemplateInput on the rendered template (captum_chat.json).
 #[test]
 fn smollm2_chat_matches_captum() {
-    let m = model(SMOLLM2);
+    let m = shared_model(SMOLLM2);
     let path = "tests/fixtures/smollm2/captum_chat.json";
-    let f = fixture(path);
+    let f = read_json(path);
     for (key, method) in [
         ("feature_ablation", Method::FeatureAblation),
         ("shapley_values", Method::ShapleyValues),
@@ -230,8 +209,8 @@ fn floats(v: &Value) -> Vec<f64> {
 
 #[test]
 fn every_method_on_tiny_gpt2_is_efficient_and_per_token() {
-    let m = model(TINY_GPT2);
-    let t = fixture("tests/fixtures/tiny-gpt2/captum_t1.json")["template"].clone();
+    let m = shared_model(TINY_GPT2);
+    let t = read_json("tests/fixtures/tiny-gpt2/captum_t1.json")["template"].clone();
     let mut out = Vec::new();
     for method in [
         Method::FeatureAblation,
@@ -281,8 +260,8 @@ fn every_method_on_tiny_gpt2_is_efficient_and_per_token() {
 /// (token rows: the target's, then the contrast's negated).
 #[test]
 fn smollm2_contrast_is_captum_target_minus_contrast() {
-    let m = model(SMOLLM2);
-    let f = fixture("tests/fixtures/smollm2/captum_contrast_t1.json");
+    let m = shared_model(SMOLLM2);
+    let f = read_json("tests/fixtures/smollm2/captum_contrast_t1.json");
     let ids = |v: &Value| -> Vec<u32> {
         v.as_array()
             .unwrap()

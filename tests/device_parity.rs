@@ -18,7 +18,7 @@ use llm_attr::request::{AttributeRequest, Baseline, Method};
 use llm_attr::run::{run, Limits};
 use serde_json::Value;
 
-use common::FAMILIES;
+use common::{ids, read_json, FAMILIES};
 
 fn device() -> DeviceChoice {
     let name = std::env::var("LLM_ATTR_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
@@ -60,19 +60,6 @@ fn dirs() -> Vec<String> {
         .collect()
 }
 
-fn json(path: &str) -> Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    serde_json::from_str(&text).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
 fn load(dir: &str, dtype: DType) -> Arc<Model> {
     Model::load(dir, &options(dtype)).unwrap_or_else(|e| panic!("loading {dir}: {e}"))
 }
@@ -83,7 +70,7 @@ fn logprobs_match_transformers_on_the_device() {
     for (dtype, tol) in dtypes() {
         for dir in dirs() {
             let m = load(&dir, dtype);
-            let cases = json(&format!("{dir}/logprobs.json"));
+            let cases = read_json(&format!("{dir}/logprobs.json"));
             let cases = cases.as_array().unwrap();
             let items: Vec<ScoreItem> = cases
                 .iter()
@@ -126,7 +113,7 @@ fn greedy_generation_on_the_device() {
                 continue;
             }
             let m = load(&dir, dtype);
-            for c in json(&path).as_array().unwrap() {
+            for c in read_json(&path).as_array().unwrap() {
                 let want = ids(&c["greedy_ids"]);
                 let got = m.generate(&ids(&c["prompt_ids"]), want.len()).unwrap();
                 if dtype == DType::F32 {
@@ -185,7 +172,7 @@ fn captum_t1_matches_on_the_device() {
     }
     for dir in dirs() {
         let m = load(&dir, DType::F32);
-        let f = json(&format!("{dir}/captum_t1.json"));
+        let f = read_json(&format!("{dir}/captum_t1.json"));
         for (key, method) in [
             ("feature_ablation", Method::FeatureAblation),
             ("shapley_values", Method::ShapleyValues),

@@ -2,37 +2,21 @@
 //! and LayerGradientXActivation on the input embeddings; tests/fixtures/*/captum_grad.json,
 //! made by scripts/reference/gradients.py), their completeness, and their input errors.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-
-use llm_attr::model::{LoadOptions, Model};
 use llm_attr::request::{AttributeRequest, AttributeResponse, Baseline, Integration, Method, TokenRef};
 use llm_attr::run::{run, Limits};
 use serde_json::Value;
 
 mod common;
-use common::FAMILIES;
+use common::{ids, read_json, shared_model, FAMILIES};
 
 const SMOLLM2: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 const TINY_GPT2: &str = "tests/fixtures/tiny-gpt2";
 
-fn model(spec: &str) -> Arc<Model> {
-    static MODELS: Mutex<Option<HashMap<String, Arc<Model>>>> = Mutex::new(None);
-    let mut models = MODELS.lock().unwrap_or_else(|e| e.into_inner());
-    models
-        .get_or_insert_with(HashMap::new)
-        .entry(spec.to_string())
-        .or_insert_with(|| {
-            Model::load(spec, &LoadOptions::default()).unwrap_or_else(|e| panic!("loading {spec}: {e}"))
-        })
-        .clone()
-}
-
 fn cases(dir: &str) -> Vec<Value> {
-    let path = format!("{dir}/captum_grad.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let v: Value = serde_json::from_str(&text).unwrap();
-    v["cases"].as_array().unwrap().clone()
+    read_json(&format!("{dir}/captum_grad.json"))["cases"]
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 fn floats(v: &Value) -> Vec<f64> {
@@ -40,14 +24,6 @@ fn floats(v: &Value) -> Vec<f64> {
         .unwrap()
         .iter()
         .map(|x| x.as_f64().unwrap())
-        .collect()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
         .collect()
 }
 
@@ -152,7 +128,7 @@ fn complete(r: &AttributeResponse, case: &Value, what: &str) {
 
 /// Every case of `dir`'s fixture that `keep` selects.
 fn check(spec: &str, dir: &str, keep: impl Fn(&Value) -> bool, seq_tolerance: SeqTolerance) {
-    let m = model(spec);
+    let m = shared_model(spec);
     for case in cases(dir).iter().filter(|c| keep(c)) {
         let what = format!(
             "{dir} {} {} {}",
@@ -201,7 +177,7 @@ fn smollm2_matches_captum() {
 /// Bad input: a clear error naming the field.
 #[test]
 fn gradient_errors_name_the_field() {
-    let m = model(TINY_GPT2);
+    let m = shared_model(TINY_GPT2);
     let text = |method: Method| AttributeRequest {
         text: Some("Georg from Germany".into()),
         target: Some(" is".into()),
@@ -269,7 +245,7 @@ fn gradient_errors_name_the_field() {
 /// input gives them when every other token is skipped (so both start from the same baseline).
 #[test]
 fn a_placeholder_gets_the_sum_over_its_tokens() {
-    let m = model(TINY_GPT2);
+    let m = shared_model(TINY_GPT2);
     let tok = m.tokenizer();
     let values = [("name", "Georg Smith"), ("country", "Germany")];
     for method in [Method::IntegratedGradients, Method::GradientXInput] {
@@ -335,7 +311,7 @@ fn a_placeholder_gets_the_sum_over_its_tokens() {
 /// generated target, a baseline token and the probability as the attribution target.
 #[test]
 fn integrated_gradients_complete_with_any_target() {
-    let m = model(TINY_GPT2);
+    let m = shared_model(TINY_GPT2);
     for attr_target in [
         llm_attr::request::AttrTarget::LogProb,
         llm_attr::request::AttrTarget::Prob,

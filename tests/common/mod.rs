@@ -346,6 +346,35 @@ pub fn local_scores() -> Vec<Vec<f32>> {
         .clone()
 }
 
+/// A model loaded once per test binary and shared by its tests (loading SmolLM2 takes seconds).
+pub fn shared_model(spec: &str) -> Arc<Model> {
+    static MODELS: Mutex<Option<HashMap<String, Arc<Model>>>> = Mutex::new(None);
+    let mut models = MODELS.lock().unwrap_or_else(|e| e.into_inner());
+    models
+        .get_or_insert_with(HashMap::new)
+        .entry(spec.to_string())
+        .or_insert_with(|| {
+            Model::load(spec, &llm_attr::model::LoadOptions::default())
+                .unwrap_or_else(|e| panic!("loading {spec}: {e}"))
+        })
+        .clone()
+}
+
+/// A JSON fixture file.
+pub fn read_json(path: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// A JSON array of token ids.
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
 /// The tiny decoder of every family (tests/fixtures/<family>, from scripts/reference); two llama
 /// configs: Llama 3 and Llama 2 layouts.
 pub const FAMILIES: &[&str] = &[
