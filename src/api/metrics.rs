@@ -115,61 +115,59 @@ impl Metrics {
         for (s, n) in state.jobs.counts() {
             let _ = writeln!(o, "llm_attr_jobs{{state=\"{}\"}} {n}", s.as_str());
         }
-        header(
+        single(
             o,
             "llm_attr_runs_active",
             "gauge",
             "Attribute requests running now.",
+            state.active_runs.load(Ordering::Relaxed),
         );
-        let _ = writeln!(
-            o,
-            "llm_attr_runs_active {}",
-            state.active_runs.load(Ordering::Relaxed)
-        );
-        header(
+        single(
             o,
             "llm_attr_store_available",
             "gauge",
             "1 when the job store answers (always, in memory; Redis when reachable).",
+            u8::from(state.jobs.available()),
         );
-        let _ = writeln!(o, "llm_attr_store_available {}", u8::from(state.jobs.available()));
-        header(o, "llm_attr_model_ready", "gauge", "1 when the model is loaded.");
-        let _ = writeln!(
+        single(
             o,
-            "llm_attr_model_ready {}",
-            u8::from(state.ready.get().is_some())
+            "llm_attr_model_ready",
+            "gauge",
+            "1 when the model is loaded.",
+            u8::from(state.ready.get().is_some()),
         );
         if let Some(r) = state.ready.get() {
             let e = &r.engine;
             let st: &Stats = e.stats();
-            header(
+            single(
                 o,
                 "llm_attr_queue_depth",
                 "gauge",
                 "Sequences waiting in the scoring queue.",
+                e.queue_depth(),
             );
-            let _ = writeln!(o, "llm_attr_queue_depth {}", e.queue_depth());
-            header(
+            single(
                 o,
                 "llm_attr_queue_capacity",
                 "gauge",
                 "Sequences the scoring queue holds at most.",
+                e.config().queue_capacity,
             );
-            let _ = writeln!(o, "llm_attr_queue_capacity {}", e.config().queue_capacity);
-            header(
+            single(
                 o,
                 "llm_attr_batches_running",
                 "gauge",
                 "Forward passes running now.",
+                e.running(),
             );
-            let _ = writeln!(o, "llm_attr_batches_running {}", e.running());
-            header(
+            single(
                 o,
                 "llm_attr_batch_token_budget",
                 "gauge",
-                "Padded tokens the next forward pass may take: --batch-tokens, or less while passes are paced to --batch-seconds.",
+                "Padded tokens the next forward pass may take: --batch-tokens, or less while \
+                 passes are paced to --batch-seconds.",
+                e.batch_budget(),
             );
-            let _ = writeln!(o, "llm_attr_batch_token_budget {}", e.batch_budget());
             let counters = [
                 ("llm_attr_batches_total", "Forward passes run.", &st.batches),
                 (
@@ -214,8 +212,7 @@ impl Metrics {
                 ),
             ];
             for (name, help, c) in counters {
-                header(o, name, "counter", help);
-                let _ = writeln!(o, "{name} {}", Stats::get(c));
+                single(o, name, "counter", help, Stats::get(c));
             }
             render_cache(o, &r.cache);
             header(
@@ -252,18 +249,12 @@ fn render_cache(o: &mut String, cache: &ScoreCache) {
     );
     let _ = writeln!(o, "llm_attr_score_cache_hits_total{{layer=\"local\"}} {local}");
     let _ = writeln!(o, "llm_attr_score_cache_hits_total{{layer=\"shared\"}} {shared}");
-    header(
+    single(
         o,
         "llm_attr_score_cache_misses_total",
         "counter",
         "Sequences the score cache did not know.",
-    );
-    let _ = writeln!(o, "llm_attr_score_cache_misses_total {misses}");
-    header(
-        o,
-        "llm_attr_score_cache_hit_ratio",
-        "gauge",
-        "Hits over lookups since the start (0 before any).",
+        misses,
     );
     let lookups = local + shared + misses;
     let ratio = if lookups == 0 {
@@ -271,22 +262,34 @@ fn render_cache(o: &mut String, cache: &ScoreCache) {
     } else {
         (local + shared) as f64 / lookups as f64
     };
-    let _ = writeln!(o, "llm_attr_score_cache_hit_ratio {ratio}");
+    single(
+        o,
+        "llm_attr_score_cache_hit_ratio",
+        "gauge",
+        "Hits over lookups since the start (0 before any).",
+        ratio,
+    );
     let (entries, bytes) = cache.size();
-    header(
+    single(
         o,
         "llm_attr_score_cache_entries",
         "gauge",
         "Entries in this process's cache.",
+        entries,
     );
-    let _ = writeln!(o, "llm_attr_score_cache_entries {entries}");
-    header(
+    single(
         o,
         "llm_attr_score_cache_bytes",
         "gauge",
         "Bytes held by this process's cache.",
+        bytes,
     );
-    let _ = writeln!(o, "llm_attr_score_cache_bytes {bytes}");
+}
+
+/// A metric without labels: its HELP and TYPE lines and its value.
+fn single(o: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    header(o, name, kind, help);
+    let _ = writeln!(o, "{name} {value}");
 }
 
 fn header(o: &mut String, name: &str, kind: &str, help: &str) {
