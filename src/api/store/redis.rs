@@ -371,25 +371,22 @@ impl Inner {
 
     /// Keeps the lease of `entry`; false once another consumer holds it.
     async fn heartbeat(&self, stream: &str, entry: &str) -> Result<bool, RedisError> {
-        let kept: i64 = HEARTBEAT
-            .key(key(stream))
-            .arg(GROUP)
-            .arg(&self.consumer)
-            .arg(entry)
-            .invoke_async(&mut self.con())
-            .await?;
-        Ok(kept == 1)
+        Ok(self.on_entry(&HEARTBEAT, stream, entry).await? == 1)
     }
 
     async fn release(&self, stream: &str, entry: &str) -> Result<(), RedisError> {
-        let _: i64 = RELEASE
+        self.on_entry(&RELEASE, stream, entry).await.map(drop)
+    }
+
+    /// Runs a lease script on this consumer's `entry` of `stream`.
+    async fn on_entry(&self, script: &Script, stream: &str, entry: &str) -> Result<i64, RedisError> {
+        script
             .key(key(stream))
             .arg(GROUP)
             .arg(&self.consumer)
             .arg(entry)
             .invoke_async(&mut self.con())
-            .await?;
-        Ok(())
+            .await
     }
 
     async fn get(&self, id: &str) -> StoreResult<Option<Job>> {
