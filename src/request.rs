@@ -62,7 +62,8 @@ pub struct AttributeRequest {
     pub target: Option<String>,
     /// A second continuation contrasted with the target: the attributed quantity becomes
     /// log p(target) - log p(contrast_target) (with `attr_target: prob`, the difference of the
-    /// probabilities). Both are scored for every perturbed prompt.
+    /// probabilities). Both are scored for every perturbed prompt (the gradient methods
+    /// differentiate both along the same path).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contrast_target: Option<String>,
     /// Length of the greedy continuation when `target` is absent (default 25).

@@ -228,6 +228,11 @@ fn gradient_errors_name_the_field() {
     let mut r = text(Method::IntegratedGradients);
     r.n_samples = Some(5);
     expect(&r, "n_samples", "deterministic");
+    let mut r = text(Method::GradientXInput);
+    r.contrast_target = Some(" is".into());
+    expect(&r, "contrast_target", "same continuation");
+    r.contrast_target = Some(" is".repeat(Limits::default().max_tokens_per_sequence));
+    expect(&r, "contrast_target", "per sequence");
     // An unknown rule is refused while the JSON is read, at the field.
     let body = r#"{"text": "a b", "method": "integrated_gradients", "integration": "simpson"}"#;
     let e = serde_path_to_error::deserialize::<_, AttributeRequest>(&mut serde_json::Deserializer::from_str(
@@ -337,5 +342,72 @@ fn integrated_gradients_complete_with_any_target() {
             let rows: f64 = r.token_attr.iter().map(|row| row[i]).sum();
             assert!((s - rows).abs() < 1e-9);
         }
+    }
+}
+
+/// A contrast adds its own rows, negated: the rows, deltas and log-probs of two requests, one
+/// per continuation.
+#[test]
+fn a_contrast_subtracts_its_rows() {
+    let m = shared_model(TINY_GPT2);
+    for method in [Method::IntegratedGradients, Method::GradientXInput] {
+        let req = |target: &str, contrast: Option<&str>| AttributeRequest {
+            template: Some("{name} from {country} applied for".into()),
+            values: Some(
+                [("name", "Georg"), ("country", "Germany")]
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            target: Some(target.into()),
+            contrast_target: contrast.map(str::to_string),
+            method,
+            n_steps: (method == Method::IntegratedGradients).then_some(16),
+            ..Default::default()
+        };
+        let attribute = |r: &AttributeRequest| run(r, m.as_ref(), &Limits::default(), &|_| {}).unwrap();
+        let both = attribute(&req(" a job", Some(" nothing at all")));
+        let target = attribute(&req(" a job", None));
+        let contrast = attribute(&req(" nothing at all", None));
+        let negated = |rows: &[Vec<f64>]| -> Vec<Vec<f64>> {
+            rows.iter().map(|r| r.iter().map(|v| -v).collect()).collect()
+        };
+        let mut rows = target.token_attr.clone();
+        rows.extend(negated(&contrast.token_attr));
+        assert_eq!(
+            both.token_attr.len(),
+            target.target_ids.len() + contrast.target_ids.len()
+        );
+        let near = |a: &[f64], b: &[f64], what: &str| {
+            assert_eq!(a.len(), b.len(), "{method:?} {what}");
+            for (x, y) in a.iter().zip(b) {
+                assert!(
+                    (x - y).abs() <= 1e-9 * y.abs().max(1.0),
+                    "{method:?} {what}: {x} vs {y}"
+                );
+            }
+        };
+        for (k, (got, want)) in both.token_attr.iter().zip(&rows).enumerate() {
+            near(got, want, &format!("row {k}"));
+        }
+        let difference: Vec<f64> = target
+            .seq_attr
+            .iter()
+            .zip(&contrast.seq_attr)
+            .map(|(t, c)| t - c)
+            .collect();
+        near(&both.seq_attr, &difference, "seq_attr");
+        if method == Method::IntegratedGradients {
+            let mut deltas = target.convergence_delta.clone().unwrap();
+            deltas.extend(contrast.convergence_delta.as_ref().unwrap().iter().map(|d| -d));
+            near(both.convergence_delta.as_ref().unwrap(), &deltas, "deltas");
+        }
+        assert_eq!(both.target_log_probs, target.target_log_probs);
+        assert_eq!(both.contrast_log_probs.as_ref(), Some(&contrast.target_log_probs));
+        assert_eq!(both.contrast_ids.as_ref(), Some(&contrast.target_ids));
+        assert_eq!(
+            both.contrast_output_tokens.as_ref(),
+            Some(&contrast.output_tokens)
+        );
     }
 }

@@ -5,11 +5,13 @@
 //!
 //! Beyond Captum, template and chat input work too: a placeholder's attribution is the sum
 //! over the tokens of its value ([`crate::input::Input::feature_tokens`]), and integrated
-//! gradients start from the prompt with each of those tokens replaced by token id 0.
+//! gradients start from the prompt with each of those tokens replaced by token id 0. A
+//! `contrast_target` adds the contrast's rows, negated, so that `seq_attr` attributes
+//! f(target) - f(contrast) as the perturbation methods do.
 
 use std::time::Instant;
 
-use super::{check_count, parse_input, resolve_target, Limits, Progress};
+use super::{check_count, check_length, contrast_ids, parse_input, resolve_target, Limits, Progress};
 use crate::attribution::integration::Rule;
 use crate::attribution::GradientFacts;
 use crate::error::{Error, Result};
@@ -64,16 +66,32 @@ pub(super) fn run(
         positions,
     } = input.feature_tokens(tokenizer)?;
     let (target_ids, generated) = resolve_target(request, &input, &prompt, scorer, limits)?;
-    // One backward pass per target token and step: bounded like the perturbation methods'
+    let contrast = contrast_ids(request, tokenizer, &target_ids)?;
+    if let Some(c) = &contrast {
+        let limit = limits.max_tokens_per_sequence.min(scorer.context_length());
+        check_length(&input, prompt.len(), c.len(), limit, "contrast_target")?;
+    }
+    // The target's rows, then the contrast's, negated: the attributed quantity is
+    // f(target) - f(contrast), as with the perturbation methods.
+    let continuations: Vec<Continuation> = std::iter::once(Continuation {
+        ids: target_ids.clone(),
+        sign: 1.0,
+    })
+    .chain(contrast.iter().map(|c| Continuation {
+        ids: c.clone(),
+        sign: -1.0,
+    }))
+    .collect();
+    let outputs: usize = continuations.iter().map(|c| c.ids.len()).sum();
+    // One backward pass per output token and step: bounded like the perturbation methods'
     // sequences.
-    let gradients = n_steps.saturating_mul(target_ids.len());
+    let gradients = n_steps.saturating_mul(outputs);
     if gradients > limits.max_sequences {
         return Err(Error::too_large(
             if facts.integrates { "n_steps" } else { "target" },
             format!(
-                "{n_steps} steps for {} target tokens need {gradients} gradients, more than the \
-                 limit of {} (--max-sequences); use fewer steps or a shorter target",
-                target_ids.len(),
+                "{n_steps} steps for {outputs} target tokens need {gradients} gradients, more than \
+                 the limit of {} (--max-sequences); use fewer steps or a shorter target",
                 limits.max_sequences
             ),
         ));
@@ -92,33 +110,55 @@ pub(super) fn run(
         }
         ids
     });
-    let mut items = vec![ScoreItem {
-        prompt: prompt.clone(),
-        target: target_ids.clone(),
-    }];
-    items.extend(baseline.iter().map(|b| ScoreItem {
-        prompt: b.clone(),
-        target: target_ids.clone(),
-    }));
+    // Every continuation after the prompt, then (integrated gradients) after the baseline.
+    let starts: Vec<&Vec<u32>> = std::iter::once(&prompt).chain(&baseline).collect();
+    let items: Vec<ScoreItem> = continuations
+        .iter()
+        .flat_map(|c| {
+            starts.iter().map(|s| ScoreItem {
+                prompt: s.to_vec(),
+                target: c.ids.clone(),
+            })
+        })
+        .collect();
     let scored_tokens: usize = items.iter().map(ScoreItem::input_len).sum();
     let n_scored = items.len();
     let scores = scorer.score(items, &|_, _| {})?;
+    let scores: Vec<&[Vec<f32>]> = scores.chunks(starts.len()).collect();
     let value = |lp: f32| match request.attr_target {
         AttrTarget::LogProb => f64::from(lp),
         AttrTarget::Prob => f64::from(lp).exp(),
     };
 
-    let job = GradientJob {
-        prompt: prompt.clone(),
-        baseline,
-        target: target_ids.clone(),
-        alphas: rule.alphas,
-        weights: rule.weights,
-        prob: request.attr_target == AttrTarget::Prob,
-    };
-    let rows = scorer.gradients(job, &|done, total| progress(Progress { done, total }))?;
-    if rows.len() != target_ids.len() || rows.iter().any(|r| r.len() != prompt.len()) {
-        return Err(Error::Internal("gradient rows of the wrong shape".into()));
+    let mut rows = Vec::with_capacity(outputs);
+    let mut deltas = Vec::with_capacity(outputs);
+    for (i, c) in continuations.iter().enumerate() {
+        let job = GradientJob {
+            prompt: prompt.clone(),
+            baseline: baseline.clone(),
+            target: c.ids.clone(),
+            alphas: rule.alphas.clone(),
+            weights: rule.weights.clone(),
+            prob: request.attr_target == AttrTarget::Prob,
+        };
+        let n = continuations.len();
+        let own = scorer.gradients(job, &|done, total| {
+            progress(Progress {
+                done: i * total + done,
+                total: n * total,
+            })
+        })?;
+        if own.len() != c.ids.len() || own.iter().any(|r| r.len() != prompt.len()) {
+            return Err(Error::Internal("gradient rows of the wrong shape".into()));
+        }
+        for (k, r) in own.into_iter().enumerate() {
+            // Captum's delta: the row's sum over every position minus f(input) - f(baseline).
+            if facts.integrates {
+                let change = value(scores[i][0][k]) - value(scores[i][1][k]);
+                deltas.push(c.sign * (r.iter().sum::<f64>() - change));
+            }
+            rows.push(r.into_iter().map(|v| c.sign * v).collect::<Vec<f64>>());
+        }
     }
     // A feature's attribution is the sum over its tokens (one token for text input).
     let token_attr: Vec<Vec<f64>> = rows
@@ -133,16 +173,6 @@ pub(super) fn run(
     let seq_attr = (0..positions.len())
         .map(|f| token_attr.iter().map(|r| r[f]).sum())
         .collect();
-    // Captum's delta: the row's sum over every position minus f(input) - f(baseline).
-    let convergence_delta = facts.integrates.then(|| {
-        rows.iter()
-            .enumerate()
-            .map(|(k, r)| {
-                let change = value(scores[0][k]) - value(scores[1][k]);
-                r.iter().sum::<f64>() - change
-            })
-            .collect()
-    });
 
     let mut features = input.features.clone();
     for f in &mut features {
@@ -152,8 +182,13 @@ pub(super) fn run(
             Vec::new()
         };
     }
-    let log_probs: Vec<f64> = scores[0].iter().map(|&v| f64::from(v)).collect();
-    let sequence_len = prompt.len() + target_ids.len() - 1;
+    let log_probs = |i: usize| -> Vec<f64> { scores[i][0].iter().map(|&v| f64::from(v)).collect() };
+    let target_log_probs = log_probs(0);
+    let contrast_log_probs = contrast.as_ref().map(|_| log_probs(1));
+    let tokens_scored: usize = continuations
+        .iter()
+        .map(|c| n_steps * (prompt.len() + c.ids.len() - 1))
+        .sum();
     Ok(AttributeResponse {
         model: scorer.info().spec.clone(),
         method,
@@ -167,43 +202,40 @@ pub(super) fn run(
         generated_target: generated,
         output_tokens: tokenizer.pretty_tokens(&target_ids),
         features,
-        target_log_prob: log_probs.iter().sum(),
-        target_log_probs: log_probs,
+        target_log_prob: target_log_probs.iter().sum(),
+        target_log_probs,
         seq_attr,
         token_attr,
         seq_attr_stderr: None,
         token_attr_stderr: None,
-        contrast_target: None,
-        contrast_ids: None,
-        contrast_output_tokens: None,
-        contrast_log_probs: None,
-        contrast_log_prob: None,
-        convergence_delta,
+        contrast_target: request.contrast_target.clone(),
+        contrast_output_tokens: contrast.as_ref().map(|c| tokenizer.pretty_tokens(c)),
+        contrast_log_prob: contrast_log_probs.as_ref().map(|l| l.iter().sum()),
+        contrast_log_probs,
+        contrast_ids: contrast,
+        convergence_delta: facts.integrates.then_some(deltas),
         stats: Stats {
-            // One gradient per target token and step.
-            evaluations: n_steps * target_ids.len(),
+            // One gradient per output token and step.
+            evaluations: gradients,
             // The distinct points of the path.
             coalitions: n_steps,
-            unique_sequences: n_steps + n_scored,
-            tokens_scored: n_steps * sequence_len + scored_tokens,
+            unique_sequences: n_steps * continuations.len() + n_scored,
+            tokens_scored: tokens_scored + scored_tokens,
             seconds: started.elapsed().as_secs_f64(),
         },
         target_ids,
     })
 }
 
-/// Gradient methods are exact and deterministic: the sampling fields do not apply; nor, yet, a
-/// contrastive target.
+/// A continuation whose log-prob (or prob) is differentiated: the target (`sign` 1) or the
+/// contrast (`sign` -1).
+struct Continuation {
+    ids: Vec<u32>,
+    sign: f64,
+}
+
+/// Gradient methods are exact and deterministic: the sampling fields do not apply.
 fn no_sampling_fields(request: &AttributeRequest) -> Result<()> {
-    if request.contrast_target.is_some() {
-        return Err(Error::invalid(
-            "contrast_target",
-            format!(
-                "not yet with {}; use a perturbation method",
-                request.method.name()
-            ),
-        ));
-    }
     for (field, given) in [
         ("n_samples", request.n_samples.is_some()),
         ("num_trials", request.num_trials.is_some_and(|t| t != 1)),
