@@ -74,7 +74,8 @@ pub struct AttributeRequest {
     #[serde(default)]
     pub attr_target: AttrTarget,
     /// Samples: permutations for shapley_value_sampling (default 25), perturbations for lime
-    /// (default 50) and kernel_shap (default 25).
+    /// (default 50) and kernel_shap (default 25), points of the path for gradient_shap
+    /// (default 5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub n_samples: Option<usize>,
     /// Repeat the attribution this many times and average (default 1); gives standard errors.
@@ -210,6 +211,9 @@ pub enum Method {
     /// Captum's LayerGradientXActivation on the input embeddings.
     #[serde(alias = "gxi")]
     GradientXInput,
+    /// Captum's LayerGradientShap on the input embeddings, from the baseline tokens.
+    #[serde(alias = "gs")]
+    GradientShap,
 }
 
 /// How integrated_gradients approximates its path integral (Captum's `method`).

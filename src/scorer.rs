@@ -23,8 +23,9 @@ pub trait Scorer: Send + Sync {
         -> Result<Vec<Vec<f32>>>;
     /// Greedy continuation of `prompt`.
     fn generate(&self, prompt: &[u32], max_new_tokens: usize) -> Result<Vec<u32>>;
-    /// The gradient methods' numbers (see [`GradientJob`]): `attr[k][p]` per target token k
-    /// and prompt position p. `progress(done, total)` counts interpolation steps. A scorer
+    /// The gradient methods' numbers (see [`GradientJob`]): one row per prompt position, per
+    /// target token k (and point, as `job.combine` says). `progress(done, total)` counts the
+    /// points of the path. A scorer
     /// without a differentiable model refuses.
     fn gradients(&self, job: GradientJob, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<Vec<Vec<f64>>> {
         let _ = (job, progress);

@@ -46,6 +46,7 @@ export const METHOD_NAMES = {
   kernel_shap: "Kernel SHAP",
   integrated_gradients: "Integrated gradients",
   gradient_x_input: "Gradient × input",
+  gradient_shap: "Gradient SHAP",
 };
 
 /** White outline behind text that may cross grid lines. */

@@ -193,7 +193,9 @@ export function updateMethodFields() {
   trials.disabled = !repeatsUseful();
   trials.placeholder = trials.disabled ? "not used" : "1";
   $("#num_trials-help").textContent = trials.disabled
-    ? "Not used: this method with exact baselines gives the same answer every run."
+    ? m.sampled
+      ? "Not used: more samples make this method's estimate closer, and it gives standard errors."
+      : "Not used: this method with exact baselines gives the same answer every run."
     : "Run the method this many times and average; gives standard errors.";
 }
 
@@ -204,6 +206,7 @@ const METHOD_ALIASES = {
   kernel: "kernel_shap",
   ig: "integrated_gradients",
   gxi: "gradient_x_input",
+  gs: "gradient_shap",
 };
 
 /** Puts a request (from a link or a job) back into the form. */

@@ -15,6 +15,7 @@ export const METHODS = {
   kernel_shap: { sampled: true, samples: 25 },
   integrated_gradients: { sampled: false, gradient: true },
   gradient_x_input: { sampled: false, gradient: true },
+  gradient_shap: { sampled: true, samples: 5, gradient: true },
 };
 
 export function method() {
@@ -33,10 +34,12 @@ export function targetText() {
   return t.trim() === "" ? undefined : t;
 }
 
-/** Repeats only help where a run can differ: sampling methods, or baselines drawn at random. */
+/** Repeats only help where a run can differ: sampling methods, or baselines drawn at random.
+ * A gradient method that samples takes more samples instead. */
 export function repeatsUseful() {
   const m = METHODS[method()];
-  return m?.sampled || (!m?.gradient && $("#baseline_sampling").value === "sample");
+  if (m?.gradient) return false;
+  return m?.sampled || $("#baseline_sampling").value === "sample";
 }
 
 /** The chat messages the editors hold (an empty system message is left out). */

@@ -1,7 +1,9 @@
-//! The gradient methods against Captum 0.9's LLMGradientAttribution (LayerIntegratedGradients
-//! and LayerGradientXActivation on the input embeddings; tests/fixtures/*/captum_grad.json,
-//! made by scripts/reference/gradients.py), their completeness, and their input errors.
+//! The gradient methods against Captum 0.9's LLMGradientAttribution (LayerIntegratedGradients,
+//! LayerGradientXActivation and LayerGradientShap on the input embeddings;
+//! tests/fixtures/*/captum_grad(_shap).json, made by scripts/reference/gradients.py), their
+//! completeness, and their input errors.
 
+use llm_attr::model::{Combine, GradientJob};
 use llm_attr::request::{AttributeRequest, AttributeResponse, Baseline, Integration, Method, TokenRef};
 use llm_attr::run::{run, Limits};
 use serde_json::Value;
@@ -71,27 +73,41 @@ enum SeqTolerance {
     RowsSummed,
 }
 
-fn compare(r: &AttributeResponse, case: &Value, what: &str, seq_tolerance: SeqTolerance) {
-    let positions: Vec<usize> = r.features.iter().map(|f| f.position.unwrap()).collect();
-    let want_positions: Vec<usize> = ids(&case["input_positions"])
+/// The prompt positions Captum attributes (all but the skipped tokens).
+fn positions(case: &Value) -> Vec<usize> {
+    ids(&case["input_positions"])
         .into_iter()
         .map(|p| p as usize)
-        .collect();
-    assert_eq!(positions, want_positions, "{what}: feature positions");
+        .collect()
+}
+
+fn compare(r: &AttributeResponse, case: &Value, what: &str, seq_tolerance: SeqTolerance) {
+    let got: Vec<usize> = r.features.iter().map(|f| f.position.unwrap()).collect();
+    assert_eq!(got, positions(case), "{what}: feature positions");
     assert_eq!(r.target_ids, ids(&case["target_ids"]), "{what}: target ids");
+    compare_numbers(&r.seq_attr, &r.token_attr, case, what, seq_tolerance);
+}
+
+fn compare_numbers(
+    seq_attr: &[f64],
+    token_attr: &[Vec<f64>],
+    case: &Value,
+    what: &str,
+    seq_tolerance: SeqTolerance,
+) {
     let seq = floats(&case["seq_attr"]);
-    assert_eq!(r.seq_attr.len(), seq.len(), "{what}: features");
+    assert_eq!(seq_attr.len(), seq.len(), "{what}: features");
     let rows = case["token_attr"].as_array().unwrap();
     let mut misses = Vec::new();
-    for (i, (g, w)) in r.seq_attr.iter().zip(&seq).enumerate() {
+    for (i, (g, w)) in seq_attr.iter().zip(&seq).enumerate() {
         let tol = match seq_tolerance {
             SeqTolerance::Entry => tolerance(*w),
             SeqTolerance::RowsSummed => rows.iter().map(|row| tolerance(floats(row)[i])).sum(),
         };
         close(*g, *w, tol, &format!("seq_attr[{i}]"), &mut misses);
     }
-    assert_eq!(r.token_attr.len(), rows.len(), "{what}: output tokens");
-    for (k, (row, want)) in r.token_attr.iter().zip(rows).enumerate() {
+    assert_eq!(token_attr.len(), rows.len(), "{what}: output tokens");
+    for (k, (row, want)) in token_attr.iter().zip(rows).enumerate() {
         for (i, (g, w)) in row.iter().zip(floats(want)).enumerate() {
             close(*g, w, tolerance(w), &format!("token_attr[{k}][{i}]"), &mut misses);
         }
@@ -175,6 +191,114 @@ fn smollm2_matches_captum() {
 }
 
 /// Bad input: a clear error naming the field.
+/// What Captum's LayerGradientShap computes through LLMGradientAttribution
+/// (`captum_grad_shap.json`; see scripts/reference/gradients.py): it interpolates the 0/1
+/// interpretable tensor, so every point is the baseline, and with n samples its forward function
+/// sees the target with each token repeated n times. So its row k is the gradient at the
+/// baseline (alpha 0) of token `target[k // n]` after the first k repeated tokens, which is
+/// what this checks with 1 and 5 samples. llm-attr's gradient_shap interpolates the embeddings
+/// instead (`gradient_shap_estimates_the_path_integral`).
+fn check_captum_shap(spec: &str, dir: &str, seq_tolerance: SeqTolerance) {
+    let m = shared_model(spec);
+    let case = &read_json(&format!("{dir}/captum_grad_shap.json"))["cases"][0];
+    let prompt = ids(&case["input_ids"]);
+    let positions = positions(case);
+    let mut baseline = prompt.clone();
+    for &p in &positions {
+        baseline[p] = case["baseline_token_id"].as_u64().unwrap() as u32;
+    }
+    let target = ids(&case["target_ids"]);
+    for (n, want) in [(1, case), (5, &case["n_samples_5"])] {
+        let repeated: Vec<u32> = target.iter().flat_map(|&t| [t; 5].into_iter().take(n)).collect();
+        let token_attr: Vec<Vec<f64>> = (0..target.len())
+            .map(|k| {
+                let job = GradientJob {
+                    prompt: prompt.clone(),
+                    baseline: Some(baseline.clone()),
+                    target: repeated[..=k].to_vec(),
+                    alphas: vec![0.0],
+                    combine: Combine::Weighted(vec![1.0]),
+                    prob: false,
+                };
+                let rows = m.gradients(&job, &mut |_, _| Ok(())).unwrap();
+                positions.iter().map(|&p| rows[k][p]).collect()
+            })
+            .collect();
+        let seq_attr: Vec<f64> = (0..positions.len())
+            .map(|i| token_attr.iter().map(|r| r[i]).sum())
+            .collect();
+        let what = format!("{dir} Captum's gradient_shap with {n} samples");
+        compare_numbers(&seq_attr, &token_attr, want, &what, seq_tolerance);
+    }
+}
+
+#[test]
+fn captum_gradient_shap_is_the_gradient_at_the_baseline() {
+    check_captum_shap(TINY_GPT2, TINY_GPT2, SeqTolerance::Entry);
+    for family in FAMILIES {
+        let dir = format!("tests/fixtures/{family}");
+        check_captum_shap(&dir, &dir, SeqTolerance::Entry);
+    }
+    check_captum_shap(SMOLLM2, "tests/fixtures/smollm2", SeqTolerance::RowsSummed);
+}
+
+/// Gradient SHAP through the service: its points come from the seed, and its mean estimates
+/// the integral integrated gradients computes, within its own standard errors.
+#[test]
+fn gradient_shap_estimates_the_path_integral() {
+    let m = shared_model(TINY_GPT2);
+    let attribute = |method: Method, n_samples: Option<usize>, n_steps: Option<usize>, seed: u64| {
+        let req = AttributeRequest {
+            text: Some("Georg from Germany applied for".into()),
+            target: Some(" a job".into()),
+            method,
+            n_samples,
+            n_steps,
+            seed: Some(seed),
+            ..Default::default()
+        };
+        run(&req, m.as_ref(), &Limits::default(), &|_| {}).unwrap()
+    };
+    let ig = attribute(Method::IntegratedGradients, None, Some(64), 0);
+    let gs = attribute(Method::GradientShap, Some(400), None, 3);
+    let seq_se = gs.seq_attr_stderr.as_ref().expect("standard errors");
+    let token_se = gs.token_attr_stderr.as_ref().expect("standard errors");
+    let cells = |r: &AttributeResponse| -> Vec<f64> {
+        r.seq_attr
+            .iter()
+            .chain(r.token_attr.iter().flatten())
+            .copied()
+            .collect()
+    };
+    let se: Vec<f64> = seq_se.iter().chain(token_se.iter().flatten()).copied().collect();
+    for (i, ((g, w), s)) in cells(&gs).iter().zip(cells(&ig)).zip(&se).enumerate() {
+        assert!(*s > 0.0, "cell {i}: a standard error of 0");
+        assert!(
+            (g - w).abs() <= 4.5 * s,
+            "cell {i}: {g} vs the integral {w}, stderr {s}"
+        );
+    }
+    // The same path's change: each row's delta is its sum's miss.
+    let (gd, id) = (gs.convergence_delta.unwrap(), ig.convergence_delta.unwrap());
+    for (k, (g_row, i_row)) in gs.token_attr.iter().zip(&ig.token_attr).enumerate() {
+        let change = i_row.iter().sum::<f64>() - id[k];
+        assert!(
+            (g_row.iter().sum::<f64>() - change - gd[k]).abs() < 1e-9,
+            "row {k}"
+        );
+    }
+    // The seed fixes the points.
+    let again = attribute(Method::GradientShap, Some(400), None, 3);
+    assert_eq!(again.token_attr, gs.token_attr);
+    let other = attribute(Method::GradientShap, Some(400), None, 4);
+    assert_ne!(other.token_attr, gs.token_attr);
+    // One point: no spread to estimate.
+    let one = attribute(Method::GradientShap, Some(1), None, 3);
+    assert!(one.seq_attr_stderr.is_none() && one.token_attr_stderr.is_none());
+    assert_eq!(gs.stats.coalitions, 400);
+    assert_eq!(gs.stats.evaluations, 400 * gs.target_ids.len());
+}
+
 #[test]
 fn gradient_errors_name_the_field() {
     let m = shared_model(TINY_GPT2);
@@ -228,6 +352,19 @@ fn gradient_errors_name_the_field() {
     let mut r = text(Method::IntegratedGradients);
     r.n_samples = Some(5);
     expect(&r, "n_samples", "deterministic");
+    let mut r = text(Method::GradientShap);
+    r.n_samples = Some(0);
+    expect(&r, "n_samples", "at least 1");
+    r.n_samples = Some(30);
+    let e = run(&r, m.as_ref(), &few, &|_| {}).unwrap_err();
+    assert_eq!(e.field(), Some("n_samples"), "{e}");
+    assert!(e.to_string().contains("use fewer n_samples"), "{e}");
+    r.n_samples = None;
+    r.num_trials = Some(3);
+    expect(&r, "num_trials", "raise n_samples");
+    let mut r = text(Method::GradientShap);
+    r.n_steps = Some(10);
+    expect(&r, "n_steps", "only for integrated_gradients");
     let mut r = text(Method::GradientXInput);
     r.contrast_target = Some(" is".into());
     expect(&r, "contrast_target", "same continuation");
@@ -253,7 +390,11 @@ fn a_placeholder_gets_the_sum_over_its_tokens() {
     let m = shared_model(TINY_GPT2);
     let tok = m.tokenizer();
     let values = [("name", "Georg Smith"), ("country", "Germany")];
-    for method in [Method::IntegratedGradients, Method::GradientXInput] {
+    for method in [
+        Method::IntegratedGradients,
+        Method::GradientXInput,
+        Method::GradientShap,
+    ] {
         let template = AttributeRequest {
             template: Some("{name} from {country} applied for".into()),
             values: Some(
@@ -350,7 +491,11 @@ fn integrated_gradients_complete_with_any_target() {
 #[test]
 fn a_contrast_subtracts_its_rows() {
     let m = shared_model(TINY_GPT2);
-    for method in [Method::IntegratedGradients, Method::GradientXInput] {
+    for method in [
+        Method::IntegratedGradients,
+        Method::GradientXInput,
+        Method::GradientShap,
+    ] {
         let req = |target: &str, contrast: Option<&str>| AttributeRequest {
             template: Some("{name} from {country} applied for".into()),
             values: Some(
@@ -397,7 +542,7 @@ fn a_contrast_subtracts_its_rows() {
             .map(|(t, c)| t - c)
             .collect();
         near(&both.seq_attr, &difference, "seq_attr");
-        if method == Method::IntegratedGradients {
+        if method != Method::GradientXInput {
             let mut deltas = target.convergence_delta.clone().unwrap();
             deltas.extend(contrast.convergence_delta.as_ref().unwrap().iter().map(|d| -d));
             near(both.convergence_delta.as_ref().unwrap(), &deltas, "deltas");

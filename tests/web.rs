@@ -607,15 +607,23 @@ fn check_audits(d: &Driver, base: &str, root: &Path) {
 }
 
 /// The gradient methods are offered with a template too (a hidden one could not be clicked),
-/// and their request leaves out the baselines, which they do not use. Ends on Shapley values.
+/// and their request leaves out the baselines, which they do not use; gradient SHAP takes
+/// samples, never repeats. Ends on Shapley values.
 fn check_gradient_request(d: &Driver) {
-    for method in ["integrated_gradients", "gradient_x_input"] {
+    for method in ["integrated_gradients", "gradient_x_input", "gradient_shap"] {
         d.click(&format!("input[name=method][value={method}]"));
         let request = d.js("return buildRequest()", json!([]));
         assert_eq!(request["method"], method);
         assert_eq!(request["values"]["name"], "Georg", "{request}");
         assert!(request.get("baselines").is_none(), "{request}");
     }
+    d.set("#n_samples", "12");
+    let request = d.js("return buildRequest()", json!([]));
+    assert_eq!(request["n_samples"], 12, "{request}");
+    assert!(request.get("num_trials").is_none(), "{request}");
+    let trials = d.js("return document.querySelector('#num_trials').disabled", json!([]));
+    assert_eq!(trials, json!(true));
+    d.set("#n_samples", "");
     d.click("input[name=method][value=shapley_values]");
     let request = d.js("return buildRequest()", json!([]));
     assert!(request.get("baselines").is_some(), "{request}");

@@ -111,6 +111,60 @@ def model_refs(model, tok, name):
     return {"model": name, "cases": cases}
 
 
+def gradient_shap(model, tok, skip_tokens, seed=0):
+    """Captum's LayerGradientShap through LLMGradientAttribution, from the baseline integrated
+    gradients uses (every attributed token replaced by the baseline id), with 1 and with 5
+    samples. Two things make it something other than gradient SHAP, and the fixture pins both:
+    - it interpolates TextTokenInput's interpretable tensor (1 = keep the token), and
+      `to_model_input` maps every value other than 1 to the baseline, so every point is the
+      baseline: each row is the gradient at the baseline times (input - baseline), whatever
+      coefficients np.random.uniform draws;
+    - NoiseTunnel repeats the additional forward args per sample (`repeat_interleave`), so with
+      n samples the forward function's `target_tokens` is the target with each token repeated n
+      times: row k scores token `target[k // n]` after the first k of those repeated tokens."""
+    import numpy as np
+    from captum.attr import LayerGradientShap
+    llm = LLMGradientAttribution(LayerGradientShap(model, model.get_input_embeddings()), tok)
+    inp = TextTokenInput(PROMPT, tok, skip_tokens=skip_tokens or None)
+    attr_inp = inp.to_tensor()
+    runs = {}
+    for n in (1, 5):
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        runs[n] = llm.attribute(inp, target=TARGET, baselines=torch.full_like(attr_inp, inp.baselines),
+                                n_samples=n)
+    target_ids = tok.encode(TARGET, add_special_tokens=False)
+    return {
+        "method": "gradient_shap", "np_seed": seed, "captum_class": "LayerGradientShap",
+        "text": PROMPT, "target": TARGET,
+        "input_ids": inp.inp_tensor[0].tolist(), "skip_tokens": skip_tokens,
+        "input_positions": [i for i, v in enumerate(inp.inp_tensor[0].tolist()) if v not in set(skip_tokens)],
+        "baseline_token_id": inp.baselines, "target_ids": target_ids,
+        "seq_attr": runs[1].seq_attr.tolist(), "token_attr": runs[1].token_attr.tolist(),
+        "n_samples_5": {"seq_attr": runs[5].seq_attr.tolist(), "token_attr": runs[5].token_attr.tolist()}}
+
+
+def run_shap(root, gguf_path, families):
+    """captum_grad_shap.json per fixture dir: what Captum's gradient SHAP computes for an LLM."""
+    for fam in families:
+        model, tok, name = load(root, fam, gguf_path)
+        case = dict(gradient_shap(model, tok, bos_skip(tok)), model=name)
+        dump({"model": name, "cases": [case]}, os.path.join(root, fam), "captum_grad_shap.json")
+        print(fam, [round(x, 4) for x in case["seq_attr"]], flush=True)
+
+
+def load(root, fam, gguf_path):
+    import tiny_families
+    from smollm2_chat import load_smollm2
+    d = os.path.join(root, fam)
+    if fam == "tiny-gpt2":
+        return (*load_tiny_gpt2(d), "tiny-gpt2 (random weights)")
+    if fam == "smollm2":
+        model, tok, _ = load_smollm2(gguf_path)
+        return model, tok, "SmolLM2-135M-Instruct.Q4_1 dequantized to f32"
+    return (*tiny_families.load(d), f"tiny random {fam}")
+
+
 def load_tiny_gpt2(d):
     from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
     tok = PreTrainedTokenizerFast(tokenizer_file=os.path.join(d, "tokenizer.json"),
@@ -119,21 +173,10 @@ def load_tiny_gpt2(d):
 
 
 def run(root, gguf_path, families):
-    import tiny_families
-    from smollm2_chat import load_smollm2
     for fam in families:
-        d = os.path.join(root, fam)
-        if fam == "tiny-gpt2":
-            model, tok = load_tiny_gpt2(d)
-            name = "tiny-gpt2 (random weights)"
-        elif fam == "smollm2":
-            model, tok, _ = load_smollm2(gguf_path)
-            name = "SmolLM2-135M-Instruct.Q4_1 dequantized to f32"
-        else:
-            model, tok = tiny_families.load(d)
-            name = f"tiny random {fam}"
+        model, tok, name = load(root, fam, gguf_path)
         res = model_refs(model, tok, name)
-        dump(res, d, "captum_grad.json")
+        dump(res, os.path.join(root, fam), "captum_grad.json")
         print(fam, [(c["method"], c.get("integration"), [round(x, 3) for x in c["seq_attr"]][:4],
                      max(map(abs, c.get("convergence_delta", [0])))) for c in res["cases"]], flush=True)
 

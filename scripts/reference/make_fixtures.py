@@ -5,6 +5,7 @@
     python make_fixtures.py --steps gguf                # GGUF twins of qwen2 and mistral
     python make_fixtures.py --steps chat --smollm2-gguf models/SmolLM2-135M-Instruct.Q4_1.gguf
     python make_fixtures.py --steps grad --smollm2-gguf models/SmolLM2-135M-Instruct.Q4_1.gguf
+    python make_fixtures.py --steps grad-shap           # what Captum's LayerGradientShap computes
     python make_fixtures.py --llama-1b-shape /tmp/llama-1b-random   # benchmark model, not a fixture
 """
 import argparse
@@ -22,10 +23,10 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(REPO, "tests", "fixtures"))
-    ap.add_argument("--steps", default="", help="comma list of: families, sharded, family-chat, gguf, chat, grad")
+    ap.add_argument("--steps", default="", help="comma list of: families, sharded, family-chat, gguf, chat, grad, grad-shap")
     ap.add_argument("--families", default="", help="comma list of families to build (default all)")
     ap.add_argument("--grad-models", default="tiny-gpt2,llama,qwen2,gemma2,mistral,phi3,qwen3,llama-linear,smollm2",
-                    help="fixture dirs the grad step writes captum_grad.json into")
+                    help="fixture dirs the grad steps write captum_grad(_shap).json into")
     ap.add_argument("--smollm2-gguf", default=os.path.join(REPO, "models", "SmolLM2-135M-Instruct.Q4_1.gguf"))
     ap.add_argument("--llama-1b-shape", metavar="DIR",
                     help="write a random model at Llama-3.2-1B's shape into DIR (outside the repo)")
@@ -57,6 +58,9 @@ def main():
         elif step == "grad":
             import gradients
             gradients.run(a.out, a.smollm2_gguf, a.grad_models.split(","))
+        elif step == "grad-shap":
+            import gradients
+            gradients.run_shap(a.out, a.smollm2_gguf, a.grad_models.split(","))
         else:
             ap.error(f"unknown step {step!r}")
     if a.time_captum_grad:

@@ -25,12 +25,43 @@ pub struct MethodFacts {
 
 #[derive(Debug, Clone, Copy)]
 pub struct GradientFacts {
-    /// Integrates along a path from the baseline: takes `n_steps` and `integration`, and
-    /// reports convergence deltas.
-    pub integrates: bool,
-    /// `n_steps` when the request gives none (Captum's); 1 for a method that takes the
-    /// gradient at the input only.
-    pub default_n_steps: usize,
+    /// Where on the way from the baseline to the input the gradients are taken.
+    pub path: GradientPath,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GradientPath {
+    /// At the input only, against the zero embedding (gradient × input).
+    Input,
+    /// At the points of a quadrature rule on the straight path from the baseline tokens:
+    /// takes `n_steps` (this many when the request gives none, Captum's) and `integration`.
+    Rule { default_n_steps: usize },
+    /// At `n_samples` uniformly random points of that path: a Monte Carlo estimate of the same
+    /// integral, with standard errors from the points' spread.
+    Sampled,
+}
+
+impl GradientPath {
+    /// Starts from the baseline tokens (not the zero embedding), so each row has a
+    /// convergence delta: its sum minus f(input) - f(baseline).
+    pub fn from_baseline(self) -> bool {
+        self != GradientPath::Input
+    }
+
+    /// Takes `n_steps` and `integration`.
+    pub fn takes_steps(self) -> bool {
+        matches!(self, GradientPath::Rule { .. })
+    }
+
+    /// The request field that sets how many points the path has, if one does: to blame when
+    /// there are too many gradients.
+    pub fn points_field(self) -> Option<&'static str> {
+        match self {
+            GradientPath::Input => None,
+            GradientPath::Rule { .. } => Some("n_steps"),
+            GradientPath::Sampled => Some("n_samples"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -98,15 +129,15 @@ impl Method {
                 feature_cap: None,
                 gradient: None,
             },
-            // One gradient per output token and step, summed over the embedding per token.
+            // One gradient per output token and point, summed over the embedding per token;
+            // the points are not coalitions.
             Method::IntegratedGradients => MethodFacts {
                 samples: false,
                 default_n_samples: 1,
                 evaluations: |_, _| 1,
                 feature_cap: None,
                 gradient: Some(GradientFacts {
-                    integrates: true,
-                    default_n_steps: 50,
+                    path: GradientPath::Rule { default_n_steps: 50 },
                 }),
             },
             Method::GradientXInput => MethodFacts {
@@ -115,8 +146,17 @@ impl Method {
                 evaluations: |_, _| 1,
                 feature_cap: None,
                 gradient: Some(GradientFacts {
-                    integrates: false,
-                    default_n_steps: 1,
+                    path: GradientPath::Input,
+                }),
+            },
+            // Captum's LayerGradientShap draws 5 points by default.
+            Method::GradientShap => MethodFacts {
+                samples: true,
+                default_n_samples: 5,
+                evaluations: |_, _| 1,
+                feature_cap: None,
+                gradient: Some(GradientFacts {
+                    path: GradientPath::Sampled,
                 }),
             },
         }

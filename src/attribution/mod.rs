@@ -15,7 +15,7 @@ use rand::Rng;
 
 use crate::error::{Error, Result};
 use crate::request::Method;
-pub use methods::{FeatureCap, GradientFacts, MethodFacts};
+pub use methods::{FeatureCap, GradientFacts, GradientPath, MethodFacts};
 pub use shapley::{shapley_value_sampling, shapley_values};
 pub use surrogate::{kernel_shap, lime};
 
@@ -56,7 +56,7 @@ pub fn attribute(
         Method::Lime => lime(ev, n_samples, rng),
         Method::KernelShap => kernel_shap(ev, n_samples, rng),
         // Their numbers come from the model's gradients, below the scorer (src/run/gradient.rs).
-        Method::IntegratedGradients | Method::GradientXInput => {
+        Method::IntegratedGradients | Method::GradientXInput | Method::GradientShap => {
             Err(Error::Internal(format!("{method:?} takes no coalitions")))
         }
     }

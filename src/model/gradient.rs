@@ -19,10 +19,10 @@ use crate::model::Architecture;
 /// keeps (about 1 MB per token for a 135M-parameter model).
 pub const GRADIENT_TOKEN_BUDGET: usize = 1024;
 
-/// One gradient attribution: `attr[k][p] = (x_p - b_p) . sum_s w_s grad_{x_p} f_k(b + a_s (x - b))`
-/// for target token k and prompt position p, where x is the embedding of the prompt followed
-/// by the target's earlier tokens, b the baseline's, and f_k the log-prob (or prob) of target
-/// token k.
+/// One gradient attribution. Point s of the path gives, for target token k and prompt
+/// position p, `q[k][s][p] = (x_p - b_p) . grad_{x_p} f_k(b + a_s (x - b))`, where x is the
+/// embedding of the prompt followed by the target's earlier tokens, b the baseline's, and f_k
+/// the log-prob (or prob) of target token k; `combine` says how the points make rows.
 #[derive(Debug, Clone)]
 pub struct GradientJob {
     pub prompt: Vec<u32>,
@@ -32,10 +32,29 @@ pub struct GradientJob {
     pub target: Vec<u32>,
     /// Points along the path, in [0, 1].
     pub alphas: Vec<f64>,
-    /// Weight of each point in the integral.
-    pub weights: Vec<f64>,
+    pub combine: Combine,
     /// Differentiate the probability instead of the log-prob.
     pub prob: bool,
+}
+
+/// How the points' gradients make the job's rows.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Combine {
+    /// An integral: one row per target token, `sum_s w_s q[k][s]`, a weight per point.
+    Weighted(Vec<f64>),
+    /// Every point's own row, `q[k][s]` at row `k * points + s`: for a method that samples the
+    /// points and estimates its standard errors from them.
+    EachPoint,
+}
+
+impl Combine {
+    /// Rows per target token, for a job of `points` points.
+    pub fn rows_per_token(&self, points: usize) -> usize {
+        match self {
+            Combine::Weighted(_) => 1,
+            Combine::EachPoint => points,
+        }
+    }
 }
 
 impl GradientJob {
@@ -49,7 +68,11 @@ impl GradientJob {
 
     /// Fails on a job of the wrong shape (the run layer builds jobs from checked requests).
     pub fn check(&self) -> Result<()> {
-        if self.alphas.is_empty() || self.alphas.len() != self.weights.len() {
+        let weights = match &self.combine {
+            Combine::Weighted(w) => w.len(),
+            Combine::EachPoint => self.alphas.len(),
+        };
+        if self.alphas.is_empty() || weights != self.alphas.len() {
             return Err(Error::Internal("a gradient job needs one weight per step".into()));
         }
         if self.target.is_empty() || self.prompt.is_empty() {
@@ -70,7 +93,8 @@ impl GradientJob {
     }
 }
 
-/// Runs `job` on `arch`: `attr[k][p]` per target token k and prompt position p.
+/// Runs `job` on `arch`: rows over the prompt positions, per target token (and point, as
+/// `job.combine` says).
 /// `progress(done, total)` is called after each chunk of steps and stops the work when it
 /// fails (cancellation).
 pub fn attribute(
@@ -97,21 +121,17 @@ pub fn attribute(
     // Equal chunks of at most `token_budget` tokens.
     let chunks = (n * len).div_ceil(token_budget).clamp(1, n);
     let per_chunk = n.div_ceil(chunks);
-    let mut attr = vec![vec![0.0f64; p]; k];
+    let mut attr = vec![vec![0.0f64; p]; k * job.combine.rows_per_token(n)];
     let mut done = 0;
     while done < n {
         let m = per_chunk.min(n - done);
-        let column = |v: &[f64]| -> candle_core::Result<Tensor> {
-            let v: Vec<f32> = v.iter().map(|&a| a as f32).collect();
-            Tensor::from_vec(v, (m, 1, 1), dev)
-        };
-        let alphas = column(&job.alphas[done..done + m])?.to_dtype(x.dtype())?;
-        let weights = column(&job.weights[done..done + m])?;
+        let alphas: Vec<f32> = job.alphas[done..done + m].iter().map(|&a| a as f32).collect();
+        let alphas = Tensor::from_vec(alphas, (m, 1, 1), dev)?.to_dtype(x.dtype())?;
         // The steps' embeddings, as one batch.
         let points = Var::from_tensor(&base.broadcast_add(&diff.broadcast_mul(&alphas)?)?)?;
         let hidden = arch.forward_from_embeddings(points.as_tensor())?;
         let rows = hidden.narrow(1, p - 1, k)?;
-        for (row, out) in attr.iter_mut().enumerate() {
+        for row in 0..k {
             let grads = target_value(arch, &rows, row, job.target[row], job.prob)?
                 .sum_all()?
                 .backward()?;
@@ -119,10 +139,21 @@ pub fn attribute(
                 .get(points.as_tensor())
                 .ok_or_else(|| Error::Internal("no gradient reached the embeddings".into()))?
                 .to_dtype(DType::F32)?;
-            let summed = g.broadcast_mul(&weights)?.sum(0)?;
-            let per_token = (summed * &diff_f32)?.sum(1)?.narrow(0, 0, p)?.to_vec1::<f32>()?;
-            for (a, v) in out.iter_mut().zip(per_token) {
-                *a += f64::from(v);
+            // q[s][p] of this chunk's points.
+            let q = g
+                .broadcast_mul(&diff_f32)?
+                .sum(2)?
+                .narrow(1, 0, p)?
+                .to_vec2::<f32>()?;
+            for (i, q) in q.iter().enumerate() {
+                let s = done + i;
+                let (out, w) = match &job.combine {
+                    Combine::Weighted(w) => (&mut attr[row], w[s]),
+                    Combine::EachPoint => (&mut attr[row * n + s], 1.0),
+                };
+                for (a, &v) in out.iter_mut().zip(q) {
+                    *a += w * f64::from(v);
+                }
             }
         }
         done += m;

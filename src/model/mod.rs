@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 pub use cache::KvCache;
 pub use device::{DeviceArgs, DeviceChoice, DtypeChoice};
 pub use family::Family;
-pub use gradient::GradientJob;
+pub use gradient::{Combine, GradientJob};
 pub use spec::ModelSpec;
 pub use tokenizer::Tokenizer;
 

@@ -1,54 +1,43 @@
-//! Runs a gradient method (integrated_gradients, gradient_x_input) as Captum's
+//! Runs a gradient method (integrated_gradients, gradient_x_input, gradient_shap) as Captum's
 //! LLMGradientAttribution does: one row per target token, the gradient of its log-prob with
 //! respect to the input embeddings, summed over the embedding per prompt token; `seq_attr` is
 //! the sum of the rows. The tensors are the scorer's business ([`Scorer::gradients`]).
 //!
 //! Beyond Captum, template and chat input work too: a placeholder's attribution is the sum
-//! over the tokens of its value ([`crate::input::Input::feature_tokens`]), and integrated
-//! gradients start from the prompt with each of those tokens replaced by token id 0. A
+//! over the tokens of its value ([`crate::input::Input::feature_tokens`]), and the methods
+//! that start from a baseline replace each of those tokens with token id 0. A
 //! `contrast_target` adds the contrast's rows, negated, so that `seq_attr` attributes
 //! f(target) - f(contrast) as the perturbation methods do.
 
 use std::time::Instant;
 
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
 use super::{check_count, check_length, contrast_ids, parse_input, resolve_target, Limits, Progress};
-use crate::attribution::integration::Rule;
-use crate::attribution::GradientFacts;
+use crate::attribution::{mean_and_stderr, GradientFacts, GradientPath, MethodFacts};
 use crate::error::{Error, Result};
 use crate::input::FeatureTokens;
-use crate::model::{GradientJob, ScoreItem};
+use crate::model::{Combine, GradientJob, ScoreItem};
 use crate::request::{AttrTarget, AttributeRequest, AttributeResponse, BaselineSampling, Stats};
 use crate::scorer::Scorer;
 
-/// The baseline token of integrated gradients when the request gives none: Captum's
-/// TextTokenInput default, token id 0.
+/// The baseline token when the request gives none: Captum's TextTokenInput default, token id 0.
 const DEFAULT_BASELINE_ID: u32 = 0;
 
 pub(super) fn run(
     request: &AttributeRequest,
-    facts: GradientFacts,
+    facts: &MethodFacts,
+    gradient: GradientFacts,
     scorer: &dyn Scorer,
     limits: &Limits,
     progress: &(dyn Fn(Progress) + Sync),
     started: Instant,
 ) -> Result<AttributeResponse> {
     let method = request.method;
-    no_sampling_fields(request)?;
-    let n_steps = check_count(
-        "n_steps",
-        request.n_steps,
-        facts.default_n_steps,
-        limits.max_n_steps,
-    )?;
-    // Gradient × input: the gradient at the input itself.
-    let rule = if facts.integrates {
-        request.integration.unwrap_or_default().rule(n_steps)?
-    } else {
-        Rule {
-            alphas: vec![1.0],
-            weights: vec![1.0],
-        }
-    };
+    let path = gradient.path;
+    check_sampling_fields(request, path)?;
+    let (alphas, combine) = points(request, facts, path, limits)?;
     let input = parse_input(request, scorer, limits)?;
     if request.baselines.is_some() {
         return Err(Error::invalid(
@@ -83,34 +72,21 @@ pub(super) fn run(
     }))
     .collect();
     let outputs: usize = continuations.iter().map(|c| c.ids.len()).sum();
-    // One backward pass per output token and step: bounded like the perturbation methods'
-    // sequences.
-    let gradients = n_steps.saturating_mul(outputs);
-    if gradients > limits.max_sequences {
-        return Err(Error::too_large(
-            if facts.integrates { "n_steps" } else { "target" },
-            format!(
-                "{n_steps} steps for {outputs} target tokens need {gradients} gradients, more than \
-                 the limit of {} (--max-sequences); use fewer steps or a shorter target",
-                limits.max_sequences
-            ),
-        ));
-    }
+    let gradients = check_gradients(alphas.len(), outputs, path, limits)?;
 
-    // Integrated gradients start from the prompt with every feature token replaced by the
-    // baseline token; gradient × input from the zero embedding.
+    // The baseline: the prompt with every feature token replaced by the baseline token.
     let baseline_id = input
         .tokens()
         .and_then(|t| t.baseline)
         .unwrap_or(DEFAULT_BASELINE_ID);
-    let baseline = facts.integrates.then(|| {
+    let baseline = path.from_baseline().then(|| {
         let mut ids = prompt.clone();
         for &p in positions.iter().flatten() {
             ids[p] = baseline_id;
         }
         ids
     });
-    // Every continuation after the prompt, then (integrated gradients) after the baseline.
+    // Every continuation after the prompt, then (from a baseline) after the baseline.
     let starts: Vec<&Vec<u32>> = std::iter::once(&prompt).chain(&baseline).collect();
     let items: Vec<ScoreItem> = continuations
         .iter()
@@ -129,54 +105,40 @@ pub(super) fn run(
         AttrTarget::LogProb => f64::from(lp),
         AttrTarget::Prob => f64::from(lp).exp(),
     };
-
-    let mut rows = Vec::with_capacity(outputs);
-    let mut deltas = Vec::with_capacity(outputs);
-    for (i, c) in continuations.iter().enumerate() {
-        let job = GradientJob {
-            prompt: prompt.clone(),
-            baseline: baseline.clone(),
-            target: c.ids.clone(),
-            alphas: rule.alphas.clone(),
-            weights: rule.weights.clone(),
-            prob: request.attr_target == AttrTarget::Prob,
-        };
-        let n = continuations.len();
-        let own = scorer.gradients(job, &|done, total| {
-            progress(Progress {
-                done: i * total + done,
-                total: n * total,
-            })
-        })?;
-        if own.len() != c.ids.len() || own.iter().any(|r| r.len() != prompt.len()) {
-            return Err(Error::Internal("gradient rows of the wrong shape".into()));
-        }
-        for (k, r) in own.into_iter().enumerate() {
-            // Captum's delta: the row's sum over every position minus f(input) - f(baseline).
-            if facts.integrates {
-                let change = value(scores[i][0][k]) - value(scores[i][1][k]);
-                deltas.push(c.sign * (r.iter().sum::<f64>() - change));
-            }
-            rows.push(r.into_iter().map(|v| c.sign * v).collect::<Vec<f64>>());
-        }
-    }
-    // A feature's attribution is the sum over its tokens (one token for text input).
-    let token_attr: Vec<Vec<f64>> = rows
+    // What each row's sum should come to (from a baseline): ±(f(input) - f(baseline)).
+    let changes: Vec<f64> = continuations
         .iter()
-        .map(|r| {
-            positions
-                .iter()
-                .map(|ps| ps.iter().map(|&p| r[p]).sum())
-                .collect()
+        .zip(&scores)
+        .flat_map(|(c, s)| {
+            (0..c.ids.len()).map(move |k| match s.get(1) {
+                Some(base) => c.sign * (value(s[0][k]) - value(base[k])),
+                None => 0.0,
+            })
         })
         .collect();
-    let seq_attr = (0..positions.len())
-        .map(|f| token_attr.iter().map(|r| r[f]).sum())
-        .collect();
+
+    let job = GradientJob {
+        prompt: prompt.clone(),
+        baseline,
+        target: Vec::new(),
+        alphas,
+        combine,
+        prob: request.attr_target == AttrTarget::Prob,
+    };
+    let by_point = signed_rows(scorer, &job, &continuations, progress)?;
+    let summary = summarize(&by_point, &positions);
+    let convergence_delta = path.from_baseline().then(|| {
+        summary
+            .row_sums
+            .iter()
+            .zip(&changes)
+            .map(|(sum, change)| sum - change)
+            .collect()
+    });
 
     let mut features = input.features.clone();
     for f in &mut features {
-        f.baselines = if facts.integrates {
+        f.baselines = if path.from_baseline() {
             vec![tokenizer.decode(&[baseline_id])?]
         } else {
             Vec::new()
@@ -185,9 +147,10 @@ pub(super) fn run(
     let log_probs = |i: usize| -> Vec<f64> { scores[i][0].iter().map(|&v| f64::from(v)).collect() };
     let target_log_probs = log_probs(0);
     let contrast_log_probs = contrast.as_ref().map(|_| log_probs(1));
+    let n_points = job.alphas.len();
     let tokens_scored: usize = continuations
         .iter()
-        .map(|c| n_steps * (prompt.len() + c.ids.len() - 1))
+        .map(|c| n_points * (prompt.len() + c.ids.len() - 1))
         .sum();
     Ok(AttributeResponse {
         model: scorer.info().spec.clone(),
@@ -204,22 +167,22 @@ pub(super) fn run(
         features,
         target_log_prob: target_log_probs.iter().sum(),
         target_log_probs,
-        seq_attr,
-        token_attr,
-        seq_attr_stderr: None,
-        token_attr_stderr: None,
+        seq_attr: summary.seq_attr,
+        token_attr: summary.token_attr,
+        seq_attr_stderr: summary.seq_attr_stderr,
+        token_attr_stderr: summary.token_attr_stderr,
         contrast_target: request.contrast_target.clone(),
         contrast_output_tokens: contrast.as_ref().map(|c| tokenizer.pretty_tokens(c)),
         contrast_log_prob: contrast_log_probs.as_ref().map(|l| l.iter().sum()),
         contrast_log_probs,
         contrast_ids: contrast,
-        convergence_delta: facts.integrates.then_some(deltas),
+        convergence_delta,
         stats: Stats {
-            // One gradient per output token and step.
+            // One gradient per output token and point.
             evaluations: gradients,
             // The distinct points of the path.
-            coalitions: n_steps,
-            unique_sequences: n_steps * continuations.len() + n_scored,
+            coalitions: n_points,
+            unique_sequences: n_points * continuations.len() + n_scored,
             tokens_scored: tokens_scored + scored_tokens,
             seconds: started.elapsed().as_secs_f64(),
         },
@@ -234,21 +197,168 @@ struct Continuation {
     sign: f64,
 }
 
-/// Gradient methods are exact and deterministic: the sampling fields do not apply.
-fn no_sampling_fields(request: &AttributeRequest) -> Result<()> {
+/// The points of the path and how they make rows: the input alone (gradient × input), a
+/// quadrature rule (integrated gradients), or uniformly random points drawn from the request's
+/// seed (gradient SHAP, as Captum's LayerInputBaselineXGradient draws its coefficients).
+fn points(
+    request: &AttributeRequest,
+    facts: &MethodFacts,
+    path: GradientPath,
+    limits: &Limits,
+) -> Result<(Vec<f64>, Combine)> {
+    Ok(match path {
+        GradientPath::Input => (vec![1.0], Combine::Weighted(vec![1.0])),
+        GradientPath::Rule { default_n_steps } => {
+            let n = check_count("n_steps", request.n_steps, default_n_steps, limits.max_n_steps)?;
+            let rule = request.integration.unwrap_or_default().rule(n)?;
+            (rule.alphas, Combine::Weighted(rule.weights))
+        }
+        GradientPath::Sampled => {
+            let n = check_count(
+                "n_samples",
+                request.n_samples,
+                facts.default_n_samples,
+                limits.max_n_samples,
+            )?;
+            let mut rng = ChaCha8Rng::seed_from_u64(request.seed.unwrap_or(0));
+            let alphas = (0..n).map(|_| rng.random::<f64>()).collect();
+            (alphas, Combine::EachPoint)
+        }
+    })
+}
+
+/// One backward pass per output token and point: bounded like the perturbation methods'
+/// sequences. Returns their number.
+fn check_gradients(points: usize, outputs: usize, path: GradientPath, limits: &Limits) -> Result<usize> {
+    let gradients = points.saturating_mul(outputs);
+    if gradients <= limits.max_sequences {
+        return Ok(gradients);
+    }
+    let (field, fewer) = match path.points_field() {
+        Some(field) => (field, format!("fewer {field}")),
+        None => ("target", "fewer".to_string()),
+    };
+    Err(Error::too_large(
+        field,
+        format!(
+            "{points} points for {outputs} target tokens need {gradients} gradients, more than \
+             the limit of {} (--max-sequences); use {fewer} or a shorter target",
+            limits.max_sequences
+        ),
+    ))
+}
+
+/// `rows[s][r][p]`: point s's row r (the target's tokens, then the contrast's, negated) at
+/// prompt position p. A weighted job has a single "point", its weighted sum.
+fn signed_rows(
+    scorer: &dyn Scorer,
+    job: &GradientJob,
+    continuations: &[Continuation],
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<Vec<Vec<Vec<f64>>>> {
+    let points = job.combine.rows_per_token(job.alphas.len());
+    let prompt_len = job.prompt.len();
+    let mut by_point = vec![Vec::new(); points];
+    let n = continuations.len();
+    for (i, c) in continuations.iter().enumerate() {
+        let job = GradientJob {
+            target: c.ids.clone(),
+            ..job.clone()
+        };
+        let rows = scorer.gradients(job, &|done, total| {
+            progress(Progress {
+                done: i * total + done,
+                total: n * total,
+            })
+        })?;
+        if rows.len() != c.ids.len() * points || rows.iter().any(|r| r.len() != prompt_len) {
+            return Err(Error::Internal("gradient rows of the wrong shape".into()));
+        }
+        // Row k * points + s is target token k at point s.
+        for (r, row) in rows.into_iter().enumerate() {
+            by_point[r % points].push(row.into_iter().map(|v| c.sign * v).collect());
+        }
+    }
+    Ok(by_point)
+}
+
+/// The response's numbers from every point's rows: the mean over the points, and its standard
+/// error when there are several.
+struct Summary {
+    seq_attr: Vec<f64>,
+    token_attr: Vec<Vec<f64>>,
+    seq_attr_stderr: Option<Vec<f64>>,
+    token_attr_stderr: Option<Vec<Vec<f64>>>,
+    /// Each row's sum over every prompt position (skipped tokens too), averaged over the
+    /// points: what its convergence delta compares with f(input) - f(baseline).
+    row_sums: Vec<f64>,
+}
+
+/// A feature's attribution is the sum over its tokens (one token for text input); `seq_attr`
+/// is the sum of the rows. Both are averaged over the points.
+fn summarize(by_point: &[Vec<Vec<f64>>], positions: &[Vec<usize>]) -> Summary {
+    // Per point: seq_attr, then the token_attr rows.
+    let per_point: Vec<Vec<Vec<f64>>> = by_point
+        .iter()
+        .map(|rows| {
+            let token: Vec<Vec<f64>> = rows
+                .iter()
+                .map(|r| {
+                    positions
+                        .iter()
+                        .map(|ps| ps.iter().map(|&p| r[p]).sum())
+                        .collect()
+                })
+                .collect();
+            let seq = (0..positions.len())
+                .map(|f| token.iter().map(|r| r[f]).sum())
+                .collect();
+            std::iter::once(seq).chain(token).collect()
+        })
+        .collect();
+    let refs: Vec<&Vec<Vec<f64>>> = per_point.iter().collect();
+    let (mut mean, mut stderr) = mean_and_stderr(&refs);
+    let points = by_point.len();
+    let row_sums = (0..by_point[0].len())
+        .map(|r| {
+            by_point
+                .iter()
+                .map(|rows| rows[r].iter().sum::<f64>())
+                .sum::<f64>()
+                / points as f64
+        })
+        .collect();
+    let token_attr = mean.split_off(1);
+    let token_attr_stderr = stderr.split_off(1);
+    Summary {
+        seq_attr: mean.remove(0),
+        token_attr,
+        seq_attr_stderr: (points > 1).then(|| stderr.remove(0)),
+        token_attr_stderr: (points > 1).then_some(token_attr_stderr),
+        row_sums,
+    }
+}
+
+/// The sampling fields: `n_samples` only for gradient SHAP, which draws its points; never
+/// trials (more points do the same) or baseline sampling (there is one baseline).
+fn check_sampling_fields(request: &AttributeRequest, path: GradientPath) -> Result<()> {
+    let name = request.method.name();
+    let sampled = path == GradientPath::Sampled;
+    let why = if sampled {
+        format!(
+            "{name} takes its standard errors from its own points, all from one baseline; raise \
+             n_samples for more points"
+        )
+    } else {
+        format!("{name} is exact and deterministic and draws no samples")
+    };
     for (field, given) in [
-        ("n_samples", request.n_samples.is_some()),
+        ("n_samples", request.n_samples.is_some() && !sampled),
         ("num_trials", request.num_trials.is_some_and(|t| t != 1)),
         ("baseline_sampling", request.baseline_sampling.is_some()),
     ] {
         if given {
-            return Err(Error::invalid(
-                field,
-                format!(
-                    "{} is exact and deterministic and draws no samples",
-                    request.method.name()
-                ),
-            ));
+            return Err(Error::invalid(field, why));
         }
     }
     Ok(())

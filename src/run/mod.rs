@@ -161,7 +161,7 @@ fn check_length(input: &Input, prompt: usize, target: usize, limit: usize, targe
 
 /// `n_steps` and `integration` only for the methods that integrate.
 fn check_integration_fields(request: &AttributeRequest, facts: &MethodFacts) -> Result<()> {
-    if facts.gradient.is_some_and(|g| g.integrates) {
+    if facts.gradient.is_some_and(|g| g.path.takes_steps()) {
         return Ok(());
     }
     for (field, given) in [
@@ -244,7 +244,7 @@ pub fn run(
     let facts = method.facts();
     check_integration_fields(request, &facts)?;
     if let Some(g) = facts.gradient {
-        return gradient::run(request, g, scorer, limits, progress, started);
+        return gradient::run(request, &facts, g, scorer, limits, progress, started);
     }
     let n_samples = check_count(
         "n_samples",
