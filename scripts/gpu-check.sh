@@ -6,8 +6,10 @@
 # with torch and safetensors on the machine. It:
 #   1. prints the GPU;
 #   2. checks parity on tiny-gpt2 and every family fixture (f32 1e-3, f16 3e-2, bf16 1e-1 against
-#      transformers' f32 references; greedy ids; Captum's t1 in f32): tests/device_parity.rs;
-#   3. times every method on t1 (sampled and exact baselines) at SmolLM2-135M's shape in f32;
+#      transformers' f32 references; greedy ids; Captum's t1 and gradient methods in f32):
+#      tests/device_parity.rs;
+#   3. times every method on t1 (sampled and exact baselines) at SmolLM2-135M's shape in f32,
+#      and the gradient methods on examples/t1_grad.json (20-token prompt, 8-token target);
 #   4. times exact t1 at Llama-3.2-1B's and Llama-3.1-8B's shapes in bf16,
 # on random weights built there (scripts/random_model.py), and compares with the issue's H200
 # numbers for Captum 0.9 and one batched PyTorch pass. Under 8 minutes on an H200.
@@ -112,6 +114,8 @@ for shape in $shapes; do
     step "$shape: every method, t1 with exact baselines"
     table=$(bench "$shape" "$dtype" examples/t1.json "")
     echo "$table"
+    step "$shape: gradient methods, examples/t1_grad.json (Captum on 2 CPU cores: IG 66.9s, gxi 4.50s)"
+    bench "$shape" "$dtype" examples/t1_grad.json ig,gxi,gs
     if [ "$fa" != - ]; then
       for m in "feature_ablation $fa" "shapley_values $sv" "shapley_value_sampling $svs"; do
         read -r name captum <<<"$m"

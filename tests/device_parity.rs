@@ -1,6 +1,6 @@
 //! The tiny fixtures (tiny-gpt2 and every decoder family) on the device and in the data types a
 //! GPU runs: log-probs within 1e-3 of transformers in f32, 3e-2 in f16 and 1e-1 in bf16 (see
-//! `dtypes`), greedy ids, and Captum parity in f32.
+//! `dtypes`), greedy ids, and Captum parity in f32 (perturbation and gradient methods).
 //!
 //! `LLM_ATTR_TEST_DEVICE` picks the device (`cpu` by default; `cuda` in scripts/gpu-check.sh),
 //! `LLM_ATTR_FIXTURES` the fixtures directory.
@@ -18,7 +18,7 @@ use llm_attr::request::{AttributeRequest, Baseline, Method};
 use llm_attr::run::{run, Limits};
 use serde_json::Value;
 
-use common::{ids, read_json, FAMILIES};
+use common::{captum_grad_request, captum_grad_tolerance, ids, read_json, FAMILIES};
 
 fn device() -> DeviceChoice {
     let name = std::env::var("LLM_ATTR_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
@@ -195,6 +195,54 @@ fn captum_t1_matches_on_the_device() {
                 let tol = 2e-3 + 1e-3 * w.abs();
                 assert!((g - w).abs() <= tol, "{dir} {key}: got {g}, Captum {w}");
             }
+        }
+    }
+}
+
+/// Captum's LLMGradientAttribution cases (`captum_grad.json`: integrated gradients with two
+/// rules, gradient × input) in f32 on the device, where the gradient path composes candle ops
+/// instead of the CPU's hand-written backward passes. On the CPU only tiny-gpt2, to keep the
+/// check itself honest (tests/grad.rs covers the CPU).
+#[test]
+fn captum_gradients_match_on_the_device() {
+    let dirs = dirs();
+    let dirs = if on_cpu() { &dirs[..1] } else { &dirs[..] };
+    for dir in dirs {
+        let m = load(dir, DType::F32);
+        let cases = read_json(&format!("{dir}/captum_grad.json"));
+        for case in cases["cases"].as_array().unwrap() {
+            let what = format!(
+                "{dir} {} {}",
+                case["method"],
+                case.get("integration").unwrap_or(&Value::Null)
+            );
+            let r = run(
+                &captum_grad_request(case),
+                m.as_ref(),
+                &Limits::default(),
+                &|_| {},
+            )
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+            let rows = case["token_attr"].as_array().unwrap();
+            assert_eq!(r.token_attr.len(), rows.len(), "{what}");
+            let mut worst = 0.0f64;
+            for (got, want) in r.token_attr.iter().zip(rows) {
+                let want: Vec<f64> = want
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap())
+                    .collect();
+                assert_eq!(got.len(), want.len(), "{what}");
+                for (g, w) in got.iter().zip(&want) {
+                    worst = worst.max((g - w).abs() / captum_grad_tolerance(*w));
+                }
+            }
+            println!("{what}: largest token_attr miss {worst:.3} of the tolerance");
+            assert!(
+                worst <= 1.0,
+                "{what}: a token_attr entry misses Captum by {worst:.2}x the tolerance"
+            );
         }
     }
 }

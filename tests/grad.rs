@@ -9,7 +9,7 @@ use llm_attr::run::{run, Limits};
 use serde_json::Value;
 
 mod common;
-use common::{ids, read_json, shared_model, FAMILIES};
+use common::{captum_grad_request, captum_grad_tolerance, ids, read_json, shared_model, FAMILIES};
 
 const SMOLLM2: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 const TINY_GPT2: &str = "tests/fixtures/tiny-gpt2";
@@ -27,28 +27,6 @@ fn floats(v: &Value) -> Vec<f64> {
         .iter()
         .map(|x| x.as_f64().unwrap())
         .collect()
-}
-
-/// The request Captum's case ran.
-fn request(case: &Value) -> AttributeRequest {
-    let method: Method = serde_json::from_value(case["method"].clone()).unwrap();
-    let skip = ids(&case["skip_tokens"]);
-    AttributeRequest {
-        text: Some(case["text"].as_str().unwrap().into()),
-        target: Some(case["target"].as_str().unwrap().into()),
-        skip_tokens: (!skip.is_empty()).then(|| skip.into_iter().map(TokenRef::Id).collect()),
-        method,
-        n_steps: case["n_steps"].as_u64().map(|n| n as usize),
-        integration: case
-            .get("integration")
-            .map(|i| serde_json::from_value::<Integration>(i.clone()).unwrap()),
-        ..Default::default()
-    }
-}
-
-/// The tolerance: 5e-3 + 1e-2 |Captum|.
-fn tolerance(want: f64) -> f64 {
-    5e-3 + 1e-2 * want.abs()
 }
 
 /// Misses are collected so that a failure shows them all.
@@ -101,15 +79,21 @@ fn compare_numbers(
     let mut misses = Vec::new();
     for (i, (g, w)) in seq_attr.iter().zip(&seq).enumerate() {
         let tol = match seq_tolerance {
-            SeqTolerance::Entry => tolerance(*w),
-            SeqTolerance::RowsSummed => rows.iter().map(|row| tolerance(floats(row)[i])).sum(),
+            SeqTolerance::Entry => captum_grad_tolerance(*w),
+            SeqTolerance::RowsSummed => rows.iter().map(|row| captum_grad_tolerance(floats(row)[i])).sum(),
         };
         close(*g, *w, tol, &format!("seq_attr[{i}]"), &mut misses);
     }
     assert_eq!(token_attr.len(), rows.len(), "{what}: output tokens");
     for (k, (row, want)) in token_attr.iter().zip(rows).enumerate() {
         for (i, (g, w)) in row.iter().zip(floats(want)).enumerate() {
-            close(*g, w, tolerance(w), &format!("token_attr[{k}][{i}]"), &mut misses);
+            close(
+                *g,
+                w,
+                captum_grad_tolerance(w),
+                &format!("token_attr[{k}][{i}]"),
+                &mut misses,
+            );
         }
     }
     assert!(misses.is_empty(), "{what}:\n{}", misses.join("\n"));
@@ -152,7 +136,7 @@ fn check(spec: &str, dir: &str, keep: impl Fn(&Value) -> bool, seq_tolerance: Se
             case.get("integration").unwrap_or(&Value::Null),
             case.get("note").unwrap_or(&Value::Null)
         );
-        let req = request(case);
+        let req = captum_grad_request(case);
         let r = run(&req, m.as_ref(), &Limits::default(), &|_| {}).unwrap_or_else(|e| panic!("{what}: {e}"));
         let seq_tolerance = match req.method {
             Method::IntegratedGradients => seq_tolerance,

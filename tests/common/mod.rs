@@ -386,3 +386,25 @@ pub const FAMILIES: &[&str] = &[
     "phi3",
     "gemma2",
 ];
+
+/// The request a case of Captum's LLMGradientAttribution fixtures (`captum_grad.json`) ran.
+pub fn captum_grad_request(case: &serde_json::Value) -> llm_attr::request::AttributeRequest {
+    use llm_attr::request::{AttributeRequest, TokenRef};
+    let skip = ids(&case["skip_tokens"]);
+    AttributeRequest {
+        text: Some(case["text"].as_str().unwrap().into()),
+        target: Some(case["target"].as_str().unwrap().into()),
+        skip_tokens: (!skip.is_empty()).then(|| skip.into_iter().map(TokenRef::Id).collect()),
+        method: serde_json::from_value(case["method"].clone()).unwrap(),
+        n_steps: case["n_steps"].as_u64().map(|n| n as usize),
+        integration: case
+            .get("integration")
+            .map(|i| serde_json::from_value(i.clone()).unwrap()),
+        ..Default::default()
+    }
+}
+
+/// Issue 12's tolerance for the gradient methods against Captum: 5e-3 + 1e-2 |Captum|.
+pub fn captum_grad_tolerance(want: f64) -> f64 {
+    5e-3 + 1e-2 * want.abs()
+}
