@@ -540,3 +540,59 @@ fn a_contrast_subtracts_its_rows() {
         );
     }
 }
+
+/// An audit attributes every cell with a gradient method as that cell's request alone would:
+/// no baselines (the placeholders' tokens start from token id 0), the first target contrasted
+/// with the second.
+#[test]
+fn an_audit_cell_with_gradients_equals_its_request_run_alone() {
+    use llm_attr::audit::{self, AuditRequest};
+    let m = shared_model(TINY_GPT2);
+    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let req = AuditRequest {
+        template: Some("{name} from {country} applied for".into()),
+        values: Some(
+            [("country".to_string(), "Germany".to_string())]
+                .into_iter()
+                .collect(),
+        ),
+        sweep: [("name".to_string(), strings(&["Georg", "Lakisha"]))]
+            .into_iter()
+            .collect(),
+        targets: strings(&[" a job", " nothing"]),
+        method: Some(Method::IntegratedGradients),
+        n_steps: Some(8),
+        integration: Some(Integration::RiemannMiddle),
+        ..Default::default()
+    };
+    let result = audit::run(&req, m.as_ref(), &Limits::default(), &|_| {}).unwrap();
+    assert_eq!(result.cells.len(), 2);
+    for cell in &result.cells {
+        let got = cell.attribution.as_ref().expect("a method was given");
+        let alone = AttributeRequest {
+            template: req.template.clone(),
+            values: Some(
+                [
+                    ("name".to_string(), cell.values["name"].clone()),
+                    ("country".to_string(), "Germany".to_string()),
+                ]
+                .into_iter()
+                .collect(),
+            ),
+            target: Some(" a job".into()),
+            contrast_target: Some(" nothing".into()),
+            method: Method::IntegratedGradients,
+            n_steps: Some(8),
+            integration: Some(Integration::RiemannMiddle),
+            ..Default::default()
+        };
+        let want = run(&alone, m.as_ref(), &Limits::default(), &|_| {}).unwrap();
+        assert_eq!(got.token_attr, want.token_attr, "{:?}", cell.values);
+        assert_eq!(got.convergence_delta, want.convergence_delta);
+        assert_eq!(
+            got.token_attr.len(),
+            got.target_ids.len() + got.contrast_ids.as_ref().unwrap().len()
+        );
+        assert_eq!(got.stats.coalitions, 8);
+    }
+}

@@ -335,7 +335,8 @@ impl<'r> Grid<'r> {
 
     /// The attribute request of one cell: the cell's values; the other values of a swept
     /// placeholder as its baselines; the request's baselines for the rest; the first target,
-    /// contrasted with the second.
+    /// contrasted with the second. A gradient method gets no baselines: it starts from each
+    /// placeholder's tokens replaced by token id 0.
     fn cell_request(&self, cell: usize) -> Option<AttributeRequest> {
         let r = self.request;
         let method = r.method?;
@@ -357,7 +358,7 @@ impl<'r> Grid<'r> {
         }
         Some(AttributeRequest {
             values: Some(values),
-            baselines: Some(baselines),
+            baselines: method.facts().gradient.is_none().then_some(baselines),
             target: r.targets.first().cloned(),
             contrast_target: r.targets.get(1).cloned(),
             method,
@@ -366,6 +367,8 @@ impl<'r> Grid<'r> {
             num_trials: r.num_trials,
             seed: r.seed,
             baseline_sampling: r.baseline_sampling,
+            n_steps: r.n_steps,
+            integration: r.integration,
             ..input_of(r)
         })
     }

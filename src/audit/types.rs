@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::request::{AttrTarget, AttributeResponse, Baseline, BaselineSampling, ChatMessage, Method};
+use crate::request::{
+    AttrTarget, AttributeResponse, Baseline, BaselineSampling, ChatMessage, Integration, Method,
+};
 
 /// A template over a grid of values (the product of the `sweep` lists), scored for every
 /// target, optionally averaged over contexts and attributed per cell.
@@ -63,6 +65,12 @@ pub struct AuditRequest {
     pub seed: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline_sampling: Option<BaselineSampling>,
+    /// integrated_gradients: points of the path (default 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_steps: Option<usize>,
+    /// integrated_gradients: the quadrature rule (default `gausslegendre`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub integration: Option<Integration>,
 }
 
 fn unique_sweep<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Vec<String>>, D::Error> {
