@@ -1,13 +1,14 @@
 //! Gradients of the target tokens' log-probs with respect to the input embeddings, for the
 //! gradient methods (Captum's LayerIntegratedGradients and LayerGradientXActivation on the
-//! embedding layer, as LLMGradientAttribution runs them).
+//! embedding layer, as LLMGradientAttribution runs them, and gradient SHAP's random points on
+//! the same path).
 //!
 //! Captum runs one forward and backward pass per target token, over the prompt and the target
 //! tokens before it. Here one forward pass over the prompt and the whole target (but its last
 //! token) serves every target token, since a causal model's prediction of target token k never
 //! sees what comes after it; the interpolation steps go through it as one batch (in chunks
 //! that bound the memory the backward pass keeps), and each target token gets its own backward
-//! pass through that shared graph. Only differentiable candle ops are used
+//! pass through that shared graph. Only differentiable ops are used
 //! ([`Architecture::forward_from_embeddings`]).
 
 use candle_core::{DType, Tensor, Var, D};
