@@ -60,17 +60,7 @@ pub(super) fn run(
         let limit = limits.max_tokens_per_sequence.min(scorer.context_length());
         check_length(&input, prompt.len(), c.len(), limit, "contrast_target")?;
     }
-    // The target's rows, then the contrast's, negated: the attributed quantity is
-    // f(target) - f(contrast), as with the perturbation methods.
-    let continuations: Vec<Continuation> = std::iter::once(Continuation {
-        ids: target_ids.clone(),
-        sign: 1.0,
-    })
-    .chain(contrast.iter().map(|c| Continuation {
-        ids: c.clone(),
-        sign: -1.0,
-    }))
-    .collect();
+    let continuations = Continuation::all(&target_ids, contrast.as_ref());
     let outputs: usize = continuations.iter().map(|c| c.ids.len()).sum();
     let gradients = check_gradients(alphas.len(), outputs, path, limits)?;
 
@@ -86,40 +76,13 @@ pub(super) fn run(
         }
         ids
     });
-    // Every continuation after the prompt, then (from a baseline) after the baseline.
-    let starts: Vec<&Vec<u32>> = std::iter::once(&prompt).chain(&baseline).collect();
-    let items: Vec<ScoreItem> = continuations
-        .iter()
-        .flat_map(|c| {
-            starts.iter().map(|s| ScoreItem {
-                prompt: s.to_vec(),
-                target: c.ids.clone(),
-            })
-        })
-        .collect();
-    let scored_tokens: usize = items.iter().map(ScoreItem::input_len).sum();
-    let n_scored = items.len();
-    let scores = scorer.score(items, &|_, _| {})?;
-    let scores: Vec<&[Vec<f32>]> = scores.chunks(starts.len()).collect();
-    let value = |lp: f32| match request.attr_target {
-        AttrTarget::LogProb => f64::from(lp),
-        AttrTarget::Prob => f64::from(lp).exp(),
-    };
-    // What each row's sum should come to (from a baseline): ±(f(input) - f(baseline)).
-    let changes: Vec<f64> = continuations
-        .iter()
-        .zip(&scores)
-        .flat_map(|(c, s)| {
-            (0..c.ids.len()).map(move |k| match s.get(1) {
-                Some(base) => c.sign * (value(s[0][k]) - value(base[k])),
-                None => 0.0,
-            })
-        })
-        .collect();
+    let ends = score_ends(scorer, &prompt, baseline.as_ref(), &continuations)?;
+    let changes = ends.changes(&continuations, request.attr_target);
 
     let job = GradientJob {
         prompt: prompt.clone(),
         baseline,
+        // Each continuation's, in `signed_rows`.
         target: Vec::new(),
         alphas,
         combine,
@@ -144,9 +107,8 @@ pub(super) fn run(
             Vec::new()
         };
     }
-    let log_probs = |i: usize| -> Vec<f64> { scores[i][0].iter().map(|&v| f64::from(v)).collect() };
-    let target_log_probs = log_probs(0);
-    let contrast_log_probs = contrast.as_ref().map(|_| log_probs(1));
+    let target_log_probs = ends.log_probs(0);
+    let contrast_log_probs = contrast.as_ref().map(|_| ends.log_probs(1));
     let n_points = job.alphas.len();
     let tokens_scored: usize = continuations
         .iter()
@@ -182,8 +144,8 @@ pub(super) fn run(
             evaluations: gradients,
             // The distinct points of the path.
             coalitions: n_points,
-            unique_sequences: n_points * continuations.len() + n_scored,
-            tokens_scored: tokens_scored + scored_tokens,
+            unique_sequences: n_points * continuations.len() + ends.items,
+            tokens_scored: tokens_scored + ends.tokens,
             seconds: started.elapsed().as_secs_f64(),
         },
         target_ids,
@@ -195,6 +157,83 @@ pub(super) fn run(
 struct Continuation {
     ids: Vec<u32>,
     sign: f64,
+}
+
+impl Continuation {
+    /// The target's rows, then the contrast's, negated: the attributed quantity is
+    /// f(target) - f(contrast), as with the perturbation methods.
+    fn all(target: &[u32], contrast: Option<&Vec<u32>>) -> Vec<Continuation> {
+        let target = Continuation {
+            ids: target.to_vec(),
+            sign: 1.0,
+        };
+        let contrast = contrast.map(|c| Continuation {
+            ids: c.clone(),
+            sign: -1.0,
+        });
+        std::iter::once(target).chain(contrast).collect()
+    }
+}
+
+/// Every continuation scored unperturbed: `at[i][0]`, continuation i's log-probs after the
+/// prompt, and `at[i][1]` after the baseline (for the methods that start from one).
+struct Ends {
+    at: Vec<Vec<Vec<f32>>>,
+    /// Sequences and tokens scored.
+    items: usize,
+    tokens: usize,
+}
+
+fn score_ends(
+    scorer: &dyn Scorer,
+    prompt: &[u32],
+    baseline: Option<&Vec<u32>>,
+    continuations: &[Continuation],
+) -> Result<Ends> {
+    let starts: Vec<&[u32]> = std::iter::once(prompt).chain(baseline.map(|b| &b[..])).collect();
+    let items: Vec<ScoreItem> = continuations
+        .iter()
+        .flat_map(|c| {
+            starts.iter().map(|s| ScoreItem {
+                prompt: s.to_vec(),
+                target: c.ids.clone(),
+            })
+        })
+        .collect();
+    let tokens = items.iter().map(ScoreItem::input_len).sum();
+    let n = items.len();
+    let scores = scorer.score(items, &|_, _| {})?;
+    Ok(Ends {
+        at: scores.chunks(starts.len()).map(<[_]>::to_vec).collect(),
+        items: n,
+        tokens,
+    })
+}
+
+impl Ends {
+    /// Continuation i's log-probs after the prompt.
+    fn log_probs(&self, i: usize) -> Vec<f64> {
+        self.at[i][0].iter().map(|&v| f64::from(v)).collect()
+    }
+
+    /// What each row's sum should come to, ±(f(input) - f(baseline)), in the rows' order (0
+    /// without a baseline).
+    fn changes(&self, continuations: &[Continuation], attr_target: AttrTarget) -> Vec<f64> {
+        let value = |lp: f32| match attr_target {
+            AttrTarget::LogProb => f64::from(lp),
+            AttrTarget::Prob => f64::from(lp).exp(),
+        };
+        continuations
+            .iter()
+            .zip(&self.at)
+            .flat_map(|(c, at)| {
+                (0..c.ids.len()).map(move |k| match at.get(1) {
+                    Some(base) => c.sign * (value(at[0][k]) - value(base[k])),
+                    None => 0.0,
+                })
+            })
+            .collect()
+    }
 }
 
 /// The points of the path and how they make rows: the input alone (gradient × input), a
