@@ -281,6 +281,31 @@ fn gradient_shap_estimates_the_path_integral() {
     assert!(one.seq_attr_stderr.is_none() && one.token_attr_stderr.is_none());
     assert_eq!(gs.stats.coalitions, 400);
     assert_eq!(gs.stats.evaluations, 400 * gs.target_ids.len());
+    // A plan counts the same without running the model.
+    let req = AttributeRequest {
+        text: Some("Georg from Germany applied for".into()),
+        target: Some(" a job".into()),
+        method: Method::GradientShap,
+        n_samples: Some(400),
+        contrast_target: Some(" nothing".into()),
+        ..Default::default()
+    };
+    let planned = llm_attr::run::plan(&req, m.as_ref(), &Limits::default()).unwrap();
+    let ran = run(&req, m.as_ref(), &Limits::default(), &|_| {}).unwrap();
+    assert_eq!(
+        (
+            planned.coalitions,
+            planned.evaluations,
+            planned.distinct_sequences,
+            planned.tokens
+        ),
+        (
+            ran.stats.coalitions,
+            ran.stats.evaluations,
+            ran.stats.unique_sequences,
+            ran.stats.tokens_scored
+        )
+    );
 }
 
 #[test]

@@ -67,6 +67,11 @@ impl GradientJob {
         ids
     }
 
+    /// The rows the job gives: per target token, one (weighted) or one per point.
+    pub fn n_rows(&self) -> usize {
+        self.target.len() * self.combine.rows_per_token(self.alphas.len())
+    }
+
     /// Fails on a job of the wrong shape (the run layer builds jobs from checked requests).
     pub fn check(&self) -> Result<()> {
         let weights = match &self.combine {
@@ -122,7 +127,7 @@ pub fn attribute(
     // Equal chunks of at most `token_budget` tokens.
     let chunks = (n * len).div_ceil(token_budget).clamp(1, n);
     let per_chunk = n.div_ceil(chunks);
-    let mut attr = vec![vec![0.0f64; p]; k * job.combine.rows_per_token(n)];
+    let mut attr = vec![vec![0.0f64; p]; job.n_rows()];
     let mut done = 0;
     while done < n {
         let m = per_chunk.min(n - done);

@@ -304,13 +304,14 @@ fn signed_rows(
             target: c.ids.clone(),
             ..job.clone()
         };
+        let n_rows = job.n_rows();
         let rows = scorer.gradients(job, &|done, total| {
             progress(Progress {
                 done: i * total + done,
                 total: n * total,
             })
         })?;
-        if rows.len() != c.ids.len() * points || rows.iter().any(|r| r.len() != prompt_len) {
+        if rows.len() != n_rows || rows.iter().any(|r| r.len() != prompt_len) {
             return Err(Error::Internal("gradient rows of the wrong shape".into()));
         }
         // Row k * points + s is target token k at point s.

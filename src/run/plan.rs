@@ -75,7 +75,7 @@ impl Scorer for DryScorer<'_> {
 
     fn gradients(&self, job: GradientJob, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<Vec<Vec<f64>>> {
         let _ = progress;
-        Ok(vec![vec![0.0; job.prompt.len()]; job.target.len()])
+        Ok(vec![vec![0.0; job.prompt.len()]; job.n_rows()])
     }
 }
 
