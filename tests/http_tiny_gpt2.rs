@@ -338,3 +338,53 @@ async fn shutdown_cancels_work_that_outlives_the_grace_period() {
         "no longer listening"
     );
 }
+
+/// The gradient methods through the engine's workers: the same numbers as a direct run, with
+/// a contrast and with gradient SHAP's standard errors; a plan that counts what the run does;
+/// and a job whose progress counts the points of both continuations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gradient_methods_run_through_the_engine() {
+    let s = start(TINY, |_| {}).await;
+    let c = client();
+    let request = |method: &str| {
+        json!({
+            "template": "{name} from {country} applied for",
+            "values": {"name": "Georg", "country": "Germany"},
+            "target": " a job",
+            "contrast_target": " nothing",
+            "method": method,
+            "seed": 2,
+        })
+    };
+    for method in ["integrated_gradients", "gradient_x_input", "gradient_shap"] {
+        let req = request(method);
+        let got = send_json(c.post(format!("{}/v1/attributions", s.url())).json(&req)).await;
+        let alone = serde_json::to_value(direct(&req)).unwrap();
+        for key in ["seq_attr", "token_attr", "convergence_delta", "token_attr_stderr"] {
+            assert_eq!(got[key].is_null(), alone[key].is_null(), "{method} {key}");
+            if !got[key].is_null() {
+                assert_close(&got[key], &alone[key], &format!("{method} {key}"));
+            }
+        }
+        assert_eq!(got["contrast_ids"], alone["contrast_ids"]);
+        let plan = send_json(c.post(format!("{}/v1/plan", s.url())).json(&req)).await;
+        assert_eq!(plan["evaluations"], got["stats"]["evaluations"], "{method}");
+        assert_eq!(
+            plan["distinct_sequences"], got["stats"]["unique_sequences"],
+            "{method}"
+        );
+    }
+    let res = send(
+        c.post(format!("{}/v1/jobs", s.url()))
+            .json(&request("gradient_shap")),
+        202,
+    )
+    .await;
+    let location = job_location(&res);
+    let events = get_events(&c, format!("{}{location}/events", s.url())).await;
+    let last = events.last().unwrap();
+    assert_eq!(last.event, "done", "{events:?}");
+    assert_eq!(last.data["progress"]["done"], last.data["progress"]["total"]);
+    assert!(last.data["result"]["seq_attr_stderr"].is_array());
+    s.shutdown().await;
+}
