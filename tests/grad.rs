@@ -174,7 +174,6 @@ fn smollm2_matches_captum() {
     check(SMOLLM2, "tests/fixtures/smollm2", keep, SeqTolerance::RowsSummed);
 }
 
-/// Bad input: a clear error naming the field.
 /// What Captum's LayerGradientShap computes through LLMGradientAttribution
 /// (`captum_grad_shap.json`; see scripts/reference/gradients.py): it interpolates the 0/1
 /// interpretable tensor, so every point is the baseline, and with n samples its forward function
@@ -308,6 +307,7 @@ fn gradient_shap_estimates_the_path_integral() {
     );
 }
 
+/// Bad input: a clear error naming the field.
 #[test]
 fn gradient_errors_name_the_field() {
     let m = shared_model(TINY_GPT2);
