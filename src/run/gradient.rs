@@ -14,7 +14,7 @@ use std::time::Instant;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::{check_count, check_length, contrast_ids, parse_input, resolve_target, Limits, Progress};
+use super::{check_count, contrast_ids, parse_input, resolve_target, Limits, Progress};
 use crate::attribution::{mean_and_stderr, GradientFacts, GradientPath, MethodFacts};
 use crate::error::{Error, Result};
 use crate::input::FeatureTokens;
@@ -55,11 +55,7 @@ pub(super) fn run(
         positions,
     } = input.feature_tokens(tokenizer)?;
     let (target_ids, generated) = resolve_target(request, &input, &prompt, scorer, limits)?;
-    let contrast = contrast_ids(request, tokenizer, &target_ids)?;
-    if let Some(c) = &contrast {
-        let limit = limits.max_tokens_per_sequence.min(scorer.context_length());
-        check_length(&input, prompt.len(), c.len(), limit, "contrast_target")?;
-    }
+    let contrast = contrast_ids(request, &input, &prompt, &target_ids, scorer, limits)?;
     let continuations = Continuation::all(&target_ids, contrast.as_ref());
     let outputs: usize = continuations.iter().map(|c| c.ids.len()).sum();
     let gradients = check_gradients(alphas.len(), outputs, path, limits)?;

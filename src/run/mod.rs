@@ -92,23 +92,39 @@ pub fn encode_text(field: &str, text: &str, tokenizer: &Tokenizer) -> Result<Vec
     Ok(ids)
 }
 
-/// The contrast's ids, when the request has one: not the target's.
+/// The contrast's ids, when the request has one: not the target's, and fitting after `full`
+/// (the unperturbed prompt) as the target does.
 fn contrast_ids(
     request: &AttributeRequest,
-    tokenizer: &Tokenizer,
+    input: &Input,
+    full: &[u32],
     target: &[u32],
+    scorer: &dyn Scorer,
+    limits: &Limits,
 ) -> Result<Option<Vec<u32>>> {
     let Some(text) = &request.contrast_target else {
         return Ok(None);
     };
-    let ids = encode_text("contrast_target", text, tokenizer)?;
+    let ids = encode_text("contrast_target", text, scorer.tokenizer())?;
     if ids == target {
         return Err(Error::invalid(
             "contrast_target",
             "it is the same continuation as the target; contrast the target with a different one",
         ));
     }
+    check_length(
+        input,
+        full.len(),
+        ids.len(),
+        sequence_limit(scorer, limits),
+        "contrast_target",
+    )?;
     Ok(Some(ids))
+}
+
+/// Tokens one sequence may have: the request limit, or the model's context if shorter.
+fn sequence_limit(scorer: &dyn Scorer, limits: &Limits) -> usize {
+    limits.max_tokens_per_sequence.min(scorer.context_length())
 }
 
 /// Distinct sequences `exact` baseline sampling would need for `method`, saturating (an upper
@@ -201,7 +217,7 @@ fn resolve_target(
     limits: &Limits,
 ) -> Result<(Vec<u32>, bool)> {
     let tokenizer = scorer.tokenizer();
-    let limit = limits.max_tokens_per_sequence.min(scorer.context_length());
+    let limit = sequence_limit(scorer, limits);
     match &request.target {
         Some(t) => {
             let ids = encode_text("target", t, tokenizer)?;
@@ -274,12 +290,7 @@ pub fn run(
 
     let full = input.render(tokenizer, &vec![None; input.slots.len()])?;
     let (target_ids, generated) = resolve_target(request, &input, &full, scorer, limits)?;
-    let limit = limits.max_tokens_per_sequence.min(scorer.context_length());
-
-    let contrast = contrast_ids(request, tokenizer, &target_ids)?;
-    if let Some(c) = &contrast {
-        check_length(&input, full.len(), c.len(), limit, "contrast_target")?;
-    }
+    let contrast = contrast_ids(request, &input, &full, &target_ids, scorer, limits)?;
 
     let mut ev = SequenceEvaluator::new(
         &input,
