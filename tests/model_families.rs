@@ -4,9 +4,8 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var};
 use llm_attr::error::Error;
@@ -14,7 +13,7 @@ use llm_attr::model::spec::load_with;
 use llm_attr::model::{LoadOptions, Model, ScoreItem};
 use serde::Deserialize;
 
-use common::FAMILIES;
+use common::{shared_model, FAMILIES};
 
 fn dir(family: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -23,16 +22,7 @@ fn dir(family: &str) -> PathBuf {
 }
 
 fn model(family: &str) -> Arc<Model> {
-    static MODELS: Mutex<Option<HashMap<String, Arc<Model>>>> = Mutex::new(None);
-    let mut models = MODELS.lock().unwrap_or_else(|e| e.into_inner());
-    models
-        .get_or_insert_with(HashMap::new)
-        .entry(family.to_string())
-        .or_insert_with(|| {
-            Model::load(dir(family).to_str().unwrap(), &LoadOptions::default())
-                .unwrap_or_else(|e| panic!("loading {family}: {e}"))
-        })
-        .clone()
+    shared_model(dir(family).to_str().unwrap())
 }
 
 fn read<T: for<'de> Deserialize<'de>>(family: &str, name: &str) -> T {
