@@ -6,6 +6,7 @@ import { $, el } from "./dom.js";
 import { fmt, exact, fmtProb } from "./format.js";
 import { drawHeatmap, drawTable } from "./heatmap.js";
 import { provenance, provenanceLine } from "./provenance.js";
+import { buildRequest } from "./request.js";
 import { state } from "./state.js";
 import { templateParts } from "./template.js";
 
@@ -15,6 +16,8 @@ export function showResult(request, res) {
   state.result = { request, response: res };
   $("#empty-results").hidden = true;
   for (const id of CARDS) $(`#${id}`).hidden = false;
+  // The mark is otherwise set only as inputs change: a new result would keep the old one's.
+  markResultStale(buildRequest());
   drawSummary(request, res);
   drawResult();
 }

@@ -670,6 +670,10 @@ fn check_chat(d: &Driver, base: &str, root: &Path) {
         json!([]),
     );
     assert_eq!(roles, json!(["system", "user", "assistant"]));
+    assert!(
+        !d.visible("#result-stale"),
+        "a new result is current, though the one before it was out of date"
+    );
     d.js("window.scrollTo(0, 0)", json!([]));
     d.screenshot(&root.join("tests/artifacts/web-chat.png"));
 }
