@@ -360,6 +360,60 @@ fn audit_direct(base: &str, body: &Value) -> Value {
     }
 }
 
+/// The heatmap holds one cell per row of the API's `token_attr` x feature, with its numbers, and
+/// the bar chart one bar per feature with its `seq_attr`.
+fn assert_charts_match(d: &Driver, api: &Value) {
+    let rows = api["token_attr"].as_array().unwrap().len();
+    let features = api["features"].as_array().unwrap().len();
+    let cells = d.js(
+        "return Array.from(document.querySelectorAll('#heatmap .cell')).map(c => \
+         [Number(c.dataset.row), Number(c.dataset.col), Number(c.dataset.value), c.querySelector('text').textContent])",
+        json!([]),
+    );
+    let cells = cells.as_array().unwrap();
+    assert_eq!(cells.len(), rows * features, "one heatmap cell per row x feature");
+    let mut seen = vec![false; rows * features];
+    for c in cells {
+        let (r, f) = (c[0].as_u64().unwrap() as usize, c[1].as_u64().unwrap() as usize);
+        let want = api["token_attr"][r][f].as_f64().unwrap();
+        let got = c[2].as_f64().unwrap();
+        assert!(close(got, want), "cell ({r}, {f}): page {got}, API {want}");
+        let shown = page_number(c[3].as_str().unwrap());
+        assert!(
+            (shown - want).abs() <= 0.005 + 2e-3 + 1e-3 * want.abs(),
+            "cell ({r}, {f}) reads {shown}, API {want}"
+        );
+        seen[r * features + f] = true;
+    }
+    assert!(seen.iter().all(|s| *s), "every (row, feature) pair has its cell");
+
+    let bars = d.js(
+        "return Array.from(document.querySelectorAll('#bars .bar')).map(b => [b.dataset.feature, Number(b.dataset.value)])",
+        json!([]),
+    );
+    let bars = bars.as_array().unwrap();
+    assert_eq!(bars.len(), features, "one bar per feature");
+    for (i, b) in bars.iter().enumerate() {
+        assert_eq!(b[0], api["features"][i]["name"]);
+        let want = api["seq_attr"][i].as_f64().unwrap();
+        assert!(
+            close(b[1].as_f64().unwrap(), want),
+            "bar {i}: page {}, API {want}",
+            b[1]
+        );
+    }
+}
+
+/// The log p a line of the facts shows: "… (log p = −1.234567)…".
+fn shown_log_p(d: &Driver, css: &str) -> f64 {
+    let text = d.text(css);
+    text.split("log p = ")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .map(page_number)
+        .unwrap_or_else(|| panic!("no log p in {css}: {text:?}"))
+}
+
 /// The target's tokens are shown before a run; the seed's target (Captum's, without a leading
 /// space) gets the warning, and adding the space clears it.
 fn check_leading_space(d: &Driver) {
@@ -835,57 +889,12 @@ fn web_page_runs_t1_in_a_real_browser() {
     assert_eq!(features, 3);
     assert!(tokens >= 5, "t1's target has several tokens");
 
-    // Heatmap: one cell per output token x feature, holding the API's numbers.
-    let cells = d.js(
-        "return Array.from(document.querySelectorAll('#heatmap .cell')).map(c => \
-         [Number(c.dataset.row), Number(c.dataset.col), Number(c.dataset.value), c.querySelector('text').textContent])",
-        json!([]),
-    );
-    let cells = cells.as_array().unwrap();
-    assert_eq!(
-        cells.len(),
-        tokens * features,
-        "one heatmap cell per output token x feature"
-    );
-    let mut seen = vec![false; tokens * features];
-    for c in cells {
-        let (r, f) = (c[0].as_u64().unwrap() as usize, c[1].as_u64().unwrap() as usize);
-        let want = api["token_attr"][r][f].as_f64().unwrap();
-        let got = c[2].as_f64().unwrap();
-        assert!(close(got, want), "cell ({r}, {f}): page {got}, API {want}");
-        let shown = page_number(c[3].as_str().unwrap());
-        assert!(
-            (shown - want).abs() <= 0.005 + 2e-3 + 1e-3 * want.abs(),
-            "cell ({r}, {f}) reads {shown}, API {want}"
-        );
-        seen[r * features + f] = true;
-    }
-    assert!(
-        seen.iter().all(|s| *s),
-        "every (token, feature) pair has its cell"
-    );
+    assert_charts_match(d, &api);
     let rows = d.js(
         "return Array.from(document.querySelectorAll('#heatmap .row-head title')).map(t => t.textContent)",
         json!([]),
     );
     assert_eq!(rows, api["output_tokens"], "row labels are the output tokens");
-
-    // Bar chart: one bar per feature with the sequence attribution.
-    let bars = d.js(
-        "return Array.from(document.querySelectorAll('#bars .bar')).map(b => [b.dataset.feature, Number(b.dataset.value)])",
-        json!([]),
-    );
-    let bars = bars.as_array().unwrap();
-    assert_eq!(bars.len(), features, "one bar per feature");
-    for (i, b) in bars.iter().enumerate() {
-        assert_eq!(b[0], api["features"][i]["name"]);
-        let want = api["seq_attr"][i].as_f64().unwrap();
-        assert!(
-            close(b[1].as_f64().unwrap(), want),
-            "bar {i}: page {}, API {want}",
-            b[1]
-        );
-    }
 
     // Progress reached 100%, and the probability of the target is shown.
     let progress = d.js(
@@ -898,19 +907,8 @@ fn web_page_runs_t1_in_a_real_browser() {
     );
     assert_eq!(progress[0], progress[1], "progress bar full: {progress}");
     assert_eq!(progress[2], "100");
-    let prob = d.js(
-        "return document.querySelector('#target-prob').textContent",
-        json!([]),
-    );
     let lp = api["target_log_prob"].as_f64().unwrap();
-    let shown: f64 = prob
-        .as_str()
-        .unwrap()
-        .split("log p = ")
-        .nth(1)
-        .and_then(|s| s.split(')').next())
-        .map(page_number)
-        .expect("log p shown");
+    let shown = shown_log_p(d, "#target-prob");
     assert!((shown - lp).abs() < 1e-3, "log p(target): page {shown}, API {lp}");
     let provenance = d.text("#provenance");
     for part in [
