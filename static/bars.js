@@ -1,6 +1,6 @@
-// Bar chart of each feature's attribution to the whole target.
+// Bar chart of each feature's attribution to the whole target (with a contrast: to the difference).
 
-import { color, featureLabel, featureValue, measureName, HALO, availWidth } from "./charts.js";
+import { color, featureLabel, featureValue, measureName, hasContrast, HALO, availWidth } from "./charts.js";
 import { SVG_NS, FONT, svg, textWidth, fit } from "./dom.js";
 import { fmt, exact, numberScale, ticks, tickLabel } from "./format.js";
 
@@ -40,7 +40,7 @@ export function drawBars(box, res) {
     root.append(svg("text", { x: x(v), y: bottom + 16, "text-anchor": "middle", fill: "#555", "font-size": 11 }, tickLabel(v / div)));
   }
   root.append(svg("text", { x: left + plotW / 2, y: bottom + 36, "text-anchor": "middle", fill: "#444", "font-size": 11 },
-    `attribution to ${measureName(res)} of the whole target${note ? ` (${note})` : ""}`));
+    `attribution to ${measureName(res)}${hasContrast(res) ? "" : " of the whole target"}${note ? ` (${note})` : ""}`));
   feats.forEach((f, i) => {
     const v = vals[i];
     const y = top + i * rowH;

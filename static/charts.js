@@ -34,8 +34,29 @@ export function featureValue(f) {
   return f.value === f.name ? "" : f.value;
 }
 
+/** What a result attributes: log p (or p) of the target, or with a contrast the difference. */
 export function measureName(res) {
-  return res.attr_target === "prob" ? "p" : "log p";
+  const m = res.attr_target === "prob" ? "p" : "log p";
+  return hasContrast(res) ? `${m}(target) − ${m}(contrast)` : m;
+}
+
+export function hasContrast(res) {
+  return res.contrast_target != null;
+}
+
+/**
+ * The rows of token_attr: each target token with its log p, then each contrast token, whose
+ * attributions the server negated so that every row adds to the difference. `n` counts from 1
+ * within its continuation.
+ */
+export function tokenRows(res) {
+  const part = (tokens, logProbs, contrast) => (tokens || []).map((token, k) => ({ token, logProb: logProbs?.[k], contrast, n: k + 1 }));
+  return [...part(res.output_tokens, res.target_log_probs, false), ...part(res.contrast_output_tokens, res.contrast_log_probs, true)];
+}
+
+/** A row's label: the token with its spaces shown, a contrast token marked by its minus sign. */
+export function rowLabel(row) {
+  return `${row.contrast ? "− " : ""}${showToken(row.token)}`;
 }
 
 export const METHOD_NAMES = {

@@ -1,12 +1,14 @@
-// Heatmap of target tokens by features (SVG), its keyboard and hover readout, and table.
+// Heatmap of target tokens by features (SVG), its keyboard and hover readout, and table. With a
+// contrast, the contrast's tokens follow the target's, under a line, their attributions negated.
 
-import { RDBU, color, textOn, featureLabel, featureValue, measureName, availWidth, stickRowLabels } from "./charts.js";
+import { RDBU, color, textOn, featureLabel, featureValue, measureName, hasContrast, tokenRows, rowLabel, availWidth, stickRowLabels } from "./charts.js";
 import { $, $$, SVG_NS, FONT, el, svg, textWidth, fit } from "./dom.js";
-import { fmt, exact, fmtProb, numberScale, showToken } from "./format.js";
+import { fmt, exact, fmtProb, numberScale } from "./format.js";
 
 export function drawHeatmap(box, res) {
   const feats = res.features;
-  const rows = res.output_tokens.map(showToken);
+  const tokens = tokenRows(res);
+  const rows = tokens.map(rowLabel);
   const m = res.token_attr;
   const se = res.token_attr_stderr;
   const nr = rows.length;
@@ -27,17 +29,22 @@ export function drawHeatmap(box, res) {
   const gridW = nc * colW;
   const legendTop = top + nr * rowH + 26;
   const measure = measureName(res);
+  const contrast = hasContrast(res);
   const lw = Math.min(300, Math.max(180, gridW));
   const lx = narrow ? 8 : left;
-  const caption = `← lowers ${measure} · raises ${measure} →`;
-  const captionW = textWidth(caption, 11) + (note ? textWidth(note, 11) + 16 : 0);
+  const caption = contrast ? "← favours the contrast · favours the target →" : `← lowers ${measure} · raises ${measure} →`;
+  const below = contrast ? "Rows under the line: the contrast's tokens, their attributions negated." : "";
+  const captionW = Math.max(textWidth(caption, 11) + (note ? textWidth(note, 11) + 16 : 0), textWidth(below, 11));
   const width = Math.max(left + gridW + pColW + 8 + (many ? Math.max(0, headH * 0.65 - pColW) : 0), lx + Math.max(lw, captionW) + 12);
-  const height = legendTop + 62;
+  const height = legendTop + (below ? 78 : 62);
+  const what = contrast
+    ? `${res.output_tokens.length} target tokens and ${res.contrast_output_tokens.length} contrast tokens (negated)`
+    : `${nr} target tokens`;
 
   const root = svg("svg", {
     xmlns: SVG_NS, width, height, viewBox: `0 0 ${width} ${height}`, class: "chart heatmap",
     role: "img", tabindex: 0, "font-family": FONT, "font-size": 12,
-    "aria-label": `Heatmap of ${nr} target tokens by ${nc} features; attributions from ${fmt(-max)} to ${fmt(max)}. Arrow keys move between cells.`,
+    "aria-label": `Heatmap of ${what} by ${nc} features; attributions from ${fmt(-max)} to ${fmt(max)}. Arrow keys move between cells.`,
   });
   root.append(svg("rect", { x: 0, y: 0, width, height, fill: "#fff" }));
 
@@ -62,12 +69,12 @@ export function drawHeatmap(box, res) {
   root.append(svg("text", { x: left + gridW + pColW / 2 + 4, y: headH, "text-anchor": "middle", fill: "#555", "font-size": 11 }, "p(token)"));
 
   // rows
-  rows.forEach((label, i) => {
+  tokens.forEach((row, i) => {
     const y = top + i * rowH;
     root.append(svg("text", {
-      x: left - 8, y: y + rowH / 2 + 4, "text-anchor": "end", fill: "#222", class: "row-head", "data-row": i,
-    }, svg("title", {}, res.output_tokens[i]), fit(label, rowLabelW - 14, 12)));
-    const lp = res.target_log_probs?.[i];
+      x: left - 8, y: y + rowH / 2 + 4, "text-anchor": "end", fill: "#222", class: "row-head", "data-row": i, "data-contrast": row.contrast,
+    }, svg("title", {}, row.token), fit(rows[i], rowLabelW - 14, 12)));
+    const lp = row.logProb;
     if (lp !== undefined) {
       root.append(svg("text", { x: left + gridW + pColW / 2 + 4, y: y + rowH / 2 + 4, "text-anchor": "middle", fill: "#555", "font-size": narrow ? 10 : 11, "font-variant-numeric": "tabular-nums" },
         svg("title", {}, `log p = ${exact(lp)}`), fmtProb(Math.exp(lp))));
@@ -76,7 +83,7 @@ export function drawHeatmap(box, res) {
       const v = m[i][j];
       const fill = color(v / max);
       const g = svg("g", { class: "cell", "data-row": i, "data-col": j, "data-value": v });
-      const tip = `${res.output_tokens[i]} × ${feats[j].name}: ${exact(v)}${se ? ` ± ${exact(se[i][j])}` : ""}`;
+      const tip = `${row.contrast ? "− " : ""}${row.token} × ${feats[j].name}: ${exact(v)}${se ? ` ± ${exact(se[i][j])}` : ""}`;
       g.append(
         svg("title", {}, tip),
         svg("rect", { x: left + j * colW, y, width: colW, height: rowH, fill, stroke: "#fff", "stroke-width": 1 }),
@@ -88,6 +95,10 @@ export function drawHeatmap(box, res) {
       root.append(g);
     }
   });
+  if (contrast) {
+    const y = top + res.output_tokens.length * rowH;
+    root.append(svg("line", { x1: 4, x2: left + gridW + pColW, y1: y, y2: y, stroke: "#222", "stroke-width": 1.5, class: "contrast-line" }));
+  }
 
   // legend: the colour bar, its numbers, and a caption below (all inside the chart's width)
   const grad = svg("linearGradient", { id: "heat-grad", x1: 0, x2: 1, y1: 0, y2: 0 });
@@ -101,6 +112,7 @@ export function drawHeatmap(box, res) {
   });
   root.append(svg("text", { x: lx, y: legendTop + 44, fill: "#444", "font-size": 11, class: "legend-caption" }, caption,
     note ? svg("tspan", { dx: 16, class: "scale-note" }, note) : null));
+  if (below) root.append(svg("text", { x: lx, y: legendTop + 60, fill: "#444", "font-size": 11, class: "legend-contrast" }, below));
 
   const focus = svg("rect", { class: "focus-ring", width: colW, height: rowH, fill: "none", stroke: "#111", "stroke-width": 2.5, visibility: "hidden", "pointer-events": "none" });
   root.append(focus);
@@ -118,12 +130,14 @@ export function drawHeatmap(box, res) {
 
 function cellText(res, i, j) {
   const f = res.features[j];
+  const row = tokenRows(res)[i];
   const se = res.token_attr_stderr?.[i]?.[j];
   const v = res.token_attr[i][j];
   const dir = v > 0 ? "raises" : v < 0 ? "lowers" : "does not change";
+  const where = row.contrast ? `through contrast token ${row.n} (negated)` : hasContrast(res) ? `through target token ${row.n}` : `of token ${row.n}`;
   return {
-    title: `“${res.output_tokens[i]}” × ${f.name}${featureValue(f) ? ` = “${f.value}”` : ""}`,
-    body: `${exact(v)}${se !== undefined ? ` ± ${exact(se)}` : ""}: ${dir} ${measureName(res)} of token ${i + 1}`,
+    title: `${row.contrast ? "− " : ""}“${row.token}” × ${f.name}${featureValue(f) ? ` = “${f.value}”` : ""}`,
+    body: `${exact(v)}${se !== undefined ? ` ± ${exact(se)}` : ""}: ${dir} ${measureName(res)} ${where}`,
   };
 }
 
@@ -184,15 +198,17 @@ function showTooltip(t, x, y) {
 
 export function drawTable(box, res) {
   const se = res.token_attr_stderr;
-  const head = el("tr", {}, el("th", { scope: "col", text: "Target token" }),
+  const contrast = hasContrast(res);
+  const head = el("tr", {}, el("th", { scope: "col", text: contrast ? "Token (contrast: −)" : "Target token" }),
     ...res.features.map((f) => el("th", { scope: "col", text: featureValue(f) ? `${f.name} (${f.value})` : f.name })),
     el("th", { scope: "col", text: "p(token)" }));
-  const body = res.output_tokens.map((t, i) => el("tr", {},
-    el("th", { scope: "row", text: showToken(t) }),
+  const body = tokenRows(res).map((row, i) => el("tr", { class: row.contrast && row.n === 1 ? "contrast-start" : null },
+    el("th", { scope: "row", text: rowLabel(row) }),
     ...res.token_attr[i].map((v, j) => el("td", { text: exact(v) + (se ? ` ± ${exact(se[i][j])}` : "") })),
-    el("td", { text: res.target_log_probs ? fmtProb(Math.exp(res.target_log_probs[i])) : "" })));
-  const total = el("tr", { class: "total" }, el("th", { scope: "row", text: "Whole target" }),
+    el("td", { text: row.logProb !== undefined ? fmtProb(Math.exp(row.logProb)) : "" })));
+  // With a contrast the total is the difference's: no one probability belongs in its last cell.
+  const total = el("tr", { class: "total" }, el("th", { scope: "row", text: contrast ? "Target rather than contrast" : "Whole target" }),
     ...res.seq_attr.map((v, j) => el("td", { text: exact(v) + (res.seq_attr_stderr ? ` ± ${exact(res.seq_attr_stderr[j])}` : "") })),
-    el("td", { text: fmtProb(Math.exp(res.target_log_prob)) }));
+    el("td", { text: contrast ? "" : fmtProb(Math.exp(res.target_log_prob)) }));
   box.replaceChildren(el("table", {}, el("thead", {}, head), el("tbody", {}, ...body, total)));
 }

@@ -1,5 +1,5 @@
-// What produced a result: model, method, samples, seed, repeats and targets. Shown in the facts
-// line and carried by every export.
+// What produced a result: model, method, samples, seed, repeats, targets and the contrast.
+// Shown in the facts line and carried by every export.
 
 import { METHOD_NAMES } from "./charts.js";
 import { METHODS } from "./request.js";
@@ -8,6 +8,7 @@ import { METHODS } from "./request.js";
 export function provenance(request, response, model) {
   const method = response?.method ?? request.method ?? null;
   const sampled = METHODS[method]?.sampled;
+  const contrast = response?.contrast_target ?? request.contrast_target;
   return {
     model: response?.model ?? model ?? null,
     method,
@@ -15,6 +16,7 @@ export function provenance(request, response, model) {
     seed: request.seed ?? 0,
     num_trials: request.num_trials ?? 1,
     targets: request.targets ?? [response?.target ?? request.target ?? null],
+    ...(contrast != null ? { contrast } : {}),
   };
 }
 
@@ -28,5 +30,6 @@ export function provenanceLine(p) {
     p.method ? `seed ${p.seed}` : null,
     p.method ? `repeats ${p.num_trials}` : null,
     targets ? `target${p.targets.length > 1 ? "s" : ""} ${targets}` : null,
+    p.contrast != null ? `rather than “${p.contrast}”` : null,
   ].filter(Boolean).join(" · ");
 }

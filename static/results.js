@@ -1,7 +1,7 @@
 // The attribution result: highlighted prompt, facts, charts, and marking it out of date.
 
 import { drawBars } from "./bars.js";
-import { color, textOn, measureName, METHOD_NAMES } from "./charts.js";
+import { color, textOn, measureName, hasContrast, METHOD_NAMES } from "./charts.js";
 import { $, el } from "./dom.js";
 import { fmt, exact, fmtProb } from "./format.js";
 import { drawHeatmap, drawTable } from "./heatmap.js";
@@ -80,20 +80,47 @@ function drawSummary(request, res) {
   } else view.append(res.prompt);
   // The target follows the prompt exactly: a space is drawn only where the text has one.
   view.append(el("span", { class: "target-text", title: "target" }, res.target));
+  if (hasContrast(res)) view.append(el("span", { class: "contrast-note" }, " rather than ", el("q", { class: "contrast-text", title: "contrast" }, res.contrast_target)));
   const rendered = $("#rendered-prompt");
   rendered.hidden = !request?.messages;
   if (request?.messages) rendered.querySelector("pre").textContent = res.prompt;
 
   const p = Math.exp(res.target_log_prob);
   const facts = [
-    ["Probability of the target", `${fmtProb(p)}  (log p = ${exact(res.target_log_prob)})`],
+    ["Probability of the target", `${fmtProb(p)}  (log p = ${exact(res.target_log_prob)})`, "target-prob"],
+    ...contrastFacts(res),
     ["Target tokens", `${res.output_tokens.length}${res.generated_target ? ", the model's own greedy continuation" : ""}`],
     ["Method", `${METHOD_NAMES[res.method] || res.method}, ${res.attr_target === "prob" ? "probability" : "log-probability"}, baselines ${res.baseline_sampling === "sample" ? "sampled" : "averaged exactly"}`],
     ["Work", `${res.stats.evaluations} evaluations, ${res.stats.unique_sequences} distinct prompts, ${res.stats.tokens_scored} tokens, ${res.stats.seconds.toFixed(2)} s`],
-    ["Produced by", provenanceLine(provenance(request, res))],
+    ["Produced by", provenanceLine(provenance(request, res)), "provenance"],
   ];
-  $("#facts").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
-  $("#facts dd").id = "target-prob";
-  $("#facts dd:last-of-type").id = "provenance";
-  $("#heatmap-help").textContent = `Each cell: how much the feature (column) raises (red) or lowers (blue) the model's ${measureName(res)} of that target token (row). Hover a cell, or focus the chart and use the arrow keys, for the exact number.`;
+  $("#facts").replaceChildren(...facts.flatMap(([k, v, id]) => [el("dt", { text: k }), el("dd", { text: v, id })]));
+  describeCharts(res);
+}
+
+/** The contrast's probability and the difference that is attributed, for the facts list. */
+function contrastFacts(res) {
+  if (!hasContrast(res)) return [];
+  const [t, c] = [res.target_log_prob, res.contrast_log_prob];
+  const difference = res.attr_target === "prob" ? Math.exp(t) - Math.exp(c) : t - c;
+  const n = res.contrast_output_tokens.length;
+  return [
+    ["Probability of the contrast", `${fmtProb(Math.exp(c))}  (log p = ${exact(c)}), ${n} token${n === 1 ? "" : "s"}`, "contrast-prob"],
+    ["Attributed difference", `${measureName(res)} = ${exact(difference)}`, "contrast-difference"],
+  ];
+}
+
+/** The charts' titles and help say what they show: the target alone, or against the contrast. */
+function describeCharts(res) {
+  const m = measureName(res);
+  const contrast = hasContrast(res);
+  const hover = "Hover a cell, or focus the chart and use the arrow keys, for the exact number.";
+  $("#heatmap-title").textContent = contrast ? "Per token of the target and the contrast" : "Per target token";
+  $("#heatmap-help").textContent = contrast
+    ? `Each cell: how much the feature (column) raises (red) or lowers (blue) ${m} through that token (row). The target's tokens come first; under the line, the contrast's, their attributions negated, so red always favours the target. ${hover}`
+    : `Each cell: how much the feature (column) raises (red) or lowers (blue) the model's ${m} of that target token (row). ${hover}`;
+  $("#bars-title").textContent = contrast ? "Whole target rather than the contrast" : "Whole target";
+  $("#bars-help").textContent = contrast
+    ? `One bar per feature: its attribution to ${m}. Right (red) makes the target likelier against the contrast, left (blue) the contrast.`
+    : "One bar per feature: its attribution for the whole target. Right (red) makes the target more likely, left (blue) less.";
 }
