@@ -1,7 +1,7 @@
 // Export charts (SVG, PNG) and data (CSV, JSON), each carrying what produced it.
 
 import { $$, el, svg, setAttrs, textWidth } from "./dom.js";
-import { METHOD_NAMES } from "./charts.js";
+import { METHOD_NAMES, hasContrast, measureName, tokenRows } from "./charts.js";
 import { cellValue, measureOf } from "./auditview.js";
 import { provenance, provenanceLine } from "./provenance.js";
 import { state } from "./state.js";
@@ -61,8 +61,11 @@ function chartTitle(kind) {
   }
   const r = state.result?.response;
   if (!r) return "";
-  const what = kind === "heatmap" ? "Attribution per target token" : "Attribution for the whole target";
-  return [`${what} · ${METHOD_NAMES[r.method] || r.method}`, `“${r.prompt}” → “${r.target}”`, provenanceLine(provenance(state.result.request, r))];
+  const what = hasContrast(r)
+    ? `Attribution of ${measureName(r)}${kind === "heatmap" ? " per token (contrast's rows negated)" : ""}`
+    : kind === "heatmap" ? "Attribution per target token" : "Attribution for the whole target";
+  const against = hasContrast(r) ? ` rather than “${r.contrast_target}”` : "";
+  return [`${what} · ${METHOD_NAMES[r.method] || r.method}`, `“${r.prompt}” → “${r.target}”${against}`, provenanceLine(provenance(state.result.request, r))];
 }
 
 function prompt(request) {
@@ -129,23 +132,39 @@ function exportData(kind, format) {
   if (!state.result) return;
   const { request, response: r } = state.result;
   const prov = provenance(request, r);
-  const names = r.features.map((f) => f.name);
   if (format === "json") {
     const data = kind === "token"
-      ? { provenance: prov, request, output_tokens: r.output_tokens, target_log_probs: r.target_log_probs, features: r.features, token_attr: r.token_attr, token_attr_stderr: r.token_attr_stderr ?? null }
-      : { provenance: prov, request, features: r.features, seq_attr: r.seq_attr, seq_attr_stderr: r.seq_attr_stderr ?? null, target_log_prob: r.target_log_prob };
+      ? { provenance: prov, request, output_tokens: r.output_tokens, target_log_probs: r.target_log_probs, ...contrastFields(r, kind), features: r.features, token_attr: r.token_attr, token_attr_stderr: r.token_attr_stderr ?? null }
+      : { provenance: prov, request, features: r.features, seq_attr: r.seq_attr, seq_attr_stderr: r.seq_attr_stderr ?? null, target_log_prob: r.target_log_prob, ...contrastFields(r, kind) };
     return download(`llm-attr-${kind}-attr-${stamp}.json`, jsonBlob(data));
   }
-  let rows;
-  if (kind === "token") {
-    const se = r.token_attr_stderr;
-    rows = [["target", "output_token", ...names, ...(se ? names.map((n) => `${n}_stderr`) : []), "log_prob"],
-      ...r.output_tokens.map((t, i) => [r.target, t, ...r.token_attr[i], ...(se ? se[i] : []), r.target_log_probs?.[i] ?? ""])];
-  } else {
-    const se = r.seq_attr_stderr;
-    rows = [["target", "feature", "value", "seq_attr", ...(se ? ["stderr"] : [])], ...r.features.map((f, j) => [r.target, f.name, f.value, r.seq_attr[j], ...(se ? [se[j]] : [])])];
-  }
-  download(`llm-attr-${kind}-attr-${stamp}.csv`, csvBlob(rows, prov));
+  download(`llm-attr-${kind}-attr-${stamp}.csv`, csvBlob(kind === "token" ? tokenCsvRows(r) : seqCsvRows(r), prov));
+}
+
+/** The response's contrast fields for an export of `kind` ("token" or "seq"); none without one. */
+function contrastFields(r, kind) {
+  if (!hasContrast(r)) return {};
+  return kind === "token"
+    ? { contrast_target: r.contrast_target, contrast_output_tokens: r.contrast_output_tokens, contrast_log_probs: r.contrast_log_probs }
+    : { contrast_target: r.contrast_target, contrast_log_prob: r.contrast_log_prob };
+}
+
+/** One row per row of token_attr; with a contrast, which continuation the token is from. */
+function tokenCsvRows(r) {
+  const names = r.features.map((f) => f.name);
+  const se = r.token_attr_stderr;
+  const contrast = hasContrast(r);
+  const head = ["target", ...(contrast ? ["contrast_target", "continuation"] : []), "output_token", ...names, ...(se ? names.map((n) => `${n}_stderr`) : []), "log_prob"];
+  const rows = tokenRows(r).map((row, i) => [r.target, ...(contrast ? [r.contrast_target, row.contrast ? "contrast (negated)" : "target"] : []),
+    row.token, ...r.token_attr[i], ...(se ? se[i] : []), row.logProb ?? ""]);
+  return [head, ...rows];
+}
+
+function seqCsvRows(r) {
+  const se = r.seq_attr_stderr;
+  const contrast = hasContrast(r) ? [r.contrast_target] : [];
+  return [["target", ...(contrast.length ? ["contrast_target"] : []), "feature", "value", "seq_attr", ...(se ? ["stderr"] : [])],
+    ...r.features.map((f, j) => [r.target, ...contrast, f.name, f.value, r.seq_attr[j], ...(se ? [se[j]] : [])])];
 }
 
 const CHARTS = { heatmap: "#heatmap svg.heatmap", bars: "#bars svg", "audit-chart": "#audit-chart svg" };
