@@ -8,7 +8,7 @@ import { cancelJob, followJob, startJob } from "./job.js";
 import { saveState } from "./link.js";
 import { lastEstimate } from "./plan.js";
 import { ProgressView, setBusy } from "./progress.js";
-import { auditSweep, buildAudit, inputNames, targetText } from "./request.js";
+import { auditSweep, buildAudit, contrastText, inputNames, targetText } from "./request.js";
 import { state, rowFor } from "./state.js";
 
 const AUDITS = "/v1/audits";
@@ -32,7 +32,8 @@ export function refreshAuditControls() {
   fillSelect($("#audit-ph2"), names.filter((n) => n !== $("#audit-ph1").value), "nothing else");
   for (const k of [1, 2]) fillValues(k, false);
   const targets = $("#audit-targets");
-  if (!targets.dataset.edited) targets.value = targetText() ?? "";
+  // The form's contrast is the audit's second target: the audit's Δ log p is then the form's difference.
+  if (!targets.dataset.edited) targets.value = [targetText(), contrastText()].filter((t) => t !== undefined).join("\n");
 }
 
 function fillSelect(sel, names, none) {

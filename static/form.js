@@ -139,6 +139,8 @@ export function loadSeed(id) {
     $("#user").value = seed.messages.find((m) => m.role === "user")?.content ?? "";
   } else $("#template").value = seed.template;
   $("#target").value = seed.target || "";
+  // A seed is a new probe: a contrast chosen for the previous target would not fit its target.
+  $("#contrast_target").value = "";
   $("#generated").hidden = true;
   clearErrors();
   setMode(seed.messages ? "chat" : "template");
@@ -223,6 +225,7 @@ export function applyRequest(req) {
   state.skip = new Set(req.skip_tokens || []);
   $("#baseline_token").value = req.baseline_token ?? "";
   $("#target").value = req.target ?? "";
+  $("#contrast_target").value = req.contrast_target ?? "";
   $("#max_new_tokens").value = req.max_new_tokens ?? "";
   const m = METHOD_ALIASES[req.method] || req.method || "shapley_values";
   const radio = $(`input[name=method][value="${CSS.escape(m)}"]`);

@@ -70,19 +70,27 @@ async function loadTemplates(hash = {}) {
   } else if (!keep && state.templates.length && !$("#template").value) loadSeed(state.templates[0].id);
 }
 
-/** The target's tokens and the leading-space warning, for the form and the audit's targets. */
-function previewTargets() {
-  const prompt = promptText();
-  const target = $("#target").value;
-  drawTokens($("#target-tokens"), target);
-  const seed = currentSeed();
-  drawSpaceWarning($("#space-warning"), prompt, target, {
-    seedNote: seed && seed.target === target ? "This is the seed's target as Captum's tutorial wrote it, without the space." : "",
+/** The tokens of a continuation `field`, and the leading-space warning (with its fix) about it. */
+function previewContinuation(field, tokensBox, warningBox, prompt, seedNote = "") {
+  const text = field.value;
+  drawTokens(tokensBox, text);
+  drawSpaceWarning(warningBox, prompt, text, {
+    seedNote,
     fix: () => {
-      $("#target").value = ` ${target}`;
+      field.value = ` ${text}`;
       changed();
     },
   });
+}
+
+/** The tokens and the leading-space warnings of the target, the contrast and the audit's targets. */
+function previewTargets() {
+  const prompt = promptText();
+  const target = $("#target").value;
+  const seed = currentSeed();
+  const seedNote = seed && seed.target === target ? "This is the seed's target as Captum's tutorial wrote it, without the space." : "";
+  previewContinuation($("#target"), $("#target-tokens"), $("#space-warning"), prompt, seedNote);
+  previewContinuation($("#contrast_target"), $("#contrast-tokens"), $("#contrast-space-warning"), prompt);
   if (state.mode === "tokens") return;
   const targets = auditTargets();
   const box = $("#audit-target-tokens");

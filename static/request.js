@@ -29,9 +29,19 @@ export function intField(id) {
   return Number.isFinite(n) ? n : v; // the server names the field if it is not a number
 }
 
-export function targetText() {
-  const t = $("#target").value;
+/** A continuation field's text exactly as written (spaces are part of it), or undefined when blank. */
+function continuation(id) {
+  const t = $(`#${id}`).value;
   return t.trim() === "" ? undefined : t;
+}
+
+export function targetText() {
+  return continuation("target");
+}
+
+/** The continuation the target is weighed against (contrast_target), if any. */
+export function contrastText() {
+  return continuation("contrast_target");
 }
 
 /** Repeats only help where a run can differ: sampling methods, or baselines drawn at random.
@@ -104,6 +114,8 @@ export function buildRequest() {
   const target = targetText();
   if (target !== undefined) req.target = target;
   else if (intField("max_new_tokens") !== undefined) req.max_new_tokens = intField("max_new_tokens");
+  const contrast = contrastText();
+  if (contrast !== undefined) req.contrast_target = contrast;
   req.method = method();
   // Gradient methods replace a placeholder's tokens with token 0: baseline strings do not apply.
   if (METHODS[req.method]?.gradient) delete req.baselines;
