@@ -5,8 +5,9 @@
 //! changes, runs audits (sorted rows, a two-placeholder grid, intervals over contexts) against
 //! direct POST /v1/audits jobs, restores and re-runs an audit from the link, runs a chat request
 //! where the model has a chat template, shows an invalid template's error next to the field (in
-//! characters), keeps the heatmap's legend whole at a phone's width, and checks that no request
-//! left 127.0.0.1. Screenshots go to tests/artifacts/ (1400x1000 and 390x844).
+//! characters), keeps the heatmap's legend whole at a phone's width, runs a contrast (" reject"
+//! rather than " hire") against a direct API call and restores it from the link, and checks that
+//! no request left 127.0.0.1. Screenshots go to tests/artifacts/ (1400x1000 and 390x844).
 //! Skips (with a message) only when chromedriver is not installed.
 
 use std::net::TcpListener;
@@ -732,6 +733,191 @@ fn check_chat(d: &Driver, base: &str, root: &Path) {
     d.screenshot(&root.join("tests/artifacts/web-chat.png"));
 }
 
+/// A contrast: t1's " reject" rather than " hire", with feature ablation (a few prompts). A contrast
+/// equal to the target is refused next to its field; the request carries the contrast and the
+/// cost preview counts it; the page shows the API's numbers; the link restores it; a blank field
+/// leaves it out of the request.
+fn check_contrast(d: &Driver, base: &str, root: &Path) {
+    d.set("#seed-template", "t1");
+    d.click("input[name=method][value=feature_ablation]");
+    d.type_into("#target", " reject");
+    d.type_into("#contrast_target", " reject");
+    d.click("#run");
+    let err = d.wait(
+        "document.querySelector('#err-contrast_target').dataset.server === '1' \
+         && document.querySelector('#err-contrast_target').textContent",
+        Duration::from_secs(20),
+        "the server's message about the contrast",
+    );
+    assert!(err.as_str().unwrap().contains("same"), "{err}");
+
+    d.type_into("#contrast_target", " hire");
+    let request = d.js("return buildRequest()", json!([]));
+    assert_eq!(request["target"], " reject", "{request}");
+    assert_eq!(request["contrast_target"], " hire", "{request}");
+    check_contrast_plan(d, base, &request);
+    let api = run_contrast(d, base, &request);
+    d.js("window.scrollTo(0, 0)", json!([]));
+    d.screenshot(&root.join("tests/artifacts/web-contrast.png"));
+    check_contrast_link(d, &request, &api);
+
+    for blank in ["", "  "] {
+        d.set("#contrast_target", blank);
+        let request = d.js("return buildRequest()", json!([]));
+        assert!(
+            request.get("contrast_target").is_none() && request["target"] == " reject",
+            "a blank contrast ({blank:?}) is left out: {request}"
+        );
+    }
+    d.wait(
+        "!document.querySelector('#result-stale').hidden",
+        Duration::from_secs(5),
+        "the contrast's result to be out of date without the contrast",
+    );
+}
+
+/// The cost preview shows the plan of the request with its contrast, which scores more tokens than
+/// the target alone.
+fn check_contrast_plan(d: &Driver, base: &str, request: &Value) {
+    let (status, plan) = post(base, "/v1/plan", request);
+    assert_eq!(status, 200, "POST /v1/plan: {plan}");
+    let mut alone = request.clone();
+    alone.as_object_mut().unwrap().remove("contrast_target");
+    let (status, without) = post(base, "/v1/plan", &alone);
+    assert_eq!(status, 200, "POST /v1/plan: {without}");
+    assert!(
+        plan["tokens"].as_u64().unwrap() > without["tokens"].as_u64().unwrap(),
+        "the contrast is scored too: {plan} against {without}"
+    );
+    d.wait(
+        &format!(
+            "JSON.parse(document.querySelector('#plan').dataset.plan || '{{}}').tokens === {}",
+            plan["tokens"]
+        ),
+        Duration::from_secs(10),
+        "the cost preview to count the contrast",
+    );
+}
+
+/// Runs the contrast on the page, then the same request through the API: the charts hold the
+/// API's numbers, the contrast's rows (marked −) follow the target's, and the facts give both
+/// log-probabilities and their difference. Returns the API's response.
+fn run_contrast(d: &Driver, base: &str, request: &Value) -> Value {
+    d.click("#run");
+    d.wait(
+        "document.querySelector('#progress-text').textContent.startsWith('Done') \
+         || document.querySelector('.field-error[data-server]')?.textContent",
+        Duration::from_secs(SLOW),
+        "the contrast's job",
+    );
+    let errors = d.js(
+        "return Array.from(document.querySelectorAll('.field-error')).map(e => e.textContent).filter(Boolean)",
+        json!([]),
+    );
+    assert_eq!(errors, json!([]), "the contrast's job failed on the page");
+    let (status, api) = post(base, "/v1/attributions", request);
+    assert_eq!(status, 200, "POST /v1/attributions: {api}");
+    assert_charts_match(d, &api);
+    assert!(!d.visible("#result-stale"), "the contrast's result is current");
+
+    let target = api["output_tokens"].as_array().unwrap();
+    let contrast = api["contrast_output_tokens"]
+        .as_array()
+        .expect("contrast_output_tokens");
+    let rows = d.js(
+        "return Array.from(document.querySelectorAll('#heatmap .row-head')).map(r => \
+         [r.querySelector('title').textContent, r.hasAttribute('data-contrast'), r.textContent.slice(r.querySelector('title').textContent.length)])",
+        json!([]),
+    );
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), target.len() + contrast.len(), "{rows:?}");
+    for (k, row) in rows.iter().enumerate() {
+        let (want, is_contrast) = match k.checked_sub(target.len()) {
+            Some(c) => (&contrast[c], true),
+            None => (&target[k], false),
+        };
+        assert_eq!(row[0], *want, "row {k} is the token {want}");
+        assert_eq!(row[1], is_contrast, "row {k}: {row}");
+        assert_eq!(
+            row[2].as_str().unwrap().starts_with('−'),
+            is_contrast,
+            "a contrast row is marked −: {row}"
+        );
+    }
+
+    let (lt, lc) = (
+        api["target_log_prob"].as_f64().unwrap(),
+        api["contrast_log_prob"].as_f64().unwrap(),
+    );
+    assert!(
+        (shown_log_p(d, "#target-prob") - lt).abs() < 1e-3,
+        "log p(target): API {lt}"
+    );
+    assert!(
+        (shown_log_p(d, "#contrast-prob") - lc).abs() < 1e-3,
+        "log p(contrast): API {lc}"
+    );
+    let difference = d.text("#contrast-difference");
+    let (what, shown) = difference.rsplit_once(" = ").expect("the difference");
+    assert_eq!(what, "log p(target) − log p(contrast)");
+    assert!(
+        (page_number(shown) - (lt - lc)).abs() < 1e-3,
+        "{difference}: API {}",
+        lt - lc
+    );
+    assert!(
+        d.text("#bars")
+            .contains("attribution to log p(target) − log p(contrast)"),
+        "the bars' axis names the difference"
+    );
+    assert!(
+        d.text("#heatmap .legend-contrast").contains("negated"),
+        "the legend says the contrast's rows are negated"
+    );
+    let provenance = d.text("#provenance");
+    assert!(provenance.contains("rather than “ hire”"), "{provenance}");
+    api
+}
+
+/// The link holds the contrast: opening it restores the field and reopens the result with the
+/// contrast's rows.
+fn check_contrast_link(d: &Driver, request: &Value, api: &Value) {
+    d.wait(
+        "new URLSearchParams(location.hash.slice(1)).get('req') === JSON.stringify(buildRequest()) \
+         && new URLSearchParams(location.hash.slice(1)).has('job')",
+        Duration::from_secs(5),
+        "the link to hold the contrast and its job",
+    );
+    let link = d.js("return location.href", json!([]));
+    d.go("about:blank");
+    d.go(link.as_str().unwrap());
+    d.wait(
+        "document.body.dataset.ready === '1' && document.querySelectorAll('#heatmap .cell').length",
+        Duration::from_secs(20),
+        "the link to reopen the contrast's result",
+    );
+    assert_eq!(
+        d.js("return buildRequest()", json!([])),
+        *request,
+        "the link restores the request"
+    );
+    assert_eq!(
+        d.js(
+            "return document.querySelector('#contrast_target').value",
+            json!([])
+        ),
+        " hire"
+    );
+    let contrast_rows = d.js(
+        "return document.querySelectorAll('#heatmap .row-head[data-contrast]').length",
+        json!([]),
+    );
+    assert_eq!(
+        contrast_rows,
+        json!(api["contrast_output_tokens"].as_array().unwrap().len())
+    );
+}
+
 /// At a phone's width the heatmap's legend fits its chart, and a wide chart keeps its row labels.
 fn check_mobile(d: &Driver, root: &Path) {
     d.resize(390, 844);
@@ -1039,8 +1225,15 @@ fn web_page_runs_t1_in_a_real_browser() {
     );
     d.screenshot(&root.join("tests/artifacts/web-invalid-template.png"));
     check_chat(d, &base, root);
+    urls.extend(d.requested());
+    let t_contrast = Instant::now();
+    check_contrast(d, &base, root);
+    println!(
+        "the contrast check took {:.1} s",
+        t_contrast.elapsed().as_secs_f64()
+    );
 
-    // Nothing left 127.0.0.1 (requests of both page loads), and no script error.
+    // Nothing left 127.0.0.1 (requests of every page load), and no script error.
     urls.extend(d.requested());
     assert!(
         urls.iter().filter(|u| u.contains("/v1/")).count() >= 8,
