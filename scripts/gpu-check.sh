@@ -10,7 +10,7 @@
 #      tests/device_parity.rs;
 #   3. times every method on t1 (sampled and exact baselines) at SmolLM2-135M's shape in f32,
 #      and the gradient methods on examples/t1_grad.json (20-token prompt, 8-token target);
-#   4. times exact t1 at Llama-3.2-1B's and Llama-3.1-8B's shapes in bf16,
+#   4. times exact t1 and the gradient methods at Llama-3.2-1B's and Llama-3.1-8B's shapes in bf16,
 # on random weights built there (scripts/random_model.py), and compares with the H200
 # numbers for Captum 0.9 and one batched PyTorch pass, and with that pass timed there on the same
 # model (scripts/torch_pass.py). Under 8 minutes on an H200; a shape that would start after
@@ -116,6 +116,8 @@ for shape in $shapes; do
     step "$shape: exact t1"
     table=$(bench "$shape" "$dtype" examples/t1.json shapley_values)
     echo "$table"
+    step "$shape: gradient methods, examples/t1_grad.json"
+    bench "$shape" "$dtype" examples/t1_grad.json ig,gxi,gs
   else
     step "$shape: every method, t1 with sampled baselines"
     sampled=$(bench "$shape" "$dtype" examples/t1_sample.json "")

@@ -3,7 +3,7 @@
 //! tests/fixtures/*/captum_grad(_shap).json, made by scripts/reference/gradients.py), their
 //! completeness, and their input errors.
 
-use llm_attr::model::{Combine, GradientJob};
+use llm_attr::model::{Backward, Combine, GradientJob, Layout};
 use llm_attr::request::{AttributeRequest, AttributeResponse, Baseline, Integration, Method, TokenRef};
 use llm_attr::run::{run, Limits};
 use serde_json::Value;
@@ -305,6 +305,52 @@ fn gradient_shap_estimates_the_path_integral() {
             ran.stats.tokens_scored
         )
     );
+}
+
+/// A GPU stacks a copy of the points per target token into one forward and one backward pass
+/// (`Backward::Stacked`); the CPU runs a backward pass per token. Both give the same rows, on
+/// GPT-2 and on a family with RoPE and grouped attention, in one chunk and in several.
+#[test]
+fn stacked_passes_give_the_rows_of_a_pass_per_token() {
+    for spec in [TINY_GPT2.to_string(), "tests/fixtures/llama".to_string()] {
+        let m = shared_model(&spec);
+        for (baseline, combine) in [
+            (Some(vec![0; 5]), Combine::Weighted(vec![0.25, 0.5, 0.25])),
+            (None, Combine::EachPoint),
+        ] {
+            let job = GradientJob {
+                prompt: vec![11, 25, 301, 47, 9],
+                baseline,
+                target: vec![64, 7, 120, 33],
+                alphas: vec![0.1, 0.5, 0.9],
+                combine,
+                prob: false,
+            };
+            let run = |backward, token_budget| {
+                let layout = Layout {
+                    backward,
+                    token_budget,
+                };
+                m.gradients_laid_out(&job, layout, &mut |_, _| Ok(())).unwrap()
+            };
+            let per_token = run(Backward::PerToken, 1024);
+            let scale = per_token.iter().flatten().fold(0.0f64, |a, v| a.max(v.abs()));
+            assert!(scale > 0.0, "{spec}: no gradient at all");
+            // 3 points x 4 copies x 8 tokens: one chunk, then a point per chunk.
+            for budget in [1024, 40] {
+                let stacked = run(Backward::Stacked, budget);
+                assert_eq!(stacked.len(), per_token.len());
+                for (k, (s, p)) in stacked.iter().zip(&per_token).enumerate() {
+                    for (i, (s, p)) in s.iter().zip(p).enumerate() {
+                        assert!(
+                            (s - p).abs() <= 1e-5 * scale,
+                            "{spec} budget {budget} row {k} position {i}: stacked {s}, per token {p}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Bad input: a clear error naming the field.

@@ -1,4 +1,4 @@
-//! Fused kernels with hand-written backward passes, for the gradient methods on CPU f32.
+//! Fused kernels with hand-written backward passes, for the gradient methods.
 //!
 //! candle's autograd differentiates its elementwise ops one by one: an RMSNorm is six ops
 //! forward and a dozen backward, each a single-threaded pass that allocates a full-size
@@ -7,11 +7,14 @@
 //! forward kernel and attaches the gradient of its one varying input as a single pass
 //! ([`with_backward`]). The weights are constants: no gradient is computed for them.
 //!
-//! Off CPU f32, [`super::ops::Kernels::Differentiable`] composes candle ops instead.
+//! The matmul, softmax and RoPE here run on CPU f32 and on a GPU (candle's kernels there);
+//! the others are CPU f32 kernels. Elsewhere [`super::ops::Kernels::Differentiable`] composes
+//! candle ops instead.
 
 use std::sync::Mutex;
 
-use candle_core::{bail, CpuStorage, Layout, Result, Shape, Tensor};
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, CudaStorage, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
 use super::config::RopeStyle;
@@ -20,8 +23,13 @@ use super::ops::{gated, with_f32, Activation, GRAIN};
 /// The gradient of an op's input from the gradient of its output.
 type Backward = Box<dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync>;
 
+/// Whether [`with_backward`] can carry a value like `t`: CPU f32 or any GPU tensor.
+pub fn attaches(t: &Tensor) -> bool {
+    t.device().is_cuda() || (t.device().is_cpu() && t.dtype() == candle_core::DType::F32)
+}
+
 /// `value` (computed by a kernel without a backward pass) as the output of an op on `input`
-/// whose backward pass is `backward`. CPU f32 only.
+/// whose backward pass is `backward`. Where [`attaches`] holds.
 fn with_backward(input: &Tensor, value: Tensor, backward: Backward) -> Result<Tensor> {
     input.apply_op1(Attached {
         value: Mutex::new(Some(value)),
@@ -35,22 +43,43 @@ struct Attached {
     backward: Backward,
 }
 
+impl Attached {
+    fn take(&self) -> Result<Tensor> {
+        let value = self
+            .value
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("poisoned".into()))?
+            .take();
+        match value {
+            Some(value) => value.contiguous(),
+            None => bail!("with-backward: the forward pass ran twice"),
+        }
+    }
+}
+
 impl candle_core::CustomOp1 for Attached {
     fn name(&self) -> &'static str {
         "with-backward"
     }
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        let value = self
-            .value
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("poisoned".into()))?
-            .take();
-        let Some(value) = value else {
-            bail!("with-backward: the forward pass ran twice")
-        };
-        let data = with_f32(&value.contiguous()?, |v| Ok(v.to_vec()))?;
+        let value = self.take()?;
+        let data = with_f32(&value, |v| Ok(v.to_vec()))?;
         Ok((CpuStorage::F32(data), value.shape().clone()))
+    }
+
+    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
+        let mut value = self.take()?;
+        // The clone below copies the whole buffer, which from offset 0 holds the value (and
+        // the values here are fresh tensors: a copy is the rare case).
+        if value.layout().start_offset() != 0 {
+            value = value.affine(1.0, 0.0)?;
+        }
+        let (storage, layout) = value.storage_and_layout();
+        let Storage::Cuda(cuda) = &*storage else {
+            bail!("with-backward: the value is not on the GPU")
+        };
+        Ok((cuda.try_clone(layout)?, value.shape().clone()))
     }
 
     fn bwd(&self, _: &Tensor, _: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {

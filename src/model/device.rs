@@ -10,6 +10,7 @@ use std::str::FromStr;
 use candle_core::{DType, Device};
 
 use crate::error::{Error, Result};
+use crate::model::gradient::{Backward, Layout};
 use crate::model::LoadOptions;
 
 /// `--device`: `auto`, `cpu`, `cuda` (= `cuda:0`) or `cuda:N`.
@@ -141,25 +142,37 @@ fn check_dtype(device: &Device, dtype: DType) -> Result<()> {
     }
 }
 
-/// How the engine drives a device: worker threads, padded tokens per forward pass.
+/// How the engine drives a device: worker threads, padded tokens per forward pass, and how the
+/// gradient methods lay out their passes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tuning {
     pub workers: usize,
     pub token_budget: usize,
+    pub gradients: Layout,
 }
 
 /// A CPU forward pass already uses every core, so one worker; batches past ~2k tokens gain
-/// nothing there. A GPU needs big batches to be busy, and one worker per GPU keeps passes from
-/// competing for its memory (the 125 sequences of an exact three-feature request fit in one).
+/// nothing there, and its gradient passes are bound by arithmetic. A GPU needs big batches to
+/// be busy, and one worker per GPU keeps passes from competing for its memory (the 125
+/// sequences of an exact three-feature request fit in one); its gradient passes are bound by
+/// kernel launches, so they are stacked (see [`Backward`]).
 pub fn tuning(device: &Device) -> Tuning {
     match device {
         Device::Cpu => Tuning {
             workers: 1,
             token_budget: crate::scorer::DEFAULT_TOKEN_BUDGET,
+            gradients: Layout {
+                backward: Backward::PerToken,
+                token_budget: 1024,
+            },
         },
         _ => Tuning {
             workers: 1,
             token_budget: 16_384,
+            gradients: Layout {
+                backward: Backward::Stacked,
+                token_budget: 4096,
+            },
         },
     }
 }

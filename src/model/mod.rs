@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 pub use cache::KvCache;
 pub use device::{DeviceArgs, DeviceChoice, DtypeChoice};
 pub use family::Family;
-pub use gradient::{Combine, GradientJob};
+pub use gradient::{Backward, Combine, GradientJob, Layout};
 pub use spec::ModelSpec;
 pub use tokenizer::Tokenizer;
 
@@ -287,11 +287,22 @@ impl Model {
         Ok(out)
     }
 
-    /// Gradient attribution of `job` (see [`gradient::attribute`]); `progress(done, total)`
-    /// after each chunk of steps stops the work when it fails.
+    /// Gradient attribution of `job` (see [`gradient::attribute`]), laid out for the model's
+    /// device; `progress(done, total)` after each chunk of steps stops the work when it fails.
     pub fn gradients(
         &self,
         job: &GradientJob,
+        progress: &mut dyn FnMut(usize, usize) -> Result<()>,
+    ) -> Result<Vec<Vec<f64>>> {
+        self.gradients_laid_out(job, device::tuning(&self.device).gradients, progress)
+    }
+
+    /// [`Model::gradients`] with a chosen layout: every layout gives the same numbers, which
+    /// the tests check on a CPU for the one a GPU uses.
+    pub fn gradients_laid_out(
+        &self,
+        job: &GradientJob,
+        layout: Layout,
         progress: &mut dyn FnMut(usize, usize) -> Result<()>,
     ) -> Result<Vec<Vec<f64>>> {
         let item = ScoreItem {
@@ -308,7 +319,7 @@ impl Model {
                 "baseline_token",
             )?;
         }
-        gradient::attribute(self.arch(), job, gradient::GRADIENT_TOKEN_BUDGET, progress)
+        gradient::attribute(self.arch(), job, layout, progress)
     }
 
     /// Greedy continuation of `prompt` (ids), stopping at an end-of-sequence token.

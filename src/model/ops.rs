@@ -13,7 +13,8 @@ pub enum Kernels {
     /// no backward pass; ours fall back to candle ops off CPU f32.
     Fused,
     /// Every step with a backward pass (gradient methods): on CPU f32 the fused kernels with
-    /// hand-written backward passes of [`backward`], elsewhere composed candle ops.
+    /// hand-written backward passes of [`backward`] (its matmul, softmax and RoPE on a GPU
+    /// too), elsewhere composed candle ops.
     Differentiable,
 }
 
@@ -38,7 +39,7 @@ impl Kernels {
     pub fn softmax_last_dim(self, x: &Tensor) -> Result<Tensor> {
         match self {
             Kernels::Fused => candle_nn::ops::softmax_last_dim(x),
-            Kernels::Differentiable if is_cpu_f32(x) => backward::softmax_last_dim(x),
+            Kernels::Differentiable if backward::attaches(x) => backward::softmax_last_dim(x),
             Kernels::Differentiable => candle_nn::ops::softmax(x, D::Minus1),
         }
     }
@@ -49,7 +50,7 @@ impl Kernels {
         match (self, style) {
             (Kernels::Fused, RopeStyle::Half) => r::rope(&x.contiguous()?, cos, sin),
             (Kernels::Fused, RopeStyle::Interleaved) => r::rope_i(&x.contiguous()?, cos, sin),
-            (Kernels::Differentiable, style) if is_cpu_f32(x) && is_cpu_f32(cos) => {
+            (Kernels::Differentiable, style) if backward::attaches(x) && x.dtype() == cos.dtype() => {
                 backward::rope(x, cos, sin, style)
             }
             (Kernels::Differentiable, RopeStyle::Half) => r::rope_slow(x, cos, sin),
@@ -69,12 +70,14 @@ impl Kernels {
         }
     }
 
-    /// `x @ w` for `[n, in]` rows and a weight `w` (`[in, out]`). Differentiable on the CPU
-    /// with a backward pass for `x` alone: candle's own matmul backward also computes the
-    /// weight's gradient, which gradient methods never use and which costs as much again.
+    /// `x @ w` for `[n, in]` rows and a weight `w` (`[in, out]`). Differentiable with a
+    /// backward pass for `x` alone: candle's own matmul backward also computes the weight's
+    /// gradient, which gradient methods never use and which costs as much again.
     pub fn matmul(self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
         match self {
-            Kernels::Differentiable if is_cpu_f32(x) && is_cpu_f32(w) => backward::matmul(x, w),
+            Kernels::Differentiable if backward::attaches(x) && x.dtype() == w.dtype() => {
+                backward::matmul(x, w)
+            }
             _ => x.matmul(w),
         }
     }
