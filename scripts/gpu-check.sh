@@ -8,15 +8,18 @@
 #   2. checks parity on tiny-gpt2 and every family fixture (f32 1e-3, f16 3e-2, bf16 1e-1 against
 #      transformers' f32 references; greedy ids; Captum's t1 and gradient methods in f32):
 #      tests/device_parity.rs;
-#   3. times every method on t1 (sampled and exact baselines) at SmolLM2-135M's shape in f32,
-#      and the gradient methods on examples/t1_grad.json (20-token prompt, 8-token target);
-#   4. times exact t1 and the gradient methods at Llama-3.2-1B's and Llama-3.1-8B's shapes in bf16,
-# on random weights built there (scripts/random_model.py), and compares with the issue's H200
-# numbers for Captum 0.9 and one batched PyTorch pass, and with that pass timed there on the same
-# model (scripts/torch_pass.py). Under 8 minutes on an H200; a shape that would start after
-# DEADLINE seconds (default 420) is skipped and reported, so the check always ends in time.
+#   3. times every method on t1 (sampled and exact baselines) at SmolLM2-135M's shape in f32;
+#   4. times exact t1 at Llama-3.2-1B's and Llama-3.1-8B's shapes in bf16;
+#   5. times the gradient methods on examples/t1_grad.json at all three shapes,
+# on random weights built there (scripts/random_model.py). It compares exact t1 with the issue's
+# H200 numbers for Captum 0.9 and one batched PyTorch pass, and with that pass timed there on the
+# same model (scripts/torch_pass.py); the gradient methods with Captum's on the same model and
+# GPU where python has captum (scripts/captum_time.py; carry its wheel). Under 8 minutes on an
+# H200; a shape that would start after DEADLINE seconds (default 420) is skipped and reported,
+# so the check always ends in time.
 #
 #   scripts/gpu-check.sh [--bin-dir DIR] [--device cuda:N] [--shapes "smollm2-135m llama-1b llama-8b"]
+#                        [--only gradients]   # step 5 alone
 #   scripts/gpu-check.sh --bin-dir target/debug --device cpu --shapes mini   # the plumbing, on a CPU
 #
 # PYTHON (default python3) builds the models; WORK (default /dev/shm when it has room, else
@@ -28,11 +31,13 @@ cd "$(dirname "$0")/.."
 bin_dir=target-cuda/gpu-check
 device=cuda
 shapes="smollm2-135m llama-1b llama-8b"
+only=all
 while [ $# -gt 0 ]; do
   case "$1" in
     --bin-dir) bin_dir=$2; shift 2 ;;
     --device) device=$2; shift 2 ;;
     --shapes) shapes=$2; shift 2 ;;
+    --only) only=$2; shift 2 ;;
     *) echo "unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
   esac
 done
@@ -66,7 +71,9 @@ fi
 ldd "$llm_attr" | grep -E 'libcu|libnvrtc|not found' | sed 's/^\s*/  /'
 
 step "parity on the fixtures ($device)"
-if [ -n "$parity" ]; then
+if [ "$only" = gradients ]; then
+  echo "skipped (--only gradients)"
+elif [ -n "$parity" ]; then
   LLM_ATTR_TEST_DEVICE=$device LLM_ATTR_FIXTURES=$PWD/tests/fixtures RUST_BACKTRACE=0 \
     timeout 180 "$parity" --test-threads=1 --nocapture >"$WORK/parity.log" 2>&1 || fail
   grep -E "largest|^test |test result|panicked|^thread" "$WORK/parity.log"
@@ -85,12 +92,12 @@ reference() {
   esac
 }
 
-# bench SHAPE DTYPE REQUEST METHODS: the bench table on stdout, the load line on stderr.
+# bench SHAPE DTYPE REQUEST METHODS [ARGS...]: the bench table on stdout, the load line on stderr.
 bench() {
   local dir=$WORK/$1 methods=()
   [ -n "$4" ] && methods=(--methods "$4")
   timeout 300 "$llm_attr" bench --model "$dir" --request "$3" --device "$device" --dtype "$2" \
-    --repeats 3 "${methods[@]}" 2>"$WORK/$1.log"
+    --repeats 3 "${methods[@]}" "${@:5}" 2>"$WORK/$1.log"
   local rc=$?
   sed 's/\x1b\[[0-9;]*m//g' "$WORK/$1.log" | grep -o 'model loaded.*' | head -1 | sed 's/^/  /'
   [ $rc = 0 ] || { tail -5 "$WORK/$1.log"; fail; }
@@ -98,6 +105,31 @@ bench() {
 
 # median seconds of METHOD in a bench table on stdin
 median_of() { awk -v m="$1" '$1 == m { print $6 }'; }
+
+# gradients SHAPE DTYPE TORCH_DTYPE: llm-attr's gradient methods on examples/t1_grad.json, in the
+# device's layout and in the CPU's, and Captum's on the same model and GPU where python has
+# captum (carry its wheel).
+gradients() {
+  local table captum m ours theirs
+  table=$(bench "$1" "$2" examples/t1_grad.json ig,gxi,gs)
+  echo "$table"
+  echo "  the same with --gradient-passes per-token (the CPU's layout):"
+  bench "$1" "$2" examples/t1_grad.json ig,gxi,gs --gradient-passes per-token
+  if ! "$PYTHON" -c "import captum" 2>/dev/null; then
+    echo "  no captum for $PYTHON: Captum's gradient methods are not timed here"
+    return
+  fi
+  captum=$(timeout 180 "$PYTHON" scripts/captum_time.py --model "$WORK/$1" --request examples/t1_grad.json \
+    --dtype "$3" 2>"$WORK/$1-captum.log")
+  [ -n "$captum" ] || { tail -5 "$WORK/$1-captum.log"; fail; return; }
+  echo "$captum"
+  for m in integrated_gradients gradient_x_input; do
+    ours=$(echo "$table" | median_of "$m")
+    theirs=$(echo "$captum" | grep "captum $m:" | grep -o 'median [0-9.]*' | cut -d' ' -f2)
+    [ -n "$ours" ] && [ -n "$theirs" ] && awk -v n="$m" -v o="$ours" -v c="$theirs" 'BEGIN {
+      printf "  %-22s llm-attr %.4fs  Captum here %.4fs  Captum / llm-attr %.2f\n", n, o, c, c / o }'
+  done
+}
 
 for shape in $shapes; do
   read -r dtype fa sv svs pass <<<"$(reference "$shape")"
@@ -112,12 +144,18 @@ for shape in $shapes; do
     fail
     continue
   fi
+  if [ "$only" = gradients ]; then
+    step "$shape: gradient methods, examples/t1_grad.json"
+    gradients "$shape" "$dtype" "$torch_dtype"
+    rm -rf "${WORK:?}/$shape"
+    continue
+  fi
   if [ "$shape" = llama-1b ] || [ "$shape" = llama-8b ]; then
     step "$shape: exact t1"
     table=$(bench "$shape" "$dtype" examples/t1.json shapley_values)
     echo "$table"
     step "$shape: gradient methods, examples/t1_grad.json"
-    bench "$shape" "$dtype" examples/t1_grad.json ig,gxi,gs
+    gradients "$shape" "$dtype" "$torch_dtype"
   else
     step "$shape: every method, t1 with sampled baselines"
     sampled=$(bench "$shape" "$dtype" examples/t1_sample.json "")
@@ -126,7 +164,7 @@ for shape in $shapes; do
     table=$(bench "$shape" "$dtype" examples/t1.json "")
     echo "$table"
     step "$shape: gradient methods, examples/t1_grad.json (Captum on 2 CPU cores: IG 66.9s, gxi 4.50s)"
-    bench "$shape" "$dtype" examples/t1_grad.json ig,gxi,gs
+    gradients "$shape" "$dtype" "$torch_dtype"
     if [ "$fa" != - ]; then
       for m in "feature_ablation $fa" "shapley_values $sv" "shapley_value_sampling $svs"; do
         read -r name captum <<<"$m"

@@ -87,7 +87,7 @@ impl fmt::Display for DtypeChoice {
     }
 }
 
-/// `--device` and `--dtype`, shared by `serve`, `attribute` and `bench`.
+/// `--device`, `--dtype` and `--gradient-passes`, shared by `serve`, `attribute` and `bench`.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct DeviceArgs {
     /// Where the model runs: auto (the first CUDA GPU when this build has CUDA and one is
@@ -98,12 +98,19 @@ pub struct DeviceArgs {
     /// f32, bf16 or f16.
     #[arg(long, env = "LLM_ATTR_DTYPE", default_value_t = DtypeChoice::Auto)]
     pub dtype: DtypeChoice,
+    /// How the gradient methods give each target token its gradients: per-token (a backward
+    /// pass each; the least arithmetic, the CPU's default) or stacked (one pass over a copy of
+    /// the input per token; the fewest kernel launches, a GPU's default).
+    #[arg(long, env = "LLM_ATTR_GRADIENT_PASSES", value_enum)]
+    pub gradient_passes: Option<Backward>,
 }
 
 impl DeviceArgs {
     /// Opens the device and checks it runs the data type.
     pub fn load_options(&self) -> Result<LoadOptions> {
-        resolve(self.device, self.dtype)
+        let mut options = resolve(self.device, self.dtype)?;
+        options.gradient_passes = self.gradient_passes;
+        Ok(options)
     }
 }
 

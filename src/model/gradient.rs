@@ -28,7 +28,7 @@ pub struct Layout {
     pub token_budget: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Backward {
     /// One forward pass that every target token shares, then a backward pass per token: the
     /// least arithmetic, which is what a CPU's time goes to.

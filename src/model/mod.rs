@@ -62,11 +62,17 @@ pub struct LoadOptions {
     pub device: Device,
     /// `None`: f32 on the CPU, bf16 elsewhere.
     pub dtype: Option<DType>,
+    /// `None`: what suits the device ([`device::tuning`]).
+    pub gradient_passes: Option<Backward>,
 }
 
 impl LoadOptions {
     pub fn new(device: Device, dtype: Option<DType>) -> Self {
-        LoadOptions { device, dtype }
+        LoadOptions {
+            device,
+            dtype,
+            gradient_passes: None,
+        }
     }
 
     /// The data type the weights are loaded in and the forward pass runs in.
@@ -132,6 +138,8 @@ pub struct Model {
     tokenizer: Tokenizer,
     info: ModelInfo,
     device: Device,
+    /// How the gradient methods run here.
+    gradients: Layout,
 }
 
 impl Model {
@@ -146,13 +154,18 @@ impl Model {
             arch,
             tokenizer,
             info,
+            gradients: device::tuning(&device).gradients,
             device,
         }
     }
 
     /// Loads a model from a spec: `hf:ORG/NAME[@REV]`, a directory, or a `.gguf` file.
     pub fn load(spec: &str, options: &LoadOptions) -> Result<Arc<Model>> {
-        spec::load(spec, options).map(Arc::new)
+        let mut model = spec::load(spec, options)?;
+        if let Some(backward) = options.gradient_passes {
+            model.gradients.backward = backward;
+        }
+        Ok(Arc::new(model))
     }
 
     /// Where the weights live and the forward passes run.
@@ -287,14 +300,14 @@ impl Model {
         Ok(out)
     }
 
-    /// Gradient attribution of `job` (see [`gradient::attribute`]), laid out for the model's
-    /// device; `progress(done, total)` after each chunk of steps stops the work when it fails.
+    /// Gradient attribution of `job` (see [`gradient::attribute`]), laid out as the model was
+    /// loaded; `progress(done, total)` after each chunk of steps stops the work when it fails.
     pub fn gradients(
         &self,
         job: &GradientJob,
         progress: &mut dyn FnMut(usize, usize) -> Result<()>,
     ) -> Result<Vec<Vec<f64>>> {
-        self.gradients_laid_out(job, device::tuning(&self.device).gradients, progress)
+        self.gradients_laid_out(job, self.gradients, progress)
     }
 
     /// [`Model::gradients`] with a chosen layout: every layout gives the same numbers, which
