@@ -328,9 +328,10 @@ fn stacked_passes_give_the_rows_of_a_pass_per_token() {
             };
             let run = |backward, token_budget| {
                 let layout = Layout {
-                    backward,
+                    stack_up_to: 0,
                     token_budget,
-                };
+                }
+                .forced(backward);
                 m.gradients_laid_out(&job, layout, &mut |_, _| Ok(())).unwrap()
             };
             let per_token = run(Backward::PerToken, 1024);

@@ -161,15 +161,15 @@ pub struct Tuning {
 /// A CPU forward pass already uses every core, so one worker; batches past ~2k tokens gain
 /// nothing there, and its gradient passes are bound by arithmetic. A GPU needs big batches to
 /// be busy, and one worker per GPU keeps passes from competing for its memory (the 125
-/// sequences of an exact three-feature request fit in one); its gradient passes are bound by
-/// kernel launches, so they are stacked (see [`Backward`]).
+/// sequences of an exact three-feature request fit in one); its gradient passes on few points
+/// are bound by kernel launches, so they are stacked up to a chunk (see [`Backward`]).
 pub fn tuning(device: &Device) -> Tuning {
     match device {
         Device::Cpu => Tuning {
             workers: 1,
             token_budget: crate::scorer::DEFAULT_TOKEN_BUDGET,
             gradients: Layout {
-                backward: Backward::PerToken,
+                stack_up_to: 0,
                 token_budget: 1024,
             },
         },
@@ -177,7 +177,7 @@ pub fn tuning(device: &Device) -> Tuning {
             workers: 1,
             token_budget: 16_384,
             gradients: Layout {
-                backward: Backward::Stacked,
+                stack_up_to: 4096,
                 token_budget: 4096,
             },
         },

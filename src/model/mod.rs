@@ -163,7 +163,7 @@ impl Model {
     pub fn load(spec: &str, options: &LoadOptions) -> Result<Arc<Model>> {
         let mut model = spec::load(spec, options)?;
         if let Some(backward) = options.gradient_passes {
-            model.gradients.backward = backward;
+            model.gradients = model.gradients.forced(backward);
         }
         Ok(Arc::new(model))
     }
