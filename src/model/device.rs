@@ -158,6 +158,9 @@ pub struct Tuning {
     pub gradients: Layout,
 }
 
+/// Tokens of one chunk of a gradient job on a GPU.
+const GPU_GRADIENT_CHUNK: usize = 4096;
+
 /// A CPU forward pass already uses every core, so one worker; batches past ~2k tokens gain
 /// nothing there, and its gradient passes are bound by arithmetic. A GPU needs big batches to
 /// be busy, and one worker per GPU keeps passes from competing for its memory (the 125
@@ -176,9 +179,11 @@ pub fn tuning(device: &Device) -> Tuning {
         _ => Tuning {
             workers: 1,
             token_budget: 16_384,
+            // Stacked while the whole job fits one chunk: beyond, the copies' arithmetic
+            // outweighs the launches they save.
             gradients: Layout {
-                stack_up_to: 4096,
-                token_budget: 4096,
+                stack_up_to: GPU_GRADIENT_CHUNK,
+                token_budget: GPU_GRADIENT_CHUNK,
             },
         },
     }

@@ -8,7 +8,7 @@
 //! token) serves every target token, since a causal model's prediction of target token k never
 //! sees what comes after it; the interpolation steps go through it as one batch (in chunks
 //! that bound the memory the backward pass keeps). How the target tokens then get their own
-//! gradients depends on the device ([`Layout`]). Only differentiable ops are used
+//! gradients depends on the device and on how many points the job has ([`Layout`]). Only differentiable ops are used
 //! ([`Architecture::forward_from_embeddings`]).
 
 use std::ops::Range;
