@@ -11,12 +11,12 @@ method: the median of --repeats timed runs after one warm-up, each ended by a de
 """
 import argparse
 import json
-import statistics
-import time
 
 import torch
 from captum.attr import LayerGradientXActivation, LayerIntegratedGradients, LLMGradientAttribution, TextTokenInput
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from torch_pass import median_seconds
 
 
 def main():
@@ -37,17 +37,8 @@ def main():
             ("integrated_gradients", LayerIntegratedGradients(model, layer), {"n_steps": 50}),
             ("gradient_x_input", LayerGradientXActivation(model, layer), {})):
         llm = LLMGradientAttribution(method, tok)
-
-        def timed():
-            start = time.perf_counter()
-            out = llm.attribute(TextTokenInput(request["text"], tok), target=request["target"], **kwargs)
-            if device == "cuda":
-                torch.cuda.synchronize()
-            assert torch.isfinite(out.token_attr).all()
-            return time.perf_counter() - start
-
-        timed()
-        median = statistics.median(timed() for _ in range(args.repeats))
+        attribute = lambda: llm.attribute(TextTokenInput(request["text"], tok), target=request["target"], **kwargs).token_attr
+        median = median_seconds(attribute, device, args.repeats)
         print(f"captum {name}: {n_prompt} prompt + {n_target} target tokens, {args.dtype} on {device}: median {median:.4f}s")
 
 

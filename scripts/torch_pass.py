@@ -47,6 +47,21 @@ def batch(tokenizer, request, device):
     return ids.to(device), mask.to(device), positions.to(device), torch.tensor(target).to(device), sum(map(len, seqs))
 
 
+def median_seconds(run, device, repeats):
+    """The median time of `repeats` calls of `run` after one warm-up, each ended by a device
+    synchronise; `run` returns a tensor that must be finite. Shared with captum_time.py."""
+    def timed():
+        start = time.perf_counter()
+        out = run()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        assert torch.isfinite(out).all()
+        return time.perf_counter() - start
+
+    timed()
+    return statistics.median(timed() for _ in range(repeats))
+
+
 @torch.inference_mode()
 def target_log_probs(model, ids, mask, positions, target):
     hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -68,16 +83,7 @@ def main():
     tokenizer = Tokenizer.from_file(f"{args.model}/tokenizer.json")
     ids, mask, positions, target, tokens = batch(tokenizer, request, device)
 
-    def timed():
-        start = time.perf_counter()
-        out = target_log_probs(model, ids, mask, positions, target)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        assert torch.isfinite(out).all()
-        return time.perf_counter() - start
-
-    timed()
-    median = statistics.median(timed() for _ in range(args.repeats))
+    median = median_seconds(lambda: target_log_probs(model, ids, mask, positions, target), device, args.repeats)
     print(f"pytorch batched pass: {ids.shape[0]} prompts, {tokens} tokens, {args.dtype} on {device}: median {median:.4f}s")
 
 

@@ -236,6 +236,16 @@ pub enum AttrTarget {
     Prob,
 }
 
+impl AttrTarget {
+    /// The attributed value of a log-prob: itself, or its probability.
+    pub fn of(self, log_prob: f64) -> f64 {
+        match self {
+            AttrTarget::LogProb => log_prob,
+            AttrTarget::Prob => log_prob.exp(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BaselineSampling {

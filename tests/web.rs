@@ -684,6 +684,22 @@ fn check_gradient_request(d: &Driver) {
     assert!(request.get("baselines").is_some(), "{request}");
 }
 
+/// Presses Explain and waits for the run to end; fails if it left a message under any field.
+fn run_on_page(d: &Driver, what: &str) {
+    d.click("#run");
+    d.wait(
+        "document.querySelector('#progress-text').textContent.startsWith('Done') \
+         || document.querySelector('.field-error[data-server]')?.textContent",
+        Duration::from_secs(SLOW),
+        what,
+    );
+    let errors = d.js(
+        "return Array.from(document.querySelectorAll('.field-error')).map(e => e.textContent).filter(Boolean)",
+        json!([]),
+    );
+    assert_eq!(errors, json!([]), "{what} failed on the page");
+}
+
 /// Chat mode where the model has a chat template: messages instead of a template, run as a job.
 fn check_chat(d: &Driver, base: &str, root: &Path) {
     let model: Value = http()
@@ -708,18 +724,7 @@ fn check_chat(d: &Driver, base: &str, root: &Path) {
     assert!(request.get("template").is_none(), "{request}");
     assert_eq!(request["messages"][0]["role"], "system");
     assert_eq!(request["messages"][1]["role"], "user");
-    d.click("#run");
-    d.wait(
-        "document.querySelector('#progress-text').textContent.startsWith('Done') \
-         || document.querySelector('.field-error[data-server]')?.textContent",
-        Duration::from_secs(SLOW),
-        "the chat job",
-    );
-    let errors = d.js(
-        "return Array.from(document.querySelectorAll('.field-error')).map(e => e.textContent).filter(Boolean)",
-        json!([]),
-    );
-    assert_eq!(errors, json!([]), "the chat request failed on the page");
+    run_on_page(d, "the chat job");
     let roles = d.js(
         "return Array.from(document.querySelectorAll('#prompt-view .role')).map(r => r.textContent)",
         json!([]),
@@ -803,18 +808,7 @@ fn check_contrast_plan(d: &Driver, base: &str, request: &Value) {
 /// API's numbers, the contrast's rows (marked −) follow the target's, and the facts give both
 /// log-probabilities and their difference. Returns the API's response.
 fn run_contrast(d: &Driver, base: &str, request: &Value) -> Value {
-    d.click("#run");
-    d.wait(
-        "document.querySelector('#progress-text').textContent.startsWith('Done') \
-         || document.querySelector('.field-error[data-server]')?.textContent",
-        Duration::from_secs(SLOW),
-        "the contrast's job",
-    );
-    let errors = d.js(
-        "return Array.from(document.querySelectorAll('.field-error')).map(e => e.textContent).filter(Boolean)",
-        json!([]),
-    );
-    assert_eq!(errors, json!([]), "the contrast's job failed on the page");
+    run_on_page(d, "the contrast's job");
     let (status, api) = post(base, "/v1/attributions", request);
     assert_eq!(status, 200, "POST /v1/attributions: {api}");
     assert_charts_match(d, &api);

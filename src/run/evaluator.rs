@@ -317,8 +317,7 @@ impl<'a> SequenceEvaluator<'a> {
     /// `[sequence value, one per target token, then minus one per contrast token]`, in
     /// log-probs or probabilities.
     fn value(&self, log_probs: &[f32]) -> Vec<f64> {
-        let prob = self.attr_target == AttrTarget::Prob;
-        let scale = |x: f64| if prob { x.exp() } else { x };
+        let scale = |x: f64| self.attr_target.of(x);
         let (target, contrast) = log_probs.split_at(self.target.len());
         let total = |lp: &[f32]| lp.iter().map(|&v| f64::from(v)).sum::<f64>();
         let mut v = Vec::with_capacity(log_probs.len() + 1);

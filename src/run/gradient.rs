@@ -215,10 +215,7 @@ impl Ends {
     /// What each row's sum should come to, ±(f(input) - f(baseline)), in the rows' order (0
     /// without a baseline).
     fn changes(&self, continuations: &[Continuation], attr_target: AttrTarget) -> Vec<f64> {
-        let value = |lp: f32| match attr_target {
-            AttrTarget::LogProb => f64::from(lp),
-            AttrTarget::Prob => f64::from(lp).exp(),
-        };
+        let value = |lp: f32| attr_target.of(f64::from(lp));
         continuations
             .iter()
             .zip(&self.at)
