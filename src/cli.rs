@@ -1,7 +1,7 @@
 //! `llm-attr attribute`, `llm-attr audit` and `llm-attr bench`.
 
 use std::io::{IsTerminal, Read, Write};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::Context;
@@ -9,10 +9,35 @@ use anyhow::Context;
 use crate::audit::export::{self, Format};
 use crate::audit::AuditRequest;
 use crate::engine::{CancelToken, Engine, EngineConfig};
+use crate::input::chat::sandbox::Sandbox;
 use crate::model::{DeviceArgs, Model};
 use crate::request::{AttributeRequest, Method};
 use crate::run::{run, Limits, Progress};
 use crate::scorer::Scorer;
+
+/// The limits of a run from the command line: the defaults, and the request's own
+/// `chat_template` renders in a worker process as on the server (the user is its operator).
+fn local_limits() -> Limits {
+    Limits {
+        request_templates: Sandbox::current_exe().ok().map(Arc::new),
+        ..Limits::default()
+    }
+}
+
+/// `llm-attr template-worker`: renders chat templates given in requests for a server (see
+/// [`crate::input::chat::sandbox`]); not for people.
+#[derive(Debug, clap::Args)]
+pub struct TemplateWorkerArgs {
+    #[arg(long)]
+    pub memory_bytes: usize,
+    #[arg(long)]
+    pub output_bytes: usize,
+}
+
+pub fn template_worker(args: &TemplateWorkerArgs) -> anyhow::Result<()> {
+    crate::input::chat::sandbox::serve_worker(args.memory_bytes, args.output_bytes)?;
+    Ok(())
+}
 
 /// `llm-attr attribute --model SPEC --request FILE`
 #[derive(Debug, clap::Args)]
@@ -183,7 +208,7 @@ fn log_progress(p: Progress) {
 pub fn attribute(args: AttributeArgs) -> anyhow::Result<()> {
     let request = read_request(&args.request)?;
     let model = load(&args.model, &args.device)?;
-    let response = run(&request, model.as_ref(), &Limits::default(), &log_progress)?;
+    let response = run(&request, model.as_ref(), &local_limits(), &log_progress)?;
     println!("{}", serde_json::to_string_pretty(&response)?);
     Ok(())
 }
@@ -242,7 +267,7 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<()> {
     let engine = Engine::new(model.clone(), EngineConfig::for_device(model.device()))?;
     let scorer = engine.handle(CancelToken::new());
     let bar = ProgressBar::stderr();
-    let result = crate::audit::run(&request, &scorer, &Limits::default(), &|p| bar.show(p));
+    let result = crate::audit::run(&request, &scorer, &local_limits(), &|p| bar.show(p));
     bar.finish();
     print!("{}", export::render(&result?, args.format)?);
     Ok(())
@@ -282,7 +307,7 @@ pub fn bench_rows(
     methods: &[Method],
     repeats: usize,
 ) -> anyhow::Result<Vec<BenchRow>> {
-    let limits = Limits::default();
+    let limits = local_limits();
     let mut rows = Vec::new();
     for &method in methods {
         let mut req = request.clone();

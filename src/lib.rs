@@ -7,6 +7,7 @@
 //! them through a [`scorer::Scorer`], which gives the tokenizer and model info but never the
 //! model itself.
 
+pub mod alloc;
 pub mod api;
 pub mod attribution;
 pub mod audit;
@@ -25,6 +26,7 @@ pub use error::{Error, Result};
 /// mimalloc serves every binary that links this crate (the server, tests, benches). Forward
 /// and backward passes allocate and free tensors of megabytes by the thousand; glibc's malloc
 /// hands those back to the kernel and takes them again page by page, which cost a quarter
-/// of a gradient run's time in page faults and zeroing.
+/// of a gradient run's time in page faults and zeroing. [`alloc::Capped`] adds the cap that the
+/// chat-template worker runs under.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: alloc::Capped = alloc::Capped;

@@ -25,6 +25,9 @@ enum Command {
     Openapi,
     /// Exit 0 when a local server answers 200 on a path (container health checks; no curl needed).
     Probe(llm_attr::cli::ProbeArgs),
+    /// Renders chat templates given in requests for a server (started by it; not for people).
+    #[command(hide = true)]
+    TemplateWorker(llm_attr::cli::TemplateWorkerArgs),
 }
 
 fn init_logs(json: bool) {
@@ -55,6 +58,7 @@ fn main() -> anyhow::Result<()> {
             llm_attr::cli::bench(args)
         }
         Command::Probe(args) => llm_attr::cli::probe(&args),
+        Command::TemplateWorker(args) => llm_attr::cli::template_worker(&args),
         Command::Openapi => {
             print!("{}", llm_attr::api::openapi::openapi_json());
             Ok(())

@@ -44,7 +44,7 @@ fn hiring() -> AuditRequest {
 }
 
 fn audit(fake: &Fake, req: &AuditRequest) -> llm_attr::Result<AuditResult> {
-    audit::run(req, fake, &Limits::default(), &|_| {})
+    audit::run(req, fake, &fake::limits(), &|_| {})
 }
 
 /// The attribute request a cell stands for, run alone.

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use llm_attr::api::error::parse_json;
+use llm_attr::input::chat::sandbox::{Sandbox, SandboxLimits};
 use llm_attr::input::chat::{Chat, ChatTemplate};
 use llm_attr::input::template::{self, Piece};
 use llm_attr::input::Input;
@@ -21,6 +22,12 @@ fn smollm2() -> &'static Tokenizer {
         let file = gguf::Gguf::open(&path).expect("SmolLM2 (scripts/fetch-models.sh)");
         gguf::tokenizer(&file).unwrap()
     })
+}
+
+/// Where the requests' own chat templates render: workers of the binary under test.
+fn sandbox() -> &'static Sandbox {
+    static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
+    SANDBOX.get_or_init(|| Sandbox::new(env!("CARGO_BIN_EXE_llm-attr"), SandboxLimits::default()))
 }
 
 /// GPT-2's tokenizer: no chat template.
@@ -74,6 +81,7 @@ fn renders_equal_transformers_apply_chat_template() {
             bos_token: tok.bos_token(),
             eos_token: tok.eos_token(),
             field: "messages",
+            sandbox: None,
         };
         let rendered = Chat::new(chat_template, &messages, r.add_generation_prompt)
             .and_then(|c| c.to_template())
@@ -104,7 +112,7 @@ fn t1_chat() -> Value {
 #[test]
 fn a_chat_request_is_the_rendered_template() {
     let f = fixture("captum_chat.json");
-    let input = Input::from_request(&request(t1_chat()), smollm2()).unwrap();
+    let input = Input::from_request(&request(t1_chat()), smollm2(), Some(sandbox())).unwrap();
     assert_eq!(input.prompt, f["rendered_prompt"].as_str().unwrap());
     let names: Vec<&str> = input.features.iter().map(|f| f.name.as_str()).collect();
     assert_eq!(names, ["name", "country", "job"]);
@@ -123,7 +131,7 @@ fn a_chat_request_is_the_rendered_template() {
 }
 
 fn error(body: Value, tokenizer: &Tokenizer) -> (String, String) {
-    let e = Input::from_request(&request(body), tokenizer).expect_err("an error");
+    let e = Input::from_request(&request(body), tokenizer, Some(sandbox())).expect_err("an error");
     (e.field().unwrap_or_default().to_string(), e.to_string())
 }
 
@@ -187,18 +195,52 @@ fn bad_chat_requests_name_the_field() {
     assert!(e.message.contains("user"), "{}", e.message);
 }
 
+/// A template's error that quotes message text shows the placeholders as the request wrote
+/// them, never the sentinels that stand in for them while the template renders.
+#[test]
+fn errors_quote_placeholders_not_sentinels() {
+    let mut body = t1_chat();
+    body["chat_template"] = json!("{{ raise_exception(messages[1].content) }}");
+    let (field, message) = error(body.clone(), smollm2());
+    assert_eq!(field, "messages");
+    assert!(
+        message.contains("{name} from {country} applied for a job as a {job}"),
+        "{message}"
+    );
+    assert!(!message.contains('\u{e000}'), "{message:?}");
+    body["chat_template"] = json!("{{ messages[1].content | int(strict=true) }}");
+    let (_, message) = error(body, smollm2());
+    assert!(
+        !message.chars().any(|c| ('\u{e000}'..='\u{f8ff}').contains(&c)),
+        "{message:?}"
+    );
+}
+
+/// Without a sandbox (the server's default), a request's own chat template is refused before
+/// anything renders, naming the field and the flag that allows it.
+#[test]
+fn request_templates_are_refused_without_a_sandbox() {
+    let mut body = t1_chat();
+    body["chat_template"] = json!("{% for m in messages %}{{ m.content }}{% endfor %}");
+    let e = Input::from_request(&request(body.clone()), smollm2(), None).expect_err("refused");
+    assert_eq!(e.field(), Some("chat_template"));
+    assert!(e.to_string().contains("--allow-request-templates"), "{e}");
+    body.as_object_mut().unwrap().remove("chat_template");
+    assert!(Input::from_request(&request(body), smollm2(), None).is_ok());
+}
+
 #[test]
 fn add_generation_prompt_and_chat_template_override() {
     let mut body = t1_chat();
     body["add_generation_prompt"] = json!(false);
-    let input = Input::from_request(&request(body.clone()), smollm2()).unwrap();
+    let input = Input::from_request(&request(body.clone()), smollm2(), Some(sandbox())).unwrap();
     assert!(
         input.prompt.ends_with("application?<|im_end|>\n"),
         "{:?}",
         input.prompt
     );
     body["chat_template"] = json!("{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}");
-    let input = Input::from_request(&request(body), smollm2()).unwrap();
+    let input = Input::from_request(&request(body), smollm2(), Some(sandbox())).unwrap();
     assert!(
         input.prompt.starts_with("[system] You are a helpful assistant"),
         "{:?}",

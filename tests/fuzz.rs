@@ -1,16 +1,20 @@
-//! Fuzzing the template parser and the request JSON: random and mutated inputs must never
-//! panic, and every rejection must be a clean error naming a field.
+//! Fuzzing the template parser, the request JSON and chat templates given in requests: random
+//! and mutated inputs must never panic, every rejection must be a clean error naming a field,
+//! and no chat template may grow this process's memory (they render in capped workers).
 //!
 //! CI runs a few thousand cases. The full campaign is run by hand:
 //!
 //!     FUZZ_CASES=1000000 cargo test --test fuzz -- --ignored --nocapture
 //!
 //! Each case is one template and one request body, both from a seeded generator (`FUZZ_SEED`),
-//! so a failure names the case that reproduces it.
+//! so a failure names the case that reproduces it. The chat-template campaign likewise:
+//!
+//!     FUZZ_CASES=1000000 cargo test --test fuzz fuzz_chat_template_campaign -- --ignored --nocapture
 
 use std::sync::OnceLock;
 
 use llm_attr::api::error::parse_json;
+use llm_attr::input::chat::sandbox::{Sandbox, SandboxLimits};
 use llm_attr::input::template::{self, Piece};
 use llm_attr::input::Input;
 use llm_attr::model::Tokenizer;
@@ -30,6 +34,12 @@ fn tokenizer() -> &'static Tokenizer {
         .unwrap();
         Tokenizer::new(inner, vec![50256])
     })
+}
+
+/// Where the requests' chat templates render: workers of the binary under test.
+fn sandbox() -> &'static Sandbox {
+    static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
+    SANDBOX.get_or_init(|| Sandbox::new(env!("CARGO_BIN_EXE_llm-attr"), SandboxLimits::default()))
 }
 
 const FRAGMENTS: [&str; 24] = [
@@ -195,7 +205,7 @@ fn check_body(body: &[u8]) {
                 serde_json::to_value(&back).unwrap(),
                 serde_json::to_value(&req).unwrap()
             );
-            if let Err(e) = Input::from_request(&req, tokenizer()) {
+            if let Err(e) = Input::from_request(&req, tokenizer(), Some(sandbox())) {
                 assert!(e.field().is_some_and(|f| !f.is_empty()), "{e}");
             }
         }
@@ -236,6 +246,122 @@ fn env(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// Pieces of chat templates: loops, namespaces, string operators, and the filters and methods
+/// that take a size.
+const JINJA: [&str; 40] = [
+    "{% for m in messages %}",
+    "{% endfor %}",
+    "{{ m.content }}",
+    "{{ m['role'] }}",
+    "{% set ns = namespace(v='ab') %}",
+    "{% set ns.v = ns.v ~ ns.v %}",
+    "{% set ns.v = ns.v + ns.v %}",
+    "{% set ns.v = ns.v * 3 %}",
+    "{% set ns.v = [ns.v, ns.v] %}",
+    "{% set ns.v = ns.v.replace('a', 'aaaa') %}",
+    "{% for i in range(40) %}",
+    "{% for i in range(100000) %}",
+    "{{ ns.v }}",
+    "{{ ns.v|length }}",
+    "{{ ns.v|tojson }}",
+    "{{ messages|tojson(indent=100000000) }}",
+    "{{ 'x\ny'|indent(1000000000) }}",
+    "{{ 'x'|center(1000000000) }}",
+    "{{ 'x'.ljust(1000000000) }}",
+    "{{ '{:>1000000000}'.format('x') }}",
+    "{{ 'x' * 100000000 }}",
+    "{{ range(100000)|batch(1000000000, 'x')|list|length }}",
+    "{{ range(100000)|join(ns.v) }}",
+    "{{ ns.v|urlencode }}",
+    "{{ ns.v|pprint }}",
+    "{% set c %}{{ ns.v }}{{ ns.v }}{% endset %}{% set ns.v = c %}",
+    "{% macro f(s, n) %}{% if n %}{{ f(s ~ s, n - 1) }}{% endif %}{% endmacro %}",
+    "{{ f('x', 60) }}",
+    "{% if add_generation_prompt %}",
+    "{% endif %}",
+    "{{ raise_exception(messages[0].content) }}",
+    "{{ strftime_now('%Y' * 1000000) }}",
+    "{{ bos_token }}",
+    "<|im_start|>",
+    "\n",
+    "{{ m.content|trim }}",
+    "{%",
+    "}}",
+    "{{ loop.index }}",
+    "{{ messages[0].content }}",
+];
+
+/// A chat template of fragments, often inside a loop over the messages.
+fn random_chat_template(rng: &mut ChaCha8Rng) -> String {
+    let body: String = (0..rng.random_range(0..10))
+        .map(|_| *JINJA.choose(rng).unwrap())
+        .collect();
+    match rng.random_range(0..3) {
+        0 => body,
+        1 => format!("{{% set ns = namespace(v='ab') %}}{{% for i in range(64) %}}{body}{{% endfor %}}{{{{ ns.v|length }}}}"),
+        _ => format!("{{% for m in messages %}}{{{{ m.content }}}}{body}{{% endfor %}}"),
+    }
+}
+
+/// A chat request with `chat_template` must render or fail with an error naming a field.
+fn check_chat_template(chat_template: &str) {
+    let req: AttributeRequest = serde_json::from_value(json!({
+        "messages": [{"role": "user", "content": "{name} is a"}],
+        "values": {"name": "Bob"},
+        "target": " doctor",
+        "chat_template": chat_template,
+    }))
+    .unwrap();
+    if let Err(e) = Input::from_request(&req, tokenizer(), Some(sandbox())) {
+        assert!(e.field().is_some_and(|f| !f.is_empty()), "{chat_template:?}: {e}");
+    }
+}
+
+/// This process's peak resident memory (VmHWM), in MB.
+fn peak_rss_mb() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb / 1024)
+}
+
+/// Runs `cases` chat-template cases from `seed`; returns the peak RSS in MB.
+fn template_campaign(seed: u64, cases: u64) -> u64 {
+    for case in 0..cases {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ case.wrapping_mul(0x2545_F491_4F6C_DD1D));
+        let t = random_chat_template(&mut rng);
+        if std::panic::catch_unwind(|| check_chat_template(&t)).is_err() {
+            panic!("chat template case {case} (FUZZ_SEED={seed}) failed: {t:?}");
+        }
+    }
+    peak_rss_mb()
+}
+
+/// Bounds this process's peak memory: the template bombs among the cases would each take
+/// gigabytes if they rendered here.
+const PEAK_RSS_MB: u64 = 1024;
+
+#[test]
+fn fuzz_a_few_hundred_chat_templates() {
+    let peak = template_campaign(env("FUZZ_SEED", 13), 300);
+    assert!(peak < PEAK_RSS_MB, "peak RSS {peak} MB");
+}
+
+#[test]
+#[ignore = "the full campaign: FUZZ_CASES=1000000 cargo test --test fuzz fuzz_chat_template_campaign -- --ignored --nocapture"]
+fn fuzz_chat_template_campaign() {
+    let (seed, cases) = (env("FUZZ_SEED", 1), env("FUZZ_CASES", 1_000_000));
+    let started = std::time::Instant::now();
+    let peak = template_campaign(seed, cases);
+    println!(
+        "fuzz: {cases} chat templates (seed {seed}), 0 panics, peak RSS {peak} MB, {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(peak < PEAK_RSS_MB, "peak RSS {peak} MB");
 }
 
 #[test]

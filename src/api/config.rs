@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::engine::EngineConfig;
+use crate::input::chat::sandbox::Sandbox;
 use crate::model::{DeviceArgs, LoadOptions, Model};
 use crate::run::Limits;
 
@@ -191,6 +192,11 @@ pub struct ServeArgs {
     /// Cells of one audit (the product of its sweep lists).
     #[arg(long, env = "LLM_ATTR_MAX_AUDIT_CELLS", default_value_t = Limits::default().max_audit_cells)]
     pub max_audit_cells: usize,
+    /// Run chat templates given in requests (`chat_template`), each in a worker process capped
+    /// at 64 MB of memory, 4 MB of output and 2 s. Off: such requests get 400, and chat input
+    /// uses the model's own template.
+    #[arg(long, env = "LLM_ATTR_ALLOW_REQUEST_TEMPLATES")]
+    pub allow_request_templates: bool,
     /// Attribute requests running at once; more wait their turn.
     #[arg(long, env = "LLM_ATTR_MAX_CONCURRENT_JOBS", default_value_t = 64)]
     pub max_concurrent_jobs: usize,
@@ -281,6 +287,16 @@ impl ServeArgs {
             max_new_tokens: self.max_new_tokens,
             max_n_steps: self.max_n_steps,
             max_audit_cells: self.max_audit_cells,
+            request_templates: if self.allow_request_templates {
+                let sandbox = Sandbox::current_exe().map_err(|e| {
+                    anyhow::anyhow!(
+                        "--allow-request-templates: cannot find this binary to run template workers: {e}"
+                    )
+                })?;
+                Some(Arc::new(sandbox))
+            } else {
+                None
+            },
         };
         c.max_body_bytes = self.max_body_bytes;
         c.max_concurrent_jobs = self.max_concurrent_jobs.max(1);

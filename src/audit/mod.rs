@@ -201,7 +201,7 @@ impl<'r> Grid<'r> {
             baselines: Some(baselines),
             ..input_of(request)
         };
-        let input = Input::from_request(&whole, tokenizer)?;
+        let input = Input::from_request(&whole, tokenizer, limits.request_templates.as_deref())?;
         let slot_name = |s: usize| input.features[input.slots[s].feature].placeholders[0].clone();
         let mut swept = Vec::new();
         let mut averaged = Vec::new();

@@ -9,6 +9,7 @@
 //! given: rendering the messages with the values filled in must give the template's prompt.
 
 mod jinja;
+pub mod sandbox;
 
 use serde::Serialize;
 
@@ -16,6 +17,7 @@ use super::template::{self, Piece};
 use crate::error::{Error, Result};
 use crate::request::{ChatMessage, Role};
 use jinja::RenderError;
+use sandbox::Sandbox;
 
 /// A chat template and what transformers passes it besides the messages.
 #[derive(Debug, Clone, Copy)]
@@ -26,6 +28,8 @@ pub struct ChatTemplate<'a> {
     /// The request field to blame when the template itself fails: `chat_template` when the
     /// request gave it, `messages` when it is the model's.
     pub field: &'static str,
+    /// Where a template given in the request renders (the model's own render in-process).
+    pub sandbox: Option<&'a Sandbox>,
 }
 
 /// A chat request, parsed: its messages' contents split into text and placeholders.
@@ -102,7 +106,14 @@ impl<'a> Chat<'a> {
             names.push(name.to_string());
             occurs_in.push(i);
             format!("{marker}{}{marker}", names.len() - 1)
-        })?;
+        });
+        // An error may quote message text: its sentinels read as the placeholders again.
+        let unmark = |text: String| {
+            names.iter().enumerate().rev().fold(text, |t, (at, name)| {
+                t.replace(&format!("{marker}{at}{marker}"), &format!("{{{name}}}"))
+            })
+        };
+        let rendered = rendered.map_err(|e| self.render_error(e.map(unmark)))?;
         let mut seen = vec![false; names.len()];
         let mut out = String::new();
         let parts: Vec<&str> = rendered.split(marker).collect();
@@ -144,7 +155,9 @@ impl<'a> Chat<'a> {
     /// [`Chat::to_template`] filled in with the same values): true unless the template trims,
     /// escapes or otherwise rewrites message text next to a placeholder.
     pub fn check_values<'v>(&self, value: impl Fn(&str) -> &'v str, prompt: &str) -> Result<()> {
-        let direct = self.render(|_, name| value(name).to_string())?;
+        let direct = self
+            .render(|_, name| value(name).to_string())
+            .map_err(|e| self.render_error(e))?;
         if direct == prompt {
             return Ok(());
         }
@@ -167,7 +180,10 @@ impl<'a> Chat<'a> {
     }
 
     /// Renders the messages, each placeholder occurrence replaced by `fill(message index, name)`.
-    fn render(&self, mut fill: impl FnMut(usize, &str) -> String) -> Result<String> {
+    fn render(
+        &self,
+        mut fill: impl FnMut(usize, &str) -> String,
+    ) -> std::result::Result<String, RenderError> {
         let mut messages = Vec::with_capacity(self.contents.len());
         for (i, (role, pieces)) in self.roles.iter().zip(&self.contents).enumerate() {
             let mut content = String::new();
@@ -190,7 +206,14 @@ impl<'a> Chat<'a> {
             bos_token: self.template.bos_token,
             eos_token: self.template.eos_token,
         };
-        jinja::render(self.template.source, context).map_err(|e| match e {
+        match self.template.sandbox {
+            Some(sandbox) => sandbox.render(self.template.source, context),
+            None => jinja::render(self.template.source, context),
+        }
+    }
+
+    fn render_error(&self, e: RenderError) -> Error {
+        match e {
             RenderError::Raised(message) => Error::invalid(
                 "messages",
                 format!("the chat template refuses these messages: {message}"),
@@ -199,11 +222,12 @@ impl<'a> Chat<'a> {
                 self.template.field,
                 format!("the chat template does not parse: {e}"),
             ),
+            RenderError::Limit(e) => Error::invalid(self.template.field, format!("the chat template {e}")),
             RenderError::Failed(e) => Error::invalid(
                 self.template.field,
                 format!("the chat template fails on these messages: {e}"),
             ),
-        })
+        }
     }
 
     /// A character that occurs in neither the template nor the messages, to delimit sentinels.
@@ -245,6 +269,7 @@ mod tests {
             bos_token: Some("<s>"),
             eos_token: Some("</s>"),
             field: "messages",
+            sandbox: None,
         }
     }
 

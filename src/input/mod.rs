@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use crate::error::{Error, Result};
 use crate::model::Tokenizer;
 use crate::request::{AttributeRequest, Baseline, ChatMessage, Feature};
+use chat::sandbox::Sandbox;
 use chat::{Chat, ChatTemplate};
 use template::Piece;
 
@@ -74,7 +75,13 @@ const MESSAGES: Source = Source {
 };
 
 impl Input {
-    pub fn from_request(req: &AttributeRequest, tokenizer: &Tokenizer) -> Result<Input> {
+    /// The request's input; a `chat_template` it gives renders in `templates`, and is refused
+    /// without one (the server's `--allow-request-templates`).
+    pub fn from_request(
+        req: &AttributeRequest,
+        tokenizer: &Tokenizer,
+        templates: Option<&Sandbox>,
+    ) -> Result<Input> {
         check_chat_fields(req)?;
         match (&req.template, &req.text, &req.messages) {
             (Some(_), Some(_), _) => Err(Error::invalid(
@@ -88,7 +95,7 @@ impl Input {
             )),
             (None, None, Some(messages)) => {
                 no_token_fields(req)?;
-                from_chat(req, messages, tokenizer)
+                from_chat(req, messages, tokenizer, templates)
             }
             (Some(t), None, None) => {
                 no_token_fields(req)?;
@@ -273,19 +280,33 @@ fn no_token_fields(req: &AttributeRequest) -> Result<()> {
 
 /// Renders the messages with the chat template into a template (see [`chat`]) and reads it as a
 /// template input.
-fn from_chat(req: &AttributeRequest, messages: &[ChatMessage], tokenizer: &Tokenizer) -> Result<Input> {
+fn from_chat(
+    req: &AttributeRequest,
+    messages: &[ChatMessage],
+    tokenizer: &Tokenizer,
+    templates: Option<&Sandbox>,
+) -> Result<Input> {
     let template = match (&req.chat_template, tokenizer.chat_template()) {
         (Some(source), _) => ChatTemplate {
             source,
             bos_token: tokenizer.bos_token(),
             eos_token: tokenizer.eos_token(),
             field: "chat_template",
+            sandbox: Some(templates.ok_or_else(|| {
+                Error::invalid(
+                    "chat_template",
+                    "this server does not run chat templates given in requests (its operator can \
+                     allow them with --allow-request-templates); leave chat_template out to use the \
+                     model's own",
+                )
+            })?),
         },
         (None, Some(source)) => ChatTemplate {
             source,
             bos_token: tokenizer.bos_token(),
             eos_token: tokenizer.eos_token(),
             field: "messages",
+            sandbox: None,
         },
         (None, None) => {
             return Err(Error::invalid(

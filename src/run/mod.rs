@@ -8,6 +8,7 @@ mod gradient;
 mod plan;
 mod progress;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use rand::SeedableRng;
@@ -15,13 +16,14 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::attribution::{self, Evaluator, MethodFacts};
 use crate::error::{Error, Result};
+use crate::input::chat::sandbox::Sandbox;
 use crate::input::Input;
 use crate::model::Tokenizer;
 use crate::request::{AttributeRequest, AttributeResponse, BaselineSampling, Method};
 use crate::scorer::Scorer;
 pub use evaluator::check_sequence;
 use evaluator::{exact_count, SequenceEvaluator};
-pub use plan::{plan, DryScorer, Plan};
+pub use plan::{gradient_work, plan, DryScorer, Plan};
 pub use progress::Progress;
 
 /// Per-request limits; the server maps its flags onto these.
@@ -40,6 +42,8 @@ pub struct Limits {
     pub max_n_steps: usize,
     /// Cells of one audit (the product of its sweep lists).
     pub max_audit_cells: usize,
+    /// Where chat templates given in requests render; `None` refuses them.
+    pub request_templates: Option<Arc<Sandbox>>,
 }
 
 impl Default for Limits {
@@ -53,6 +57,7 @@ impl Default for Limits {
             max_new_tokens: 100,
             max_n_steps: 1_000,
             max_audit_cells: 1000,
+            request_templates: None,
         }
     }
 }
@@ -196,7 +201,7 @@ fn check_integration_fields(request: &AttributeRequest, facts: &MethodFacts) -> 
 
 /// The request's input, if it has no more features than the limits allow.
 fn parse_input(request: &AttributeRequest, scorer: &dyn Scorer, limits: &Limits) -> Result<Input> {
-    let input = Input::from_request(request, scorer.tokenizer())?;
+    let input = Input::from_request(request, scorer.tokenizer(), limits.request_templates.as_deref())?;
     let n = input.n_features();
     if n > limits.max_features {
         return Err(Error::too_large(

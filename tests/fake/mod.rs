@@ -3,8 +3,9 @@
 #![allow(dead_code)]
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 
+use llm_attr::input::chat::sandbox::{Sandbox, SandboxLimits};
 use llm_attr::model::{ArchInfo, ModelInfo, ScoreItem, Tokenizer};
 use llm_attr::request::{AttributeRequest, Baseline, Method};
 use llm_attr::run::{run, Limits};
@@ -153,5 +154,21 @@ pub fn product(req: &mut AttributeRequest) {
 }
 
 pub fn go(fake: &Fake, req: &AttributeRequest) -> llm_attr::Result<llm_attr::request::AttributeResponse> {
-    run(req, fake, &Limits::default(), &|_| {})
+    run(req, fake, &limits(), &|_| {})
+}
+
+/// The default limits, with the requests' own chat templates rendering in workers of the
+/// binary under test, as on a server started with `--allow-request-templates`.
+pub fn limits() -> Limits {
+    static SANDBOX: OnceLock<Arc<Sandbox>> = OnceLock::new();
+    let sandbox = SANDBOX.get_or_init(|| {
+        Arc::new(Sandbox::new(
+            env!("CARGO_BIN_EXE_llm-attr"),
+            SandboxLimits::default(),
+        ))
+    });
+    Limits {
+        request_templates: Some(sandbox.clone()),
+        ..Limits::default()
+    }
 }

@@ -7,17 +7,31 @@ use std::fmt::Write as _;
 
 use minijinja::value::{Kwargs, ValueKind};
 use minijinja::{AutoEscape, Environment, Error as JinjaError, ErrorKind, Value};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Why a template did not render.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum RenderError {
     /// The template does not parse.
     Syntax(String),
     /// The template called `raise_exception(message)`.
     Raised(String),
+    /// It needs more memory, output or time than a render may take (see `sandbox`).
+    Limit(String),
     /// Any other failure while rendering.
     Failed(String),
+}
+
+impl RenderError {
+    /// The same error with its message passed through `f`.
+    pub fn map(self, f: impl FnOnce(String) -> String) -> Self {
+        match self {
+            RenderError::Syntax(m) => RenderError::Syntax(f(m)),
+            RenderError::Raised(m) => RenderError::Raised(f(m)),
+            RenderError::Limit(m) => RenderError::Limit(f(m)),
+            RenderError::Failed(m) => RenderError::Failed(f(m)),
+        }
+    }
 }
 
 /// Instructions one render may run: far more than any real chat template needs, so that a
@@ -26,14 +40,60 @@ const FUEL: u64 = 5_000_000;
 
 /// Renders `source` with `context` (its fields are the template's variables).
 pub fn render(source: &str, context: impl Serialize) -> Result<String, RenderError> {
+    render_bounded(source, context, usize::MAX)
+}
+
+/// [`render`], failing once the output passes `max_bytes`.
+pub fn render_bounded(
+    source: &str,
+    context: impl Serialize,
+    max_bytes: usize,
+) -> Result<String, RenderError> {
     let env = environment();
     let template = env
         .template_from_str(source)
         .map_err(|e| RenderError::Syntax(describe(&e)))?;
-    template.render(context).map_err(|e| match raised(&e) {
+    let mut out = Bounded {
+        text: Vec::new(),
+        max_bytes,
+    };
+    let rendered = template.render_captured_to(context, &mut out);
+    if out.text.len() > max_bytes {
+        return Err(RenderError::Limit(format!(
+            "renders more than {} MB of text",
+            max_bytes >> 20
+        )));
+    }
+    rendered.map_err(|e| match raised(&e) {
         Some(message) => RenderError::Raised(message),
         None => RenderError::Failed(describe(&e)),
-    })
+    })?;
+    String::from_utf8(out.text).map_err(|e| RenderError::Failed(e.to_string()))
+}
+
+/// A writer that takes up to `max_bytes`, then one more byte to mark the overflow, and fails.
+struct Bounded {
+    text: Vec<u8>,
+    max_bytes: usize,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let room = self.max_bytes.saturating_sub(self.text.len());
+        if self.text.len() > self.max_bytes {
+            return Err(std::io::Error::other("the output is too long"));
+        }
+        if buf.len() > room {
+            self.text.extend_from_slice(&buf[..=room]);
+            return Err(std::io::Error::other("the output is too long"));
+        }
+        self.text.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn environment() -> Environment<'static> {
@@ -205,6 +265,10 @@ fn tojson(value: &Value, kwargs: Kwargs) -> Result<String, JinjaError> {
     Ok(out)
 }
 
+/// What one `tojson` may write: far more than any chat's tools or messages, and a template
+/// that nests a list in itself 64 times (2^64 items, a few bytes of memory) stops here.
+const TOJSON_MAX_BYTES: usize = 4 << 20;
+
 /// Python's `json.dumps` output format.
 struct PyJson {
     indent: Option<String>,
@@ -216,6 +280,12 @@ struct PyJson {
 
 impl PyJson {
     fn value(&self, out: &mut String, v: &Value, depth: usize) -> Result<(), JinjaError> {
+        if out.len() > TOJSON_MAX_BYTES {
+            return Err(JinjaError::new(
+                ErrorKind::InvalidOperation,
+                format!("tojson: the JSON passes {} MB", TOJSON_MAX_BYTES >> 20),
+            ));
+        }
         match v.kind() {
             ValueKind::None => out.push_str("null"),
             ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
