@@ -93,7 +93,7 @@ impl Scorer for Model {
     }
 
     fn gradients(&self, job: GradientJob, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<Vec<Vec<f64>>> {
-        Model::gradients(self, &job, &mut |done, total| {
+        Model::gradients(self, &job, &|done, total| {
             progress(done, total);
             Ok(())
         })

@@ -203,7 +203,7 @@ fn check_captum_shap(spec: &str, dir: &str, seq_tolerance: SeqTolerance) {
                     combine: Combine::Weighted(vec![1.0]),
                     prob: false,
                 };
-                let rows = m.gradients(&job, &mut |_, _| Ok(())).unwrap();
+                let rows = m.gradients(&job, &|_, _| Ok(())).unwrap();
                 positions.iter().map(|&p| rows[k][p]).collect()
             })
             .collect();
@@ -332,7 +332,7 @@ fn stacked_passes_give_the_rows_of_a_pass_per_token() {
                     token_budget,
                 }
                 .forced(backward);
-                m.gradients_laid_out(&job, layout, &mut |_, _| Ok(())).unwrap()
+                m.gradients_laid_out(&job, layout, &|_, _| Ok(())).unwrap()
             };
             let per_token = run(Backward::PerToken, 1024);
             let scale = per_token.iter().flatten().fold(0.0f64, |a, v| a.max(v.abs()));
@@ -667,4 +667,43 @@ fn an_audit_cell_with_gradients_equals_its_request_run_alone() {
         );
         assert_eq!(got.stats.coalitions, 8);
     }
+}
+
+/// A long target's passes look at `progress` between target tokens, not only after the chunk:
+/// a job stopped at its third look stops there (issue 18: a 200-token gradient × input ran to
+/// its end after its request was gone, since its one chunk held every token's pass).
+#[test]
+fn a_gradient_job_can_stop_between_target_tokens() {
+    let m = shared_model(TINY_GPT2);
+    let job = GradientJob {
+        prompt: (100..110).collect(),
+        baseline: None,
+        target: (200..240).collect(),
+        alphas: vec![1.0],
+        combine: Combine::Weighted(vec![1.0]),
+        prob: false,
+    };
+    let looks = std::cell::Cell::new(0);
+    let rows = m
+        .gradients(&job, &|_, _| {
+            looks.set(looks.get() + 1);
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(rows.len(), 40);
+    assert!(
+        looks.get() >= 40,
+        "{} looks at progress for 40 passes",
+        looks.get()
+    );
+    looks.set(0);
+    let stopped = m.gradients(&job, &|_, _| {
+        looks.set(looks.get() + 1);
+        if looks.get() == 3 {
+            return Err(llm_attr::Error::Cancelled);
+        }
+        Ok(())
+    });
+    assert_eq!(stopped.unwrap_err(), llm_attr::Error::Cancelled);
+    assert_eq!(looks.get(), 3);
 }

@@ -134,6 +134,55 @@ async fn plans_count_what_runs_score_and_estimate_from_measured_throughput() {
     s.shutdown().await;
 }
 
+/// A gradient method's plan counts its passes, a forward pass and a backward pass per target
+/// token over every point (issue 18: a 200-token target was estimated at its forward tokens
+/// alone, 100 times too fast), and times them at the measured gradient rate once there is one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gradient_plans_count_a_backward_pass_per_target_token() {
+    let s = start(TINY, |_| {}).await;
+    let c = client();
+    let req = json!({"text": "Bob is a nurse from", "target": " Germany and he".repeat(5),
+                     "method": "gxi"});
+    let score = |body: &Value| c.post(format!("{}/v1/attributions", s.url())).json(body);
+    let plan_of = |body: &Value| c.post(format!("{}/v1/plan", s.url())).json(body);
+    // A scoring run first: the scoring rate stands in for the gradient rate until a gradient run.
+    send(score(&t1_request("tiny-gpt2/captum_t1.json", "fa")), 200).await;
+    let plan = send_json(plan_of(&req)).await;
+    let done = send_json(score(&req)).await;
+    let k = done["target_ids"].as_array().unwrap().len();
+    let prompt = done["features"].as_array().unwrap().len();
+    let forward = prompt + k - 1;
+    assert_eq!(plan["gradient_tokens"], forward * (1 + k), "{plan}");
+    let tps = num(&plan["tokens_per_second"]);
+    assert_eq!(num(&plan["gradient_tokens_per_second"]), tps, "{plan}");
+    let scored = (num(&plan["tokens"]) - forward as f64) / tps;
+    let expected = scored + (forward * (1 + k)) as f64 / tps;
+    assert!(
+        (num(&plan["estimated_seconds"]) - expected).abs() < 1e-9,
+        "{plan}"
+    );
+
+    let plan = send_json(plan_of(&req)).await;
+    let gtps = num(&plan["gradient_tokens_per_second"]);
+    assert!(
+        gtps > 0.0 && gtps != tps,
+        "measured after the gradient run: {plan}"
+    );
+    let tps = num(&plan["tokens_per_second"]);
+    let scored = (num(&plan["tokens"]) - forward as f64) / tps;
+    let expected = scored + (forward * (1 + k)) as f64 / gtps;
+    assert!(
+        (num(&plan["estimated_seconds"]) - expected).abs() < 1e-9,
+        "{plan}"
+    );
+    println!(
+        "gxi, {k} target tokens: estimated {:.3} s, took {:.3} s",
+        num(&plan["estimated_seconds"]),
+        num(&done["stats"]["seconds"])
+    );
+    s.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_audits_and_plans_get_errors_naming_the_field() {
     let s = start(TINY, |_| {}).await;

@@ -122,9 +122,21 @@ impl<S: Send + Sync> FromRequest<S> for PlanRequest {
 /// Tokens the engine scores per second, measured over every forward pass so far (each
 /// worker runs passes in parallel); None before the first.
 pub fn throughput(stats: &Stats, workers: usize) -> Option<f64> {
-    let busy = stats.batch_seconds.sum();
-    let tokens = Stats::get(&stats.tokens);
-    (busy > 0.0 && tokens > 0).then(|| tokens as f64 / busy * workers.max(1) as f64)
+    rate(Stats::get(&stats.tokens), stats.batch_seconds.sum(), workers)
+}
+
+/// The engine's measured gradient throughput ([`crate::run::Plan::gradient_tokens`] per
+/// second, all workers together); `None` before its first gradient run.
+pub fn gradient_throughput(stats: &Stats, workers: usize) -> Option<f64> {
+    rate(
+        Stats::get(&stats.gradient_tokens),
+        stats.gradient_seconds.sum(),
+        workers,
+    )
+}
+
+fn rate(work: u64, busy: f64, workers: usize) -> Option<f64> {
+    (busy > 0.0 && work > 0).then(|| work as f64 / busy * workers.max(1) as f64)
 }
 
 /// Cost preview: what an attribute or audit request would score, counted without scoring,
@@ -154,6 +166,9 @@ pub async fn plan(State(state): State<Arc<AppState>>, request: PlanRequest) -> R
         }
     })
     .await?;
-    let tps = throughput(ready.engine.stats(), ready.engine.config().workers);
-    Ok(Json(plan.at_throughput(tps)))
+    let (stats, workers) = (ready.engine.stats(), ready.engine.config().workers);
+    Ok(Json(plan.at_throughput(
+        throughput(stats, workers),
+        gradient_throughput(stats, workers),
+    )))
 }

@@ -10,6 +10,7 @@ pub mod pace;
 pub mod queue;
 pub mod stats;
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -42,7 +43,7 @@ pub trait Backend: Send + Sync + 'static {
     fn gradients(
         &self,
         _job: &GradientJob,
-        _progress: &mut dyn FnMut(usize, usize) -> Result<()>,
+        _progress: &dyn Fn(usize, usize) -> Result<()>,
     ) -> Result<Vec<Vec<f64>>> {
         Err(no_gradients())
     }
@@ -62,7 +63,7 @@ impl Backend for Model {
     fn gradients(
         &self,
         job: &GradientJob,
-        progress: &mut dyn FnMut(usize, usize) -> Result<()>,
+        progress: &dyn Fn(usize, usize) -> Result<()>,
     ) -> Result<Vec<Vec<f64>>> {
         Model::gradients(self, job, progress)
     }
@@ -345,6 +346,39 @@ fn fail_all(work: Vec<Work>, e: &Error) {
     }
 }
 
+/// While a gradient job holds this worker, between its passes: one batch of the scoring or
+/// generation work that waits, picked by the queue's usual turns and pacing, so that a long
+/// gradient run delays other requests by a pass, not by the whole run. Queued gradient jobs
+/// wait for a worker of their own.
+fn take_turn<B: Backend>(s: &Shared<B>) {
+    let batch = {
+        let mut st = s.lock();
+        if st.closed {
+            return;
+        }
+        let budget = st.pace.budget(s.config.token_budget);
+        let (batch, skipped) = st
+            .queue
+            .take_batch_where(budget, s.config.window, |w| !matches!(w, Work::Gradient { .. }));
+        s.stats.skipped.fetch_add(skipped as u64, Ordering::Relaxed);
+        if batch.is_empty() {
+            return;
+        }
+        st.running += 1;
+        batch
+    };
+    finish(s, run_batch(s, batch));
+}
+
+/// After a batch ran: one worker fewer busy, and the pace learns what a scoring batch cost.
+fn finish<B: Backend>(s: &Shared<B>, timed: Option<(usize, f64)>) {
+    let mut st = s.lock();
+    st.running -= 1;
+    if let Some((padded_tokens, seconds)) = timed {
+        st.pace.observe(padded_tokens, seconds);
+    }
+}
+
 fn worker<B: Backend>(s: &Shared<B>) {
     loop {
         let batch = {
@@ -363,12 +397,7 @@ fn worker<B: Backend>(s: &Shared<B>) {
                 st = s.wake.wait(st).unwrap_or_else(|e| e.into_inner());
             }
         };
-        let timed = run_batch(s, batch);
-        let mut st = s.lock();
-        st.running -= 1;
-        if let Some((padded_tokens, seconds)) = timed {
-            st.pace.observe(padded_tokens, seconds);
-        }
+        finish(s, run_batch(s, batch));
     }
 }
 
@@ -393,15 +422,29 @@ fn run_batch<B: Backend>(s: &Shared<B>, batch: Vec<Work>) -> Option<(usize, f64)
                 cancel, job, reply, ..
             } => {
                 s.stats.gradients.fetch_add(1, Ordering::Relaxed);
+                let sent = Cell::new(None);
+                let started = Instant::now();
+                let lent = Cell::new(0.0);
                 let out = catch(|| {
-                    s.backend.gradients(&job, &mut |done, total| {
+                    s.backend.gradients(&job, &|done, total| {
                         if cancel.is_cancelled() {
                             return Err(Error::Cancelled);
                         }
-                        let _ = reply.send(GradientReply::Progress(done, total));
+                        if sent.replace(Some(done)) != Some(done) {
+                            let _ = reply.send(GradientReply::Progress(done, total));
+                        }
+                        let turn = Instant::now();
+                        take_turn(s);
+                        lent.set(lent.get() + turn.elapsed().as_secs_f64());
                         Ok(())
                     })
                 });
+                if out.is_ok() {
+                    let work = crate::run::gradient_work(&job).0;
+                    s.stats.gradient_tokens.fetch_add(work as u64, Ordering::Relaxed);
+                    let seconds = started.elapsed().as_secs_f64() - lent.get();
+                    s.stats.gradient_seconds.observe(seconds.max(0.0));
+                }
                 let _ = reply.send(GradientReply::Done(out));
             }
             Work::Score {

@@ -129,6 +129,27 @@ impl<W: Queued> Queue<W> {
         (batch, skipped)
     }
 
+    /// [`Queue::take_batch`] led by the first owner in turn whose oldest item `may_lead`
+    /// accepts (empty when none does); that owner's turn is then over, the others keep theirs.
+    pub fn take_batch_where(
+        &mut self,
+        budget: usize,
+        window: usize,
+        may_lead: impl Fn(&W) -> bool,
+    ) -> (Vec<W>, usize) {
+        let skipped = self.remove_where(|w| w.is_cancelled());
+        let lead = self
+            .flows
+            .iter()
+            .position(|f| f.items.front().is_some_and(&may_lead));
+        let Some(flow) = lead.and_then(|k| self.flows.remove(k)) else {
+            return (Vec::new(), skipped);
+        };
+        self.flows.push_front(flow);
+        let (batch, more) = self.take_batch(budget, window);
+        (batch, skipped + more)
+    }
+
     /// Indices (sorted) of the items of each flow that make the next batch, led by the front
     /// flow's oldest item of padded length `head_len`.
     fn choose(&self, head_len: usize, budget: usize, window: usize) -> Vec<Vec<usize>> {

@@ -102,6 +102,10 @@ pub struct Stats {
     pub generations: AtomicU64,
     /// Gradient attributions run (gradient methods).
     pub gradients: AtomicU64,
+    /// Their work ([`crate::run::gradient_work`]: tokens times passes), and the seconds they
+    /// took (turns given to other work left out).
+    pub gradient_tokens: AtomicU64,
+    pub gradient_seconds: Histogram,
     /// Sequences per forward pass.
     pub batch_size: Histogram,
     /// Seconds per forward pass.
@@ -120,6 +124,8 @@ impl Stats {
             rejected: AtomicU64::new(0),
             generations: AtomicU64::new(0),
             gradients: AtomicU64::new(0),
+            gradient_tokens: AtomicU64::new(0),
+            gradient_seconds: Histogram::seconds(),
             batch_size: Histogram::powers_of_two(token_budget.max(1)),
             batch_seconds: Histogram::seconds(),
         }

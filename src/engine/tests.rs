@@ -344,3 +344,104 @@ fn generation_runs_on_the_workers_and_shutdown_cancels() {
     );
     assert_eq!(h.generate_ids(&[1], 1).unwrap_err(), Error::Cancelled);
 }
+
+/// A gradient backend that logs what runs when: once its gate opens, its job makes three passes
+/// and calls `progress` between them, as the model does between target tokens.
+#[derive(Default)]
+struct Turns {
+    log: Mutex<Vec<&'static str>>,
+    started: AtomicBool,
+    gate: AtomicBool,
+}
+
+impl Backend for Turns {
+    fn score_batch(&self, batch: &[ScoreItem]) -> Result<Vec<Vec<f32>>> {
+        self.log.lock().unwrap().push("score");
+        Ok(batch.iter().map(Fake::expected).collect())
+    }
+    fn generate(&self, _: &[u32], _: usize) -> Result<Vec<u32>> {
+        Ok(Vec::new())
+    }
+    fn gradients(
+        &self,
+        job: &GradientJob,
+        progress: &dyn Fn(usize, usize) -> Result<()>,
+    ) -> Result<Vec<Vec<f64>>> {
+        self.started.store(true, Ordering::SeqCst);
+        while !self.gate.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for _ in 0..3 {
+            self.log.lock().unwrap().push("pass");
+            progress(0, 1)?;
+        }
+        self.log.lock().unwrap().push("gradient done");
+        Ok(vec![vec![0.0; job.prompt.len()]; job.n_rows()])
+    }
+}
+
+fn one_point_job() -> GradientJob {
+    GradientJob {
+        prompt: vec![1, 2, 3],
+        baseline: None,
+        target: vec![4, 5],
+        alphas: vec![1.0],
+        combine: crate::model::Combine::Weighted(vec![1.0]),
+        prob: false,
+    }
+}
+
+/// A gradient job holds the only worker; a scoring request that arrives meanwhile runs between
+/// the job's passes instead of waiting for the whole job.
+#[test]
+fn scoring_takes_turns_with_a_running_gradient_job() {
+    let backend = Arc::new(Turns::default());
+    let engine = Arc::new(Engine::new(backend.clone(), config(256, 1000)).unwrap());
+    let e = engine.clone();
+    let gradient = std::thread::spawn(move || {
+        e.handle(CancelToken::new())
+            .gradient_rows(one_point_job(), &|_, _| {})
+    });
+    while !backend.started.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let e = engine.clone();
+    let scoring =
+        std::thread::spawn(move || e.handle(CancelToken::new()).score_items(items(1, 2), &|_, _| {}));
+    while engine.queue_depth() < 2 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    backend.gate.store(true, Ordering::SeqCst);
+    assert_eq!(scoring.join().unwrap().unwrap().len(), 2);
+    assert_eq!(gradient.join().unwrap().unwrap().len(), 2);
+    let log = backend.log.lock().unwrap().clone();
+    assert_eq!(log, ["pass", "score", "pass", "pass", "gradient done"], "{log:?}");
+}
+
+/// Cancelling a running gradient job stops it at its next pass, not at its end.
+#[test]
+fn a_cancelled_gradient_job_stops_between_passes() {
+    let backend = Arc::new(Turns::default());
+    let engine = Engine::new(backend.clone(), config(256, 1000)).unwrap();
+    let cancel = CancelToken::new();
+    let h = engine.handle(cancel.clone());
+    let c = cancel.clone();
+    let b = backend.clone();
+    let opener = std::thread::spawn(move || {
+        while !b.started.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        c.cancel();
+        b.gate.store(true, Ordering::SeqCst);
+    });
+    assert_eq!(
+        h.gradient_rows(one_point_job(), &|_, _| {}).unwrap_err(),
+        Error::Cancelled
+    );
+    opener.join().unwrap();
+    // The worker stopped the job at its first pass; wait for it to come back.
+    while engine.running() > 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(*backend.log.lock().unwrap(), ["pass"]);
+}

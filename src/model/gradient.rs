@@ -11,6 +11,7 @@
 //! gradients depends on the device and on how many points the job has ([`Layout`]). Only differentiable ops are used
 //! ([`Architecture::forward_from_embeddings`]).
 
+use std::cell::Cell;
 use std::ops::Range;
 
 use candle_core::{DType, Tensor, Var, D};
@@ -146,13 +147,14 @@ impl GradientJob {
 
 /// Runs `job` on `arch`: rows over the prompt positions, per target token (and point, as
 /// `job.combine` says), with the passes and chunks `layout` says.
-/// `progress(done, total)` is called after each chunk of steps and stops the work when it
-/// fails (cancellation).
+/// `progress(done, total)` is called after each chunk of steps, and between the target tokens'
+/// backward passes with the chunk's start, and stops the work when it fails (cancellation):
+/// a long target never runs on for more than one pass after its request is gone.
 pub fn attribute(
     arch: &dyn Architecture,
     job: &GradientJob,
     layout: Layout,
-    progress: &mut dyn FnMut(usize, usize) -> Result<()>,
+    progress: &dyn Fn(usize, usize) -> Result<()>,
 ) -> Result<Vec<Vec<f64>>> {
     job.check()?;
     let path = Path::new(arch, job)?;
@@ -168,16 +170,24 @@ pub fn attribute(
     let mut attr = vec![vec![0.0f64; path.prompt_len]; job.n_rows()];
     let mut done = 0;
     let device = device::name(arch.device());
+    // Why `progress` stopped the job between passes; candle's error only carries it out.
+    let stopped = Cell::new(None);
     let run = |range: Range<usize>| {
-        let points = path.points(&job.alphas[range])?;
+        let between = || {
+            progress(range.start, n).map_err(|e| {
+                stopped.set(Some(e));
+                candle_core::Error::Msg("stopped".into())
+            })
+        };
+        let points = path.points(&job.alphas[range.clone()])?;
         match backward {
-            Backward::PerToken => per_token(arch, job, &path, &points),
+            Backward::PerToken => per_token(arch, job, &path, &points, &between),
             Backward::Stacked => stacked(arch, job, &path, &points),
         }
     };
     while done < n {
         let m = per_chunk.min(n - done);
-        let q = halving_on_oom(done..done + m, &run, &device)?;
+        let q = halving_on_oom(done..done + m, &run, &device).map_err(|e| stopped.take().unwrap_or(e))?;
         // q[row][i]: target token `row` at the chunk's point i.
         for (row, q) in q.iter().enumerate() {
             for (i, q) in q.iter().enumerate() {
@@ -251,18 +261,22 @@ impl Path {
 }
 
 /// [`Backward::PerToken`]: `q[row][s]` for the points, one shared forward pass and a backward
-/// pass per target token.
+/// pass per target token, with `between()` before each pass but the first.
 fn per_token(
     arch: &dyn Architecture,
     job: &GradientJob,
     path: &Path,
     points: &Tensor,
+    between: &dyn Fn() -> candle_core::Result<()>,
 ) -> candle_core::Result<Rows> {
     let points = Var::from_tensor(points)?;
     let hidden = arch.forward_from_embeddings(points.as_tensor())?;
     let rows = hidden.narrow(1, path.prompt_len - 1, job.target.len())?;
     (0..job.target.len())
         .map(|row| {
+            if row > 0 {
+                between()?;
+            }
             let value = target_value(arch, &rows, row, job.target[row], job.prob)?;
             path.project(&gradient(&value, &points)?)
         })

@@ -301,11 +301,12 @@ impl Model {
     }
 
     /// Gradient attribution of `job` (see [`gradient::attribute`]), laid out as the model was
-    /// loaded; `progress(done, total)` after each chunk of steps stops the work when it fails.
+    /// loaded; `progress(done, total)`, after each chunk of steps and between the target tokens'
+    /// passes, stops the work when it fails.
     pub fn gradients(
         &self,
         job: &GradientJob,
-        progress: &mut dyn FnMut(usize, usize) -> Result<()>,
+        progress: &dyn Fn(usize, usize) -> Result<()>,
     ) -> Result<Vec<Vec<f64>>> {
         self.gradients_laid_out(job, self.gradients, progress)
     }
@@ -316,7 +317,7 @@ impl Model {
         &self,
         job: &GradientJob,
         layout: Layout,
-        progress: &mut dyn FnMut(usize, usize) -> Result<()>,
+        progress: &dyn Fn(usize, usize) -> Result<()>,
     ) -> Result<Vec<Vec<f64>>> {
         let item = ScoreItem {
             prompt: job.prompt.clone(),

@@ -2,6 +2,8 @@
 //! scores nothing. The counts are the real run's, because they come from the same code: the
 //! same checks, the same coalitions and the same distinct sequences.
 
+use std::sync::Mutex;
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -28,10 +30,24 @@ pub struct Plan {
     /// counts are upper bounds (and the generation itself is not counted).
     #[serde(default)]
     pub target_generated: bool,
+    /// The gradient methods' work: tokens times the passes over them, the forward pass and
+    /// one backward pass per target token (`points x sequence x (1 + target tokens)`); 0 for
+    /// the perturbation methods.
+    #[serde(default)]
+    pub gradient_tokens: usize,
     /// The server's measured scoring throughput; null before it has scored anything.
     pub tokens_per_second: Option<f64>,
-    /// `tokens / tokens_per_second`; null without a measured throughput.
+    /// The server's measured gradient throughput (`gradient_tokens` per second); before its
+    /// first gradient run, the scoring throughput stands in for it.
+    #[serde(default)]
+    pub gradient_tokens_per_second: Option<f64>,
+    /// The scored tokens at `tokens_per_second`, plus `gradient_tokens` at
+    /// `gradient_tokens_per_second`; null without a measured throughput.
     pub estimated_seconds: Option<f64>,
+    /// The part of `tokens` that the gradient passes feed (timed with `gradient_tokens`).
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub(crate) gradient_forward: usize,
 }
 
 impl Plan {
@@ -42,26 +58,70 @@ impl Plan {
         self.distinct_sequences += other.distinct_sequences;
         self.tokens += other.tokens;
         self.target_generated |= other.target_generated;
+        self.gradient_tokens += other.gradient_tokens;
+        self.gradient_forward += other.gradient_forward;
     }
 
-    /// The plan with its time estimated at `tokens_per_second`.
-    pub fn at_throughput(mut self, tokens_per_second: Option<f64>) -> Plan {
-        let tps = tokens_per_second.filter(|t| t.is_finite() && *t > 0.0);
+    /// The plan with its time estimated at the measured throughputs: scored tokens at
+    /// `tokens_per_second`, gradient work at `gradient_tokens_per_second` (or, before any
+    /// gradient run, at the scoring rate).
+    pub fn at_throughput(
+        mut self,
+        tokens_per_second: Option<f64>,
+        gradient_tokens_per_second: Option<f64>,
+    ) -> Plan {
+        let rate = |r: Option<f64>| r.filter(|t| t.is_finite() && *t > 0.0);
+        let tps = rate(tokens_per_second);
+        let gtps = rate(gradient_tokens_per_second).or(tps);
         self.tokens_per_second = tps;
-        self.estimated_seconds = tps.map(|t| self.tokens as f64 / t);
+        self.gradient_tokens_per_second = gtps;
+        let scored = self.tokens.saturating_sub(self.gradient_forward) as f64;
+        self.estimated_seconds = tps.zip(gtps).map(|(t, g)| {
+            let gradients = if self.gradient_tokens > 0 {
+                self.gradient_tokens as f64 / g
+            } else {
+                0.0
+            };
+            scored / t + gradients
+        });
         self
     }
 }
 
+/// The work of a gradient job, as [`Plan::gradient_tokens`] counts it, and the tokens its
+/// forward pass feeds: `(points x sequence x (1 + target tokens), points x sequence)`.
+pub fn gradient_work(job: &GradientJob) -> (usize, usize) {
+    let forward = job.alphas.len() * (job.prompt.len() + job.target.len().saturating_sub(1));
+    (forward * (1 + job.target.len()), forward)
+}
+
 /// Knows what the real scorer knows (tokenizer, model facts) but scores nothing: every
-/// log-prob is 0, and a generated target is `max_new_tokens` long.
-pub struct DryScorer<'a>(pub &'a dyn Scorer);
+/// log-prob is 0, and a generated target is `max_new_tokens` long. It counts the gradient
+/// work it is asked for.
+pub struct DryScorer<'a> {
+    inner: &'a dyn Scorer,
+    /// [`gradient_work`] summed over the jobs asked for.
+    gradients: Mutex<(usize, usize)>,
+}
+
+impl<'a> DryScorer<'a> {
+    pub fn new(inner: &'a dyn Scorer) -> Self {
+        DryScorer {
+            inner,
+            gradients: Mutex::new((0, 0)),
+        }
+    }
+
+    fn gradient_work(&self) -> (usize, usize) {
+        self.gradients.lock().map_or((0, 0), |g| *g)
+    }
+}
 
 impl Scorer for DryScorer<'_> {
-    crate::scorer_facts_from!(0);
+    crate::scorer_facts_from!(inner);
 
     fn is_cancelled(&self) -> bool {
-        self.0.is_cancelled()
+        self.inner.is_cancelled()
     }
 
     fn score(&self, items: Vec<ScoreItem>, _: &(dyn Fn(usize, usize) + Sync)) -> Result<Vec<Vec<f32>>> {
@@ -75,6 +135,11 @@ impl Scorer for DryScorer<'_> {
 
     fn gradients(&self, job: GradientJob, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<Vec<Vec<f64>>> {
         let _ = progress;
+        let (work, forward) = gradient_work(&job);
+        if let Ok(mut g) = self.gradients.lock() {
+            g.0 += work;
+            g.1 += forward;
+        }
         Ok(vec![vec![0.0; job.prompt.len()]; job.n_rows()])
     }
 }
@@ -82,7 +147,9 @@ impl Scorer for DryScorer<'_> {
 /// Counts what `request` would score, without scoring: the same errors as the real request,
 /// and its exact coalitions, distinct sequences and tokens.
 pub fn plan(request: &AttributeRequest, scorer: &dyn Scorer, limits: &Limits) -> Result<Plan> {
-    let r = run(request, &DryScorer(scorer), limits, &|_| {})?;
+    let dry = DryScorer::new(scorer);
+    let r = run(request, &dry, limits, &|_| {})?;
+    let (gradient_tokens, gradient_forward) = dry.gradient_work();
     Ok(Plan {
         features: r.features.len(),
         coalitions: r.stats.coalitions,
@@ -90,7 +157,8 @@ pub fn plan(request: &AttributeRequest, scorer: &dyn Scorer, limits: &Limits) ->
         distinct_sequences: r.stats.unique_sequences,
         tokens: r.stats.tokens_scored,
         target_generated: r.generated_target,
-        tokens_per_second: None,
-        estimated_seconds: None,
+        gradient_tokens,
+        gradient_forward,
+        ..Plan::default()
     })
 }
