@@ -21,6 +21,7 @@ LONG = {
     "target": " reject the application without further consideration.",
     "method": "shapley_value_sampling",
     "n_samples": 300,
+    "baseline_token": 0,
 }
 SMALL = {"template": "{name} applied.", "values": {"name": "Georg"},
          "baselines": {"name": "John"}, "target": " Hired.", "method": "feature_ablation"}

@@ -57,7 +57,7 @@ class _Progress:
                 raise ImportError(hint) from err
             self.bar: Any = tqdm(total=0, desc=desc, unit="seq")
         else:
-            self.bar = progress or None
+            self.bar = None if progress is None or progress is False else progress
 
     def update(self, done: int, total: int) -> None:
         if self.bar is None:
