@@ -25,6 +25,11 @@ def headers(api_key: Optional[str]) -> dict[str, str]:
     return h
 
 
+def client_args(url: str, api_key: Optional[str], timeout: float) -> dict[str, Any]:
+    """The httpx client settings: base URL, headers (with the key), timeout."""
+    return {"base_url": url, "headers": headers(api_key), "timeout": timeout}
+
+
 def retry_after(response: httpx.Response) -> Optional[float]:
     """The Retry-After header in seconds (a number or an HTTP date), or None."""
     value = response.headers.get("Retry-After")
@@ -85,15 +90,10 @@ def connect_error(url: str, err: Exception) -> ConnectError:
 class SyncHTTP:
     """An httpx.Client with the retry policy."""
 
-    def __init__(
-        self, url: str, api_key: Optional[str], timeout: float, max_retries: int,
-        transport: Optional[httpx.BaseTransport] = None,
-    ) -> None:
-        self.url = url.rstrip("/")
-        self.max_retries = max_retries
-        self.http = httpx.Client(
-            base_url=self.url, headers=headers(api_key), timeout=timeout, transport=transport
-        )
+    def __init__(self, url: str, api_key: Optional[str], timeout: float, max_retries: int,
+                 transport: Optional[httpx.BaseTransport] = None) -> None:
+        self.url, self.max_retries = url.rstrip("/"), max_retries
+        self.http = httpx.Client(transport=transport, **client_args(self.url, api_key, timeout))
 
     def call(self, method: str, path: str, payload: Any = None) -> Any:
         """One API call with retries on 429/503; the JSON body, or an error."""
@@ -127,15 +127,11 @@ class SyncHTTP:
 class AsyncHTTP:
     """An httpx.AsyncClient with the retry policy."""
 
-    def __init__(
-        self, url: str, api_key: Optional[str], timeout: float, max_retries: int,
-        transport: Optional[httpx.AsyncBaseTransport] = None,
-    ) -> None:
-        self.url = url.rstrip("/")
-        self.max_retries = max_retries
-        self.http = httpx.AsyncClient(
-            base_url=self.url, headers=headers(api_key), timeout=timeout, transport=transport
-        )
+    def __init__(self, url: str, api_key: Optional[str], timeout: float, max_retries: int,
+                 transport: Optional[httpx.AsyncBaseTransport] = None) -> None:
+        self.url, self.max_retries = url.rstrip("/"), max_retries
+        settings = client_args(self.url, api_key, timeout)
+        self.http = httpx.AsyncClient(transport=transport, **settings)
 
     async def call(self, method: str, path: str, payload: Any = None) -> Any:
         """One API call with retries on 429/503; the JSON body, or an error."""

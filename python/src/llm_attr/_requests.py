@@ -12,7 +12,21 @@ TokenRef = Union[int, str]
 
 
 @dataclass
-class AttributeRequest:
+class MethodOptions:
+    """The method and its options, shared by attributions and audits."""
+
+    method: Optional[str] = None
+    attr_target: Optional[str] = None
+    n_samples: Optional[int] = None
+    num_trials: Optional[int] = None
+    seed: Optional[int] = None
+    baseline_sampling: Optional[str] = None
+    n_steps: Optional[int] = None
+    integration: Optional[str] = None
+
+
+@dataclass
+class AttributeRequest(MethodOptions):
     """One attribution (`POST /v1/attributions`, `/v1/jobs`); None fields are left out.
 
     Input is a template (`template`, `values`, `baselines`, `mask`), chat `messages` (with
@@ -33,18 +47,10 @@ class AttributeRequest:
     target: Optional[str] = None
     contrast_target: Optional[str] = None
     max_new_tokens: Optional[int] = None
-    method: Optional[str] = None
-    attr_target: Optional[str] = None
-    n_samples: Optional[int] = None
-    num_trials: Optional[int] = None
-    seed: Optional[int] = None
-    baseline_sampling: Optional[str] = None
-    n_steps: Optional[int] = None
-    integration: Optional[str] = None
 
 
 @dataclass
-class AuditRequest:
+class AuditRequest(MethodOptions):
     """One audit (`POST /v1/audits`): a grid of `sweep` values scored for `targets`."""
 
     sweep: Optional[Mapping[str, Sequence[str]]] = None
@@ -56,14 +62,6 @@ class AuditRequest:
     messages: Optional[Sequence[Mapping[str, str]]] = None
     add_generation_prompt: Optional[bool] = None
     chat_template: Optional[str] = None
-    method: Optional[str] = None
-    attr_target: Optional[str] = None
-    n_samples: Optional[int] = None
-    num_trials: Optional[int] = None
-    seed: Optional[int] = None
-    baseline_sampling: Optional[str] = None
-    n_steps: Optional[int] = None
-    integration: Optional[str] = None
 
 
 def to_json(obj: Any) -> Any:

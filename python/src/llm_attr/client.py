@@ -101,6 +101,16 @@ class _JobBase:
     def path(self) -> str:
         return f"/v1/{'audits' if self.kind == 'audit' else 'jobs'}/{self.id}"
 
+    def _on_event(self, event: str, data: Any, bar: _Progress) -> bool:
+        """Take one server-sent event; True at the job's end."""
+        if event == "progress" and isinstance(data, dict):
+            self.raw["progress"] = data
+            bar.update(int(data["done"]), int(data["total"]))
+        elif event in FINISHED and isinstance(data, dict):
+            self.raw = data
+            return True
+        return False
+
     def _outcome(self) -> Union[Attribution, Audit]:
         if self.state != "done":
             raise JobError(self.id, self.state, self.raw.get("error"))
@@ -132,11 +142,7 @@ class Job(_JobBase):
         bar = _Progress(progress, f"{self.kind} {self.id[:8]}")
         try:
             for event, data in self._http.events(self.path + "/events"):
-                if event == "progress" and isinstance(data, dict):
-                    self.raw["progress"] = data
-                    bar.update(int(data["done"]), int(data["total"]))
-                elif event in FINISHED and isinstance(data, dict):
-                    self.raw = data
+                if self._on_event(event, data, bar):
                     break
             if not self.finished:
                 self.refresh()
@@ -170,11 +176,7 @@ class AsyncJob(_JobBase):
         bar = _Progress(progress, f"{self.kind} {self.id[:8]}")
         try:
             async for event, data in self._http.events(self.path + "/events"):
-                if event == "progress" and isinstance(data, dict):
-                    self.raw["progress"] = data
-                    bar.update(int(data["done"]), int(data["total"]))
-                elif event in FINISHED and isinstance(data, dict):
-                    self.raw = data
+                if self._on_event(event, data, bar):
                     break
             if not self.finished:
                 await self.refresh()
