@@ -2,7 +2,9 @@
 
     python python/bench/captum_side_by_side.py --bin target/release/llm-attr
 
-Needs torch, transformers, captum and gguf (not the package's dependencies). Loads
+Needs torch, transformers, captum and gguf (not the package's dependencies). Without them,
+`--reference` compares with the Captum numbers and times recorded in
+tests/fixtures/smollm2/captum_t{1..4}.json (made on another machine: times not comparable). Loads
 SmolLM2-135M-Instruct from the same GGUF file in both (transformers dequantises it to float32;
 llm-attr does the same at load), then times the notebook's attribute cell (t1, `svs`, the
 notebook's own ProductBaselines) in each, and compares the numbers of the deterministic methods
@@ -63,12 +65,45 @@ def as_np(x: Any) -> np.ndarray:
     return np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x, dtype=float)
 
 
+def reference(bin_path: str) -> None:
+    """llm_attr.captum against the recorded Captum runs (fixed baselines, FA and SV)."""
+    import llm_attr
+    from llm_attr import captum as ours
+
+    with llm_attr.serve(model=GGUF, bin=bin_path) as client:
+        _, t_svs = run(ours, client.model, client.tokenizer, "ShapleyValueSampling",
+                       seed_baselines())
+        print(json.dumps({"case": "t1 svs, notebook baselines", "llm_attr_s": round(t_svs, 3)}))
+        for n in range(1, 5):
+            ref = json.loads((REPO / "tests" / "fixtures" / "smollm2" /
+                              f"captum_t{n}.json").read_text())
+            t = ref["template"]
+            for method, key in (("FeatureAblation", "feature_ablation"),
+                                ("ShapleyValues", "shapley_values")):
+                llm = ours.LLMAttribution(getattr(ours, method)(client), client.tokenizer)
+                inp = ours.TextTemplateInput(t["prompt"], t["values"], baselines=t["baselines"])
+                mine, secs = timed(lambda: llm.attribute(inp, target=t["target"]))  # noqa: B023
+                want = ref[key]
+                print(json.dumps({
+                    "case": f"t{n} {key}", "captum_s_recorded": round(want["captum_seconds"], 3),
+                    "llm_attr_s": round(secs, 3),
+                    "max_abs_diff_seq": float(np.abs(mine.seq_attr - want["seq_attr"]).max()),
+                    "max_abs_diff_token": float(np.abs(
+                        mine.token_attr - np.asarray(want["token_attr"])).max()),
+                    "output_tokens_equal": mine.output_tokens == want["output_tokens"],
+                }))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default=str(REPO / "target" / "release" / "llm-attr"))
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--reference", action="store_true", help="no torch: recorded Captum runs")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
+    if args.reference:
+        reference(args.bin)
+        return
 
     import torch
     from captum import attr as captum_attr
