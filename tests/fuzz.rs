@@ -39,7 +39,15 @@ fn tokenizer() -> &'static Tokenizer {
 /// Where the requests' chat templates render: workers of the binary under test.
 fn sandbox() -> &'static Sandbox {
     static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
-    SANDBOX.get_or_init(|| Sandbox::new(env!("CARGO_BIN_EXE_llm-attr"), SandboxLimits::default()))
+    SANDBOX.get_or_init(|| {
+        // FUZZ_TEMPLATE_MB lowers the workers' memory cap, so that a long campaign's bombs
+        // reach it sooner.
+        let limits = SandboxLimits {
+            memory_bytes: env("FUZZ_TEMPLATE_MB", 64) as usize * (1 << 20),
+            ..SandboxLimits::default()
+        };
+        Sandbox::new(env!("CARGO_BIN_EXE_llm-attr"), limits)
+    })
 }
 
 const FRAGMENTS: [&str; 24] = [
