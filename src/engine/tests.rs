@@ -17,8 +17,11 @@ struct Fake {
     received: AtomicUsize,
     /// When set, a forward pass reports its end on the first channel, then waits for a word
     /// on the second before it returns its results.
-    hand_off: Option<(Mutex<mpsc::Sender<()>>, Mutex<mpsc::Receiver<()>>)>,
+    hand_off: Option<HandOff>,
 }
+
+/// Where a gated forward pass reports its end, and where it waits for leave to return.
+type HandOff = (Mutex<mpsc::Sender<()>>, Mutex<mpsc::Receiver<()>>);
 
 const POISON: u32 = 999;
 
