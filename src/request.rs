@@ -69,9 +69,9 @@ pub struct AttributeRequest {
     /// Length of the greedy continuation when `target` is absent (default 25).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_new_tokens: Option<usize>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "choice")]
     pub method: Method,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "choice")]
     pub attr_target: AttrTarget,
     /// Samples: permutations for shapley_value_sampling (default 25), perturbations for lime
     /// (default 50) and kernel_shap (default 25), points of the path for gradient_shap
@@ -90,14 +90,22 @@ pub struct AttributeRequest {
     /// `exact` averages over the whole product of baseline lists; `sample` draws one baseline
     /// per evaluation, as Captum does. Default: exact while the product is affordable (at most
     /// 4096 distinct sequences for the request), else sample.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "optional_choice"
+    )]
     pub baseline_sampling: Option<BaselineSampling>,
     /// integrated_gradients: points of the path integral from the baseline to the input
     /// (default 50, Captum's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub n_steps: Option<usize>,
     /// integrated_gradients: the quadrature rule (default `gausslegendre`, Captum's).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "optional_choice"
+    )]
     pub integration: Option<Integration>,
 }
 
@@ -160,6 +168,48 @@ fn unique_mask<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Labels, D::Erro
     unique_keys(d, "mask")
 }
 
+/// A choice field: an enum written as one of its names. serde_json reports a number, a
+/// boolean, an array or `null` where an enum is expected as a syntax error with no field;
+/// this makes every other type a data error that names the field and the allowed names.
+pub(crate) fn choice<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+    d.deserialize_any(Choice(std::marker::PhantomData))
+}
+
+/// An optional choice field: `null` is none, a name is a choice as in [`choice`].
+pub(crate) fn optional_choice<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Named<T>(T);
+    impl<'de, T: Deserialize<'de>> Deserialize<'de> for Named<T> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            choice(d).map(Named)
+        }
+    }
+    Option::<Named<T>>::deserialize(d).map(|o| o.map(|n| n.0))
+}
+
+struct Choice<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Choice<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        // The derived enum lists its names when asked for one it does not know.
+        let unknown = serde::de::value::StrDeserializer::<serde::de::value::Error>::new("");
+        let names = T::deserialize(unknown).err().map(|e| e.to_string());
+        match names.as_deref().and_then(|m| m.split_once("expected ")) {
+            Some((_, names)) => f.write_str(names),
+            None => f.write_str("a name"),
+        }
+    }
+
+    fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<T, E> {
+        T::deserialize(serde::de::value::StrDeserializer::new(name))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum Baseline {
@@ -171,6 +221,7 @@ pub enum Baseline {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChatMessage {
+    #[serde(deserialize_with = "choice")]
     pub role: Role,
     pub content: String,
 }

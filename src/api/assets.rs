@@ -63,11 +63,19 @@ fn respond(body: impl IntoResponse, name: &str) -> Response {
 pub async fn serve_dir(dir: &Path, path: &str) -> Option<Response> {
     let rel = relative_path(path)?;
     let root = tokio::fs::canonicalize(dir).await.ok()?;
-    let mut real = tokio::fs::canonicalize(root.join(rel)).await.ok()?;
+    let mut real = tokio::fs::canonicalize(root.join(&rel)).await.ok()?;
     if tokio::fs::metadata(&real).await.ok()?.is_dir() {
         real = tokio::fs::canonicalize(real.join("index.html")).await.ok()?;
     }
     if !real.starts_with(&root) || !tokio::fs::metadata(&real).await.ok()?.is_file() {
+        return None;
+    }
+    // Dotfiles (`.env`, `.git/`) are never served, also not through a link to one.
+    let hidden = |p: &Path| {
+        p.components()
+            .any(|c| c.as_os_str().to_string_lossy().starts_with('.'))
+    };
+    if hidden(&rel) || hidden(real.strip_prefix(&root).ok()?) {
         return None;
     }
     let body = tokio::fs::read(&real).await.ok()?;

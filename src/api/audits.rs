@@ -3,7 +3,7 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::extract::{FromRequest, Path, Request, State};
+use axum::extract::{FromRequest, Request, State};
 use axum::response::sse::{Event, Sse};
 use axum::response::Response;
 use axum::Json;
@@ -11,12 +11,12 @@ use futures::stream::Stream;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::error::{parse_json, read_body, ApiError, ApiJson};
+use super::admit::{admit, estimate};
+use super::error::{parse_json, read_body, ApiError, ApiJson, ApiPath};
 use super::events::{cancel_job, get_job, job_stream, submit};
-use super::handlers::blocking;
 use super::jobs::{Job, JobKind, JobRequest};
 use super::AppState;
-use crate::audit::{self, AuditRequest};
+use crate::audit::AuditRequest;
 use crate::engine::stats::Stats;
 use crate::error::ErrorBody;
 use crate::request::AttributeRequest;
@@ -43,11 +43,9 @@ pub async fn create(
     ApiJson(request): ApiJson<AuditRequest>,
 ) -> Result<Response, ApiError> {
     state.refuse_if_stopping()?;
-    let ready = state.ready()?;
-    let limits = state.config.limits.clone();
-    let checked = request.clone();
-    blocking(move || audit::plan(&checked, ready.model.as_ref(), &limits)).await?;
-    submit(&state, JobRequest::Audit(request), "/v1/audits").await
+    let request = JobRequest::Audit(request);
+    admit(&state, request.clone()).await?;
+    submit(&state, request, "/v1/audits").await
 }
 
 /// An audit's state, progress, and result once done.
@@ -57,7 +55,10 @@ pub async fn create(
     responses((status = 200, body = Job), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security((), ("bearer" = []), ("api_key" = []))
 )]
-pub async fn get(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<Job>, ApiError> {
+pub async fn get(
+    State(state): State<Arc<AppState>>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Job>, ApiError> {
     get_job(&state, &id, Some(JobKind::Audit)).await
 }
 
@@ -70,7 +71,7 @@ pub async fn get(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> 
 )]
 pub async fn cancel(
     State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Job>, ApiError> {
     cancel_job(&state, &id, Some(JobKind::Audit)).await
 }
@@ -87,7 +88,7 @@ pub async fn cancel(
 )]
 pub async fn events(
     State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     job_stream(&state, &id, Some(JobKind::Audit)).await
 }
@@ -155,20 +156,9 @@ fn rate(work: u64, busy: f64, workers: usize) -> Option<f64> {
     security((), ("bearer" = []), ("api_key" = []))
 )]
 pub async fn plan(State(state): State<Arc<AppState>>, request: PlanRequest) -> Result<Json<Plan>, ApiError> {
-    let ready = state.ready()?;
-    let limits = state.config.limits.clone();
-    let scorer = ready.clone();
-    let plan = blocking(move || {
-        let model = scorer.model.as_ref();
-        match &request {
-            PlanRequest::Audit(r) => audit::plan(r, model, &limits),
-            PlanRequest::Attribute(r) => crate::run::plan(r, model, &limits),
-        }
-    })
-    .await?;
-    let (stats, workers) = (ready.engine.stats(), ready.engine.config().workers);
-    Ok(Json(plan.at_throughput(
-        throughput(stats, workers),
-        gradient_throughput(stats, workers),
-    )))
+    let request = match request {
+        PlanRequest::Audit(r) => JobRequest::Audit(r),
+        PlanRequest::Attribute(r) => JobRequest::Attribution(r),
+    };
+    estimate(&state, request).await.map(Json)
 }

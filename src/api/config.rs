@@ -37,6 +37,9 @@ pub struct Config {
     pub max_pending_jobs: usize,
     /// Longest a synchronous request (attributions, generate) may take before it is cancelled.
     pub request_timeout: Duration,
+    /// Attributions, jobs and audits whose plan is estimated to take longer are refused
+    /// (422) before any work; None: no limit.
+    pub max_request_seconds: Option<f64>,
     /// How long finished jobs are kept.
     pub job_ttl: Duration,
     /// How many finished jobs are kept at most.
@@ -91,6 +94,7 @@ impl Config {
             max_concurrent_jobs: 64,
             max_pending_jobs: 256,
             request_timeout: Duration::from_secs(300),
+            max_request_seconds: None,
             job_ttl: Duration::from_secs(3600),
             max_finished_jobs: 1000,
             api_key: None,
@@ -206,6 +210,10 @@ pub struct ServeArgs {
     /// Seconds a synchronous request may take before it is cancelled (504).
     #[arg(long, env = "LLM_ATTR_REQUEST_TIMEOUT", default_value_t = 300.0)]
     pub request_timeout: f64,
+    /// Refuse (422, before any work) an attribution, job or audit whose plan is estimated to
+    /// take longer than this many seconds at the measured throughput; 0: no limit.
+    #[arg(long, env = "LLM_ATTR_MAX_REQUEST_SECONDS", default_value_t = 0.0)]
+    pub max_request_seconds: f64,
     /// Seconds finished jobs are kept.
     #[arg(long, env = "LLM_ATTR_JOB_TTL", default_value_t = 3600.0)]
     pub job_ttl: f64,
@@ -302,6 +310,8 @@ impl ServeArgs {
         c.max_concurrent_jobs = self.max_concurrent_jobs.max(1);
         c.max_pending_jobs = self.max_pending_jobs.max(1);
         c.request_timeout = secs(self.request_timeout, "request-timeout")?;
+        let most = secs(self.max_request_seconds, "max-request-seconds")?;
+        c.max_request_seconds = (!most.is_zero()).then_some(most.as_secs_f64());
         c.job_ttl = secs(self.job_ttl, "job-ttl")?;
         c.max_finished_jobs = self.max_finished_jobs;
         c.api_key = self.api_key.clone().filter(|k| !k.is_empty());

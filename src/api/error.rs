@@ -1,6 +1,7 @@
 //! HTTP errors: every failure is `{"error": {"code", "message", "field"?}}` with its status,
 //! and JSON bodies are parsed so that a wrong type or an unknown field names its field.
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, Request};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -45,6 +46,16 @@ impl ApiError {
 
     pub fn not_found(what: impl Into<String>) -> Self {
         Error::NotFound(what.into()).into()
+    }
+
+    /// 413: a body over `--max-body-bytes` (as sent, or once decoded).
+    pub fn payload_too_large() -> Self {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "the request body exceeds the configured limit (--max-body-bytes)",
+        )
+        .with_field("body")
     }
 
     pub fn timeout(secs: f64) -> Self {
@@ -139,16 +150,23 @@ pub async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<axum::
     require_json(req.headers())?;
     axum::body::Bytes::from_request(req, state).await.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "the request body exceeds the configured limit (--max-body-bytes)",
-            )
-            .with_field("body")
+            ApiError::payload_too_large()
         } else {
             ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", r.body_text())
         }
     })
+}
+
+/// A path parameter. Unlike `axum::extract::Path` its rejection (a segment that is not
+/// UTF-8 once percent-decoded, say) is a JSON error too.
+#[derive(axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct ApiPath<T>(pub T);
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        ApiError::new(r.status(), "invalid_path", r.body_text()).with_field("path")
+    }
 }
 
 /// 415 unless the content type is `application/json` or `application/*+json`.

@@ -3,21 +3,23 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::stream::{self, BoxStream, Stream, StreamExt};
 
-use super::error::{ApiError, ApiJson};
+use super::admit::admit;
+use super::error::{ApiError, ApiJson, ApiPath};
 use super::jobs::{Job, JobKind, JobRequest};
 use super::AppState;
 use crate::error::ErrorBody;
 use crate::request::AttributeRequest;
 use crate::run::Progress;
 
-/// Start an attribution in the background.
+/// Start an attribution in the background. The request is checked first, as
+/// `/v1/attributions` checks it (400/422 at once).
 #[utoipa::path(
     post, path = "/v1/jobs", tag = "jobs",
     request_body = AttributeRequest,
@@ -25,6 +27,8 @@ use crate::run::Progress;
         (status = 202, description = "Accepted; `Location` is the job's URL", body = Job,
             headers(("Location" = String, description = "/v1/jobs/{id}"))),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 415, body = ErrorBody),
+        (status = 422, description = "A limit is exceeded", body = ErrorBody),
         (status = 429, description = "Too many jobs queued or running", body = ErrorBody),
         (status = 503, description = "Model not loaded, shutting down, or the job store (Redis) unreachable", body = ErrorBody),
     ),
@@ -34,7 +38,10 @@ pub async fn create(
     State(state): State<Arc<AppState>>,
     ApiJson(request): ApiJson<AttributeRequest>,
 ) -> Result<Response, ApiError> {
-    submit(&state, JobRequest::Attribution(request), "/v1/jobs").await
+    state.refuse_if_stopping()?;
+    let request = JobRequest::Attribution(request);
+    admit(&state, request.clone()).await?;
+    submit(&state, request, "/v1/jobs").await
 }
 
 /// Puts `request` in line as a job; answers 202 with the job and its URL under `base`.
@@ -89,7 +96,10 @@ pub async fn job_stream(
     responses((status = 200, body = Job), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security((), ("bearer" = []), ("api_key" = []))
 )]
-pub async fn get(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<Job>, ApiError> {
+pub async fn get(
+    State(state): State<Arc<AppState>>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Job>, ApiError> {
     get_job(&state, &id, None).await
 }
 
@@ -102,7 +112,7 @@ pub async fn get(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> 
 )]
 pub async fn cancel(
     State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Job>, ApiError> {
     cancel_job(&state, &id, None).await
 }
@@ -121,7 +131,7 @@ pub async fn cancel(
 )]
 pub async fn events(
     State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     job_stream(&state, &id, None).await
 }

@@ -13,6 +13,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ApiJson};
+use super::jobs::JobRequest;
 use super::AppState;
 use crate::cache::CachedScorer;
 use crate::engine::CancelToken;
@@ -172,6 +173,9 @@ pub async fn attributions(
 ) -> Result<Json<AttributeResponse>, ApiError> {
     state.refuse_if_stopping()?;
     state.ready()?;
+    if state.config.max_request_seconds.is_some() {
+        super::admit::admit(&state, JobRequest::Attribution(request.clone())).await?;
+    }
     let slot = try_slot(&state)?;
     let cancel = CancelToken::new();
     let label = method_label(&request);

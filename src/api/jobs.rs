@@ -19,7 +19,7 @@ use crate::engine::CancelToken;
 use crate::error::{Error, ErrorDetail};
 use crate::model::{GradientJob, ScoreItem};
 use crate::request::{AttributeRequest, AttributeResponse};
-use crate::run::{Limits, Progress};
+use crate::run::{Limits, Plan, Progress};
 use crate::scorer::Scorer;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -94,6 +94,14 @@ impl JobRequest {
         match self {
             JobRequest::Attribution(r) => method_label(r),
             JobRequest::Audit(_) => "audit".into(),
+        }
+    }
+
+    /// What the run would score, counted without scoring (the run's own checks first).
+    pub fn plan(&self, scorer: &dyn Scorer, limits: &Limits) -> crate::Result<Plan> {
+        match self {
+            JobRequest::Attribution(r) => crate::run::plan(r, scorer, limits),
+            JobRequest::Audit(r) => audit::plan(r, scorer, limits),
         }
     }
 

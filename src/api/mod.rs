@@ -11,10 +11,12 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admit;
 pub mod assets;
 pub mod audits;
 pub mod config;
 pub mod conn;
+pub mod encoding;
 pub mod error;
 pub mod events;
 pub mod guard;
@@ -22,6 +24,7 @@ pub mod handlers;
 pub mod jobs;
 pub mod metrics;
 pub mod openapi;
+pub mod request_id;
 pub mod store;
 pub mod templates;
 
@@ -211,7 +214,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     } else {
         get(handlers::metrics).route_layer(auth())
     };
-    let request_id = HeaderName::from_static("x-request-id");
+    let request_id = HeaderName::from_static(request_id::HEADER);
     let mut app = Router::new()
         .merge(v1)
         .route("/health", get(handlers::health))
@@ -220,6 +223,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::openapi()))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(fallback)
+        .layer(middleware::from_fn_with_state(state.clone(), encoding::decode))
         .layer(middleware::from_fn_with_state(state.clone(), guard::check_host))
         .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
@@ -237,7 +241,8 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
         )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid));
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(middleware::map_request(request_id::sanitize));
     if let Some(cors) = cors(&state.config.cors_origins) {
         app = app.layer(cors);
     }

@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::request::{
-    AttrTarget, AttributeResponse, Baseline, BaselineSampling, ChatMessage, Integration, Method,
+    choice, optional_choice, AttrTarget, AttributeResponse, Baseline, BaselineSampling, ChatMessage,
+    Integration, Method,
 };
 
 /// A template over a grid of values (the product of the `sweep` lists), scored for every
@@ -49,13 +50,17 @@ pub struct AuditRequest {
         deserialize_with = "crate::request::unique_baselines"
     )]
     pub baselines: Option<BTreeMap<String, Baseline>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "choice")]
     pub contexts: Contexts,
     /// Attribute every cell with this method as well (target: `targets[0]`, contrasted with
     /// `targets[1]` when there is one).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "optional_choice"
+    )]
     pub method: Option<Method>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "choice")]
     pub attr_target: AttrTarget,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub n_samples: Option<usize>,
@@ -63,13 +68,21 @@ pub struct AuditRequest {
     pub num_trials: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "optional_choice"
+    )]
     pub baseline_sampling: Option<BaselineSampling>,
     /// integrated_gradients: points of the path (default 50).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub n_steps: Option<usize>,
     /// integrated_gradients: the quadrature rule (default `gausslegendre`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "optional_choice"
+    )]
     pub integration: Option<Integration>,
 }
 

@@ -367,16 +367,8 @@ fn take_turn<B: Backend>(s: &Shared<B>) {
         st.running += 1;
         batch
     };
-    finish(s, run_batch(s, batch));
-}
-
-/// After a batch ran: one worker fewer busy, and the pace learns what a scoring batch cost.
-fn finish<B: Backend>(s: &Shared<B>, timed: Option<(usize, f64)>) {
-    let mut st = s.lock();
-    st.running -= 1;
-    if let Some((padded_tokens, seconds)) = timed {
-        st.pace.observe(padded_tokens, seconds);
-    }
+    run_batch(s, batch);
+    s.lock().running -= 1;
 }
 
 fn worker<B: Backend>(s: &Shared<B>) {
@@ -397,13 +389,14 @@ fn worker<B: Backend>(s: &Shared<B>) {
                 st = s.wake.wait(st).unwrap_or_else(|e| e.into_inner());
             }
         };
-        finish(s, run_batch(s, batch));
+        run_batch(s, batch);
+        s.lock().running -= 1;
     }
 }
 
-/// Runs one batch and delivers its results; for a scoring batch, returns its padded tokens
-/// and how long the forward pass took.
-fn run_batch<B: Backend>(s: &Shared<B>, batch: Vec<Work>) -> Option<(usize, f64)> {
+/// Runs one batch and delivers its results. A scoring batch's cost is recorded first, so a
+/// caller that has its results sees the pace they set.
+fn run_batch<B: Backend>(s: &Shared<B>, batch: Vec<Work>) {
     let mut items = Vec::with_capacity(batch.len());
     let mut owners = Vec::with_capacity(batch.len());
     for w in batch {
@@ -456,7 +449,7 @@ fn run_batch<B: Backend>(s: &Shared<B>, batch: Vec<Work>) -> Option<(usize, f64)
         }
     }
     if items.is_empty() {
-        return None;
+        return;
     }
     // Each distinct sequence is scored once, whoever asked for it.
     let mut distinct: Vec<ScoreItem> = Vec::with_capacity(items.len());
@@ -495,7 +488,9 @@ fn run_batch<B: Backend>(s: &Shared<B>, batch: Vec<Work>) -> Option<(usize, f64)
     st.tokens.fetch_add(real as u64, Ordering::Relaxed);
     let padded = longest * distinct.len();
     st.padded_tokens.fetch_add(padded as u64, Ordering::Relaxed);
-    let timed = result.is_ok().then_some((padded, seconds));
+    if result.is_ok() {
+        s.lock().pace.observe(padded, seconds);
+    }
     match result {
         Ok(scores) => deliver(owners, scores),
         // A batch shared by several requests failed: score each request's part on its own, so
@@ -509,7 +504,6 @@ fn run_batch<B: Backend>(s: &Shared<B>, batch: Vec<Work>) -> Option<(usize, f64)
         }
         Err(e) => fail_owners(&owners, &e),
     }
-    timed
 }
 
 /// Scores each request's part of a failed batch as a batch of its own.

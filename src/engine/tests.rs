@@ -15,7 +15,13 @@ struct Fake {
     calls: AtomicUsize,
     /// Sequences handed to `score_batch` so far (counted before the gate).
     received: AtomicUsize,
+    /// When set, a forward pass reports its end on the first channel, then waits for a word
+    /// on the second before it returns its results.
+    hand_off: Option<HandOff>,
 }
+
+/// Where a gated forward pass reports its end, and where it waits for leave to return.
+type HandOff = (Mutex<mpsc::Sender<()>>, Mutex<mpsc::Receiver<()>>);
 
 const POISON: u32 = 999;
 
@@ -28,6 +34,7 @@ impl Fake {
             open: AtomicBool::new(true),
             calls: AtomicUsize::new(0),
             received: AtomicUsize::new(0),
+            hand_off: None,
         })
     }
     fn expected(item: &ScoreItem) -> Vec<f32> {
@@ -52,6 +59,10 @@ impl Backend for Fake {
         self.batches.lock().unwrap().push(batch.len());
         if batch.iter().any(|i| i.prompt.contains(&POISON)) {
             return Err(Error::Model("poisoned batch".into()));
+        }
+        if let Some((ended, go)) = &self.hand_off {
+            ended.lock().unwrap().send(()).unwrap();
+            go.lock().unwrap().recv().unwrap();
         }
         Ok(batch.iter().map(Fake::expected).collect())
     }
@@ -126,6 +137,48 @@ fn batches_shrink_to_the_time_target_once_their_cost_is_known() {
     assert_eq!(batches[0], 10);
     assert!(batches[1..].iter().all(|&b| (2..=4).contains(&b)), "{batches:?}");
     assert_eq!(batches[1..].iter().sum::<usize>(), 20);
+}
+
+/// The race behind a flaky `batches_shrink_to_the_time_target_once_their_cost_is_known`,
+/// made certain: once a forward pass has ended, this thread holds the engine's lock, so a
+/// worker that delivered results before recording the batch's cost would hand them over
+/// while the budget is still the unmeasured maximum. Results must wait for the record.
+#[test]
+fn a_batch_is_recorded_in_the_pace_before_its_results_are_delivered() {
+    let (ended_tx, ended) = mpsc::channel();
+    let (go, go_rx) = mpsc::channel();
+    let fake = Arc::new(Fake {
+        hand_off: Some((Mutex::new(ended_tx), Mutex::new(go_rx))),
+        per_token: Duration::from_micros(50),
+        ..Arc::into_inner(Fake::new(0)).unwrap()
+    });
+    let paced = EngineConfig {
+        batch_seconds: Some(0.02),
+        ..config(100_000, 1000)
+    };
+    let engine = Engine::new(fake, paced).unwrap();
+    let h = engine.handle(CancelToken::new());
+    let (results_tx, results) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = results_tx.send(h.score_items(items_of_len(1, 10, 100), &|_, _| {}));
+    });
+    ended.recv().unwrap();
+    let held = engine.shared.lock();
+    go.send(()).unwrap();
+    // With the lock held the worker cannot record the batch, so nothing may arrive.
+    let early = results.recv_timeout(Duration::from_millis(500));
+    assert!(
+        early.is_err(),
+        "results delivered before the batch was recorded (budget {})",
+        held.pace.budget(100_000)
+    );
+    drop(held);
+    results.recv().unwrap().unwrap();
+    assert!(
+        (256..=400).contains(&engine.batch_budget()),
+        "{}",
+        engine.batch_budget()
+    );
 }
 
 #[test]
