@@ -108,7 +108,9 @@ export function drawHeatmap(box, res) {
   [-1, -0.5, 0, 0.5, 1].forEach((t) => {
     const x = lx + ((t + 1) / 2) * lw;
     root.append(svg("line", { x1: x, x2: x, y1: legendTop + 10, y2: legendTop + 14, stroke: "#666" }));
-    root.append(svg("text", { x, y: legendTop + 26, "text-anchor": "middle", fill: "#444", "font-size": 11 }, t === 0 ? "0" : fmt((t * max) / div)));
+    // The end labels line up with the bar's ends, so "−0.37" is never cut at the chart's edge.
+    const anchor = t === -1 ? "start" : t === 1 ? "end" : "middle";
+    root.append(svg("text", { x, y: legendTop + 26, "text-anchor": anchor, fill: "#444", "font-size": 11, class: "legend-tick" }, t === 0 ? "0" : fmt((t * max) / div)));
   });
   root.append(svg("text", { x: lx, y: legendTop + 44, fill: "#444", "font-size": 11, class: "legend-caption" }, caption,
     note ? svg("tspan", { dx: 16, class: "scale-note" }, note) : null));
