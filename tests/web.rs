@@ -1654,7 +1654,7 @@ fn web_page_flags_what_misleads() {
     let mut failed = Vec::new();
     for (name, check) in &checks {
         let t = Instant::now();
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check()));
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(check));
         println!(
             "check {name}: {} in {:.1} s",
             if outcome.is_ok() { "ok" } else { "FAILED" },
