@@ -210,6 +210,9 @@ pub fn attribute(args: AttributeArgs) -> anyhow::Result<()> {
     let model = load(&args.model, &args.device)?;
     let response = run(&request, model.as_ref(), &local_limits(), &log_progress)?;
     println!("{}", serde_json::to_string_pretty(&response)?);
+    for w in &response.warnings {
+        eprintln!("warning: {}", w.message);
+    }
     Ok(())
 }
 

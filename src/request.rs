@@ -384,5 +384,27 @@ pub struct AttributeResponse {
     /// (Captum's convergence delta; small when the integral is well approximated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub convergence_delta: Option<Vec<f64>>,
+    /// What may make the numbers mislead, in plain words (empty when nothing does).
+    #[serde(default)]
+    pub warnings: Vec<Warning>,
     pub stats: Stats,
+}
+
+/// A caveat about a result: a machine-readable `code` and a sentence for people.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Warning {
+    pub code: WarningCode,
+    pub message: String,
+    /// The rows of `token_attr` it concerns, when it concerns some.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rows: Vec<usize>,
+}
+
+/// The kinds of [`Warning`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WarningCode {
+    /// A gradient row's sum misses f(input) - f(baseline) by more than a tenth of it: the
+    /// attributions do not add up (integrated gradients, gradient SHAP).
+    ConvergenceDelta,
 }

@@ -8,7 +8,7 @@ import { cancelJob, followJob, startJob } from "./job.js";
 import { saveState } from "./link.js";
 import { lastEstimate } from "./plan.js";
 import { ProgressView, setBusy } from "./progress.js";
-import { auditSweep, buildAudit, contrastText, inputNames, targetText } from "./request.js";
+import { auditSweep, auditTargets, buildAudit, contrastText, emptyValueProblem, inputNames, targetText } from "./request.js";
 import { state, rowFor } from "./state.js";
 
 const AUDITS = "/v1/audits";
@@ -84,9 +84,17 @@ export function applyAudit(req) {
 
 function check() {
   const sweep = auditSweep();
-  if (!sweep.length) return "Choose a placeholder to sweep.";
-  for (const [name, values] of sweep) if (values.length < 2) return `Give at least two values of {${name}}, one per line.`;
-  return null;
+  if (!sweep.length) return { message: "Choose a placeholder to sweep." };
+  for (const [name, values] of sweep) if (values.length < 2) return { message: `Give at least two values of {${name}}, one per line.` };
+  if (!auditTargets().length) {
+    return { field: "targets", message: "Give at least one target, one per line: say “ hire” on one line and “ reject” on the next (with their leading spaces)." };
+  }
+  return emptyValueProblem(sweep.map(([name]) => name));
+}
+
+/** What the status line says when a run ends without a new chart. */
+function kept(what) {
+  return state.audit?.result ? `${what} The chart below is from the last finished audit; its exports still work.` : what;
 }
 
 export async function runAudit() {
@@ -94,51 +102,56 @@ export async function runAudit() {
   clearErrors($("#audit-card"));
   clearErrors($("#probe"));
   const problem = check();
-  if (problem) return showError({ message: problem }, "#err-audit");
+  if (problem) return showError(problem, "#err-audit");
   const request = buildAudit();
   const abort = new AbortController();
   state.auditAbort = abort;
+  state.auditCancel = false;
   setBusy($("#audit-run"), $("#audit-cancel"), null, true);
   progress().start("Sending…", lastEstimate(request));
   try {
+    // The last finished audit (its chart and exports) stays until this one finishes.
     const job = await startJob(AUDITS, request);
-    state.audit = { request, result: null, jobId: job.id };
+    state.auditJob = job.id;
+    if (state.auditCancel) await cancelJob(AUDITS, job.id);
     const final = await followJob(AUDITS, job, abort.signal, (p) => progress().update(p));
-    if (!final) return progress().finish(null, "Stopped.");
+    if (!final) return progress().finish(null, kept("Stopped."));
     if (final.state === "done" && final.result) {
       const s = final.result.stats;
       progress().finish(final.progress, `Done: ${s.cells} cells, ${s.distinct_sequences} distinct prompts in ${s.seconds.toFixed(1)} s.`);
       showAudit(request, final.result);
-    } else if (final.state === "cancelled") progress().finish(final.progress, "Cancelled.");
+    } else if (final.state === "cancelled") progress().finish(final.progress, kept("Cancelled."));
     else {
-      progress().finish(final.progress, "Failed.");
+      progress().finish(final.progress, kept("Failed."));
       showError(final.error || { message: "The audit failed." }, "#err-audit");
     }
   } catch (err) {
-    progress().idle("Not started.");
+    progress().idle(kept("Not started."));
     showError(err.status === 404 ? { message: "This server does not run audits (POST /v1/audits: 404)." } : err, "#err-audit");
   } finally {
     state.auditAbort = null;
+    state.auditJob = null;
     setBusy($("#audit-run"), $("#audit-cancel"), null, false);
+    markAuditStale(buildAudit());
     saveState();
   }
 }
 
 export async function cancelAudit() {
-  const id = state.audit?.jobId;
-  if (!state.auditAbort || !id) return;
+  if (!state.auditAbort) return;
   progress().update(undefined, "Cancelling…");
+  // Pressed before the server named the job: cancelled as soon as it does.
+  if (!state.auditJob) return void (state.auditCancel = true);
   try {
-    await cancelJob(AUDITS, id);
+    await cancelJob(AUDITS, state.auditJob);
   } catch (err) {
     state.auditAbort?.abort();
     showError(err, "#err-audit");
   }
 }
 
-
 function showAudit(request, result) {
-  state.audit = { ...state.audit, request, result };
+  state.audit = { request, result };
   $("#audit-exports").hidden = false;
   drawAudit();
   markAuditStale(request);

@@ -3,7 +3,7 @@
 // two-placeholder sweep as a heatmap of cells.
 
 import { color, textOn, HALO, availWidth, stickRowLabels } from "./charts.js";
-import { SVG_NS, FONT, el, svg, textWidth, fit } from "./dom.js";
+import { SVG_NS, FONT, el, svg, textWidth, fit, headLines } from "./dom.js";
 import { fmt, exact, showToken, ticks, tickLabel } from "./format.js";
 
 const q = (t) => `“${showToken(t)}”`;
@@ -57,7 +57,12 @@ export function drawAuditSummary(box, result, placeholder) {
   const plotW = Math.max(200, Math.min(560, avail - labelW - infoW - 24));
   const left = labelW + 12;
   const rowH = narrow ? 46 : 30;
-  const top = m.contrast ? 62 : 46;
+  const intervals = rows.some((r) => r.ci) ? `bars: 95% intervals of the means (${intervalOver(result)})` : null;
+  const side = m.contrast ? "right: the first target is the more likely" : "right: more likely";
+  const width = Math.max(left + plotW + infoW + 10, Math.min(avail, textWidth(m.long, 11.5) + 20));
+  const heads = headLines([`${m.short} by {${placeholder}}, highest first`, m.contrast ? m.long : null, side, intervals], width - 16);
+  // The column header "value · gap to #1" sits below the last heading line, never on it.
+  const top = 16 + 17 * (heads.length - 1) + (narrow ? 14 : 26);
   const lo = Math.min(...rows.map((r) => (r.ci ? r.ci[0] : r.y)), m.contrast ? 0 : Infinity);
   const hi = Math.max(...rows.map((r) => (r.ci ? r.ci[1] : r.y)), m.contrast ? 0 : -Infinity);
   const pad = Math.max((hi - lo) * 0.08, 0.05);
@@ -66,7 +71,6 @@ export function drawAuditSummary(box, result, placeholder) {
   const d1 = Math.max(t[t.length - 1], hi + pad);
   const x = (v) => left + ((v - d0) / (d1 - d0)) * plotW;
   const bottom = top + rows.length * rowH;
-  const width = Math.max(left + plotW + infoW + 10, Math.min(avail, textWidth(m.long, 11.5) + 20));
   const height = bottom + 44;
   const root = svg("svg", {
     xmlns: SVG_NS, width, height, viewBox: `0 0 ${width} ${height}`, class: "chart audit-summary", role: "img",
@@ -74,11 +78,8 @@ export function drawAuditSummary(box, result, placeholder) {
     "aria-label": `${m.long} for each value of {${placeholder}}, highest first: ${rows.map((r) => `${r.value} ${exact(r.y)}`).join(", ")}.`,
   });
   root.append(svg("rect", { x: 0, y: 0, width, height, fill: "#fff" }));
-  const heads = [`${m.short} by {${placeholder}}, highest first`, m.contrast ? m.long : null,
-    `${m.contrast ? "right: the first target is the more likely" : "right: more likely"}${rows.some((r) => r.ci) ? ` · bars: 95% intervals of the means (${intervalOver(result)})` : ""}`].filter(Boolean);
   heads.forEach((line, k) => {
-    const size = k === 0 ? 13 : 11.5;
-    root.append(svg("text", { x: 8, y: 16 + 17 * k, fill: k === 0 ? "#111" : "#444", "font-size": size, "font-weight": k === 0 ? 600 : 400, class: k === 1 ? "audit-measure" : null }, fit(line, width - 16, size, k === 0 ? 600 : 400)));
+    root.append(svg("text", { x: 8, y: 16 + 17 * k, fill: line.first ? "#111" : "#444", "font-size": line.size, "font-weight": line.weight, class: line.k === 1 && m.contrast ? "audit-measure audit-head" : "audit-head" }, line.text));
   });
   if (!narrow) root.append(svg("text", { x: left + plotW + 14, y: top - 6, fill: "#444", "font-size": 11 }, "value · gap to #1"));
   for (const v of t) {
@@ -118,15 +119,23 @@ export function drawAuditGrid(box, result, order) {
   const m = measureOf(result);
   const value = new Map(result.cells.map((c) => [`${c.values[rp]}\u0000${c.values[cp]}`, cellValue(result, c)]));
   const all = [...value.values()];
+  // Two targets: red favours the first, blue the second (Δ log p's sign). One target: log p is
+  // always negative, so the colour says above or below the grid's mean, and the caption says so.
   const mean = all.reduce((s, v) => s + v, 0) / Math.max(1, all.length);
-  const dev = Math.max(1e-9, ...all.map((v) => Math.abs(v - mean)));
+  const centre = m.contrast ? 0 : mean;
+  const dev = Math.max(1e-9, ...all.map((v) => Math.abs(v - centre)));
+  const [a, b] = result.targets;
+  const legend = m.contrast
+    ? `colour: red favours ${q(a)}, blue ${q(b)} (the sign of Δ log p; deepest at ±${fmt(dev).slice(1)})`
+    : `colour: above (red) or below (blue) the grid's mean log p, ${fmt(mean)}; not likely or unlikely in itself`;
   const labelW = Math.min(150, Math.max(50, ...rowsV.map((v) => textWidth(v, 12, 600))) + 14);
   const colW = Math.max(64, Math.min(120, Math.max(...colsV.map((v) => textWidth(v, 12, 600))) + 12));
   const rowH = 28;
-  const top = m.contrast ? 80 : 62;
   const avail = availWidth(box);
   const gridW = colsV.length * colW;
   const width = Math.max(labelW + gridW + 10, Math.min(avail, 520));
+  const heads = headLines([`${m.short} by {${rp}} (rows) × {${cp}} (columns)`, m.contrast ? m.long : null, legend], Math.min(width, avail) - 16);
+  const top = 16 + 17 * (heads.length - 1) + 30;
   const height = top + rowsV.length * rowH + 30;
   const root = svg("svg", {
     xmlns: SVG_NS, width, height, viewBox: `0 0 ${width} ${height}`, class: "chart audit-grid", role: "img",
@@ -134,11 +143,9 @@ export function drawAuditGrid(box, result, order) {
     "aria-label": `${m.long} for each {${rp}} (rows) and {${cp}} (columns).`,
   });
   root.append(svg("rect", { x: 0, y: 0, width, height, fill: "#fff" }));
-  [`${m.short} by {${rp}} (rows) × {${cp}} (columns)`, m.contrast ? m.long : null, `colour: above (red) or below (blue) the grid's mean, ${fmt(mean)}`]
-    .filter(Boolean).forEach((line, k) => {
-      const size = k === 0 ? 13 : 11.5;
-      root.append(svg("text", { x: 8, y: 16 + 17 * k, fill: k === 0 ? "#111" : "#444", "font-size": size, "font-weight": k === 0 ? 600 : 400 }, fit(line, Math.min(width, avail) - 16, size, k === 0 ? 600 : 400)));
-    });
+  heads.forEach((line, k) => {
+    root.append(svg("text", { x: 8, y: 16 + 17 * k, fill: line.first ? "#111" : "#444", "font-size": line.size, "font-weight": line.weight, class: "audit-head" }, line.text));
+  });
   colsV.forEach((v, j) => {
     root.append(svg("text", { x: labelW + j * colW + colW / 2, y: top - 8, "text-anchor": "middle", "font-weight": 600, fill: "#222", class: "col-head" }, svg("title", {}, v), fit(v, colW - 4, 12, 600)));
   });
@@ -148,7 +155,7 @@ export function drawAuditGrid(box, result, order) {
     colsV.forEach((cv, j) => {
       const v = value.get(`${rv}\u0000${cv}`);
       if (v === undefined) return;
-      const fill = color((v - mean) / dev);
+      const fill = color((v - centre) / dev);
       root.append(svg("g", { class: "grid-cell", "data-row": rv, "data-col": cv, "data-value": v },
         svg("title", {}, `{${rp}} = ${rv}, {${cp}} = ${cv}: ${m.short} = ${exact(v)}`),
         svg("rect", { x: labelW + j * colW, y, width: colW, height: rowH, fill, stroke: "#fff" }),

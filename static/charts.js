@@ -50,13 +50,14 @@ export function hasContrast(res) {
  * within its continuation.
  */
 export function tokenRows(res) {
-  const part = (tokens, logProbs, contrast) => (tokens || []).map((token, k) => ({ token, logProb: logProbs?.[k], contrast, n: k + 1 }));
-  return [...part(res.output_tokens, res.target_log_probs, false), ...part(res.contrast_output_tokens, res.contrast_log_probs, true)];
+  const part = (tokens, logProbs, contrast, pieces) => (tokens || []).map((token, k) => ({ token, piece: pieces?.[k], logProb: logProbs?.[k], contrast, n: k + 1 }));
+  return [...part(res.output_tokens, res.target_log_probs, false, res.target_pieces), ...part(res.contrast_output_tokens, res.contrast_log_probs, true, res.contrast_pieces)];
 }
 
-/** A row's label: the token with its spaces shown, a contrast token marked by its minus sign. */
+/** A row's label: the token with its spaces shown (from the text's own pieces, where the page
+ * has them: the API's tokens are trimmed, as Captum's), a contrast token marked by its minus sign. */
 export function rowLabel(row) {
-  return `${row.contrast ? "− " : ""}${showToken(row.token)}`;
+  return `${row.contrast ? "− " : ""}${showToken(row.piece ?? row.token)}`;
 }
 
 export const METHOD_NAMES = {

@@ -49,6 +49,29 @@ export function fit(text, width, size = 12, weight = 400) {
   return text.slice(0, lo) + "…";
 }
 
+/** Splits `text` into lines of at most `width` pixels, at spaces (a long word gets its own line). */
+export function wrap(text, width, size = 12, weight = 400) {
+  const out = [];
+  let line = "";
+  for (const word of text.split(/(?<= )/)) {
+    if (line && textWidth(line + word, size, weight) > width) {
+      out.push(line.trimEnd());
+      line = "";
+    }
+    line += word;
+  }
+  if (line) out.push(line.trimEnd());
+  return out;
+}
+
+/** Chart heading lines (the first bold), wrapped to `width`: [{text, size, weight, first}]. */
+export function headLines(lines, width) {
+  return lines.filter(Boolean).flatMap((line, k) => {
+    const [size, weight] = k === 0 ? [13, 600] : [11.5, 400];
+    return wrap(line, width, size, weight).map((text) => ({ text, size, weight, first: k === 0, k }));
+  });
+}
+
 export function debounce(fn, ms) {
   let timer = 0;
   return (...args) => {

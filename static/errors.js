@@ -1,5 +1,6 @@
 // Errors shown next to the field they name.
 
+import { METHOD_NAMES } from "./charts.js";
 import { $, $$ } from "./dom.js";
 
 export function clearErrors(scope = document) {
@@ -22,16 +23,20 @@ export function showError(err, fallback = "#err-general") {
   if (!box) box = $(fallback);
   let message = err.message || String(err);
   if (err.field && message.startsWith(`${err.field}: `)) message = message.slice(err.field.length + 2);
+  message = inPageWords(message);
   if (err.status === 503 && err.retryAfter) message += ` (try again in ${err.retryAfter} s)`;
-  const input = $(`[aria-describedby~="${box.id}"]`);
+  let input = $(`[aria-describedby~="${box.id}"]`);
   if (typeof input?.value === "string") message = inCharacters(message, input.value);
+  // A group of radio buttons (the methods): its chosen one takes the focus.
+  if (input && typeof input.value !== "string") input = $("input:checked", input) || $("input", input) || input;
   box.textContent = message;
   box.dataset.server = "1";
   if (input) {
     input.setAttribute("aria-invalid", "true");
     input.closest("details")?.setAttribute("open", "");
     input.focus({ preventScroll: true });
-    input.scrollIntoView({ block: "center", behavior: "smooth" });
+    // The message and its field both in view: the message may sit above the field.
+    (box.compareDocumentPosition(input) & Node.DOCUMENT_POSITION_FOLLOWING ? box : input).scrollIntoView({ block: "center" });
   } else {
     box.scrollIntoView({ block: "nearest", behavior: "smooth" });
   }
@@ -49,4 +54,15 @@ function inCharacters(message, text) {
     const before = new TextDecoder().decode(bytes.slice(0, at));
     return `at character ${Array.from(before).length + 1}`;
   });
+}
+
+/** The API's names in the page's words: methods by their names, fields by their labels, 2^n as 2ⁿ. */
+const FIELD_LABELS = { n_samples: "Samples", num_trials: "Repeats", n_steps: "Steps", baseline_token: "the replacement token", baseline_sampling: "Baselines", attr_target: "Measure", max_new_tokens: "tokens" };
+
+export function inPageWords(message) {
+  const sup = (s) => s.replace(/./g, (c) => "⁰¹²³⁴⁵⁶⁷⁸⁹ⁿ⁻"["0123456789n-".indexOf(c)] || c);
+  return message
+    .replace(/\b(feature_ablation|shapley_values|shapley_value_sampling|lime|kernel_shap|integrated_gradients|gradient_x_input|gradient_shap)\b/g, (m) => METHOD_NAMES[m])
+    .replace(/\b(n_samples|num_trials|n_steps|baseline_token|baseline_sampling|attr_target|max_new_tokens)\b/g, (m) => FIELD_LABELS[m])
+    .replace(/2\^\(?([0-9n]+)\)?/g, (m, e) => `2${sup(e)}`);
 }

@@ -1,6 +1,6 @@
 // Export charts (SVG, PNG) and data (CSV, JSON), each carrying what produced it.
 
-import { $$, el, svg, setAttrs, textWidth } from "./dom.js";
+import { $$, el, svg, setAttrs, wrap } from "./dom.js";
 import { METHOD_NAMES, hasContrast, measureName, tokenRows } from "./charts.js";
 import { cellValue, measureOf } from "./auditview.js";
 import { provenance, provenanceLine } from "./provenance.js";
@@ -13,21 +13,6 @@ function download(name, blob) {
   a.click();
   a.remove();
   setTimeout(() => URL.revokeObjectURL(url), 5000);
-}
-
-/** Splits `text` into lines of at most `width` pixels, at spaces (a long word gets its own line). */
-function wrap(text, width, size, weight) {
-  const out = [];
-  let line = "";
-  for (const word of text.split(/(?<= )/)) {
-    if (line && textWidth(line + word, size, weight) > width) {
-      out.push(line.trimEnd());
-      line = "";
-    }
-    line += word;
-  }
-  if (line) out.push(line.trimEnd());
-  return out;
 }
 
 /** Stacks chart SVGs into one, with title lines (wrapped, never cut) saying what it shows. */
@@ -91,9 +76,10 @@ function csvCell(v) {
   return /[",\n\r]/.test(s) || (/^[=+\-@]/.test(s) && isNaN(Number(s))) ? `"${s.replace(/"/g, '""')}"` : s;
 }
 
-/** CSV with the provenance as trailing columns on every row, so each row says what made it. */
+/** CSV with the provenance as trailing columns on every row, so each row says what made it.
+ * Only the settings the method uses are columns (targets are the rows' own). */
 function csvText(rows, prov) {
-  const keys = ["model", "method", "n_samples", "seed", "num_trials"];
+  const keys = Object.keys(prov).filter((k) => k !== "targets" && k !== "contrast");
   const [head, ...body] = rows;
   const all = [[...head, ...keys], ...body.map((r) => [...r, ...keys.map((k) => prov[k])])];
   return all.map((r) => r.map(csvCell).join(",")).join("\r\n") + "\r\n";
@@ -107,14 +93,34 @@ function timeStamp() {
   return new Date().toISOString().replace(/[:.]/g, "-").slice(0, 19);
 }
 
-/** One row per audit cell and target: the swept values, the target, its log p (and stderr). */
-function auditRows(result) {
-  const head = [...result.swept, "target", "log_prob", "log_prob_stderr", "token_log_probs", "contexts", "n_contexts"];
-  const rows = result.cells.flatMap((c) => result.targets.map((t) => [
-    ...result.swept.map((n) => c.values[n]), t, c.log_prob[t], c.log_prob_stderr?.[t] ?? "",
-    (c.token_log_probs?.[t] || []).join(" "), result.contexts, result.n_contexts,
+/** The other placeholders' baselines an averaged audit ran over: "job: nurse | doctor; …". */
+function averagedOver(a) {
+  if (a.result.contexts !== "average") return "";
+  return Object.entries(a.request.baselines || {}).map(([n, b]) => `${n}: ${[b].flat().join(" | ")}`).join("; ");
+}
+
+/**
+ * The audit as the chart shows it: one row per cell and target (log p, its stderr and tokens, and
+ * the charted value: Δ log p of the first two targets, or log p of the only one), then one
+ * summary row per swept value (its mean, 95% interval, rank and gap).
+ */
+function auditRows(a) {
+  const result = a.result;
+  const m = measureOf(result);
+  const over = averagedOver(a);
+  const head = ["row", ...result.swept, "target", "log_prob", "log_prob_stderr", "token_log_probs", "measure", "value", "ci_low", "ci_high", "rank", "gap", "n", "contexts", "n_contexts", "averaged_over"];
+  const cells = result.cells.flatMap((c) => result.targets.map((t) => [
+    "cell", ...result.swept.map((n) => c.values[n]), t, c.log_prob[t], c.log_prob_stderr?.[t] ?? "",
+    (c.token_log_probs?.[t] || []).join(" "), m.long, cellValue(result, c), "", "", "", "", result.n_contexts,
+    result.contexts, result.n_contexts, over,
   ]));
-  return [head, ...rows];
+  const summary = result.swept.flatMap((p) => (result.summary[p] || []).map((s) => {
+    const ci = m.contrast ? s.contrast_ci : s.ci?.[result.targets[0]];
+    return [`summary of {${p}}`, ...result.swept.map((n) => (n === p ? s.value : "(mean)")), "", "", "", "", m.long,
+      m.contrast ? s.contrast : s.mean_log_prob[result.targets[0]], ci?.[0] ?? "", ci?.[1] ?? "", s.rank, s.gap, s.n,
+      result.contexts, result.n_contexts, over];
+  }));
+  return [head, ...cells, ...summary];
 }
 
 function exportData(kind, format) {
@@ -127,7 +133,7 @@ function exportData(kind, format) {
       const cells = a.result.cells.map((c) => ({ ...c, value: cellValue(a.result, c) }));
       return download(`llm-attr-audit-${stamp}.json`, jsonBlob({ provenance: prov, request: a.request, result: { ...a.result, cells } }));
     }
-    return download(`llm-attr-audit-${stamp}.csv`, csvBlob(auditRows(a.result), prov));
+    return download(`llm-attr-audit-${stamp}.csv`, csvBlob(auditRows(a), prov));
   }
   if (!state.result) return;
   const { request, response: r } = state.result;

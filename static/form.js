@@ -4,7 +4,7 @@
 import { api } from "./api.js";
 import { $, $$, el, lines } from "./dom.js";
 import { clearErrors, showError } from "./errors.js";
-import { METHODS, inputNames, intField, method, promptText, repeatsUseful } from "./request.js";
+import { METHODS, emptyValueMessage, inputNames, intField, method, promptText, repeatsUseful } from "./request.js";
 import { state, rowFor, changed } from "./state.js";
 import { tokenizeSoon } from "./tokens.js";
 
@@ -33,11 +33,29 @@ export function switchMode(mode) {
   }
   if (mode === "chat" && $("#user").value === "" && from === "template") $("#user").value = $("#template").value;
   setMode(mode);
-  if (mode === "tokens" && !METHODS[method()].sampled && !METHODS[method()].gradient) {
-    // Every token is a feature: exact Shapley values would need 2^tokens prompts.
-    $("input[name=method][value=shapley_value_sampling]").checked = true;
-    updateMethodFields();
+  if (mode === "tokens" && method() === "shapley_values") {
+    // Every token is a feature: exact Shapley values would need 2ⁿ prompts for n tokens.
+    swapMethod("shapley_values", "shapley_value_sampling",
+      "Every token is a feature, and exact Shapley values would need 2ⁿ prompts for n tokens: the page chose Shapley value sampling. Switching back to placeholders or chat restores Shapley values.");
+  } else if (mode !== "tokens" && state.methodSwap?.to === method()) {
+    swapMethod(state.methodSwap.to, state.methodSwap.from, "");
   }
+}
+
+/** The page changes the method from `from` to `to` and says why next to the methods (`why`
+ * empty: the change is undone and the note goes). */
+function swapMethod(from, to, why) {
+  $(`input[name=method][value=${to}]`).checked = true;
+  state.methodSwap = why ? { from, to } : null;
+  $("#method-note").hidden = !why;
+  $("#method-note").textContent = why;
+  updateMethodFields();
+}
+
+/** A person chose a method: a change the page made is no longer theirs to undo. */
+export function forgetMethodSwap() {
+  state.methodSwap = null;
+  $("#method-note").hidden = true;
 }
 
 /** Re-reads the placeholders of the current input after an edit. */
@@ -84,16 +102,33 @@ function placeholderRow(name) {
     row.value = valueInput.value;
     row.baselines = lines(baseInput.value);
     row.group = groupInput.value.trim();
+    row.emptyOk = emptyOk.checked;
+    showEmpty();
+  };
+  const emptyOk = el("input", { id: `${id}-empty-ok`, type: "checkbox", onchange: update });
+  emptyOk.checked = row.emptyOk;
+  const emptyNote = el("p", { id: `${id}-empty`, class: "empty-value", role: "status" },
+    el("span", { class: "empty-text" }), " ",
+    el("label", { class: "check", for: emptyOk.id }, emptyOk, " Empty is intended"));
+  // Flagged as soon as the value is empty, before any run.
+  const showEmpty = () => {
+    const empty = row.value.trim() === "";
+    emptyNote.hidden = !empty;
+    emptyNote.classList.toggle("ok", row.emptyOk);
+    emptyNote.querySelector(".empty-text").textContent = row.emptyOk
+      ? `{${name}} runs empty, as if removed.`
+      : emptyValueMessage(name);
   };
   const valueInput = el("input", {
     id: `${id}-value`, type: "text", value: row.value, spellcheck: "false",
-    "aria-describedby": `${id}-value-err`, oninput: update,
+    "aria-describedby": `${id}-value-err ${id}-empty`, oninput: update,
   });
   const baseInput = el("textarea", {
     id: `${id}-base`, rows: Math.min(5, Math.max(2, row.baselines.length)), spellcheck: "false",
     "aria-describedby": `${id}-base-help ${id}-base-err`, oninput: update,
   });
   baseInput.value = row.baselines.join("\n");
+  showEmpty();
   const groupInput = el("input", {
     id: `${id}-group`, type: "text", value: row.group, placeholder: "own feature", spellcheck: "false",
     "aria-describedby": `${id}-group-help ${id}-group-err`, oninput: update,
@@ -102,7 +137,7 @@ function placeholderRow(name) {
     el("legend", {}, el("code", { text: `{${name}}` })),
     el("div", { class: "field ph-value" },
       el("label", { for: valueInput.id, text: "Value" }), valueInput,
-      el("p", { id: `${id}-value-err`, class: "field-error", "data-field": `values.${name}`, role: "alert" })),
+      el("p", { id: `${id}-value-err`, class: "field-error", "data-field": `values.${name}`, role: "alert" }), emptyNote),
     el("div", { class: "field ph-group" },
       el("label", { for: groupInput.id, text: "Group" }), groupInput,
       el("p", { id: `${id}-group-help`, class: "visually-hidden", text: "Placeholders with the same group label are switched together." }),
@@ -153,10 +188,12 @@ export function currentSeed() {
   return state.templates.find((t) => t.id === $("#seed-template").value) || null;
 }
 
-export function showGenerated(text, note) {
+/** Shows the model's continuation; `undo` (if given) puts back the target it replaced. */
+export function showGenerated(text, note, undo = null) {
   const p = $("#generated");
   p.hidden = false;
-  p.replaceChildren(el("span", { class: "note", text: note }), " ", el("q", { text: text }));
+  p.replaceChildren(el("span", { class: "note", text: note }), " ", el("q", { text: text }),
+    undo ? el("button", { type: "button", class: "small", id: "undo-generate", text: "Undo", onclick: undo }) : null);
 }
 
 export async function generate() {
@@ -170,9 +207,15 @@ export async function generate() {
   button.textContent = "Asking…";
   try {
     const out = await api("POST", "/v1/generate", body);
+    const before = $("#target").value;
     $("#target").value = out.text;
     state.generated = { prompt: body.prompt, text: out.text };
-    showGenerated(out.text, `The model's greedy continuation (${out.tokens?.length ?? "?"} tokens), now the target:`);
+    const undo = before === out.text ? null : () => {
+      $("#target").value = before;
+      $("#generated").hidden = true;
+      changed();
+    };
+    showGenerated(out.text, `The model's greedy continuation (${out.tokens?.length ?? "?"} tokens), now the target${before ? ` instead of “${before}”` : ""}:`, undo);
     changed();
     return out.text;
   } catch (err) {
@@ -191,6 +234,8 @@ export function updateMethodFields() {
   ns.disabled = !m.sampled;
   $("#baseline_sampling").disabled = Boolean(m.gradient);
   ns.placeholder = m.sampled ? String(m.samples) : "not used";
+  $("#n_steps").disabled = !m.steps;
+  $("#n_steps").placeholder = m.steps ? String(m.steps) : "not used";
   const trials = $("#num_trials");
   trials.disabled = !repeatsUseful();
   trials.placeholder = trials.disabled ? "not used" : "1";
@@ -214,7 +259,10 @@ const METHOD_ALIASES = {
 /** Puts a request (from a link or a job) back into the form. */
 export function applyRequest(req) {
   clearRows();
-  for (const [name, value] of Object.entries(req.values || {})) rowFor(name).value = String(value);
+  for (const [name, value] of Object.entries(req.values || {})) {
+    // An empty value in a request was sent on purpose.
+    Object.assign(rowFor(name), { value: String(value), emptyOk: String(value).trim() === "" });
+  }
   for (const [name, b] of Object.entries(req.baselines || {})) rowFor(name).baselines = (Array.isArray(b) ? b : [b]).map(String);
   for (const [name, g] of Object.entries(req.mask || {})) rowFor(name).group = String(g);
   $("#template").value = req.template || "";
@@ -224,6 +272,8 @@ export function applyRequest(req) {
   $("#text").value = req.text ?? "";
   state.skip = new Set(req.skip_tokens || []);
   $("#baseline_token").value = req.baseline_token ?? "";
+  $("#baseline_mode").value = req.text !== undefined && req.baseline_token === undefined ? "remove" : "token";
+  $("#baseline_token").disabled = $("#baseline_mode").value === "remove";
   $("#target").value = req.target ?? "";
   $("#contrast_target").value = req.contrast_target ?? "";
   $("#max_new_tokens").value = req.max_new_tokens ?? "";
@@ -232,6 +282,7 @@ export function applyRequest(req) {
   if (radio) radio.checked = true;
   $("#attr_target").value = req.attr_target === "prob" ? "prob" : "log_prob";
   $("#n_samples").value = req.n_samples ?? "";
+  $("#n_steps").value = req.n_steps ?? "";
   $("#seed").value = req.seed ?? "";
   $("#baseline_sampling").value = req.baseline_sampling || "";
   $("#num_trials").value = req.num_trials ?? "";

@@ -31,11 +31,14 @@ export function drawHeatmap(box, res) {
   const measure = measureName(res);
   const contrast = hasContrast(res);
   const lw = Math.min(300, Math.max(180, gridW));
-  const lx = narrow ? 8 : left;
+  // The legend's end labels ("−0.37") are centred on the bar's ends: the bar starts far enough
+  // in for them to stay whole at the chart's edge.
+  const endLabel = textWidth(fmt(-max / div), 11) / 2 + 4;
+  const lx = Math.max(narrow ? 8 : left, endLabel);
   const caption = contrast ? "← favours the contrast · favours the target →" : `← lowers ${measure} · raises ${measure} →`;
   const below = contrast ? "Rows under the line: the contrast's tokens, their attributions negated." : "";
   const captionW = Math.max(textWidth(caption, 11) + (note ? textWidth(note, 11) + 16 : 0), textWidth(below, 11));
-  const width = Math.max(left + gridW + pColW + 8 + (many ? Math.max(0, headH * 0.65 - pColW) : 0), lx + Math.max(lw, captionW) + 12);
+  const width = Math.max(left + gridW + pColW + 8 + (many ? Math.max(0, headH * 0.65 - pColW) : 0), lx + Math.max(lw + endLabel, captionW) + 12);
   const height = legendTop + (below ? 78 : 62);
   const what = contrast
     ? `${res.output_tokens.length} target tokens and ${res.contrast_output_tokens.length} contrast tokens (negated)`
@@ -108,7 +111,7 @@ export function drawHeatmap(box, res) {
   [-1, -0.5, 0, 0.5, 1].forEach((t) => {
     const x = lx + ((t + 1) / 2) * lw;
     root.append(svg("line", { x1: x, x2: x, y1: legendTop + 10, y2: legendTop + 14, stroke: "#666" }));
-    root.append(svg("text", { x, y: legendTop + 26, "text-anchor": "middle", fill: "#444", "font-size": 11 }, t === 0 ? "0" : fmt((t * max) / div)));
+    root.append(svg("text", { x, y: legendTop + 26, "text-anchor": "middle", fill: "#444", "font-size": 11, class: "legend-tick" }, t === 0 ? "0" : fmt((t * max) / div)));
   });
   root.append(svg("text", { x: lx, y: legendTop + 44, fill: "#444", "font-size": 11, class: "legend-caption" }, caption,
     note ? svg("tspan", { dx: 16, class: "scale-note" }, note) : null));

@@ -2,7 +2,7 @@
 // SVG. Plain JS modules, no dependencies, no external requests. This file wires the page up.
 //
 // Imports go one way, top to bottom (no module imports one above it):
-//   main -> run, audit -> results, auditview, export -> heatmap, bars -> charts
+//   main -> run, audit -> results, auditview, export -> convergence, heatmap, bars -> charts
 //        -> form, target, plan -> tokens -> link -> request -> state, template, dom, format
 //        -> job -> api;  errors, progress, provenance beside them.
 // state.js owns the shared state; modules that change inputs call changed(), and main.js decides
@@ -13,12 +13,12 @@ import { applyAudit, cancelAudit, drawAudit, fillValues, markAuditStale, refresh
 import { $, $$, debounce, el } from "./dom.js";
 import { showError } from "./errors.js";
 import { onExport } from "./export.js";
-import { applyRequest, chatAllowed, currentSeed, fillSeeds, generate, loadSeed, onInputChanged, setMode, switchMode, updateMethodFields } from "./form.js";
+import { applyRequest, chatAllowed, forgetMethodSwap, currentSeed, fillSeeds, generate, loadSeed, onInputChanged, setMode, switchMode, updateMethodFields } from "./form.js";
 import { pageState, readHash, saveState } from "./link.js";
 import { previewInto } from "./plan.js";
 import { auditSweep, auditTargets, buildAudit, buildRequest, promptText, targetText } from "./request.js";
 import { drawResult, markResultStale } from "./results.js";
-import { cancelRun, reopenJob, runJob } from "./run.js";
+import { cancelRun, forgetEnded, reopenJob, runJob } from "./run.js";
 import { state, onChange, changed } from "./state.js";
 import { drawSpaceWarning, drawTokens } from "./target.js";
 import { tokenizeSoon } from "./tokens.js";
@@ -125,6 +125,7 @@ const previewSoon = debounce(() => {
 /** What follows any change of the inputs. */
 function onInputs() {
   saveState();
+  forgetEnded();
   refreshAuditControls();
   markResultStale(buildRequest());
   if (state.mode !== "tokens") markAuditStale(buildAudit());
@@ -163,7 +164,13 @@ function wire() {
   $("#generate").addEventListener("click", generate);
   for (const input of $$("input[name=mode]")) input.addEventListener("change", () => switchMode(input.value));
   $("#text").addEventListener("input", tokenizeSoon);
-  for (const input of $$("input[name=method]")) input.addEventListener("change", updateMethodFields);
+  for (const input of $$("input[name=method]")) {
+    input.addEventListener("change", () => {
+      forgetMethodSwap();
+      updateMethodFields();
+    });
+  }
+  $("#baseline_mode").addEventListener("change", () => ($("#baseline_token").disabled = $("#baseline_mode").value === "remove"));
   $("#baseline_sampling").addEventListener("change", updateMethodFields);
   $("#target").addEventListener("input", () => ($("#generated").hidden = true));
   $("#audit-run").addEventListener("click", runAudit);

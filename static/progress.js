@@ -91,8 +91,10 @@ export class ProgressView {
       this.say(this.label || `Scored ${done} of ${p.total} ${this.noun} (${Math.floor((100 * done) / p.total)}%) · ${clock}${left}`);
     } else {
       this.setBar(byTime, 1);
+      // Nothing counted and no time expected: a moving bar, not an empty one that looks stuck.
+      if (!this.estimate) for (const bar of this.bars) bar.removeAttribute("value");
       const of = this.estimate ? ` of about ${Math.max(1, Math.round(this.estimate))} s` : "";
-      this.say(`${this.label || "Working…"} ${clock}${of}`);
+      this.say(`${this.label || "Preparing the prompts…"} ${clock}${of}`);
     }
   }
 }

@@ -13,7 +13,7 @@ export const METHODS = {
   shapley_value_sampling: { sampled: true, samples: 25 },
   lime: { sampled: true, samples: 50 },
   kernel_shap: { sampled: true, samples: 25 },
-  integrated_gradients: { sampled: false, gradient: true },
+  integrated_gradients: { sampled: false, gradient: true, steps: 50 },
   gradient_x_input: { sampled: false, gradient: true },
   gradient_shap: { sampled: true, samples: 5, gradient: true },
 };
@@ -74,6 +74,23 @@ export function inputNames() {
   return { names, error: null, field: "messages" };
 }
 
+/** The placeholders (of the input, not in `except`) with an empty value not marked as intended. */
+export function emptyValues(except = []) {
+  if (state.mode === "tokens") return [];
+  return inputNames().names.filter((n) => !except.includes(n) && rowFor(n).value.trim() === "" && !rowFor(n).emptyOk);
+}
+
+/** What the page says of an empty value, next to its field. */
+export function emptyValueMessage(name) {
+  return `{${name}} is empty: the prompt would run without it, as if it were removed. Give it a value, or tick “Empty is intended”.`;
+}
+
+/** The first empty value as an error for its field ({field, message}), or null. */
+export function emptyValueProblem(except = []) {
+  const [name] = emptyValues(except);
+  return name === undefined ? null : { field: `values.${name}`, message: emptyValueMessage(name) };
+}
+
 /** The prompt text as the model sees it, where the page can write it (not for chat). */
 export function promptText() {
   if (state.mode === "tokens") return $("#text").value;
@@ -88,8 +105,9 @@ function promptInput() {
   if (state.mode === "tokens") {
     const req = { text: $("#text").value };
     if (state.skip.size) req.skip_tokens = [...state.skip];
+    // A perturbed token becomes the given token (id 0 when none is given), or is removed.
     const b = $("#baseline_token").value;
-    if (b.trim() !== "") req.baseline_token = /^\d+$/.test(b.trim()) ? Number(b.trim()) : b;
+    if ($("#baseline_mode").value !== "remove") req.baseline_token = b.trim() === "" ? 0 : /^\d+$/.test(b.trim()) ? Number(b.trim()) : b;
     return req;
   }
   const req = state.mode === "chat" ? { messages: chatMessages() } : { template: $("#template").value };
@@ -121,6 +139,7 @@ export function buildRequest() {
   if (METHODS[req.method]?.gradient) delete req.baselines;
   req.attr_target = $("#attr_target").value;
   if (METHODS[req.method]?.sampled && intField("n_samples") !== undefined) req.n_samples = intField("n_samples");
+  if (METHODS[req.method]?.steps && intField("n_steps") !== undefined) req.n_steps = intField("n_steps");
   if (intField("seed") !== undefined) req.seed = intField("seed");
   if (!METHODS[req.method]?.gradient && $("#baseline_sampling").value) req.baseline_sampling = $("#baseline_sampling").value;
   if (repeatsUseful() && intField("num_trials") !== undefined) req.num_trials = intField("num_trials");

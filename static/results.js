@@ -2,12 +2,14 @@
 
 import { drawBars } from "./bars.js";
 import { color, textOn, measureName, hasContrast, METHOD_NAMES } from "./charts.js";
+import { convergenceFact, drawWarnings } from "./convergence.js";
 import { $, el } from "./dom.js";
 import { fmt, exact, fmtProb } from "./format.js";
 import { drawHeatmap, drawTable } from "./heatmap.js";
 import { provenance, provenanceLine } from "./provenance.js";
-import { buildRequest } from "./request.js";
+import { METHODS, buildRequest } from "./request.js";
 import { state } from "./state.js";
+import { tokensOf } from "./target.js";
 import { templateParts } from "./template.js";
 
 const CARDS = ["summary", "heatmap-card", "bars-card"];
@@ -20,6 +22,23 @@ export function showResult(request, res) {
   markResultStale(buildRequest());
   drawSummary(request, res);
   drawResult();
+  addPieces(res).then(() => state.result?.response === res && drawResult());
+}
+
+/** The target's and the contrast's tokens as their text has them, spaces included, for the row
+ * labels (kept only where they match the API's tokens one for one). */
+async function addPieces(res) {
+  const of = async (text, tokens) => {
+    if (text == null || !tokens) return undefined;
+    try {
+      const { pieces } = await tokensOf(text);
+      return pieces.length === tokens.length && pieces.every((p, k) => p.trim() === tokens[k].trim()) ? pieces : undefined;
+    } catch {
+      return undefined;
+    }
+  };
+  res.target_pieces = await of(res.target, res.output_tokens);
+  res.contrast_pieces = await of(res.contrast_target, res.contrast_output_tokens);
 }
 
 export function drawResult() {
@@ -90,12 +109,28 @@ function drawSummary(request, res) {
     ["Probability of the target", `${fmtProb(p)}  (log p = ${exact(res.target_log_prob)})`, "target-prob"],
     ...contrastFacts(res),
     ["Target tokens", `${res.output_tokens.length}${res.generated_target ? ", the model's own greedy continuation" : ""}`],
-    ["Method", `${METHOD_NAMES[res.method] || res.method}, ${res.attr_target === "prob" ? "probability" : "log-probability"}, baselines ${res.baseline_sampling === "sample" ? "sampled" : "averaged exactly"}`],
+    ["Method", methodFact(request, res), "method-fact"],
+    convergenceFact(res),
     ["Work", `${res.stats.evaluations} evaluations, ${res.stats.unique_sequences} distinct prompts, ${res.stats.tokens_scored} tokens, ${res.stats.seconds.toFixed(2)} s`],
     ["Produced by", provenanceLine(provenance(request, res)), "provenance"],
   ];
-  $("#facts").replaceChildren(...facts.flatMap(([k, v, id]) => [el("dt", { text: k }), el("dd", { text: v, id })]));
+  drawWarnings($("#result-warnings"), res, request);
+  $("#facts").replaceChildren(...facts.filter(Boolean).flatMap(([k, v, id]) => [el("dt", { text: k }), el("dd", { text: v, id })]));
   describeCharts(res);
+}
+
+/** The method and what its settings mean: baselines for the perturbation methods, the path for
+ * the gradient methods. */
+function methodFact(request, res) {
+  const name = METHOD_NAMES[res.method] || res.method;
+  const measure = res.attr_target === "prob" ? "probability" : "log-probability";
+  const from = request?.text !== undefined ? "the replacement token" : "token 0 in each placeholder's tokens";
+  const how = {
+    integrated_gradients: `gradients summed over ${request?.n_steps ?? 50} steps from ${from} to the input`,
+    gradient_shap: `gradients at ${request?.n_samples ?? METHODS.gradient_shap.samples} random points between ${from} and the input`,
+    gradient_x_input: "the gradient at the input itself, times the input (no baseline)",
+  }[res.method];
+  return `${name}, ${measure}, ${how ?? `baselines ${res.baseline_sampling === "sample" ? "sampled at random" : "averaged exactly"}`}`;
 }
 
 /** The contrast's probability and the difference that is attributed, for the facts list. */

@@ -6,9 +6,9 @@ import { clearErrors, showError } from "./errors.js";
 import { showGenerated } from "./form.js";
 import { cancelJob, followJob, getJob, startJob } from "./job.js";
 import { saveState } from "./link.js";
-import { lastEstimate } from "./plan.js";
+import { lastEstimate, recordRun } from "./plan.js";
 import { ProgressView, setBusy } from "./progress.js";
-import { buildRequest, targetText } from "./request.js";
+import { buildRequest, emptyValueProblem, targetText } from "./request.js";
 import { showResult } from "./results.js";
 import { state } from "./state.js";
 
@@ -21,24 +21,52 @@ function progress() {
   return view;
 }
 
+let ended = false; // the status line tells of a run that failed, was cancelled or did not start
+
 function setRunning(running) {
   setBusy($("#run"), $("#cancel"), $("#run-box"), running);
   $("#live").hidden = !running;
+}
+
+/** Where the results sit below the form (a phone), brings them into view: the progress at their
+ * top while the job runs, the result when it is done. */
+function showResultsColumn() {
+  const r = $("#results").getBoundingClientRect();
+  if (r.top > window.innerHeight * 0.75) $("#results").scrollIntoView({ block: "start" });
+}
+
+/** An input changed: a status line about an earlier failed run no longer applies. */
+export function forgetEnded() {
+  if (!ended || state.abort) return;
+  ended = false;
+  progress().idle("Ready.");
+}
+
+function say(text) {
+  ended = true;
+  progress().idle(text);
 }
 
 export async function runJob(event) {
   event?.preventDefault();
   if (state.abort) return;
   clearErrors($("#probe"));
+  const empty = emptyValueProblem();
+  if (empty) {
+    say("Not started: see the message next to the field.");
+    return showError(empty);
+  }
   const request = buildRequest();
+  ended = false;
   setRunning(true);
   progress().start("Sending…", lastEstimate(request));
+  showResultsColumn();
   let job;
   try {
     job = await startJob(JOBS, request);
   } catch (err) {
     setRunning(false);
-    progress().idle("Not started: see the message below the field.");
+    say("Not started: see the message below the field.");
     showError(err);
     return;
   }
@@ -63,15 +91,19 @@ function finishJob(job, request) {
   if (job.state === "done" && job.result) {
     const s = job.result.stats;
     progress().finish(job.progress, `Done: ${s.unique_sequences} prompts scored in ${s.seconds.toFixed(1)} s.`);
+    if (request) recordRun(request, s.seconds);
     showResult(request, job.result);
+    showResultsColumn();
     if (job.result.generated_target && targetText() === undefined) {
       showGenerated(job.result.target, "The model's greedy continuation, explained below.");
     }
   } else if (job.state === "failed") {
     progress().finish(job.progress, "Failed.");
+    ended = true;
     showError(job.error || { message: "The job failed." });
   } else if (job.state === "cancelled") {
     progress().finish(job.progress, "Cancelled.");
+    ended = true;
   }
 }
 

@@ -8,17 +8,21 @@ export const state = {
   result: null, // {request, response}
   jobId: null,
   abort: null,
-  audit: null, // {request, result, jobId}
+  audit: null, // the last finished audit: {request, result}
   auditAbort: null,
+  auditJob: null, // the running audit's job id
+  auditCancel: false, // Cancel was pressed before the running audit had a job id
   generated: null, // {prompt, text}
   mode: "template", // "tokens": every token of a text is a feature; "chat": system and user messages
   tokens: null, // tokenization of the text: {text, ids, pieces}
   skip: new Set(), // token ids (or token strings from a link) never perturbed
   model: null, // GET /v1/model
+  methodSwap: null, // {from, to}: a method change the page made for every-token mode
 };
 
 export function rowFor(name) {
-  if (!state.rows.has(name)) state.rows.set(name, { value: "", baselines: [], group: "" });
+  // emptyOk: an empty value is intended (otherwise the page stops the run and says so).
+  if (!state.rows.has(name)) state.rows.set(name, { value: "", baselines: [], group: "", emptyOk: false });
   return state.rows.get(name);
 }
 

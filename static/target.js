@@ -7,7 +7,8 @@ import { tokenizeText } from "./tokens.js";
 
 const cache = new Map(); // text -> Promise<{ids, pieces}>
 
-function tokensOf(text) {
+/** The model's tokens of `text` ({ids, pieces}), asked once per text. */
+export function tokensOf(text) {
   if (!cache.has(text)) {
     const p = tokenizeText(text).catch((err) => {
       cache.delete(text);

@@ -945,51 +945,82 @@ fn check_mobile(d: &Driver, root: &Path) {
     d.screenshot(&root.join("tests/artifacts/web-mobile-audit.png"));
     d.resize(1400, 1000);
 }
+/// The server, started in-process with the real model and serving this checkout's page, and a
+/// headless Chromium on that page (t1's seed loaded). Closed in order by [`Page::close`].
+struct Page {
+    driver: Driver,
+    _profile: tempfile::TempDir,
+    server: Server,
+    rt: tokio::runtime::Runtime,
+    base: String,
+}
+
+impl Page {
+    /// None (with a message) when chromedriver is not installed.
+    fn open() -> Option<Page> {
+        let Some(chromedriver) = env_path("CHROMEDRIVER").or_else(|| in_path(&["chromedriver"])) else {
+            eprintln!(
+                "skipping the web page test: chromedriver is not installed (set CHROMEDRIVER or add it to PATH)"
+            );
+            return None;
+        };
+        let chromium =
+            env_path("CHROME_BIN").or_else(|| in_path(&["chromium", "chromium-browser", "google-chrome"]));
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let model = root.join(MODEL);
+        assert!(
+            model.is_file(),
+            "{} is missing: run scripts/fetch-models.sh",
+            model.display()
+        );
+
+        let t0 = Instant::now();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut config = Config::new(ModelSource::Spec(model.display().to_string()));
+        // This checkout's page, read from disk: the copy compiled in by build.rs lives in the target
+        // dir, which worktrees sharing one target dir overwrite for each other.
+        config.static_dir = Some(root.join("static"));
+        let server = rt.block_on(Server::start(config)).expect("start the server");
+        rt.block_on(server.ready()).expect("load the model");
+        let base = server.url();
+        println!("model loaded in {:.1} s", t0.elapsed().as_secs_f64());
+
+        let profile = tempfile::tempdir().unwrap();
+        let mut driver = Driver::start(&chromedriver);
+        driver.open(chromium.as_deref(), profile.path());
+        // The page loads its seed templates.
+        driver.go(&format!("{base}/"));
+        driver.wait(
+            "document.body.dataset.ready === '1' && !!document.querySelector('#seed-template option[value=t1]')",
+            Duration::from_secs(20),
+            "the page to load its templates",
+        );
+        Some(Page {
+            driver,
+            _profile: profile,
+            server,
+            rt,
+            base,
+        })
+    }
+
+    fn close(self) {
+        drop(self.driver);
+        self.rt.block_on(self.server.shutdown());
+    }
+}
+
 #[test]
 fn web_page_runs_t1_in_a_real_browser() {
-    let Some(chromedriver) = env_path("CHROMEDRIVER").or_else(|| in_path(&["chromedriver"])) else {
-        eprintln!(
-            "skipping the web page test: chromedriver is not installed (set CHROMEDRIVER or add it to PATH)"
-        );
-        return;
-    };
-    let chromium =
-        env_path("CHROME_BIN").or_else(|| in_path(&["chromium", "chromium-browser", "google-chrome"]));
+    let t_test = Instant::now();
+    let Some(page) = Page::open() else { return };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let model = root.join(MODEL);
-    assert!(
-        model.is_file(),
-        "{} is missing: run scripts/fetch-models.sh",
-        model.display()
-    );
-
-    let t0 = Instant::now();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut config = Config::new(ModelSource::Spec(model.display().to_string()));
-    // This checkout's page, read from disk: the copy compiled in by build.rs lives in the target
-    // dir, which worktrees sharing one target dir overwrite for each other.
-    config.static_dir = Some(root.join("static"));
-    let server = rt.block_on(Server::start(config)).expect("start the server");
-    rt.block_on(server.ready()).expect("load the model");
-    let base = server.url();
-    println!("model loaded in {:.1} s", t0.elapsed().as_secs_f64());
-
-    let profile = tempfile::tempdir().unwrap();
-    let mut driver = Driver::start(&chromedriver);
-    driver.open(chromium.as_deref(), profile.path());
-    let d = &driver;
-
-    // The page loads its seed templates; t1 with exact Shapley values.
-    d.go(&format!("{base}/"));
-    d.wait(
-        "document.body.dataset.ready === '1' && !!document.querySelector('#seed-template option[value=t1]')",
-        Duration::from_secs(20),
-        "the page to load its templates",
-    );
+    let (d, base) = (&page.driver, page.base.clone());
+    // t1 with exact Shapley values.
     d.click("#seed-template option[value=t1]");
     d.click("input[name=method][value=shapley_values]");
     let names = d.js(
@@ -1239,7 +1270,7 @@ fn web_page_runs_t1_in_a_real_browser() {
             "request outside the server: {u}"
         );
     }
-    let errors: Vec<Value> = driver
+    let errors: Vec<Value> = d
         .browser_log()
         .into_iter()
         .filter(|e| e["level"] == "SEVERE")
@@ -1249,9 +1280,11 @@ fn web_page_runs_t1_in_a_real_browser() {
         })
         .collect();
     assert!(errors.is_empty(), "script errors: {errors:?}");
-
-    drop(driver);
-    rt.block_on(server.shutdown());
+    page.close();
+    println!(
+        "web_page_runs_t1_in_a_real_browser took {:.1} s",
+        t_test.elapsed().as_secs_f64()
+    );
 }
 
 /// The page's modules import each other one way: no module reaches itself through its imports.
@@ -1287,4 +1320,363 @@ fn page_modules_import_one_way() {
     for m in imports.keys() {
         visit(m, &imports, &mut Vec::new());
     }
+}
+
+/// Presses Explain and waits for the run to end; returns the seconds the page says it took
+/// ("Done: … in 2.3 s.").
+fn run_timed(d: &Driver, what: &str) -> f64 {
+    run_on_page(d, what);
+    let done = d.text("#progress-text");
+    done.rsplit_once(" in ")
+        .and_then(|(_, s)| s.strip_suffix(" s."))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no seconds in {done:?}"))
+}
+
+/// Every-token mode runs with its defaults: the replacement token is id 0, so the cost preview
+/// has a plan, not an error; the page's change from Shapley values to sampling is said next to
+/// the methods and undone when the mode is switched back.
+fn check_token_mode_defaults(d: &Driver, base: &str) {
+    d.set("#seed-template", "t1");
+    d.click("input[name=method][value=shapley_values]");
+    d.click("input[name=mode][value=tokens]");
+    let note = d.wait(
+        "!document.querySelector('#method-note').hidden && document.querySelector('#method-note').textContent",
+        Duration::from_secs(5),
+        "the note on the method the page chose",
+    );
+    assert!(
+        note.as_str().unwrap().contains("Shapley value sampling"),
+        "{note}"
+    );
+    let request = d.js("return buildRequest()", json!([]));
+    assert_eq!(request["method"], "shapley_value_sampling", "{request}");
+    let (status, plan) = post(base, "/v1/plan", &request);
+    assert_eq!(
+        status, 200,
+        "every-token mode's defaults run as they are: {plan} for {request}"
+    );
+    d.wait(
+        "!!document.querySelector('#plan').dataset.plan && !document.querySelector('#plan').classList.contains('plan-error')",
+        Duration::from_secs(20),
+        "a cost preview, not an error, for every-token mode's defaults",
+    );
+    d.click("input[name=mode][value=template]");
+    let back = d.js(
+        "return [buildRequest().method, document.querySelector('#method-note').hidden]",
+        json!([]),
+    );
+    assert_eq!(
+        back,
+        json!(["shapley_values", true]),
+        "switching back undoes the change"
+    );
+}
+
+/// An empty placeholder value is flagged next to its field before any run, and Explain stops
+/// there, focused on it; "Empty is intended" lets it run. A placeholder added to the template
+/// gets the same flag.
+fn check_empty_values(d: &Driver) {
+    d.set("#seed-template", "t1");
+    d.click("input[name=method][value=feature_ablation]");
+    d.type_into(".ph[data-name=name] input[type=text]", "x");
+    d.js(
+        "const e = document.querySelector('.ph[data-name=name] input[type=text]'); e.value = ''; \
+         e.dispatchEvent(new Event('input', {bubbles: true}));",
+        json!([]),
+    );
+    let note = d.wait(
+        "!document.querySelector('.ph[data-name=name] .empty-value').hidden \
+         && document.querySelector('.ph[data-name=name] .empty-value').textContent",
+        Duration::from_secs(5),
+        "the empty value to be flagged before the run",
+    );
+    assert!(note.as_str().unwrap().contains("{name} is empty"), "{note}");
+    d.click("#run");
+    let err = d.wait(
+        "document.querySelector('.field-error[data-field=\"values.name\"]').textContent",
+        Duration::from_secs(5),
+        "Explain to stop at the empty value",
+    );
+    assert!(err.as_str().unwrap().contains("empty"), "{err}");
+    let state = d.js(
+        "return [document.activeElement === document.querySelector('.ph[data-name=name] input[type=text]'), \
+         document.querySelector('#progress-text').textContent]",
+        json!([]),
+    );
+    assert_eq!(state[0], json!(true), "the empty field has the focus: {state}");
+    assert!(state[1].as_str().unwrap().starts_with("Not started"), "{state}");
+    d.click(".ph[data-name=name] .empty-value input[type=checkbox]");
+    run_on_page(d, "a run with an empty value that is intended");
+    let request = d.js("return buildRequest()", json!([]));
+    assert_eq!(request["values"]["name"], "", "{request}");
+
+    d.type_into(
+        "#template",
+        "{name} from {country} applied for a job as a {job}, age {age}.",
+    );
+    d.wait(
+        "!!document.querySelector('.ph[data-name=age]') && !document.querySelector('.ph[data-name=age] .empty-value').hidden",
+        Duration::from_secs(5),
+        "a new placeholder's empty value to be flagged",
+    );
+    d.set("#seed-template", "t1");
+}
+
+/// Integrated gradients that do not add up: every-token mode, `<|endoftext|>` as the replacement,
+/// a few steps. The API's `warnings` says so, and the page shows it above the result with each
+/// row's convergence delta against f(input) − f(baseline); the method's line says what its
+/// settings mean. The cost preview for the same request then expects about the time it took.
+fn check_convergence_warning(d: &Driver, base: &str, root: &Path) {
+    d.click("input[name=mode][value=tokens]");
+    d.type_into(
+        "#text",
+        "Georg from Germany applied for the job. The manager decided to",
+    );
+    d.type_into("#target", " hire");
+    d.type_into("#contrast_target", " reject");
+    d.type_into("#baseline_token", "<|endoftext|>");
+    d.click("input[name=method][value=integrated_gradients]");
+    d.type_into("#n_steps", "4");
+    let request = d.js("return buildRequest()", json!([]));
+    assert_eq!(request["n_steps"], 4, "{request}");
+    assert_eq!(request["baseline_token"], "<|endoftext|>", "{request}");
+    let (status, api) = post(base, "/v1/attributions", &request);
+    assert_eq!(status, 200, "POST /v1/attributions: {api}");
+    let warnings = api["warnings"].as_array().expect("a warnings list");
+    assert!(
+        warnings.iter().any(|w| w["code"] == "convergence_delta"),
+        "the API warns of the convergence delta {}: {warnings:?}",
+        api["convergence_delta"]
+    );
+    let seconds = run_timed(d, "integrated gradients");
+    let shown = d.wait(
+        "!document.querySelector('#result-warnings').hidden && document.querySelector('#result-warnings').textContent",
+        Duration::from_secs(5),
+        "the warning that the attributions do not add up",
+    );
+    let shown = shown.as_str().unwrap();
+    assert!(
+        shown.contains("do not add up") && shown.contains("more steps"),
+        "{shown}"
+    );
+    let delta = d.text("#convergence");
+    assert!(
+        delta.contains("f(input) − f(baseline)") && delta.contains('%'),
+        "{delta}"
+    );
+    let first = api["convergence_delta"][0].as_f64().unwrap();
+    assert!(
+        delta.contains(&format!("{:.6}", first.abs())),
+        "row 1's delta {first} is shown: {delta}"
+    );
+    let method = d.text("#method-fact");
+    assert!(method.contains("4 steps from the replacement token"), "{method}");
+    let provenance = d.text("#provenance");
+    assert!(
+        provenance.contains("steps 4") && !provenance.contains("seed") && !provenance.contains("repeats"),
+        "the provenance gives the settings integrated gradients uses: {provenance}"
+    );
+    d.js("window.scrollTo(0, 0)", json!([]));
+    d.screenshot(&root.join("tests/artifacts/web-convergence.png"));
+
+    // The estimate for the same request is this page's own measured gradient rate (the preview
+    // is redrawn when the run ends).
+    let start = Instant::now();
+    let fits = |text: &str| preview_seconds(text).is_some_and(|n| (n - seconds).abs() <= 1.0);
+    let mut expected = d.text("#plan .plan-seconds");
+    while !fits(&expected) && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+        expected = d.text("#plan .plan-seconds");
+    }
+    assert!(
+        fits(&expected),
+        "the preview expects what the run took ({seconds} s): {expected:?}"
+    );
+}
+
+/// The seconds a cost preview expects: "about 12 s" (12), "under a second" (0.5).
+fn preview_seconds(text: &str) -> Option<f64> {
+    if text == "under a second" {
+        return Some(0.5);
+    }
+    text.strip_prefix("about ")?.strip_suffix(" s")?.parse().ok()
+}
+
+/// A cancelled audit keeps the last finished one: its chart marked out of date, its exports
+/// working, the status saying so. The CSV holds what the chart shows.
+fn check_audit_cancel(d: &Driver) {
+    d.set("#seed-template", "t1");
+    d.type_into("#audit-targets", " hire\n reject");
+    let rows = run_page_audit(d, "name");
+    assert_eq!(rows.len(), 5);
+    // A 30 × 30 audit, cancelled as soon as it runs.
+    let names: Vec<String> = (1..=30).map(|k| format!("Name{k}")).collect();
+    let countries: Vec<String> = (1..=30).map(|k| format!("Country{k}")).collect();
+    d.set("#audit-ph2", "country");
+    d.set("#audit-values1", &names.join("\n"));
+    d.set("#audit-values2", &countries.join("\n"));
+    d.click("#audit-run");
+    d.wait(
+        "!document.querySelector('#audit-cancel').disabled",
+        Duration::from_secs(5),
+        "the audit to run",
+    );
+    d.click("#audit-cancel");
+    let status = d.wait(
+        "document.querySelector('#audit-run').disabled === false && document.querySelector('#audit-status').textContent",
+        Duration::from_secs(60),
+        "the cancelled audit to end",
+    );
+    assert!(status.as_str().unwrap().starts_with("Cancelled"), "{status}");
+    assert!(
+        status.as_str().unwrap().contains("last finished audit"),
+        "{status}"
+    );
+    let kept = d.js(
+        "return [document.querySelectorAll('#audit-chart .audit-row').length, \
+         document.querySelector('#audit-chart').classList.contains('stale'), !document.querySelector('#audit-stale').hidden]",
+        json!([]),
+    );
+    assert_eq!(kept, json!([5, true, true]), "the last chart kept, out of date");
+    d.js(
+        "window.__exports = []; const make = URL.createObjectURL; \
+         URL.createObjectURL = (b) => { b.text().then(t => window.__exports.push(t)); return make.call(URL, b); };",
+        json!([]),
+    );
+    d.click("#audit-exports button[data-format=csv]");
+    let csv = d.wait("window.__exports[0]", Duration::from_secs(5), "the audit's CSV");
+    let head = csv
+        .as_str()
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    for column in ["name", "measure", "value", "ci_low", "rank", "contexts", "model"] {
+        assert!(
+            head.split(',').any(|c| c == column),
+            "{column} in the CSV: {head}"
+        );
+    }
+    for column in ["method", "seed", "num_trials"] {
+        assert!(
+            !head.split(',').any(|c| c == column),
+            "no {column} in an audit's CSV: {head}"
+        );
+    }
+    d.set("#audit-ph2", "");
+    d.set("#audit-values1", "Georg\nJohn\nMaria\nAhmed\nZhang Wei");
+    d.set("#seed-template", "t1");
+}
+
+/// At a phone's width: after Explain the result is in view (not 3,000 px below the form); the
+/// heatmap legend's numbers and the audit's captions are whole.
+fn check_phone_flow(d: &Driver, root: &Path) {
+    d.resize(390, 844);
+    d.set("#seed-template", "t1");
+    d.click("input[name=method][value=feature_ablation]");
+    d.js("window.scrollTo(0, 0)", json!([]));
+    run_on_page(d, "a run on a phone");
+    let top = d.js(
+        "const r = document.querySelector('#summary').getBoundingClientRect(); return [r.top, window.innerHeight]",
+        json!([]),
+    );
+    let (y, h) = (top[0].as_f64().unwrap(), top[1].as_f64().unwrap());
+    assert!(
+        (-1.0..h * 0.5).contains(&y),
+        "the result is in view after Explain: {top}"
+    );
+    d.screenshot(&root.join("tests/artifacts/web-mobile-result.png"));
+    let ticks = d.js(
+        "const s = document.querySelector('#heatmap svg.heatmap'); const w = s.width.baseVal.value; \
+         return Array.from(s.querySelectorAll('text')).filter(t => t.parentNode === s && t.getAttribute('y') > s.querySelector('.legend').getAttribute('y')) \
+         .map(t => { const b = t.getBBox(); return [t.textContent, b.x >= 0 && b.x + b.width <= w]; })",
+        json!([]),
+    );
+    let ticks = ticks.as_array().unwrap();
+    assert!(ticks.len() >= 5, "{ticks:?}");
+    for t in ticks {
+        assert_eq!(t[1], json!(true), "the legend's {} is whole", t[0]);
+    }
+    // Two swept placeholders (20 prompts): each row's mean has its interval, and the captions say so.
+    d.type_into("#audit-targets", " hire\n reject");
+    d.set("#audit-ph2", "country");
+    d.set("#audit-values2", "Germany\nTogo");
+    run_page_audit(d, "name");
+    let heads = d.js(
+        "return Array.from(document.querySelectorAll('#audit-chart svg.audit-summary > text')) \
+         .filter(t => t.classList.contains('audit-head') || +t.getAttribute('y') < 60).map(t => t.textContent)",
+        json!([]),
+    );
+    let heads: Vec<&str> = heads
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let joined = heads.join(" ");
+    assert!(
+        joined.contains("95% intervals of the means") && !joined.contains('…'),
+        "the audit's captions are whole: {heads:?}"
+    );
+    d.js(
+        "document.querySelector('#audit-chart').scrollIntoView()",
+        json!([]),
+    );
+    d.screenshot(&root.join("tests/artifacts/web-mobile-audit-intervals.png"));
+    d.set("#audit-ph2", "");
+    d.resize(1400, 1000);
+}
+
+/// Issue 24's fixes, each checked on its own (a failing check does not hide the others): what
+/// misleads is said, stale and silent states are gone, the phone flow reaches its result.
+#[test]
+fn web_page_flags_what_misleads() {
+    let t_test = Instant::now();
+    let Some(page) = Page::open() else { return };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (d, base) = (&page.driver, page.base.as_str());
+    type Check<'a> = Box<dyn Fn() + 'a>;
+    let checks: Vec<(&str, Check)> = vec![
+        (
+            "every-token mode's defaults",
+            Box::new(|| check_token_mode_defaults(d, base)),
+        ),
+        ("empty values", Box::new(|| check_empty_values(d))),
+        (
+            "convergence warning and gradient estimate",
+            Box::new(|| check_convergence_warning(d, base, root)),
+        ),
+        ("cancelled audit", Box::new(|| check_audit_cancel(d))),
+        ("phone flow", Box::new(|| check_phone_flow(d, root))),
+    ];
+    let mut failed = Vec::new();
+    for (name, check) in &checks {
+        let t = Instant::now();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(check));
+        println!(
+            "check {name}: {} in {:.1} s",
+            if outcome.is_ok() { "ok" } else { "FAILED" },
+            t.elapsed().as_secs_f64()
+        );
+        if outcome.is_err() {
+            failed.push(*name);
+            // A clean page for the next check.
+            d.resize(1400, 1000);
+            d.go(&format!("{base}/"));
+            d.wait(
+                "document.body.dataset.ready === '1'",
+                Duration::from_secs(20),
+                "the page to reload",
+            );
+        }
+    }
+    drop(checks);
+    page.close();
+    println!(
+        "web_page_flags_what_misleads took {:.1} s",
+        t_test.elapsed().as_secs_f64()
+    );
+    assert!(failed.is_empty(), "failed checks: {failed:?}");
 }

@@ -41,7 +41,7 @@ use crate::run::{Plan, Progress};
     ),
     components(schemas(
         AttributeRequest, AttributeResponse, Baseline, TokenRef, Method, AttrTarget, BaselineSampling,
-        Feature, Stats, ErrorBody, ErrorDetail, Progress, jobs::Job, jobs::JobState, jobs::JobKind,
+        Feature, Stats, Warning, WarningCode, ErrorBody, ErrorDetail, Progress, jobs::Job, jobs::JobState, jobs::JobKind,
         jobs::JobResult, AuditRequest, AuditResult, AuditCell, SummaryRow, AuditStats, Contexts,
         audits::PlanRequest, Plan, templates::Template,
         templates::Templates, handlers::TokenizeRequest, handlers::TokenizeResponse,

@@ -134,6 +134,7 @@ pub(super) fn run(
         contrast_log_prob: contrast_log_probs.as_ref().map(|l| l.iter().sum()),
         contrast_log_probs,
         contrast_ids: contrast,
+        warnings: super::warnings::convergence(convergence_delta.as_deref(), &changes),
         convergence_delta,
         stats: Stats {
             // One gradient per output token and point.

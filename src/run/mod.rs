@@ -7,6 +7,7 @@ pub mod evaluator;
 mod gradient;
 mod plan;
 mod progress;
+mod warnings;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -352,6 +353,7 @@ pub fn run(
         seq_attr_stderr,
         token_attr_stderr,
         convergence_delta: None,
+        warnings: Vec::new(),
         stats,
     })
 }
