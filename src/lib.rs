@@ -11,7 +11,6 @@ pub mod alloc;
 pub mod api;
 pub mod attribution;
 pub mod audit;
-pub mod cache;
 pub mod cli;
 pub mod engine;
 pub mod error;
@@ -19,6 +18,7 @@ pub mod input;
 pub mod model;
 pub mod request;
 pub mod run;
+pub mod score_cache;
 pub mod scorer;
 
 pub use error::{Error, Result};

@@ -15,12 +15,12 @@ use utoipa::ToSchema;
 use super::error::{ApiError, ApiJson};
 use super::jobs::JobRequest;
 use super::AppState;
-use crate::cache::CachedScorer;
 use crate::engine::CancelToken;
 use crate::error::{Error, ErrorBody};
 use crate::model::ModelInfo;
 use crate::request::{AttributeRequest, AttributeResponse};
 use crate::run::{Limits, Progress};
+use crate::score_cache::CachedScorer;
 use crate::scorer::Scorer;
 
 /// Cancels a request's work when its handler is dropped (the client went away) unless disarmed.

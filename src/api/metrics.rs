@@ -12,8 +12,8 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use super::AppState;
-use crate::cache::ScoreCache;
 use crate::engine::{Histogram, Stats};
+use crate::score_cache::ScoreCache;
 
 #[derive(Default)]
 pub struct Metrics {

@@ -52,10 +52,10 @@ use store::memory::MemoryStore;
 use store::redis::{RedisSettings, RedisStore};
 use store::JobStore;
 
-use crate::cache::ScoreCache;
 use crate::engine::Engine;
 use crate::error::ErrorDetail;
 use crate::model::Model;
+use crate::score_cache::ScoreCache;
 
 /// The model, the engine around it and the score cache, once loaded.
 pub struct Ready {
@@ -141,7 +141,7 @@ impl AppState {
             ModelSource::Spec(spec) => Model::load(spec, &self.config.load).map_err(|e| e.to_string())?,
         };
         let engine = Engine::new(model.clone(), self.config.engine.clone()).map_err(|e| e.to_string())?;
-        let digest = crate::cache::model_digest(&model);
+        let digest = crate::score_cache::model_digest(&model);
         let cache = Arc::new(ScoreCache::new(
             digest,
             self.config.score_cache_bytes,

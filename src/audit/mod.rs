@@ -23,7 +23,7 @@ use crate::model::{ScoreItem, Tokenizer};
 use crate::request::{AttributeRequest, AttributeResponse, Baseline};
 use crate::run::{self, DryScorer, Limits, Plan, Progress};
 use crate::scorer::Scorer;
-use shared::SharedScores;
+use shared::AuditScorer;
 use summary::{estimate, rank_and_gap};
 
 /// A validated audit: its grid of cells and contexts, and its targets' tokens.
@@ -400,7 +400,7 @@ pub fn run(
 }
 
 /// The audit and what it cost: every cell's prompts in one call to the scorer, then the cells'
-/// attributions, all through one [`SharedScores`].
+/// attributions, all through one [`AuditScorer`].
 fn execute(
     request: &AuditRequest,
     scorer: &dyn Scorer,
@@ -413,7 +413,7 @@ fn execute(
     let grid = Grid::new(request, tokenizer, limits)?;
     let Prompts { ids: prompts, at } = grid.prompts(tokenizer)?;
     let items = grid.items(&prompts, limits, scorer.context_length())?;
-    let shared = SharedScores::new(scorer, total, progress);
+    let shared = AuditScorer::new(scorer, total, progress);
     let scores = shared.score(items, &|_, _| {})?;
     // Whole-target log p of every prompt and target (prompt-major).
     let totals: Vec<f64> = scores

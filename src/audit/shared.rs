@@ -11,7 +11,7 @@ use crate::model::{GradientJob, ScoreItem};
 use crate::run::Progress;
 use crate::scorer::Scorer;
 
-pub struct SharedScores<'a> {
+pub struct AuditScorer<'a> {
     inner: &'a dyn Scorer,
     cache: Mutex<HashMap<ScoreItem, Vec<f32>>>,
     /// Sequences sent to `inner`, and their tokens.
@@ -22,9 +22,9 @@ pub struct SharedScores<'a> {
     progress: &'a (dyn Fn(Progress) + Sync),
 }
 
-impl<'a> SharedScores<'a> {
+impl<'a> AuditScorer<'a> {
     pub fn new(inner: &'a dyn Scorer, total: usize, progress: &'a (dyn Fn(Progress) + Sync)) -> Self {
-        SharedScores {
+        AuditScorer {
             inner,
             cache: Mutex::new(HashMap::new()),
             scored: AtomicUsize::new(0),
@@ -49,7 +49,7 @@ impl<'a> SharedScores<'a> {
     }
 }
 
-impl Scorer for SharedScores<'_> {
+impl Scorer for AuditScorer<'_> {
     crate::scorer_facts_from!(inner);
 
     fn is_cancelled(&self) -> bool {

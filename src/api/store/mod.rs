@@ -76,7 +76,7 @@ pub trait JobStore: Send + Sync {
     /// Stops handing out work (shutdown).
     fn stop(&self) {}
     /// The shared layer of the score cache, when the store has one.
-    fn shared_scores(&self) -> Option<std::sync::Arc<dyn crate::cache::SharedScores>> {
+    fn shared_scores(&self) -> Option<std::sync::Arc<dyn crate::score_cache::SharedScores>> {
         None
     }
     /// Starts what the store runs once the model is loaded (Redis: chunk workers).

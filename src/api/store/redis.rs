@@ -33,11 +33,11 @@ use tokio::task::JoinHandle;
 use super::{new_job, now_ms, ClaimedJob, JobStore, Outcome, StoreError, StoreResult};
 use crate::api::jobs::{rfc3339, Job, JobRequest, JobState, WaitForRoom};
 use crate::api::Ready;
-use crate::cache::{CachedScorer, SharedScores};
 use crate::engine::CancelToken;
 use crate::error::{Error, ErrorDetail};
 use crate::model::{GradientJob, ScoreItem};
 use crate::run::Progress;
+use crate::score_cache::{CachedScorer, SharedScores};
 use crate::scorer::Scorer;
 
 const PREFIX: &str = "llm-attr:";
@@ -830,7 +830,7 @@ fn encode_chunk(r: &Result<Vec<Vec<f32>>, Error>) -> Vec<u8> {
             let mut out = vec![0u8];
             for s in scores {
                 out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-                out.extend(crate::cache::encode_scores(s));
+                out.extend(crate::score_cache::encode_scores(s));
             }
             out
         }
@@ -847,7 +847,7 @@ fn decode_chunk(b: &[u8]) -> Result<Vec<Vec<f32>>, Error> {
                 let n = u32::from_le_bytes(rest.get(..4).ok_or_else(bad)?.try_into().map_err(|_| bad())?)
                     as usize;
                 let body = rest.get(4..4 + 4 * n).ok_or_else(bad)?;
-                out.push(crate::cache::decode_scores(body).ok_or_else(bad)?);
+                out.push(crate::score_cache::decode_scores(body).ok_or_else(bad)?);
                 rest = &rest[4 + 4 * n..];
             }
             Ok(out)
