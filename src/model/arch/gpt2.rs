@@ -11,8 +11,8 @@ use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::model::cache::{KvCache, Masks};
-use crate::model::ops::{self, Activation, Kernels};
+use crate::model::arch::kv_cache::{KvCache, Masks};
+use crate::model::kernels::{ops, Activation, Kernels};
 use crate::model::{ArchInfo, Architecture, LoadOptions};
 
 /// The fields of a GPT-2 `config.json` the forward pass needs.

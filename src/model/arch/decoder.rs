@@ -20,9 +20,9 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::error::{Error, Result};
-use crate::model::cache::{KvCache, Masks};
-use crate::model::config::DecoderConfig;
-use crate::model::ops::Kernels;
+use crate::model::arch::config::DecoderConfig;
+use crate::model::arch::kv_cache::{KvCache, Masks};
+use crate::model::kernels::Kernels;
 use crate::model::{ArchInfo, Architecture};
 
 struct Layer {
