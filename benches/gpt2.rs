@@ -275,7 +275,7 @@ fn main() {
         t0.elapsed().as_secs_f64(),
         rss_mb()
     );
-    let arch = gpt2::load(
+    let arch = llm_attr::model::load::architecture(
         &dir.path().join("config.json"),
         &[dir.path().join("model.safetensors")],
         &LoadOptions::default(),
@@ -300,8 +300,8 @@ fn main() {
             })
             .collect();
         let fast = model.score(&items).unwrap();
-        let full = score_full_head(&arch, &items);
-        let middle = score_all_rows_head_at_targets(&arch, &items);
+        let full = score_full_head(arch.as_ref(), &items);
+        let middle = score_all_rows_head_at_targets(arch.as_ref(), &items);
         for other in [&full, &middle] {
             let worst = fast
                 .iter()
@@ -315,8 +315,8 @@ fn main() {
         let t = time_all(
             &mut [
                 &mut || drop(model.score(&items).unwrap()),
-                &mut || drop(score_all_rows_head_at_targets(&arch, &items)),
-                &mut || drop(score_full_head(&arch, &items)),
+                &mut || drop(score_all_rows_head_at_targets(arch.as_ref(), &items)),
+                &mut || drop(score_full_head(arch.as_ref(), &items)),
             ],
             budget,
         );

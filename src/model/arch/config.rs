@@ -142,7 +142,7 @@ impl DecoderConfig {
     pub fn from_hf(family: Family, json: &Value, origin: &str) -> Result<Self> {
         let bad = |m: String| Error::Model(format!("{origin}: {m}"));
         let traits = traits(family)?;
-        let c: HfConfig = serde_json::from_value(json.clone())
+        let c = HfConfig::deserialize(json)
             .map_err(|e| bad(format!("not a valid {} config: {e}", family.name())))?;
         if c.mlp_bias == Some(true) {
             return Err(bad("mlp_bias is not supported".into()));

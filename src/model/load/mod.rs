@@ -7,14 +7,12 @@ pub mod safetensors;
 pub mod spec;
 pub mod tokenizer_files;
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::model::arch::config::DecoderConfig;
-use crate::model::arch::decoder::Decoder;
-use crate::model::arch::gpt2;
 use crate::model::{Architecture, Family, LoadOptions, Model, Tokenizer};
 pub use hub::{fetch, HubOptions};
 use safetensors::var_builder;
@@ -53,26 +51,43 @@ pub fn load_with(spec: &str, hub: &HubOptions, options: &LoadOptions) -> Result<
 
 /// Loads a model from its local files, choosing the family from `config.json`.
 pub fn load_files(files: &ModelFiles, spec: &str, options: &LoadOptions) -> Result<Model> {
-    let origin = files.config.display().to_string();
     let json = read_json(&files.config)?;
+    let family = family_of(&json, &files.config)?;
+    let tokenizer = hf_tokenizer(&files.tokenizer, &files.extra, &json)?;
+    let arch = build(family, &json, &files.config, &files.weights, options)?;
+    check_vocab(&tokenizer, arch.info().vocab_size)?;
+    Ok(Model::new(arch, tokenizer, spec))
+}
+
+/// The architecture alone, from a `config.json` and its safetensors weights.
+pub fn architecture(
+    config: &Path,
+    weights: &[PathBuf],
+    options: &LoadOptions,
+) -> Result<Box<dyn Architecture>> {
+    let json = read_json(config)?;
+    build(family_of(&json, config)?, &json, config, weights, options)
+}
+
+/// The family `config.json` names by its `model_type`.
+fn family_of(json: &Value, config: &Path) -> Result<Family> {
     let model_type = json
         .get("model_type")
         .and_then(Value::as_str)
-        .ok_or_else(|| Error::Model(format!("{origin} has no model_type (string) field")))?;
-    let family = Family::from_model_type(model_type)?;
-    let tokenizer = hf_tokenizer(&files.tokenizer, &files.extra, &json)?;
-    let arch: Box<dyn Architecture> = match family {
-        Family::Gpt2 => {
-            let cfg = gpt2::Config::from_json(&json.to_string(), &origin)?;
-            Box::new(gpt2::Gpt2::load(cfg, &files.weights, options)?)
-        }
-        _ => {
-            let cfg = DecoderConfig::from_hf(family, &json, &origin)?;
-            Box::new(Decoder::load(cfg, var_builder(&files.weights, options)?)?)
-        }
-    };
-    check_vocab(&tokenizer, arch.info().vocab_size)?;
-    Ok(Model::new(arch, tokenizer, spec))
+        .ok_or_else(|| Error::Model(format!("{} has no model_type (string) field", config.display())))?;
+    Family::from_model_type(model_type)
+}
+
+/// `family`'s architecture, as the registry builds it.
+fn build(
+    family: Family,
+    json: &Value,
+    config: &Path,
+    weights: &[PathBuf],
+    options: &LoadOptions,
+) -> Result<Box<dyn Architecture>> {
+    let open = || var_builder(weights, options);
+    (family.entry().build)(family, json, &config.display().to_string(), &open)
 }
 
 fn check_vocab(tokenizer: &Tokenizer, vocab: usize) -> Result<()> {
