@@ -11,8 +11,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, IndexOp, Tensor};
+use llm_attr::model::arch::gpt2;
 use llm_attr::model::LoadOptions;
-use llm_attr::model::{gpt2, Architecture, Model, ScoreItem};
+use llm_attr::model::{Architecture, Model, ScoreItem};
 use rand::{Rng, SeedableRng};
 
 const PROMPT: usize = 18;
@@ -155,7 +156,7 @@ fn score_all_rows_head_at_targets(arch: &dyn Architecture, items: &[ScoreItem]) 
     let h = h.reshape((items.len() * len, h.dim(2).unwrap())).unwrap();
     let rows = Tensor::from_vec(rows, targets.len(), &Device::Cpu).unwrap();
     let logits = arch.logits(&h.index_select(&rows, 0).unwrap()).unwrap();
-    llm_attr::model::ops::target_logprobs(&logits, &targets).unwrap()
+    llm_attr::model::kernels::ops::target_logprobs(&logits, &targets).unwrap()
 }
 
 /// Log-probs of the targets with the LM head over every position of the padded batch.
@@ -227,7 +228,7 @@ fn ops(budget: Duration) {
             let lp = candle_nn::ops::log_softmax(&logits, 1).unwrap();
             drop(lp.gather(&t, 1).unwrap().to_vec2::<f32>().unwrap())
         },
-        || drop(llm_attr::model::ops::target_logprobs(&logits, &targets).unwrap()),
+        || drop(llm_attr::model::kernels::ops::target_logprobs(&logits, &targets).unwrap()),
         budget,
     );
     report("candle log_softmax + gather [256,50257]", candle);
@@ -274,7 +275,7 @@ fn main() {
         t0.elapsed().as_secs_f64(),
         rss_mb()
     );
-    let arch = gpt2::load(
+    let arch = llm_attr::model::load::architecture(
         &dir.path().join("config.json"),
         &[dir.path().join("model.safetensors")],
         &LoadOptions::default(),
@@ -299,8 +300,8 @@ fn main() {
             })
             .collect();
         let fast = model.score(&items).unwrap();
-        let full = score_full_head(&arch, &items);
-        let middle = score_all_rows_head_at_targets(&arch, &items);
+        let full = score_full_head(arch.as_ref(), &items);
+        let middle = score_all_rows_head_at_targets(arch.as_ref(), &items);
         for other in [&full, &middle] {
             let worst = fast
                 .iter()
@@ -314,8 +315,8 @@ fn main() {
         let t = time_all(
             &mut [
                 &mut || drop(model.score(&items).unwrap()),
-                &mut || drop(score_all_rows_head_at_targets(&arch, &items)),
-                &mut || drop(score_full_head(&arch, &items)),
+                &mut || drop(score_all_rows_head_at_targets(arch.as_ref(), &items)),
+                &mut || drop(score_full_head(arch.as_ref(), &items)),
             ],
             budget,
         );

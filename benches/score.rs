@@ -9,7 +9,8 @@ use std::time::Instant;
 
 use candle_core::quantized::{gguf_file, QMatMul};
 use candle_core::{Device, Module, Tensor};
-use llm_attr::model::{gguf, LoadOptions, ScoreItem};
+use llm_attr::model::load::gguf;
+use llm_attr::model::{LoadOptions, ScoreItem};
 
 fn rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")

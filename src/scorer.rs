@@ -5,9 +5,6 @@
 use crate::error::{Error, Result};
 use crate::model::{GradientJob, Model, ModelInfo, ScoreItem, Tokenizer};
 
-/// Default padded-token budget of one forward pass on the CPU (see `model::device::tuning`).
-pub const DEFAULT_TOKEN_BUDGET: usize = 2048;
-
 pub trait Scorer: Send + Sync {
     /// The tokenizer prompts and targets are encoded with.
     fn tokenizer(&self) -> &Tokenizer;

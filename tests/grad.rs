@@ -3,7 +3,7 @@
 //! tests/fixtures/*/captum_grad(_shap).json, made by scripts/reference/gradients.py), their
 //! completeness, and their input errors.
 
-use llm_attr::model::{Backward, Combine, GradientJob, Layout};
+use llm_attr::model::{Combine, GradientJob, GradientPlan, Passes};
 use llm_attr::request::{AttributeRequest, AttributeResponse, Baseline, Integration, Method, TokenRef};
 use llm_attr::run::{run, Limits};
 use serde_json::Value;
@@ -308,7 +308,7 @@ fn gradient_shap_estimates_the_path_integral() {
 }
 
 /// A GPU stacks a copy of the points per target token into one forward and one backward pass
-/// (`Backward::Stacked`); the CPU runs a backward pass per token. Both give the same rows, on
+/// (`Passes::Stacked`); the CPU runs a backward pass per token. Both give the same rows, on
 /// GPT-2 and on a family with RoPE and grouped attention, in one chunk and in several.
 #[test]
 fn stacked_passes_give_the_rows_of_a_pass_per_token() {
@@ -326,20 +326,20 @@ fn stacked_passes_give_the_rows_of_a_pass_per_token() {
                 combine,
                 prob: false,
             };
-            let run = |backward, token_budget| {
-                let layout = Layout {
+            let run = |passes, token_budget| {
+                let plan = GradientPlan {
                     stack_up_to: 0,
                     token_budget,
                 }
-                .forced(backward);
-                m.gradients_laid_out(&job, layout, &|_, _| Ok(())).unwrap()
+                .forced(passes);
+                m.gradients_laid_out(&job, plan, &|_, _| Ok(())).unwrap()
             };
-            let per_token = run(Backward::PerToken, 1024);
+            let per_token = run(Passes::PerToken, 1024);
             let scale = per_token.iter().flatten().fold(0.0f64, |a, v| a.max(v.abs()));
             assert!(scale > 0.0, "{spec}: no gradient at all");
             // 3 points x 4 copies x 8 tokens: one chunk, then a point per chunk.
             for budget in [1024, 40] {
-                let stacked = run(Backward::Stacked, budget);
+                let stacked = run(Passes::Stacked, budget);
                 assert_eq!(stacked.len(), per_token.len());
                 for (k, (s, p)) in stacked.iter().zip(&per_token).enumerate() {
                     for (i, (s, p)) in s.iter().zip(p).enumerate() {

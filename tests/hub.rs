@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use llm_attr::model::spec::{load_with, HubOptions};
+use llm_attr::model::load::{load_with, HubOptions};
 use llm_attr::model::LoadOptions;
 
 #[test]

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use llm_attr::model::spec::HubOptions;
+use llm_attr::model::load::HubOptions;
 use llm_attr::model::LoadOptions;
 use llm_attr::model::Model;
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var};
 use llm_attr::error::Error;
-use llm_attr::model::spec::load_with;
+use llm_attr::model::load::load_with;
 use llm_attr::model::{LoadOptions, Model, ScoreItem};
 use serde::Deserialize;
 

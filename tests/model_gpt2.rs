@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 
 use candle_core::{Device, IndexOp, Tensor};
 use llm_attr::error::Error;
-use llm_attr::model::{gpt2, greedy, Architecture, LoadOptions, Model, ModelSpec, ScoreItem};
+use llm_attr::model::{greedy, Architecture, LoadOptions, Model, ModelSpec, ScoreItem};
 use serde::Deserialize;
 
 fn fixtures() -> PathBuf {
@@ -143,7 +143,7 @@ fn greedy_without_cache(arch: &dyn Architecture, prompt: &[u32], n: usize) -> Ve
 #[test]
 fn greedy_with_cache_equals_recomputation() {
     let dir = fixtures();
-    let arch = gpt2::load(
+    let arch = llm_attr::model::load::architecture(
         &dir.join("config.json"),
         &[dir.join("model.safetensors")],
         &LoadOptions::default(),
@@ -151,15 +151,15 @@ fn greedy_with_cache_equals_recomputation() {
     .unwrap();
     let cases: Vec<LogprobCase> = read("logprobs.json");
     for c in cases.iter().take(3) {
-        let cached = greedy(&arch, &c.prompt_ids, 12, &[]).unwrap();
+        let cached = greedy(arch.as_ref(), &c.prompt_ids, 12, &[]).unwrap();
         assert_eq!(cached.len(), 12);
-        let full = greedy_without_cache(&arch, &c.prompt_ids, 12);
+        let full = greedy_without_cache(arch.as_ref(), &c.prompt_ids, 12);
         assert_eq!(cached, full, "prompt {:?}", c.prompt);
         // Stopping: with the 3rd generated id as a stop id, generation ends there, stop included.
         let stop = cached[2];
         let first = cached.iter().position(|&t| t == stop).unwrap();
         assert_eq!(
-            greedy(&arch, &c.prompt_ids, 12, &[stop]).unwrap(),
+            greedy(arch.as_ref(), &c.prompt_ids, 12, &[stop]).unwrap(),
             cached[..=first]
         );
         // Through the model (EOS = 50256 stops).
@@ -520,7 +520,7 @@ fn vocab_and_merges_instead_of_tokenizer_json() {
 /// size, with wide logits and -inf entries.
 #[test]
 fn target_logprobs_match_f64_reference() {
-    use llm_attr::model::ops::target_logprobs;
+    use llm_attr::model::kernels::ops::target_logprobs;
     let logits = (Tensor::randn(0f32, 4.0, (5, 50_257), &Device::Cpu).unwrap() * 1.0).unwrap();
     let targets: Vec<u32> = vec![0, 17, 50_256, 3, 25_000];
     let got = target_logprobs(&logits, &targets).unwrap();

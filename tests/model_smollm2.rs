@@ -4,8 +4,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use llm_attr::error::Error;
+use llm_attr::model::load::gguf;
 use llm_attr::model::LoadOptions;
-use llm_attr::model::{gguf, Model, ScoreItem};
+use llm_attr::model::{Model, ScoreItem};
 use serde::Deserialize;
 
 fn model_path() -> PathBuf {

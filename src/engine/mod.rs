@@ -89,7 +89,7 @@ impl Default for EngineConfig {
         EngineConfig {
             workers: 1,
             queue_capacity: 65_536,
-            token_budget: crate::scorer::DEFAULT_TOKEN_BUDGET,
+            token_budget: crate::model::device::DEFAULT_TOKEN_BUDGET,
             window: 4096,
             batch_seconds: None,
         }

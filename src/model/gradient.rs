@@ -8,7 +8,7 @@
 //! token) serves every target token, since a causal model's prediction of target token k never
 //! sees what comes after it; the interpolation steps go through it as one batch (in chunks
 //! that bound the memory the backward pass keeps). How the target tokens then get their own
-//! gradients depends on the device and on how many points the job has ([`Layout`]). Only differentiable ops are used
+//! gradients depends on the device and on how many points the job has ([`GradientPlan`]). Only differentiable ops are used
 //! ([`Architecture::forward_from_embeddings`]).
 
 use std::cell::Cell;
@@ -17,54 +17,8 @@ use std::ops::Range;
 use candle_core::{DType, Tensor, Var, D};
 
 use crate::error::{Error, Result};
-use crate::model::{device, Architecture};
-
-/// Which passes a job's points take, and how big a chunk of them may be
-/// ([`crate::model::device::tuning`] says what suits a device).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Layout {
-    /// A job is [`Backward::Stacked`] when its copies of all its points come to at most this
-    /// many tokens, else [`Backward::PerToken`]. 0: never stacked; `usize::MAX`: always.
-    pub stack_up_to: usize,
-    /// Tokens of one chunk (all its copies): bounds the activations a backward pass keeps
-    /// (about 1 MB per token for a 135M-parameter model in f32, 6 MB for an 8B one in bf16).
-    pub token_budget: usize,
-}
-
-impl Layout {
-    /// The passes of a job of `points` points, each `len` tokens, and `k` target tokens.
-    pub fn backward(&self, points: usize, len: usize, k: usize) -> Backward {
-        if points.saturating_mul(len).saturating_mul(k) <= self.stack_up_to {
-            Backward::Stacked
-        } else {
-            Backward::PerToken
-        }
-    }
-
-    /// This layout with its passes fixed (`--gradient-passes`).
-    pub fn forced(self, backward: Backward) -> Layout {
-        let stack_up_to = match backward {
-            Backward::PerToken => 0,
-            Backward::Stacked => usize::MAX,
-        };
-        Layout { stack_up_to, ..self }
-    }
-}
-
-/// How each target token gets its own gradients. Timed on an H200 on a 20-token prompt and a
-/// 9-token target (scripts/gpu-check.sh, one run): gradient × input, 1 point, took 0.07 s
-/// stacked and 0.42 s per token at SmolLM2's shape (0.13 and 0.66 s at Llama-3.1-8B's), and
-/// integrated gradients, 50 points, 0.50 s stacked and 0.43 s per token (2.74 and 2.05 s).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Backward {
-    /// One forward pass that every target token shares, then a backward pass per token: the
-    /// least arithmetic, which is what a CPU's time, and a GPU's on many points, goes to.
-    PerToken,
-    /// A copy of the points per target token, each copy differentiating its own token's
-    /// value, so one forward and one backward pass serve them all: k times the arithmetic in
-    /// k times fewer kernel launches, which is what a GPU's time on few points goes to.
-    Stacked,
-}
+use crate::model::arch::Architecture;
+use crate::model::device::{self, GradientPlan, Passes};
 
 /// One gradient attribution. Point s of the path gives, for target token k and prompt
 /// position p, `q[k][s][p] = (x_p - b_p) . grad_{x_p} f_k(b + a_s (x - b))`, where x is the
@@ -146,26 +100,26 @@ impl GradientJob {
 }
 
 /// Runs `job` on `arch`: rows over the prompt positions, per target token (and point, as
-/// `job.combine` says), with the passes and chunks `layout` says.
+/// `job.combine` says), with the passes and chunks `plan` says.
 /// `progress(done, total)` is called after each chunk of steps, and between the target tokens'
 /// backward passes with the chunk's start, and stops the work when it fails (cancellation):
 /// a long target never runs on for more than one pass after its request is gone.
 pub fn attribute(
     arch: &dyn Architecture,
     job: &GradientJob,
-    layout: Layout,
+    plan: GradientPlan,
     progress: &dyn Fn(usize, usize) -> Result<()>,
 ) -> Result<Vec<Vec<f64>>> {
     job.check()?;
     let path = Path::new(arch, job)?;
     let n = job.alphas.len();
-    let backward = layout.backward(n, path.len, job.target.len());
-    let copies = match backward {
-        Backward::PerToken => 1,
-        Backward::Stacked => job.target.len(),
+    let passes = plan.passes(n, path.len, job.target.len());
+    let copies = match passes {
+        Passes::PerToken => 1,
+        Passes::Stacked => job.target.len(),
     };
     // Equal chunks of at most `token_budget` tokens.
-    let chunks = (n * path.len * copies).div_ceil(layout.token_budget).clamp(1, n);
+    let chunks = (n * path.len * copies).div_ceil(plan.token_budget).clamp(1, n);
     let per_chunk = n.div_ceil(chunks);
     let mut attr = vec![vec![0.0f64; path.prompt_len]; job.n_rows()];
     let mut done = 0;
@@ -180,9 +134,9 @@ pub fn attribute(
             })
         };
         let points = path.points(&job.alphas[range.clone()])?;
-        match backward {
-            Backward::PerToken => per_token(arch, job, &path, &points, &between),
-            Backward::Stacked => stacked(arch, job, &path, &points),
+        match passes {
+            Passes::PerToken => per_token(arch, job, &path, &points, &between),
+            Passes::Stacked => stacked(arch, job, &path, &points),
         }
     };
     while done < n {
@@ -260,7 +214,7 @@ impl Path {
     }
 }
 
-/// [`Backward::PerToken`]: `q[row][s]` for the points, one shared forward pass and a backward
+/// [`Passes::PerToken`]: `q[row][s]` for the points, one shared forward pass and a backward
 /// pass per target token, with `between()` before each pass but the first.
 fn per_token(
     arch: &dyn Architecture,
@@ -283,7 +237,7 @@ fn per_token(
         .collect()
 }
 
-/// [`Backward::Stacked`]: `q[row][s]` for the points, from copy `row` of them, whose value is
+/// [`Passes::Stacked`]: `q[row][s]` for the points, from copy `row` of them, whose value is
 /// target token `row`'s alone; one forward and one backward pass for all.
 fn stacked(
     arch: &dyn Architecture,
@@ -400,31 +354,6 @@ mod tests {
         };
         assert_eq!(halving_on_oom(0..7, &run, "cuda:0").unwrap(), rows(0..7));
         assert_eq!(sizes.into_inner(), [7, 3, 1, 2, 4, 2, 2]);
-    }
-
-    /// Integrated gradients' 50 points run a pass per token on a GPU; gradient × input's one
-    /// point and gradient SHAP's 5 are stacked (t1_grad: 28 tokens, 9 target tokens). Forcing
-    /// a layout overrides the rule.
-    #[test]
-    fn a_gpu_stacks_few_points_and_runs_many_per_token() {
-        let gpu = device::tuning(&candle_core::Device::Cpu).gradients;
-        assert_eq!(gpu.backward(1, 28, 9), Backward::PerToken, "the CPU never stacks");
-        let gpu = Layout {
-            stack_up_to: 4096,
-            token_budget: 4096,
-        };
-        assert_eq!(gpu.backward(1, 28, 9), Backward::Stacked);
-        assert_eq!(gpu.backward(5, 28, 9), Backward::Stacked);
-        assert_eq!(gpu.backward(50, 28, 9), Backward::PerToken);
-        assert_eq!(
-            gpu.forced(Backward::Stacked).backward(50, 28, 9),
-            Backward::Stacked
-        );
-        assert_eq!(
-            gpu.forced(Backward::PerToken).backward(1, 28, 9),
-            Backward::PerToken
-        );
-        assert_eq!(gpu.forced(Backward::Stacked).token_budget, 4096);
     }
 
     /// Only a single point that does not fit fails, naming the device; other errors pass

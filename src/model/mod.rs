@@ -1,111 +1,32 @@
 //! Language models: loading, teacher-forced scoring of target continuations, greedy generation.
 //!
 //! The model owns the tensors. Everything above this module sees token ids and log-probs.
+//!
+//! - [`load`]: specs, the hub, safetensors and GGUF files, tokenizers from them (and
+//!   `Model::load`);
+//! - [`arch`]: the architectures, their family registry, configs and KV cache;
+//! - [`kernels`]: fused forward ops and their hand-written backward passes;
+//! - [`device`]: where a model runs and how the engine drives it; [`gradient`]: the gradient
+//!   methods' passes.
 
-pub(crate) mod backward;
-pub mod cache;
-pub mod config;
-pub mod decoder;
+pub mod arch;
 pub mod device;
-pub mod family;
-pub mod gguf;
-pub mod gpt2;
 pub mod gradient;
-pub mod ops;
-pub mod spec;
+pub mod kernels;
+pub mod load;
 pub mod tokenizer;
-
-use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-pub use cache::KvCache;
-pub use device::{DeviceArgs, DeviceChoice, DtypeChoice};
-pub use family::Family;
-pub use gradient::{Backward, Combine, GradientJob, Layout};
-pub use spec::ModelSpec;
+pub use arch::family::Family;
+pub use arch::kv_cache::KvCache;
+pub use arch::{ArchInfo, Architecture};
+pub use device::{DeviceArgs, DeviceChoice, DtypeChoice, GradientPlan, LoadOptions, Passes};
+pub use gradient::{Combine, GradientJob};
+pub use load::ModelSpec;
 pub use tokenizer::Tokenizer;
-
-/// What one architecture provides. Inputs are right-padded `[batch, len]` u32 ids with
-/// positions starting at 0; the causal mask alone keeps padding (always after the real tokens)
-/// out of every real position.
-pub trait Architecture: Send + Sync {
-    /// Final hidden states (after the last norm), `[batch, len, hidden]`.
-    fn hidden(&self, ids: &Tensor) -> candle_core::Result<Tensor>;
-    /// Final hidden states at `rows` only (u32 indices into the `batch * len` positions),
-    /// `[n, hidden]`, skipping work that feeds no selected row.
-    fn hidden_rows(&self, ids: &Tensor, rows: &Tensor) -> candle_core::Result<Tensor>;
-    /// LM head: `[.., hidden]` -> `[.., vocab]` (differentiable).
-    fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor>;
-    /// Runs `ids` (`[1, len]`) after the positions in `cache`, appending their keys and values;
-    /// the final hidden state of the last one, `[1, hidden]`.
-    fn step(&self, ids: &Tensor, cache: &mut KvCache) -> candle_core::Result<Tensor>;
-    /// An empty cache for [`Architecture::step`].
-    fn new_cache(&self) -> KvCache;
-    /// The input embedding layer's output, `[batch, len, hidden]` (what Captum's layer methods
-    /// attribute to).
-    fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor>;
-    /// Final hidden states `[batch, len, hidden]` from the output of [`Architecture::embed`],
-    /// built only from candle ops with a backward pass (none of the fused kernels), so
-    /// gradients flow back to `embeds`. Feed it to [`Architecture::logits`].
-    fn forward_from_embeddings(&self, embeds: &Tensor) -> candle_core::Result<Tensor>;
-    /// Where the weights live.
-    fn device(&self) -> &Device;
-    fn info(&self) -> ArchInfo;
-}
-
-/// Where to put a model and in which data type.
-#[derive(Debug, Clone)]
-pub struct LoadOptions {
-    pub device: Device,
-    /// `None`: f32 on the CPU, bf16 elsewhere.
-    pub dtype: Option<DType>,
-    /// `None`: what suits the device ([`device::tuning`]).
-    pub gradient_passes: Option<Backward>,
-}
-
-impl LoadOptions {
-    pub fn new(device: Device, dtype: Option<DType>) -> Self {
-        LoadOptions {
-            device,
-            dtype,
-            gradient_passes: None,
-        }
-    }
-
-    /// The data type the weights are loaded in and the forward pass runs in.
-    pub fn dtype(&self) -> DType {
-        match self.dtype {
-            Some(d) => d,
-            None if self.device.is_cpu() => DType::F32,
-            None => DType::BF16,
-        }
-    }
-}
-
-impl Default for LoadOptions {
-    /// The CPU in f32: what the CLI and server use unless told otherwise.
-    fn default() -> Self {
-        LoadOptions::new(Device::Cpu, None)
-    }
-}
-
-/// Static facts about a loaded architecture.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct ArchInfo {
-    /// The family (`gpt2`, `llama`, `qwen2`, ...).
-    pub architecture: String,
-    pub parameters: usize,
-    pub vocab_size: usize,
-    pub context_length: usize,
-    pub hidden_size: usize,
-    pub layers: usize,
-    pub heads: usize,
-    /// Data type the forward pass runs in.
-    pub dtype: String,
-}
 
 /// `GET /v1/model`.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -139,7 +60,7 @@ pub struct Model {
     info: ModelInfo,
     device: Device,
     /// How the gradient methods run here.
-    gradients: Layout,
+    gradients: GradientPlan,
 }
 
 impl Model {
@@ -157,15 +78,6 @@ impl Model {
             gradients: device::tuning(&device).gradients,
             device,
         }
-    }
-
-    /// Loads a model from a spec: `hf:ORG/NAME[@REV]`, a directory, or a `.gguf` file.
-    pub fn load(spec: &str, options: &LoadOptions) -> Result<Arc<Model>> {
-        let mut model = spec::load(spec, options)?;
-        if let Some(backward) = options.gradient_passes {
-            model.gradients = model.gradients.forced(backward);
-        }
-        Ok(Arc::new(model))
     }
 
     /// Where the weights live and the forward passes run.
@@ -275,7 +187,7 @@ impl Model {
         let rows = Tensor::from_vec(rows, targets.len(), &self.device)?;
         let picked = self.arch.hidden_rows(&ids, &rows)?;
         let logits = self.arch.logits(&picked)?.to_dtype(DType::F32)?;
-        let flat = ops::target_logprobs(&logits, &targets)?;
+        let flat = kernels::ops::target_logprobs(&logits, &targets)?;
         let mut out = Vec::with_capacity(batch.len());
         let mut at = 0;
         for item in batch {
@@ -300,7 +212,7 @@ impl Model {
         Ok(out)
     }
 
-    /// Gradient attribution of `job` (see [`gradient::attribute`]), laid out as the model was
+    /// Gradient attribution of `job` (see [`gradient::attribute`]), planned as the model was
     /// loaded; `progress(done, total)`, after each chunk of steps and between the target tokens'
     /// passes, stops the work when it fails.
     pub fn gradients(
@@ -311,12 +223,12 @@ impl Model {
         self.gradients_laid_out(job, self.gradients, progress)
     }
 
-    /// [`Model::gradients`] with a chosen layout: every layout gives the same numbers, which
-    /// the tests check on a CPU for the one a GPU uses.
+    /// [`Model::gradients`] with a chosen plan: every plan gives the same numbers, which the
+    /// tests check on a CPU for the one a GPU uses.
     pub fn gradients_laid_out(
         &self,
         job: &GradientJob,
-        layout: Layout,
+        plan: GradientPlan,
         progress: &dyn Fn(usize, usize) -> Result<()>,
     ) -> Result<Vec<Vec<f64>>> {
         let item = ScoreItem {
@@ -333,7 +245,7 @@ impl Model {
                 "baseline_token",
             )?;
         }
-        gradient::attribute(self.arch(), job, layout, progress)
+        gradient::attribute(self.arch(), job, plan, progress)
     }
 
     /// Greedy continuation of `prompt` (ids), stopping at an end-of-sequence token.
@@ -414,7 +326,7 @@ pub fn greedy(
         let ids = Tensor::new(input.as_slice(), arch.device())?.unsqueeze(0)?;
         let hidden = arch.step(&ids, &mut cache)?;
         let logits = arch.logits(&hidden)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-        let next = cache::argmax(&logits[0]);
+        let next = arch::kv_cache::argmax(&logits[0]);
         out.push(next);
         if stop.contains(&next) {
             break;

@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, Response, StatusCode, Uri};
 use axum::Router;
 use candle_core::{Device, Tensor};
-use llm_attr::model::spec::HubOptions;
+use llm_attr::model::load::HubOptions;
 use llm_attr::model::{Model, ScoreItem};
 
 pub const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -330,7 +330,7 @@ pub fn local_scores() -> Vec<Vec<f32>> {
     static SCORES: std::sync::OnceLock<Vec<Vec<f32>>> = std::sync::OnceLock::new();
     SCORES
         .get_or_init(|| {
-            let m = llm_attr::model::spec::load_with(
+            let m = llm_attr::model::load::load_with(
                 fixtures().to_str().unwrap(),
                 &HubOptions {
                     endpoint: "http://127.0.0.1:9".into(),

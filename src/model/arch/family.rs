@@ -1,7 +1,19 @@
 //! The one registry of model families: which config.json `model_type` and which GGUF
-//! `general.architecture` name each one, and what sets the family apart from plain Llama.
+//! `general.architecture` name each one, what sets the family apart from plain Llama, and the
+//! constructor of its architecture. A new architecture is one file in `arch/` and one entry here.
+
+use candle_nn::VarBuilder;
+use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::model::arch::{decoder, gpt2, Architecture};
+
+/// Opens the weights, once the config has been checked.
+pub type Weights<'a> = &'a dyn Fn() -> Result<VarBuilder<'static>>;
+
+/// Builds a family's architecture from its config.json (`origin` names the file in errors) and
+/// its weights.
+pub type Build = fn(Family, &Value, &str, Weights) -> Result<Box<dyn Architecture>>;
 
 /// A model family this crate runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -66,6 +78,8 @@ pub struct Entry {
     pub gguf: Option<&'static str>,
     /// `None` for GPT-2, which is not a Llama-style decoder.
     pub traits: Option<Traits>,
+    /// The architecture's constructor.
+    pub build: Build,
 }
 
 const LLAMA: Traits = Traits {
@@ -85,6 +99,7 @@ pub const REGISTRY: &[Entry] = &[
         model_types: &["gpt2"],
         gguf: None,
         traits: None,
+        build: gpt2::from_hf,
     },
     Entry {
         family: Family::Llama,
@@ -92,6 +107,7 @@ pub const REGISTRY: &[Entry] = &[
         model_types: &["llama"],
         gguf: Some("llama"),
         traits: Some(LLAMA),
+        build: decoder::from_hf,
     },
     Entry {
         family: Family::Mistral,
@@ -104,6 +120,7 @@ pub const REGISTRY: &[Entry] = &[
             windows: WindowLayers::All,
             ..LLAMA
         }),
+        build: decoder::from_hf,
     },
     Entry {
         family: Family::Qwen2,
@@ -115,6 +132,7 @@ pub const REGISTRY: &[Entry] = &[
             windows: WindowLayers::FromMaxWindowLayers,
             ..LLAMA
         }),
+        build: decoder::from_hf,
     },
     Entry {
         family: Family::Qwen3,
@@ -126,6 +144,7 @@ pub const REGISTRY: &[Entry] = &[
             windows: WindowLayers::FromMaxWindowLayers,
             ..LLAMA
         }),
+        build: decoder::from_hf,
     },
     Entry {
         family: Family::Phi3,
@@ -138,6 +157,7 @@ pub const REGISTRY: &[Entry] = &[
             windows: WindowLayers::All,
             ..LLAMA
         }),
+        build: decoder::from_hf,
     },
     Entry {
         family: Family::Gemma2,
@@ -151,6 +171,7 @@ pub const REGISTRY: &[Entry] = &[
             default_activation: "gelu_pytorch_tanh",
             ..LLAMA
         }),
+        build: decoder::from_hf,
     },
 ];
 

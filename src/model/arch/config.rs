@@ -1,22 +1,13 @@
 //! The decoder's configuration, read from a Hugging Face config.json in either form seen in the
 //! wild: the classic one (`rope_theta`, `rope_scaling`, `torch_dtype`) and transformers 5's
-//! (`rope_parameters`, `dtype`). GGUF metadata is read into the same struct in `gguf.rs`.
+//! (`rope_parameters`, `dtype`). GGUF metadata is read into the same struct in `load/gguf/config.rs`.
 
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::model::family::{AttentionBias, Family, Traits, WindowLayers};
-use crate::model::ops::Activation;
-
-/// How RoPE pairs the dimensions of a head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RopeStyle {
-    /// Dimension i with i + head_dim/2 (Hugging Face's `rotate_half`).
-    Half,
-    /// Dimensions 2i and 2i+1: GGUF Llama files store Q and K permuted for this.
-    Interleaved,
-}
+use crate::model::arch::family::{AttentionBias, Family, Traits, WindowLayers};
+use crate::model::kernels::{Activation, RopeStyle};
 
 /// How the RoPE frequencies are rescaled for long contexts.
 #[derive(Debug, Clone, PartialEq)]
@@ -151,7 +142,7 @@ impl DecoderConfig {
     pub fn from_hf(family: Family, json: &Value, origin: &str) -> Result<Self> {
         let bad = |m: String| Error::Model(format!("{origin}: {m}"));
         let traits = traits(family)?;
-        let c: HfConfig = serde_json::from_value(json.clone())
+        let c = HfConfig::deserialize(json)
             .map_err(|e| bad(format!("not a valid {} config: {e}", family.name())))?;
         if c.mlp_bias == Some(true) {
             return Err(bad("mlp_bias is not supported".into()));

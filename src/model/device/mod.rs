@@ -1,5 +1,5 @@
 //! Where a model runs and in which data type: the `--device` and `--dtype` flags, what each
-//! device supports, and how the engine should drive it (workers, batch size).
+//! device supports, and how the engine should drive it ([`tuning`]).
 //!
 //! CUDA is a cargo feature (`cuda`); a build without it refuses `--device cuda` with the command
 //! that builds one.
@@ -10,8 +10,10 @@ use std::str::FromStr;
 use candle_core::{DType, Device};
 
 use crate::error::{Error, Result};
-use crate::model::gradient::{Backward, Layout};
-use crate::model::LoadOptions;
+
+pub mod tuning;
+
+pub use tuning::{tuning, GradientPlan, Passes, Tuning, DEFAULT_TOKEN_BUDGET};
 
 /// `--device`: `auto`, `cpu`, `cuda` (= `cuda:0`) or `cuda:N`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -102,7 +104,7 @@ pub struct DeviceArgs {
     /// pass each; the least arithmetic, the CPU's default) or stacked (one pass over a copy of
     /// the input per token; the fewest kernel launches, a GPU's default).
     #[arg(long, env = "LLM_ATTR_GRADIENT_PASSES", value_enum)]
-    pub gradient_passes: Option<Backward>,
+    pub gradient_passes: Option<Passes>,
 }
 
 impl DeviceArgs {
@@ -111,6 +113,42 @@ impl DeviceArgs {
         let mut options = resolve(self.device, self.dtype)?;
         options.gradient_passes = self.gradient_passes;
         Ok(options)
+    }
+}
+
+/// Where to put a model and in which data type.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub device: Device,
+    /// `None`: f32 on the CPU, bf16 elsewhere.
+    pub dtype: Option<DType>,
+    /// `None`: what suits the device ([`device::tuning`]).
+    pub gradient_passes: Option<Passes>,
+}
+
+impl LoadOptions {
+    pub fn new(device: Device, dtype: Option<DType>) -> Self {
+        LoadOptions {
+            device,
+            dtype,
+            gradient_passes: None,
+        }
+    }
+
+    /// The data type the weights are loaded in and the forward pass runs in.
+    pub fn dtype(&self) -> DType {
+        match self.dtype {
+            Some(d) => d,
+            None if self.device.is_cpu() => DType::F32,
+            None => DType::BF16,
+        }
+    }
+}
+
+impl Default for LoadOptions {
+    /// The CPU in f32: what the CLI and server use unless told otherwise.
+    fn default() -> Self {
+        LoadOptions::new(Device::Cpu, None)
     }
 }
 
@@ -146,46 +184,6 @@ fn check_dtype(device: &Device, dtype: DType) -> Result<()> {
             ),
         )),
         _ => cuda::check_dtype(device, dtype),
-    }
-}
-
-/// How the engine drives a device: worker threads, padded tokens per forward pass, and how the
-/// gradient methods lay out their passes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Tuning {
-    pub workers: usize,
-    pub token_budget: usize,
-    pub gradients: Layout,
-}
-
-/// Tokens of one chunk of a gradient job on a GPU.
-const GPU_GRADIENT_CHUNK: usize = 4096;
-
-/// A CPU forward pass already uses every core, so one worker; batches past ~2k tokens gain
-/// nothing there, and its gradient passes are bound by arithmetic. A GPU needs big batches to
-/// be busy, and one worker per GPU keeps passes from competing for its memory (the 125
-/// sequences of an exact three-feature request fit in one); its gradient passes on few points
-/// are bound by kernel launches, so they are stacked up to a chunk (see [`Backward`]).
-pub fn tuning(device: &Device) -> Tuning {
-    match device {
-        Device::Cpu => Tuning {
-            workers: 1,
-            token_budget: crate::scorer::DEFAULT_TOKEN_BUDGET,
-            gradients: Layout {
-                stack_up_to: 0,
-                token_budget: 1024,
-            },
-        },
-        _ => Tuning {
-            workers: 1,
-            token_budget: 16_384,
-            // Stacked while the whole job fits one chunk: beyond, the copies' arithmetic
-            // outweighs the launches they save.
-            gradients: Layout {
-                stack_up_to: GPU_GRADIENT_CHUNK,
-                token_budget: GPU_GRADIENT_CHUNK,
-            },
-        },
     }
 }
 

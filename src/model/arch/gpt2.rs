@@ -4,16 +4,17 @@
 //! `[tokens, features]` matrix: one GEMM per projection for the whole batch. Q, K and V come out
 //! of one fused projection and are split by a single permute.
 
-use std::path::{Path, PathBuf};
-
-use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
 use serde::Deserialize;
+use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::model::cache::{KvCache, Masks};
-use crate::model::ops::{self, Activation, Kernels};
-use crate::model::{ArchInfo, Architecture, LoadOptions};
+use crate::model::arch::family::Weights;
+use crate::model::arch::kv_cache::{KvCache, Masks};
+use crate::model::arch::{check_context, keep_rows, project, weight, ArchInfo, Architecture};
+use crate::model::kernels::{ops, Activation, Kernels};
+use crate::model::Family;
 
 /// The fields of a GPT-2 `config.json` the forward pass needs.
 #[derive(Debug, Clone, Deserialize)]
@@ -55,7 +56,14 @@ fn yes() -> bool {
 impl Config {
     /// Parses and validates a `config.json`; `origin` names the file in errors.
     pub fn from_json(text: &str, origin: &str) -> Result<Self> {
-        let cfg: Config = serde_json::from_str(text)
+        let json: Value = serde_json::from_str(text)
+            .map_err(|e| Error::Model(format!("{origin} is not a valid GPT-2 config: {e}")))?;
+        Self::from_value(&json, origin)
+    }
+
+    /// Validates an already parsed `config.json`; `origin` names the file in errors.
+    pub fn from_value(json: &Value, origin: &str) -> Result<Self> {
+        let cfg = Config::deserialize(json)
             .map_err(|e| Error::Model(format!("{origin} is not a valid GPT-2 config: {e}")))?;
         cfg.validate(origin)?;
         Ok(cfg)
@@ -122,6 +130,18 @@ struct LayerNorm {
 }
 
 impl LayerNorm {
+    fn load(vb: &VarBuilder, n: usize, eps: f64) -> Result<Self> {
+        Ok(LayerNorm {
+            weight: weight(vb, &[n], "weight")?,
+            bias: weight(vb, &[n], "bias")?,
+            eps: eps as f32,
+        })
+    }
+
+    fn parameters(&self) -> usize {
+        self.weight.elem_count() + self.bias.elem_count()
+    }
+
     fn forward(&self, x: &Tensor, k: Kernels) -> candle_core::Result<Tensor> {
         k.layer_norm(x, &self.weight, &self.bias, self.eps)
     }
@@ -134,6 +154,17 @@ struct Conv1D {
 }
 
 impl Conv1D {
+    fn load(vb: &VarBuilder, n_in: usize, n_out: usize) -> Result<Self> {
+        Ok(Conv1D {
+            weight: weight(vb, &[n_in, n_out], "weight")?,
+            bias: weight(vb, &[n_out], "bias")?,
+        })
+    }
+
+    fn parameters(&self) -> usize {
+        self.weight.elem_count() + self.bias.elem_count()
+    }
+
     /// `act(x @ weight + bias)`; bias and activation in one parallel pass.
     fn forward(&self, x: &Tensor, act: Option<Activation>, k: Kernels) -> candle_core::Result<Tensor> {
         k.bias_act(&k.matmul(x, &self.weight)?, &self.bias, act)
@@ -173,137 +204,67 @@ pub struct Gpt2 {
     dtype: DType,
 }
 
-/// Reads tensors from one or more safetensors files and checks their shapes.
-struct Weights {
-    st: MmapedSafetensors,
-    prefix: &'static str,
-    device: Device,
-    dtype: DType,
-    parameters: usize,
+impl Block {
+    /// Block `i` under `vb` (`h.{i}`).
+    fn load(cfg: &Config, vb: &VarBuilder, i: usize) -> Result<Self> {
+        let (c, eps) = (cfg.n_embd, cfg.layer_norm_epsilon);
+        let mut scale = if cfg.scale_attn_weights {
+            1.0 / ((c / cfg.n_head) as f64).sqrt()
+        } else {
+            1.0
+        };
+        if cfg.scale_attn_by_inverse_layer_idx {
+            scale /= (i + 1) as f64;
+        }
+        Ok(Block {
+            ln_1: LayerNorm::load(&vb.pp("ln_1"), c, eps)?,
+            c_attn: Conv1D::load(&vb.pp("attn.c_attn"), c, 3 * c)?,
+            attn_proj: Conv1D::load(&vb.pp("attn.c_proj"), c, c)?,
+            ln_2: LayerNorm::load(&vb.pp("ln_2"), c, eps)?,
+            c_fc: Conv1D::load(&vb.pp("mlp.c_fc"), c, cfg.inner())?,
+            mlp_proj: Conv1D::load(&vb.pp("mlp.c_proj"), cfg.inner(), c)?,
+            scale,
+        })
+    }
+
+    fn parameters(&self) -> usize {
+        let (norms, convs) = (
+            [&self.ln_1, &self.ln_2],
+            [&self.c_attn, &self.attn_proj, &self.c_fc, &self.mlp_proj],
+        );
+        norms.iter().map(|n| n.parameters()).sum::<usize>()
+            + convs.iter().map(|c| c.parameters()).sum::<usize>()
+    }
 }
 
-impl Weights {
-    fn open(files: &[PathBuf], options: &LoadOptions) -> Result<Self> {
-        if files.is_empty() {
-            return Err(Error::Model("no safetensors weight file given".into()));
-        }
-        for f in files {
-            if !f.is_file() {
-                return Err(Error::Model(format!(
-                    "weight file {} does not exist",
-                    f.display()
-                )));
-            }
-        }
-        // SAFETY: the files are memory-mapped read-only; like every mmap-based loader we
-        // assume nobody truncates or rewrites them while the model loads. Tensors are copied
-        // out of the map, which is dropped after loading.
-        let st = unsafe { MmapedSafetensors::multi(files) }.map_err(|e| {
-            Error::Model(format!(
-                "cannot read safetensors {} (corrupt, truncated or not safetensors): {e}",
-                files
-                    .iter()
-                    .map(|f| f.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        })?;
-        let prefix = if st.get("transformer.wte.weight").is_ok() {
-            "transformer."
-        } else {
-            ""
-        };
-        Ok(Weights {
-            st,
-            prefix,
-            device: options.device.clone(),
-            dtype: options.dtype(),
-            parameters: 0,
-        })
-    }
-
-    fn has(&self, name: &str) -> bool {
-        self.st.get(name).is_ok()
-    }
-
-    /// Loads `name` (with the `transformer.` prefix if the file uses it) of shape `dims`.
-    fn get(&mut self, name: &str, dims: &[usize]) -> Result<Tensor> {
-        let full = format!("{}{name}", self.prefix);
-        self.exact(&full, dims)
-    }
-
-    fn exact(&mut self, name: &str, dims: &[usize]) -> Result<Tensor> {
-        if !self.has(name) {
-            return Err(Error::Model(format!("the weights have no tensor {name}")));
-        }
-        let t = self
-            .st
-            .load(name, &self.device)
-            .and_then(|t| t.to_dtype(self.dtype))
-            .map_err(|e| Error::Model(format!("cannot load tensor {name}: {e}")))?;
-        if t.dims() != dims {
-            return Err(Error::Model(format!(
-                "tensor {name} has shape {:?}, expected {dims:?}",
-                t.dims()
-            )));
-        }
-        self.parameters += t.elem_count();
-        Ok(t)
-    }
-
-    fn layer_norm(&mut self, name: &str, n: usize, eps: f64) -> Result<LayerNorm> {
-        Ok(LayerNorm {
-            weight: self.get(&format!("{name}.weight"), &[n])?,
-            bias: self.get(&format!("{name}.bias"), &[n])?,
-            eps: eps as f32,
-        })
-    }
-
-    fn conv1d(&mut self, name: &str, n_in: usize, n_out: usize) -> Result<Conv1D> {
-        Ok(Conv1D {
-            weight: self.get(&format!("{name}.weight"), &[n_in, n_out])?,
-            bias: self.get(&format!("{name}.bias"), &[n_out])?,
-        })
-    }
+/// A GPT-2 from its config.json and its weights (the registry's constructor).
+pub fn from_hf(_: Family, json: &Value, origin: &str, weights: Weights) -> Result<Box<dyn Architecture>> {
+    let cfg = Config::from_value(json, origin)?;
+    Ok(Box::new(Gpt2::load(cfg, weights()?)?))
 }
 
 impl Gpt2 {
-    /// Loads the weights named by a validated config from safetensors files (one, or the shards
-    /// of a sharded checkpoint).
-    pub fn load(cfg: Config, files: &[PathBuf], options: &LoadOptions) -> Result<Self> {
+    /// Loads the weights a validated config names, under Hugging Face's names with or without
+    /// the `transformer.` prefix; the `VarBuilder` fixes device and dtype.
+    pub fn load(cfg: Config, vb: VarBuilder) -> Result<Self> {
         let activation = cfg
             .activation()
             .map_err(|m| Error::Model(format!("config.json: {m}")))?;
-        let mut w = Weights::open(files, options)?;
-        let (c, v, inner) = (cfg.n_embd, cfg.vocab_size, cfg.inner());
-        let head_dim = (c / cfg.n_head) as f64;
-        let wte = w.get("wte.weight", &[v, c])?;
-        let wpe = w.get("wpe.weight", &[cfg.context_length(), c])?;
-        let mut blocks = Vec::with_capacity(cfg.n_layer);
-        for i in 0..cfg.n_layer {
-            let p = format!("h.{i}");
-            let mut scale = if cfg.scale_attn_weights {
-                1.0 / head_dim.sqrt()
-            } else {
-                1.0
-            };
-            if cfg.scale_attn_by_inverse_layer_idx {
-                scale /= (i + 1) as f64;
-            }
-            blocks.push(Block {
-                ln_1: w.layer_norm(&format!("{p}.ln_1"), c, cfg.layer_norm_epsilon)?,
-                c_attn: w.conv1d(&format!("{p}.attn.c_attn"), c, 3 * c)?,
-                attn_proj: w.conv1d(&format!("{p}.attn.c_proj"), c, c)?,
-                ln_2: w.layer_norm(&format!("{p}.ln_2"), c, cfg.layer_norm_epsilon)?,
-                c_fc: w.conv1d(&format!("{p}.mlp.c_fc"), c, inner)?,
-                mlp_proj: w.conv1d(&format!("{p}.mlp.c_proj"), inner, c)?,
-                scale,
-            });
-        }
-        let ln_f = w.layer_norm("ln_f", c, cfg.layer_norm_epsilon)?;
+        let (c, v) = (cfg.n_embd, cfg.vocab_size);
+        let t = if vb.contains_tensor("transformer.wte.weight") {
+            vb.pp("transformer")
+        } else {
+            vb.clone()
+        };
+        let wte = weight(&t, &[v, c], "wte.weight")?;
+        let wpe = weight(&t, &[cfg.context_length(), c], "wpe.weight")?;
+        let blocks = (0..cfg.n_layer)
+            .map(|i| Block::load(&cfg, &t.pp("h").pp(i), i))
+            .collect::<Result<Vec<_>>>()?;
+        let ln_f = LayerNorm::load(&t.pp("ln_f"), c, cfg.layer_norm_epsilon)?;
         // An lm_head that is stored is used, tied or not (some exports store the tied copy).
-        let lm_head = if w.has("lm_head.weight") {
-            Some(w.exact("lm_head.weight", &[v, c])?)
+        let lm_head = if vb.contains_tensor("lm_head.weight") {
+            Some(weight(&vb, &[v, c], "lm_head.weight")?)
         } else if !cfg.tie_word_embeddings {
             return Err(Error::Model(
                 "tie_word_embeddings is false but the weights have no lm_head.weight".into(),
@@ -311,6 +272,11 @@ impl Gpt2 {
         } else {
             None
         };
+        let parameters = wte.elem_count()
+            + wpe.elem_count()
+            + blocks.iter().map(Block::parameters).sum::<usize>()
+            + ln_f.parameters()
+            + lm_head.as_ref().map_or(0, Tensor::elem_count);
         Ok(Gpt2 {
             activation,
             wte,
@@ -318,46 +284,16 @@ impl Gpt2 {
             blocks,
             ln_f,
             lm_head,
-            parameters: w.parameters,
-            masks: Masks::new(&w.device),
-            device: w.device,
-            dtype: w.dtype,
+            parameters,
+            masks: Masks::new(vb.device()),
+            device: vb.device().clone(),
+            dtype: vb.dtype(),
             cfg,
         })
     }
 
     pub fn config(&self) -> &Config {
         &self.cfg
-    }
-
-    /// Final hidden states `[batch * len, hidden]` of token embeddings `tok` (`[batch * len,
-    /// hidden]`) placed after the positions in `cache`; with `rows` (indices into the
-    /// `batch * len` positions) only those rows come out, and the last block computes its
-    /// attention output projection and MLP for them alone.
-    fn forward(
-        &self,
-        tok: &Tensor,
-        (b, t): (usize, usize),
-        mut cache: Option<&mut KvCache>,
-        rows: Option<&Tensor>,
-        k: Kernels,
-    ) -> candle_core::Result<Tensor> {
-        let c = self.cfg.n_embd;
-        let ctx = self.cfg.context_length();
-        let past = cache.as_ref().map_or(0, |c| c.len());
-        if past + t > ctx {
-            candle_core::bail!("{} tokens exceed the context length of {ctx}", past + t);
-        }
-        let pos = self.wpe.narrow(0, past, t)?;
-        let mut x = tok.reshape((b, t, c))?.broadcast_add(&pos)?.reshape((b * t, c))?;
-        let mask = self.masks.get(t, past, None, self.dtype)?;
-        let last = self.blocks.len().saturating_sub(1);
-        for (i, block) in self.blocks.iter().enumerate() {
-            let kv = cache.as_deref_mut().map(|c| (c, i));
-            let only = if i == last { rows } else { None };
-            x = self.block(block, &x, (b, t), mask.as_ref(), kv, only, k)?;
-        }
-        self.ln_f.forward(&x, k)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -397,20 +333,12 @@ impl Gpt2 {
             .transpose(1, 2)?
             .contiguous()?
             .reshape((b * t, c))?;
-        // Every position's keys and values were needed above; from here on only `rows` matter.
-        let (x, y) = match rows {
-            Some(rows) => (x.index_select(rows, 0)?, y.index_select(rows, 0)?),
-            None => (x.clone(), y),
-        };
+        let (x, y) = keep_rows(x, y, rows)?;
         let x = (&x + blk.attn_proj.forward(&y, None, k)?)?;
         let h = blk
             .c_fc
             .forward(&blk.ln_2.forward(&x, k)?, Some(self.activation), k)?;
         x + blk.mlp_proj.forward(&h, None, k)?
-    }
-
-    fn tokens(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
-        self.wte.index_select(&ids.flatten_all()?, 0)
     }
 
     fn head(&self) -> &Tensor {
@@ -419,51 +347,39 @@ impl Gpt2 {
 }
 
 impl Architecture for Gpt2 {
-    fn hidden(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+    fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        self.forward(&self.tokens(ids)?, (b, t), None, None, Kernels::Fused)?
+        self.wte
+            .index_select(&ids.flatten_all()?, 0)?
             .reshape((b, t, self.cfg.n_embd))
     }
 
-    fn hidden_rows(&self, ids: &Tensor, rows: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, t) = ids.dims2()?;
-        self.forward(&self.tokens(ids)?, (b, t), None, Some(rows), Kernels::Fused)
+    /// Adds the position embeddings of `past..past + t` to `embeds`; with `rows`, the last
+    /// block computes its attention output projection and MLP for them alone.
+    fn forward(
+        &self,
+        embeds: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        rows: Option<&Tensor>,
+        k: Kernels,
+    ) -> candle_core::Result<Tensor> {
+        let (b, t, c) = embeds.dims3()?;
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        check_context(past, t, self.cfg.context_length())?;
+        let pos = self.wpe.narrow(0, past, t)?;
+        let mut x = embeds.broadcast_add(&pos)?.reshape((b * t, c))?;
+        let mask = self.masks.get(t, past, None, self.dtype)?;
+        let last = self.blocks.len().saturating_sub(1);
+        for (i, block) in self.blocks.iter().enumerate() {
+            let kv = cache.as_deref_mut().map(|c| (c, i));
+            let only = if i == last { rows } else { None };
+            x = self.block(block, &x, (b, t), mask.as_ref(), kv, only, k)?;
+        }
+        self.ln_f.forward(&x, k)
     }
 
     fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
-        let head = self.head().t()?;
-        match hidden.rank() {
-            2 => hidden.matmul(&head),
-            _ => hidden.broadcast_matmul(&head),
-        }
-    }
-
-    fn step(&self, ids: &Tensor, cache: &mut KvCache) -> candle_core::Result<Tensor> {
-        let (b, t) = ids.dims2()?;
-        let last = Tensor::new(&[(t - 1) as u32], &self.device)?;
-        self.forward(
-            &self.tokens(ids)?,
-            (b, t),
-            Some(cache),
-            Some(&last),
-            Kernels::Fused,
-        )
-    }
-
-    fn new_cache(&self) -> KvCache {
-        KvCache::new(self.blocks.len())
-    }
-
-    fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, t) = ids.dims2()?;
-        self.tokens(ids)?.reshape((b, t, self.cfg.n_embd))
-    }
-
-    fn forward_from_embeddings(&self, embeds: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, t, c) = embeds.dims3()?;
-        let x = embeds.reshape((b * t, c))?;
-        self.forward(&x, (b, t), None, None, Kernels::Differentiable)?
-            .reshape((b, t, c))
+        project(hidden, self.head())
     }
 
     fn device(&self) -> &Device {
@@ -484,24 +400,16 @@ impl Architecture for Gpt2 {
     }
 }
 
-/// Loads a GPT-2 from a config file and its safetensors weights.
-pub fn load(config: &Path, weights: &[PathBuf], options: &LoadOptions) -> Result<Gpt2> {
-    let text = std::fs::read_to_string(config)
-        .map_err(|e| Error::Model(format!("cannot read {}: {e}", config.display())))?;
-    let cfg = Config::from_json(&text, &config.display().to_string())?;
-    Gpt2::load(cfg, weights, options)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn tiny() -> Gpt2 {
+    fn tiny() -> Box<dyn Architecture> {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-gpt2");
-        load(
+        crate::model::load::architecture(
             &dir.join("config.json"),
             &[dir.join("model.safetensors")],
-            &LoadOptions::default(),
+            &crate::model::LoadOptions::default(),
         )
         .unwrap()
     }
@@ -513,9 +421,8 @@ mod tests {
         let m = tiny();
         let ids: Vec<u32> = (0..15).map(|i| 100 + 37 * i).collect();
         let run = |ids: &[u32], cache: Option<&mut KvCache>| {
-            let ids = Tensor::new(ids, &m.device).unwrap().unsqueeze(0).unwrap();
-            let tok = m.tokens(&ids).unwrap();
-            m.forward(&tok, (1, ids.dim(1).unwrap()), cache, None, Kernels::Fused)
+            let ids = Tensor::new(ids, m.device()).unwrap().unsqueeze(0).unwrap();
+            m.forward(&m.embed(&ids).unwrap(), cache, None, Kernels::Fused)
         };
         let full = run(&ids, None).unwrap();
         let mut cache = m.new_cache();
@@ -535,8 +442,8 @@ mod tests {
     fn hidden_rows_equals_picking_from_hidden() {
         let m = tiny();
         let ids: Vec<u32> = (0..24).map(|i| 50 + 101 * i).collect();
-        let ids = Tensor::from_vec(ids, (2, 12), &m.device).unwrap();
-        let rows = Tensor::new(&[0u32, 5, 11, 12, 23, 5], &m.device).unwrap();
+        let ids = Tensor::from_vec(ids, (2, 12), m.device()).unwrap();
+        let rows = Tensor::new(&[0u32, 5, 11, 12, 23, 5], m.device()).unwrap();
         let picked = m
             .hidden(&ids)
             .unwrap()

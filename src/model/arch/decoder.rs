@@ -18,12 +18,15 @@
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use serde_json::Value;
 
-use crate::error::{Error, Result};
-use crate::model::cache::{KvCache, Masks};
-use crate::model::config::DecoderConfig;
-use crate::model::ops::Kernels;
-use crate::model::{ArchInfo, Architecture};
+use crate::error::Result;
+use crate::model::arch::config::DecoderConfig;
+use crate::model::arch::family::Weights;
+use crate::model::arch::kv_cache::{KvCache, Masks};
+use crate::model::arch::{check_context, keep_rows, project, weight, ArchInfo, Architecture};
+use crate::model::kernels::Kernels;
+use crate::model::Family;
 
 struct Layer {
     attn_norm: Tensor,
@@ -63,19 +66,20 @@ pub struct Decoder {
     parameters: usize,
 }
 
-/// Reads one tensor of a known shape; the error names the tensor.
-fn get(vb: &VarBuilder, shape: &[usize], name: &str) -> Result<Tensor> {
-    vb.get(shape, name).map_err(|e| {
-        Error::Model(format!(
-            "weights: {}",
-            e.to_string().lines().next().unwrap_or_default()
-        ))
-    })
-}
-
 /// `[out, in]` as stored -> `[in, out]` contiguous, for `x @ w`.
 fn transposed(w: Tensor) -> Result<Tensor> {
     Ok(w.t()?.contiguous()?)
+}
+
+/// A decoder of `family` from its config.json and its weights (the registry's constructor).
+pub fn from_hf(
+    family: Family,
+    json: &Value,
+    origin: &str,
+    weights: Weights,
+) -> Result<Box<dyn Architecture>> {
+    let cfg = DecoderConfig::from_hf(family, json, origin)?;
+    Ok(Box::new(Decoder::load(cfg, weights()?)?))
 }
 
 impl Decoder {
@@ -84,12 +88,12 @@ impl Decoder {
     pub fn load(cfg: DecoderConfig, vb: VarBuilder) -> Result<Self> {
         let (v, d) = (cfg.vocab, cfg.hidden);
         let m = vb.pp("model");
-        let embed = get(&m.pp("embed_tokens"), &[v, d], "weight")?;
+        let embed = weight(&m.pp("embed_tokens"), &[v, d], "weight")?;
         let norm = Self::norm(&cfg, &m.pp("norm"), d)?;
         let head = if cfg.tied {
             embed.clone()
         } else {
-            get(&vb.pp("lm_head"), &[v, d], "weight")?
+            weight(&vb.pp("lm_head"), &[v, d], "weight")?
         };
         let layers = (0..cfg.layers)
             .map(|i| Self::layer(&cfg, &m.pp("layers").pp(i), i))
@@ -129,7 +133,7 @@ impl Decoder {
 
     /// An RMSNorm weight, with Gemma's (1 + w) applied once here.
     fn norm(cfg: &DecoderConfig, vb: &VarBuilder, n: usize) -> Result<Tensor> {
-        let w = get(vb, &[n], "weight")?;
+        let w = weight(vb, &[n], "weight")?;
         Ok(if cfg.gemma { (w + 1.0)? } else { w })
     }
 
@@ -138,22 +142,22 @@ impl Decoder {
         let (q_out, kv_out) = (cfg.heads * hd, cfg.kv_heads * hd);
         let a = vb.pp("self_attn");
         let (mut qkv, mut qkv_bias) = if cfg.fused_projections {
-            let w = get(&a.pp("qkv_proj"), &[q_out + 2 * kv_out, d], "weight")?;
+            let w = weight(&a.pp("qkv_proj"), &[q_out + 2 * kv_out, d], "weight")?;
             let b = cfg
                 .qkv_bias
-                .then(|| get(&a.pp("qkv_proj"), &[q_out + 2 * kv_out], "bias"))
+                .then(|| weight(&a.pp("qkv_proj"), &[q_out + 2 * kv_out], "bias"))
                 .transpose()?;
             (w, b)
         } else {
             let parts = [("q_proj", q_out), ("k_proj", kv_out), ("v_proj", kv_out)];
             let w: Vec<Tensor> = parts
                 .iter()
-                .map(|(name, out)| get(&a.pp(name), &[*out, d], "weight"))
+                .map(|(name, out)| weight(&a.pp(name), &[*out, d], "weight"))
                 .collect::<Result<_>>()?;
             let b = if cfg.qkv_bias {
                 let b: Vec<Tensor> = parts
                     .iter()
-                    .map(|(name, out)| get(&a.pp(name), &[*out], "bias"))
+                    .map(|(name, out)| weight(&a.pp(name), &[*out], "bias"))
                     .collect::<Result<_>>()?;
                 Some(Tensor::cat(&b, 0)?)
             } else {
@@ -162,8 +166,8 @@ impl Decoder {
             (Tensor::cat(&w, 0)?, b)
         };
         let qk_norm = if cfg.qk_norm {
-            let q = (get(&a.pp("q_norm"), &[hd], "weight")? * cfg.query_scale)?;
-            Some((q, get(&a.pp("k_norm"), &[hd], "weight")?))
+            let q = (weight(&a.pp("q_norm"), &[hd], "weight")? * cfg.query_scale)?;
+            Some((q, weight(&a.pp("k_norm"), &[hd], "weight")?))
         } else {
             qkv = scale_rows(&qkv, q_out, cfg.query_scale)?;
             qkv_bias = qkv_bias
@@ -173,10 +177,10 @@ impl Decoder {
         };
         let mlp = vb.pp("mlp");
         let gate_up = if cfg.fused_projections {
-            get(&mlp.pp("gate_up_proj"), &[2 * cfg.ffn, d], "weight")?
+            weight(&mlp.pp("gate_up_proj"), &[2 * cfg.ffn, d], "weight")?
         } else {
-            let gate = get(&mlp.pp("gate_proj"), &[cfg.ffn, d], "weight")?;
-            let up = get(&mlp.pp("up_proj"), &[cfg.ffn, d], "weight")?;
+            let gate = weight(&mlp.pp("gate_proj"), &[cfg.ffn, d], "weight")?;
+            let up = weight(&mlp.pp("up_proj"), &[cfg.ffn, d], "weight")?;
             Tensor::cat(&[gate, up], 0)?
         };
         let o = a.pp("o_proj");
@@ -191,12 +195,12 @@ impl Decoder {
             qkv: transposed(qkv)?,
             qkv_bias,
             qk_norm,
-            out: transposed(get(&o, &[d, q_out], "weight")?)?,
-            out_bias: cfg.o_bias.then(|| get(&o, &[d], "bias")).transpose()?,
+            out: transposed(weight(&o, &[d, q_out], "weight")?)?,
+            out_bias: cfg.o_bias.then(|| weight(&o, &[d], "bias")).transpose()?,
             post_attn_norm: gemma_norm("post_attention_layernorm")?,
             ffn_norm: Self::norm(cfg, &vb.pp(ffn_norm_name), d)?,
             gate_up: transposed(gate_up)?,
-            down: transposed(get(&mlp.pp("down_proj"), &[d, cfg.ffn], "weight")?)?,
+            down: transposed(weight(&mlp.pp("down_proj"), &[d, cfg.ffn], "weight")?)?,
             post_ffn_norm: gemma_norm("post_feedforward_layernorm")?,
             window: cfg.windows[i],
         })
@@ -231,35 +235,6 @@ impl Decoder {
         } else {
             Ok(x)
         }
-    }
-
-    /// Final hidden states (after the last norm) of `x` (`[b * t, hidden]`, positions
-    /// `past..past + t`): `[b * t, hidden]`, or `[rows, hidden]` with `rows`.
-    fn forward(
-        &self,
-        x: Tensor,
-        (b, t): (usize, usize),
-        mut cache: Option<&mut KvCache>,
-        rows: Option<&Tensor>,
-        k: Kernels,
-    ) -> candle_core::Result<Tensor> {
-        let past = cache.as_ref().map_or(0, |c| c.len());
-        if past + t > self.cfg.context {
-            candle_core::bail!(
-                "{} positions exceed the context length {}",
-                past + t,
-                self.cfg.context
-            );
-        }
-        let (cos, sin) = self.rope_tables(past, t)?;
-        let mut x = self.scaled(x)?;
-        let last = self.layers.len() - 1;
-        for (i, layer) in self.layers.iter().enumerate() {
-            let at = Position { b, t, past, i };
-            let only = if i == last { rows } else { None };
-            x = self.layer_forward(layer, &x, at, (&cos, &sin), cache.as_deref_mut(), only, k)?;
-        }
-        k.rms_norm(&x, &self.norm, self.cfg.eps as f32)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -314,11 +289,7 @@ impl Decoder {
             .reshape((b, heads, t, hd))?
             .transpose(1, 2)?
             .reshape((n, heads * hd))?;
-        // Every position's keys and values were needed above; from here on only `rows` matter.
-        let (x, y) = match rows {
-            Some(rows) => (x.index_select(rows, 0)?, y.index_select(rows, 0)?),
-            None => (x.clone(), y),
-        };
+        let (x, y) = keep_rows(x, y, rows)?;
         let mut o = k.matmul(&y, &l.out)?;
         if let Some(bias) = &l.out_bias {
             o = k.bias_act(&o, bias, None)?;
@@ -333,10 +304,6 @@ impl Decoder {
             m = k.rms_norm(&m, w, eps)?;
         }
         x + m
-    }
-
-    fn ids_to_embeddings(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
-        self.embed.index_select(&ids.flatten_all()?, 0)
     }
 }
 
@@ -359,52 +326,40 @@ fn scale_rows(x: &Tensor, n: usize, s: f64) -> Result<Tensor> {
 }
 
 impl Architecture for Decoder {
-    fn hidden(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+    fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        let x = self.ids_to_embeddings(ids)?;
-        self.forward(x, (b, t), None, None, Kernels::Fused)?
+        self.embed
+            .index_select(&ids.flatten_all()?, 0)?
             .reshape((b, t, self.cfg.hidden))
     }
 
-    fn hidden_rows(&self, ids: &Tensor, rows: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, t) = ids.dims2()?;
-        let x = self.ids_to_embeddings(ids)?;
-        self.forward(x, (b, t), None, Some(rows), Kernels::Fused)
+    fn forward(
+        &self,
+        embeds: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        rows: Option<&Tensor>,
+        k: Kernels,
+    ) -> candle_core::Result<Tensor> {
+        let (b, t, d) = embeds.dims3()?;
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        check_context(past, t, self.cfg.context)?;
+        let (cos, sin) = self.rope_tables(past, t)?;
+        let mut x = self.scaled(embeds.reshape((b * t, d))?)?;
+        let last = self.layers.len().saturating_sub(1);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let at = Position { b, t, past, i };
+            let only = if i == last { rows } else { None };
+            x = self.layer_forward(layer, &x, at, (&cos, &sin), cache.as_deref_mut(), only, k)?;
+        }
+        k.rms_norm(&x, &self.norm, self.cfg.eps as f32)
     }
 
     fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
-        let head = self.head.t()?;
-        let logits = match hidden.rank() {
-            2 => hidden.matmul(&head)?,
-            _ => hidden.broadcast_matmul(&head)?,
-        };
+        let logits = project(hidden, &self.head)?;
         match self.cfg.final_softcap {
             Some(cap) => (logits / cap)?.tanh()? * cap,
             None => Ok(logits),
         }
-    }
-
-    fn step(&self, ids: &Tensor, cache: &mut KvCache) -> candle_core::Result<Tensor> {
-        let (b, t) = ids.dims2()?;
-        let last = Tensor::new(&[(t - 1) as u32], &self.device)?;
-        let x = self.ids_to_embeddings(ids)?;
-        self.forward(x, (b, t), Some(cache), Some(&last), Kernels::Fused)
-    }
-
-    fn new_cache(&self) -> KvCache {
-        KvCache::new(self.layers.len())
-    }
-
-    fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, t) = ids.dims2()?;
-        self.ids_to_embeddings(ids)?.reshape((b, t, self.cfg.hidden))
-    }
-
-    fn forward_from_embeddings(&self, embeds: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, t, d) = embeds.dims3()?;
-        let x = embeds.reshape((b * t, d))?;
-        self.forward(x, (b, t), None, None, Kernels::Differentiable)?
-            .reshape((b, t, d))
     }
 
     fn device(&self) -> &Device {

@@ -8,7 +8,7 @@
 //! ([`with_backward`]). The weights are constants: no gradient is computed for them.
 //!
 //! The matmul, softmax and RoPE here run on CPU f32 and on a GPU (candle's kernels there);
-//! the others are CPU f32 kernels. Elsewhere [`super::ops::Kernels::Differentiable`] composes
+//! the others are CPU f32 kernels. Elsewhere [`super::Kernels::Differentiable`] composes
 //! candle ops instead.
 
 use std::sync::Mutex;
@@ -17,11 +17,12 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CudaStorage, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
-use super::config::RopeStyle;
-use super::ops::{gated, with_f32, Activation, GRAIN};
+use super::activation::Activation;
+use super::ops::{gated, with_f32, GRAIN};
+use super::rope::RopeStyle;
 
 /// The gradient of an op's input from the gradient of its output.
-type Backward = Box<dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync>;
+type InputGradient = Box<dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync>;
 
 /// Whether [`with_backward`] can carry a value like `t`: CPU f32 or any GPU tensor.
 pub fn attaches(t: &Tensor) -> bool {
@@ -30,7 +31,7 @@ pub fn attaches(t: &Tensor) -> bool {
 
 /// `value` (computed by a kernel without a backward pass) as the output of an op on `input`
 /// whose backward pass is `backward`. Where [`attaches`] holds.
-fn with_backward(input: &Tensor, value: Tensor, backward: Backward) -> Result<Tensor> {
+fn with_backward(input: &Tensor, value: Tensor, backward: InputGradient) -> Result<Tensor> {
     input.apply_op1(Attached {
         value: Mutex::new(Some(value)),
         backward,
@@ -40,7 +41,7 @@ fn with_backward(input: &Tensor, value: Tensor, backward: Backward) -> Result<Te
 struct Attached {
     /// Taken by the forward pass, so the graph does not keep a second copy.
     value: Mutex<Option<Tensor>>,
-    backward: Backward,
+    backward: InputGradient,
 }
 
 impl Attached {
@@ -309,7 +310,7 @@ impl candle_core::CustomOp2 for GatedBackward {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ops::max_abs_diff;
+    use crate::model::kernels::ops::max_abs_diff;
     use candle_core::{Device, Var, D};
 
     /// Deterministic values in about [-2, 2].

@@ -1,99 +1,11 @@
 //! Fused CPU kernels for the hot elementwise steps that candle would run as several
-//! single-threaded passes, each allocating a full-size tensor.
+//! single-threaded passes, each allocating a full-size tensor, with their composed candle
+//! fallbacks off CPU f32.
 
-use candle_core::{bail, CpuStorage, DType, Layout, Result, Shape, Storage, Tensor, D};
-
-use crate::model::backward;
-use crate::model::config::RopeStyle;
-
-/// Which implementation a forward pass uses for norms, softmax, RoPE and activations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kernels {
-    /// Fused kernels (candle's and this module's): the scoring and generation path. They have
-    /// no backward pass; ours fall back to candle ops off CPU f32.
-    Fused,
-    /// Every step with a backward pass (gradient methods): on CPU f32 the fused kernels with
-    /// hand-written backward passes of [`backward`] (its matmul, softmax and RoPE on a GPU
-    /// too), elsewhere composed candle ops.
-    Differentiable,
-}
-
-impl Kernels {
-    pub fn rms_norm(self, x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
-        match self {
-            Kernels::Fused => candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps),
-            Kernels::Differentiable if is_cpu_f32(x) && is_cpu_f32(weight) => {
-                backward::rms_norm(x, weight, eps)
-            }
-            Kernels::Differentiable => candle_nn::ops::rms_norm_slow(x, weight, eps),
-        }
-    }
-
-    pub fn layer_norm(self, x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
-        match self {
-            Kernels::Fused => candle_nn::ops::layer_norm(x, weight, bias, eps),
-            Kernels::Differentiable => candle_nn::ops::layer_norm_slow(x, weight, bias, eps),
-        }
-    }
-
-    pub fn softmax_last_dim(self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            Kernels::Fused => candle_nn::ops::softmax_last_dim(x),
-            Kernels::Differentiable if backward::attaches(x) => backward::softmax_last_dim(x),
-            Kernels::Differentiable => candle_nn::ops::softmax(x, D::Minus1),
-        }
-    }
-
-    /// RoPE on `[b, heads, t, head_dim]` with `[t, head_dim / 2]` tables.
-    pub fn rope(self, x: &Tensor, cos: &Tensor, sin: &Tensor, style: RopeStyle) -> Result<Tensor> {
-        use candle_nn::rotary_emb as r;
-        match (self, style) {
-            (Kernels::Fused, RopeStyle::Half) => r::rope(&x.contiguous()?, cos, sin),
-            (Kernels::Fused, RopeStyle::Interleaved) => r::rope_i(&x.contiguous()?, cos, sin),
-            (Kernels::Differentiable, style) if backward::attaches(x) && x.dtype() == cos.dtype() => {
-                backward::rope(x, cos, sin, style)
-            }
-            (Kernels::Differentiable, RopeStyle::Half) => r::rope_slow(x, cos, sin),
-            (Kernels::Differentiable, RopeStyle::Interleaved) => r::rope_i_slow(x, cos, sin),
-        }
-    }
-
-    /// `act(gate) * up` for `[n, 2f]` rows holding gate then up.
-    pub fn gated(self, gate_up: &Tensor, act: Activation) -> Result<Tensor> {
-        match self {
-            Kernels::Fused => gated(gate_up, act),
-            Kernels::Differentiable if is_cpu_f32(gate_up) => backward::gated_act(gate_up, act),
-            Kernels::Differentiable => {
-                let f = gate_up.dim(1)? / 2;
-                act.apply(&gate_up.narrow(1, 0, f)?)? * gate_up.narrow(1, f, f)?
-            }
-        }
-    }
-
-    /// `x @ w` for `[n, in]` rows and a weight `w` (`[in, out]`). Differentiable with a
-    /// backward pass for `x` alone: candle's own matmul backward also computes the weight's
-    /// gradient, which gradient methods never use and which costs as much again.
-    pub fn matmul(self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
-        match self {
-            Kernels::Differentiable if backward::attaches(x) && x.dtype() == w.dtype() => {
-                backward::matmul(x, w)
-            }
-            _ => x.matmul(w),
-        }
-    }
-
-    /// `act(x + bias)` for `[n, out]` rows.
-    pub fn bias_act(self, x: &Tensor, bias: &Tensor, act: Option<Activation>) -> Result<Tensor> {
-        match self {
-            Kernels::Fused => bias_act(x, bias, act),
-            Kernels::Differentiable => {
-                let y = x.broadcast_add(bias)?;
-                act.map_or(Ok(y.clone()), |a| a.apply(&y))
-            }
-        }
-    }
-}
+use candle_core::{bail, CpuStorage, DType, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
+
+use super::activation::{gelu_erf, gelu_tanh, Activation};
 
 /// Runs `f` on the f32 data of a contiguous CPU tensor.
 pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
@@ -117,7 +29,7 @@ pub fn gated(gate_up: &Tensor, act: Activation) -> Result<Tensor> {
     let (n, two_f) = gate_up.dims2()?;
     let f = two_f / 2;
     if !is_cpu_f32(gate_up) {
-        return Kernels::Differentiable.gated(gate_up, act);
+        return gated_composed(gate_up, act);
     }
     let mut out = vec![0f32; n * f];
     with_f32(gate_up, |src| {
@@ -146,7 +58,19 @@ pub fn gated(gate_up: &Tensor, act: Activation) -> Result<Tensor> {
     Tensor::from_vec(out, (n, f), gate_up.device())
 }
 
-fn is_cpu_f32(t: &Tensor) -> bool {
+/// [`gated`] from candle ops (any device and dtype, with a backward pass).
+pub(crate) fn gated_composed(gate_up: &Tensor, act: Activation) -> Result<Tensor> {
+    let f = gate_up.dim(1)? / 2;
+    act.apply(&gate_up.narrow(1, 0, f)?)? * gate_up.narrow(1, f, f)?
+}
+
+/// [`bias_act`] from candle ops (any device and dtype, with a backward pass).
+pub(crate) fn bias_act_composed(x: &Tensor, bias: &Tensor, act: Option<Activation>) -> Result<Tensor> {
+    let y = x.broadcast_add(bias)?;
+    act.map_or(Ok(y.clone()), |a| a.apply(&y))
+}
+
+pub(crate) fn is_cpu_f32(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
 }
 
@@ -190,99 +114,11 @@ fn target_logprobs_composed(logits: &Tensor, targets: &[u32]) -> Result<Vec<f32>
     (shifted.gather(&targets, 1)? - log_sum)?.squeeze(1)?.to_vec1()
 }
 
-/// An activation function, by its Hugging Face name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    /// `silu` / `swish`.
-    Silu,
-    /// tanh approximation (`gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`).
-    GeluTanh,
-    /// exact erf GELU (`gelu`).
-    GeluErf,
-    Relu,
-}
-
-impl Activation {
-    /// The activation a config's `hidden_act` / `activation_function` names.
-    pub fn from_name(name: &str) -> Option<Activation> {
-        Some(match name {
-            "silu" | "swish" => Activation::Silu,
-            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
-            "gelu" => Activation::GeluErf,
-            "relu" => Activation::Relu,
-            _ => return None,
-        })
-    }
-
-    /// Applied with candle ops (any device and dtype, with backward).
-    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            Activation::Silu => x.silu(),
-            Activation::GeluTanh => x.gelu(),
-            Activation::GeluErf => x.gelu_erf(),
-            Activation::Relu => x.relu(),
-        }
-    }
-
-    /// `act(x)` and `act'(x)` (the gated MLP's backward pass).
-    #[inline]
-    pub(crate) fn value_and_slope(self, x: f32) -> (f32, f32) {
-        match self {
-            Activation::Silu => {
-                let s = 1.0 / (1.0 + (-x).exp());
-                (x * s, s * (1.0 + x * (1.0 - s)))
-            }
-            Activation::GeluTanh => {
-                // x * s with s = sigmoid(2u): s + x s (1 - s) 2u'.
-                let u = GELU_K * (x + 0.044_715 * x * x * x);
-                let s = 1.0 / (1.0 + (-2.0 * u).exp());
-                let du = GELU_K * (1.0 + 3.0 * 0.044_715 * x * x);
-                (x * s, s + x * s * (1.0 - s) * 2.0 * du)
-            }
-            Activation::GeluErf => {
-                // x Phi(x): Phi(x) + x phi(x).
-                let x = f64::from(x);
-                let cdf = 0.5 * (1.0 + candle_core::cpu::erf::erf_f64(x / std::f64::consts::SQRT_2));
-                let pdf = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
-                ((x * cdf) as f32, (cdf + x * pdf) as f32)
-            }
-            Activation::Relu if x > 0.0 => (x, 1.0),
-            Activation::Relu => (0.0, 0.0),
-        }
-    }
-
-    #[inline]
-    fn scalar(self, x: f32) -> f32 {
-        match self {
-            Activation::Silu => x / (1.0 + (-x).exp()),
-            Activation::GeluTanh => gelu_tanh(x),
-            Activation::GeluErf => gelu_erf(x),
-            Activation::Relu => x.max(0.0),
-        }
-    }
-}
-
-/// sqrt(2/pi), of the tanh GELU.
-const GELU_K: f32 = 0.797_884_6;
-
-/// `gelu_new(x) = 0.5 x (1 + tanh(u)) = x * sigmoid(2u)`, `u = sqrt(2/pi) (x + 0.044715 x^3)`:
-/// one `exp` instead of a `tanh`.
-#[inline]
-fn gelu_tanh(x: f32) -> f32 {
-    let u = GELU_K * (x + 0.044_715 * x * x * x);
-    x / (1.0 + (-2.0 * u).exp())
-}
-
-#[inline]
-fn gelu_erf(x: f32) -> f32 {
-    (0.5 * x as f64 * (1.0 + candle_core::cpu::erf::erf_f64(x as f64 / std::f64::consts::SQRT_2))) as f32
-}
-
 /// `act(x + bias)` for a contiguous f32 `[rows, out]` tensor and an `[out]` bias, in one
 /// parallel pass.
 pub(crate) fn bias_act(x: &Tensor, bias: &Tensor, act: Option<Activation>) -> Result<Tensor> {
     if !is_cpu_f32(x) {
-        return Kernels::Differentiable.bias_act(x, bias, act);
+        return bias_act_composed(x, bias, act);
     }
     x.apply_op2_no_bwd(bias, &BiasAct(act))
 }
@@ -362,6 +198,7 @@ pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::kernels::Kernels;
     use candle_core::Device;
 
     #[test]

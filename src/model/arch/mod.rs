@@ -1,0 +1,146 @@
+//! Architectures: what each provides ([`Architecture`]), the families they cover
+//! ([`family`]), and the Llama-style decoder and GPT-2 themselves.
+
+pub mod config;
+pub mod decoder;
+pub mod family;
+pub mod gpt2;
+pub mod kv_cache;
+
+use candle_core::{Device, Tensor};
+use candle_nn::VarBuilder;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::model::kernels::Kernels;
+use kv_cache::KvCache;
+
+/// What one architecture provides: its primitives (embed, the layers, the head) and, built on
+/// them, the passes the model runs. Inputs are right-padded `[batch, len]` u32 ids with
+/// positions starting at 0; the causal mask alone keeps padding (always after the real tokens)
+/// out of every real position.
+pub trait Architecture: Send + Sync {
+    /// The input embedding layer's output, `[batch, len, hidden]` (what Captum's layer methods
+    /// attribute to).
+    fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor>;
+    /// The layers and the final norm over `embeds` (`[batch, len, hidden]`, from
+    /// [`Architecture::embed`]) placed after the positions in `cache` (whose keys and values
+    /// they extend): the final hidden states `[batch * len, hidden]`, or with `rows` (u32
+    /// indices into the `batch * len` positions) those rows alone, `[n, hidden]`, skipping
+    /// work that feeds no selected row. `kernels` picks the ops: [`Kernels::Fused`] to score
+    /// and generate, [`Kernels::Differentiable`] where gradients must flow back to `embeds`.
+    fn forward(
+        &self,
+        embeds: &Tensor,
+        cache: Option<&mut KvCache>,
+        rows: Option<&Tensor>,
+        kernels: Kernels,
+    ) -> candle_core::Result<Tensor>;
+    /// LM head: `[.., hidden]` -> `[.., vocab]` (differentiable).
+    fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor>;
+    /// Where the weights live.
+    fn device(&self) -> &Device;
+    fn info(&self) -> ArchInfo;
+
+    /// An empty cache for [`Architecture::step`].
+    fn new_cache(&self) -> KvCache {
+        KvCache::new(self.info().layers)
+    }
+
+    /// Final hidden states (after the last norm), `[batch, len, hidden]`.
+    fn hidden(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let h = self.forward(&self.embed(ids)?, None, None, Kernels::Fused)?;
+        let d = h.dim(1)?;
+        h.reshape((b, t, d))
+    }
+
+    /// Final hidden states at `rows` only (u32 indices into the `batch * len` positions),
+    /// `[n, hidden]`, skipping work that feeds no selected row.
+    fn hidden_rows(&self, ids: &Tensor, rows: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward(&self.embed(ids)?, None, Some(rows), Kernels::Fused)
+    }
+
+    /// Runs `ids` (`[1, len]`) after the positions in `cache`, appending their keys and values;
+    /// the final hidden state of the last one, `[1, hidden]`.
+    fn step(&self, ids: &Tensor, cache: &mut KvCache) -> candle_core::Result<Tensor> {
+        let t = ids.dim(1)?;
+        let last = Tensor::new(&[t.saturating_sub(1) as u32], self.device())?;
+        self.forward(&self.embed(ids)?, Some(cache), Some(&last), Kernels::Fused)
+    }
+
+    /// Final hidden states `[batch, len, hidden]` from the output of [`Architecture::embed`],
+    /// built only from ops with a backward pass (none of the fused kernels), so gradients
+    /// flow back to `embeds`. Feed it to [`Architecture::logits`].
+    fn forward_from_embeddings(&self, embeds: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t, d) = embeds.dims3()?;
+        self.forward(embeds, None, None, Kernels::Differentiable)?
+            .reshape((b, t, d))
+    }
+}
+
+/// Fails when `past + t` positions exceed a context of `context`.
+pub(crate) fn check_context(past: usize, t: usize, context: usize) -> candle_core::Result<()> {
+    if past + t > context {
+        candle_core::bail!("{} positions exceed the context length of {context}", past + t);
+    }
+    Ok(())
+}
+
+/// `x` and `y` (`[batch * len, ..]`) at `rows` only, or whole without: where a layer's last
+/// steps need only the selected rows (every position's keys and values were needed before).
+pub(crate) fn keep_rows(
+    x: &Tensor,
+    y: Tensor,
+    rows: Option<&Tensor>,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    match rows {
+        Some(rows) => Ok((x.index_select(rows, 0)?, y.index_select(rows, 0)?)),
+        None => Ok((x.clone(), y)),
+    }
+}
+
+/// `hidden @ head^T` for a `[vocab, hidden]` head and `[.., hidden]` rows.
+pub(crate) fn project(hidden: &Tensor, head: &Tensor) -> candle_core::Result<Tensor> {
+    let head = head.t()?;
+    match hidden.rank() {
+        2 => hidden.matmul(&head),
+        _ => hidden.broadcast_matmul(&head),
+    }
+}
+
+/// Reads tensor `name` under `vb`'s prefix and checks its shape; the error names the tensor.
+pub(crate) fn weight(vb: &VarBuilder, shape: &[usize], name: &str) -> Result<Tensor> {
+    let full = match vb.prefix() {
+        p if p.is_empty() => name.to_string(),
+        p => format!("{p}.{name}"),
+    };
+    let t = vb.get_unchecked(name).map_err(|e| {
+        Error::Model(format!(
+            "weights: {}",
+            e.to_string().lines().next().unwrap_or_default()
+        ))
+    })?;
+    if t.dims() != shape {
+        return Err(Error::Model(format!(
+            "weights: tensor {full} has shape {:?}, expected {shape:?}",
+            t.dims()
+        )));
+    }
+    Ok(t)
+}
+
+/// Static facts about a loaded architecture.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ArchInfo {
+    /// The family (`gpt2`, `llama`, `qwen2`, ...).
+    pub architecture: String,
+    pub parameters: usize,
+    pub vocab_size: usize,
+    pub context_length: usize,
+    pub hidden_size: usize,
+    pub layers: usize,
+    pub heads: usize,
+    /// Data type the forward pass runs in.
+    pub dtype: String,
+}
