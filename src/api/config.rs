@@ -47,7 +47,7 @@ pub struct Config {
     /// Without an API key, `Host` values answered besides loopback names: exact names,
     /// `.example.com` for a domain and its subdomains, or `*` for any.
     pub allowed_hosts: Vec<String>,
-    /// Connection timeouts: reading a request's headers, and idle keep-alive.
+    /// Connection timeouts: reading a request's headers and body, and idle keep-alive.
     pub timeouts: super::conn::Timeouts,
     /// Allowed CORS origins; `*` allows any; empty: no CORS headers.
     pub cors_origins: Vec<String>,
@@ -98,6 +98,8 @@ impl Config {
             timeouts: super::conn::Timeouts {
                 header: Duration::from_secs(30),
                 keep_alive: Duration::from_secs(60),
+                body: Duration::from_secs(30),
+                body_idle: Duration::from_secs(10),
             },
             cors_origins: Vec::new(),
             static_dir: None,
@@ -164,6 +166,12 @@ pub struct ServeArgs {
     /// Seconds an idle keep-alive connection stays open between requests.
     #[arg(long, env = "LLM_ATTR_KEEP_ALIVE_TIMEOUT", default_value_t = 60.0)]
     pub keep_alive_timeout: f64,
+    /// Seconds a request's whole body has to arrive after its headers (408 otherwise).
+    #[arg(long, env = "LLM_ATTR_BODY_TIMEOUT", default_value_t = 30.0)]
+    pub body_timeout: f64,
+    /// Longest gap in seconds between two pieces of a request's body (408 otherwise).
+    #[arg(long, env = "LLM_ATTR_BODY_IDLE_TIMEOUT", default_value_t = 10.0)]
+    pub body_idle_timeout: f64,
     /// Serve the web page from this directory instead of the compiled-in copy.
     #[arg(long, env = "LLM_ATTR_STATIC_DIR")]
     pub static_dir: Option<PathBuf>,
@@ -294,6 +302,8 @@ impl ServeArgs {
         c.timeouts = super::conn::Timeouts {
             header: positive_secs(self.header_timeout, "header-timeout")?,
             keep_alive: positive_secs(self.keep_alive_timeout, "keep-alive-timeout")?,
+            body: positive_secs(self.body_timeout, "body-timeout")?,
+            body_idle: positive_secs(self.body_idle_timeout, "body-idle-timeout")?,
         };
         c.cors_origins = non_empty(&self.cors_origins);
         c.static_dir = self.static_dir.clone();

@@ -223,6 +223,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), guard::check_host))
         .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), conn::limit_body))
         .layer(
             TraceLayer::new_for_http()
                 // The path only: a query string may carry a secret (a key sent as `?api_key=`).
