@@ -136,3 +136,77 @@ async fn an_oversized_content_length_is_refused_before_the_body_and_100_continue
     assert_eq!(r.status(), 200);
     s.shutdown().await;
 }
+
+/// A job long enough (minutes with SmolLM2) to hold its run slot for the whole test.
+fn long_job() -> Value {
+    let words: Vec<String> = (0..20).map(|i| format!("w{i}")).collect();
+    serde_json::json!({
+        "text": words.join(" "),
+        "target": " end",
+        "baseline_token": " the",
+        "method": "shapley_value_sampling",
+        "n_samples": 300,
+    })
+}
+
+async fn state_of(c: &reqwest::Client, url: &str) -> String {
+    let j: Value = c.get(url).send().await.unwrap().json().await.unwrap();
+    j["state"].as_str().unwrap_or_default().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_clients_jobs_leave_run_slots_for_other_clients() {
+    // Two run slots: each client (address) may hold one by default (half).
+    let s = start(SMOLLM2, |c| c.max_concurrent_jobs = 2).await;
+    let a = client();
+    let b = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .timeout(Duration::from_secs(300))
+        .build()
+        .unwrap();
+    let mut jobs = Vec::new();
+    for _ in 0..2 {
+        let res = send(a.post(format!("{}/v1/jobs", s.url())).json(&long_job()), 202).await;
+        jobs.push(format!("{}{}", s.url(), job_location(&res)));
+    }
+    loop {
+        let j: Value = a.get(&jobs[0]).send().await.unwrap().json().await.unwrap();
+        match j["state"].as_str() {
+            Some("running") => break,
+            Some("queued") => tokio::time::sleep(Duration::from_millis(10)).await,
+            _ => panic!("the long job ended: {j}"),
+        }
+    }
+    // Without shares the second job takes the last slot at once; give it every chance to.
+    for _ in 0..100 {
+        if state_of(&a, &jobs[1]).await == "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let states = (state_of(&a, &jobs[0]).await, state_of(&a, &jobs[1]).await);
+    if states != ("running".into(), "queued".into()) {
+        // Cancel the long runs so the failure is reported at once.
+        for j in &jobs {
+            a.delete(j).send().await.unwrap();
+        }
+        panic!("client a should run one job and hold the other queued: {states:?}");
+    }
+
+    // The other client still gets a slot; the first one is told it holds its share.
+    let req = t1_request("tiny-gpt2/captum_t1.json", "feature_ablation");
+    let url = format!("{}/v1/attributions", s.url());
+    send(b.post(&url).json(&req), 200).await;
+    let res = send(a.post(&url).json(&req), 429).await;
+    assert_eq!(res.headers()["retry-after"], "1");
+    let e: Value = res.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "client_busy", "{e}");
+
+    // Once client a's first job ends, its second one runs.
+    send(a.delete(&jobs[0]), 200).await;
+    while state_of(&a, &jobs[1]).await == "queued" {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    send(a.delete(&jobs[1]), 200).await;
+    s.shutdown().await;
+}

@@ -32,6 +32,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Attribute requests (sync or jobs) running at once; more wait their turn (jobs: `queued`).
     pub max_concurrent_jobs: usize,
+    /// Run slots one client (its address) may hold at once; its further synchronous requests
+    /// get 429 and its jobs stay queued. 0: half of `max_concurrent_jobs` (at least 1).
+    pub max_client_slots: usize,
     /// Jobs queued or running at once; more are refused with 429.
     pub max_pending_jobs: usize,
     /// Longest a synchronous request (attributions, generate) may take before it is cancelled.
@@ -75,6 +78,15 @@ pub struct Config {
 }
 
 impl Config {
+    /// Run slots one client may hold: `max_client_slots`, or half of all (at least 1).
+    pub fn client_slots(&self) -> usize {
+        let all = self.max_concurrent_jobs.max(1);
+        match self.max_client_slots {
+            0 => (all / 2).max(1),
+            n => n.min(all),
+        }
+    }
+
     /// Defaults for `model`, listening on 127.0.0.1:0 (any free port).
     pub fn new(model: ModelSource) -> Self {
         Config {
@@ -88,6 +100,7 @@ impl Config {
             limits: Limits::default(),
             max_body_bytes: 1 << 20,
             max_concurrent_jobs: 64,
+            max_client_slots: 0,
             max_pending_jobs: 256,
             request_timeout: Duration::from_secs(300),
             job_ttl: Duration::from_secs(3600),
@@ -202,6 +215,11 @@ pub struct ServeArgs {
     /// Attribute requests running at once; more wait their turn.
     #[arg(long, env = "LLM_ATTR_MAX_CONCURRENT_JOBS", default_value_t = 64)]
     pub max_concurrent_jobs: usize,
+    /// Run slots one client (by address) may hold at once; its further synchronous requests
+    /// get 429 and its jobs wait queued, while other clients use the free slots. 0: half of
+    /// --max-concurrent-jobs (at least 1).
+    #[arg(long, env = "LLM_ATTR_MAX_CLIENT_SLOTS", default_value_t = 0)]
+    pub max_client_slots: usize,
     /// Jobs queued or running at once; more get 429.
     #[arg(long, env = "LLM_ATTR_MAX_PENDING_JOBS", default_value_t = 256)]
     pub max_pending_jobs: usize,
@@ -292,6 +310,7 @@ impl ServeArgs {
         };
         c.max_body_bytes = self.max_body_bytes;
         c.max_concurrent_jobs = self.max_concurrent_jobs.max(1);
+        c.max_client_slots = self.max_client_slots;
         c.max_pending_jobs = self.max_pending_jobs.max(1);
         c.request_timeout = secs(self.request_timeout, "request-timeout")?;
         c.job_ttl = secs(self.job_ttl, "job-ttl")?;

@@ -127,11 +127,24 @@ impl Drop for InFlight {
 
 /// The connection a request came on (as axum connect info).
 #[derive(Debug, Clone)]
-pub struct Conn(Arc<Activity>);
+pub struct Conn {
+    activity: Arc<Activity>,
+    remote: std::net::SocketAddr,
+}
+
+impl Conn {
+    /// The address the client connects from.
+    pub fn remote(&self) -> std::net::SocketAddr {
+        self.remote
+    }
+}
 
 impl Connected<IncomingStream<'_, TimeoutListener>> for Conn {
     fn connect_info(stream: IncomingStream<'_, TimeoutListener>) -> Self {
-        Conn(stream.io().activity.clone())
+        Conn {
+            activity: stream.io().activity.clone(),
+            remote: *stream.remote_addr(),
+        }
     }
 }
 
@@ -248,10 +261,10 @@ impl AsyncWrite for TimeoutIo {
 
 /// Middleware: marks a request in progress on its connection until its body has been sent.
 pub async fn track(req: Request, next: Next) -> Response {
-    let Some(ConnectInfo(Conn(activity))) = req.extensions().get::<ConnectInfo<Conn>>().cloned() else {
+    let Some(ConnectInfo(conn)) = req.extensions().get::<ConnectInfo<Conn>>().cloned() else {
         return next.run(req).await;
     };
-    let guard = activity.begin();
+    let guard = conn.activity.begin();
     next.run(req).await.map(|body| {
         Body::new(Tracked {
             inner: body,

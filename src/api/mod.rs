@@ -17,6 +17,7 @@ pub mod config;
 pub mod conn;
 pub mod error;
 pub mod events;
+pub mod fair;
 pub mod guard;
 pub mod handlers;
 pub mod jobs;
@@ -72,6 +73,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// One permit per attribute request allowed to run at once.
     pub run_slots: Arc<Semaphore>,
+    /// Each client's share of the run slots.
+    pub shares: fair::Shares,
     pub active_runs: AtomicUsize,
     stopping: AtomicBool,
 }
@@ -100,6 +103,7 @@ impl AppState {
             jobs,
             running_jobs: jobs::Running::default(),
             run_slots: Arc::new(Semaphore::new(config.max_concurrent_jobs.max(1))),
+            shares: fair::Shares::new(config.client_slots()),
             config,
             ready: OnceLock::new(),
             load_error: OnceLock::new(),
