@@ -1,4 +1,5 @@
-//! Load test of the HTTP service on loopback: 32 concurrent clients sending t1 requests.
+//! Load test of the HTTP service on loopback: 32 concurrent clients sending t1 requests, and
+//! small requests beside long jobs and beside another client's many jobs.
 //!
 //! Starts the real server in-process with SmolLM2 (or `LOAD_MODEL`), runs `LOAD_CLIENTS` x
 //! `LOAD_ROUNDS` distinct t1 requests alone, one at a time (the reference results and the
@@ -13,10 +14,16 @@
 //! Bounded: `LOAD_CLIENTS` x `LOAD_ROUNDS` requests, and it stops waiting after
 //! `LOAD_MAX_SECONDS` (counting what did not finish as unanswered).
 //!
-//! Fairness row (first): `LOAD_FAIR_SMALL` small requests (t1, shapley_values, 8 sequences)
-//! one at a time alone, then the same while a job of `LOAD_FAIR_SEQUENCES` (4096) distinct
-//! sequences runs; p50/p99 side by side. The job is cancelled afterwards. `LOAD_FAIR_ONLY=1`
-//! stops after this row. `LOAD_BATCH_SECONDS` sets `--batch-seconds` (0: off), to compare.
+//! Fairness rows (first): `LOAD_FAIR_SMALL` small requests (t1, shapley_values, 8 sequences)
+//! one at a time alone, then others while a kernel_shap job of `LOAD_FAIR_SEQUENCES` (4096)
+//! distinct sequences runs, then others while a gradient_x_input run over a long target
+//! (`LOAD_FAIR_GRADIENT_REPEATS` (20) times a 9-token sentence) runs; p50/p99 side by side, and
+//! how long each cancelled run took to stop. Shares row: one client submits `LOAD_HOG_JOBS`
+//! (64) kernel_shap jobs of `LOAD_HOG_SAMPLES` (512) samples, so its whole share of the run
+//! slots runs and the rest wait, while another client's `LOAD_FAIR_SMALL` small synchronous
+//! requests must all be answered (their p50/p99). Each client sends from its own loopback
+//! address. `LOAD_FAIR_ONLY=1` stops after these rows. `LOAD_BATCH_SECONDS` sets
+//! `--batch-seconds` (0: off), to compare.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -138,43 +145,51 @@ async fn timed(http: &reqwest::Client, url: &str, small: &[Value]) -> anyhow::Re
     Ok(lat)
 }
 
-/// The fairness row: small requests alone, then while a big job runs.
-async fn fairness(server: &Server, http: &reqwest::Client) -> anyhow::Result<()> {
-    let n: usize = env("LOAD_FAIR_SMALL", 16);
-    let sequences: usize = env("LOAD_FAIR_SEQUENCES", 4096);
-    if n == 0 {
-        return Ok(());
-    }
-    let url = format!("{}/v1/attributions", server.url());
-    // Distinct small requests, so nothing is shared with each other or with the job.
-    let small: Vec<Value> = requests(2 * n, true);
-    let alone = timed(http, &url, &small[..n]).await?;
-    // Kernel SHAP on a 24-token text: each sample is a random coalition of 24 tokens, so the
-    // samples are (almost all) distinct sequences.
-    let big = json!({
-        "text": "The committee reviewed every application for the new research position carefully and then decided to",
-        "target": " reject the application without further consideration.",
-        // Removed tokens become " the", so no perturbed prompt is empty.
-        "baseline_token": " the",
-        "method": "kernel_shap",
-        "n_samples": sequences,
-    });
+/// A client of its own: requests from loopback address 127.0.0.`n` (the server shares its
+/// run slots per client address).
+fn client_at(n: u8, max_secs: f64) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, n]))
+        .timeout(Duration::from_secs_f64(max_secs))
+        .build()?)
+}
+
+/// Submits `body` as a job; its URL.
+async fn submit(server: &Server, http: &reqwest::Client, body: &Value) -> anyhow::Result<String> {
     let res = http
         .post(format!("{}/v1/jobs", server.url()))
-        .json(&big)
+        .json(body)
         .send()
         .await?;
-    anyhow::ensure!(
-        res.status() == 202,
-        "the big job was refused: {}",
-        res.text().await?
-    );
-    let job = format!("{}{}", server.url(), res.headers()["location"].to_str()?);
-    // Wait until its sequences are queued.
+    anyhow::ensure!(res.status() == 202, "the job was refused: {}", res.text().await?);
+    Ok(format!("{}{}", server.url(), res.headers()["location"].to_str()?))
+}
+
+/// Waits (up to `LOAD_MAX_SECONDS`) until no attribute request runs; the seconds it took.
+async fn until_idle(server: &Server) -> f64 {
+    let t = Instant::now();
+    let max = env("LOAD_MAX_SECONDS", 300.0);
+    while server.state().active_runs.load(Ordering::SeqCst) > 0 && t.elapsed().as_secs_f64() < max {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    t.elapsed().as_secs_f64()
+}
+
+/// Latencies of `small` (one at a time) while the job `big` runs, and a note on the job: how
+/// far it got, and how long its run took to stop after its DELETE.
+async fn beside(
+    server: &Server,
+    http: &reqwest::Client,
+    small: &[Value],
+    big: &Value,
+) -> anyhow::Result<(Vec<f64>, String)> {
+    let url = format!("{}/v1/attributions", server.url());
+    let job = submit(server, http, big).await?;
+    // Wait until its work is queued.
     let total = loop {
         let j: Value = http.get(&job).send().await?.json().await?;
         let total = j["progress"]["total"].as_u64().unwrap_or(0);
-        if total > 0 {
+        if j["state"] == "running" && total > 0 {
             break total;
         }
         anyhow::ensure!(
@@ -183,22 +198,118 @@ async fn fairness(server: &Server, http: &reqwest::Client) -> anyhow::Result<()>
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let during = timed(http, &url, &small[n..]).await?;
+    let during = timed(http, &url, small).await?;
     let j: Value = http.delete(&job).send().await?.json().await?;
+    let stopped = until_idle(server).await;
     let done = j["progress"]["done"].as_u64().unwrap_or(0);
-    let ran_throughout = j["state"] == "cancelled";
+    let note = if j["state"] == "cancelled" {
+        format!("{done}/{total} done, cancelled after; its run stopped {stopped:.2}s after the DELETE")
+    } else {
+        format!("{done}/{total} done; it FINISHED first: make it longer")
+    };
+    Ok((during, note))
+}
+
+fn p50_p99(lat: &[f64]) -> String {
+    format!(
+        "p50 {:.3}s p99 {:.3}s",
+        percentile(lat, 50.0),
+        percentile(lat, 99.0)
+    )
+}
+
+/// The fairness rows: small requests alone, beside a long scoring job, and beside a long
+/// gradient run.
+async fn fairness(server: &Server, http: &reqwest::Client) -> anyhow::Result<()> {
+    let n: usize = env("LOAD_FAIR_SMALL", 16);
+    let sequences: usize = env("LOAD_FAIR_SEQUENCES", 4096);
+    let target_repeats: usize = env("LOAD_FAIR_GRADIENT_REPEATS", 20);
+    if n == 0 {
+        return Ok(());
+    }
+    let url = format!("{}/v1/attributions", server.url());
+    // Distinct small requests, so nothing is shared with each other or with the jobs.
+    let small: Vec<Value> = requests(3 * n, true);
+    let alone = timed(http, &url, &small[..n]).await?;
+    let text = "The committee reviewed every application for the new research position carefully and then decided to";
+    // Kernel SHAP on a 24-token text: each sample is a random coalition of 24 tokens, so the
+    // samples are (almost all) distinct sequences.
+    let scoring = json!({
+        "text": text,
+        "target": " reject the application without further consideration.",
+        // Removed tokens become " the", so no perturbed prompt is empty.
+        "baseline_token": " the",
+        "method": "kernel_shap",
+        "n_samples": sequences,
+    });
+    // Gradient x input over a long target: one backward pass per target token.
+    let gradient = json!({
+        "text": text,
+        "target": " reject the application without further consideration.".repeat(target_repeats),
+        "method": "gradient_x_input",
+    });
+    let (by_scoring, scoring_note) = beside(server, http, &small[n..2 * n], &scoring).await?;
+    let (by_gradient, gradient_note) = beside(server, http, &small[2 * n..], &gradient).await?;
+    println!("fairness: {n} small requests (8 sequences each) one at a time:");
+    println!("  alone:                          {}", p50_p99(&alone));
     println!(
-        "fairness: {n} small requests (8 sequences each) one at a time: alone p50 {:.3}s p99 {:.3}s | \
-         while a {total}-sequence job runs p50 {:.3}s p99 {:.3}s (the job had {done}/{total} done{})",
-        percentile(&alone, 50.0),
-        percentile(&alone, 99.0),
-        percentile(&during, 50.0),
-        percentile(&during, 99.0),
-        if ran_throughout {
-            ", cancelled after"
-        } else {
-            "; it FINISHED first: raise LOAD_FAIR_SEQUENCES"
-        }
+        "  beside a {sequences}-sample kernel_shap job: {} ({scoring_note})",
+        p50_p99(&by_scoring)
+    );
+    println!(
+        "  beside a gradient_x_input run ({target_repeats}x target): {} ({gradient_note})",
+        p50_p99(&by_gradient)
+    );
+    println!(
+        "  p99 beside the gradient run / beside the scoring job: {:.2} (issue 18 asks for at most 2)",
+        percentile(&by_gradient, 99.0) / percentile(&by_scoring, 99.0)
+    );
+    Ok(())
+}
+
+/// The shares row: one client holds `LOAD_HOG_JOBS` jobs (its whole share of the run slots
+/// runs, the rest wait) while another client's small synchronous requests still get slots.
+async fn shares(server: &Server, http: &reqwest::Client, max_secs: f64) -> anyhow::Result<()> {
+    let jobs: usize = env("LOAD_HOG_JOBS", 64);
+    let samples: usize = env("LOAD_HOG_SAMPLES", 512);
+    let n: usize = env("LOAD_FAIR_SMALL", 16);
+    if jobs == 0 || n == 0 {
+        return Ok(());
+    }
+    let url = format!("{}/v1/attributions", server.url());
+    let hog = client_at(2, max_secs)?;
+    let mut urls = Vec::new();
+    for i in 0..jobs {
+        let body = json!({
+            "text": format!("Applicant {i} was reviewed by the committee, which then decided to"),
+            "target": " reject the application.",
+            "baseline_token": " the",
+            "method": "kernel_shap",
+            "n_samples": samples,
+        });
+        urls.push(submit(server, &hog, &body).await?);
+    }
+    let config = &server.state().config;
+    let share = server.state().shares.per_client();
+    let t = Instant::now();
+    while server.state().running_jobs.len() < share.min(jobs) && t.elapsed().as_secs_f64() < max_secs {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let running = server.state().running_jobs.len();
+    let own = hog.post(&url).json(&requests(1, true)[0]).send().await?.status();
+    let other = client_at(3, max_secs)?;
+    let small: Vec<Value> = requests(4 * n, true)[3 * n..].to_vec();
+    let lat = timed(&other, &url, &small).await?;
+    for u in &urls {
+        http.delete(u).send().await?;
+    }
+    let stopped = until_idle(server).await;
+    println!(
+        "shares: one client submitted {jobs} jobs ({samples}-sample kernel_shap): {running} ran at once (its share: {share} of {} slots), \
+         its own synchronous request got {own}; another client's {n} small requests one at a time: all answered, {} \
+         (the jobs' runs stopped {stopped:.2}s after their DELETEs)",
+        config.max_concurrent_jobs,
+        p50_p99(&lat)
     );
     Ok(())
 }
@@ -269,6 +380,7 @@ fn main() -> anyhow::Result<()> {
         println!("model {spec} loaded in {load_secs:.2}s; RSS {rss0:.0} MiB before, {rss_loaded:.0} MiB after; {workers} worker(s), batch budget {budget} tokens, batches paced to {pace} s (0: off)");
 
         fairness(&server, &http).await?;
+        shares(&server, &http, max_secs).await?;
         if env("LOAD_FAIR_ONLY", 0) == 1 {
             server.shutdown().await;
             return Ok(());
@@ -313,10 +425,12 @@ fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         let tasks: Vec<_> = (0..clients)
             .map(|c| {
-                let http = http.clone();
+                // Each client from its own address (run slots are shared per address).
+                let http = client_at(10 + (c % 240) as u8, max_secs);
                 let url = url.clone();
                 let reqs = reqs.clone();
                 tokio::spawn(async move {
+                    let http = http?;
                     let mut out = Vec::new();
                     for k in 0..rounds {
                         let i = c + k * clients;
@@ -336,13 +450,13 @@ fn main() -> anyhow::Result<()> {
                         };
                         out.push((i, lat, body));
                     }
-                    out
+                    anyhow::Ok(out)
                 })
             })
             .collect();
         let mut results = Vec::new();
         for task in tasks {
-            results.extend(task.await?);
+            results.extend(task.await??);
         }
         let load_secs = t.elapsed().as_secs_f64();
         done.store(true, Ordering::Relaxed);

@@ -33,6 +33,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Attribute requests (sync or jobs) running at once; more wait their turn (jobs: `queued`).
     pub max_concurrent_jobs: usize,
+    /// Run slots one client (its address) may hold at once; its further synchronous requests
+    /// get 429 and its jobs stay queued. 0: half of `max_concurrent_jobs` (at least 1).
+    pub max_client_slots: usize,
     /// Jobs queued or running at once; more are refused with 429.
     pub max_pending_jobs: usize,
     /// Longest a synchronous request (attributions, generate) may take before it is cancelled.
@@ -51,7 +54,7 @@ pub struct Config {
     /// Without an API key, `Host` values answered besides loopback names: exact names,
     /// `.example.com` for a domain and its subdomains, or `*` for any.
     pub allowed_hosts: Vec<String>,
-    /// Connection timeouts: reading a request's headers, and idle keep-alive.
+    /// Connection timeouts: reading a request's headers and body, and idle keep-alive.
     pub timeouts: super::conn::Timeouts,
     /// Allowed CORS origins; `*` allows any; empty: no CORS headers.
     pub cors_origins: Vec<String>,
@@ -79,6 +82,15 @@ pub struct Config {
 }
 
 impl Config {
+    /// Run slots one client may hold: `max_client_slots`, or half of all (at least 1).
+    pub fn client_slots(&self) -> usize {
+        let all = self.max_concurrent_jobs.max(1);
+        match self.max_client_slots {
+            0 => (all / 2).max(1),
+            n => n.min(all),
+        }
+    }
+
     /// Defaults for `model`, listening on 127.0.0.1:0 (any free port).
     pub fn new(model: ModelSource) -> Self {
         Config {
@@ -92,6 +104,7 @@ impl Config {
             limits: Limits::default(),
             max_body_bytes: 1 << 20,
             max_concurrent_jobs: 64,
+            max_client_slots: 0,
             max_pending_jobs: 256,
             request_timeout: Duration::from_secs(300),
             max_request_seconds: None,
@@ -103,6 +116,8 @@ impl Config {
             timeouts: super::conn::Timeouts {
                 header: Duration::from_secs(30),
                 keep_alive: Duration::from_secs(60),
+                body: Duration::from_secs(30),
+                body_idle: Duration::from_secs(10),
             },
             cors_origins: Vec::new(),
             static_dir: None,
@@ -169,6 +184,12 @@ pub struct ServeArgs {
     /// Seconds an idle keep-alive connection stays open between requests.
     #[arg(long, env = "LLM_ATTR_KEEP_ALIVE_TIMEOUT", default_value_t = 60.0)]
     pub keep_alive_timeout: f64,
+    /// Seconds a request's whole body has to arrive after its headers (408 otherwise).
+    #[arg(long, env = "LLM_ATTR_BODY_TIMEOUT", default_value_t = 30.0)]
+    pub body_timeout: f64,
+    /// Longest gap in seconds between two pieces of a request's body (408 otherwise).
+    #[arg(long, env = "LLM_ATTR_BODY_IDLE_TIMEOUT", default_value_t = 10.0)]
+    pub body_idle_timeout: f64,
     /// Serve the web page from this directory instead of the compiled-in copy.
     #[arg(long, env = "LLM_ATTR_STATIC_DIR")]
     pub static_dir: Option<PathBuf>,
@@ -204,6 +225,11 @@ pub struct ServeArgs {
     /// Attribute requests running at once; more wait their turn.
     #[arg(long, env = "LLM_ATTR_MAX_CONCURRENT_JOBS", default_value_t = 64)]
     pub max_concurrent_jobs: usize,
+    /// Run slots one client (by address) may hold at once; its further synchronous requests
+    /// get 429 and its jobs wait queued, while other clients use the free slots. 0: half of
+    /// --max-concurrent-jobs (at least 1).
+    #[arg(long, env = "LLM_ATTR_MAX_CLIENT_SLOTS", default_value_t = 0)]
+    pub max_client_slots: usize,
     /// Jobs queued or running at once; more get 429.
     #[arg(long, env = "LLM_ATTR_MAX_PENDING_JOBS", default_value_t = 256)]
     pub max_pending_jobs: usize,
@@ -308,6 +334,7 @@ impl ServeArgs {
         };
         c.max_body_bytes = self.max_body_bytes;
         c.max_concurrent_jobs = self.max_concurrent_jobs.max(1);
+        c.max_client_slots = self.max_client_slots;
         c.max_pending_jobs = self.max_pending_jobs.max(1);
         c.request_timeout = secs(self.request_timeout, "request-timeout")?;
         let most = secs(self.max_request_seconds, "max-request-seconds")?;
@@ -320,6 +347,8 @@ impl ServeArgs {
         c.timeouts = super::conn::Timeouts {
             header: positive_secs(self.header_timeout, "header-timeout")?,
             keep_alive: positive_secs(self.keep_alive_timeout, "keep-alive-timeout")?,
+            body: positive_secs(self.body_timeout, "body-timeout")?,
+            body_idle: positive_secs(self.body_idle_timeout, "body-idle-timeout")?,
         };
         c.cors_origins = non_empty(&self.cors_origins);
         c.static_dir = self.static_dir.clone();

@@ -5,24 +5,33 @@
 //! header timeout of being accepted or of sending the request's first byte, and may stay idle
 //! between requests for the keep-alive timeout. A request in progress (its body being read, the
 //! work running, an event stream open) is never cut by either: `track` marks it.
+//!
+//! A request's body is timed by [`limit_body`]: it must arrive whole within the body timeout
+//! of the headers, with no gap longer than the body idle timeout (408 and the connection
+//! closed otherwise), and one whose `Content-Length` exceeds the body limit is refused with
+//! 413 before a byte of it is read (and before `100 Continue`).
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::connect_info::{ConnectInfo, Connected};
-use axum::extract::Request;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::serve::{IncomingStream, Listener};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
+
+use super::error::ApiError;
+use super::AppState;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
@@ -31,6 +40,10 @@ pub struct Timeouts {
     pub header: Duration,
     /// A connection with no request in progress is closed after this long.
     pub keep_alive: Duration,
+    /// A request's whole body must arrive within this time of its headers.
+    pub body: Duration,
+    /// Longest gap between two pieces of a request's body.
+    pub body_idle: Duration,
 }
 
 /// What one connection is doing, shared by its IO and the requests it carries.
@@ -114,11 +127,24 @@ impl Drop for InFlight {
 
 /// The connection a request came on (as axum connect info).
 #[derive(Debug, Clone)]
-pub struct Conn(Arc<Activity>);
+pub struct Conn {
+    activity: Arc<Activity>,
+    remote: std::net::SocketAddr,
+}
+
+impl Conn {
+    /// The address the client connects from.
+    pub fn remote(&self) -> std::net::SocketAddr {
+        self.remote
+    }
+}
 
 impl Connected<IncomingStream<'_, TimeoutListener>> for Conn {
     fn connect_info(stream: IncomingStream<'_, TimeoutListener>) -> Self {
-        Conn(stream.io().activity.clone())
+        Conn {
+            activity: stream.io().activity.clone(),
+            remote: *stream.remote_addr(),
+        }
     }
 }
 
@@ -235,10 +261,10 @@ impl AsyncWrite for TimeoutIo {
 
 /// Middleware: marks a request in progress on its connection until its body has been sent.
 pub async fn track(req: Request, next: Next) -> Response {
-    let Some(ConnectInfo(Conn(activity))) = req.extensions().get::<ConnectInfo<Conn>>().cloned() else {
+    let Some(ConnectInfo(conn)) = req.extensions().get::<ConnectInfo<Conn>>().cloned() else {
         return next.run(req).await;
     };
-    let guard = activity.begin();
+    let guard = conn.activity.begin();
     next.run(req).await.map(|body| {
         Body::new(Tracked {
             inner: body,
@@ -262,6 +288,106 @@ impl HttpBody for Tracked {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
         Pin::new(&mut self.inner).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Middleware: refuses a body whose `Content-Length` exceeds `--max-body-bytes` before reading
+/// it (413), and times the body as [`Timeouts`] says (408); either closes the connection.
+pub async fn limit_body(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let max = state.config.max_body_bytes;
+    if let Some(len) = content_length(req.headers()).filter(|len| *len > max as u64) {
+        let e = ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body ({len} bytes) exceeds the limit of {max} bytes (--max-body-bytes)"),
+        );
+        return closing(e.with_field("body"));
+    }
+    let t = state.config.timeouts;
+    let expired = Arc::new(AtomicBool::new(false));
+    let (parts, body) = req.into_parts();
+    let body = Body::new(TimedBody::new(body, t, expired.clone()));
+    let res = next.run(Request::from_parts(parts, body)).await;
+    if !expired.load(Ordering::SeqCst) {
+        return res;
+    }
+    let e = ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "body_timeout",
+        format!(
+            "the request body did not arrive in time: it must arrive whole within {} s of the \
+             headers (--body-timeout), with no gap over {} s (--body-idle-timeout)",
+            t.body.as_secs_f64(),
+            t.body_idle.as_secs_f64()
+        ),
+    );
+    closing(e.with_field("body"))
+}
+
+/// The declared body length, when the request states one.
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// `e` as a response that closes the connection (the rest of the body is never read).
+fn closing(e: ApiError) -> Response {
+    let mut res = e.into_response();
+    res.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    res
+}
+
+/// A request body that fails with `TimedOut` once its deadline or idle gap passes.
+struct TimedBody {
+    inner: Body,
+    /// The whole body must have arrived by then.
+    deadline: Instant,
+    idle: Duration,
+    timer: Pin<Box<Sleep>>,
+    expired: Arc<AtomicBool>,
+}
+
+impl TimedBody {
+    fn new(inner: Body, t: Timeouts, expired: Arc<AtomicBool>) -> Self {
+        let now = Instant::now();
+        let deadline = now + t.body;
+        TimedBody {
+            inner,
+            deadline,
+            idle: t.body_idle,
+            timer: Box::pin(tokio::time::sleep_until(deadline.min(now + t.body_idle))),
+            expired,
+        }
+    }
+}
+
+impl HttpBody for TimedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let next = self.deadline.min(Instant::now() + self.idle);
+                self.timer.as_mut().reset(next);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Pending if self.timer.as_mut().poll(cx).is_ready() => {
+                self.expired.store(true, Ordering::SeqCst);
+                let e = io::Error::new(io::ErrorKind::TimedOut, "the request body did not arrive in time");
+                Poll::Ready(Some(Err(axum::Error::new(e))))
+            }
+            other => other,
+        }
     }
     fn is_end_stream(&self) -> bool {
         self.inner.is_end_stream()

@@ -12,6 +12,7 @@ use futures::stream::{self, BoxStream, Stream, StreamExt};
 
 use super::admit::admit;
 use super::error::{ApiError, ApiJson, ApiPath};
+use super::fair::Client;
 use super::jobs::{Job, JobKind, JobRequest};
 use super::AppState;
 use crate::error::ErrorBody;
@@ -48,7 +49,7 @@ pub async fn create(
 pub async fn submit(state: &Arc<AppState>, request: JobRequest, base: &str) -> Result<Response, ApiError> {
     state.refuse_if_stopping()?;
     state.ready()?;
-    let job = state.jobs.create(&request).await?;
+    let job = state.jobs.create_for(&request, Client::current()).await?;
     let location = format!("{base}/{}", job.id);
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(job)).into_response())
 }

@@ -4,17 +4,31 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::conn::Conn;
 use super::error::ApiError;
+use super::fair::Client;
 use super::AppState;
 
 /// Checks the API key (`Authorization: Bearer KEY`, the scheme in any case, or `X-Api-Key`)
-/// when one is configured.
+/// when one is configured, and handles the request as its client's ([`Client::current`]: run
+/// slots are shared per client).
 pub async fn auth(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let client = req
+        .extensions()
+        .get::<ConnectInfo<Conn>>()
+        .map(|ConnectInfo(c)| Client::at(c.remote().ip()));
+    match client {
+        Some(client) => client.scope(check_key(&state, req, next)).await,
+        None => check_key(&state, req, next).await,
+    }
+}
+
+async fn check_key(state: &AppState, req: Request, next: Next) -> Response {
     let Some(key) = &state.config.api_key else {
         return next.run(req).await;
     };

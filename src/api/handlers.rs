@@ -9,10 +9,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use tokio::sync::OwnedSemaphorePermit;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ApiJson};
+use super::fair::{Client, Slot};
 use super::jobs::JobRequest;
 use super::AppState;
 use crate::engine::CancelToken;
@@ -53,10 +53,26 @@ pub fn attribute_work(
     move |scorer, limits| crate::run::run(&request, scorer, limits, &progress)
 }
 
-/// A run slot now, or 503 + Retry-After when all are taken (a synchronous request does not
-/// wait out its timeout in line; jobs wait for a slot).
-fn try_slot(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
-    state.run_slots.clone().try_acquire_owned().map_err(|_| {
+/// A run slot now, counted against the client's share: 429 + Retry-After when the client
+/// holds all of its share, 503 + Retry-After when all slots are taken (a synchronous request
+/// does not wait out its timeout in line; jobs wait for a slot).
+fn try_slot(state: &AppState) -> Result<Slot, ApiError> {
+    let share = match Client::current() {
+        Some(client) => Some(state.shares.try_take(&client).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "client_busy",
+                format!(
+                    "this client already holds its share of {} run slots (--max-client-slots): \
+                     retry when one of its requests or jobs ends, or submit a job (POST \
+                     /v1/jobs), which waits its turn",
+                    state.shares.per_client()
+                ),
+            )
+        })?),
+        None => None,
+    };
+    let run = state.run_slots.clone().try_acquire_owned().map_err(|_| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "overloaded",
@@ -66,7 +82,8 @@ fn try_slot(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
                 state.config.max_concurrent_jobs.max(1)
             ),
         )
-    })
+    })?;
+    Ok(Slot::new(run, share))
 }
 
 /// Runs `work` in the run slot it holds, counted in the metrics under `label`. Its scorer is
@@ -75,7 +92,7 @@ fn try_slot(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
 /// run still ends (cancelled) and is counted.
 pub async fn run_in_slot<T: Send + 'static>(
     state: &Arc<AppState>,
-    slot: OwnedSemaphorePermit,
+    slot: Slot,
     label: String,
     cancel: CancelToken,
     work: impl FnOnce(&dyn Scorer, &Limits) -> Result<T, Error> + Send + 'static,

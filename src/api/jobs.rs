@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::OwnedSemaphorePermit;
 use utoipa::ToSchema;
 
+use super::fair::Slot;
 use super::handlers::{attribute_work, method_label, run_in_slot};
 use super::store::{now_ms, ClaimedJob, Outcome};
 use super::AppState;
@@ -181,9 +182,7 @@ pub fn spawn_runner(state: &Arc<AppState>) {
                 break;
             }
             match state.jobs.claim().await {
-                Ok(Some(job)) => {
-                    tokio::spawn(run_job(state.clone(), Arc::from(job), slot));
-                }
+                Ok(Some(job)) => dispatch(&state, Arc::from(job), slot),
                 Ok(None) => {
                     drop(slot);
                     state.jobs.work_waiting(Duration::from_millis(200)).await;
@@ -223,7 +222,33 @@ impl Running {
     }
 }
 
-async fn run_job(state: Arc<AppState>, job: Arc<dyn ClaimedJob>, slot: OwnedSemaphorePermit) {
+/// Runs a claimed job in run slot `run` when its client has some of its share free; otherwise
+/// leaves the slot to other clients and runs the job (still queued) once one of its client's
+/// runs ends and a slot is free.
+fn dispatch(state: &Arc<AppState>, job: Arc<dyn ClaimedJob>, run: OwnedSemaphorePermit) {
+    let Some(client) = job.client().cloned() else {
+        tokio::spawn(run_job(state.clone(), job, Slot::new(run, None)));
+        return;
+    };
+    if let Some(share) = state.shares.try_take(&client) {
+        tokio::spawn(run_job(state.clone(), job, Slot::new(run, Some(share))));
+        return;
+    }
+    drop(run);
+    let state = state.clone();
+    tokio::spawn(async move {
+        let Some(share) = state.shares.take(&client).await else {
+            return;
+        };
+        // Closed: the server stopped, and its shutdown ends the job.
+        let Ok(run) = state.run_slots.clone().acquire_owned().await else {
+            return;
+        };
+        run_job(state.clone(), job, Slot::new(run, Some(share))).await
+    });
+}
+
+async fn run_job(state: Arc<AppState>, job: Arc<dyn ClaimedJob>, slot: Slot) {
     let id = job.id().to_string();
     state.running_jobs.lock().insert(id.clone(), job.clone());
     match job.start().await {
@@ -248,11 +273,7 @@ async fn run_job(state: Arc<AppState>, job: Arc<dyn ClaimedJob>, slot: OwnedSema
 
 /// Runs a claimed job within its time limit; its sequences wait (bounded) for room in a full
 /// scoring queue instead of failing at once.
-async fn run_claimed(
-    state: &Arc<AppState>,
-    job: &Arc<dyn ClaimedJob>,
-    slot: OwnedSemaphorePermit,
-) -> Outcome {
+async fn run_claimed(state: &Arc<AppState>, job: &Arc<dyn ClaimedJob>, slot: Slot) -> Outcome {
     let cancel = job.cancel_token().clone();
     let patience = state.config.job_queue_wait;
     let (j, st) = (job.clone(), state.clone());

@@ -19,6 +19,7 @@ pub mod conn;
 pub mod encoding;
 pub mod error;
 pub mod events;
+pub mod fair;
 pub mod guard;
 pub mod handlers;
 pub mod jobs;
@@ -75,6 +76,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// One permit per attribute request allowed to run at once.
     pub run_slots: Arc<Semaphore>,
+    /// Each client's share of the run slots.
+    pub shares: fair::Shares,
     pub active_runs: AtomicUsize,
     stopping: AtomicBool,
 }
@@ -103,6 +106,7 @@ impl AppState {
             jobs,
             running_jobs: jobs::Running::default(),
             run_slots: Arc::new(Semaphore::new(config.max_concurrent_jobs.max(1))),
+            shares: fair::Shares::new(config.client_slots()),
             config,
             ready: OnceLock::new(),
             load_error: OnceLock::new(),
@@ -227,6 +231,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), guard::check_host))
         .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), conn::limit_body))
         .layer(
             TraceLayer::new_for_http()
                 // The path only: a query string may carry a secret (a key sent as `?api_key=`).

@@ -10,6 +10,7 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::{watch, Notify};
 
 use super::{new_job, now_ms, ClaimedJob, JobStore, Outcome, StoreError, StoreResult};
+use crate::api::fair::Client;
 use crate::api::jobs::{rfc3339, Job, JobRequest, JobState};
 use crate::engine::CancelToken;
 use crate::error::ErrorDetail;
@@ -18,6 +19,7 @@ use crate::run::Progress;
 /// One job: its request, its published snapshot (watched by SSE streams) and its cancel token.
 pub struct JobEntry {
     request: JobRequest,
+    client: Option<Client>,
     cancel: CancelToken,
     tx: watch::Sender<Job>,
     started_ms: Mutex<Option<u64>>,
@@ -119,7 +121,7 @@ impl MemoryStore {
         lock(&self.jobs).get(id).cloned()
     }
 
-    fn insert(&self, request: &JobRequest) -> StoreResult<Arc<JobEntry>> {
+    fn insert(&self, request: &JobRequest, client: Option<Client>) -> StoreResult<Arc<JobEntry>> {
         self.sweep();
         let mut jobs = lock(&self.jobs);
         if jobs.values().filter(|j| !j.state().is_finished()).count() >= self.max_pending {
@@ -128,6 +130,7 @@ impl MemoryStore {
         let id = uuid::Uuid::new_v4().to_string();
         let entry = Arc::new(JobEntry {
             request: request.clone(),
+            client,
             cancel: CancelToken::new(),
             tx: watch::Sender::new(new_job(id.clone(), request.kind())),
             started_ms: Mutex::new(None),
@@ -140,7 +143,15 @@ impl MemoryStore {
 
 impl JobStore for MemoryStore {
     fn create<'a>(&'a self, request: &'a JobRequest) -> BoxFuture<'a, StoreResult<Job>> {
-        let out = self.insert(request).map(|entry| {
+        self.create_for(request, None)
+    }
+
+    fn create_for<'a>(
+        &'a self,
+        request: &'a JobRequest,
+        client: Option<Client>,
+    ) -> BoxFuture<'a, StoreResult<Job>> {
+        let out = self.insert(request, client).map(|entry| {
             let job = entry.snapshot();
             lock(&self.waiting).push_back(entry);
             self.arrived.notify_one();
@@ -263,6 +274,9 @@ impl ClaimedJob for MemoryClaim {
     fn request(&self) -> &JobRequest {
         &self.entry.request
     }
+    fn client(&self) -> Option<&Client> {
+        self.entry.client.as_ref()
+    }
     fn cancel_token(&self) -> &CancelToken {
         &self.entry.cancel
     }
@@ -298,7 +312,7 @@ mod tests {
     }
 
     fn create(s: &MemoryStore) -> StoreResult<Arc<JobEntry>> {
-        s.insert(&JobRequest::Attribution(Default::default()))
+        s.insert(&JobRequest::Attribution(Default::default()), None)
     }
 
     fn done() -> Outcome {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 
+use super::fair::Client;
 use super::jobs::{Job, JobKind, JobRequest, JobResult, JobState};
 use super::Ready;
 use crate::engine::CancelToken;
@@ -52,6 +53,16 @@ pub trait JobStore: Send + Sync {
     /// Records a queued job for `request` and puts it in line; refuses beyond `max_pending`
     /// unfinished jobs.
     fn create<'a>(&'a self, request: &'a JobRequest) -> BoxFuture<'a, StoreResult<Job>>;
+    /// As `create`, for `client` (its job then counts against the client's share of the run
+    /// slots). A store that shares work between replicas ignores the client: the replica that
+    /// runs a job does not know it.
+    fn create_for<'a>(
+        &'a self,
+        request: &'a JobRequest,
+        _client: Option<Client>,
+    ) -> BoxFuture<'a, StoreResult<Job>> {
+        self.create(request)
+    }
     fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<Job>>>;
     /// Cancels an unfinished job wherever it runs (no effect on a finished one); the job after.
     fn cancel<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<Job>>>;
@@ -91,6 +102,10 @@ pub trait JobStore: Send + Sync {
 pub trait ClaimedJob: Send + Sync {
     fn id(&self) -> &str;
     fn request(&self) -> &JobRequest;
+    /// Who sent the job, when the store knows ([`JobStore::create_for`]).
+    fn client(&self) -> Option<&Client> {
+        None
+    }
     /// Fires when the job is cancelled anywhere, or this process lost or gave up the job.
     fn cancel_token(&self) -> &CancelToken;
     /// When the job first started running (on any replica), as milliseconds since the epoch.
