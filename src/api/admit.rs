@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::audits::{gradient_throughput, throughput};
 use super::error::ApiError;
 use super::handlers::blocking;
-use super::jobs::JobRequest;
+use super::store::JobRequest;
 use super::AppState;
 use crate::error::Error;
 use crate::run::Plan;

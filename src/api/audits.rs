@@ -13,8 +13,8 @@ use utoipa::ToSchema;
 
 use super::admit::{admit, estimate};
 use super::error::{parse_json, read_body, ApiError, ApiJson, ApiPath};
-use super::events::{cancel_job, get_job, job_stream, submit};
-use super::jobs::{Job, JobKind, JobRequest};
+use super::job_routes::{cancel_job, get_job, job_stream, submit};
+use super::store::{Job, JobKind, JobRequest};
 use super::AppState;
 use crate::audit::AuditRequest;
 use crate::engine::stats::Stats;

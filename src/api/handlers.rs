@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 
 use super::error::{ApiError, ApiJson};
 use super::fair::{Client, Slot};
-use super::jobs::JobRequest;
+use super::store::JobRequest;
 use super::AppState;
 use crate::engine::CancelToken;
 use crate::error::{Error, ErrorBody};

@@ -1,108 +1,31 @@
-//! Asynchronous jobs: state, progress and result of attribute requests and audits run in the
-//! background,
-//! kept after they finish for a configurable time and count (where: [`super::store`]), and
-//! the runner that claims queued jobs whenever a run slot is free.
+//! The job runner: it claims queued jobs (attribute requests and audits run in the background)
+//! whenever a run slot is free, runs each within its time limit on the run's scorer chain, and
+//! records how it ended. What a job is lives with the store ([`super::store::job`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::OwnedSemaphorePermit;
-use utoipa::ToSchema;
 
 use super::fair::Slot;
 use super::handlers::{attribute_work, method_label, run_in_slot};
-use super::store::{now_ms, ClaimedJob, Outcome};
+use super::store::{now_ms, ClaimedJob, JobRequest, JobResult, Outcome};
 use super::AppState;
-use crate::audit::{self, AuditRequest, AuditResult};
+use crate::audit;
 use crate::engine::CancelToken;
 use crate::error::{Error, ErrorDetail};
 use crate::model::{GradientJob, ScoreItem};
-use crate::request::{AttributeRequest, AttributeResponse};
-use crate::run::{Limits, Plan, Progress};
+use crate::run::{Limits, Progress};
 use crate::scorer::Scorer;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum JobState {
-    /// Waiting for a free run slot.
-    Queued,
-    Running,
-    Done,
-    Failed,
-    Cancelled,
-}
-
-impl JobState {
-    pub fn is_finished(self) -> bool {
-        matches!(self, JobState::Done | JobState::Failed | JobState::Cancelled)
-    }
-
-    pub const ALL: [JobState; 5] = [
-        JobState::Queued,
-        JobState::Running,
-        JobState::Done,
-        JobState::Failed,
-        JobState::Cancelled,
-    ];
-
-    pub fn parse(s: &str) -> Option<JobState> {
-        JobState::ALL.into_iter().find(|j| j.as_str() == s)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobState::Queued => "queued",
-            JobState::Running => "running",
-            JobState::Done => "done",
-            JobState::Failed => "failed",
-            JobState::Cancelled => "cancelled",
-        }
-    }
-}
-
-/// What a job runs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum JobKind {
-    /// An attribute request (`/v1/jobs`).
-    #[default]
-    Attribution,
-    /// An audit (`/v1/audits`).
-    Audit,
-}
-
-/// What a job was asked to do, as the store keeps it (and as a replica that takes the job
-/// over reads it back).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "kind", content = "request", rename_all = "snake_case")]
-pub enum JobRequest {
-    Attribution(AttributeRequest),
-    Audit(AuditRequest),
-}
-
+/// How a job runs: its metrics label and its work.
 impl JobRequest {
-    pub fn kind(&self) -> JobKind {
-        match self {
-            JobRequest::Attribution(_) => JobKind::Attribution,
-            JobRequest::Audit(_) => JobKind::Audit,
-        }
-    }
-
     /// The metrics label of the run.
     fn label(&self) -> String {
         match self {
             JobRequest::Attribution(r) => method_label(r),
             JobRequest::Audit(_) => "audit".into(),
-        }
-    }
-
-    /// What the run would score, counted without scoring (the run's own checks first).
-    pub fn plan(&self, scorer: &dyn Scorer, limits: &Limits) -> crate::Result<Plan> {
-        match self {
-            JobRequest::Attribution(r) => crate::run::plan(r, scorer, limits),
-            JobRequest::Audit(r) => audit::plan(r, scorer, limits),
         }
     }
 
@@ -120,42 +43,6 @@ impl JobRequest {
             }
         }
     }
-}
-
-/// A finished job's result: an `AttributeResponse` or an `AuditResult`, by the job's kind.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(untagged)]
-pub enum JobResult {
-    Attribution(Box<AttributeResponse>),
-    Audit(Box<AuditResult>),
-}
-
-impl JobResult {
-    /// Sequences the work scored.
-    pub fn sequences(&self) -> usize {
-        match self {
-            JobResult::Attribution(r) => r.stats.unique_sequences,
-            JobResult::Audit(r) => r.stats.distinct_sequences,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct Job {
-    pub id: String,
-    #[serde(default)]
-    pub kind: JobKind,
-    pub state: JobState,
-    /// Sequences scored so far out of the total the request needs (0/0 until known).
-    pub progress: Progress,
-    /// RFC 3339, UTC.
-    pub created_at: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub finished_at: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<JobResult>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<ErrorDetail>,
 }
 
 /// Runs queued jobs: whenever a run slot is free, claims the next job from the store and runs
@@ -380,30 +267,6 @@ impl Scorer for WaitForRoom {
     }
 }
 
-/// `2026-11-26T17:54:02.123Z`
-pub fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -508,13 +371,5 @@ mod tests {
         );
         assert_eq!(patient.score(item(), &|_, _| {}).unwrap_err(), Error::Busy);
         assert!(patient.is_cancelled());
-    }
-
-    #[test]
-    fn rfc3339_formats_known_instants() {
-        let at = |s: u64| rfc3339(SystemTime::UNIX_EPOCH + Duration::from_millis(s));
-        assert_eq!(at(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(at(951_782_400_000), "2000-02-29T00:00:00.000Z");
-        assert_eq!(at(1_795_715_642_123), "2026-11-26T17:54:02.123Z");
     }
 }

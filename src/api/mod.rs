@@ -18,10 +18,10 @@ pub mod config;
 pub mod conn;
 pub mod encoding;
 pub mod error;
-pub mod events;
 pub mod fair;
 pub mod guard;
 pub mod handlers;
+pub mod job_routes;
 pub mod jobs;
 pub mod metrics;
 pub mod openapi;
@@ -201,9 +201,9 @@ pub fn router(state: Arc<AppState>) -> Router {
     let auth = || middleware::from_fn_with_state(state.clone(), guard::auth);
     let v1 = Router::new()
         .route("/v1/attributions", post(handlers::attributions))
-        .route("/v1/jobs", post(events::create))
-        .route("/v1/jobs/{id}", get(events::get).delete(events::cancel))
-        .route("/v1/jobs/{id}/events", get(events::events))
+        .route("/v1/jobs", post(job_routes::create))
+        .route("/v1/jobs/{id}", get(job_routes::get).delete(job_routes::cancel))
+        .route("/v1/jobs/{id}/events", get(job_routes::events))
         .route("/v1/audits", post(audits::create))
         .route("/v1/audits/{id}", get(audits::get).delete(audits::cancel))
         .route("/v1/audits/{id}/events", get(audits::events))

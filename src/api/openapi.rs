@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{audits, events, handlers, jobs, templates};
+use super::{audits, handlers, job_routes, store, templates};
 use crate::audit::{AuditCell, AuditRequest, AuditResult, AuditStats, Contexts, SummaryRow};
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::model::{ArchInfo, ModelInfo};
@@ -22,10 +22,10 @@ use crate::run::{Plan, Progress};
     ),
     paths(
         handlers::attributions,
-        events::create,
-        events::get,
-        events::cancel,
-        events::events,
+        job_routes::create,
+        job_routes::get,
+        job_routes::cancel,
+        job_routes::events,
         audits::create,
         audits::get,
         audits::cancel,
@@ -41,8 +41,8 @@ use crate::run::{Plan, Progress};
     ),
     components(schemas(
         AttributeRequest, AttributeResponse, Baseline, TokenRef, Method, AttrTarget, BaselineSampling,
-        Feature, Stats, Warning, WarningCode, ErrorBody, ErrorDetail, Progress, jobs::Job, jobs::JobState, jobs::JobKind,
-        jobs::JobResult, AuditRequest, AuditResult, AuditCell, SummaryRow, AuditStats, Contexts,
+        Feature, Stats, Warning, WarningCode, ErrorBody, ErrorDetail, Progress, store::Job, store::JobState, store::JobKind,
+        store::JobResult, AuditRequest, AuditResult, AuditCell, SummaryRow, AuditStats, Contexts,
         audits::PlanRequest, Plan, templates::Template,
         templates::Templates, handlers::TokenizeRequest, handlers::TokenizeResponse,
         handlers::GenerateRequest, handlers::GenerateResponse, handlers::Health, ModelInfo, ArchInfo,

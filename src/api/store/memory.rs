@@ -9,9 +9,9 @@ use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::{watch, Notify};
 
+use super::job::{rfc3339, Job, JobRequest, JobState};
 use super::{new_job, now_ms, ClaimedJob, JobStore, Outcome, StoreError, StoreResult};
 use crate::api::fair::Client;
-use crate::api::jobs::{rfc3339, Job, JobRequest, JobState};
 use crate::engine::CancelToken;
 use crate::error::ErrorDetail;
 use crate::run::Progress;

@@ -2,6 +2,7 @@
 //! job runner only talk to this trait; [`memory::MemoryStore`] (the default) keeps jobs in
 //! this process, [`redis::RedisStore`] (`--redis-url`) shares them between replicas.
 
+pub mod job;
 pub mod memory;
 pub mod redis;
 
@@ -11,12 +12,12 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 
 use super::fair::Client;
-use super::jobs::{Job, JobKind, JobRequest, JobResult, JobState};
 use super::Ready;
 use crate::engine::CancelToken;
 use crate::error::ErrorDetail;
 use crate::run::Progress;
 use crate::scorer::Scorer;
+pub use job::{new_job, now_ms, Job, JobKind, JobRequest, JobResult, JobState, Outcome};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -29,24 +30,6 @@ pub enum StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
-
-/// How a job ended.
-#[derive(Debug, Clone)]
-pub enum Outcome {
-    Done(Box<JobResult>),
-    Failed(ErrorDetail),
-    Cancelled(ErrorDetail),
-}
-
-impl Outcome {
-    pub fn state(&self) -> JobState {
-        match self {
-            Outcome::Done(_) => JobState::Done,
-            Outcome::Failed(_) => JobState::Failed,
-            Outcome::Cancelled(_) => JobState::Cancelled,
-        }
-    }
-}
 
 /// Jobs by id, and the line of jobs waiting for a worker.
 pub trait JobStore: Send + Sync {
@@ -125,28 +108,6 @@ pub trait ClaimedJob: Send + Sync {
     fn let_go(&self) -> bool;
     /// Puts a handed-over job back in line.
     fn release(&self) -> BoxFuture<'_, ()>;
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// A fresh job snapshot.
-pub fn new_job(id: String, kind: JobKind) -> Job {
-    Job {
-        id,
-        kind,
-        state: JobState::Queued,
-        progress: Progress { done: 0, total: 0 },
-        created_at: super::jobs::rfc3339(std::time::SystemTime::now()),
-        finished_at: None,
-        result: None,
-        error: None,
-    }
 }
 
 impl From<StoreError> for super::error::ApiError {

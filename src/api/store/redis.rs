@@ -30,8 +30,9 @@ use redis::{RedisError, Script};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
+use super::job::{rfc3339, Job, JobRequest, JobState};
 use super::{new_job, now_ms, ClaimedJob, JobStore, Outcome, StoreError, StoreResult};
-use crate::api::jobs::{rfc3339, Job, JobRequest, JobState, WaitForRoom};
+use crate::api::jobs::WaitForRoom;
 use crate::api::Ready;
 use crate::engine::CancelToken;
 use crate::error::{Error, ErrorDetail};

@@ -13,7 +13,7 @@ use futures::stream::{self, BoxStream, Stream, StreamExt};
 use super::admit::admit;
 use super::error::{ApiError, ApiJson, ApiPath};
 use super::fair::Client;
-use super::jobs::{Job, JobKind, JobRequest};
+use super::store::{Job, JobKind, JobRequest};
 use super::AppState;
 use crate::error::ErrorBody;
 use crate::request::AttributeRequest;
