@@ -11,6 +11,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::chain::Chain;
 use super::error::{ApiError, ApiJson};
 use super::fair::{Client, Slot};
 use super::store::JobRequest;
@@ -20,7 +21,6 @@ use crate::error::{Error, ErrorBody};
 use crate::model::ModelInfo;
 use crate::request::{AttributeRequest, AttributeResponse};
 use crate::run::{Limits, Progress};
-use crate::score_cache::CachedScorer;
 use crate::scorer::Scorer;
 
 /// Cancels a request's work when its handler is dropped (the client went away) unless disarmed.
@@ -87,7 +87,7 @@ fn try_slot(state: &AppState) -> Result<Slot, ApiError> {
 }
 
 /// Runs `work` in the run slot it holds, counted in the metrics under `label`. Its scorer is
-/// the engine, wrapped by `stack` (a job's scoring rules), behind the score cache. The run
+/// the one [`super::chain::scorer`] builds for `chain`. The run
 /// owns its slot and its bookkeeping: if the client goes away the handler is dropped, but the
 /// run still ends (cancelled) and is counted.
 pub async fn run_in_slot<T: Send + 'static>(
@@ -96,7 +96,7 @@ pub async fn run_in_slot<T: Send + 'static>(
     label: String,
     cancel: CancelToken,
     work: impl FnOnce(&dyn Scorer, &Limits) -> Result<T, Error> + Send + 'static,
-    stack: impl FnOnce(Box<dyn Scorer>) -> Box<dyn Scorer> + Send + 'static,
+    chain: Chain,
 ) -> Result<T, ApiError> {
     let ready = state.ready()?;
     let limits = state.config.limits.clone();
@@ -105,8 +105,7 @@ pub async fn run_in_slot<T: Send + 'static>(
         let _slot = slot;
         let _active = ActiveRun::new(st.clone());
         let started = Instant::now();
-        let engine = Box::new(ready.engine.handle(cancel.clone()));
-        let scorer = CachedScorer::new(stack(engine), ready.cache.clone());
+        let scorer = super::chain::scorer(&ready, &cancel, chain);
         let out = work(&scorer, &limits);
         // Whatever a run that was cancelled ran into last, it ended because it was cancelled.
         let outcome = match &out {
@@ -197,7 +196,7 @@ pub async fn attributions(
     let cancel = CancelToken::new();
     let label = method_label(&request);
     let work = attribute_work(request, |_| {});
-    let fut = run_in_slot(&state, slot, label, cancel.clone(), work, |s| s);
+    let fut = run_in_slot(&state, slot, label, cancel.clone(), work, Chain::Request);
     with_timeout(&state, cancel, fut).await.map(Json)
 }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::chain::Chain;
 use super::fair::Slot;
 use super::handlers::{attribute_work, method_label, run_in_slot};
 use super::store::{now_ms, ClaimedJob, JobRequest, JobResult, Outcome};
@@ -162,17 +163,16 @@ async fn run_job(state: Arc<AppState>, job: Arc<dyn ClaimedJob>, slot: Slot) {
 /// scoring queue instead of failing at once.
 async fn run_claimed(state: &Arc<AppState>, job: &Arc<dyn ClaimedJob>, slot: Slot) -> Outcome {
     let cancel = job.cancel_token().clone();
-    let patience = state.config.job_queue_wait;
-    let (j, st) = (job.clone(), state.clone());
-    let stack = move |handle: Box<dyn Scorer>| {
-        let patient = Box::new(WaitForRoom::new(handle, j.cancel_token().clone(), patience));
-        st.jobs.job_scorer(&*j, patient)
+    let chain = Chain::Job {
+        job: job.clone(),
+        store: state.jobs.clone(),
+        patience: state.config.job_queue_wait,
     };
     let p = job.clone();
     let request = job.request().clone();
     let label = request.label();
     let work = request.work(move |progress| p.progress(progress));
-    let run = run_in_slot(state, slot, label, cancel.clone(), work, stack);
+    let run = run_in_slot(state, slot, label, cancel.clone(), work, chain);
     let limit = state.config.job_time_limit;
     let left = limit.map(|l| {
         let ran = job.started_at_ms().map_or(0, |t| now_ms().saturating_sub(t));

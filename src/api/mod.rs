@@ -14,6 +14,7 @@
 pub mod admit;
 pub mod assets;
 pub mod audits;
+pub mod chain;
 pub mod config;
 pub mod conn;
 pub mod encoding;

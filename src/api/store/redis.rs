@@ -32,13 +32,13 @@ use tokio::task::JoinHandle;
 
 use super::job::{rfc3339, Job, JobRequest, JobState};
 use super::{new_job, now_ms, ClaimedJob, JobStore, Outcome, StoreError, StoreResult};
-use crate::api::jobs::WaitForRoom;
+use crate::api::chain::{self, Chain};
 use crate::api::Ready;
 use crate::engine::CancelToken;
 use crate::error::{Error, ErrorDetail};
 use crate::model::{GradientJob, ScoreItem};
 use crate::run::Progress;
-use crate::score_cache::{CachedScorer, SharedScores};
+use crate::score_cache::SharedScores;
 use crate::scorer::Scorer;
 
 const PREFIX: &str = "llm-attr:";
@@ -1113,8 +1113,7 @@ async fn score_chunk(inner: &Arc<Inner>, ready: &Arc<Ready>, entry: StreamId) {
         .collect();
     let (r, c, wait) = (ready.clone(), cancel.clone(), inner.settings.queue_wait);
     let scored = tokio::task::spawn_blocking(move || {
-        let engine = WaitForRoom::new(Box::new(r.engine.handle(c.clone())), c, wait);
-        CachedScorer::new(Box::new(engine), r.cache.clone()).score(items, &|_, _| {})
+        chain::scorer(&r, &c, Chain::Chunk { patience: wait }).score(items, &|_, _| {})
     })
     .await
     .unwrap_or_else(|e| Err(Error::Internal(format!("the chunk task failed: {e}"))));

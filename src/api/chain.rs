@@ -1,0 +1,49 @@
+//! The scorer a run sees, built in this one place. Each layer is a [`Scorer`] around the next;
+//! outermost first:
+//!
+//! 1. [`CachedScorer`]: the score cache (this process's LRU and, with `--redis-url`, the
+//!    replicas' shared scores), so a sequence scored before is never scored again.
+//! 2. The store's job scorer (jobs only; with `--redis-url` the fan-out, which cuts a job's
+//!    large scoring call into chunks that every replica scores; in memory, nothing).
+//! 3. [`WaitForRoom`] (jobs and fan-out chunks): the sequences wait, up to `--job-queue-wait`,
+//!    for room in a full queue instead of failing at once.
+//! 4. The engine's handle: the shared queue, the batcher and the workers, with the run's
+//!    cancel token.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::jobs::WaitForRoom;
+use super::store::{ClaimedJob, JobStore};
+use super::Ready;
+use crate::engine::CancelToken;
+use crate::score_cache::CachedScorer;
+use crate::scorer::Scorer;
+
+/// What the run is, which decides the layers it gets.
+pub enum Chain {
+    /// A synchronous request: the cache over the engine.
+    Request,
+    /// A claimed job: all four layers.
+    Job {
+        job: Arc<dyn ClaimedJob>,
+        store: Arc<dyn JobStore>,
+        patience: Duration,
+    },
+    /// A fan-out chunk scored for another replica's job: the cache over a patient engine.
+    Chunk { patience: Duration },
+}
+
+/// The scorer of a run of `chain`'s kind, cancelled by `cancel`.
+pub fn scorer(ready: &Ready, cancel: &CancelToken, chain: Chain) -> CachedScorer {
+    let engine: Box<dyn Scorer> = Box::new(ready.engine.handle(cancel.clone()));
+    let inner: Box<dyn Scorer> = match chain {
+        Chain::Request => engine,
+        Chain::Job { job, store, patience } => store.job_scorer(
+            &*job,
+            Box::new(WaitForRoom::new(engine, cancel.clone(), patience)),
+        ),
+        Chain::Chunk { patience } => Box::new(WaitForRoom::new(engine, cancel.clone(), patience)),
+    };
+    CachedScorer::new(inner, ready.cache.clone())
+}
