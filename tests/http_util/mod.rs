@@ -2,11 +2,13 @@
 //! model, and read server-sent events.
 #![allow(dead_code)]
 
-use std::sync::{Arc, OnceLock};
+#[path = "../common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use llm_attr::api::{Config, ModelSource, Server};
-use llm_attr::model::LoadOptions;
 use llm_attr::model::Model;
 use serde_json::Value;
 
@@ -16,15 +18,10 @@ pub const SMOLLM2: &str = concat!(
     "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 );
 
-/// Each model is loaded once per test binary and shared by its servers.
+/// Each model is loaded once per test binary and shared by its servers (the one model cache
+/// of the tests, `common::shared_model`).
 pub fn model(spec: &'static str) -> Arc<Model> {
-    static TINY_M: OnceLock<Arc<Model>> = OnceLock::new();
-    static SMOL_M: OnceLock<Arc<Model>> = OnceLock::new();
-    let cell = if spec == TINY { &TINY_M } else { &SMOL_M };
-    cell.get_or_init(|| {
-        Model::load(spec, &LoadOptions::default()).unwrap_or_else(|e| panic!("cannot load {spec}: {e}"))
-    })
-    .clone()
+    common::shared_model(spec)
 }
 
 pub async fn start(spec: &'static str, tweak: impl FnOnce(&mut Config)) -> Server {
