@@ -3,8 +3,8 @@
 //!
 //! 1. [`CachedScorer`]: the score cache (this process's LRU and, with `--redis-url`, the
 //!    replicas' shared scores), so a sequence scored before is never scored again.
-//! 2. The store's job scorer (jobs only; with `--redis-url` the fan-out, which cuts a job's
-//!    large scoring call into chunks that every replica scores; in memory, nothing).
+//! 2. The replicas' job scorer (jobs only; with `--redis-url` the fan-out, which cuts a job's
+//!    large scoring call into chunks that every replica scores; with no replicas, nothing).
 //! 3. [`WaitForRoom`] (jobs and fan-out chunks): the sequences wait, up to `--job-queue-wait`,
 //!    for room in a full queue instead of failing at once.
 //! 4. The engine's handle: the shared queue, the batcher and the workers, with the run's
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::jobs::WaitForRoom;
-use super::store::{ClaimedJob, JobStore};
+use super::store::{ClaimedJob, Replicas};
 use super::Ready;
 use crate::engine::CancelToken;
 use crate::score_cache::CachedScorer;
@@ -27,7 +27,8 @@ pub enum Chain {
     /// A claimed job: all four layers.
     Job {
         job: Arc<dyn ClaimedJob>,
-        store: Arc<dyn JobStore>,
+        /// The replicas sharing the job store (`None`: the job scorer is the patient engine).
+        replicas: Option<Arc<dyn Replicas>>,
         patience: Duration,
     },
     /// A fan-out chunk scored for another replica's job: the cache over a patient engine.
@@ -39,10 +40,17 @@ pub fn scorer(ready: &Ready, cancel: &CancelToken, chain: Chain) -> CachedScorer
     let engine: Box<dyn Scorer> = Box::new(ready.engine.handle(cancel.clone()));
     let inner: Box<dyn Scorer> = match chain {
         Chain::Request => engine,
-        Chain::Job { job, store, patience } => store.job_scorer(
-            &*job,
-            Box::new(WaitForRoom::new(engine, cancel.clone(), patience)),
-        ),
+        Chain::Job {
+            job,
+            replicas,
+            patience,
+        } => {
+            let patient: Box<dyn Scorer> = Box::new(WaitForRoom::new(engine, cancel.clone(), patience));
+            match replicas {
+                Some(r) => r.job_scorer(&*job, patient),
+                None => patient,
+            }
+        }
         Chain::Chunk { patience } => Box::new(WaitForRoom::new(engine, cancel.clone(), patience)),
     };
     CachedScorer::new(inner, ready.cache.clone())

@@ -165,7 +165,7 @@ async fn run_claimed(state: &Arc<AppState>, job: &Arc<dyn ClaimedJob>, slot: Slo
     let cancel = job.cancel_token().clone();
     let chain = Chain::Job {
         job: job.clone(),
-        store: state.jobs.clone(),
+        replicas: state.replicas.clone(),
         patience: state.config.job_queue_wait,
     };
     let p = job.clone();

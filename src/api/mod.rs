@@ -52,7 +52,7 @@ use error::ApiError;
 use metrics::Metrics;
 use store::memory::MemoryStore;
 use store::redis::{RedisSettings, RedisStore};
-use store::JobStore;
+use store::{JobStore, Replicas};
 
 use crate::engine::Engine;
 use crate::error::ErrorDetail;
@@ -72,6 +72,9 @@ pub struct AppState {
     pub ready: OnceLock<Arc<Ready>>,
     pub load_error: OnceLock<String>,
     pub jobs: Arc<dyn JobStore>,
+    /// What replicas sharing the Redis store add (shared scores, chunk workers, the fan-out);
+    /// `None` with the in-memory store.
+    pub replicas: Option<Arc<dyn Replicas>>,
     /// Jobs this process runs now.
     pub running_jobs: jobs::Running,
     pub metrics: Metrics,
@@ -87,24 +90,31 @@ impl AppState {
     /// The state for `config`; with a Redis URL, the job store connects in the background
     /// (call inside a Tokio runtime).
     pub fn new(config: Config) -> anyhow::Result<Self> {
-        let jobs: Arc<dyn JobStore> = match &config.redis_url {
-            Some(url) => Arc::new(RedisStore::connect(RedisSettings {
-                url: url.clone(),
-                lease: config.lease,
-                ttl: config.job_ttl,
-                max_pending: config.max_pending_jobs,
-                chunk_size: config.fanout_chunk,
-                chunk_workers: config.chunk_workers,
-                queue_wait: config.job_queue_wait,
-            })?),
-            None => Arc::new(MemoryStore::new(
-                config.job_ttl,
-                config.max_finished_jobs,
-                config.max_pending_jobs,
-            )),
+        let (jobs, replicas): (Arc<dyn JobStore>, Option<Arc<dyn Replicas>>) = match &config.redis_url {
+            Some(url) => {
+                let store = Arc::new(RedisStore::connect(RedisSettings {
+                    url: url.clone(),
+                    lease: config.lease,
+                    ttl: config.job_ttl,
+                    max_pending: config.max_pending_jobs,
+                    chunk_size: config.fanout_chunk,
+                    chunk_workers: config.chunk_workers,
+                    queue_wait: config.job_queue_wait,
+                })?);
+                (store.clone(), Some(store))
+            }
+            None => (
+                Arc::new(MemoryStore::new(
+                    config.job_ttl,
+                    config.max_finished_jobs,
+                    config.max_pending_jobs,
+                )),
+                None,
+            ),
         };
         Ok(AppState {
             jobs,
+            replicas,
             running_jobs: jobs::Running::default(),
             run_slots: Arc::new(Semaphore::new(config.max_concurrent_jobs.max(1))),
             shares: fair::Shares::new(config.client_slots()),
@@ -150,7 +160,7 @@ impl AppState {
         let cache = Arc::new(ScoreCache::new(
             digest,
             self.config.score_cache_bytes,
-            self.jobs.shared_scores(),
+            self.replicas.as_ref().map(|r| r.shared_scores()),
         ));
         let info = model.info();
         tracing::info!(
@@ -311,8 +321,8 @@ impl Server {
                 .unwrap_or_else(|e| Err(format!("the loading task failed: {e}")));
             match loaded {
                 Ok(()) => {
-                    if let Some(r) = loader.ready.get() {
-                        loader.jobs.start(r);
+                    if let (Some(r), Some(replicas)) = (loader.ready.get(), &loader.replicas) {
+                        replicas.start(r);
                     }
                 }
                 Err(e) => {

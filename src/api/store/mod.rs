@@ -1,11 +1,13 @@
 //! Where jobs live and how they reach a worker: the [`JobStore`] seam. The handlers and the
 //! job runner only talk to this trait; [`memory::MemoryStore`] (the default) keeps jobs in
-//! this process, [`redis::RedisStore`] (`--redis-url`) shares them between replicas.
+//! this process, [`redis::RedisStore`] (`--redis-url`) shares them between replicas and
+//! also serves the [`Replicas`] hooks (shared scores, chunk workers, the fan-out).
 
 pub mod job;
 pub mod memory;
 pub mod redis;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -16,6 +18,7 @@ use super::Ready;
 use crate::engine::CancelToken;
 use crate::error::ErrorDetail;
 use crate::run::Progress;
+use crate::score_cache::SharedScores;
 use crate::scorer::Scorer;
 pub use job::{new_job, now_ms, Job, JobKind, JobRequest, JobResult, JobState, Outcome};
 
@@ -69,16 +72,17 @@ pub trait JobStore: Send + Sync {
     fn cancel_all(&self, error: ErrorDetail);
     /// Stops handing out work (shutdown).
     fn stop(&self) {}
-    /// The shared layer of the score cache, when the store has one.
-    fn shared_scores(&self) -> Option<std::sync::Arc<dyn crate::score_cache::SharedScores>> {
-        None
-    }
-    /// Starts what the store runs once the model is loaded (Redis: chunk workers).
-    fn start(&self, _ready: &std::sync::Arc<Ready>) {}
-    /// Wraps the scorer of a job's run (Redis: fans big calls out to every replica).
-    fn job_scorer(&self, _job: &dyn ClaimedJob, inner: Box<dyn Scorer>) -> Box<dyn Scorer> {
-        inner
-    }
+}
+
+/// What a store shared between replicas adds beyond holding jobs (Redis only; the in-memory
+/// store has no replicas and needs none of it).
+pub trait Replicas: Send + Sync {
+    /// The shared layer of the score cache.
+    fn shared_scores(&self) -> Arc<dyn SharedScores>;
+    /// Starts what runs once the model is loaded (the chunk workers).
+    fn start(&self, ready: &Arc<Ready>);
+    /// Wraps the scorer of `job`'s run (the fan-out of big calls to every replica).
+    fn job_scorer(&self, job: &dyn ClaimedJob, inner: Box<dyn Scorer>) -> Box<dyn Scorer>;
 }
 
 /// A job this process runs. Holding it is holding its lease (Redis: kept by heartbeats).

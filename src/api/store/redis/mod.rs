@@ -15,10 +15,18 @@
 //! - `unfinished`: count of jobs queued or running (`--max-pending-jobs`).
 //! - `score:{digest}:{ids}`: the shared score cache.
 //! - channel `events:{id}`: a job changed (progress, state), for SSE streams on every replica.
+//!
+//! This file is the store itself (settings, connection, job hashes, create/get/cancel/watch and
+//! the claim line); `claims.rs` holds the leases on claimed jobs, `scores.rs` the shared score
+//! cache and `fanout.rs` the fan-out scorer and the chunk workers.
+
+mod claims;
+mod fanout;
+mod scores;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, Weak};
+use std::sync::{Arc, LazyLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::future::BoxFuture;
@@ -28,18 +36,16 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::{RedisError, Script};
 use tokio::sync::broadcast;
-use tokio::task::JoinHandle;
 
 use super::job::{rfc3339, Job, JobRequest, JobState};
-use super::{new_job, now_ms, ClaimedJob, JobStore, Outcome, StoreError, StoreResult};
-use crate::api::chain::{self, Chain};
+use super::{new_job, ClaimedJob, JobStore, Outcome, Replicas, StoreError, StoreResult};
 use crate::api::Ready;
-use crate::engine::CancelToken;
 use crate::error::{Error, ErrorDetail};
-use crate::model::{GradientJob, ScoreItem};
 use crate::run::Progress;
 use crate::score_cache::SharedScores;
 use crate::scorer::Scorer;
+use claims::RedisClaim;
+use fanout::{chunk_worker, FanOut};
 
 const PREFIX: &str = "llm-attr:";
 const GROUP: &str = "workers";
@@ -120,35 +126,6 @@ redis.call('HSET', KEYS[1], 'state', 'queued', 'done', 0, 'total', 0, 'created_a
 redis.call('INCR', KEYS[2])
 redis.call('XADD', KEYS[3], '*', 'job', ARGV[4])
 return 1",
-    )
-});
-
-static START: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local s = redis.call('HGET', KEYS[1], 'state')
-if s ~= 'queued' and s ~= 'running' then return false end
-redis.call('HSET', KEYS[1], 'state', 'running')
-redis.call('HSETNX', KEYS[1], 'started_ms', ARGV[1])
-if s == 'queued' then redis.call('PUBLISH', ARGV[2], 'running') end
-return redis.call('HGET', KEYS[1], 'started_ms')",
-    )
-});
-
-/// Records progress when it changed; answers the job's state ('gone' once expired).
-static PROGRESS: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local s = redis.call('HGET', KEYS[1], 'state')
-if s ~= 'queued' and s ~= 'running' then return s or 'gone' end
-if ARGV[1] ~= '' then
-  local d = redis.call('HMGET', KEYS[1], 'done', 'total')
-  if d[1] ~= ARGV[1] or d[2] ~= ARGV[2] then
-    redis.call('HSET', KEYS[1], 'done', ARGV[1], 'total', ARGV[2])
-    redis.call('PUBLISH', ARGV[3], 'progress')
-  end
-end
-return s",
     )
 });
 
@@ -597,18 +574,9 @@ impl JobStore for RedisStore {
                 i.ack("jobs", &entry.id).await.map_err(unavailable)?;
                 return Ok(None);
             };
-            Ok(Some(Box::new(RedisClaim {
-                inner: i.clone(),
-                id,
-                entry: entry.id,
-                request,
-                cancel: CancelToken::new(),
-                started_ms: Mutex::new(None),
-                progress: Arc::new(Mutex::new(None)),
-                handed_over: Arc::new(AtomicBool::new(false)),
-                lost: Arc::new(AtomicBool::new(false)),
-                keeper: Mutex::new(None),
-            }) as Box<dyn ClaimedJob>))
+            Ok(Some(
+                Box::new(RedisClaim::new(i.clone(), id, entry.id, request)) as Box<dyn ClaimedJob>
+            ))
         }
         .boxed()
     }
@@ -636,9 +604,11 @@ impl JobStore for RedisStore {
     fn stop(&self) {
         self.inner.stopping.store(true, Ordering::SeqCst);
     }
+}
 
-    fn shared_scores(&self) -> Option<Arc<dyn SharedScores>> {
-        Some(self.inner.clone())
+impl Replicas for RedisStore {
+    fn shared_scores(&self) -> Arc<dyn SharedScores> {
+        self.inner.clone()
     }
 
     fn start(&self, ready: &Arc<Ready>) {
@@ -648,539 +618,13 @@ impl JobStore for RedisStore {
     }
 
     fn job_scorer(&self, job: &dyn ClaimedJob, inner: Box<dyn Scorer>) -> Box<dyn Scorer> {
-        Box::new(FanOut {
-            inner,
-            store: self.inner.clone(),
-            job: job.id().to_string(),
-            cancel: job.cancel_token().clone(),
-        })
+        Box::new(FanOut::new(inner, self.inner.clone(), job))
     }
-}
-
-/// A job this replica runs, leased from the `jobs` stream.
-struct RedisClaim {
-    inner: Arc<Inner>,
-    id: String,
-    entry: String,
-    request: JobRequest,
-    cancel: CancelToken,
-    started_ms: Mutex<Option<u64>>,
-    /// Latest progress, written to Redis by the keeper.
-    progress: Arc<Mutex<Option<Progress>>>,
-    handed_over: Arc<AtomicBool>,
-    lost: Arc<AtomicBool>,
-    keeper: Mutex<Option<JoinHandle<()>>>,
-}
-
-impl RedisClaim {
-    fn stop_keeper(&self) {
-        if let Some(k) = self.keeper.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            k.abort();
-            self.inner.running_here.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Every tick: writes progress, notices a cancel (or expiry) from anywhere; every third of
-    /// a lease: renews the lease, and stops the local run if another replica holds it now.
-    fn spawn_keeper(&self) -> JoinHandle<()> {
-        let (inner, id, entry) = (self.inner.clone(), self.id.clone(), self.entry.clone());
-        let (cancel, progress, lost) = (self.cancel.clone(), self.progress.clone(), self.lost.clone());
-        tokio::spawn(async move {
-            let beat = (inner.settings.lease / 3).max(TICK);
-            let mut last_beat = Instant::now();
-            loop {
-                tokio::time::sleep(TICK).await;
-                let p = *progress.lock().unwrap_or_else(|e| e.into_inner());
-                let (done, total) = p.map_or((String::new(), String::new()), |p| {
-                    (p.done.to_string(), p.total.to_string())
-                });
-                let state: Result<String, _> = PROGRESS
-                    .key(job_key(&id))
-                    .arg(done)
-                    .arg(total)
-                    .arg(channel(&id))
-                    .invoke_async(&mut inner.con())
-                    .await;
-                if let Ok(s) = state {
-                    if s != "queued" && s != "running" {
-                        tracing::info!(job = %id, state = %s, "the job ended elsewhere; stopping its run here");
-                        cancel.cancel();
-                    }
-                }
-                if last_beat.elapsed() >= beat {
-                    match inner.heartbeat("jobs", &entry).await {
-                        Ok(true) => last_beat = Instant::now(),
-                        Ok(false) => {
-                            tracing::warn!(job = %id, "another replica took this job over; stopping here");
-                            lost.store(true, Ordering::SeqCst);
-                            cancel.cancel();
-                        }
-                        Err(_) => {}
-                    }
-                }
-            }
-        })
-    }
-}
-
-impl ClaimedJob for RedisClaim {
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn request(&self) -> &JobRequest {
-        &self.request
-    }
-    fn cancel_token(&self) -> &CancelToken {
-        &self.cancel
-    }
-    fn started_at_ms(&self) -> Option<u64> {
-        *self.started_ms.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn start(&self) -> BoxFuture<'_, StoreResult<bool>> {
-        async move {
-            let started: Option<u64> = START
-                .key(job_key(&self.id))
-                .arg(now_ms())
-                .arg(channel(&self.id))
-                .invoke_async(&mut self.inner.con())
-                .await
-                .map_err(unavailable)?;
-            let Some(ms) = started else { return Ok(false) };
-            *self.started_ms.lock().unwrap_or_else(|e| e.into_inner()) = Some(ms);
-            self.inner.running_here.fetch_add(1, Ordering::Relaxed);
-            *self.keeper.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.spawn_keeper());
-            Ok(true)
-        }
-        .boxed()
-    }
-
-    fn progress(&self, p: Progress) {
-        *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
-    }
-
-    fn finish(&self, outcome: Outcome) -> BoxFuture<'_, ()> {
-        async move {
-            self.stop_keeper();
-            let i = &self.inner;
-            let lease = i.settings.lease;
-            if persist("recording the job's end", || i.finish(&self.id, &outcome), lease)
-                .await
-                .is_some()
-            {
-                persist("acknowledging the job", || i.ack("jobs", &self.entry), lease).await;
-            }
-        }
-        .boxed()
-    }
-
-    fn hand_over(&self) {
-        self.handed_over.store(true, Ordering::SeqCst);
-        self.cancel.cancel();
-    }
-
-    fn let_go(&self) -> bool {
-        self.handed_over.load(Ordering::SeqCst) || self.lost.load(Ordering::SeqCst)
-    }
-
-    fn release(&self) -> BoxFuture<'_, ()> {
-        async move {
-            self.stop_keeper();
-            if self.handed_over.load(Ordering::SeqCst) {
-                let i = &self.inner;
-                let lease = i.settings.lease;
-                persist("handing the job over", || i.release("jobs", &self.entry), lease).await;
-                tracing::info!(job = %self.id, "handed the job over to another replica");
-            }
-        }
-        .boxed()
-    }
-}
-
-impl SharedScores for Inner {
-    fn get_many(&self, keys: &[Vec<u8>]) -> Vec<Option<Vec<u8>>> {
-        let mut cmd = redis::cmd("MGET");
-        for k in keys {
-            cmd.arg([PREFIX.as_bytes(), k].concat());
-        }
-        let mut con = self.con();
-        self.rt
-            .block_on(cmd.query_async::<Vec<Option<Vec<u8>>>>(&mut con))
-            .unwrap_or_else(|_| vec![None; keys.len()])
-    }
-
-    fn put_many(&self, entries: Vec<(Vec<u8>, Vec<u8>)>) {
-        let mut pipe = redis::pipe();
-        for (k, v) in entries {
-            pipe.cmd("SET")
-                .arg([PREFIX.as_bytes(), &k].concat())
-                .arg(v)
-                .arg("EX")
-                .arg(self.ttl_secs())
-                .ignore();
-        }
-        let mut con = self.con();
-        let _ = self.rt.block_on(pipe.query_async::<()>(&mut con));
-    }
-}
-
-/// Encodes a chunk's result: 0 then per item its length and f32s, or 1 then an error message.
-fn encode_chunk(r: &Result<Vec<Vec<f32>>, Error>) -> Vec<u8> {
-    match r {
-        Ok(scores) => {
-            let mut out = vec![0u8];
-            for s in scores {
-                out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-                out.extend(crate::score_cache::encode_scores(s));
-            }
-            out
-        }
-        Err(e) => [&[1u8][..], e.to_string().as_bytes()].concat(),
-    }
-}
-
-fn decode_chunk(b: &[u8]) -> Result<Vec<Vec<f32>>, Error> {
-    let bad = || Error::Internal("a fan-out chunk result is malformed".into());
-    match b.split_first() {
-        Some((0, mut rest)) => {
-            let mut out = Vec::new();
-            while !rest.is_empty() {
-                let n = u32::from_le_bytes(rest.get(..4).ok_or_else(bad)?.try_into().map_err(|_| bad())?)
-                    as usize;
-                let body = rest.get(4..4 + 4 * n).ok_or_else(bad)?;
-                out.push(crate::score_cache::decode_scores(body).ok_or_else(bad)?);
-                rest = &rest[4 + 4 * n..];
-            }
-            Ok(out)
-        }
-        Some((1, msg)) => Err(Error::Internal(format!(
-            "a replica failed to score a chunk: {}",
-            String::from_utf8_lossy(msg)
-        ))),
-        _ => Err(bad()),
-    }
-}
-
-/// A job's scorer that splits big calls into chunks on the `chunks` stream, so every
-/// replica's chunk workers (this one's too) score them; the scores come back by index, so
-/// the merged result is the one a single replica computes.
-struct FanOut {
-    inner: Box<dyn Scorer>,
-    store: Arc<Inner>,
-    job: String,
-    cancel: CancelToken,
-}
-
-impl Scorer for FanOut {
-    crate::scorer_facts_from!(inner);
-
-    fn score(
-        &self,
-        items: Vec<ScoreItem>,
-        progress: &(dyn Fn(usize, usize) + Sync),
-    ) -> crate::Result<Vec<Vec<f32>>> {
-        let size = self.store.settings.chunk_size;
-        if size == 0 || items.len() < 2 * size {
-            return self.inner.score(items, progress);
-        }
-        self.store
-            .rt
-            .clone()
-            .block_on(self.fan_out(&items, size, progress))
-    }
-
-    fn generate(&self, prompt: &[u32], max_new_tokens: usize) -> crate::Result<Vec<u32>> {
-        self.inner.generate(prompt, max_new_tokens)
-    }
-
-    fn is_cancelled(&self) -> bool {
-        self.cancel.is_cancelled() || self.inner.is_cancelled()
-    }
-
-    fn gradients(
-        &self,
-        job: GradientJob,
-        progress: &(dyn Fn(usize, usize) + Sync),
-    ) -> crate::Result<Vec<Vec<f64>>> {
-        self.inner.gradients(job, progress)
-    }
-}
-
-impl FanOut {
-    async fn publish(&self, run: &str, k: usize, items: &[ScoreItem]) -> Result<String, RedisError> {
-        let pairs: Vec<(&[u32], &[u32])> = items.iter().map(|i| (&i.prompt[..], &i.target[..])).collect();
-        redis::cmd("XADD")
-            .arg(key("chunks"))
-            .arg("*")
-            .arg("job")
-            .arg(&self.job)
-            .arg("run")
-            .arg(run)
-            .arg("k")
-            .arg(k)
-            .arg("items")
-            .arg(serde_json::to_string(&pairs).unwrap_or_default())
-            .query_async(&mut self.store.con())
-            .await
-    }
-
-    async fn fan_out(
-        &self,
-        items: &[ScoreItem],
-        size: usize,
-        progress: &(dyn Fn(usize, usize) + Sync),
-    ) -> crate::Result<Vec<Vec<f32>>> {
-        let lost = |e: RedisError| Error::Internal(format!("the job store failed while fanning out: {e}"));
-        let run = uuid::Uuid::new_v4().simple().to_string();
-        let chunks: Vec<&[ScoreItem]> = items.chunks(size).collect();
-        let mut entries = Vec::with_capacity(chunks.len());
-        for (k, c) in chunks.iter().enumerate() {
-            entries.push(self.publish(&run, k, c).await.map_err(lost)?);
-        }
-        let result_key = |k: usize| key(&format!("chunk:{run}:{k}"));
-        let done_key = key(&format!("chunks-done:{run}"));
-        let mut out: Vec<Option<Vec<Vec<f32>>>> = vec![None; chunks.len()];
-        let (mut got, mut scored) = (0, 0);
-        let mut last_news = Instant::now();
-        let mut failing_since: Option<Instant> = None;
-        let outcome = loop {
-            if self.cancel.is_cancelled() {
-                break Err(Error::Cancelled);
-            }
-            match self.collect(&done_key, &result_key, out.len()).await {
-                Ok(news) => {
-                    failing_since = None;
-                    let mut failed = None;
-                    for (k, r) in news {
-                        if out[k].is_some() {
-                            continue;
-                        }
-                        match r {
-                            Ok(scores) => {
-                                out[k] = Some(scores);
-                                got += 1;
-                                scored += chunks[k].len();
-                                last_news = Instant::now();
-                            }
-                            Err(e) => failed = Some(e),
-                        }
-                    }
-                    if let Some(e) = failed {
-                        break Err(e);
-                    }
-                    if got > 0 {
-                        progress(scored, items.len());
-                    }
-                }
-                Err(e) => {
-                    let since = *failing_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() > self.store.settings.lease {
-                        break Err(lost(e));
-                    }
-                }
-            }
-            if got == chunks.len() {
-                break Ok(());
-            }
-            if last_news.elapsed() > Duration::from_secs(1) {
-                // A chunk whose entry vanished without a result (Redis restarted empty) is
-                // published again.
-                last_news = Instant::now();
-                for k in (0..chunks.len()).filter(|&k| out[k].is_none()) {
-                    if let Ok(true) = self.vanished(&entries[k], &result_key(k)).await {
-                        tracing::info!(job = %self.job, chunk = k, "a fan-out chunk was lost; publishing it again");
-                        if let Ok(e) = self.publish(&run, k, chunks[k]).await {
-                            entries[k] = e;
-                        }
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        let mut cleanup = redis::pipe();
-        cleanup.cmd("DEL").arg(&done_key).ignore();
-        for k in 0..chunks.len() {
-            cleanup.cmd("DEL").arg(result_key(k)).ignore();
-        }
-        let _ = cleanup.query_async::<()>(&mut self.store.con()).await;
-        outcome?;
-        Ok(out.into_iter().flatten().flatten().collect())
-    }
-
-    /// The chunks finished since the last look, by index.
-    async fn collect(
-        &self,
-        done_key: &str,
-        result_key: &impl Fn(usize) -> String,
-        n: usize,
-    ) -> Result<Vec<(usize, crate::Result<Vec<Vec<f32>>>)>, RedisError> {
-        let ready: Option<Vec<usize>> = redis::cmd("LPOP")
-            .arg(done_key)
-            .arg(64)
-            .query_async(&mut self.store.con())
-            .await?;
-        let mut news = Vec::new();
-        for k in ready.unwrap_or_default().into_iter().filter(|&k| k < n) {
-            let bytes: Option<Vec<u8>> = redis::cmd("GET")
-                .arg(result_key(k))
-                .query_async(&mut self.store.con())
-                .await?;
-            if let Some(b) = bytes {
-                news.push((k, decode_chunk(&b)));
-            }
-        }
-        Ok(news)
-    }
-
-    async fn vanished(&self, entry: &str, result_key: &str) -> Result<bool, RedisError> {
-        let left: Vec<redis::Value> = redis::cmd("XRANGE")
-            .arg(key("chunks"))
-            .arg(entry)
-            .arg(entry)
-            .query_async(&mut self.store.con())
-            .await?;
-        let has_result: bool = redis::cmd("EXISTS")
-            .arg(result_key)
-            .query_async(&mut self.store.con())
-            .await?;
-        Ok(left.is_empty() && !has_result)
-    }
-}
-
-/// Scores chunks of any replica's fanned-out jobs.
-async fn chunk_worker(inner: Arc<Inner>, ready: Arc<Ready>) {
-    while !inner.stopping.load(Ordering::SeqCst) {
-        match inner.take("chunks").await {
-            Ok(Some(entry)) => score_chunk(&inner, &ready, entry).await,
-            Ok(None) => tokio::time::sleep(IDLE_POLL).await,
-            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-        }
-    }
-}
-
-async fn score_chunk(inner: &Arc<Inner>, ready: &Arc<Ready>, entry: StreamId) {
-    let job: String = entry.get("job").unwrap_or_default();
-    let run: String = entry.get("run").unwrap_or_default();
-    let k: usize = entry.get("k").unwrap_or(usize::MAX);
-    let items: Option<Vec<(Vec<u32>, Vec<u32>)>> = entry
-        .get::<String>("items")
-        .and_then(|s| serde_json::from_str(&s).ok());
-    let running = matches!(inner.state(&job).await, Ok(Some(JobState::Running)));
-    let (Some(items), true) = (items, running) else {
-        // Its job ended (or the entry is malformed): nothing to do.
-        let _ = inner.ack("chunks", &entry.id).await;
-        return;
-    };
-    let cancel = CancelToken::new();
-    let lost = Arc::new(AtomicBool::new(false));
-    let keeper = {
-        let (inner, entry, cancel, lost, job) = (
-            inner.clone(),
-            entry.id.clone(),
-            cancel.clone(),
-            lost.clone(),
-            job.clone(),
-        );
-        tokio::spawn(async move {
-            let beat = (inner.settings.lease / 3).max(TICK);
-            let mut last_beat = Instant::now();
-            loop {
-                tokio::time::sleep(TICK).await;
-                if inner.stopping.load(Ordering::SeqCst) {
-                    cancel.cancel();
-                }
-                if let Ok(s) = inner.state(&job).await {
-                    if s != Some(JobState::Running) {
-                        cancel.cancel();
-                    }
-                }
-                if last_beat.elapsed() >= beat {
-                    match inner.heartbeat("chunks", &entry).await {
-                        Ok(true) => last_beat = Instant::now(),
-                        Ok(false) => {
-                            lost.store(true, Ordering::SeqCst);
-                            cancel.cancel();
-                        }
-                        Err(_) => {}
-                    }
-                }
-            }
-        })
-    };
-    let items: Vec<ScoreItem> = items
-        .into_iter()
-        .map(|(prompt, target)| ScoreItem { prompt, target })
-        .collect();
-    let (r, c, wait) = (ready.clone(), cancel.clone(), inner.settings.queue_wait);
-    let scored = tokio::task::spawn_blocking(move || {
-        chain::scorer(&r, &c, Chain::Chunk { patience: wait }).score(items, &|_, _| {})
-    })
-    .await
-    .unwrap_or_else(|e| Err(Error::Internal(format!("the chunk task failed: {e}"))));
-    keeper.abort();
-    if lost.load(Ordering::SeqCst) {
-        return;
-    }
-    if matches!(scored, Err(Error::Cancelled)) {
-        if inner.stopping.load(Ordering::SeqCst) {
-            let _ = inner.release("chunks", &entry.id).await;
-        } else {
-            let _ = inner.ack("chunks", &entry.id).await;
-        }
-        return;
-    }
-    let done_key = key(&format!("chunks-done:{run}"));
-    let ttl = inner.ttl_secs();
-    let (result, entry_id) = (encode_chunk(&scored), entry.id.clone());
-    let lease = inner.settings.lease;
-    let mut pipe = redis::pipe();
-    pipe.atomic()
-        .cmd("SET")
-        .arg(key(&format!("chunk:{run}:{k}")))
-        .arg(&result)
-        .arg("EX")
-        .arg(ttl)
-        .ignore()
-        .cmd("RPUSH")
-        .arg(&done_key)
-        .arg(k)
-        .ignore()
-        .cmd("EXPIRE")
-        .arg(&done_key)
-        .arg(ttl)
-        .ignore()
-        .cmd("XACK")
-        .arg(key("chunks"))
-        .arg(GROUP)
-        .arg(&entry_id)
-        .ignore()
-        .cmd("XDEL")
-        .arg(key("chunks"))
-        .arg(&entry_id)
-        .ignore();
-    persist(
-        "delivering a chunk",
-        || {
-            let (p, mut con) = (pipe.clone(), inner.con());
-            async move { p.query_async::<()>(&mut con).await }
-        },
-        lease,
-    )
-    .await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn chunk_results_round_trip() {
-        let scores = vec![vec![-1.5, -0.25], vec![], vec![f32::MIN]];
-        assert_eq!(decode_chunk(&encode_chunk(&Ok(scores.clone()))).unwrap(), scores);
-        let failed = decode_chunk(&encode_chunk(&Err(Error::Model("boom".into()))));
-        assert!(failed.unwrap_err().to_string().contains("boom"));
-        assert!(decode_chunk(&[0, 9, 0, 0, 0, 1]).is_err());
-    }
 
     #[test]
     fn passwords_stay_out_of_messages() {
