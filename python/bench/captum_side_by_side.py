@@ -58,7 +58,10 @@ def run(mod: Any, model: Any, tokenizer: Any, method: str, baselines: Any) -> tu
     if isinstance(baselines, dict) and any(isinstance(v, list) for v in baselines.values()):
         baselines = mod.ProductBaselines(baselines)
     tti = mod.TextTemplateInput(template=T1["prompt"], values=T1["var"], baselines=baselines)
-    return timed(lambda: llm.attribute(inp=tti, target=T1["target"]))
+    # Captum's KV-cache path gives wrong log-probs with transformers 5.x's caches; the
+    # reference fixtures were made without it too (../shared/reference/make_reference.py).
+    extra = {} if mod.__name__.startswith("llm_attr") else {"use_cached_outputs": False}
+    return timed(lambda: llm.attribute(inp=tti, target=T1["target"], **extra))
 
 
 def as_np(x: Any) -> np.ndarray:
@@ -118,7 +121,8 @@ def main() -> None:
     hf_model = AutoModelForCausalLM.from_pretrained(
         str(GGUF.parent), gguf_file=GGUF.name, torch_dtype=torch.float32).eval()
     hf_tok = AutoTokenizer.from_pretrained(str(GGUF.parent), gguf_file=GGUF.name)
-    flags = ["--threads", str(args.threads)] if args.threads else []
+    # No score cache: the timed run must score, not read back the warm-up's scores.
+    flags = ["--score-cache-mb", "0"] + (["--threads", str(args.threads)] if args.threads else [])
     with llm_attr.serve(model=GGUF, bin=args.bin, args=flags) as client:
         for method, baselines, label in (
             ("ShapleyValueSampling", seed_baselines(), "t1 svs, notebook baselines"),
