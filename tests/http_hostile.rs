@@ -6,39 +6,11 @@
 mod http_util;
 
 use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
 
 use http_util::*;
 use serde_json::{json, Value};
 
 const KEY: &str = "k3y-for-tests";
-
-/// Every log line of this test binary.
-fn logs() -> &'static Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let sink = buf.clone();
-        let _ = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::INFO)
-            .with_ansi(false)
-            .with_writer(move || Sink(sink.clone()))
-            .try_init();
-        buf
-    })
-}
-
-struct Sink(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Sink {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// Status, and the JSON error's code and field (fails if the body is not JSON).
 async fn outcome(req: reqwest::RequestBuilder) -> (u16, String, Value) {

@@ -327,10 +327,7 @@ fn scale_rows(x: &Tensor, n: usize, s: f64) -> Result<Tensor> {
 
 impl Architecture for Decoder {
     fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, t) = ids.dims2()?;
-        self.embed
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, t, self.cfg.hidden))
+        super::embed(&self.embed, ids, self.cfg.hidden)
     }
 
     fn forward(

@@ -348,10 +348,7 @@ impl Gpt2 {
 
 impl Architecture for Gpt2 {
     fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, t) = ids.dims2()?;
-        self.wte
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, t, self.cfg.n_embd))
+        super::embed(&self.wte, ids, self.cfg.n_embd)
     }
 
     /// Adds the position embeddings of `past..past + t` to `embeds`; with `rows`, the last

@@ -80,6 +80,14 @@ pub trait Architecture: Send + Sync {
 }
 
 /// Fails when `past + t` positions exceed a context of `context`.
+/// The rows of the embedding `table` for `ids` (`[batch, len]`), `[batch, len, hidden]`.
+pub(crate) fn embed(table: &Tensor, ids: &Tensor, hidden: usize) -> candle_core::Result<Tensor> {
+    let (b, t) = ids.dims2()?;
+    table
+        .index_select(&ids.flatten_all()?, 0)?
+        .reshape((b, t, hidden))
+}
+
 pub(crate) fn check_context(past: usize, t: usize, context: usize) -> candle_core::Result<()> {
     if past + t > context {
         candle_core::bail!("{} positions exceed the context length of {context}", past + t);
