@@ -240,9 +240,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(fallback)
         .layer(middleware::from_fn_with_state(state.clone(), encoding::decode))
         .layer(middleware::from_fn_with_state(state.clone(), guard::check_host))
+        // Inside the metrics, so that its 413s and 408s are counted; outside everything that
+        // reads the body.
+        .layer(middleware::from_fn_with_state(state.clone(), conn::limit_body))
         .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
-        .layer(middleware::from_fn_with_state(state.clone(), conn::limit_body))
         .layer(
             TraceLayer::new_for_http()
                 // The path only: a query string may carry a secret (a key sent as `?api_key=`).
