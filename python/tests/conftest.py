@@ -34,8 +34,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def client() -> Iterator[llm_attr.Client]:
-    """A server on the tiny GPT-2 fixture (fast; the model does not matter here)."""
-    with llm_attr.serve(model=TINY) as c:
+    """A server on the tiny GPT-2 fixture (fast; the model does not matter here). It renders
+    chat templates given in requests, which the chat cases send."""
+    with llm_attr.serve(model=TINY, args=["--allow-request-templates"]) as c:
         yield c
 
 

@@ -57,6 +57,18 @@ pub fn attribute_work(
 /// holds all of its share, 503 + Retry-After when all slots are taken (a synchronous request
 /// does not wait out its timeout in line; jobs wait for a slot).
 fn try_slot(state: &AppState) -> Result<Slot, ApiError> {
+    // A full server first: then every client is told to retry later (503), whatever its share.
+    let run = state.run_slots.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            format!(
+                "all {} run slots are busy (--max-concurrent-jobs): retry later, or submit a job \
+                 (POST /v1/jobs), which waits for a slot",
+                state.config.max_concurrent_jobs.max(1)
+            ),
+        )
+    })?;
     let share = match Client::current() {
         Some(client) => Some(state.shares.try_take(&client).ok_or_else(|| {
             ApiError::new(
@@ -72,17 +84,6 @@ fn try_slot(state: &AppState) -> Result<Slot, ApiError> {
         })?),
         None => None,
     };
-    let run = state.run_slots.clone().try_acquire_owned().map_err(|_| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
-            format!(
-                "all {} run slots are busy (--max-concurrent-jobs): retry later, or submit a job \
-                 (POST /v1/jobs), which waits for a slot",
-                state.config.max_concurrent_jobs.max(1)
-            ),
-        )
-    })?;
     Ok(Slot::new(run, share))
 }
 
