@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use super::audits::{gradient_throughput, throughput};
 use super::error::ApiError;
 use super::handlers::blocking;
 use super::store::JobRequest;
 use super::AppState;
+use crate::engine::stats::Stats;
 use crate::error::Error;
 use crate::run::Plan;
 
@@ -42,6 +42,26 @@ fn over_time(plan: &Plan, limit: Option<f64>) -> Result<(), Error> {
         )),
         _ => Ok(()),
     }
+}
+
+/// Tokens the engine scores per second, measured over every forward pass so far (each
+/// worker runs passes in parallel); None before the first.
+fn throughput(stats: &Stats, workers: usize) -> Option<f64> {
+    rate(Stats::get(&stats.tokens), stats.batch_seconds.sum(), workers)
+}
+
+/// The engine's measured gradient throughput ([`crate::run::Plan::gradient_tokens`] per
+/// second, all workers together); `None` before its first gradient run.
+fn gradient_throughput(stats: &Stats, workers: usize) -> Option<f64> {
+    rate(
+        Stats::get(&stats.gradient_tokens),
+        stats.gradient_seconds.sum(),
+        workers,
+    )
+}
+
+fn rate(work: u64, busy: f64, workers: usize) -> Option<f64> {
+    (busy > 0.0 && work > 0).then(|| work as f64 / busy * workers.max(1) as f64)
 }
 
 #[cfg(test)]

@@ -17,7 +17,6 @@ use super::job_routes::{cancel_job, get_job, job_stream, submit};
 use super::store::{Job, JobKind, JobRequest};
 use super::AppState;
 use crate::audit::AuditRequest;
-use crate::engine::stats::Stats;
 use crate::error::ErrorBody;
 use crate::request::AttributeRequest;
 use crate::run::Plan;
@@ -118,26 +117,6 @@ impl<S: Send + Sync> FromRequest<S> for PlanRequest {
             parse_json(&bytes).map(PlanRequest::Attribute)
         }
     }
-}
-
-/// Tokens the engine scores per second, measured over every forward pass so far (each
-/// worker runs passes in parallel); None before the first.
-pub fn throughput(stats: &Stats, workers: usize) -> Option<f64> {
-    rate(Stats::get(&stats.tokens), stats.batch_seconds.sum(), workers)
-}
-
-/// The engine's measured gradient throughput ([`crate::run::Plan::gradient_tokens`] per
-/// second, all workers together); `None` before its first gradient run.
-pub fn gradient_throughput(stats: &Stats, workers: usize) -> Option<f64> {
-    rate(
-        Stats::get(&stats.gradient_tokens),
-        stats.gradient_seconds.sum(),
-        workers,
-    )
-}
-
-fn rate(work: u64, busy: f64, workers: usize) -> Option<f64> {
-    (busy > 0.0 && work > 0).then(|| work as f64 / busy * workers.max(1) as f64)
 }
 
 /// Cost preview: what an attribute or audit request would score, counted without scoring,

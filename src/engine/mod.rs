@@ -433,7 +433,7 @@ fn run_batch<B: Backend>(s: &Shared<B>, batch: Vec<Work>) {
                     })
                 });
                 if out.is_ok() {
-                    let work = crate::run::gradient_work(&job).0;
+                    let work = job.work().0;
                     s.stats.gradient_tokens.fetch_add(work as u64, Ordering::Relaxed);
                     let seconds = started.elapsed().as_secs_f64() - lent.get();
                     s.stats.gradient_seconds.observe(seconds.max(0.0));

@@ -102,7 +102,7 @@ pub struct Stats {
     pub generations: AtomicU64,
     /// Gradient attributions run (gradient methods).
     pub gradients: AtomicU64,
-    /// Their work ([`crate::run::gradient_work`]: tokens times passes), and the seconds they
+    /// Their work ([`GradientJob::work`](crate::model::GradientJob::work): tokens times passes), and the seconds they
     /// took (turns given to other work left out).
     pub gradient_tokens: AtomicU64,
     pub gradient_seconds: Histogram,

@@ -67,6 +67,14 @@ impl GradientJob {
         ids
     }
 
+    /// Its work, as `/v1/plan` counts it and the engine measures it: tokens times the passes
+    /// over them, `points x sequence x (1 + target tokens)` (a forward pass and a backward pass
+    /// per target token), and the tokens the forward pass feeds, `points x sequence`.
+    pub fn work(&self) -> (usize, usize) {
+        let forward = self.alphas.len() * (self.prompt.len() + self.target.len().saturating_sub(1));
+        (forward * (1 + self.target.len()), forward)
+    }
+
     /// The rows the job gives: per target token, one (weighted) or one per point.
     pub fn n_rows(&self) -> usize {
         self.target.len() * self.combine.rows_per_token(self.alphas.len())

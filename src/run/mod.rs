@@ -24,7 +24,7 @@ use crate::request::{AttributeRequest, AttributeResponse, BaselineSampling, Meth
 use crate::scorer::Scorer;
 pub use evaluator::check_sequence;
 use evaluator::{exact_count, SequenceEvaluator};
-pub use plan::{gradient_work, plan, DryScorer, Plan};
+pub use plan::{plan, DryScorer, Plan};
 pub use progress::Progress;
 
 /// Per-request limits; the server maps its flags onto these.

@@ -88,19 +88,12 @@ impl Plan {
     }
 }
 
-/// The work of a gradient job, as [`Plan::gradient_tokens`] counts it, and the tokens its
-/// forward pass feeds: `(points x sequence x (1 + target tokens), points x sequence)`.
-pub fn gradient_work(job: &GradientJob) -> (usize, usize) {
-    let forward = job.alphas.len() * (job.prompt.len() + job.target.len().saturating_sub(1));
-    (forward * (1 + job.target.len()), forward)
-}
-
 /// Knows what the real scorer knows (tokenizer, model facts) but scores nothing: every
 /// log-prob is 0, and a generated target is `max_new_tokens` long. It counts the gradient
 /// work it is asked for.
 pub struct DryScorer<'a> {
     inner: &'a dyn Scorer,
-    /// [`gradient_work`] summed over the jobs asked for.
+    /// [`GradientJob::work`] summed over the jobs asked for.
     gradients: Mutex<(usize, usize)>,
 }
 
@@ -135,7 +128,7 @@ impl Scorer for DryScorer<'_> {
 
     fn gradients(&self, job: GradientJob, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<Vec<Vec<f64>>> {
         let _ = progress;
-        let (work, forward) = gradient_work(&job);
+        let (work, forward) = job.work();
         if let Ok(mut g) = self.gradients.lock() {
             g.0 += work;
             g.1 += forward;

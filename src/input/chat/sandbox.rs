@@ -106,10 +106,6 @@ impl Sandbox {
         Ok(Sandbox::new(std::env::current_exe()?, SandboxLimits::default()))
     }
 
-    pub fn limits(&self) -> SandboxLimits {
-        self.limits
-    }
-
     /// Renders `source` with `context` in a worker.
     pub fn render(&self, source: &str, context: impl Serialize) -> Result<String, RenderError> {
         let context = serde_json::to_value(context).map_err(|e| RenderError::Failed(e.to_string()))?;
