@@ -30,7 +30,7 @@ pub enum RopeScaling {
 pub struct Rope {
     pub theta: f64,
     pub scaling: RopeScaling,
-    pub style: RopeStyle,
+    pub(crate) style: RopeStyle,
 }
 
 impl Rope {
@@ -137,6 +137,31 @@ fn default_eps() -> f64 {
     1e-6
 }
 
+/// The config.json options this crate does not implement, refused by name.
+fn refuse_unsupported(c: &HfConfig) -> std::result::Result<(), String> {
+    if c.mlp_bias == Some(true) {
+        return Err("mlp_bias is not supported".into());
+    }
+    if let Some(p) = c.partial_rotary_factor.filter(|&p| p != 1.0) {
+        return Err(format!(
+            "partial rotary embeddings (partial_rotary_factor {p}) are not supported"
+        ));
+    }
+    Ok(())
+}
+
+/// `hidden_activation` (Gemma) or `hidden_act`, else the family's default.
+fn activation(c: &HfConfig, traits: Traits) -> std::result::Result<Activation, String> {
+    let name = c
+        .hidden_activation
+        .as_deref()
+        .or(c.hidden_act.as_deref())
+        .unwrap_or(traits.default_activation);
+    Activation::from_name(name).ok_or_else(|| {
+        format!("unsupported hidden_act `{name}` (supported: silu, gelu_pytorch_tanh, gelu_new, gelu)")
+    })
+}
+
 impl DecoderConfig {
     /// Reads a decoder family's config.json; `origin` names the file in errors.
     pub fn from_hf(family: Family, json: &Value, origin: &str) -> Result<Self> {
@@ -144,25 +169,9 @@ impl DecoderConfig {
         let traits = traits(family)?;
         let c = HfConfig::deserialize(json)
             .map_err(|e| bad(format!("not a valid {} config: {e}", family.name())))?;
-        if c.mlp_bias == Some(true) {
-            return Err(bad("mlp_bias is not supported".into()));
-        }
-        if let Some(p) = c.partial_rotary_factor.filter(|&p| p != 1.0) {
-            return Err(bad(format!(
-                "partial rotary embeddings (partial_rotary_factor {p}) are not supported"
-            )));
-        }
+        refuse_unsupported(&c).map_err(bad)?;
         let (theta, scaling) = rope_from_json(&c).map_err(bad)?;
-        let act_name = c
-            .hidden_activation
-            .as_deref()
-            .or(c.hidden_act.as_deref())
-            .unwrap_or(traits.default_activation);
-        let activation = Activation::from_name(act_name).ok_or_else(|| {
-            bad(format!(
-                "unsupported hidden_act `{act_name}` (supported: silu, gelu_pytorch_tanh, gelu_new, gelu)"
-            ))
-        })?;
+        let activation = activation(&c, traits).map_err(bad)?;
         let heads = c.num_attention_heads;
         let head_dim = c
             .head_dim
@@ -213,7 +222,7 @@ impl DecoderConfig {
     }
 
     /// Checks shapes and constants; the message says what is wrong.
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    pub(crate) fn validate(&self) -> std::result::Result<(), String> {
         for (name, v) in [
             ("vocab_size", self.vocab),
             ("hidden_size", self.hidden),
@@ -266,7 +275,7 @@ impl DecoderConfig {
     }
 }
 
-pub fn traits(family: Family) -> Result<Traits> {
+pub(crate) fn traits(family: Family) -> Result<Traits> {
     family
         .entry()
         .traits

@@ -9,11 +9,11 @@ use crate::error::{Error, Result};
 use crate::model::arch::{decoder, gpt2, Architecture};
 
 /// Opens the weights, once the config has been checked.
-pub type Weights<'a> = &'a dyn Fn() -> Result<VarBuilder<'static>>;
+pub(crate) type Weights<'a> = &'a dyn Fn() -> Result<VarBuilder<'static>>;
 
 /// Builds a family's architecture from its config.json (`origin` names the file in errors) and
 /// its weights.
-pub type Build = fn(Family, &Value, &str, Weights) -> Result<Box<dyn Architecture>>;
+pub(crate) type Build = fn(Family, &Value, &str, Weights) -> Result<Box<dyn Architecture>>;
 
 /// A model family this crate runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -29,7 +29,7 @@ pub enum Family {
 
 /// Biases of the attention projections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttentionBias {
+pub(crate) enum AttentionBias {
     /// Q, K and V have biases, the output projection has none (Qwen2).
     Qkv,
     /// All four have biases when config.json says `attention_bias: true` (Llama, Qwen3, Gemma 2).
@@ -40,7 +40,7 @@ pub enum AttentionBias {
 
 /// Which layers attend within a sliding window, when the config has none of `layer_types`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WindowLayers {
+pub(crate) enum WindowLayers {
     None,
     /// Every layer, when `sliding_window` is set (Mistral, Phi-3).
     All,
@@ -52,7 +52,7 @@ pub enum WindowLayers {
 
 /// How a decoder family departs from Llama.
 #[derive(Debug, Clone, Copy)]
-pub struct Traits {
+pub(crate) struct Traits {
     pub bias: AttentionBias,
     /// RMSNorm of each query and key head before RoPE (Qwen3).
     pub qk_norm: bool,
@@ -77,9 +77,9 @@ pub struct Entry {
     /// GGUF `general.architecture`, where GGUF defines the family.
     pub gguf: Option<&'static str>,
     /// `None` for GPT-2, which is not a Llama-style decoder.
-    pub traits: Option<Traits>,
+    pub(crate) traits: Option<Traits>,
     /// The architecture's constructor.
-    pub build: Build,
+    pub(crate) build: Build,
 }
 
 const LLAMA: Traits = Traits {
@@ -92,7 +92,7 @@ const LLAMA: Traits = Traits {
     default_activation: "silu",
 };
 
-pub const REGISTRY: &[Entry] = &[
+pub(crate) const REGISTRY: &[Entry] = &[
     Entry {
         family: Family::Gpt2,
         name: "gpt2",
@@ -175,12 +175,23 @@ pub const REGISTRY: &[Entry] = &[
     },
 ];
 
+// Compile-time proof that `REGISTRY[f as usize]` is `f`'s entry for every family: the
+// registry has one entry per variant, in the enum's order (a new family goes last in both, and
+// names itself in the length check).
+const _: () = {
+    assert!(REGISTRY.len() == Family::Gemma2 as usize + 1);
+    let mut i = 0;
+    while i < REGISTRY.len() {
+        assert!(REGISTRY[i].family as usize == i);
+        i += 1;
+    }
+};
+
 impl Family {
+    /// The family's registry entry. `REGISTRY` lists the families in their declared order,
+    /// which the constant check above proves when the crate compiles.
     pub fn entry(self) -> &'static Entry {
-        REGISTRY
-            .iter()
-            .find(|e| e.family == self)
-            .expect("every family has a registry entry")
+        &REGISTRY[self as usize]
     }
 
     pub fn name(self) -> &'static str {
@@ -206,7 +217,7 @@ impl Family {
     }
 
     /// The family of a GGUF `general.architecture`.
-    pub fn from_gguf(architecture: &str) -> Result<Family> {
+    pub(crate) fn from_gguf(architecture: &str) -> Result<Family> {
         REGISTRY
             .iter()
             .find(|e| e.gguf == Some(architecture))

@@ -187,28 +187,39 @@ impl FanOut {
                 break Ok(());
             }
             if last_news.elapsed() > Duration::from_secs(1) {
-                // A chunk whose entry vanished without a result (Redis restarted empty) is
-                // published again.
                 last_news = Instant::now();
-                for k in (0..chunks.len()).filter(|&k| out[k].is_none()) {
-                    if let Ok(true) = self.vanished(&entries[k], &result_key(k)).await {
-                        tracing::info!(job = %self.job, chunk = k, "a fan-out chunk was lost; publishing it again");
-                        if let Ok(e) = self.publish(&run, k, chunks[k]).await {
-                            entries[k] = e;
-                        }
-                    }
-                }
+                let missing: Vec<usize> = (0..chunks.len()).filter(|&k| out[k].is_none()).collect();
+                self.republish_lost(&run, &chunks, &missing, &mut entries).await;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        let mut cleanup = redis::pipe();
-        cleanup.cmd("DEL").arg(&done_key).ignore();
-        for k in 0..chunks.len() {
-            cleanup.cmd("DEL").arg(result_key(k)).ignore();
-        }
-        let _ = cleanup.query_async::<()>(&mut self.store.con()).await;
+        self.forget(&done_key, (0..chunks.len()).map(result_key)).await;
         outcome?;
         Ok(out.into_iter().flatten().flatten().collect())
+    }
+
+    /// Publishes again each missing chunk whose entry vanished without a result (Redis
+    /// restarted empty).
+    async fn republish_lost(&self, run: &str, chunks: &[&[ScoreItem]], missing: &[usize], entries: &mut [String]) {
+        for &k in missing {
+            let result_key = key(&format!("chunk:{run}:{k}"));
+            if let Ok(true) = self.vanished(&entries[k], &result_key).await {
+                tracing::info!(job = %self.job, chunk = k, "a fan-out chunk was lost; publishing it again");
+                if let Ok(e) = self.publish(run, k, chunks[k]).await {
+                    entries[k] = e;
+                }
+            }
+        }
+    }
+
+    /// Deletes a finished run's result keys (best effort: they expire anyway).
+    async fn forget(&self, done_key: &str, result_keys: impl Iterator<Item = String>) {
+        let mut cleanup = redis::pipe();
+        cleanup.cmd("DEL").arg(done_key).ignore();
+        for k in result_keys {
+            cleanup.cmd("DEL").arg(k).ignore();
+        }
+        let _ = cleanup.query_async::<()>(&mut self.store.con()).await;
     }
 
     /// The chunks finished since the last look, by index.
@@ -277,40 +288,7 @@ async fn score_chunk(inner: &Arc<Inner>, ready: &Arc<Ready>, entry: StreamId) {
     };
     let cancel = CancelToken::new();
     let lost = Arc::new(AtomicBool::new(false));
-    let keeper = {
-        let (inner, entry, cancel, lost, job) = (
-            inner.clone(),
-            entry.id.clone(),
-            cancel.clone(),
-            lost.clone(),
-            job.clone(),
-        );
-        tokio::spawn(async move {
-            let beat = (inner.settings.lease / 3).max(TICK);
-            let mut last_beat = Instant::now();
-            loop {
-                tokio::time::sleep(TICK).await;
-                if inner.stopping.load(Ordering::SeqCst) {
-                    cancel.cancel();
-                }
-                if let Ok(s) = inner.state(&job).await {
-                    if s != Some(JobState::Running) {
-                        cancel.cancel();
-                    }
-                }
-                if last_beat.elapsed() >= beat {
-                    match inner.heartbeat("chunks", &entry).await {
-                        Ok(true) => last_beat = Instant::now(),
-                        Ok(false) => {
-                            lost.store(true, Ordering::SeqCst);
-                            cancel.cancel();
-                        }
-                        Err(_) => {}
-                    }
-                }
-            }
-        })
-    };
+    let keeper = keep_chunk(inner, entry.id.clone(), job, cancel.clone(), lost.clone());
     let items: Vec<ScoreItem> = items
         .into_iter()
         .map(|(prompt, target)| ScoreItem { prompt, target })
@@ -333,9 +311,58 @@ async fn score_chunk(inner: &Arc<Inner>, ready: &Arc<Ready>, entry: StreamId) {
         }
         return;
     }
+    deliver(inner, &run, k, &entry.id, &scored).await;
+}
+
+/// Renews a chunk's claim while it is scored, and cancels the scoring when the replica stops,
+/// the job ends, or another replica took the chunk over (`lost`).
+fn keep_chunk(
+    inner: &Arc<Inner>,
+    entry: String,
+    job: String,
+    cancel: CancelToken,
+    lost: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    let inner = inner.clone();
+    tokio::spawn(async move {
+        let beat = (inner.settings.lease / 3).max(TICK);
+        let mut last_beat = Instant::now();
+        loop {
+            tokio::time::sleep(TICK).await;
+            if inner.stopping.load(Ordering::SeqCst) {
+                cancel.cancel();
+            }
+            if let Ok(s) = inner.state(&job).await {
+                if s != Some(JobState::Running) {
+                    cancel.cancel();
+                }
+            }
+            if last_beat.elapsed() >= beat {
+                match inner.heartbeat("chunks", &entry).await {
+                    Ok(true) => last_beat = Instant::now(),
+                    Ok(false) => {
+                        lost.store(true, Ordering::SeqCst);
+                        cancel.cancel();
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+    })
+}
+
+/// Stores chunk `k`'s scores for its run, tells the run, and retires the stream entry, in one
+/// transaction that is retried until the store answers.
+async fn deliver(
+    inner: &Arc<Inner>,
+    run: &str,
+    k: usize,
+    entry_id: &str,
+    scored: &crate::Result<Vec<Vec<f32>>>,
+) {
     let done_key = key(&format!("chunks-done:{run}"));
     let ttl = inner.ttl_secs();
-    let (result, entry_id) = (encode_chunk(&scored), entry.id.clone());
+    let result = encode_chunk(scored);
     let lease = inner.settings.lease;
     let mut pipe = redis::pipe();
     pipe.atomic()
@@ -356,11 +383,11 @@ async fn score_chunk(inner: &Arc<Inner>, ready: &Arc<Ready>, entry: StreamId) {
         .cmd("XACK")
         .arg(key("chunks"))
         .arg(GROUP)
-        .arg(&entry_id)
+        .arg(entry_id)
         .ignore()
         .cmd("XDEL")
         .arg(key("chunks"))
-        .arg(&entry_id)
+        .arg(entry_id)
         .ignore();
     persist(
         "delivering a chunk",

@@ -23,20 +23,11 @@ use crate::model::Tokenizer;
 
 use super::Gguf;
 
-/// with its special tokens, BOS as `add_bos_token` says, and the chat template.
+/// The tokenizer of a GGUF file, with its special tokens, BOS as `add_bos_token` says, and the
+/// chat template.
 pub fn tokenizer(file: &Gguf) -> Result<Tokenizer> {
     let tokens = strings(file, "tokenizer.ggml.tokens")?;
-    let types: Vec<usize> = match file.get("tokenizer.ggml.token_type") {
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|v| match v {
-                Value::I32(x) => *x as usize,
-                Value::U32(x) => *x as usize,
-                _ => 1,
-            })
-            .collect(),
-        _ => vec![1; tokens.len()],
-    };
+    let types = token_types(file, tokens.len());
     let model = file.str("tokenizer.ggml.model")?;
     let (mut inner, bos_default) = match model {
         "gpt2" => (byte_level_bpe(file, &tokens)?, false),
@@ -51,30 +42,64 @@ pub fn tokenizer(file: &Gguf) -> Result<Tokenizer> {
     inner.add_special_tokens(&added(&tokens, &types, 3, true));
     inner.add_tokens(&added(&tokens, &types, 4, false));
 
-    let id = |key: &str| file.get(key).map(|_| file.usize(key)).transpose();
     let text = |id: Option<usize>| id.and_then(|i| tokens.get(i)).map(|t| t.to_string());
     let (bos_id, eos_id) = (
-        id("tokenizer.ggml.bos_token_id")?,
-        id("tokenizer.ggml.eos_token_id")?,
+        opt_id(file, "tokenizer.ggml.bos_token_id")?,
+        opt_id(file, "tokenizer.ggml.eos_token_id")?,
     );
-    let flag = |key: &str, default: bool| match file.get(key) {
-        Some(Value::Bool(b)) => *b,
-        _ => default,
-    };
     let bos = text(bos_id);
-    let add_bos = flag("tokenizer.ggml.add_bos_token", bos_default)
+    let add_bos = flag(file, "tokenizer.ggml.add_bos_token", bos_default)
         .then_some(bos.as_deref())
         .flatten();
-    let add_eos = flag("tokenizer.ggml.add_eos_token", false)
+    let add_eos = flag(file, "tokenizer.ggml.add_eos_token", false)
         .then(|| text(eos_id))
         .flatten();
     if add_bos.is_some() || add_eos.is_some() {
         set_bos_eos(&mut inner, add_bos, add_eos.as_deref())?;
     }
+    let chat_template = match file.get("tokenizer.chat_template") {
+        Some(Value::String(t)) => Some(t.clone()),
+        _ => None,
+    };
+    Ok(Tokenizer::new(inner, end_ids(file, &tokens)?).with_special(SpecialTokens {
+        bos,
+        eos: text(eos_id),
+        chat_template,
+    }))
+}
 
+/// `tokenizer.ggml.token_type`, or every token normal (1) when the file has none.
+fn token_types(file: &Gguf, n: usize) -> Vec<usize> {
+    match file.get("tokenizer.ggml.token_type") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| match v {
+                Value::I32(x) => *x as usize,
+                Value::U32(x) => *x as usize,
+                _ => 1,
+            })
+            .collect(),
+        _ => vec![1; n],
+    }
+}
+
+fn opt_id(file: &Gguf, key: &str) -> Result<Option<usize>> {
+    file.get(key).map(|_| file.usize(key)).transpose()
+}
+
+fn flag(file: &Gguf, key: &str, default: bool) -> bool {
+    match file.get(key) {
+        Some(Value::Bool(b)) => *b,
+        _ => default,
+    }
+}
+
+/// The ids that end a generation: EOS, EOT, and ChatML's `<|im_end|>` where the vocabulary
+/// has it.
+fn end_ids(file: &Gguf, tokens: &[&str]) -> Result<Vec<u32>> {
     let mut eos = Vec::new();
     for key in ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"] {
-        eos.extend(id(key)?.map(|i| i as u32));
+        eos.extend(opt_id(file, key)?.map(|i| i as u32));
     }
     if let Some(i) = tokens.iter().position(|t| *t == "<|im_end|>") {
         eos.push(i as u32);
@@ -87,15 +112,7 @@ pub fn tokenizer(file: &Gguf) -> Result<Tokenizer> {
             tokens.len()
         )));
     }
-    let chat_template = match file.get("tokenizer.chat_template") {
-        Some(Value::String(t)) => Some(t.clone()),
-        _ => None,
-    };
-    Ok(Tokenizer::new(inner, eos).with_special(SpecialTokens {
-        bos,
-        eos: text(eos_id),
-        chat_template,
-    }))
+    Ok(eos)
 }
 
 fn strings<'a>(file: &'a Gguf, key: &str) -> Result<Vec<&'a str>> {
