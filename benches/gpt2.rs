@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, IndexOp, Tensor};
-use llm_attr::model::arch::gpt2;
+use llm_attr::model::bias_gelu;
 use llm_attr::model::LoadOptions;
 use llm_attr::model::{Architecture, Model, ScoreItem};
 use rand::{Rng, SeedableRng};
@@ -156,7 +156,7 @@ fn score_all_rows_head_at_targets(arch: &dyn Architecture, items: &[ScoreItem]) 
     let h = h.reshape((items.len() * len, h.dim(2).unwrap())).unwrap();
     let rows = Tensor::from_vec(rows, targets.len(), &Device::Cpu).unwrap();
     let logits = arch.logits(&h.index_select(&rows, 0).unwrap()).unwrap();
-    llm_attr::model::kernels::ops::target_logprobs(&logits, &targets).unwrap()
+    llm_attr::model::target_logprobs(&logits, &targets).unwrap()
 }
 
 /// Log-probs of the targets with the LM head over every position of the padded batch.
@@ -203,7 +203,7 @@ fn ops(budget: Duration) {
     );
     let (candle_gelu, fused) = time2(
         || drop(h.broadcast_add(&b).unwrap().gelu().unwrap()),
-        || drop(gpt2::bias_gelu(&h, &b).unwrap()),
+        || drop(bias_gelu(&h, &b).unwrap()),
         budget,
     );
     report("candle broadcast_add + gelu [800,3072]", candle_gelu);
@@ -228,7 +228,7 @@ fn ops(budget: Duration) {
             let lp = candle_nn::ops::log_softmax(&logits, 1).unwrap();
             drop(lp.gather(&t, 1).unwrap().to_vec2::<f32>().unwrap())
         },
-        || drop(llm_attr::model::kernels::ops::target_logprobs(&logits, &targets).unwrap()),
+        || drop(llm_attr::model::target_logprobs(&logits, &targets).unwrap()),
         budget,
     );
     report("candle log_softmax + gather [256,50257]", candle);

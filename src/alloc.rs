@@ -18,17 +18,12 @@ static CAP: AtomicUsize = AtomicUsize::new(UNCAPPED);
 static LIVE: AtomicIsize = AtomicIsize::new(0);
 
 /// mimalloc with an optional cap; see the module doc.
-pub struct Capped;
+pub(crate) struct Capped;
 
 /// Caps the bytes this process may hold from now on. For a process of its own only: once the
 /// cap is reached, the next allocation aborts the process.
-pub fn set_cap(bytes: usize) {
+pub(crate) fn set_cap(bytes: usize) {
     CAP.store(bytes.min(UNCAPPED - 1), Ordering::SeqCst);
-}
-
-/// Bytes allocated since [`set_cap`] and not yet freed (0 while uncapped).
-pub fn live_bytes() -> usize {
-    LIVE.load(Ordering::Relaxed).max(0) as usize
 }
 
 /// Counts `size` more bytes; false when that would pass the cap (nothing is counted then).

@@ -124,7 +124,7 @@ pub fn probe(args: &ProbeArgs) -> anyhow::Result<()> {
 /// Where to dial: the probe's flags, else the settings of the `serve` command line given
 /// (flags, then this process's environment, as `serve` reads them), else the defaults. An
 /// unspecified listen address (0.0.0.0, ::) is dialled on loopback.
-pub fn probe_addr(args: &ProbeArgs, serve_argv: Option<&[String]>) -> std::net::SocketAddr {
+pub(crate) fn probe_addr(args: &ProbeArgs, serve_argv: Option<&[String]>) -> std::net::SocketAddr {
     use clap::{Args, FromArgMatches};
     let serve = serve_argv.and_then(|argv| {
         let cmd = crate::api::ServeArgs::augment_args(clap::Command::new("serve"));

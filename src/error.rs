@@ -35,7 +35,7 @@ impl Error {
         }
     }
 
-    pub fn too_large(field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn too_large(field: impl Into<String>, message: impl Into<String>) -> Self {
         Error::TooLarge {
             field: field.into(),
             message: message.into(),

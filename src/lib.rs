@@ -7,9 +7,9 @@
 //! them through a [`scorer::Scorer`], which gives the tokenizer and model info but never the
 //! model itself.
 
-pub mod alloc;
+pub(crate) mod alloc;
 pub mod api;
-pub mod attribution;
+pub(crate) mod attribution;
 pub mod audit;
 pub mod cli;
 pub mod engine;
@@ -18,7 +18,7 @@ pub mod input;
 pub mod model;
 pub mod request;
 pub mod run;
-pub mod score_cache;
+pub(crate) mod score_cache;
 pub mod scorer;
 
 pub use error::{Error, Result};

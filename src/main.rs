@@ -60,7 +60,7 @@ fn main() -> anyhow::Result<()> {
         Command::Probe(args) => llm_attr::cli::probe(&args),
         Command::TemplateWorker(args) => llm_attr::cli::template_worker(&args),
         Command::Openapi => {
-            print!("{}", llm_attr::api::openapi::openapi_json());
+            print!("{}", llm_attr::api::openapi_json());
             Ok(())
         }
         Command::Serve(args) => {

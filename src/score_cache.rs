@@ -15,7 +15,7 @@ use crate::scorer::Scorer;
 
 /// A store shared between replicas: binary keys to binary values. Failures are misses: the
 /// cache only ever saves work.
-pub trait SharedScores: Send + Sync {
+pub(crate) trait SharedScores: Send + Sync {
     /// Values of `keys`, in order (None: absent or unreachable). Called from a blocking thread.
     fn get_many(&self, keys: &[Vec<u8>]) -> Vec<Option<Vec<u8>>>;
     /// Stores entries (best effort). Called from a blocking thread.
@@ -72,13 +72,13 @@ impl Lru {
 
 /// Counters for /metrics.
 #[derive(Default)]
-pub struct CacheStats {
+pub(crate) struct CacheStats {
     pub local_hits: AtomicU64,
     pub shared_hits: AtomicU64,
     pub misses: AtomicU64,
 }
 
-pub struct ScoreCache {
+pub(crate) struct ScoreCache {
     digest: String,
     local: Mutex<Lru>,
     shared: Option<Arc<dyn SharedScores>>,
@@ -88,7 +88,7 @@ pub struct ScoreCache {
 impl ScoreCache {
     /// A cache for the model whose digest is `digest`, holding up to `capacity_bytes` here
     /// (0: no local copies) and sharing through `shared` when given.
-    pub fn new(digest: String, capacity_bytes: usize, shared: Option<Arc<dyn SharedScores>>) -> Self {
+    pub(crate) fn new(digest: String, capacity_bytes: usize, shared: Option<Arc<dyn SharedScores>>) -> Self {
         ScoreCache {
             digest,
             local: Mutex::new(Lru {
@@ -107,12 +107,12 @@ impl ScoreCache {
         self.local.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn digest(&self) -> &str {
+    pub(crate) fn digest(&self) -> &str {
         &self.digest
     }
 
     /// (entries, bytes) held here.
-    pub fn size(&self) -> (usize, usize) {
+    pub(crate) fn size(&self) -> (usize, usize) {
         let l = self.local();
         (l.map.len(), l.bytes)
     }
@@ -131,7 +131,7 @@ impl ScoreCache {
     }
 
     /// Scores of `items` known here or in the shared store.
-    pub fn lookup(&self, items: &[ScoreItem]) -> Vec<Option<Vec<f32>>> {
+    pub(crate) fn lookup(&self, items: &[ScoreItem]) -> Vec<Option<Vec<f32>>> {
         let mut out: Vec<Option<Vec<f32>>> = {
             let mut l = self.local();
             items.iter().map(|i| l.get(i)).collect()
@@ -165,7 +165,7 @@ impl ScoreCache {
     }
 
     /// Remembers freshly scored items here and in the shared store.
-    pub fn insert(&self, items: &[ScoreItem], scores: &[Vec<f32>]) {
+    pub(crate) fn insert(&self, items: &[ScoreItem], scores: &[Vec<f32>]) {
         {
             let mut l = self.local();
             for (i, s) in items.iter().zip(scores) {
@@ -184,11 +184,11 @@ impl ScoreCache {
 }
 
 /// f32s as little-endian bytes: exact, unlike a decimal round trip.
-pub fn encode_scores(scores: &[f32]) -> Vec<u8> {
+pub(crate) fn encode_scores(scores: &[f32]) -> Vec<u8> {
     scores.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-pub fn decode_scores(bytes: &[u8]) -> Option<Vec<f32>> {
+pub(crate) fn decode_scores(bytes: &[u8]) -> Option<Vec<f32>> {
     if !bytes.len().is_multiple_of(4) {
         return None;
     }
@@ -203,7 +203,7 @@ pub fn decode_scores(bytes: &[u8]) -> Option<Vec<f32>> {
 /// Identifies a model by what it computes: its shape and the exact log-probs it gives a fixed
 /// probe sequence. The same weights on the same kind of CPU give the same digest (so replicas
 /// share entries); other weights, or arithmetic that would give other bits, give another.
-pub fn model_digest(model: &Model) -> String {
+pub(crate) fn model_digest(model: &Model) -> String {
     let mut h = Sha256::new();
     h.update(serde_json::to_vec(&model.info().arch).unwrap_or_default());
     let vocab = model.info().arch.vocab_size.max(1) as u32;
@@ -219,13 +219,13 @@ pub fn model_digest(model: &Model) -> String {
 }
 
 /// A scorer that answers from the cache and sends only the rest to `inner`.
-pub struct CachedScorer {
+pub(crate) struct CachedScorer {
     inner: Box<dyn Scorer>,
     cache: Arc<ScoreCache>,
 }
 
 impl CachedScorer {
-    pub fn new(inner: Box<dyn Scorer>, cache: Arc<ScoreCache>) -> Self {
+    pub(crate) fn new(inner: Box<dyn Scorer>, cache: Arc<ScoreCache>) -> Self {
         CachedScorer { inner, cache }
     }
 }

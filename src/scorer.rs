@@ -55,7 +55,7 @@ macro_rules! scorer_facts_from {
 }
 
 /// What a scorer without gradients answers.
-pub fn no_gradients() -> Error {
+pub(crate) fn no_gradients() -> Error {
     Error::invalid(
         "method",
         "this model cannot compute gradients here; use a perturbation method",

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
-use llm_attr::api::error::parse_json;
+use llm_attr::api::parse_json;
 use llm_attr::input::chat::sandbox::{Sandbox, SandboxLimits};
 use llm_attr::input::chat::{Chat, ChatTemplate};
 use llm_attr::input::template::{self, Piece};

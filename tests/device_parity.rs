@@ -12,7 +12,7 @@ mod common;
 use std::sync::Arc;
 
 use candle_core::DType;
-use llm_attr::model::device::{resolve, DeviceChoice, DtypeChoice};
+use llm_attr::model::{resolve, DeviceChoice, DtypeChoice};
 use llm_attr::model::{LoadOptions, Model, ScoreItem};
 use llm_attr::request::{AttributeRequest, Baseline, Method};
 use llm_attr::run::{run, Limits};

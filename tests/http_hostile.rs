@@ -83,7 +83,7 @@ async fn jobs_and_audits_are_checked_as_attributions_are_before_202() {
         assert_eq!(audit, planned, "/v1/audits answers {body} as /v1/plan does");
     }
     // Nothing was queued.
-    let jobs: usize = s.state().jobs.counts().iter().map(|(_, n)| n).sum();
+    let jobs = s.state().job_count();
     assert_eq!(jobs, 0);
     s.shutdown().await;
 }

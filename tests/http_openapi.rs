@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use llm_attr::api::{openapi::openapi_json, Config, ModelSource, Server};
+use llm_attr::api::{openapi_json, Config, ModelSource, Server};
 use serde_json::Value;
 
 const COMMITTED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json");
@@ -99,7 +99,7 @@ async fn the_web_page_is_served_from_the_binary_or_a_directory() {
         .await
         .unwrap();
     let res = http.get(s.url()).send().await.unwrap();
-    let embedded = llm_attr::api::assets::FILES;
+    let embedded = llm_attr::api::FILES;
     match embedded.iter().find(|(p, _)| *p == "index.html") {
         Some((_, body)) => {
             assert_eq!(res.status(), 200);

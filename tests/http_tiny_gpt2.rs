@@ -329,8 +329,7 @@ async fn shutdown_cancels_work_that_outlives_the_grace_period() {
         .await
         .expect("shutdown is prompt");
     let id = location.rsplit('/').next().unwrap();
-    let job = state.jobs.get(id).await.unwrap().unwrap();
-    assert_eq!(job.state.as_str(), "cancelled");
+    assert_eq!(state.job_state(id).await, Some("cancelled"));
     let events = read_events(events.await.unwrap().unwrap()).await;
     assert_eq!(events.last().unwrap().event, "cancelled");
     assert!(

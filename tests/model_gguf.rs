@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
-use llm_attr::model::arch::config::{DecoderConfig, RopeScaling};
+use llm_attr::model::{DecoderConfig, RopeScaling};
 use llm_attr::model::load::gguf;
 use llm_attr::model::{Family, LoadOptions, Model, ScoreItem};
 use serde::Deserialize;

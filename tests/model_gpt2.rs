@@ -520,7 +520,7 @@ fn vocab_and_merges_instead_of_tokenizer_json() {
 /// size, with wide logits and -inf entries.
 #[test]
 fn target_logprobs_match_f64_reference() {
-    use llm_attr::model::kernels::ops::target_logprobs;
+    use llm_attr::model::target_logprobs;
     let logits = (Tensor::randn(0f32, 4.0, (5, 50_257), &Device::Cpu).unwrap() * 1.0).unwrap();
     let targets: Vec<u32> = vec![0, 17, 50_256, 3, 25_000];
     let got = target_logprobs(&logits, &targets).unwrap();

@@ -12,7 +12,7 @@ use crate::error::Error;
 use crate::run::Plan;
 
 /// The plan of `request`, its time estimated at the server's measured throughput.
-pub async fn estimate(state: &Arc<AppState>, request: JobRequest) -> Result<Plan, ApiError> {
+pub(crate) async fn estimate(state: &Arc<AppState>, request: JobRequest) -> Result<Plan, ApiError> {
     let ready = state.ready()?;
     let limits = state.config.limits.clone();
     let scorer = ready.clone();
@@ -23,7 +23,7 @@ pub async fn estimate(state: &Arc<AppState>, request: JobRequest) -> Result<Plan
 
 /// Checks `request` as its run would, and refuses it (422) when its estimated time exceeds
 /// `--max-request-seconds` (no estimate before the server has measured its throughput).
-pub async fn admit(state: &Arc<AppState>, request: JobRequest) -> Result<Plan, ApiError> {
+pub(crate) async fn admit(state: &Arc<AppState>, request: JobRequest) -> Result<Plan, ApiError> {
     let plan = estimate(state, request).await?;
     over_time(&plan, state.config.max_request_seconds)?;
     Ok(plan)

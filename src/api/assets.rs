@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 include!(concat!(env!("OUT_DIR"), "/static_files.rs"));
 
 /// The embedded file for a URL path (`/` and directories map to their `index.html`).
-pub fn lookup(path: &str) -> Option<&'static [u8]> {
+pub(crate) fn lookup(path: &str) -> Option<&'static [u8]> {
     let mut rel = path.trim_start_matches('/').to_string();
     if rel.is_empty() || rel.ends_with('/') {
         rel.push_str("index.html");
@@ -23,7 +23,7 @@ pub fn lookup(path: &str) -> Option<&'static [u8]> {
         })
 }
 
-pub fn content_type(path: &str) -> &'static str {
+pub(crate) fn content_type(path: &str) -> &'static str {
     let ext = path.rsplit('.').next().unwrap_or("");
     match ext {
         "html" | "htm" => "text/html; charset=utf-8",
@@ -40,7 +40,7 @@ pub fn content_type(path: &str) -> &'static str {
 }
 
 /// Serves an embedded file, or `None` when there is none at `path`.
-pub fn serve(path: &str) -> Option<Response> {
+pub(crate) fn serve(path: &str) -> Option<Response> {
     let body = lookup(path)?;
     let name = if path.ends_with('/') || !path.rsplit('/').next().unwrap_or("").contains('.') {
         "index.html"
@@ -60,7 +60,7 @@ fn respond(body: impl IntoResponse, name: &str) -> Response {
 
 /// Serves a file of `dir` (`--static-dir`) at URL `path`, or `None`. Only files inside `dir`
 /// are served: a symbolic link that leads out of it is treated as missing.
-pub async fn serve_dir(dir: &Path, path: &str) -> Option<Response> {
+pub(crate) async fn serve_dir(dir: &Path, path: &str) -> Option<Response> {
     let rel = relative_path(path)?;
     let root = tokio::fs::canonicalize(dir).await.ok()?;
     let mut real = tokio::fs::canonicalize(root.join(&rel)).await.ok()?;

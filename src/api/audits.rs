@@ -37,7 +37,7 @@ use crate::run::Plan;
     ),
     security((), ("bearer" = []), ("api_key" = []))
 )]
-pub async fn create(
+pub(crate) async fn create(
     State(state): State<Arc<AppState>>,
     ApiJson(request): ApiJson<AuditRequest>,
 ) -> Result<Response, ApiError> {
@@ -54,7 +54,7 @@ pub async fn create(
     responses((status = 200, body = Job), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security((), ("bearer" = []), ("api_key" = []))
 )]
-pub async fn get(
+pub(crate) async fn get(
     State(state): State<Arc<AppState>>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Job>, ApiError> {
@@ -68,7 +68,7 @@ pub async fn get(
     responses((status = 200, body = Job), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security((), ("bearer" = []), ("api_key" = []))
 )]
-pub async fn cancel(
+pub(crate) async fn cancel(
     State(state): State<Arc<AppState>>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Job>, ApiError> {
@@ -85,7 +85,7 @@ pub async fn cancel(
     ),
     security((), ("bearer" = []), ("api_key" = []))
 )]
-pub async fn events(
+pub(crate) async fn events(
     State(state): State<Arc<AppState>>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
@@ -96,7 +96,7 @@ pub async fn events(
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(untagged)]
 #[allow(clippy::large_enum_variant)]
-pub enum PlanRequest {
+pub(crate) enum PlanRequest {
     Audit(AuditRequest),
     Attribute(AttributeRequest),
 }
@@ -134,7 +134,7 @@ impl<S: Send + Sync> FromRequest<S> for PlanRequest {
     ),
     security((), ("bearer" = []), ("api_key" = []))
 )]
-pub async fn plan(State(state): State<Arc<AppState>>, request: PlanRequest) -> Result<Json<Plan>, ApiError> {
+pub(crate) async fn plan(State(state): State<Arc<AppState>>, request: PlanRequest) -> Result<Json<Plan>, ApiError> {
     let request = match request {
         PlanRequest::Audit(r) => JobRequest::Audit(r),
         PlanRequest::Attribute(r) => JobRequest::Attribution(r),

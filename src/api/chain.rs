@@ -21,7 +21,7 @@ use crate::score_cache::CachedScorer;
 use crate::scorer::Scorer;
 
 /// What the run is, which decides the layers it gets.
-pub enum Chain {
+pub(crate) enum Chain {
     /// A synchronous request: the cache over the engine.
     Request,
     /// A claimed job: all four layers.
@@ -36,7 +36,7 @@ pub enum Chain {
 }
 
 /// The scorer of a run of `chain`'s kind, cancelled by `cancel`.
-pub fn scorer(ready: &Ready, cancel: &CancelToken, chain: Chain) -> CachedScorer {
+pub(crate) fn scorer(ready: &Ready, cancel: &CancelToken, chain: Chain) -> CachedScorer {
     let engine: Box<dyn Scorer> = Box::new(ready.engine.handle(cancel.clone()));
     let inner: Box<dyn Scorer> = match chain {
         Chain::Request => engine,

@@ -83,7 +83,7 @@ pub struct Config {
 
 impl Config {
     /// Run slots one client may hold: `max_client_slots`, or half of all (at least 1).
-    pub fn client_slots(&self) -> usize {
+    pub(crate) fn client_slots(&self) -> usize {
         let all = self.max_concurrent_jobs.max(1);
         match self.max_client_slots {
             0 => (all / 2).max(1),

@@ -127,14 +127,14 @@ impl Drop for InFlight {
 
 /// The connection a request came on (as axum connect info).
 #[derive(Debug, Clone)]
-pub struct Conn {
+pub(crate) struct Conn {
     activity: Arc<Activity>,
     remote: std::net::SocketAddr,
 }
 
 impl Conn {
     /// The address the client connects from.
-    pub fn remote(&self) -> std::net::SocketAddr {
+    pub(crate) fn remote(&self) -> std::net::SocketAddr {
         self.remote
     }
 }
@@ -149,13 +149,13 @@ impl Connected<IncomingStream<'_, TimeoutListener>> for Conn {
 }
 
 /// A TCP listener whose connections time out as [`Timeouts`] says.
-pub struct TimeoutListener {
+pub(crate) struct TimeoutListener {
     inner: TcpListener,
     timeouts: Timeouts,
 }
 
 impl TimeoutListener {
-    pub fn new(inner: TcpListener, timeouts: Timeouts) -> Self {
+    pub(crate) fn new(inner: TcpListener, timeouts: Timeouts) -> Self {
         TimeoutListener { inner, timeouts }
     }
 }
@@ -183,7 +183,7 @@ impl Listener for TimeoutListener {
 }
 
 /// A TCP stream whose reads fail with `TimedOut` once the connection's deadline passes.
-pub struct TimeoutIo {
+pub(crate) struct TimeoutIo {
     io: TcpStream,
     activity: Arc<Activity>,
     timeouts: Timeouts,
@@ -260,7 +260,7 @@ impl AsyncWrite for TimeoutIo {
 }
 
 /// Middleware: marks a request in progress on its connection until its body has been sent.
-pub async fn track(req: Request, next: Next) -> Response {
+pub(crate) async fn track(req: Request, next: Next) -> Response {
     let Some(ConnectInfo(conn)) = req.extensions().get::<ConnectInfo<Conn>>().cloned() else {
         return next.run(req).await;
     };
@@ -299,7 +299,7 @@ impl HttpBody for Tracked {
 
 /// Middleware: refuses a body whose `Content-Length` exceeds `--max-body-bytes` before reading
 /// it (413), and times the body as [`Timeouts`] says (408); either closes the connection.
-pub async fn limit_body(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+pub(crate) async fn limit_body(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let max = state.config.max_body_bytes;
     if let Some(len) = content_length(req.headers()).filter(|len| *len > max as u64) {
         let e = ApiError::new(

@@ -16,7 +16,7 @@ use super::AppState;
 
 /// Decodes a gzip request body in place; 415 for another encoding, 413 when the body is too
 /// large as sent or once decoded, 400 when it is not gzip.
-pub async fn decode(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+pub(crate) async fn decode(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let encoding = match req.headers().get(header::CONTENT_ENCODING) {
         None => return next.run(req).await,
         Some(v) => v.to_str().unwrap_or("").trim().to_ascii_lowercase(),

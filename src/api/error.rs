@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use crate::error::{Error, ErrorBody, ErrorDetail};
 
 /// Seconds a client is told to wait after a 503 or 429.
-pub const RETRY_AFTER_SECS: u64 = 1;
+pub(crate) const RETRY_AFTER_SECS: u64 = 1;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -31,7 +31,7 @@ impl ApiError {
         }
     }
 
-    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+    pub(crate) fn with_field(mut self, field: impl Into<String>) -> Self {
         self.field = Some(field.into());
         self
     }
@@ -134,7 +134,7 @@ impl IntoResponse for ApiError {
 /// A JSON body. Unlike `axum::Json` its errors are JSON too and name the offending field.
 /// The body must be sent as `Content-Type: application/json` (415 otherwise): a web page can
 /// send `text/plain` to any server without asking, but not JSON.
-pub struct ApiJson<T>(pub T);
+pub(crate) struct ApiJson<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
@@ -146,7 +146,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 }
 
 /// The whole body of a JSON request (415 otherwise), within the configured size limit.
-pub async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<axum::body::Bytes, ApiError> {
+pub(crate) async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<axum::body::Bytes, ApiError> {
     require_json(req.headers())?;
     axum::body::Bytes::from_request(req, state).await.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -161,7 +161,7 @@ pub async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<axum::
 /// UTF-8 once percent-decoded, say) is a JSON error too.
 #[derive(axum::extract::FromRequestParts)]
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
-pub struct ApiPath<T>(pub T);
+pub(crate) struct ApiPath<T>(pub T);
 
 impl From<PathRejection> for ApiError {
     fn from(r: PathRejection) -> Self {

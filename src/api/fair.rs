@@ -38,13 +38,13 @@ tokio::task_local! {
 }
 
 /// A run slot, and the share of its client it counts against.
-pub struct Slot {
+pub(crate) struct Slot {
     _run: OwnedSemaphorePermit,
     _share: Option<OwnedSemaphorePermit>,
 }
 
 impl Slot {
-    pub fn new(run: OwnedSemaphorePermit, share: Option<OwnedSemaphorePermit>) -> Self {
+    pub(crate) fn new(run: OwnedSemaphorePermit, share: Option<OwnedSemaphorePermit>) -> Self {
         Slot {
             _run: run,
             _share: share,
@@ -86,7 +86,7 @@ impl Shares {
     }
 
     /// One of `client`'s share now, or `None` when it holds all of it.
-    pub fn try_take(&self, client: &Client) -> Option<OwnedSemaphorePermit> {
+    pub(crate) fn try_take(&self, client: &Client) -> Option<OwnedSemaphorePermit> {
         self.share(client).try_acquire_owned().ok()
     }
 

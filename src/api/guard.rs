@@ -17,7 +17,7 @@ use super::AppState;
 /// Checks the API key (`Authorization: Bearer KEY`, the scheme in any case, or `X-Api-Key`)
 /// when one is configured, and handles the request as its client's ([`Client::current`]: run
 /// slots are shared per client).
-pub async fn auth(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+pub(crate) async fn auth(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let client = req
         .extensions()
         .get::<ConnectInfo<Conn>>()
@@ -68,7 +68,7 @@ const ANY_HOST_PATHS: [&str; 2] = ["/health", "/ready"];
 
 /// Without an API key, answers only requests addressed to a loopback name or to a host listed
 /// in `--allowed-hosts`; others get 403.
-pub async fn check_host(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+pub(crate) async fn check_host(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let c = &state.config;
     if c.api_key.is_some() || ANY_HOST_PATHS.contains(&req.uri().path()) {
         return next.run(req).await;
@@ -99,7 +99,7 @@ pub async fn check_host(State(state): State<Arc<AppState>>, req: Request, next: 
 
 /// True when `host` (a `Host` header: name or address, optional port) is loopback or matches
 /// an entry of `allowed`: `*` (any), an exact name, or `.example.com` (it and its subdomains).
-pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
+pub(crate) fn host_allowed(host: &str, allowed: &[String]) -> bool {
     let name = host_name(host);
     if name.is_empty() {
         return false;

@@ -24,7 +24,7 @@ use crate::run::{Limits, Progress};
 use crate::scorer::Scorer;
 
 /// Cancels a request's work when its handler is dropped (the client went away) unless disarmed.
-pub struct CancelOnDrop(pub Option<CancelToken>);
+pub(crate) struct CancelOnDrop(pub Option<CancelToken>);
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
@@ -38,7 +38,7 @@ impl Drop for CancelOnDrop {
 }
 
 /// The metrics label of an attribute request: its method's wire name.
-pub fn method_label(request: &AttributeRequest) -> String {
+pub(crate) fn method_label(request: &AttributeRequest) -> String {
     serde_json::to_value(request.method)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
@@ -46,7 +46,7 @@ pub fn method_label(request: &AttributeRequest) -> String {
 }
 
 /// The run of one attribute request, reporting `progress`.
-pub fn attribute_work(
+pub(crate) fn attribute_work(
     request: AttributeRequest,
     progress: impl Fn(Progress) + Send + Sync + 'static,
 ) -> impl FnOnce(&dyn Scorer, &Limits) -> Result<AttributeResponse, Error> + Send + 'static {
@@ -91,7 +91,7 @@ fn try_slot(state: &AppState) -> Result<Slot, ApiError> {
 /// the one [`super::chain::scorer`] builds for `chain`. The run
 /// owns its slot and its bookkeeping: if the client goes away the handler is dropped, but the
 /// run still ends (cancelled) and is counted.
-pub async fn run_in_slot<T: Send + 'static>(
+pub(crate) async fn run_in_slot<T: Send + 'static>(
     state: &Arc<AppState>,
     slot: Slot,
     label: String,
@@ -184,7 +184,7 @@ pub(super) async fn blocking<T: Send + 'static>(
     ),
     security((), ("bearer" = []), ("api_key" = []))
 )]
-pub async fn attributions(
+pub(crate) async fn attributions(
     State(state): State<Arc<AppState>>,
     ApiJson(request): ApiJson<AttributeRequest>,
 ) -> Result<Json<AttributeResponse>, ApiError> {
@@ -203,12 +203,12 @@ pub async fn attributions(
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct TokenizeRequest {
+pub(crate) struct TokenizeRequest {
     pub text: String,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct TokenizeResponse {
+pub(crate) struct TokenizeResponse {
     pub ids: Vec<u32>,
     /// Each token as a person reads it.
     pub tokens: Vec<String>,
@@ -226,7 +226,7 @@ pub struct TokenizeResponse {
     ),
     security((), ("bearer" = []), ("api_key" = []))
 )]
-pub async fn tokenize(
+pub(crate) async fn tokenize(
     State(state): State<Arc<AppState>>,
     ApiJson(req): ApiJson<TokenizeRequest>,
 ) -> Result<Json<TokenizeResponse>, ApiError> {
@@ -246,7 +246,7 @@ pub async fn tokenize(
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct GenerateRequest {
+pub(crate) struct GenerateRequest {
     pub prompt: String,
     /// Default 25.
     #[serde(default)]
@@ -254,7 +254,7 @@ pub struct GenerateRequest {
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct GenerateResponse {
+pub(crate) struct GenerateResponse {
     /// The continuation (without the prompt).
     pub text: String,
     pub ids: Vec<u32>,
@@ -272,7 +272,7 @@ pub struct GenerateResponse {
     ),
     security((), ("bearer" = []), ("api_key" = []))
 )]
-pub async fn generate(
+pub(crate) async fn generate(
     State(state): State<Arc<AppState>>,
     ApiJson(req): ApiJson<GenerateRequest>,
 ) -> Result<Json<GenerateResponse>, ApiError> {
@@ -327,7 +327,7 @@ pub async fn generate(
     responses((status = 200, body = ModelInfo), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)),
     security((), ("bearer" = []), ("api_key" = []))
 )]
-pub async fn model(State(state): State<Arc<AppState>>) -> Result<Json<ModelInfo>, ApiError> {
+pub(crate) async fn model(State(state): State<Arc<AppState>>) -> Result<Json<ModelInfo>, ApiError> {
     Ok(Json(state.ready()?.model.info().clone()))
 }
 
@@ -337,12 +337,12 @@ pub async fn model(State(state): State<Arc<AppState>>) -> Result<Json<ModelInfo>
     responses((status = 200, body = super::templates::Templates), (status = 401, body = ErrorBody)),
     security((), ("bearer" = []), ("api_key" = []))
 )]
-pub async fn templates() -> Json<super::templates::Templates> {
+pub(crate) async fn templates() -> Json<super::templates::Templates> {
     Json(super::templates::templates())
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct Health {
+pub(crate) struct Health {
     /// `ok`, `loading`, `failed`, `stopping` or `store_unavailable`.
     pub status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -351,7 +351,7 @@ pub struct Health {
 
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/health", tag = "ops", responses((status = 200, body = Health)))]
-pub async fn health() -> Json<Health> {
+pub(crate) async fn health() -> Json<Health> {
     Json(Health {
         status: "ok".into(),
         error: None,
@@ -362,7 +362,7 @@ pub async fn health() -> Json<Health> {
 /// stopping, if loading failed, or while Redis (with `--redis-url`) cannot be reached.
 #[utoipa::path(get, path = "/ready", tag = "ops",
     responses((status = 200, body = Health), (status = 503, body = Health)))]
-pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
+pub(crate) async fn ready(State(state): State<Arc<AppState>>) -> Response {
     let store_up = state.jobs.available();
     if state.ready.get().is_some() && !state.stopping() && store_up {
         return Json(Health {
@@ -393,7 +393,7 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
 /// Prometheus metrics.
 #[utoipa::path(get, path = "/metrics", tag = "ops",
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
-pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let body = state.metrics.render(&state);
     (
         [(

@@ -35,7 +35,7 @@ use crate::run::Progress;
     ),
     security((), ("bearer" = []), ("api_key" = []))
 )]
-pub async fn create(
+pub(crate) async fn create(
     State(state): State<Arc<AppState>>,
     ApiJson(request): ApiJson<AttributeRequest>,
 ) -> Result<Response, ApiError> {
@@ -46,7 +46,7 @@ pub async fn create(
 }
 
 /// Puts `request` in line as a job; answers 202 with the job and its URL under `base`.
-pub async fn submit(state: &Arc<AppState>, request: JobRequest, base: &str) -> Result<Response, ApiError> {
+pub(crate) async fn submit(state: &Arc<AppState>, request: JobRequest, base: &str) -> Result<Response, ApiError> {
     state.refuse_if_stopping()?;
     state.ready()?;
     let job = state.jobs.create_for(&request, Client::current()).await?;
@@ -61,12 +61,12 @@ fn found(id: &str, kind: Option<JobKind>, job: Option<Job>) -> Result<Job, ApiEr
 }
 
 /// A job's snapshot (`GET`); with `kind`, only a job of that kind.
-pub async fn get_job(state: &AppState, id: &str, kind: Option<JobKind>) -> Result<Json<Job>, ApiError> {
+pub(crate) async fn get_job(state: &AppState, id: &str, kind: Option<JobKind>) -> Result<Json<Job>, ApiError> {
     Ok(Json(found(id, kind, state.jobs.get(id).await?)?))
 }
 
 /// Cancels a job (`DELETE`; no effect on a finished one); with `kind`, only a job of that kind.
-pub async fn cancel_job(state: &AppState, id: &str, kind: Option<JobKind>) -> Result<Json<Job>, ApiError> {
+pub(crate) async fn cancel_job(state: &AppState, id: &str, kind: Option<JobKind>) -> Result<Json<Job>, ApiError> {
     if kind.is_some() {
         found(id, kind, state.jobs.get(id).await?)?;
     }
@@ -74,7 +74,7 @@ pub async fn cancel_job(state: &AppState, id: &str, kind: Option<JobKind>) -> Re
 }
 
 /// A job's event stream; with `kind`, only a job of that kind.
-pub async fn job_stream(
+pub(crate) async fn job_stream(
     state: &AppState,
     id: &str,
     kind: Option<JobKind>,
@@ -97,7 +97,7 @@ pub async fn job_stream(
     responses((status = 200, body = Job), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security((), ("bearer" = []), ("api_key" = []))
 )]
-pub async fn get(
+pub(crate) async fn get(
     State(state): State<Arc<AppState>>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Job>, ApiError> {
@@ -111,7 +111,7 @@ pub async fn get(
     responses((status = 200, body = Job), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security((), ("bearer" = []), ("api_key" = []))
 )]
-pub async fn cancel(
+pub(crate) async fn cancel(
     State(state): State<Arc<AppState>>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Job>, ApiError> {
@@ -130,7 +130,7 @@ pub async fn cancel(
     ),
     security((), ("bearer" = []), ("api_key" = []))
 )]
-pub async fn events(
+pub(crate) async fn events(
     State(state): State<Arc<AppState>>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {

@@ -48,7 +48,7 @@ impl JobRequest {
 
 /// Runs queued jobs: whenever a run slot is free, claims the next job from the store and runs
 /// it. Stops claiming when the server stops.
-pub fn spawn_runner(state: &Arc<AppState>) {
+pub(crate) fn spawn_runner(state: &Arc<AppState>) {
     let weak = Arc::downgrade(state);
     tokio::spawn(async move {
         loop {
@@ -103,7 +103,7 @@ impl Running {
     }
 
     /// Gives every running job back to the store so another replica continues it.
-    pub fn hand_over_all(&self) {
+    pub(crate) fn hand_over_all(&self) {
         for job in self.lock().values() {
             job.hand_over();
         }

@@ -16,7 +16,7 @@ use crate::engine::{Histogram, Stats};
 use crate::score_cache::ScoreCache;
 
 #[derive(Default)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     /// (method, route, status) -> count
     requests: Mutex<BTreeMap<(String, String, u16), u64>>,
     /// route -> latency
@@ -27,7 +27,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn record_request(&self, method: &str, route: &str, status: u16, seconds: f64) {
+    pub(crate) fn record_request(&self, method: &str, route: &str, status: u16, seconds: f64) {
         *lock(&self.requests)
             .entry((method.to_string(), route.to_string(), status))
             .or_default() += 1;
@@ -39,7 +39,7 @@ impl Metrics {
     }
 
     /// One attribute request finished (`outcome`: ok or an error code).
-    pub fn record_attribution(&self, method: &str, outcome: &str, seconds: f64) {
+    pub(crate) fn record_attribution(&self, method: &str, outcome: &str, seconds: f64) {
         *lock(&self.attributions)
             .entry((method.to_string(), outcome.to_string()))
             .or_default() += 1;
@@ -52,7 +52,7 @@ impl Metrics {
         }
     }
 
-    pub fn render(&self, state: &AppState) -> String {
+    pub(crate) fn render(&self, state: &AppState) -> String {
         let mut out = String::new();
         let o = &mut out;
         header(
@@ -319,7 +319,7 @@ fn method_label(method: &axum::http::Method) -> &'static str {
 }
 
 /// Middleware: counts every request and its latency under its route pattern.
-pub async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+pub(crate) async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = method_label(req.method());
     let route = req

@@ -11,24 +11,24 @@
 //! # Ok(()) }
 //! ```
 
-pub mod admit;
-pub mod assets;
-pub mod audits;
-pub mod chain;
-pub mod config;
-pub mod conn;
-pub mod encoding;
-pub mod error;
-pub mod fair;
-pub mod guard;
-pub mod handlers;
-pub mod job_routes;
-pub mod jobs;
-pub mod metrics;
-pub mod openapi;
-pub mod request_id;
-pub mod store;
-pub mod templates;
+pub(crate) mod admit;
+pub(crate) mod assets;
+pub(crate) mod audits;
+pub(crate) mod chain;
+pub(crate) mod config;
+pub(crate) mod conn;
+pub(crate) mod encoding;
+pub(crate) mod error;
+pub(crate) mod fair;
+pub(crate) mod guard;
+pub(crate) mod handlers;
+pub(crate) mod job_routes;
+pub(crate) mod jobs;
+pub(crate) mod metrics;
+pub(crate) mod openapi;
+pub(crate) mod request_id;
+pub(crate) mod store;
+pub(crate) mod templates;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -47,8 +47,11 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use utoipa_swagger_ui::SwaggerUi;
 
+pub use assets::FILES;
 pub use config::{Config, ModelSource, ServeArgs};
-use error::ApiError;
+pub use conn::Timeouts;
+pub use error::{parse_json, ApiError};
+pub use openapi::openapi_json;
 use metrics::Metrics;
 use store::memory::MemoryStore;
 use store::redis::{RedisSettings, RedisStore};
@@ -63,7 +66,7 @@ use crate::score_cache::ScoreCache;
 pub struct Ready {
     pub model: Arc<Model>,
     pub engine: Engine<Model>,
-    pub cache: Arc<ScoreCache>,
+    pub(crate) cache: Arc<ScoreCache>,
 }
 
 /// Everything the handlers share.
@@ -71,13 +74,13 @@ pub struct AppState {
     pub config: Config,
     pub ready: OnceLock<Arc<Ready>>,
     pub load_error: OnceLock<String>,
-    pub jobs: Arc<dyn JobStore>,
+    pub(crate) jobs: Arc<dyn JobStore>,
     /// What replicas sharing the Redis store add (shared scores, chunk workers, the fan-out);
     /// `None` with the in-memory store.
-    pub replicas: Option<Arc<dyn Replicas>>,
+    pub(crate) replicas: Option<Arc<dyn Replicas>>,
     /// Jobs this process runs now.
     pub running_jobs: jobs::Running,
-    pub metrics: Metrics,
+    pub(crate) metrics: Metrics,
     /// One permit per attribute request allowed to run at once.
     pub run_slots: Arc<Semaphore>,
     /// Each client's share of the run slots.
@@ -87,6 +90,16 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Job `id`'s state (`queued`, `running`, `done`, `failed`, `cancelled`), if the store has it.
+    pub async fn job_state(&self, id: &str) -> Option<&'static str> {
+        self.jobs.get(id).await.ok().flatten().map(|j| j.state.as_str())
+    }
+
+    /// How many jobs the store holds, in any state.
+    pub fn job_count(&self) -> usize {
+        self.jobs.counts().iter().map(|(_, n)| n).sum()
+    }
+
     /// The state for `config`; with a Redis URL, the job store connects in the background
     /// (call inside a Tokio runtime).
     pub fn new(config: Config) -> anyhow::Result<Self> {
@@ -208,7 +221,7 @@ async fn method_not_allowed(req: Request) -> Response {
 }
 
 /// The application: every route and layer, around `state`.
-pub fn router(state: Arc<AppState>) -> Router {
+pub(crate) fn router(state: Arc<AppState>) -> Router {
     let auth = || middleware::from_fn_with_state(state.clone(), guard::auth);
     let v1 = Router::new()
         .route("/v1/attributions", post(handlers::attributions))

@@ -56,7 +56,7 @@ use crate::run::{Plan, Progress};
         (name = "ops", description = "Health, readiness, metrics"),
     )
 )]
-pub struct ApiDoc;
+pub(crate) struct ApiDoc;
 
 struct Security;
 
@@ -74,7 +74,7 @@ impl Modify for Security {
     }
 }
 
-pub fn openapi() -> utoipa::openapi::OpenApi {
+pub(crate) fn openapi() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }
 

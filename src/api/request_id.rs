@@ -4,13 +4,13 @@
 
 use axum::extract::Request;
 
-pub const HEADER: &str = "x-request-id";
+pub(crate) const HEADER: &str = "x-request-id";
 
 /// Longest request id kept.
-pub const MAX_LEN: usize = 128;
+pub(crate) const MAX_LEN: usize = 128;
 
 /// Whether `id` may be echoed and logged as it is.
-pub fn is_clean(id: &[u8]) -> bool {
+pub(crate) fn is_clean(id: &[u8]) -> bool {
     !id.is_empty()
         && id.len() <= MAX_LEN
         && id
@@ -19,7 +19,7 @@ pub fn is_clean(id: &[u8]) -> bool {
 }
 
 /// Drops every `X-Request-Id` unless there is one and it is clean.
-pub async fn sanitize(mut req: Request) -> Request {
+pub(crate) async fn sanitize(mut req: Request) -> Request {
     let ids = req.headers().get_all(HEADER);
     let mut it = ids.iter();
     let keep = matches!((it.next(), it.next()), (Some(id), None) if is_clean(id.as_bytes()));

@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use crate::request::{ChatMessage, Role};
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Template {
+pub(crate) struct Template {
     pub id: String,
     pub title: String,
     /// Prompt template with `{placeholder}`s (absent for a chat entry).
@@ -25,7 +25,7 @@ pub struct Template {
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Templates {
+pub(crate) struct Templates {
     pub templates: Vec<Template>,
 }
 
@@ -107,7 +107,7 @@ const CHAT: [(&str, &str); 4] = [
 ];
 
 /// The seed templates, then their chat versions (`<id>-chat`).
-pub fn templates() -> Templates {
+pub(crate) fn templates() -> Templates {
     let plain: Vec<Template> = SPECS
         .iter()
         .map(

@@ -79,7 +79,7 @@ fn sym_eigen(mut a: Vec<Vec<f64>>) -> (Vec<f64>, Vec<Vec<f64>>) {
 /// Weighted least squares with an intercept, every output column at once:
 /// `coef[o][j]` minimises `sum_i w_i (y_io - b_o - x_i . coef_o)^2`. When the design is rank
 /// deficient this is the minimum-norm solution (as `scipy.linalg.lstsq` gives).
-pub fn weighted_least_squares(x: &[Vec<f64>], y: &[Vec<f64>], w: &[f64]) -> Vec<Vec<f64>> {
+pub(crate) fn weighted_least_squares(x: &[Vec<f64>], y: &[Vec<f64>], w: &[f64]) -> Vec<Vec<f64>> {
     let p = x.first().map_or(0, Vec::len);
     let outs = y.first().map_or(0, Vec::len);
     let xc = centred(x, &weighted_means(x, w));
@@ -121,7 +121,7 @@ pub fn weighted_least_squares(x: &[Vec<f64>], y: &[Vec<f64>], w: &[f64]) -> Vec<
 /// Weighted Lasso with an intercept, one output column: minimises
 /// `1/(2 sum w) sum_i w_i (y_i - b - x_i . coef)^2 + alpha |coef|_1` by coordinate descent,
 /// to convergence. `start` warm-starts the coefficients.
-pub fn weighted_lasso(x: &[Vec<f64>], y: &[f64], w: &[f64], alpha: f64, start: Option<&[f64]>) -> Vec<f64> {
+pub(crate) fn weighted_lasso(x: &[Vec<f64>], y: &[f64], w: &[f64], alpha: f64, start: Option<&[f64]>) -> Vec<f64> {
     let p = x.first().map_or(0, Vec::len);
     let total: f64 = w.iter().sum();
     if total <= 0.0 {

@@ -8,7 +8,7 @@ use crate::request::Method;
 
 /// One row of the table.
 #[derive(Debug, Clone, Copy)]
-pub struct MethodFacts {
+pub(crate) struct MethodFacts {
     /// Draws random samples: `n_samples` applies, and one trial estimates its own standard
     /// errors. Exact methods blame the request's `method` when it needs too many sequences.
     pub samples: bool,
@@ -24,13 +24,13 @@ pub struct MethodFacts {
 }
 
 #[derive(Debug, Clone, Copy)]
-pub struct GradientFacts {
+pub(crate) struct GradientFacts {
     /// Where on the way from the baseline to the input the gradients are taken.
     pub path: GradientPath,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GradientPath {
+pub(crate) enum GradientPath {
     /// At the input only, against the zero embedding (gradient × input).
     Input,
     /// At the points of a quadrature rule on the straight path from the baseline tokens:
@@ -44,18 +44,18 @@ pub enum GradientPath {
 impl GradientPath {
     /// Starts from the baseline tokens (not the zero embedding), so each row has a
     /// convergence delta: its sum minus f(input) - f(baseline).
-    pub fn from_baseline(self) -> bool {
+    pub(crate) fn from_baseline(self) -> bool {
         self != GradientPath::Input
     }
 
     /// Takes `n_steps` and `integration`.
-    pub fn takes_steps(self) -> bool {
+    pub(crate) fn takes_steps(self) -> bool {
         matches!(self, GradientPath::Rule { .. })
     }
 
     /// The request field that sets how many points the path has, if one does: to blame when
     /// there are too many gradients.
-    pub fn points_field(self) -> Option<&'static str> {
+    pub(crate) fn points_field(self) -> Option<&'static str> {
         match self {
             GradientPath::Input => None,
             GradientPath::Rule { .. } => Some("n_steps"),
@@ -65,7 +65,7 @@ impl GradientPath {
 }
 
 #[derive(Debug, Clone, Copy)]
-pub struct FeatureCap {
+pub(crate) struct FeatureCap {
     pub max: usize,
     /// Why, as the start of the error message.
     pub reason: &'static str,
@@ -90,7 +90,7 @@ impl Method {
     }
 
     /// The method's row of the table (Captum's defaults for the samples).
-    pub fn facts(self) -> MethodFacts {
+    pub(crate) fn facts(self) -> MethodFacts {
         match self {
             Method::FeatureAblation => MethodFacts {
                 samples: false,
@@ -164,7 +164,7 @@ impl Method {
 
     /// Fails when the method cannot take `n` features: past its cap, or past what fits in
     /// `max_sequences` (every evaluation costs at least one distinct sequence).
-    pub fn check_features(self, n: usize, n_samples: usize, max_sequences: usize) -> Result<()> {
+    pub(crate) fn check_features(self, n: usize, n_samples: usize, max_sequences: usize) -> Result<()> {
         let facts = self.facts();
         let Some(cap) = facts.feature_cap else {
             return Ok(());

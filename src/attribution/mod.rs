@@ -5,8 +5,8 @@
 //! is a fixed linear map of these values (except LIME's Lasso, fitted per column), so sequence
 //! and per-token attributions come from the same evaluations.
 
-pub mod integration;
-pub mod linear;
+pub(crate) mod integration;
+pub(crate) mod linear;
 mod methods;
 mod shapley;
 mod surrogate;
@@ -15,15 +15,15 @@ use rand::Rng;
 
 use crate::error::{Error, Result};
 use crate::request::Method;
-pub use methods::{FeatureCap, GradientFacts, GradientPath, MethodFacts};
-pub use shapley::{shapley_value_sampling, shapley_values};
-pub use surrogate::{kernel_shap, lime};
+pub(crate) use methods::{GradientFacts, GradientPath, MethodFacts};
+pub(crate) use shapley::{shapley_value_sampling, shapley_values};
+pub(crate) use surrogate::{kernel_shap, lime};
 
 /// `coalition[i]` is true when feature i keeps its value.
-pub type Coalition = Vec<bool>;
+pub(crate) type Coalition = Vec<bool>;
 
 /// Answers the value of coalitions.
-pub trait Evaluator {
+pub(crate) trait Evaluator {
     fn n_features(&self) -> usize;
     /// Length of every value vector.
     fn n_outputs(&self) -> usize;
@@ -33,14 +33,14 @@ pub trait Evaluator {
 
 /// Attributions: `attr[o][f]` for output o (0 = sequence, then target tokens) and feature f.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Attribution {
+pub(crate) struct Attribution {
     pub attr: Vec<Vec<f64>>,
     /// Standard errors, same shape, when the result is random.
     pub stderr: Option<Vec<Vec<f64>>>,
 }
 
 /// Runs `method` once.
-pub fn attribute(
+pub(crate) fn attribute(
     method: Method,
     ev: &mut dyn Evaluator,
     n_samples: usize,
@@ -64,7 +64,7 @@ pub fn attribute(
 
 /// Runs `method` `trials` times and averages. With more than one trial the standard error is
 /// the spread across trials; with one it is the method's own estimate (sampling methods).
-pub fn attribute_trials(
+pub(crate) fn attribute_trials(
     method: Method,
     ev: &mut dyn Evaluator,
     n_samples: usize,
@@ -115,7 +115,7 @@ pub(crate) fn mean_and_stderr(samples: &[&Vec<Vec<f64>>]) -> (Vec<Vec<f64>>, Vec
 }
 
 /// Feature ablation (Captum's sign): `attr_i = v(all) - v(all but i)`.
-pub fn feature_ablation(ev: &mut dyn Evaluator) -> Result<Attribution> {
+pub(crate) fn feature_ablation(ev: &mut dyn Evaluator) -> Result<Attribution> {
     let n = ev.n_features();
     let mut coalitions = vec![vec![true; n]];
     for i in 0..n {

@@ -13,7 +13,7 @@ fn from_bits(bits: usize, n: usize) -> Coalition {
 
 /// Exact Shapley values: `phi_i = sum_{S without i} |S|!(n-|S|-1)!/n! (v(S+i) - v(S))`,
 /// from one evaluation of each of the 2^n coalitions.
-pub fn shapley_values(ev: &mut dyn Evaluator) -> Result<Attribution> {
+pub(crate) fn shapley_values(ev: &mut dyn Evaluator) -> Result<Attribution> {
     let n = ev.n_features();
     Method::ShapleyValues.check_features(n, 1, usize::MAX)?;
     let coalitions: Vec<Coalition> = (0..1usize << n).map(|b| from_bits(b, n)).collect();
@@ -43,7 +43,7 @@ pub fn shapley_values(ev: &mut dyn Evaluator) -> Result<Attribution> {
 /// Captum's ShapleyValueSampling: `n_samples` random permutations; each adds the features one
 /// by one to the empty coalition (evaluated once) and credits each feature with the change it
 /// makes. Standard errors come from the spread across permutations.
-pub fn shapley_value_sampling(
+pub(crate) fn shapley_value_sampling(
     ev: &mut dyn Evaluator,
     n_samples: usize,
     rng: &mut impl Rng,

@@ -11,9 +11,9 @@ use super::{mean_and_stderr, Attribution, Coalition, Evaluator};
 use crate::error::Result;
 
 /// Captum's Lime: `SkLearnLasso(alpha=0.01)`.
-pub const LIME_ALPHA: f64 = 0.01;
+pub(super) const LIME_ALPHA: f64 = 0.01;
 /// Captum's Kernel SHAP weight of the empty and full coalitions.
-pub const KERNEL_INF_WEIGHT: f64 = 1_000_000.0;
+pub(super) const KERNEL_INF_WEIGHT: f64 = 1_000_000.0;
 const BOOTSTRAP: usize = 100;
 
 fn as_row(c: &Coalition) -> Vec<f64> {
@@ -22,7 +22,7 @@ fn as_row(c: &Coalition) -> Vec<f64> {
 
 /// Captum's default LIME similarity: exp(-d^2 / 2) with d the cosine distance between the
 /// all-ones input and the sample (width 1).
-pub fn lime_weight(c: &Coalition) -> f64 {
+pub(super) fn lime_weight(c: &Coalition) -> f64 {
     let n = c.len() as f64;
     let k = c.iter().filter(|&&b| b).count() as f64;
     let cos = if k == 0.0 { 0.0 } else { k / (n.sqrt() * k.sqrt()) };
@@ -32,7 +32,7 @@ pub fn lime_weight(c: &Coalition) -> f64 {
 
 /// LIME: `n_samples` coalitions with each feature present with probability 1/2, weighted by
 /// [`lime_weight`], fitted by a weighted Lasso (alpha 0.01) per output column.
-pub fn lime(ev: &mut dyn Evaluator, n_samples: usize, rng: &mut impl Rng) -> Result<Attribution> {
+pub(crate) fn lime(ev: &mut dyn Evaluator, n_samples: usize, rng: &mut impl Rng) -> Result<Attribution> {
     let n = ev.n_features();
     let coalitions: Vec<Coalition> = (0..n_samples)
         .map(|_| (0..n).map(|_| rng.random_bool(0.5)).collect())
@@ -61,7 +61,7 @@ pub fn lime(ev: &mut dyn Evaluator, n_samples: usize, rng: &mut impl Rng) -> Res
 /// Kernel SHAP: the full and the empty coalition (weight 10^6), then coalitions whose size k
 /// is drawn with p(k) proportional to (n-1)/(k(n-k)) and whose members are uniform (weight 1),
 /// fitted by weighted least squares.
-pub fn kernel_shap(ev: &mut dyn Evaluator, n_samples: usize, rng: &mut impl Rng) -> Result<Attribution> {
+pub(crate) fn kernel_shap(ev: &mut dyn Evaluator, n_samples: usize, rng: &mut impl Rng) -> Result<Attribution> {
     let n = ev.n_features();
     let sizes: Vec<f64> = (1..n).map(|k| (n - 1) as f64 / (k * (n - k)) as f64).collect();
     let total: f64 = sizes.iter().sum();

@@ -9,7 +9,7 @@ pub enum Format {
     Csv,
 }
 
-pub fn render(result: &AuditResult, format: Format) -> serde_json::Result<String> {
+pub(crate) fn render(result: &AuditResult, format: Format) -> serde_json::Result<String> {
     Ok(match format {
         Format::Json => serde_json::to_string_pretty(result)? + "\n",
         Format::Jsonl => {

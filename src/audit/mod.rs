@@ -7,9 +7,9 @@
 //! placeholders take their baselines, as baselines: a cell in a context is a choice over its
 //! slots, rendered as any perturbed prompt is.
 
-pub mod export;
+pub(crate) mod export;
 mod shared;
-pub mod summary;
+pub(crate) mod summary;
 mod types;
 
 use std::collections::{BTreeMap, HashMap};

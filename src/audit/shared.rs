@@ -11,7 +11,7 @@ use crate::model::{GradientJob, ScoreItem};
 use crate::run::Progress;
 use crate::scorer::Scorer;
 
-pub struct AuditScorer<'a> {
+pub(super) struct AuditScorer<'a> {
     inner: &'a dyn Scorer,
     cache: Mutex<HashMap<ScoreItem, Vec<f32>>>,
     /// Sequences sent to `inner`, and their tokens.
@@ -23,7 +23,7 @@ pub struct AuditScorer<'a> {
 }
 
 impl<'a> AuditScorer<'a> {
-    pub fn new(inner: &'a dyn Scorer, total: usize, progress: &'a (dyn Fn(Progress) + Sync)) -> Self {
+    pub(super) fn new(inner: &'a dyn Scorer, total: usize, progress: &'a (dyn Fn(Progress) + Sync)) -> Self {
         AuditScorer {
             inner,
             cache: Mutex::new(HashMap::new()),
@@ -35,12 +35,12 @@ impl<'a> AuditScorer<'a> {
     }
 
     /// Distinct sequences scored so far.
-    pub fn sequences(&self) -> usize {
+    pub(super) fn sequences(&self) -> usize {
         self.scored.load(Ordering::Relaxed)
     }
 
     /// Tokens fed to the model so far.
-    pub fn tokens(&self) -> usize {
+    pub(super) fn tokens(&self) -> usize {
         self.tokens.load(Ordering::Relaxed)
     }
 

@@ -4,13 +4,13 @@
 /// Mean, standard error of the mean (None for one sample) and a two-sided 95% Student-t
 /// interval of `samples` (None for one sample).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Estimate {
+pub(crate) struct Estimate {
     pub mean: f64,
     pub stderr: Option<f64>,
     pub ci: Option<[f64; 2]>,
 }
 
-pub fn estimate(samples: &[f64]) -> Estimate {
+pub(crate) fn estimate(samples: &[f64]) -> Estimate {
     let n = samples.len();
     let mean = samples.iter().sum::<f64>() / n.max(1) as f64;
     if n < 2 {
@@ -32,7 +32,7 @@ pub fn estimate(samples: &[f64]) -> Estimate {
 
 /// The 0.975 quantile of Student's t with `df` degrees of freedom (df >= 1): a table up to 30,
 /// then the Cornish-Fisher expansion around the normal quantile (error < 1e-3 there).
-pub fn t975(df: usize) -> f64 {
+pub(crate) fn t975(df: usize) -> f64 {
     const TABLE: [f64; 30] = [
         12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
@@ -48,7 +48,7 @@ pub fn t975(df: usize) -> f64 {
 
 /// Ranks by `score`, highest first (1-based; ties keep their order), and the gap of each to
 /// the rank-1 score (zero or negative).
-pub fn rank_and_gap(score: &[f64]) -> Vec<(usize, f64)> {
+pub(crate) fn rank_and_gap(score: &[f64]) -> Vec<(usize, f64)> {
     let mut order: Vec<usize> = (0..score.len()).collect();
     order.sort_by(|&a, &b| score[b].total_cmp(&score[a]));
     let best = order.first().map(|&i| score[i]).unwrap_or(0.0);

@@ -6,9 +6,9 @@
 //! queued all at once or not at all (`Error::Busy`), results and progress come back as batches
 //! finish, and cancelling the request's [`CancelToken`] drops its queued work.
 
-pub mod pace;
-pub mod queue;
-pub mod stats;
+pub(crate) mod pace;
+pub(crate) mod queue;
+pub(crate) mod stats;
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -99,7 +99,7 @@ impl Default for EngineConfig {
 impl EngineConfig {
     /// The defaults with the workers and batch size suited to `device` (see
     /// [`crate::model::device::tuning`]).
-    pub fn for_device(device: &candle_core::Device) -> Self {
+    pub(crate) fn for_device(device: &candle_core::Device) -> Self {
         let tuned = crate::model::device::tuning(device);
         EngineConfig {
             workers: tuned.workers,
@@ -273,10 +273,6 @@ impl<B: Backend> Engine<B> {
         })
     }
 
-    pub fn backend(&self) -> &Arc<B> {
-        &self.shared.backend
-    }
-
     pub fn config(&self) -> &EngineConfig {
         &self.shared.config
     }
@@ -286,7 +282,7 @@ impl<B: Backend> Engine<B> {
     }
 
     /// Items waiting in the queue.
-    pub fn queue_depth(&self) -> usize {
+    pub(crate) fn queue_depth(&self) -> usize {
         self.shared.lock().queue.len()
     }
 
@@ -297,7 +293,7 @@ impl<B: Backend> Engine<B> {
 
     /// Padded tokens the next forward pass may take: the token budget, or less while passes
     /// are paced to `batch_seconds`.
-    pub fn batch_budget(&self) -> usize {
+    pub(crate) fn batch_budget(&self) -> usize {
         self.shared.lock().pace.budget(self.shared.config.token_budget)
     }
 
@@ -562,13 +558,6 @@ pub struct Handle<B: Backend> {
 }
 
 impl<B: Backend> Handle<B> {
-    pub fn backend(&self) -> &B {
-        &self.shared.backend
-    }
-
-    pub fn cancel_token(&self) -> &CancelToken {
-        &self.cancel
-    }
 
     /// Queues `items` (all or none), waits for their scores and reports progress as batches
     /// finish. Results come back in the order of `items`.
@@ -636,7 +625,7 @@ impl<B: Backend> Handle<B> {
     }
 
     /// Greedy continuation, run on a worker thread between batches.
-    pub fn generate_ids(&self, prompt: &[u32], max_new_tokens: usize) -> Result<Vec<u32>> {
+    pub(crate) fn generate_ids(&self, prompt: &[u32], max_new_tokens: usize) -> Result<Vec<u32>> {
         if self.cancel.is_cancelled() {
             return Err(Error::Cancelled);
         }
@@ -665,7 +654,7 @@ impl<B: Backend> Handle<B> {
 
     /// A gradient attribution, run on a worker thread between batches; `progress(done,
     /// total)` as its chunks of steps finish.
-    pub fn gradient_rows(
+    pub(crate) fn gradient_rows(
         &self,
         job: GradientJob,
         progress: &(dyn Fn(usize, usize) + Sync),

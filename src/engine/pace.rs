@@ -15,17 +15,17 @@
 //! is small beside the target.
 
 /// What `llm-attr serve` aims for unless told otherwise (`--batch-seconds`).
-pub const DEFAULT_BATCH_SECONDS: f64 = 1.0;
+pub(crate) const DEFAULT_BATCH_SECONDS: f64 = 1.0;
 
 /// The cap never goes below this many padded tokens (or the configured budget, if smaller):
 /// one-sequence batches would give up most of a CPU's throughput for latency nobody gains.
-pub const MIN_PACED_TOKENS: usize = 256;
+pub(crate) const MIN_PACED_TOKENS: usize = 256;
 
 /// Weight of the newest batch in the running estimate.
 const SMOOTHING: f64 = 0.3;
 
 #[derive(Debug, Clone)]
-pub struct Pace {
+pub(crate) struct Pace {
     /// Seconds one batch should take; `None`: batches fill the configured budget.
     target: Option<f64>,
     /// Running estimate of the seconds per padded token; `None` until a batch ran.
@@ -33,7 +33,7 @@ pub struct Pace {
 }
 
 impl Pace {
-    pub fn new(target_seconds: Option<f64>) -> Self {
+    pub(crate) fn new(target_seconds: Option<f64>) -> Self {
         Pace {
             target: target_seconds.filter(|t| t.is_finite() && *t > 0.0),
             seconds_per_token: None,
@@ -42,7 +42,7 @@ impl Pace {
 
     /// The padded-token budget of the next batch: `max`, or less when batches of that size
     /// would take longer than the target.
-    pub fn budget(&self, max: usize) -> usize {
+    pub(crate) fn budget(&self, max: usize) -> usize {
         let (Some(target), Some(cost)) = (self.target, self.seconds_per_token) else {
             return max;
         };
@@ -54,7 +54,7 @@ impl Pace {
     }
 
     /// Records that a batch of `padded_tokens` took `seconds`.
-    pub fn observe(&mut self, padded_tokens: usize, seconds: f64) {
+    pub(crate) fn observe(&mut self, padded_tokens: usize, seconds: f64) {
         if padded_tokens == 0 || !seconds.is_finite() || seconds < 0.0 {
             return;
         }

@@ -11,7 +11,7 @@
 use std::collections::{HashSet, VecDeque};
 
 /// What the queue needs to know about a piece of work.
-pub trait Queued {
+pub(crate) trait Queued {
     /// Padded length of a scoring item; `None` for work that runs alone (generation).
     fn padded_len(&self) -> Option<usize>;
     /// Work of a cancelled request is dropped instead of run.
@@ -32,7 +32,7 @@ struct Flow<W> {
     items: VecDeque<W>,
 }
 
-pub struct Queue<W> {
+pub(crate) struct Queue<W> {
     /// In turn order: the front leads the next batch.
     flows: VecDeque<Flow<W>>,
     len: usize,
@@ -40,7 +40,7 @@ pub struct Queue<W> {
 }
 
 impl<W: Queued> Queue<W> {
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         Queue {
             flows: VecDeque::new(),
             len: 0,
@@ -48,21 +48,13 @@ impl<W: Queued> Queue<W> {
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn capacity(&self) -> usize {
-        self.capacity
     }
 
     /// Adds all of `work` or none of it: `Err(work)` when it does not fit. A new owner takes
     /// its turn after those already waiting.
-    pub fn push_all(&mut self, work: Vec<W>) -> Result<(), Vec<W>> {
+    pub(crate) fn push_all(&mut self, work: Vec<W>) -> Result<(), Vec<W>> {
         if self.len + work.len() > self.capacity {
             return Err(work);
         }
@@ -81,7 +73,7 @@ impl<W: Queued> Queue<W> {
     }
 
     /// Removes every item `drop` selects; returns how many.
-    pub fn remove_where(&mut self, drop: impl Fn(&W) -> bool) -> usize {
+    pub(crate) fn remove_where(&mut self, drop: impl Fn(&W) -> bool) -> usize {
         for f in &mut self.flows {
             f.items.retain(|w| !drop(w));
         }
@@ -92,14 +84,14 @@ impl<W: Queued> Queue<W> {
     }
 
     /// Empties the queue.
-    pub fn drain(&mut self) -> Vec<W> {
+    pub(crate) fn drain(&mut self) -> Vec<W> {
         self.len = 0;
         self.flows.drain(..).flat_map(|f| f.items).collect()
     }
 
     /// Takes the next batch (empty when the queue is). Cancelled work is discarded first and
     /// counted in the second value. Scoring items come back sorted by length.
-    pub fn take_batch(&mut self, budget: usize, window: usize) -> (Vec<W>, usize) {
+    pub(crate) fn take_batch(&mut self, budget: usize, window: usize) -> (Vec<W>, usize) {
         let skipped = self.remove_where(|w| w.is_cancelled());
         let Some(lead) = self.flows.front_mut() else {
             return (Vec::new(), skipped);
@@ -131,7 +123,7 @@ impl<W: Queued> Queue<W> {
 
     /// [`Queue::take_batch`] led by the first owner in turn whose oldest item `may_lead`
     /// accepts (empty when none does); that owner's turn is then over, the others keep theirs.
-    pub fn take_batch_where(
+    pub(crate) fn take_batch_where(
         &mut self,
         budget: usize,
         window: usize,

@@ -12,7 +12,7 @@ pub struct Histogram {
 }
 
 impl Histogram {
-    pub fn new(bounds: &[f64]) -> Self {
+    pub(crate) fn new(bounds: &[f64]) -> Self {
         Histogram {
             bounds: bounds.to_vec(),
             counts: (0..bounds.len()).map(|_| AtomicU64::new(0)).collect(),
@@ -22,7 +22,7 @@ impl Histogram {
     }
 
     /// Bounds 1, 2, 4, ... up to `max` (inclusive of the first power of two >= max).
-    pub fn powers_of_two(max: usize) -> Self {
+    pub(crate) fn powers_of_two(max: usize) -> Self {
         let mut b = vec![1.0];
         while (*b.last().unwrap_or(&1.0) as usize) < max {
             let next = b[b.len() - 1] * 2.0;
@@ -32,13 +32,13 @@ impl Histogram {
     }
 
     /// Latency buckets in seconds, 5 ms to 5 min.
-    pub fn seconds() -> Self {
+    pub(crate) fn seconds() -> Self {
         Histogram::new(&[
             0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
         ])
     }
 
-    pub fn observe(&self, v: f64) {
+    pub(crate) fn observe(&self, v: f64) {
         if let Some(i) = self.bounds.iter().position(|&b| v <= b) {
             self.counts[i].fetch_add(1, Ordering::Relaxed);
         }
@@ -56,16 +56,16 @@ impl Histogram {
         }
     }
 
-    pub fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
     }
 
-    pub fn sum(&self) -> f64 {
+    pub(crate) fn sum(&self) -> f64 {
         f64::from_bits(self.sum_bits.load(Ordering::Relaxed))
     }
 
     /// Appends the `_bucket`, `_sum` and `_count` lines; `labels` like `method="POST"` or empty.
-    pub fn render(&self, out: &mut String, name: &str, labels: &str) {
+    pub(crate) fn render(&self, out: &mut String, name: &str, labels: &str) {
         let sep = if labels.is_empty() { "" } else { "," };
         let mut cumulative = 0;
         for (b, c) in self.bounds.iter().zip(&self.counts) {

@@ -154,7 +154,7 @@ impl<'a> Chat<'a> {
     /// Checks that the messages rendered with `value` filled in give `prompt` (the template from
     /// [`Chat::to_template`] filled in with the same values): true unless the template trims,
     /// escapes or otherwise rewrites message text next to a placeholder.
-    pub fn check_values<'v>(&self, value: impl Fn(&str) -> &'v str, prompt: &str) -> Result<()> {
+    pub(crate) fn check_values<'v>(&self, value: impl Fn(&str) -> &'v str, prompt: &str) -> Result<()> {
         let direct = self
             .render(|_, name| value(name).to_string())
             .map_err(|e| self.render_error(e))?;

@@ -4,7 +4,7 @@
 
 pub mod chat;
 pub mod template;
-pub mod tokens;
+pub(crate) mod tokens;
 
 use std::collections::BTreeMap;
 
@@ -49,7 +49,7 @@ enum Kind {
 
 /// The unperturbed prompt as tokens, and which of them make each feature.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FeatureTokens {
+pub(crate) struct FeatureTokens {
     pub ids: Vec<u32>,
     /// Per feature, its token positions in `ids` (none when its value tokenizes to nothing).
     pub positions: Vec<Vec<usize>>,
@@ -156,12 +156,12 @@ impl Input {
         }
     }
 
-    pub fn n_features(&self) -> usize {
+    pub(crate) fn n_features(&self) -> usize {
         self.features.len()
     }
 
     /// The request field that holds the features (for errors about their number).
-    pub fn features_field(&self) -> &'static str {
+    pub(crate) fn features_field(&self) -> &'static str {
         match self.kind {
             Kind::Template { source, .. } => source.field,
             Kind::Tokens(_) => "text",
@@ -169,7 +169,7 @@ impl Input {
     }
 
     /// The request field that defines what an absent feature becomes.
-    pub fn baselines_field(&self) -> &'static str {
+    pub(crate) fn baselines_field(&self) -> &'static str {
         match self.kind {
             Kind::Template { .. } => "baselines",
             Kind::Tokens(_) => "baseline_token",
@@ -177,7 +177,7 @@ impl Input {
     }
 
     /// True when every slot has a single baseline (no baseline sampling needed).
-    pub fn single_baselines(&self) -> bool {
+    pub(crate) fn single_baselines(&self) -> bool {
         self.slots.iter().all(|s| s.n_baselines == 1)
     }
 
@@ -185,7 +185,7 @@ impl Input {
     /// gradient methods, which attribute to positions. A text's feature is its token; a
     /// template's placeholder owns every token whose text overlaps its value (a token across
     /// two values goes to the first).
-    pub fn feature_tokens(&self, tokenizer: &Tokenizer) -> Result<FeatureTokens> {
+    pub(crate) fn feature_tokens(&self, tokenizer: &Tokenizer) -> Result<FeatureTokens> {
         let (ids, positions) = match &self.kind {
             Kind::Tokens(t) => (t.ids.clone(), t.positions.iter().map(|&p| vec![p]).collect()),
             Kind::Template {

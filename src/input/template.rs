@@ -21,7 +21,7 @@ pub fn parse(template: &str) -> Result<Vec<Piece>> {
 
 /// Splits text that may hold placeholders (a template, a chat message) into pieces; it may be
 /// empty. Errors name `field`.
-pub fn parse_text(template: &str, field: &str) -> Result<Vec<Piece>> {
+pub(crate) fn parse_text(template: &str, field: &str) -> Result<Vec<Piece>> {
     let mut pieces = Vec::new();
     let mut text = String::new();
     let mut chars = template.char_indices().peekable();

@@ -39,7 +39,7 @@ fn resolve(r: &TokenRef, tokenizer: &Tokenizer, field: &str) -> Result<u32> {
 }
 
 impl TokenInput {
-    pub fn new(
+    pub(crate) fn new(
         text: &str,
         skip: Option<&[TokenRef]>,
         baseline: Option<&TokenRef>,
@@ -75,7 +75,7 @@ impl TokenInput {
         })
     }
 
-    pub fn features(&self, tokenizer: &Tokenizer) -> Vec<Feature> {
+    pub(crate) fn features(&self, tokenizer: &Tokenizer) -> Vec<Feature> {
         self.positions
             .iter()
             .map(|&p| {
@@ -101,7 +101,7 @@ impl TokenInput {
     }
 
     /// Ids with every absent feature (choice `Some`) replaced or removed.
-    pub fn render(&self, choice: &[Option<usize>]) -> Vec<u32> {
+    pub(crate) fn render(&self, choice: &[Option<usize>]) -> Vec<u32> {
         let mut out = Vec::with_capacity(self.ids.len());
         let mut f = 0;
         for (p, &id) in self.ids.iter().enumerate() {

@@ -50,7 +50,7 @@ pub enum Combine {
 
 impl Combine {
     /// Rows per target token, for a job of `points` points.
-    pub fn rows_per_token(&self, points: usize) -> usize {
+    pub(crate) fn rows_per_token(&self, points: usize) -> usize {
         match self {
             Combine::Weighted(_) => 1,
             Combine::EachPoint => points,
@@ -76,7 +76,7 @@ impl GradientJob {
     }
 
     /// The rows the job gives: per target token, one (weighted) or one per point.
-    pub fn n_rows(&self) -> usize {
+    pub(crate) fn n_rows(&self) -> usize {
         self.target.len() * self.combine.rows_per_token(self.alphas.len())
     }
 
@@ -112,7 +112,7 @@ impl GradientJob {
 /// `progress(done, total)` is called after each chunk of steps, and between the target tokens'
 /// backward passes with the chunk's start, and stops the work when it fails (cancellation):
 /// a long target never runs on for more than one pass after its request is gone.
-pub fn attribute(
+pub(crate) fn attribute(
     arch: &dyn Architecture,
     job: &GradientJob,
     plan: GradientPlan,

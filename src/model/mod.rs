@@ -9,22 +9,28 @@
 //! - [`device`]: where a model runs and how the engine drives it; [`gradient`]: the gradient
 //!   methods' passes.
 
-pub mod arch;
-pub mod device;
-pub mod gradient;
-pub mod kernels;
+pub(crate) mod arch;
+pub(crate) mod device;
+pub(crate) mod gradient;
+pub(crate) mod kernels;
 pub mod load;
-pub mod tokenizer;
+pub(crate) mod tokenizer;
 
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-pub use arch::family::Family;
+pub use arch::config::{DecoderConfig, Rope, RopeScaling};
+pub use arch::family::{Entry, Family};
+pub use arch::gpt2::bias_gelu;
 pub use arch::kv_cache::KvCache;
 pub use arch::{ArchInfo, Architecture};
-pub use device::{DeviceArgs, DeviceChoice, DtypeChoice, GradientPlan, LoadOptions, Passes};
+pub use device::tuning::{GradientPlan, Passes};
+pub use device::{resolve, DeviceArgs, DeviceChoice, DtypeChoice, LoadOptions};
 pub use gradient::{Combine, GradientJob};
+pub use kernels::activation::Activation;
+pub use kernels::ops::target_logprobs;
+pub use kernels::Kernels;
 pub use load::ModelSpec;
 pub use tokenizer::Tokenizer;
 

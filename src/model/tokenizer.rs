@@ -9,11 +9,11 @@ use tokenizers::processors::PostProcessorWrapper;
 use crate::error::{Error, Result};
 
 /// Byte range of `text` a token came from.
-pub type Offsets = Vec<(usize, usize)>;
+pub(crate) type Offsets = Vec<(usize, usize)>;
 
 /// What tokenizer_config.json (or GGUF metadata) says beyond the vocabulary.
 #[derive(Debug, Clone, Default)]
-pub struct SpecialTokens {
+pub(crate) struct SpecialTokens {
     pub bos: Option<String>,
     pub eos: Option<String>,
     /// Jinja source of the chat template.
@@ -36,7 +36,7 @@ impl Tokenizer {
         }
     }
 
-    pub fn with_special(mut self, special: SpecialTokens) -> Self {
+    pub(crate) fn with_special(mut self, special: SpecialTokens) -> Self {
         self.special = special;
         self
     }
@@ -66,7 +66,7 @@ impl Tokenizer {
 
     /// GPT-2's byte-level BPE from the older `vocab.json` + `merges.txt` pair (repos without
     /// a `tokenizer.json`), configured as Hugging Face's `GPT2TokenizerFast` is.
-    pub fn byte_level_bpe(
+    pub(crate) fn byte_level_bpe(
         vocab: &std::path::Path,
         merges: &std::path::Path,
     ) -> Result<tokenizers::Tokenizer> {
@@ -114,7 +114,7 @@ impl Tokenizer {
     }
 
     /// Token ids and the byte range of `text` each one came from, no special tokens added.
-    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Offsets)> {
+    pub(crate) fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Offsets)> {
         self.encode_inner(text, false)
     }
 
@@ -125,7 +125,7 @@ impl Tokenizer {
     }
 
     /// [`Tokenizer::encode_prompt`] with offsets; added tokens have the empty range `(0, 0)`.
-    pub fn encode_prompt_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Offsets)> {
+    pub(crate) fn encode_prompt_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Offsets)> {
         self.encode_inner(text, true)
     }
 
@@ -144,7 +144,7 @@ impl Tokenizer {
     }
 
     /// Id of a token given as its vocabulary string (e.g. `Ġthe`) or as the text it decodes to.
-    pub fn token_id(&self, token: &str) -> Option<u32> {
+    pub(crate) fn token_id(&self, token: &str) -> Option<u32> {
         if let Some(id) = self.inner.token_to_id(token) {
             return Some(id);
         }
@@ -235,7 +235,7 @@ impl Tokenizer {
 /// Makes `inner` add BOS and/or EOS around every encoding, as transformers' Llama and Gemma
 /// tokenizers rebuild their post-processor from `add_bos_token` / `add_eos_token`. A byte-level
 /// post-processor already there is kept in front (it fixes offsets).
-pub fn set_bos_eos(inner: &mut tokenizers::Tokenizer, bos: Option<&str>, eos: Option<&str>) -> Result<()> {
+pub(crate) fn set_bos_eos(inner: &mut tokenizers::Tokenizer, bos: Option<&str>, eos: Option<&str>) -> Result<()> {
     let id = |t: &str| {
         inner
             .token_to_id(t)

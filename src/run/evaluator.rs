@@ -21,7 +21,7 @@ use crate::model::ScoreItem;
 use crate::request::{AttrTarget, BaselineSampling, Stats};
 use crate::scorer::Scorer;
 
-pub struct SequenceEvaluator<'a> {
+pub(crate) struct SequenceEvaluator<'a> {
     input: &'a Input,
     scorer: &'a dyn Scorer,
     target: Vec<u32>,
@@ -52,7 +52,7 @@ const CANCEL_EVERY: usize = 32;
 
 /// Number of prompts `exact` sampling needs for `coalition` (product of the absent slots'
 /// baseline counts), saturating.
-pub fn exact_count(input: &Input, coalition: &[bool]) -> usize {
+pub(crate) fn exact_count(input: &Input, coalition: &[bool]) -> usize {
     input
         .slots
         .iter()
@@ -62,7 +62,7 @@ pub fn exact_count(input: &Input, coalition: &[bool]) -> usize {
 
 impl<'a> SequenceEvaluator<'a> {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub(crate) fn new(
         input: &'a Input,
         scorer: &'a dyn Scorer,
         target: Vec<u32>,
@@ -99,7 +99,7 @@ impl<'a> SequenceEvaluator<'a> {
 
     /// Attributes log p(target) - log p(`contrast`) (or the difference of probabilities):
     /// both continuations are scored after every prompt.
-    pub fn set_contrast(&mut self, contrast: Vec<u32>) {
+    pub(crate) fn set_contrast(&mut self, contrast: Vec<u32>) {
         self.contrast = Some(contrast);
     }
 
@@ -109,18 +109,13 @@ impl<'a> SequenceEvaluator<'a> {
     }
 
     /// Names the request field to blame when the sequence limit is hit.
-    pub fn set_limit_field(&mut self, field: &str) {
+    pub(crate) fn set_limit_field(&mut self, field: &str) {
         self.limit_field = field.to_string();
-    }
-
-    /// Token ids of the unperturbed prompt.
-    pub fn prompt_ids(&self) -> &[u32] {
-        &self.full
     }
 
     /// Log p of every target token given the unperturbed prompt, then of every contrast token
     /// (scored with the first batch).
-    pub fn target_log_probs(&mut self) -> Result<Vec<f32>> {
+    pub(crate) fn target_log_probs(&mut self) -> Result<Vec<f32>> {
         if !self.cache.contains_key(&self.full) {
             self.score(vec![self.full.clone()])?;
         }
@@ -334,7 +329,7 @@ impl<'a> SequenceEvaluator<'a> {
 
 /// Fails when `item` is longer than `max_tokens` (the request's limit or the model's context,
 /// whichever is smaller), naming `field`.
-pub fn check_sequence(item: &ScoreItem, max_tokens: usize, field: &str) -> Result<()> {
+pub(crate) fn check_sequence(item: &ScoreItem, max_tokens: usize, field: &str) -> Result<()> {
     if item.input_len() > max_tokens {
         return Err(Error::too_large(
             field,

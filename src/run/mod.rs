@@ -3,7 +3,7 @@
 //! `evaluator` turns the methods' coalitions into prompts and scores them; `progress` is what
 //! both report as sequences are scored; `plan` counts what a request would score.
 
-pub mod evaluator;
+pub(crate) mod evaluator;
 mod gradient;
 mod plan;
 mod progress;
@@ -22,9 +22,10 @@ use crate::input::Input;
 use crate::model::Tokenizer;
 use crate::request::{AttributeRequest, AttributeResponse, BaselineSampling, Method};
 use crate::scorer::Scorer;
-pub use evaluator::check_sequence;
+pub(crate) use evaluator::check_sequence;
 use evaluator::{exact_count, SequenceEvaluator};
-pub use plan::{plan, DryScorer, Plan};
+pub(crate) use plan::DryScorer;
+pub use plan::{plan, Plan};
 pub use progress::Progress;
 
 /// Per-request limits; the server maps its flags onto these.
@@ -64,10 +65,10 @@ impl Default for Limits {
 }
 
 /// Default length of a generated target.
-pub const DEFAULT_MAX_NEW_TOKENS: usize = 25;
+pub(crate) const DEFAULT_MAX_NEW_TOKENS: usize = 25;
 /// `baseline_sampling` defaults to `exact` while the exact product needs at most this many
 /// distinct sequences (and fits the request's limit).
-pub const EXACT_DEFAULT_MAX_SEQUENCES: usize = 4096;
+pub(crate) const EXACT_DEFAULT_MAX_SEQUENCES: usize = 4096;
 
 fn check_count(field: &str, value: Option<usize>, default: usize, max: usize) -> Result<usize> {
     let v = value.unwrap_or(default);
@@ -84,7 +85,7 @@ fn check_count(field: &str, value: Option<usize>, default: usize, max: usize) ->
 }
 
 /// The ids of a continuation given as text (`field` names it in errors): never empty.
-pub fn encode_text(field: &str, text: &str, tokenizer: &Tokenizer) -> Result<Vec<u32>> {
+pub(crate) fn encode_text(field: &str, text: &str, tokenizer: &Tokenizer) -> Result<Vec<u32>> {
     if text.is_empty() {
         return Err(Error::invalid(
             field,

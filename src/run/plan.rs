@@ -65,7 +65,7 @@ impl Plan {
     /// The plan with its time estimated at the measured throughputs: scored tokens at
     /// `tokens_per_second`, gradient work at `gradient_tokens_per_second` (or, before any
     /// gradient run, at the scoring rate).
-    pub fn at_throughput(
+    pub(crate) fn at_throughput(
         mut self,
         tokens_per_second: Option<f64>,
         gradient_tokens_per_second: Option<f64>,
@@ -91,14 +91,14 @@ impl Plan {
 /// Knows what the real scorer knows (tokenizer, model facts) but scores nothing: every
 /// log-prob is 0, and a generated target is `max_new_tokens` long. It counts the gradient
 /// work it is asked for.
-pub struct DryScorer<'a> {
+pub(crate) struct DryScorer<'a> {
     inner: &'a dyn Scorer,
     /// [`GradientJob::work`] summed over the jobs asked for.
     gradients: Mutex<(usize, usize)>,
 }
 
 impl<'a> DryScorer<'a> {
-    pub fn new(inner: &'a dyn Scorer) -> Self {
+    pub(crate) fn new(inner: &'a dyn Scorer) -> Self {
         DryScorer {
             inner,
             gradients: Mutex::new((0, 0)),

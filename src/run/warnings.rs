@@ -3,14 +3,14 @@
 use crate::request::{Warning, WarningCode};
 
 /// A row is flagged when its convergence delta exceeds this share of f(input) - f(baseline).
-pub const MAX_DELTA_SHARE: f64 = 0.1;
+pub(super) const MAX_DELTA_SHARE: f64 = 0.1;
 
 /// Below this a delta is rounding, whatever the change it is measured against.
 const NEGLIGIBLE: f64 = 1e-6;
 
 /// The convergence warning of a gradient result: `deltas[r]` (row r's sum minus what it should
 /// come to) against `changes[r]` (f(input) - f(baseline) of row r). None without deltas.
-pub fn convergence(deltas: Option<&[f64]>, changes: &[f64]) -> Vec<Warning> {
+pub(super) fn convergence(deltas: Option<&[f64]>, changes: &[f64]) -> Vec<Warning> {
     let Some(deltas) = deltas else {
         return Vec::new();
     };

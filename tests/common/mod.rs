@@ -17,9 +17,9 @@ use candle_core::{Device, Tensor};
 use llm_attr::model::load::HubOptions;
 use llm_attr::model::{Model, ScoreItem};
 
-pub const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+pub(crate) const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
-pub fn fixtures() -> PathBuf {
+pub(crate) fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-gpt2")
 }
 
@@ -47,19 +47,19 @@ struct HubState {
     base: String,
 }
 
-pub struct FakeHub {
+pub(crate) struct FakeHub {
     state: Arc<HubState>,
     pub url: String,
     _shutdown: tokio::sync::oneshot::Sender<()>,
 }
 
 impl FakeHub {
-    pub fn requests(&self) -> Vec<String> {
+    pub(crate) fn requests(&self) -> Vec<String> {
         self.state.log.lock().unwrap().clone()
     }
 }
 
-pub fn tiny_files() -> HashMap<String, Arc<Vec<u8>>> {
+pub(crate) fn tiny_files() -> HashMap<String, Arc<Vec<u8>>> {
     ["config.json", "tokenizer.json", "model.safetensors"]
         .iter()
         .map(|f| {
@@ -77,7 +77,7 @@ fn sharded_files() -> HashMap<String, Arc<Vec<u8>>> {
 }
 
 /// The files of a model directory (those that exist of the usual names).
-pub fn dir_files(dir: &Path) -> HashMap<String, Arc<Vec<u8>>> {
+pub(crate) fn dir_files(dir: &Path) -> HashMap<String, Arc<Vec<u8>>> {
     [
         "config.json",
         "tokenizer.json",
@@ -92,7 +92,7 @@ pub fn dir_files(dir: &Path) -> HashMap<String, Arc<Vec<u8>>> {
 
 /// `files` with `model.safetensors` split into two shards (the embeddings in the second) and
 /// a `model.safetensors.index.json`.
-pub fn sharded(mut files: HashMap<String, Arc<Vec<u8>>>) -> HashMap<String, Arc<Vec<u8>>> {
+pub(crate) fn sharded(mut files: HashMap<String, Arc<Vec<u8>>>) -> HashMap<String, Arc<Vec<u8>>> {
     let dir = tempfile::tempdir().unwrap();
     let whole = dir.path().join("model.safetensors");
     std::fs::write(&whole, files.remove("model.safetensors").unwrap().as_slice()).unwrap();
@@ -135,15 +135,15 @@ fn legacy_files() -> HashMap<String, Arc<Vec<u8>>> {
     files
 }
 
-pub fn start_hub() -> FakeHub {
+pub(crate) fn start_hub() -> FakeHub {
     start_hub_with(Vec::new())
 }
 
 /// A hub repo: its name and its files by path.
-pub type HubRepo = (String, HashMap<String, Arc<Vec<u8>>>);
+pub(crate) type HubRepo = (String, HashMap<String, Arc<Vec<u8>>>);
 
 /// The hub with more repos beside the tiny-gpt2 ones.
-pub fn start_hub_with(extra: Vec<HubRepo>) -> FakeHub {
+pub(crate) fn start_hub_with(extra: Vec<HubRepo>) -> FakeHub {
     // hf-hub's client takes its proxy from the environment, and a proxy would carry the
     // 127.0.0.1 requests elsewhere (std serialises environment access, so this is safe).
     static NO_PROXY: std::sync::Once = std::sync::Once::new();
@@ -302,7 +302,7 @@ async fn handle(State(hub): State<Arc<HubState>>, uri: Uri, headers: HeaderMap) 
     }
 }
 
-pub fn options(hub: &FakeHub, cache: &Path, offline: bool) -> HubOptions {
+pub(crate) fn options(hub: &FakeHub, cache: &Path, offline: bool) -> HubOptions {
     HubOptions {
         endpoint: hub.url.clone(),
         cache_dir: cache.to_path_buf(),
@@ -311,7 +311,7 @@ pub fn options(hub: &FakeHub, cache: &Path, offline: bool) -> HubOptions {
     }
 }
 
-pub fn reference_scores(m: &Model) -> Vec<Vec<f32>> {
+pub(crate) fn reference_scores(m: &Model) -> Vec<Vec<f32>> {
     let items = vec![
         ScoreItem {
             prompt: vec![33428, 422, 4486, 5625, 329, 257, 1693],
@@ -326,7 +326,7 @@ pub fn reference_scores(m: &Model) -> Vec<Vec<f32>> {
 }
 
 /// Scores from the model loaded straight from the fixture directory.
-pub fn local_scores() -> Vec<Vec<f32>> {
+pub(crate) fn local_scores() -> Vec<Vec<f32>> {
     static SCORES: std::sync::OnceLock<Vec<Vec<f32>>> = std::sync::OnceLock::new();
     SCORES
         .get_or_init(|| {
@@ -347,7 +347,7 @@ pub fn local_scores() -> Vec<Vec<f32>> {
 }
 
 /// A model loaded once per test binary and shared by its tests (loading SmolLM2 takes seconds).
-pub fn shared_model(spec: &str) -> Arc<Model> {
+pub(crate) fn shared_model(spec: &str) -> Arc<Model> {
     static MODELS: Mutex<Option<HashMap<String, Arc<Model>>>> = Mutex::new(None);
     let mut models = MODELS.lock().unwrap_or_else(|e| e.into_inner());
     models
@@ -361,13 +361,13 @@ pub fn shared_model(spec: &str) -> Arc<Model> {
 }
 
 /// A JSON fixture file.
-pub fn read_json(path: &str) -> serde_json::Value {
+pub(crate) fn read_json(path: &str) -> serde_json::Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 /// A JSON array of token ids.
-pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+pub(crate) fn ids(v: &serde_json::Value) -> Vec<u32> {
     v.as_array()
         .unwrap()
         .iter()
@@ -377,7 +377,7 @@ pub fn ids(v: &serde_json::Value) -> Vec<u32> {
 
 /// The tiny decoder of every family (tests/fixtures/<family>, from scripts/reference); two llama
 /// configs: Llama 3 and Llama 2 layouts.
-pub const FAMILIES: &[&str] = &[
+pub(crate) const FAMILIES: &[&str] = &[
     "llama",
     "llama-linear",
     "mistral",
@@ -388,7 +388,7 @@ pub const FAMILIES: &[&str] = &[
 ];
 
 /// The request a case of Captum's LLMGradientAttribution fixtures (`captum_grad.json`) ran.
-pub fn captum_grad_request(case: &serde_json::Value) -> llm_attr::request::AttributeRequest {
+pub(crate) fn captum_grad_request(case: &serde_json::Value) -> llm_attr::request::AttributeRequest {
     use llm_attr::request::{AttributeRequest, TokenRef};
     let skip = ids(&case["skip_tokens"]);
     AttributeRequest {
@@ -405,6 +405,6 @@ pub fn captum_grad_request(case: &serde_json::Value) -> llm_attr::request::Attri
 }
 
 /// Issue 12's tolerance for the gradient methods against Captum: 5e-3 + 1e-2 |Captum|.
-pub fn captum_grad_tolerance(want: f64) -> f64 {
+pub(crate) fn captum_grad_tolerance(want: f64) -> f64 {
     5e-3 + 1e-2 * want.abs()
 }

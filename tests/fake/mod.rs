@@ -13,7 +13,7 @@ use llm_attr::scorer::Scorer;
 
 /// log p(target_k | prompt) = -((sum of prompt ids + 7 target_k) mod 1000) / 500 - k / 10: it
 /// depends on the prompt and on the target token, so two continuations differ.
-pub fn fake_log_probs(prompt: &[u32], target: &[u32]) -> Vec<f32> {
+pub(crate) fn fake_log_probs(prompt: &[u32], target: &[u32]) -> Vec<f32> {
     let s = prompt.iter().map(|&i| u64::from(i)).sum::<u64>();
     target
         .iter()
@@ -23,7 +23,7 @@ pub fn fake_log_probs(prompt: &[u32], target: &[u32]) -> Vec<f32> {
 }
 
 /// Holds no model: a tokenizer and the facts a scorer reports are all `run()` needs.
-pub struct Fake {
+pub(crate) struct Fake {
     pub tokenizer: Tokenizer,
     pub info: ModelInfo,
     /// Every call to `score`, in order.
@@ -36,7 +36,7 @@ pub struct Fake {
 }
 
 impl Fake {
-    pub fn new() -> Fake {
+    pub(crate) fn new() -> Fake {
         static GPT2: std::sync::OnceLock<tokenizers::Tokenizer> = std::sync::OnceLock::new();
         let inner = GPT2.get_or_init(|| {
             tokenizers::Tokenizer::from_file("tests/fixtures/tiny-gpt2/tokenizer.json").unwrap()
@@ -64,7 +64,7 @@ impl Fake {
         }
     }
     /// Every item scored, in order.
-    pub fn scored(&self) -> Vec<ScoreItem> {
+    pub(crate) fn scored(&self) -> Vec<ScoreItem> {
         self.calls.lock().unwrap().iter().flatten().cloned().collect()
     }
 }
@@ -103,9 +103,9 @@ impl Scorer for Fake {
     }
 }
 
-pub const T1: &str = "{name} from {country} applied for a job as a {job}. The hiring manager decided to";
+pub(crate) const T1: &str = "{name} from {country} applied for a job as a {job}. The hiring manager decided to";
 
-pub fn t1(method: Method) -> AttributeRequest {
+pub(crate) fn t1(method: Method) -> AttributeRequest {
     let map = |pairs: &[(&str, &str)]| {
         pairs
             .iter()
@@ -131,7 +131,7 @@ pub fn t1(method: Method) -> AttributeRequest {
     }
 }
 
-pub fn product(req: &mut AttributeRequest) {
+pub(crate) fn product(req: &mut AttributeRequest) {
     let lists = [
         ("name", vec!["John", "Maria", "Ahmed", "Zhang Wei"]),
         (
@@ -153,13 +153,13 @@ pub fn product(req: &mut AttributeRequest) {
     );
 }
 
-pub fn go(fake: &Fake, req: &AttributeRequest) -> llm_attr::Result<llm_attr::request::AttributeResponse> {
+pub(crate) fn go(fake: &Fake, req: &AttributeRequest) -> llm_attr::Result<llm_attr::request::AttributeResponse> {
     run(req, fake, &limits(), &|_| {})
 }
 
 /// The default limits, with the requests' own chat templates rendering in workers of the
 /// binary under test, as on a server started with `--allow-request-templates`.
-pub fn limits() -> Limits {
+pub(crate) fn limits() -> Limits {
     static SANDBOX: OnceLock<Arc<Sandbox>> = OnceLock::new();
     let sandbox = SANDBOX.get_or_init(|| {
         Arc::new(Sandbox::new(

@@ -13,19 +13,19 @@ use llm_attr::api::{Config, ModelSource, Server};
 use llm_attr::model::Model;
 use serde_json::Value;
 
-pub const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-gpt2");
-pub const SMOLLM2: &str = concat!(
+pub(crate) const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-gpt2");
+pub(crate) const SMOLLM2: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 );
 
 /// Each model is loaded once per test binary and shared by its servers (the one model cache
 /// of the tests, `common::shared_model`).
-pub fn model(spec: &'static str) -> Arc<Model> {
+pub(crate) fn model(spec: &'static str) -> Arc<Model> {
     common::shared_model(spec)
 }
 
-pub async fn start(spec: &'static str, tweak: impl FnOnce(&mut Config)) -> Server {
+pub(crate) async fn start(spec: &'static str, tweak: impl FnOnce(&mut Config)) -> Server {
     let mut c = Config::new(ModelSource::Loaded(model(spec)));
     tweak(&mut c);
     let s = Server::start(c).await.expect("server starts");
@@ -33,7 +33,7 @@ pub async fn start(spec: &'static str, tweak: impl FnOnce(&mut Config)) -> Serve
     s
 }
 
-pub fn client() -> reqwest::Client {
+pub(crate) fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(300))
         .build()
@@ -41,34 +41,34 @@ pub fn client() -> reqwest::Client {
 }
 
 /// Sends a request and checks the status of its response.
-pub async fn send(req: reqwest::RequestBuilder, status: u16) -> reqwest::Response {
+pub(crate) async fn send(req: reqwest::RequestBuilder, status: u16) -> reqwest::Response {
     let res = req.send().await.unwrap();
     assert_eq!(res.status(), status);
     res
 }
 
 /// Sends a request and reads its JSON body (whatever the status).
-pub async fn send_json(req: reqwest::RequestBuilder) -> Value {
+pub(crate) async fn send_json(req: reqwest::RequestBuilder) -> Value {
     req.send().await.unwrap().json().await.unwrap()
 }
 
 /// The `Location` header of a created job.
-pub fn job_location(res: &reqwest::Response) -> String {
+pub(crate) fn job_location(res: &reqwest::Response) -> String {
     res.headers()["location"].to_str().unwrap().to_string()
 }
 
 /// Opens an event stream at `url` and reads it to the end.
-pub async fn get_events(c: &reqwest::Client, url: String) -> Vec<Sse> {
+pub(crate) async fn get_events(c: &reqwest::Client, url: String) -> Vec<Sse> {
     read_events(c.get(url).send().await.unwrap()).await
 }
 
-pub fn fixture(path: &str) -> Value {
+pub(crate) fn fixture(path: &str) -> Value {
     let p = format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
     serde_json::from_str(&std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{p}: {e}"))).unwrap()
 }
 
 /// t1 of the fixtures with one baseline per placeholder.
-pub fn t1_request(fixture_path: &str, method: &str) -> Value {
+pub(crate) fn t1_request(fixture_path: &str, method: &str) -> Value {
     let f = fixture(fixture_path);
     let t = &f["template"];
     serde_json::json!({
@@ -82,13 +82,13 @@ pub fn t1_request(fixture_path: &str, method: &str) -> Value {
 
 /// One server-sent event.
 #[derive(Debug, Clone)]
-pub struct Sse {
+pub(crate) struct Sse {
     pub event: String,
     pub data: Value,
 }
 
 /// Reads a whole event stream (it ends after done/failed/cancelled).
-pub async fn read_events(res: reqwest::Response) -> Vec<Sse> {
+pub(crate) async fn read_events(res: reqwest::Response) -> Vec<Sse> {
     use futures::StreamExt;
     assert_eq!(res.status(), 200);
     let ct = res.headers()["content-type"].to_str().unwrap().to_string();
@@ -122,7 +122,7 @@ pub async fn read_events(res: reqwest::Response) -> Vec<Sse> {
 }
 
 /// Checks `got` against `want` within the attribution tolerance (2e-3 + 1e-3 |ref|).
-pub fn assert_close(got: &Value, want: &Value, what: &str) {
+pub(crate) fn assert_close(got: &Value, want: &Value, what: &str) {
     match (got, want) {
         (Value::Array(g), Value::Array(w)) => {
             assert_eq!(g.len(), w.len(), "{what}: length");
@@ -138,7 +138,7 @@ pub fn assert_close(got: &Value, want: &Value, what: &str) {
 }
 
 /// A metric's value from Prometheus text (first line starting with `name`).
-pub async fn metric(base: &str, name: &str) -> f64 {
+pub(crate) async fn metric(base: &str, name: &str) -> f64 {
     let text = reqwest::get(format!("{base}/metrics"))
         .await
         .unwrap()
@@ -153,7 +153,7 @@ pub async fn metric(base: &str, name: &str) -> f64 {
 }
 
 /// Every log line of this test binary.
-pub fn logs() -> &'static Arc<Mutex<Vec<u8>>> {
+pub(crate) fn logs() -> &'static Arc<Mutex<Vec<u8>>> {
     static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
     LOGS.get_or_init(|| {
         let buf = Arc::new(Mutex::new(Vec::new()));
@@ -167,7 +167,7 @@ pub fn logs() -> &'static Arc<Mutex<Vec<u8>>> {
     })
 }
 
-pub struct Sink(Arc<Mutex<Vec<u8>>>);
+pub(crate) struct Sink(Arc<Mutex<Vec<u8>>>);
 
 impl Write for Sink {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {

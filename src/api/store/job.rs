@@ -14,7 +14,7 @@ use crate::scorer::Scorer;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum JobState {
+pub(crate) enum JobState {
     /// Waiting for a free run slot.
     Queued,
     Running,
@@ -24,11 +24,11 @@ pub enum JobState {
 }
 
 impl JobState {
-    pub fn is_finished(self) -> bool {
+    pub(crate) fn is_finished(self) -> bool {
         matches!(self, JobState::Done | JobState::Failed | JobState::Cancelled)
     }
 
-    pub const ALL: [JobState; 5] = [
+    pub(crate) const ALL: [JobState; 5] = [
         JobState::Queued,
         JobState::Running,
         JobState::Done,
@@ -36,11 +36,11 @@ impl JobState {
         JobState::Cancelled,
     ];
 
-    pub fn parse(s: &str) -> Option<JobState> {
+    pub(crate) fn parse(s: &str) -> Option<JobState> {
         JobState::ALL.into_iter().find(|j| j.as_str() == s)
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             JobState::Queued => "queued",
             JobState::Running => "running",
@@ -54,7 +54,7 @@ impl JobState {
 /// What a job runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum JobKind {
+pub(crate) enum JobKind {
     /// An attribute request (`/v1/jobs`).
     #[default]
     Attribution,
@@ -66,13 +66,13 @@ pub enum JobKind {
 /// over reads it back).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "request", rename_all = "snake_case")]
-pub enum JobRequest {
+pub(crate) enum JobRequest {
     Attribution(AttributeRequest),
     Audit(AuditRequest),
 }
 
 impl JobRequest {
-    pub fn kind(&self) -> JobKind {
+    pub(crate) fn kind(&self) -> JobKind {
         match self {
             JobRequest::Attribution(_) => JobKind::Attribution,
             JobRequest::Audit(_) => JobKind::Audit,
@@ -80,7 +80,7 @@ impl JobRequest {
     }
 
     /// What the run would score, counted without scoring (the run's own checks first).
-    pub fn plan(&self, scorer: &dyn Scorer, limits: &Limits) -> crate::Result<Plan> {
+    pub(crate) fn plan(&self, scorer: &dyn Scorer, limits: &Limits) -> crate::Result<Plan> {
         match self {
             JobRequest::Attribution(r) => crate::run::plan(r, scorer, limits),
             JobRequest::Audit(r) => audit::plan(r, scorer, limits),
@@ -91,14 +91,14 @@ impl JobRequest {
 /// A finished job's result: an `AttributeResponse` or an `AuditResult`, by the job's kind.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]
-pub enum JobResult {
+pub(crate) enum JobResult {
     Attribution(Box<AttributeResponse>),
     Audit(Box<AuditResult>),
 }
 
 impl JobResult {
     /// Sequences the work scored.
-    pub fn sequences(&self) -> usize {
+    pub(crate) fn sequences(&self) -> usize {
         match self {
             JobResult::Attribution(r) => r.stats.unique_sequences,
             JobResult::Audit(r) => r.stats.distinct_sequences,
@@ -107,7 +107,7 @@ impl JobResult {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct Job {
+pub(crate) struct Job {
     pub id: String,
     #[serde(default)]
     pub kind: JobKind,
@@ -126,14 +126,14 @@ pub struct Job {
 
 /// How a job ended.
 #[derive(Debug, Clone)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Done(Box<JobResult>),
     Failed(ErrorDetail),
     Cancelled(ErrorDetail),
 }
 
 impl Outcome {
-    pub fn state(&self) -> JobState {
+    pub(crate) fn state(&self) -> JobState {
         match self {
             Outcome::Done(_) => JobState::Done,
             Outcome::Failed(_) => JobState::Failed,
@@ -143,7 +143,7 @@ impl Outcome {
 }
 
 /// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -151,7 +151,7 @@ pub fn now_ms() -> u64 {
 }
 
 /// A fresh job snapshot.
-pub fn new_job(id: String, kind: JobKind) -> Job {
+pub(crate) fn new_job(id: String, kind: JobKind) -> Job {
     Job {
         id,
         kind,
@@ -165,7 +165,7 @@ pub fn new_job(id: String, kind: JobKind) -> Job {
 }
 
 /// `2026-11-26T17:54:02.123Z`
-pub fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);

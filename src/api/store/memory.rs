@@ -17,7 +17,7 @@ use crate::error::ErrorDetail;
 use crate::run::Progress;
 
 /// One job: its request, its published snapshot (watched by SSE streams) and its cancel token.
-pub struct JobEntry {
+pub(crate) struct JobEntry {
     request: JobRequest,
     client: Option<Client>,
     cancel: CancelToken,
@@ -31,12 +31,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl JobEntry {
-    pub fn snapshot(&self) -> Job {
+    pub(crate) fn snapshot(&self) -> Job {
         self.tx.borrow().clone()
     }
 
     /// Moves a queued job to running (unless it was cancelled meanwhile).
-    pub fn start(&self) -> bool {
+    pub(crate) fn start(&self) -> bool {
         self.tx.send_if_modified(|j| {
             if j.state == JobState::Queued {
                 j.state = JobState::Running;
@@ -49,7 +49,7 @@ impl JobEntry {
         self.state() == JobState::Running
     }
 
-    pub fn progress(&self, p: Progress) {
+    pub(crate) fn progress(&self, p: Progress) {
         self.tx.send_if_modified(|j| {
             if j.state.is_finished() || j.progress == p {
                 return false;
@@ -60,7 +60,7 @@ impl JobEntry {
     }
 
     /// Sets a final state once; later calls (e.g. a run ending after a DELETE) change nothing.
-    pub fn finish(&self, outcome: Outcome) -> bool {
+    pub(crate) fn finish(&self, outcome: Outcome) -> bool {
         let changed = self.tx.send_if_modified(|j| {
             if j.state.is_finished() {
                 return false;
@@ -83,7 +83,7 @@ impl JobEntry {
         changed
     }
 
-    pub fn state(&self) -> JobState {
+    pub(crate) fn state(&self) -> JobState {
         self.tx.borrow().state
     }
 
@@ -95,7 +95,7 @@ impl JobEntry {
 /// All jobs by id, and the ids waiting for a worker. Finished jobs are dropped after `ttl`,
 /// and beyond `max_finished` the oldest finished ones go first. Unfinished jobs are never
 /// dropped.
-pub struct MemoryStore {
+pub(crate) struct MemoryStore {
     jobs: Mutex<HashMap<String, Arc<JobEntry>>>,
     waiting: Mutex<VecDeque<Arc<JobEntry>>>,
     arrived: Notify,
@@ -105,7 +105,7 @@ pub struct MemoryStore {
 }
 
 impl MemoryStore {
-    pub fn new(ttl: Duration, max_finished: usize, max_pending: usize) -> Self {
+    pub(crate) fn new(ttl: Duration, max_finished: usize, max_pending: usize) -> Self {
         MemoryStore {
             jobs: Mutex::new(HashMap::new()),
             waiting: Mutex::new(VecDeque::new()),
@@ -117,7 +117,7 @@ impl MemoryStore {
     }
 
     /// The job's entry (tests look inside).
-    pub fn entry(&self, id: &str) -> Option<Arc<JobEntry>> {
+    pub(crate) fn entry(&self, id: &str) -> Option<Arc<JobEntry>> {
         lock(&self.jobs).get(id).cloned()
     }
 

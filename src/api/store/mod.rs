@@ -3,9 +3,9 @@
 //! this process, [`redis::RedisStore`] (`--redis-url`) shares them between replicas and
 //! also serves the [`Replicas`] hooks (shared scores, chunk workers, the fan-out).
 
-pub mod job;
-pub mod memory;
-pub mod redis;
+pub(crate) mod job;
+pub(crate) mod memory;
+pub(crate) mod redis;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,10 +20,10 @@ use crate::error::ErrorDetail;
 use crate::run::Progress;
 use crate::score_cache::SharedScores;
 use crate::scorer::Scorer;
-pub use job::{new_job, now_ms, Job, JobKind, JobRequest, JobResult, JobState, Outcome};
+pub(crate) use job::{new_job, now_ms, Job, JobKind, JobRequest, JobResult, JobState, Outcome};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StoreError {
+pub(crate) enum StoreError {
     /// The store cannot be reached (Redis down or restarting).
     #[error("the job store cannot be reached ({0}); try again shortly")]
     Unavailable(String),
@@ -32,10 +32,10 @@ pub enum StoreError {
     Full(usize),
 }
 
-pub type StoreResult<T> = Result<T, StoreError>;
+pub(crate) type StoreResult<T> = Result<T, StoreError>;
 
 /// Jobs by id, and the line of jobs waiting for a worker.
-pub trait JobStore: Send + Sync {
+pub(crate) trait JobStore: Send + Sync {
     /// Records a queued job for `request` and puts it in line; refuses beyond `max_pending`
     /// unfinished jobs.
     fn create<'a>(&'a self, request: &'a JobRequest) -> BoxFuture<'a, StoreResult<Job>>;
@@ -76,7 +76,7 @@ pub trait JobStore: Send + Sync {
 
 /// What a store shared between replicas adds beyond holding jobs (Redis only; the in-memory
 /// store has no replicas and needs none of it).
-pub trait Replicas: Send + Sync {
+pub(crate) trait Replicas: Send + Sync {
     /// The shared layer of the score cache.
     fn shared_scores(&self) -> Arc<dyn SharedScores>;
     /// Starts what runs once the model is loaded (the chunk workers).
@@ -86,7 +86,7 @@ pub trait Replicas: Send + Sync {
 }
 
 /// A job this process runs. Holding it is holding its lease (Redis: kept by heartbeats).
-pub trait ClaimedJob: Send + Sync {
+pub(crate) trait ClaimedJob: Send + Sync {
     fn id(&self) -> &str;
     fn request(&self) -> &JobRequest;
     /// Who sent the job, when the store knows ([`JobStore::create_for`]).

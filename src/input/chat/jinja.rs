@@ -24,7 +24,7 @@ pub enum RenderError {
 
 impl RenderError {
     /// The same error with its message passed through `f`.
-    pub fn map(self, f: impl FnOnce(String) -> String) -> Self {
+    pub(crate) fn map(self, f: impl FnOnce(String) -> String) -> Self {
         match self {
             RenderError::Syntax(m) => RenderError::Syntax(f(m)),
             RenderError::Raised(m) => RenderError::Raised(f(m)),
@@ -39,12 +39,12 @@ impl RenderError {
 const FUEL: u64 = 5_000_000;
 
 /// Renders `source` with `context` (its fields are the template's variables).
-pub fn render(source: &str, context: impl Serialize) -> Result<String, RenderError> {
+pub(super) fn render(source: &str, context: impl Serialize) -> Result<String, RenderError> {
     render_bounded(source, context, usize::MAX)
 }
 
 /// [`render`], failing once the output passes `max_bytes`.
-pub fn render_bounded(
+pub(super) fn render_bounded(
     source: &str,
     context: impl Serialize,
     max_bytes: usize,

@@ -102,7 +102,7 @@ impl Sandbox {
     }
 
     /// The sandbox of the running `llm-attr` binary, with the default limits.
-    pub fn current_exe() -> std::io::Result<Self> {
+    pub(crate) fn current_exe() -> std::io::Result<Self> {
         Ok(Sandbox::new(std::env::current_exe()?, SandboxLimits::default()))
     }
 
@@ -212,7 +212,7 @@ fn unavailable(why: &str) -> RenderError {
 
 /// The worker's side (`llm-attr template-worker`): caps this process's memory, then renders one
 /// [`Job`] per line of stdin, answering one [`Reply`] per line of stdout, until stdin closes.
-pub fn serve_worker(memory_bytes: usize, output_bytes: usize) -> std::io::Result<()> {
+pub(crate) fn serve_worker(memory_bytes: usize, output_bytes: usize) -> std::io::Result<()> {
     crate::alloc::set_cap(memory_bytes);
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout().lock();

@@ -51,7 +51,7 @@ struct Layer {
     window: Option<usize>,
 }
 
-pub struct Decoder {
+pub(crate) struct Decoder {
     cfg: DecoderConfig,
     /// `[vocab, hidden]`.
     embed: Tensor,
@@ -72,7 +72,7 @@ fn transposed(w: Tensor) -> Result<Tensor> {
 }
 
 /// A decoder of `family` from its config.json and its weights (the registry's constructor).
-pub fn from_hf(
+pub(crate) fn from_hf(
     family: Family,
     json: &Value,
     origin: &str,
@@ -85,7 +85,7 @@ pub fn from_hf(
 impl Decoder {
     /// Loads the weights under Hugging Face's names (`model.layers.0.self_attn.q_proj.weight`);
     /// the `VarBuilder` fixes device and dtype.
-    pub fn load(cfg: DecoderConfig, vb: VarBuilder) -> Result<Self> {
+    pub(crate) fn load(cfg: DecoderConfig, vb: VarBuilder) -> Result<Self> {
         let (v, d) = (cfg.vocab, cfg.hidden);
         let m = vb.pp("model");
         let embed = weight(&m.pp("embed_tokens"), &[v, d], "weight")?;
@@ -206,7 +206,7 @@ impl Decoder {
         })
     }
 
-    pub fn config(&self) -> &DecoderConfig {
+    pub(crate) fn config(&self) -> &DecoderConfig {
         &self.cfg
     }
 

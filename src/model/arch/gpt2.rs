@@ -18,7 +18,7 @@ use crate::model::Family;
 
 /// The fields of a GPT-2 `config.json` the forward pass needs.
 #[derive(Debug, Clone, Deserialize)]
-pub struct Config {
+pub(crate) struct Config {
     pub vocab_size: usize,
     pub n_embd: usize,
     pub n_head: usize,
@@ -55,14 +55,15 @@ fn yes() -> bool {
 
 impl Config {
     /// Parses and validates a `config.json`; `origin` names the file in errors.
-    pub fn from_json(text: &str, origin: &str) -> Result<Self> {
+    #[cfg(test)]
+    fn from_json(text: &str, origin: &str) -> Result<Self> {
         let json: Value = serde_json::from_str(text)
             .map_err(|e| Error::Model(format!("{origin} is not a valid GPT-2 config: {e}")))?;
         Self::from_value(&json, origin)
     }
 
     /// Validates an already parsed `config.json`; `origin` names the file in errors.
-    pub fn from_value(json: &Value, origin: &str) -> Result<Self> {
+    pub(crate) fn from_value(json: &Value, origin: &str) -> Result<Self> {
         let cfg = Config::deserialize(json)
             .map_err(|e| Error::Model(format!("{origin} is not a valid GPT-2 config: {e}")))?;
         cfg.validate(origin)?;
@@ -70,11 +71,11 @@ impl Config {
     }
 
     /// Maximum sequence length (`n_positions`, or `n_ctx` in old configs).
-    pub fn context_length(&self) -> usize {
+    pub(crate) fn context_length(&self) -> usize {
         self.n_positions.or(self.n_ctx).unwrap_or(0)
     }
 
-    pub fn inner(&self) -> usize {
+    pub(crate) fn inner(&self) -> usize {
         self.n_inner.unwrap_or(4 * self.n_embd)
     }
 
@@ -189,7 +190,7 @@ struct Block {
 }
 
 /// A GPT-2 language model with its weights in f32.
-pub struct Gpt2 {
+pub(crate) struct Gpt2 {
     cfg: Config,
     activation: Activation,
     wte: Tensor,
@@ -238,7 +239,7 @@ impl Block {
 }
 
 /// A GPT-2 from its config.json and its weights (the registry's constructor).
-pub fn from_hf(_: Family, json: &Value, origin: &str, weights: Weights) -> Result<Box<dyn Architecture>> {
+pub(crate) fn from_hf(_: Family, json: &Value, origin: &str, weights: Weights) -> Result<Box<dyn Architecture>> {
     let cfg = Config::from_value(json, origin)?;
     Ok(Box::new(Gpt2::load(cfg, weights()?)?))
 }
@@ -246,7 +247,7 @@ pub fn from_hf(_: Family, json: &Value, origin: &str, weights: Weights) -> Resul
 impl Gpt2 {
     /// Loads the weights a validated config names, under Hugging Face's names with or without
     /// the `transformer.` prefix; the `VarBuilder` fixes device and dtype.
-    pub fn load(cfg: Config, vb: VarBuilder) -> Result<Self> {
+    pub(crate) fn load(cfg: Config, vb: VarBuilder) -> Result<Self> {
         let activation = cfg
             .activation()
             .map_err(|m| Error::Model(format!("config.json: {m}")))?;
@@ -290,10 +291,6 @@ impl Gpt2 {
             dtype: vb.dtype(),
             cfg,
         })
-    }
-
-    pub fn config(&self) -> &Config {
-        &self.cfg
     }
 
     #[allow(clippy::too_many_arguments)]

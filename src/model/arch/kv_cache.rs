@@ -13,23 +13,19 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    pub fn new(layers: usize) -> Self {
+    pub(crate) fn new(layers: usize) -> Self {
         KvCache {
             layers: vec![None; layers],
         }
     }
 
     /// Positions already cached.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.layers[0].as_ref().map_or(0, |(k, _)| k.dims()[2])
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Appends a step's keys and values to layer `i`'s and returns all of them.
-    pub fn append(&mut self, i: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+    pub(crate) fn append(&mut self, i: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
         let (k, v) = match &self.layers[i] {
             Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
             None => (k, v),
@@ -43,7 +39,7 @@ impl KvCache {
 type MaskKey = (usize, usize, Option<usize>, DType);
 
 /// Additive causal masks (0 where a query sees a key, -inf elsewhere), kept per shape.
-pub struct Masks {
+pub(crate) struct Masks {
     device: Device,
     cache: Mutex<HashMap<MaskKey, Tensor>>,
 }
@@ -52,7 +48,7 @@ pub struct Masks {
 const MAX_CACHED: usize = 8 << 20;
 
 impl Masks {
-    pub fn new(device: &Device) -> Self {
+    pub(crate) fn new(device: &Device) -> Self {
         Masks {
             device: device.clone(),
             cache: Mutex::new(HashMap::new()),
@@ -62,7 +58,7 @@ impl Masks {
     /// `[len, past + len]` for queries at positions `past..past + len`: query `q` sees key `k`
     /// when `k <= q` and, with a sliding window, `q - k < window`. `None` when nothing is
     /// masked (one query that sees every key).
-    pub fn get(
+    pub(crate) fn get(
         &self,
         len: usize,
         past: usize,
@@ -103,7 +99,7 @@ impl Masks {
 }
 
 /// First index of the largest value (as `torch.argmax`).
-pub fn argmax(xs: &[f32]) -> u32 {
+pub(crate) fn argmax(xs: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &x) in xs.iter().enumerate() {
         if x > xs[best] {

@@ -1,11 +1,11 @@
 //! Architectures: what each provides ([`Architecture`]), the families they cover
 //! ([`family`]), and the Llama-style decoder and GPT-2 themselves.
 
-pub mod config;
-pub mod decoder;
-pub mod family;
-pub mod gpt2;
-pub mod kv_cache;
+pub(crate) mod config;
+pub(crate) mod decoder;
+pub(crate) mod family;
+pub(crate) mod gpt2;
+pub(crate) mod kv_cache;
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;

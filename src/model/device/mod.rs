@@ -11,9 +11,9 @@ use candle_core::{DType, Device};
 
 use crate::error::{Error, Result};
 
-pub mod tuning;
+pub(crate) mod tuning;
 
-pub use tuning::{tuning, GradientPlan, Passes, Tuning, DEFAULT_TOKEN_BUDGET};
+pub(crate) use tuning::{tuning, GradientPlan, Passes, DEFAULT_TOKEN_BUDGET};
 
 /// `--device`: `auto`, `cpu`, `cuda` (= `cuda:0`) or `cuda:N`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -109,7 +109,7 @@ pub struct DeviceArgs {
 
 impl DeviceArgs {
     /// Opens the device and checks it runs the data type.
-    pub fn load_options(&self) -> Result<LoadOptions> {
+    pub(crate) fn load_options(&self) -> Result<LoadOptions> {
         let mut options = resolve(self.device, self.dtype)?;
         options.gradient_passes = self.gradient_passes;
         Ok(options)
@@ -188,7 +188,7 @@ fn check_dtype(device: &Device, dtype: DType) -> Result<()> {
 }
 
 /// A short name for logs and `/v1/model`: `cpu`, `cuda:0`.
-pub fn name(device: &Device) -> String {
+pub(crate) fn name(device: &Device) -> String {
     match device.location() {
         candle_core::DeviceLocation::Cpu => "cpu".into(),
         candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
@@ -198,7 +198,7 @@ pub fn name(device: &Device) -> String {
 
 /// True when a forward pass failed because the device ran out of memory (the CUDA driver's
 /// and cuBLAS's allocation errors; candle passes them on as text).
-pub fn is_out_of_memory(e: &candle_core::Error) -> bool {
+pub(crate) fn is_out_of_memory(e: &candle_core::Error) -> bool {
     let text = e.to_string();
     [
         "CUDA_ERROR_OUT_OF_MEMORY",
@@ -213,7 +213,7 @@ pub fn is_out_of_memory(e: &candle_core::Error) -> bool {
 mod cuda {
     use super::*;
 
-    pub fn open(_: usize) -> Result<Device> {
+    pub(super) fn open(_: usize) -> Result<Device> {
         Err(Error::invalid(
             "device",
             "this llm-attr was built without CUDA: build it with `cargo build --release --features cuda` \
@@ -221,11 +221,11 @@ mod cuda {
         ))
     }
 
-    pub fn first_present() -> Option<Device> {
+    pub(super) fn first_present() -> Option<Device> {
         None
     }
 
-    pub fn check_dtype(_: &Device, _: DType) -> Result<()> {
+    pub(super) fn check_dtype(_: &Device, _: DType) -> Result<()> {
         Ok(())
     }
 }
@@ -267,7 +267,7 @@ mod cuda {
         Device::new_cuda(i).map_err(|e| Error::invalid("device", format!("cannot open cuda:{i}: {e}")))
     }
 
-    pub fn first_present() -> Option<Device> {
+    pub(crate) fn first_present() -> Option<Device> {
         match count() {
             Ok(n) if n > 0 => open(0)
                 .inspect_err(|e| tracing::warn!("a GPU is present but unusable, running on the CPU: {e}"))
@@ -306,7 +306,7 @@ mod cuda {
         Ok(())
     }
 
-    pub fn check_dtype(device: &Device, dtype: DType) -> Result<()> {
+    pub(crate) fn check_dtype(device: &Device, dtype: DType) -> Result<()> {
         let candle_core::DeviceLocation::Cuda { gpu_id } = device.location() else {
             return Ok(());
         };

@@ -4,12 +4,12 @@
 use candle_core::Device;
 
 /// Default padded-token budget of one forward pass on the CPU.
-pub const DEFAULT_TOKEN_BUDGET: usize = 2048;
+pub(crate) const DEFAULT_TOKEN_BUDGET: usize = 2048;
 
 /// How the engine drives a device: worker threads, padded tokens per forward pass, and how the
 /// gradient methods lay out their passes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Tuning {
+pub(crate) struct Tuning {
     pub workers: usize,
     pub token_budget: usize,
     pub gradients: GradientPlan,
@@ -23,7 +23,7 @@ const GPU_GRADIENT_CHUNK: usize = 4096;
 /// be busy, and one worker per GPU keeps passes from competing for its memory (the 125
 /// sequences of an exact three-feature request fit in one); its gradient passes on few points
 /// are bound by kernel launches, so they are stacked up to a chunk (see [`Passes`]).
-pub fn tuning(device: &Device) -> Tuning {
+pub(crate) fn tuning(device: &Device) -> Tuning {
     match device {
         Device::Cpu => Tuning {
             workers: 1,

@@ -17,7 +17,7 @@ pub enum Activation {
 
 impl Activation {
     /// The activation a config's `hidden_act` / `activation_function` names.
-    pub fn from_name(name: &str) -> Option<Activation> {
+    pub(crate) fn from_name(name: &str) -> Option<Activation> {
         Some(match name {
             "silu" | "swish" => Activation::Silu,
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
@@ -28,7 +28,7 @@ impl Activation {
     }
 
     /// Applied with candle ops (any device and dtype, with backward).
-    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn apply(self, x: &Tensor) -> Result<Tensor> {
         match self {
             Activation::Silu => x.silu(),
             Activation::GeluTanh => x.gelu(),

@@ -25,7 +25,7 @@ use super::rope::RopeStyle;
 type InputGradient = Box<dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync>;
 
 /// Whether [`with_backward`] can carry a value like `t`: CPU f32 or any GPU tensor.
-pub fn attaches(t: &Tensor) -> bool {
+pub(crate) fn attaches(t: &Tensor) -> bool {
     t.device().is_cuda() || (t.device().is_cpu() && t.dtype() == candle_core::DType::F32)
 }
 
@@ -89,7 +89,7 @@ impl candle_core::CustomOp1 for Attached {
 }
 
 /// `x @ w` for `[n, in]` rows and a constant `[in, out]` weight.
-pub fn matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+pub(crate) fn matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let value = x.matmul(w)?;
     let wt = w.t()?;
     with_backward(x, value, Box::new(move |g| g.matmul(&wt)))
@@ -99,7 +99,7 @@ pub fn matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 /// SmolLM2's first position carries activations in the thousands, and integrated gradients
 /// on it is sensitive enough that f32 sums in a different order than PyTorch's moved an
 /// attribution by 1%.
-pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
+pub(crate) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
     let x = x.contiguous()?;
     let value = x.apply_op2_no_bwd(weight, &RmsNormForward { eps })?;
     let (input, op) = (
@@ -117,7 +117,7 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
 }
 
 /// Softmax over the last dimension.
-pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+pub(crate) fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     let y = candle_nn::ops::softmax_last_dim(&x.contiguous()?)?;
     let out = y.clone();
     // dx = y * (g - sum(g * y)): small tensors (attention rows), candle ops are enough.
@@ -130,7 +130,7 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 
 /// RoPE on `[b, heads, t, head_dim]`: a rotation of each pair, so its backward pass is the
 /// rotation by the opposite angle.
-pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, style: RopeStyle) -> Result<Tensor> {
+pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, style: RopeStyle) -> Result<Tensor> {
     use candle_nn::rotary_emb as r;
     let apply = move |x: &Tensor, cos: &Tensor, sin: &Tensor| match style {
         RopeStyle::Half => r::rope(&x.contiguous()?, cos, sin),
@@ -142,7 +142,7 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, style: RopeStyle) -> Result<
 }
 
 /// `act(gate) * up` for `[n, 2f]` rows holding gate then up.
-pub fn gated_act(gate_up: &Tensor, act: Activation) -> Result<Tensor> {
+pub(crate) fn gated_act(gate_up: &Tensor, act: Activation) -> Result<Tensor> {
     let gate_up = gate_up.contiguous()?;
     let value = gated(&gate_up, act)?;
     let input = gate_up.clone();

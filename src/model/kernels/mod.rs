@@ -3,16 +3,16 @@
 //! kernels with hand-written backward passes, [`backward`], or composed candle ops), with the
 //! activations and RoPE pairings they take.
 
-pub mod activation;
+pub(crate) mod activation;
 pub(crate) mod backward;
-pub mod ops;
-pub mod rope;
+pub(crate) mod ops;
+pub(crate) mod rope;
 
 use candle_core::{Result, Tensor, D};
 
-pub use activation::Activation;
+pub(crate) use activation::Activation;
 use ops::is_cpu_f32;
-pub use rope::RopeStyle;
+pub(crate) use rope::RopeStyle;
 
 /// Which implementation a forward pass uses for norms, softmax, RoPE and activations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,7 +27,7 @@ pub enum Kernels {
 }
 
 impl Kernels {
-    pub fn rms_norm(self, x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
+    pub(crate) fn rms_norm(self, x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
         match self {
             Kernels::Fused => candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps),
             Kernels::Differentiable if is_cpu_f32(x) && is_cpu_f32(weight) => {
@@ -37,14 +37,14 @@ impl Kernels {
         }
     }
 
-    pub fn layer_norm(self, x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
+    pub(crate) fn layer_norm(self, x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
         match self {
             Kernels::Fused => candle_nn::ops::layer_norm(x, weight, bias, eps),
             Kernels::Differentiable => candle_nn::ops::layer_norm_slow(x, weight, bias, eps),
         }
     }
 
-    pub fn softmax_last_dim(self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn softmax_last_dim(self, x: &Tensor) -> Result<Tensor> {
         match self {
             Kernels::Fused => candle_nn::ops::softmax_last_dim(x),
             Kernels::Differentiable if backward::attaches(x) => backward::softmax_last_dim(x),
@@ -53,7 +53,7 @@ impl Kernels {
     }
 
     /// RoPE on `[b, heads, t, head_dim]` with `[t, head_dim / 2]` tables.
-    pub fn rope(self, x: &Tensor, cos: &Tensor, sin: &Tensor, style: RopeStyle) -> Result<Tensor> {
+    pub(crate) fn rope(self, x: &Tensor, cos: &Tensor, sin: &Tensor, style: RopeStyle) -> Result<Tensor> {
         use candle_nn::rotary_emb as r;
         match (self, style) {
             (Kernels::Fused, RopeStyle::Half) => r::rope(&x.contiguous()?, cos, sin),
@@ -67,7 +67,7 @@ impl Kernels {
     }
 
     /// `act(gate) * up` for `[n, 2f]` rows holding gate then up.
-    pub fn gated(self, gate_up: &Tensor, act: Activation) -> Result<Tensor> {
+    pub(crate) fn gated(self, gate_up: &Tensor, act: Activation) -> Result<Tensor> {
         match self {
             Kernels::Fused => ops::gated(gate_up, act),
             Kernels::Differentiable if is_cpu_f32(gate_up) => backward::gated_act(gate_up, act),
@@ -78,7 +78,7 @@ impl Kernels {
     /// `x @ w` for `[n, in]` rows and a weight `w` (`[in, out]`). Differentiable with a
     /// backward pass for `x` alone: candle's own matmul backward also computes the weight's
     /// gradient, which gradient methods never use and which costs as much again.
-    pub fn matmul(self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    pub(crate) fn matmul(self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
         match self {
             Kernels::Differentiable if backward::attaches(x) && x.dtype() == w.dtype() => {
                 backward::matmul(x, w)
@@ -88,7 +88,7 @@ impl Kernels {
     }
 
     /// `act(x + bias)` for `[n, out]` rows.
-    pub fn bias_act(self, x: &Tensor, bias: &Tensor, act: Option<Activation>) -> Result<Tensor> {
+    pub(crate) fn bias_act(self, x: &Tensor, bias: &Tensor, act: Option<Activation>) -> Result<Tensor> {
         match self {
             Kernels::Fused => ops::bias_act(x, bias, act),
             Kernels::Differentiable => ops::bias_act_composed(x, bias, act),

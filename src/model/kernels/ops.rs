@@ -25,7 +25,7 @@ pub(crate) const GRAIN: usize = 1 << 14;
 
 /// `act(gate) * up` for `[n, 2f]` rows that hold gate then up; returns `[n, f]`. One parallel
 /// pass on CPU f32; candle ops elsewhere.
-pub fn gated(gate_up: &Tensor, act: Activation) -> Result<Tensor> {
+pub(crate) fn gated(gate_up: &Tensor, act: Activation) -> Result<Tensor> {
     let (n, two_f) = gate_up.dims2()?;
     let f = two_f / 2;
     if !is_cpu_f32(gate_up) {

@@ -64,7 +64,7 @@ impl HubOptions {
 }
 
 /// Downloads (or finds in the cache) the files of a hub model.
-pub fn fetch(repo: &str, revision: Option<&str>, hub: &HubOptions) -> Result<ModelFiles> {
+pub(crate) fn fetch(repo: &str, revision: Option<&str>, hub: &HubOptions) -> Result<ModelFiles> {
     let rev = revision.unwrap_or("main");
     let hf_repo = Repo::with_revision(repo.to_string(), RepoType::Model, rev.to_string());
     let spec = match revision {

@@ -2,10 +2,10 @@
 //! `model_type` picks the family, see `arch/family.rs`), or a `.gguf` file.
 
 pub mod gguf;
-pub mod hub;
-pub mod safetensors;
-pub mod spec;
-pub mod tokenizer_files;
+pub(crate) mod hub;
+pub(crate) mod safetensors;
+pub(crate) mod spec;
+pub(crate) mod tokenizer_files;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,10 +14,11 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::model::{Architecture, Family, LoadOptions, Model, Tokenizer};
-pub use hub::{fetch, HubOptions};
+pub(crate) use hub::fetch;
+pub use hub::HubOptions;
 use safetensors::var_builder;
-pub use safetensors::{dir_files, ModelFiles};
-pub use spec::{ModelSpec, DEFAULT_SPEC};
+pub(crate) use safetensors::{dir_files, ModelFiles};
+pub use spec::ModelSpec;
 use tokenizer_files::{hf_tokenizer, read_json};
 
 impl Model {
@@ -50,7 +51,7 @@ pub fn load_with(spec: &str, hub: &HubOptions, options: &LoadOptions) -> Result<
 }
 
 /// Loads a model from its local files, choosing the family from `config.json`.
-pub fn load_files(files: &ModelFiles, spec: &str, options: &LoadOptions) -> Result<Model> {
+pub(crate) fn load_files(files: &ModelFiles, spec: &str, options: &LoadOptions) -> Result<Model> {
     let json = read_json(&files.config)?;
     let family = family_of(&json, &files.config)?;
     let tokenizer = hf_tokenizer(&files.tokenizer, &files.extra, &json)?;

@@ -14,7 +14,7 @@ use crate::model::LoadOptions;
 
 /// The files a safetensors model is made of.
 #[derive(Debug, Clone)]
-pub struct ModelFiles {
+pub(crate) struct ModelFiles {
     pub config: PathBuf,
     pub tokenizer: TokenizerFiles,
     pub weights: Vec<PathBuf>,
@@ -23,7 +23,7 @@ pub struct ModelFiles {
 }
 
 /// The config, tokenizer and weights of a model directory.
-pub fn dir_files(dir: &Path) -> Result<ModelFiles> {
+pub(crate) fn dir_files(dir: &Path) -> Result<ModelFiles> {
     let need = |name: &str| {
         let p = dir.join(name);
         if p.is_file() {

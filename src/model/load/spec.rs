@@ -4,8 +4,6 @@ use std::path::PathBuf;
 
 use crate::error::{Error, Result};
 
-/// The model used when none is given.
-pub const DEFAULT_SPEC: &str = "hf:distilbert/distilgpt2";
 
 const SPEC_HELP: &str = "expected hf:ORG/NAME[@REVISION], a model directory or a .gguf file";
 

@@ -11,7 +11,7 @@ use crate::model::Tokenizer;
 
 /// `tokenizer_config.json`, `chat_template.jinja` and `generation_config.json`, where present.
 #[derive(Debug, Clone, Default)]
-pub struct ExtraFiles {
+pub(crate) struct ExtraFiles {
     pub tokenizer_config: Option<PathBuf>,
     pub chat_template: Option<PathBuf>,
     pub generation_config: Option<PathBuf>,
@@ -23,7 +23,7 @@ pub(super) const GENERATION_CONFIG: &str = "generation_config.json";
 
 /// A `tokenizer.json`, or the older GPT-2 pair `vocab.json` + `merges.txt`.
 #[derive(Debug, Clone)]
-pub enum TokenizerFiles {
+pub(crate) enum TokenizerFiles {
     Json(PathBuf),
     VocabMerges { vocab: PathBuf, merges: PathBuf },
 }

@@ -66,7 +66,7 @@ fn channel(id: &str) -> String {
 
 /// Settings of a Redis store.
 #[derive(Debug, Clone)]
-pub struct RedisSettings {
+pub(crate) struct RedisSettings {
     pub url: String,
     /// A claimed job or chunk whose worker sent no heartbeat for this long is taken over.
     pub lease: Duration,
@@ -82,7 +82,7 @@ pub struct RedisSettings {
     pub queue_wait: Duration,
 }
 
-pub struct RedisStore {
+pub(crate) struct RedisStore {
     inner: Arc<Inner>,
 }
 
@@ -176,7 +176,7 @@ return 1",
 impl RedisStore {
     /// Connects lazily: the store answers 503 until Redis is reachable, then recovers by
     /// itself after any outage.
-    pub fn connect(settings: RedisSettings) -> anyhow::Result<RedisStore> {
+    pub(crate) fn connect(settings: RedisSettings) -> anyhow::Result<RedisStore> {
         let client = redis::Client::open(settings.url.as_str())
             .map_err(|e| anyhow::anyhow!("--redis-url {}: {e}", redact(&settings.url)))?;
         let config = ConnectionManagerConfig::new()

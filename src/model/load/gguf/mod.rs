@@ -2,10 +2,10 @@
 //! ([`tokenizer`]) built from its metadata, and its tensors under Hugging Face's names
 //! ([`names`]).
 
-pub mod config;
-pub mod names;
-pub mod reader;
-pub mod tokenizer;
+pub(crate) mod config;
+pub(crate) mod names;
+pub(crate) mod reader;
+pub(crate) mod tokenizer;
 
 use std::path::Path;
 
@@ -14,7 +14,7 @@ use candle_nn::VarBuilder;
 use crate::error::{Error, Result};
 use crate::model::arch::decoder::Decoder;
 use crate::model::{Family, LoadOptions, Model};
-pub use config::decoder_config;
+pub(crate) use config::decoder_config;
 use names::GgufWeights;
 pub use reader::Gguf;
 pub use tokenizer::tokenizer;

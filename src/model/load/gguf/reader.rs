@@ -132,16 +132,16 @@ impl Gguf {
     }
 
     /// Shape of a stored tensor (candle order: outermost first).
-    pub fn tensor_shape(&self, name: &str) -> Option<&[usize]> {
+    pub(crate) fn tensor_shape(&self, name: &str) -> Option<&[usize]> {
         self.content.tensor_infos.get(name).map(|i| i.shape.dims())
     }
 
-    pub fn has_tensor(&self, name: &str) -> bool {
+    pub(crate) fn has_tensor(&self, name: &str) -> bool {
         self.content.tensor_infos.contains_key(name)
     }
 
     /// A tensor as stored (possibly quantized) on `device`; `shape` is checked when given.
-    pub fn qtensor(&mut self, name: &str, shape: Option<&[usize]>, device: &Device) -> Result<QTensor> {
+    pub(crate) fn qtensor(&mut self, name: &str, shape: Option<&[usize]>, device: &Device) -> Result<QTensor> {
         let info = self
             .content
             .tensor_infos
@@ -170,7 +170,7 @@ impl Gguf {
 
     /// A small tensor's values, read on the host (they configure the model, they are not
     /// weights).
-    pub fn f32_values(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    pub(crate) fn f32_values(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let t = self.tensor(name, Some(shape), &Device::Cpu)?;
         t.flatten_all()
             .and_then(|t| t.to_vec1::<f32>())
