@@ -69,8 +69,14 @@ class Server:
     `logprobs.token_logprobs` is read as log p(token i | tokens before it), which is what the
     OpenAI API promises (llama-cpp-python breaks that promise: see docs in the note)."""
 
-    def __init__(self, base, protocol="vllm", model=None, batch=64):
+    def __init__(self, base, protocol="vllm", model=None, batch=64, tokenizer_dir=None):
         self.base = base.rstrip("/")
+        # llama-cpp-python's server takes text prompts only: then the ids are decoded to text
+        # and the echoed tokens are checked against them.
+        self.tok = None
+        if tokenizer_dir and protocol == "openai-echo-text":
+            from tokenizers import Tokenizer
+            self.tok = Tokenizer.from_file(os.path.join(tokenizer_dir, "tokenizer.json"))
         if not self.base.endswith("/v1"):
             self.base += "/v1"
         self.protocol = protocol
@@ -109,13 +115,18 @@ class Server:
         return res
 
     def _echo(self, seq):
-        body = {"model": self.model, "prompt": seq, "max_tokens": 1, "temperature": 0,
+        prompt = self.tok.decode(seq, skip_special_tokens=False) if self.tok else seq
+        body = {"model": self.model, "prompt": prompt, "max_tokens": 1, "temperature": 0,
                 "echo": True, "logprobs": 0}
         self.requests += 1
         lp = http_json(self.base + "/completions", body)["choices"][0]["logprobs"]
         vals = lp["token_logprobs"]
         if len(vals) < len(seq):
             raise ValueError(f"{len(vals)} echoed log-probs for {len(seq)} prompt tokens")
+        if self.tok:
+            mine = [self.tok.decode([t], skip_special_tokens=False) for t in seq]
+            if lp["tokens"][:len(seq)] != mine:
+                raise ValueError(f"the server tokenized differently: {lp['tokens'][:len(seq)]} vs {mine}")
         return [float(v) for v in vals[1:len(seq)]]
 
     def target_logprobs(self, prompts, targets):
@@ -393,10 +404,18 @@ def compare_sequences(tokenizer_dir):
 def compare(server, hf_dir, tokenizer_dir):
     cases = compare_sequences(tokenizer_dir)
     seqs = [p + t for p, t in cases]
-    remote = server.logprobs(seqs)
+    remote = []
+    for s in seqs:
+        try:
+            remote.append(server.logprobs([s])[0])
+        except (ValueError, urllib.error.HTTPError) as e:
+            remote.append(str(e))
     local = transformers_logprobs(hf_dir, seqs)
     rows, worst = [], 0.0
     for (p, t), r, l in zip(cases, remote, local):
+        if isinstance(r, str):
+            rows.append({"prompt_ids": p, "target_ids": t, "error": r})
+            continue
         d = max(abs(a - b) for a, b in zip(r, l))
         dt = max(abs(a - b) for a, b in zip(r[len(p) - 1:], l[len(p) - 1:]))
         worst = max(worst, d)
@@ -414,7 +433,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("command", choices=["logprobs", "attribute", "compare"])
     ap.add_argument("--server", required=True, help="base URL, e.g. http://127.0.0.1:8011/v1")
-    ap.add_argument("--protocol", default="vllm", choices=["vllm", "openai-echo"])
+    ap.add_argument("--protocol", default="vllm", choices=["vllm", "openai-echo", "openai-echo-text"],
+                    help="openai-echo-text: decode the ids and send text (llama-cpp-python's server)")
     ap.add_argument("--model", help="served model name (default: the only one listed)")
     ap.add_argument("--tokenizer", help="directory with tokenizer.json (and the chat template)")
     ap.add_argument("--case", help="request JSON (attribute)")
@@ -422,7 +442,7 @@ def main():
     ap.add_argument("--design", help="JSON with permutations or coalitions (sampling methods)")
     ap.add_argument("--hf-dir", help="transformers model directory (compare)")
     a = ap.parse_args()
-    server = Server(a.server, a.protocol, a.model)
+    server = Server(a.server, a.protocol, a.model, tokenizer_dir=a.tokenizer or a.hf_dir)
     if a.command == "logprobs":
         items = [json.loads(line) for line in sys.stdin if line.strip()]
         all_lps = server.logprobs([i["prompt_ids"] + i["target_ids"] for i in items])
