@@ -17,6 +17,8 @@ transformers only for `compare`.
     # a method on a case (JSON, see CASE below; examples/t1.json works as it is):
     $PY scripts/reference/remote_reference.py attribute --server $URL \
         --tokenizer DIR --case examples/t1.json [--method kernel_shap --design design.json]
+    # an audit grid (llm-attr's audit request JSON, e.g. examples/audit.json):
+    $PY scripts/reference/remote_reference.py audit --server $URL --tokenizer DIR --case AUDIT.json
     # the server against transformers on the same weights and token ids:
     $PY scripts/reference/remote_reference.py compare --server $URL --hf-dir DIR
 
@@ -363,6 +365,44 @@ def attribute(case, server, method, design=None):
             "sequences": len(game.scores) * len(case.targets()), "requests": server.requests}
 
 
+# ---------------------------------------------------------------------------- audits
+
+
+def audit(spec, tokenizer_dir, server):
+    """llm-attr's audit grid: the product of the `sweep` lists (template order, the last
+    placeholder fastest); per cell and target, log p(target) (mean over the product of the other
+    placeholders' `baselines` with `contexts: "average"`, else at their values), `contrast` =
+    targets[0] minus targets[1]; with a `method`, each cell attributed with targets[0] against
+    targets[1], a swept placeholder's baselines being the other values of its list."""
+    names = list(dict.fromkeys(n for k, n in parse_template(spec["template"]) if k == "slot"))
+    swept = [n for n in names if n in spec["sweep"]]
+    others = [n for n in names if n not in spec["sweep"]]
+    average = spec.get("contexts", "single") == "average"
+    cells = []
+    for combo in itertools.product(*(spec["sweep"][n] for n in swept)):
+        values = dict(spec.get("values", {}), **dict(zip(swept, combo)))
+        cell_spec = {"template": spec["template"], "values": values,
+                     "baselines": {n: spec.get("baselines", {}).get(n, "") for n in others}}
+        case = Case(dict(cell_spec, target=spec["targets"][0]), tokenizer_dir)
+        targets = [case.encode(t, False) for t in spec["targets"]]
+        prompts = case.prompts([n in swept or not average for n in names])
+        lps = server.target_logprobs([list(p) for p in prompts], targets)
+        log_prob = {t: float(np.mean([sum(row[i]) for row in lps])) for i, t in enumerate(spec["targets"])}
+        cell = {"values": dict(zip(swept, combo)), "log_prob": log_prob, "prompts": len(prompts)}
+        if len(targets) > 1:
+            cell["contrast"] = log_prob[spec["targets"][0]] - log_prob[spec["targets"][1]]
+        if spec.get("method"):
+            base = dict(cell_spec["baselines"], **{n: [v for v in spec["sweep"][n] if v != values[n]]
+                                                   for n in swept})
+            attr_spec = dict(cell_spec, baselines=base, target=spec["targets"][0],
+                             attr_target=spec.get("attr_target", "log_prob"))
+            if len(targets) > 1:
+                attr_spec["contrast_target"] = spec["targets"][1]
+            cell["attribution"] = attribute(Case(attr_spec, tokenizer_dir), server, spec["method"])
+        cells.append(cell)
+    return {"cells": cells, "requests": server.requests}
+
+
 # ---------------------------------------------------------------------------- transformers
 
 
@@ -431,7 +471,7 @@ def compare(server, hf_dir, tokenizer_dir):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("command", choices=["logprobs", "attribute", "compare"])
+    ap.add_argument("command", choices=["logprobs", "attribute", "audit", "compare"])
     ap.add_argument("--server", required=True, help="base URL, e.g. http://127.0.0.1:8011/v1")
     ap.add_argument("--protocol", default="vllm", choices=["vllm", "openai-echo", "openai-echo-text"],
                     help="openai-echo-text: decode the ids and send text (llama-cpp-python's server)")
@@ -453,6 +493,8 @@ def main():
         design = json.load(open(a.design)) if a.design else None
         res = attribute(Case(spec, a.tokenizer), server, a.method or spec["method"], design)
         json.dump(res, sys.stdout)
+    elif a.command == "audit":
+        json.dump(audit(json.load(open(a.case)), a.tokenizer, server), sys.stdout)
     else:
         json.dump(compare(server, a.hf_dir, a.tokenizer or a.hf_dir), sys.stdout, indent=1)
     print()
