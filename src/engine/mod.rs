@@ -8,6 +8,7 @@
 
 pub mod pace;
 pub mod queue;
+pub mod served;
 pub mod stats;
 
 use std::cell::Cell;
