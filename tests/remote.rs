@@ -24,7 +24,10 @@ use remote_peer::{Kind, Peer};
 use serde_json::json;
 
 const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-gpt2");
-const SMOLLM2: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+const SMOLLM2: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+);
 
 fn tiny() -> Arc<Model> {
     common::shared_model(TINY)
@@ -57,7 +60,11 @@ fn request(method: Method) -> AttributeRequest {
 
 fn attribute(scorer: &dyn Scorer, method: Method) -> Vec<f64> {
     let r = run(&request(method), scorer, &Limits::default(), &|_| {}).unwrap();
-    r.token_attr.into_iter().flatten().chain(r.target_log_probs).collect()
+    r.token_attr
+        .into_iter()
+        .flatten()
+        .chain(r.target_log_probs)
+        .collect()
 }
 
 fn assert_close(a: &[f64], b: &[f64], what: &str) {
@@ -71,8 +78,16 @@ fn assert_close(a: &[f64], b: &[f64], what: &str) {
 fn every_protocol_gives_the_in_process_numbers() {
     let local = tiny();
     let cases = [
-        (Kind::Vllm, Protocol::Vllm, &[Method::FeatureAblation, Method::ShapleyValues, Method::KernelShap][..]),
-        (Kind::Sglang, Protocol::Sglang, &[Method::ShapleyValueSampling][..]),
+        (
+            Kind::Vllm,
+            Protocol::Vllm,
+            &[Method::FeatureAblation, Method::ShapleyValues, Method::KernelShap][..],
+        ),
+        (
+            Kind::Sglang,
+            Protocol::Sglang,
+            &[Method::ShapleyValueSampling][..],
+        ),
         (Kind::Tgi, Protocol::Tgi, &[Method::Lime][..]),
         (Kind::Echo, Protocol::OpenaiEcho, &[Method::FeatureAblation][..]),
     ];
@@ -101,20 +116,33 @@ fn a_server_that_answers_503_twice_then_200_gives_the_right_result() {
     let before = peer.state.requests.load(Ordering::SeqCst);
     peer.state.fail_next.store(2, Ordering::SeqCst);
     let got = attribute(&remote, Method::FeatureAblation);
-    assert_close(&got, &attribute(tiny().as_ref(), Method::FeatureAblation), "after 503s");
+    assert_close(
+        &got,
+        &attribute(tiny().as_ref(), Method::FeatureAblation),
+        "after 503s",
+    );
     assert!(peer.state.requests.load(Ordering::SeqCst) >= before + 3);
     // Past the time budget the error is a 503 naming the server's status and Retry-After.
     let mut quick = settings(&peer);
     quick.timeout = Duration::from_millis(700);
     let quick = RemoteModel::connect(&quick).unwrap();
     peer.state.fail_next.store(usize::MAX, Ordering::SeqCst);
-    let err = run(&request(Method::FeatureAblation), &quick, &Limits::default(), &|_| {}).unwrap_err();
+    let err = run(
+        &request(Method::FeatureAblation),
+        &quick,
+        &Limits::default(),
+        &|_| {},
+    )
+    .unwrap_err();
     match &err {
         Error::Remote {
             unavailable: true,
             retry_after: Some(0),
             message,
-        } => assert!(message.contains("answered 503") && message.contains("Retry-After"), "{message}"),
+        } => assert!(
+            message.contains("answered 503") && message.contains("Retry-After"),
+            "{message}"
+        ),
         e => panic!("{e:?}"),
     }
 }
@@ -124,9 +152,15 @@ fn a_tokenizer_that_disagrees_with_the_server_gives_the_alignment_error() {
     // The server reads text with SmolLM2's tokenizer; llm-attr builds GPT-2 tokens.
     let theirs = llm_attr::model::load::load_tokenizer(SMOLLM2).unwrap();
     let peer = Peer::start_with(Kind::Tgi, tiny(), theirs, any_port());
-    let msg = RemoteModel::connect(&settings(&peer)).err().expect("refused").to_string();
+    let msg = RemoteModel::connect(&settings(&peer))
+        .err()
+        .expect("refused")
+        .to_string();
     assert!(msg.contains("differ from llm-attr's at position"), "{msg}");
-    assert!(msg.contains("llm-attr built [") && msg.contains("the server scored ["), "{msg}");
+    assert!(
+        msg.contains("llm-attr built [") && msg.contains("the server scored ["),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -137,17 +171,32 @@ fn an_off_by_one_server_is_refused_by_verify_with_naming_the_position() {
     RemoteModel::connect(&s).expect("a right server passes");
     peer.state.off_by_one.store(true, Ordering::SeqCst);
     let msg = RemoteModel::connect(&s).err().expect("refused").to_string();
-    assert!(msg.contains("verify-with") && msg.contains("at position"), "{msg}");
+    assert!(
+        msg.contains("verify-with") && msg.contains("at position"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn start_up_errors_are_clear() {
     // Unreachable: fail fast, naming --remote-lazy.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let mut s = RemoteSettings::new(format!("http://{closed}/v1"));
     s.timeout = Duration::from_secs(1);
     let e = RemoteModel::connect(&s).err().unwrap();
-    assert!(matches!(e, Error::Remote { unavailable: true, .. }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            Error::Remote {
+                unavailable: true,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     assert!(e.to_string().contains("--remote-lazy"), "{e}");
     let peer = Peer::start(Kind::Vllm, tiny(), any_port());
     // A model it does not serve: what it serves is listed.
@@ -167,11 +216,20 @@ fn start_up_errors_are_clear() {
 
 #[test]
 fn a_target_longer_than_the_servers_context_is_refused_before_sending() {
-    let peer = Peer::start_with_context(Kind::Vllm, tiny(), 12, any_port());
+    let peer = Peer::start_with_context(Kind::Vllm, tiny(), 14, any_port());
     let remote = RemoteModel::connect(&settings(&peer)).unwrap();
     let sent = peer.state.sequences.load(Ordering::SeqCst);
-    let e = run(&request(Method::FeatureAblation), &remote, &Limits::default(), &|_| {}).unwrap_err();
-    assert!(matches!(&e, Error::TooLarge { field, .. } if field == "target"), "{e:?}");
+    let e = run(
+        &request(Method::FeatureAblation),
+        &remote,
+        &Limits::default(),
+        &|_| {},
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&e, Error::TooLarge { field, .. } if field == "target"),
+        "{e:?}"
+    );
     assert_eq!(peer.state.sequences.load(Ordering::SeqCst), sent);
 }
 
@@ -180,7 +238,13 @@ fn gradient_methods_are_refused_naming_method() {
     let peer = Peer::start(Kind::Vllm, tiny(), any_port());
     let remote = RemoteModel::connect(&settings(&peer)).unwrap();
     assert!(!remote.info().gradients);
-    let e = run(&request(Method::IntegratedGradients), &remote, &Limits::default(), &|_| {}).unwrap_err();
+    let e = run(
+        &request(Method::IntegratedGradients),
+        &remote,
+        &Limits::default(),
+        &|_| {},
+    )
+    .unwrap_err();
     assert_eq!(e.field(), Some("method"), "{e}");
 }
 
@@ -194,12 +258,24 @@ async fn a_server_killed_mid_job_fails_the_job_and_a_restart_serves_again() {
     server.ready().await.unwrap();
     let http = reqwest::Client::new();
     let url = |p: &str| format!("{}{p}", server.url());
-    let info: serde_json::Value = http.get(url("/v1/model")).send().await.unwrap().json().await.unwrap();
+    let info: serde_json::Value = http
+        .get(url("/v1/model"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(info["gradients"], false, "{info}");
     assert_eq!(http.get(url("/ready")).send().await.unwrap().status(), 200);
 
     peer.state.delay_ms.store(150, Ordering::SeqCst);
-    let res = http.post(url("/v1/jobs")).json(&request(Method::ShapleyValues)).send().await.unwrap();
+    let res = http
+        .post(url("/v1/jobs"))
+        .json(&request(Method::ShapleyValues))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 202);
     let job = res.headers()["location"].to_str().unwrap().to_string();
     let state = |j: &serde_json::Value| j["state"].as_str().unwrap_or_default().to_string();
@@ -228,7 +304,12 @@ async fn a_server_killed_mid_job_fails_the_job_and_a_restart_serves_again() {
 
     shared.delay_ms.store(0, Ordering::SeqCst);
     let _peer = Peer::serve(shared, addr);
-    let res = http.post(url("/v1/attributions")).json(&request(Method::FeatureAblation)).send().await.unwrap();
+    let res = http
+        .post(url("/v1/attributions"))
+        .json(&request(Method::FeatureAblation))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(http.get(url("/ready")).send().await.unwrap().status(), 200);
     server.shutdown().await;

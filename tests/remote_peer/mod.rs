@@ -72,13 +72,13 @@ pub struct Peer {
 impl Peer {
     /// Starts a peer of `kind` serving `model` on `addr` (port 0: any free one).
     pub fn start(kind: Kind, model: Arc<Model>, addr: SocketAddr) -> Peer {
-        let tokenizer = model.tokenizer().clone();
+        let tokenizer = own_tokenizer(&model);
         Peer::start_with(kind, model, tokenizer, addr)
     }
 
     /// A peer whose context (`max_model_len`) is `context` tokens.
     pub fn start_with_context(kind: Kind, model: Arc<Model>, context: usize, addr: SocketAddr) -> Peer {
-        let tokenizer = model.tokenizer().clone();
+        let tokenizer = own_tokenizer(&model);
         Peer::serve(Arc::new(PeerState::new(kind, model, tokenizer, context)), addr)
     }
 
@@ -86,9 +86,6 @@ impl Peer {
     pub fn start_with(kind: Kind, model: Arc<Model>, tokenizer: Tokenizer, addr: SocketAddr) -> Peer {
         Peer::serve(Arc::new(PeerState::new(kind, model, tokenizer, 1024)), addr)
     }
- = Arc::new(PeerState {
-            model,
-            tokenizer,
 
     /// Serves `state` (a restart keeps its settings and counts).
     pub fn serve(state: Arc<PeerState>, addr: SocketAddr) -> Peer {
@@ -98,11 +95,13 @@ impl Peer {
             .build()
             .unwrap();
         // Bound with SO_REUSEADDR, so a restart gets the same port back at once.
-        let _in_runtime = runtime.enter();
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_reuseaddr(true).unwrap();
-        socket.bind(addr).unwrap();
-        let listener = socket.listen(128).unwrap();
+        let listener = {
+            let _in_runtime = runtime.enter();
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.set_reuseaddr(true).unwrap();
+            socket.bind(addr).unwrap();
+            socket.listen(128).unwrap()
+        };
         let addr = listener.local_addr().unwrap();
         let app = Router::new()
             .route("/v1/models", get(models))
@@ -176,7 +175,14 @@ async fn fault(s: &PeerState) -> Option<Response> {
         .fail_next
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
         .is_ok();
-    failing.then(|| (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "0")], "overloaded").into_response())
+    failing.then(|| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [("retry-after", "0")],
+            "overloaded",
+        )
+            .into_response()
+    })
 }
 
 /// Per position of `seq`, its log-prob given what precedes it (the first: None); off by
@@ -189,7 +195,9 @@ fn logprobs(s: &PeerState, seq: &[u32]) -> Vec<Option<f64>> {
             target: seq[1..].to_vec(),
         };
         let lp = s.model.score(&[item]).unwrap().remove(0);
-        return std::iter::once(None).chain(lp.into_iter().map(|x| Some(x as f64))).collect();
+        return std::iter::once(None)
+            .chain(lp.into_iter().map(|x| Some(x as f64)))
+            .collect();
     }
     let items: Vec<ScoreItem> = (1..seq.len())
         .map(|i| ScoreItem {
@@ -198,11 +206,17 @@ fn logprobs(s: &PeerState, seq: &[u32]) -> Vec<Option<f64>> {
         })
         .collect();
     let lp = s.model.score(&items).unwrap();
-    std::iter::once(None).chain(lp.into_iter().map(|x| Some(x[0] as f64))).collect()
+    std::iter::once(None)
+        .chain(lp.into_iter().map(|x| Some(x[0] as f64)))
+        .collect()
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 async fn completions(State(s): State<Arc<PeerState>>, Json(body): Json<Value>) -> Response {
@@ -222,7 +236,8 @@ fn vllm(s: &PeerState, body: &Value) -> Response {
     if n > 1 {
         let gen = s.model.generate(&ids(&body["prompt"]), n).unwrap();
         let tokens: Vec<String> = gen.iter().map(|t| format!("token_id:{t}")).collect();
-        return Json(json!({"choices": [{"index": 0, "text": "", "logprobs": {"tokens": tokens}}]})).into_response();
+        return Json(json!({"choices": [{"index": 0, "text": "", "logprobs": {"tokens": tokens}}]}))
+            .into_response();
     }
     let choices: Vec<Value> = body["prompt"]
         .as_array()
@@ -236,7 +251,9 @@ fn vllm(s: &PeerState, body: &Value) -> Response {
             } else {
                 seq.iter()
                     .zip(logprobs(s, &seq))
-                    .map(|(t, lp)| lp.map_or(Value::Null, |x| json!({t.to_string(): {"logprob": x, "rank": 1}})))
+                    .map(|(t, lp)| {
+                        lp.map_or(Value::Null, |x| json!({t.to_string(): {"logprob": x, "rank": 1}}))
+                    })
                     .collect()
             };
             json!({"index": i, "text": "", "logprobs": null, "prompt_logprobs": prompt_logprobs})
@@ -251,7 +268,8 @@ fn echo(s: &PeerState, body: &Value) -> Response {
     let n = body["max_tokens"].as_u64().unwrap() as usize;
     if body.get("echo").is_none() {
         let gen = s.model.generate(&seq, n).unwrap();
-        return Json(json!({"choices": [{"index": 0, "text": s.tokenizer.decode(&gen).unwrap()}]})).into_response();
+        return Json(json!({"choices": [{"index": 0, "text": s.tokenizer.decode(&gen).unwrap()}]}))
+            .into_response();
     }
     if s.no_logprobs.load(Ordering::SeqCst) {
         return Json(json!({"choices": [{"index": 0, "text": text, "logprobs": null}]})).into_response();
@@ -299,12 +317,18 @@ fn sglang(s: &PeerState, body: &Value) -> Response {
 }
 
 fn tgi(s: &PeerState, body: &Value) -> Response {
-    let seq = s.tokenizer.encode_prompt(body["inputs"].as_str().unwrap()).unwrap();
+    let seq = s
+        .tokenizer
+        .encode_prompt(body["inputs"].as_str().unwrap())
+        .unwrap();
     let params = &body["parameters"];
     if params.get("decoder_input_details").is_none() {
         let n = params["max_new_tokens"].as_u64().unwrap() as usize;
         let gen = s.model.generate(&seq, n).unwrap();
-        let tokens: Vec<Value> = gen.iter().map(|t| json!({"id": t, "text": "", "logprob": -0.1, "special": false})).collect();
+        let tokens: Vec<Value> = gen
+            .iter()
+            .map(|t| json!({"id": t, "text": "", "logprob": -0.1, "special": false}))
+            .collect();
         return Json(json!({"generated_text": "", "details": {"tokens": tokens}})).into_response();
     }
     let prefill: Vec<Value> = seq
@@ -314,4 +338,10 @@ fn tgi(s: &PeerState, body: &Value) -> Response {
         .collect();
     Json(json!({"generated_text": "", "details": {"finish_reason": "length", "prefill": prefill, "tokens": []}}))
         .into_response()
+}
+
+/// A copy of the model's tokenizer.
+fn own_tokenizer(model: &Model) -> Tokenizer {
+    let t = model.tokenizer();
+    Tokenizer::new(t.inner().clone(), t.eos_ids().to_vec())
 }
