@@ -8,11 +8,14 @@ use anyhow::Context;
 
 use crate::audit::export::{self, Format};
 use crate::audit::AuditRequest;
+use crate::engine::served::Served;
 use crate::engine::{CancelToken, Engine, EngineConfig};
 use crate::input::chat::sandbox::Sandbox;
 use crate::model::{DeviceArgs, Model};
 use crate::request::{AttributeRequest, Method};
 use crate::run::{run, Limits, Progress};
+use crate::scorer::remote::args::RemoteArgs;
+use crate::scorer::remote::{is_remote, RemoteModel};
 use crate::scorer::Scorer;
 
 /// The limits of a run from the command line: the defaults, and the request's own
@@ -42,12 +45,15 @@ pub fn template_worker(args: &TemplateWorkerArgs) -> anyhow::Result<()> {
 /// `llm-attr attribute --model SPEC --request FILE`
 #[derive(Debug, clap::Args)]
 pub struct AttributeArgs {
-    /// Model spec: hf:ORG/NAME[@REV], a directory, or a .gguf file.
+    /// Model spec: hf:ORG/NAME[@REV], a directory, a .gguf file, or the http(s):// URL of an
+    /// inference server (see the --remote-* flags).
     #[arg(long, env = "LLM_ATTR_MODEL", default_value = "hf:distilbert/distilgpt2")]
     pub model: String,
     /// Request JSON file, or - for stdin.
     #[arg(long)]
     pub request: String,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -55,7 +61,8 @@ pub struct AttributeArgs {
 /// `llm-attr audit --model SPEC --request FILE [--format json|jsonl|csv]`
 #[derive(Debug, clap::Args)]
 pub struct AuditArgs {
-    /// Model spec: hf:ORG/NAME[@REV], a directory, or a .gguf file.
+    /// Model spec: hf:ORG/NAME[@REV], a directory, a .gguf file, or the http(s):// URL of an
+    /// inference server (see the --remote-* flags).
     #[arg(long, env = "LLM_ATTR_MODEL", default_value = "hf:distilbert/distilgpt2")]
     pub model: String,
     /// Audit request JSON file, or - for stdin.
@@ -65,12 +72,16 @@ pub struct AuditArgs {
     #[arg(long, value_enum, default_value = "json")]
     pub format: Format,
     #[command(flatten)]
+    pub remote: RemoteArgs,
+    #[command(flatten)]
     pub device: DeviceArgs,
 }
 
 /// `llm-attr bench --model SPEC --request FILE`
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
+    /// Model spec: hf:ORG/NAME[@REV], a directory, a .gguf file, or the http(s):// URL of an
+    /// inference server (see the --remote-* flags).
     #[arg(long, env = "LLM_ATTR_MODEL", default_value = "hf:distilbert/distilgpt2")]
     pub model: String,
     /// Request JSON file, or - for stdin. Its `method` is replaced by each benchmarked method.
@@ -82,6 +93,8 @@ pub struct BenchArgs {
     /// Methods to time (comma-separated; Captum's short names work).
     #[arg(long, default_value = "fa,sv,svs,lime,kernel")]
     pub methods: String,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -201,13 +214,25 @@ fn load(spec: &str, device: &DeviceArgs) -> anyhow::Result<std::sync::Arc<Model>
     Ok(model)
 }
 
+/// The model `spec` names: loaded here, or (a URL) reached on its inference server.
+fn load_served(spec: &str, remote: &RemoteArgs, device: &DeviceArgs) -> anyhow::Result<Arc<Served>> {
+    if !is_remote(spec) {
+        return Ok(Arc::new(Served::Local(load(spec, device)?)));
+    }
+    let settings = remote.settings(spec)?;
+    let until = std::time::Instant::now() + settings.timeout;
+    let model = RemoteModel::connect_patiently(&settings, Some(until))
+        .with_context(|| format!("reaching the inference server {spec}"))?;
+    Ok(Arc::new(Served::Remote(model)))
+}
+
 fn log_progress(p: Progress) {
     tracing::debug!(done = p.done, total = p.total, "scored");
 }
 
 pub fn attribute(args: AttributeArgs) -> anyhow::Result<()> {
     let request = read_request(&args.request)?;
-    let model = load(&args.model, &args.device)?;
+    let model = load_served(&args.model, &args.remote, &args.device)?;
     let response = run(&request, model.as_ref(), &local_limits(), &log_progress)?;
     println!("{}", serde_json::to_string_pretty(&response)?);
     for w in &response.warnings {
@@ -266,8 +291,11 @@ impl ProgressBar {
 /// prints the result.
 pub fn audit(args: AuditArgs) -> anyhow::Result<()> {
     let request: AuditRequest = read_json(&args.request)?;
-    let model = load(&args.model, &args.device)?;
-    let engine = Engine::new(model.clone(), EngineConfig::for_device(model.device()))?;
+    let model = load_served(&args.model, &args.remote, &args.device)?;
+    let tuned = model
+        .local()
+        .map_or_else(EngineConfig::default, |m| EngineConfig::for_device(m.device()));
+    let engine = Engine::new(model.clone(), model.engine_config(tuned))?;
     let scorer = engine.handle(CancelToken::new());
     let bar = ProgressBar::stderr();
     let result = crate::audit::run(&request, &scorer, &local_limits(), &|p| bar.show(p));
@@ -373,7 +401,7 @@ pub fn parse_methods(list: &str) -> anyhow::Result<Vec<Method>> {
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let request = read_request(&args.request)?;
     let methods = parse_methods(&args.methods)?;
-    let model = load(&args.model, &args.device)?;
+    let model = load_served(&args.model, &args.remote, &args.device)?;
     let rows = bench_rows(model.as_ref(), &request, &methods, args.repeats)?;
     print!("{}", bench_table(&rows));
     Ok(())

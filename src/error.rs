@@ -23,6 +23,15 @@ pub enum Error {
     NotFound(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// The inference server behind a remote model failed, or answered what cannot be used
+    /// (`unavailable`: unreachable, overloaded or restarting; `retry_after`: the seconds it
+    /// asked to wait).
+    #[error("{message}")]
+    Remote {
+        message: String,
+        unavailable: bool,
+        retry_after: Option<u64>,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -52,6 +61,10 @@ impl Error {
             Error::Cancelled => "cancelled",
             Error::NotFound(_) => "not_found",
             Error::Internal(_) => "internal",
+            Error::Remote {
+                unavailable: true, ..
+            } => "remote_unavailable",
+            Error::Remote { .. } => "remote_error",
         }
     }
 
@@ -59,6 +72,15 @@ impl Error {
         match self {
             Error::Invalid { field, .. } | Error::TooLarge { field, .. } => Some(field),
             _ => None,
+        }
+    }
+
+    /// A failure of the inference server behind a remote model (502; 503 when `unavailable`).
+    pub fn remote(message: impl Into<String>, unavailable: bool) -> Self {
+        Error::Remote {
+            message: message.into(),
+            unavailable,
+            retry_after: None,
         }
     }
 

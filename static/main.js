@@ -16,7 +16,7 @@ import { onExport } from "./export.js";
 import { applyRequest, chatAllowed, forgetMethodSwap, currentSeed, fillSeeds, generate, loadSeed, onInputChanged, setMode, switchMode, updateMethodFields } from "./form.js";
 import { pageState, readHash, saveState } from "./link.js";
 import { previewInto } from "./plan.js";
-import { auditSweep, auditTargets, buildAudit, buildRequest, promptText, targetText } from "./request.js";
+import { METHODS, auditSweep, auditTargets, buildAudit, buildRequest, promptText, targetText } from "./request.js";
 import { drawResult, markResultStale } from "./results.js";
 import { cancelRun, forgetEnded, reopenJob, runJob } from "./run.js";
 import { state, onChange, changed } from "./state.js";
@@ -31,6 +31,7 @@ async function loadModelInfo() {
     const params = info.parameters ? `${Math.round(info.parameters / 1e6)}M parameters` : "";
     $("#model-info").textContent = [name, info.architecture, params, info.dtype].filter(Boolean).join(" · ");
     showChatAvailability();
+    showGradientMethods();
     fillSeeds($("#seed-template").value);
   } catch (err) {
     if (err.status === 503) {
@@ -38,6 +39,21 @@ async function loadModelInfo() {
       setTimeout(loadModelInfo, 1000);
     } else {
       $("#model-info").textContent = err.status === 401 ? "API key needed (see Connection)" : "Model not reachable";
+    }
+  }
+}
+
+/** A model without gradients (one an inference server serves) hides the gradient methods; one
+ * of them chosen before falls back to feature ablation. */
+function showGradientMethods() {
+  const off = state.model?.gradients === false;
+  for (const input of $$('input[name="method"]')) {
+    if (!METHODS[input.value]?.gradient) continue;
+    input.closest("label").hidden = off;
+    if (off && input.checked) {
+      const fa = $('input[name="method"][value="feature_ablation"]');
+      fa.checked = true;
+      fa.dispatchEvent(new Event("change", { bubbles: true }));
     }
   }
 }

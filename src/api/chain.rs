@@ -8,7 +8,8 @@
 //! 3. [`WaitForRoom`] (jobs and fan-out chunks): the sequences wait, up to `--job-queue-wait`,
 //!    for room in a full queue instead of failing at once.
 //! 4. The engine's handle: the shared queue, the batcher and the workers, with the run's
-//!    cancel token.
+//!    cancel token. For a model an inference server serves, the batches are its requests
+//!    and the sequences reach the queue sorted so that those sharing a prefix go together.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use super::store::{ClaimedJob, Replicas};
 use super::Ready;
 use crate::engine::CancelToken;
 use crate::score_cache::CachedScorer;
+use crate::scorer::remote::PrefixOrdered;
 use crate::scorer::Scorer;
 
 /// What the run is, which decides the layers it gets.
@@ -36,8 +38,13 @@ pub(crate) enum Chain {
 }
 
 /// The scorer of a run of `chain`'s kind, cancelled by `cancel`.
-pub(crate) fn scorer(ready: &Ready, cancel: &CancelToken, chain: Chain) -> CachedScorer {
-    let engine: Box<dyn Scorer> = Box::new(ready.engine.handle(cancel.clone()));
+pub fn scorer(ready: &Ready, cancel: &CancelToken, chain: Chain) -> CachedScorer {
+    let handle = ready.engine.handle(cancel.clone());
+    // A remote model's batches are its requests: sequences sharing a prefix go together.
+    let engine: Box<dyn Scorer> = match ready.model.remote() {
+        Some(_) => Box::new(PrefixOrdered(handle)),
+        None => Box::new(handle),
+    };
     let inner: Box<dyn Scorer> = match chain {
         Chain::Request => engine,
         Chain::Job {

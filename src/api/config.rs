@@ -10,6 +10,8 @@ use crate::engine::EngineConfig;
 use crate::input::chat::sandbox::Sandbox;
 use crate::model::{DeviceArgs, LoadOptions, Model};
 use crate::run::Limits;
+use crate::scorer::remote::args::RemoteArgs;
+use crate::scorer::remote::{is_remote, RemoteSettings};
 
 /// Where the model comes from.
 #[derive(Clone)]
@@ -19,6 +21,9 @@ pub enum ModelSource {
     Spec(String),
     /// An already loaded model (tests, embedding).
     Loaded(Arc<Model>),
+    /// A model an inference server serves (`--model http(s)://...`), reached in the
+    /// background like a spec is loaded.
+    Remote(RemoteSettings),
 }
 
 #[derive(Clone)]
@@ -136,9 +141,12 @@ impl Config {
 /// `llm-attr serve`
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
-    /// Model spec: hf:ORG/NAME[@REV], a directory, or a .gguf file.
+    /// Model spec: hf:ORG/NAME[@REV], a directory, a .gguf file, or the http(s):// URL of an
+    /// inference server (vLLM, SGLang, TGI, llama.cpp; see the --remote-* flags).
     #[arg(long, env = "LLM_ATTR_MODEL", default_value = "hf:distilbert/distilgpt2")]
     pub model: String,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
     #[arg(long, env = "LLM_ATTR_HOST", default_value = "127.0.0.1")]
     pub host: std::net::IpAddr,
     #[arg(long, env = "LLM_ATTR_PORT", default_value_t = 8080)]
@@ -300,7 +308,12 @@ fn non_empty(list: &[String]) -> Vec<String> {
 
 impl ServeArgs {
     pub fn config(&self) -> anyhow::Result<Config> {
-        let mut c = Config::new(ModelSource::Spec(self.model.clone()));
+        let source = if is_remote(&self.model) {
+            ModelSource::Remote(self.remote.settings(&self.model)?)
+        } else {
+            ModelSource::Spec(self.model.clone())
+        };
+        let mut c = Config::new(source);
         c.load = self.device.load_options()?;
         let tuned = EngineConfig::for_device(&c.load.device);
         c.listen = SocketAddr::new(self.host, self.port);

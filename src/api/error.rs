@@ -19,6 +19,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub field: Option<String>,
+    /// Seconds for `Retry-After` on a 503 or 429 (default [`RETRY_AFTER_SECS`]).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -28,6 +30,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            retry_after: None,
         }
     }
 
@@ -88,12 +91,21 @@ impl From<Error> for ApiError {
             // Only shutdown cancels a request whose client is still there.
             Error::Cancelled => StatusCode::SERVICE_UNAVAILABLE,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Remote {
+                unavailable: true, ..
+            } => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Remote { .. } => StatusCode::BAD_GATEWAY,
+        };
+        let retry_after = match &e {
+            Error::Remote { retry_after, .. } => *retry_after,
+            _ => None,
         };
         ApiError {
             status,
             code: e.code(),
             message: e.to_string(),
             field: e.field().map(str::to_string),
+            retry_after,
         }
     }
 }
@@ -120,8 +132,10 @@ impl IntoResponse for ApiError {
             self.status,
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
         ) {
-            res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            res.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(self.retry_after.unwrap_or(RETRY_AFTER_SECS)),
+            );
         }
         if self.status == StatusCode::UNAUTHORIZED {
             res.headers_mut()

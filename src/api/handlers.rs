@@ -364,6 +364,19 @@ pub(crate) async fn health() -> Json<Health> {
     responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub(crate) async fn ready(State(state): State<Arc<AppState>>) -> Response {
     let store_up = state.jobs.available();
+    if let Some(r) = state.ready.get().filter(|r| r.model.remote().is_some()).cloned() {
+        let reachable = tokio::task::spawn_blocking(move || r.model.remote().is_some_and(|m| m.reachable()))
+            .await
+            .unwrap_or(false);
+        if !reachable {
+            let error = "the inference server cannot be reached".to_string();
+            let body = Health {
+                status: "remote_unreachable".into(),
+                error: Some(error),
+            };
+            return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+        }
+    }
     if state.ready.get().is_some() && !state.stopping() && store_up {
         return Json(Health {
             status: "ok".into(),

@@ -292,6 +292,7 @@ mod tests {
                 info: ModelInfo {
                     spec: "busy".into(),
                     chat_template: false,
+                    gradients: false,
                     arch: ArchInfo {
                         architecture: "busy".into(),
                         parameters: 0,

@@ -57,15 +57,19 @@ use store::memory::MemoryStore;
 use store::redis::{RedisSettings, RedisStore};
 use store::{JobStore, Replicas};
 
+use crate::engine::served::Served;
 use crate::engine::Engine;
 use crate::error::ErrorDetail;
 use crate::model::Model;
 use crate::score_cache::ScoreCache;
+use crate::scorer::remote::RemoteModel;
+use crate::scorer::Scorer;
 
-/// The model, the engine around it and the score cache, once loaded.
+/// The model (loaded here, or served by an inference server), the engine around it and the
+/// score cache, once loaded.
 pub struct Ready {
-    pub model: Arc<Model>,
-    pub engine: Engine<Model>,
+    pub model: Arc<Served>,
+    pub engine: Engine<Served>,
     pub(crate) cache: Arc<ScoreCache>,
 }
 
@@ -164,30 +168,43 @@ impl AppState {
 
     /// Loads the model (blocking) and starts the engine.
     fn load(&self) -> Result<(), String> {
-        let model = match &self.config.model {
-            ModelSource::Loaded(m) => m.clone(),
-            ModelSource::Spec(spec) => Model::load(spec, &self.config.load).map_err(|e| e.to_string())?,
+        let served = Arc::new(match &self.config.model {
+            ModelSource::Loaded(m) => Served::Local(m.clone()),
+            ModelSource::Spec(spec) => {
+                Served::Local(Model::load(spec, &self.config.load).map_err(|e| e.to_string())?)
+            }
+            ModelSource::Remote(settings) => {
+                Served::Remote(RemoteModel::connect_patiently(settings, None).map_err(|e| e.to_string())?)
+            }
+        });
+        let config = served.engine_config(self.config.engine.clone());
+        let engine = Engine::new(served.clone(), config.clone()).map_err(|e| e.to_string())?;
+        let digest = match &*served {
+            Served::Local(m) => crate::score_cache::model_digest(m),
+            Served::Remote(r) => crate::score_cache::remote_digest(r),
         };
-        let engine = Engine::new(model.clone(), self.config.engine.clone()).map_err(|e| e.to_string())?;
-        let digest = crate::score_cache::model_digest(&model);
         let cache = Arc::new(ScoreCache::new(
             digest,
             self.config.score_cache_bytes,
             self.replicas.as_ref().map(|r| r.shared_scores()),
         ));
-        let info = model.info();
+        let info = served.info();
         tracing::info!(
             spec = %info.spec,
             architecture = %info.arch.architecture,
             parameters = info.arch.parameters,
-            device = crate::model::device::name(model.device()),
+            device = served.local().map_or_else(|| "remote".to_string(), |m| crate::model::device::name(m.device())),
             dtype = %info.arch.dtype,
-            workers = self.config.engine.workers,
-            batch_tokens = self.config.engine.token_budget,
+            workers = config.workers,
+            batch_tokens = config.token_budget,
             digest = cache.digest(),
             "model loaded"
         );
-        let ready = Arc::new(Ready { model, engine, cache });
+        let ready = Arc::new(Ready {
+            model: served,
+            engine,
+            cache,
+        });
         let _ = self.ready.set(ready);
         Ok(())
     }

@@ -8,6 +8,7 @@
 
 pub(crate) mod pace;
 pub(crate) mod queue;
+pub(crate) mod served;
 pub(crate) mod stats;
 
 use std::cell::Cell;

@@ -41,6 +41,8 @@ pub struct ModelInfo {
     pub spec: String,
     /// Whether the model has a chat template (requests may then give `messages`).
     pub chat_template: bool,
+    /// Whether the gradient methods run on this model (not on one an inference server serves).
+    pub gradients: bool,
     #[serde(flatten)]
     pub arch: ArchInfo,
 }
@@ -74,6 +76,7 @@ impl Model {
         let info = ModelInfo {
             spec: spec.to_string(),
             chat_template: tokenizer.chat_template().is_some(),
+            gradients: true,
             arch: arch.info(),
         };
         let device = arch.device().clone();

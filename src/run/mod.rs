@@ -267,6 +267,16 @@ pub fn run(
     let facts = method.facts();
     check_integration_fields(request, &facts)?;
     if let Some(g) = facts.gradient {
+        if !scorer.info().gradients {
+            return Err(Error::invalid(
+                "method",
+                format!(
+                    "{} needs the model's gradients, which a model served by an inference \
+                     server does not give; use a perturbation method",
+                    method.name()
+                ),
+            ));
+        }
         return gradient::run(request, &facts, g, scorer, limits, progress, started);
     }
     let n_samples = check_count(

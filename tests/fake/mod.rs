@@ -46,6 +46,7 @@ impl Fake {
             info: ModelInfo {
                 spec: "fake".into(),
                 chat_template: false,
+                gradients: false,
                 arch: ArchInfo {
                     architecture: "fake".into(),
                     parameters: 0,

@@ -64,7 +64,17 @@ impl HubOptions {
 }
 
 /// Downloads (or finds in the cache) the files of a hub model.
-pub(crate) fn fetch(repo: &str, revision: Option<&str>, hub: &HubOptions) -> Result<ModelFiles> {
+pub fn fetch(repo: &str, revision: Option<&str>, hub: &HubOptions) -> Result<ModelFiles> {
+    fetch_files(repo, revision, hub, true)
+}
+
+/// The config and tokenizer files of a hub model, without its weights (an empty list): what
+/// a model served elsewhere needs here.
+pub fn fetch_tokenizer(repo: &str, revision: Option<&str>, hub: &HubOptions) -> Result<ModelFiles> {
+    fetch_files(repo, revision, hub, false)
+}
+
+fn fetch_files(repo: &str, revision: Option<&str>, hub: &HubOptions, weights: bool) -> Result<ModelFiles> {
     let rev = revision.unwrap_or("main");
     let hf_repo = Repo::with_revision(repo.to_string(), RepoType::Model, rev.to_string());
     let spec = match revision {
@@ -84,6 +94,26 @@ pub(crate) fn fetch(repo: &str, revision: Option<&str>, hub: &HubOptions) -> Res
             }
         },
     };
+    let weights = if !weights {
+        Vec::new()
+    } else {
+        weight_files(&getter)?
+    };
+    let extra = ExtraFiles {
+        tokenizer_config: getter.try_get(TOKENIZER_CONFIG)?,
+        chat_template: getter.try_get(CHAT_TEMPLATE)?,
+        generation_config: getter.try_get(GENERATION_CONFIG)?,
+    };
+    Ok(ModelFiles {
+        config,
+        tokenizer,
+        weights,
+        extra,
+    })
+}
+
+/// The safetensors weights of a hub model: one file or the shards its index lists.
+fn weight_files(getter: &Getter) -> Result<Vec<PathBuf>> {
     let weights = match getter.try_get("model.safetensors")? {
         Some(p) => vec![p],
         None => match getter.try_get("model.safetensors.index.json")? {
@@ -99,17 +129,7 @@ pub(crate) fn fetch(repo: &str, revision: Option<&str>, hub: &HubOptions) -> Res
             }
         },
     };
-    let extra = ExtraFiles {
-        tokenizer_config: getter.try_get(TOKENIZER_CONFIG)?,
-        chat_template: getter.try_get(CHAT_TEMPLATE)?,
-        generation_config: getter.try_get(GENERATION_CONFIG)?,
-    };
-    Ok(ModelFiles {
-        config,
-        tokenizer,
-        weights,
-        extra,
-    })
+    Ok(weights)
 }
 
 /// Gets files of one repo from the cache, or the network unless offline.

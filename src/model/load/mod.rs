@@ -14,11 +14,10 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::model::{Architecture, Family, LoadOptions, Model, Tokenizer};
-pub(crate) use hub::fetch;
-pub use hub::HubOptions;
+pub use hub::{fetch, fetch_tokenizer, HubOptions};
 use safetensors::var_builder;
-pub(crate) use safetensors::{dir_files, ModelFiles};
-pub use spec::ModelSpec;
+pub use safetensors::{dir_files, dir_tokenizer_files, ModelFiles};
+pub use spec::{ModelSpec, DEFAULT_SPEC};
 use tokenizer_files::{hf_tokenizer, read_json};
 
 impl Model {
@@ -48,6 +47,19 @@ pub fn load_with(spec: &str, hub: &HubOptions, options: &LoadOptions) -> Result<
             load_files(&fetch(&repo, revision.as_deref(), hub)?, label, options)
         }
     }
+}
+
+/// The tokenizer (with its chat template) of the model a spec names, without its weights:
+/// what a model served elsewhere (`--tokenizer`) needs here.
+pub fn load_tokenizer(spec: &str) -> Result<Tokenizer> {
+    let files = match ModelSpec::parse(spec)? {
+        ModelSpec::Gguf(path) => return gguf::tokenizer(&gguf::Gguf::open(&path)?),
+        ModelSpec::Dir(dir) => dir_tokenizer_files(&dir)?,
+        ModelSpec::Hub { repo, revision } => {
+            fetch_tokenizer(&repo, revision.as_deref(), &HubOptions::from_env())?
+        }
+    };
+    hf_tokenizer(&files.tokenizer, &files.extra, &read_json(&files.config)?)
 }
 
 /// Loads a model from its local files, choosing the family from `config.json`.

@@ -23,7 +23,14 @@ pub(crate) struct ModelFiles {
 }
 
 /// The config, tokenizer and weights of a model directory.
-pub(crate) fn dir_files(dir: &Path) -> Result<ModelFiles> {
+pub fn dir_files(dir: &Path) -> Result<ModelFiles> {
+    let mut files = dir_tokenizer_files(dir)?;
+    files.weights = dir_weights(dir)?;
+    Ok(files)
+}
+
+/// The config and tokenizer files of a model directory, without weights (an empty list).
+pub fn dir_tokenizer_files(dir: &Path) -> Result<ModelFiles> {
     let need = |name: &str| {
         let p = dir.join(name);
         if p.is_file() {
@@ -46,6 +53,22 @@ pub(crate) fn dir_files(dir: &Path) -> Result<ModelFiles> {
             dir.display()
         )));
     };
+    let optional = |name: &str| Some(dir.join(name)).filter(|p| p.is_file());
+    Ok(ModelFiles {
+        config,
+        tokenizer,
+        weights: Vec::new(),
+        extra: ExtraFiles {
+            tokenizer_config: optional(TOKENIZER_CONFIG),
+            chat_template: optional(CHAT_TEMPLATE),
+            generation_config: optional(GENERATION_CONFIG),
+        },
+    })
+}
+
+/// A directory's safetensors weights: `model.safetensors`, the shards its index lists, or
+/// every `.safetensors` file.
+fn dir_weights(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     let weights = if dir.join("model.safetensors").is_file() {
         vec![dir.join("model.safetensors")]
@@ -66,17 +89,7 @@ pub(crate) fn dir_files(dir: &Path) -> Result<ModelFiles> {
             dir.display()
         )));
     }
-    let optional = |name: &str| Some(dir.join(name)).filter(|p| p.is_file());
-    Ok(ModelFiles {
-        config,
-        tokenizer,
-        weights,
-        extra: ExtraFiles {
-            tokenizer_config: optional(TOKENIZER_CONFIG),
-            chat_template: optional(CHAT_TEMPLATE),
-            generation_config: optional(GENERATION_CONFIG),
-        },
-    })
+    Ok(weights)
 }
 
 /// Shard file names listed by a `model.safetensors.index.json`, in order, without repeats.

@@ -2,6 +2,8 @@
 //! generated target. `Model` answers directly (CLI); the engine answers through its queue (HTTP).
 //! Nothing here hands out a `Model`, so a remote or GPU scorer need not hold one.
 
+pub mod remote;
+
 use crate::error::{Error, Result};
 use crate::model::{GradientJob, Model, ModelInfo, ScoreItem, Tokenizer};
 
