@@ -339,9 +339,10 @@ pub fn check_sequence(item: &ScoreItem, max_tokens: usize, field: &str) -> Resul
         return Err(Error::too_large(
             field,
             format!(
-                "a sequence of {} prompt + {} target tokens exceeds the limit of {max_tokens} tokens",
+                "a sequence of {} prompt + {} target tokens exceeds the limit of {max_tokens} tokens by {}",
                 item.prompt.len(),
                 item.target.len(),
+                item.input_len() - max_tokens,
             ),
         ));
     }
