@@ -25,22 +25,26 @@ export function sourcesRequest({ context, question, answer, split, method, chat 
   return req;
 }
 
-async function runSources() {
-  const status = $("#src-status");
-  $("#src-error").textContent = "";
-  const context = $("#src-context").value;
-  if (!context.trim()) {
-    $("#src-error").textContent = "Paste a context first.";
-    return;
-  }
-  const req = sourcesRequest({
-    context,
+/** The paste box's request, as "Find sources" sends it. */
+export function pasteRequest() {
+  return sourcesRequest({
+    context: $("#src-context").value,
     question: $("#src-question").value,
     answer: $("#src-answer").value,
     split: $("#src-split").value,
     method: $("#src-method").value,
     chat: Boolean(state.model?.chat_template),
   });
+}
+
+async function runSources() {
+  const status = $("#src-status");
+  $("#src-error").textContent = "";
+  if (!$("#src-context").value.trim()) {
+    $("#src-error").textContent = "Paste a context first.";
+    return;
+  }
+  const req = pasteRequest();
   status.textContent = "Scoring the ablated contexts…";
   $("#src-run").disabled = true;
   const started = performance.now();
