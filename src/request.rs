@@ -37,6 +37,27 @@ pub struct AttributeRequest {
         deserialize_with = "unique_mask"
     )]
     pub mask: Option<BTreeMap<String, serde_json::Value>>,
+    /// Cuts a placeholder's value into segments, each one feature: placeholder -> `sentence`
+    /// (Unicode UAX #29 sentences, English abbreviations kept whole), `paragraph` (separated by
+    /// blank lines), `line` or `word` (separated by whitespace). A segment is named by its index
+    /// and first words (`context[3] The cat sat…`); `mask` may group segments by that name's
+    /// first part (`"context[3]": "g"`). An absent segment is removed with one whitespace run
+    /// next to it; with a non-empty baseline for the placeholder it is replaced by the baseline.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "unique_split"
+    )]
+    pub split: Option<BTreeMap<String, SplitKind>>,
+    /// Attributes the split placeholders level by level, coarse to fine (e.g. `["paragraph",
+    /// "sentence"]`, ending with the kind in `split`): each level cuts only the `top_k` segments
+    /// with the highest attributions of the level before into finer ones (AttriBoT); the rest
+    /// stay in the prompt, unperturbed. The response is the finest level; `levels` holds all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hierarchy: Option<Vec<SplitKind>>,
+    /// With `hierarchy`: how many segments of each level are cut into the next level's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<usize>,
     /// Chat input, instead of `template`: messages whose contents may hold `{placeholders}`
     /// (`values`, `baselines` and `mask` as for a template), rendered with the model's chat
     /// template. The placeholders are the features; the template's markup is never perturbed.
@@ -162,6 +183,12 @@ pub(crate) fn unique_baselines<'de, D: serde::Deserializer<'de>>(
     unique_keys(d, "baselines")
 }
 
+fn unique_split<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<BTreeMap<String, SplitKind>>, D::Error> {
+    unique_keys(d, "split")
+}
+
 type Labels = Option<BTreeMap<String, serde_json::Value>>;
 
 fn unique_mask<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Labels, D::Error> {
@@ -217,6 +244,21 @@ pub enum Baseline {
     List(Vec<String>),
 }
 
+/// How a split placeholder's value is cut into segments (see `split`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SplitKind {
+    /// Blank lines separate paragraphs.
+    Paragraph,
+    /// Line breaks separate lines.
+    Line,
+    /// Unicode UAX #29 sentence boundaries (every line break is one), English abbreviations
+    /// such as "Dr.", "e.g." and "U.S." kept inside their sentence.
+    Sentence,
+    /// Whitespace separates words (punctuation stays with its word).
+    Word,
+}
+
 /// One chat message; `content` may hold `{placeholders}` (`{{`/`}}` are literal braces).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -256,6 +298,11 @@ pub enum Method {
     Lime,
     #[serde(alias = "kernel")]
     KernelShap,
+    /// ContextCite (Cohen-Wang et al., 2024): `n_samples` random coalitions keeping each feature
+    /// with probability 1/2, and a Lasso (alpha 0.01) on the standardized coalitions fitted to
+    /// the target's logit-probability, log p - log(1 - p) (`attr_target` `logit_prob`).
+    #[serde(alias = "contextcite")]
+    ContextCite,
     /// Captum's LayerIntegratedGradients on the input embeddings.
     #[serde(alias = "ig")]
     IntegratedGradients,
@@ -285,6 +332,8 @@ pub enum AttrTarget {
     #[default]
     LogProb,
     Prob,
+    /// log p - log(1 - p), ContextCite's response (always with context_cite).
+    LogitProb,
 }
 
 impl AttrTarget {
@@ -293,6 +342,11 @@ impl AttrTarget {
         match self {
             AttrTarget::LogProb => log_prob,
             AttrTarget::Prob => log_prob.exp(),
+            // A log-prob rounded to 0 would give an infinite logit: it is taken as -1e-12.
+            AttrTarget::LogitProb => {
+                let lp = log_prob.min(-1e-12);
+                lp - (-lp.exp_m1()).ln()
+            }
         }
     }
 }
@@ -317,11 +371,42 @@ pub struct Feature {
     /// Placeholders in this feature (template input).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub placeholders: Vec<String>,
+    /// The segments of split placeholders in this feature (`split`), with where they are in
+    /// their placeholder's value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segments: Vec<SegmentRef>,
     /// Token id and position in the prompt (token input).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_id: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position: Option<usize>,
+}
+
+/// One segment of a split placeholder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SegmentRef {
+    pub placeholder: String,
+    pub kind: SplitKind,
+    /// Its index among the placeholder's segments that are features.
+    pub index: usize,
+    /// Where its text is in the placeholder's value, in characters (Unicode scalar values):
+    /// `[start, end)`.
+    pub start: usize,
+    pub end: usize,
+}
+
+/// One level of a `hierarchy`: its features and their attributions.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Level {
+    /// The kind the split placeholders are cut into at this level.
+    pub kind: SplitKind,
+    pub features: Vec<Feature>,
+    pub seq_attr: Vec<f64>,
+    pub token_attr: Vec<Vec<f64>>,
+    /// Indices of the features cut into the next level (empty at the last).
+    #[serde(default)]
+    pub refined: Vec<usize>,
+    pub stats: Stats,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
@@ -384,6 +469,10 @@ pub struct AttributeResponse {
     /// (Captum's convergence delta; small when the integral is well approximated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub convergence_delta: Option<Vec<f64>>,
+    /// With `hierarchy`: every level, coarse to fine (the response itself is the last; its
+    /// `stats` add up all levels').
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub levels: Option<Vec<Level>>,
     /// What may make the numbers mislead, in plain words (empty when nothing does).
     #[serde(default)]
     pub warnings: Vec<Warning>,

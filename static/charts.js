@@ -36,7 +36,7 @@ export function featureValue(f) {
 
 /** What a result attributes: log p (or p) of the target, or with a contrast the difference. */
 export function measureName(res) {
-  const m = res.attr_target === "prob" ? "p" : "log p";
+  const m = { prob: "p", logit_prob: "logit p" }[res.attr_target] || "log p";
   return hasContrast(res) ? `${m}(target) − ${m}(contrast)` : m;
 }
 
@@ -66,6 +66,7 @@ export const METHOD_NAMES = {
   shapley_value_sampling: "Shapley value sampling",
   lime: "LIME",
   kernel_shap: "Kernel SHAP",
+  context_cite: "ContextCite",
   integrated_gradients: "Integrated gradients",
   gradient_x_input: "Gradient × input",
   gradient_shap: "Gradient SHAP",

@@ -62,7 +62,7 @@ const FIELD_LABELS = { n_samples: "Samples", num_trials: "Repeats", n_steps: "St
 export function inPageWords(message) {
   const sup = (s) => s.replace(/./g, (c) => "⁰¹²³⁴⁵⁶⁷⁸⁹ⁿ⁻"["0123456789n-".indexOf(c)] || c);
   return message
-    .replace(/\b(feature_ablation|shapley_values|shapley_value_sampling|lime|kernel_shap|integrated_gradients|gradient_x_input|gradient_shap)\b/g, (m) => METHOD_NAMES[m])
+    .replace(/\b(feature_ablation|shapley_values|shapley_value_sampling|lime|kernel_shap|context_cite|integrated_gradients|gradient_x_input|gradient_shap)\b/g, (m) => METHOD_NAMES[m])
     .replace(/\b(n_samples|num_trials|n_steps|baseline_token|baseline_sampling|attr_target|max_new_tokens)\b/g, (m) => FIELD_LABELS[m])
     .replace(/2\^\(?([0-9n]+)\)?/g, (m, e) => `2${sup(e)}`);
 }

@@ -251,6 +251,7 @@ const METHOD_ALIASES = {
   sv: "shapley_values",
   svs: "shapley_value_sampling",
   kernel: "kernel_shap",
+  contextcite: "context_cite",
   ig: "integrated_gradients",
   gxi: "gradient_x_input",
   gs: "gradient_shap",

@@ -2,7 +2,7 @@
 // SVG. Plain JS modules, no dependencies, no external requests. This file wires the page up.
 //
 // Imports go one way, top to bottom (no module imports one above it):
-//   main -> run, audit -> results, auditview, export -> convergence, heatmap, bars -> charts
+//   main -> run, audit, sources -> results, auditview, export -> convergence, heatmap, bars -> charts
 //        -> form, target, plan -> tokens -> link -> request -> state, template, dom, format
 //        -> job -> api;  errors, progress, provenance beside them.
 // state.js owns the shared state; modules that change inputs call changed(), and main.js decides
@@ -19,6 +19,7 @@ import { previewInto } from "./plan.js";
 import { METHODS, auditSweep, auditTargets, buildAudit, buildRequest, promptText, targetText } from "./request.js";
 import { drawResult, markResultStale } from "./results.js";
 import { cancelRun, forgetEnded, reopenJob, runJob } from "./run.js";
+import { wireSources } from "./sources.js";
 import { state, onChange, changed } from "./state.js";
 import { drawSpaceWarning, drawTokens } from "./target.js";
 import { tokenizeSoon } from "./tokens.js";
@@ -190,6 +191,7 @@ function wire() {
   $("#baseline_sampling").addEventListener("change", updateMethodFields);
   $("#target").addEventListener("input", () => ($("#generated").hidden = true));
   $("#audit-run").addEventListener("click", runAudit);
+  wireSources();
   $("#audit-cancel").addEventListener("click", cancelAudit);
   for (const k of [1, 2]) {
     $(`#audit-ph${k}`).addEventListener("change", () => {

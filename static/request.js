@@ -13,6 +13,7 @@ export const METHODS = {
   shapley_value_sampling: { sampled: true, samples: 25 },
   lime: { sampled: true, samples: 50 },
   kernel_shap: { sampled: true, samples: 25 },
+  context_cite: { sampled: true, samples: 64 },
   integrated_gradients: { sampled: false, gradient: true, steps: 50 },
   gradient_x_input: { sampled: false, gradient: true },
   gradient_shap: { sampled: true, samples: 5, gradient: true },

@@ -7,6 +7,7 @@ import { $, el } from "./dom.js";
 import { fmt, exact, fmtProb } from "./format.js";
 import { drawHeatmap, drawTable } from "./heatmap.js";
 import { provenance, provenanceLine } from "./provenance.js";
+import { drawSources } from "./sources.js";
 import { METHODS, buildRequest } from "./request.js";
 import { state } from "./state.js";
 import { tokensOf } from "./target.js";
@@ -22,6 +23,7 @@ export function showResult(request, res) {
   markResultStale(buildRequest());
   drawSummary(request, res);
   drawResult();
+  drawSources(res, request.values);
   addPieces(res).then(() => state.result?.response === res && drawResult());
 }
 

@@ -738,6 +738,46 @@ fn check_chat(d: &Driver, base: &str, root: &Path) {
     d.screenshot(&root.join("tests/artifacts/web-chat.png"));
 }
 
+/// The Sources card: a pasted context of three sentences with leave-one-out; the page tints one
+/// mark per sentence with the API's scores, lists the top one first, and shows a pressed
+/// sentence's share of each answer token (its column of token_attr).
+fn check_sources(d: &Driver, base: &str) {
+    let context = "Ada fixed the lamp. Tom rang the bell.\n\nThe ferry left at noon.";
+    d.type_into("#src-context", context);
+    d.type_into("#src-question", "Who fixed the lamp?");
+    d.type_into("#src-answer", "Ada");
+    d.set("#src-method", "feature_ablation");
+    let request = d.js("return import('./sources.js').then(m => m.pasteRequest())", json!([]));
+    assert_eq!(request["split"], json!({"context": "sentence"}), "{request}");
+    let (status, api) = post(base, "/v1/attributions", &request);
+    assert_eq!(status, 200, "{api}");
+    d.click("#src-run");
+    d.wait(
+        "return document.querySelectorAll('#sources-text mark.source').length",
+        Duration::from_secs(SLOW),
+        "the sources view",
+    );
+    let marks = d.js(
+        "return Array.from(document.querySelectorAll('#sources-text mark.source')).map(m => m.textContent)",
+        json!([]),
+    );
+    assert_eq!(marks, json!(["Ada fixed the lamp.", "Tom rang the bell.", "The ferry left at noon."]));
+    let seq: Vec<f64> = api["seq_attr"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let best = (0..seq.len()).max_by(|&a, &b| seq[a].total_cmp(&seq[b])).unwrap();
+    let first = d.js("return Number(document.querySelector('#sources-top li').dataset.feature)", json!([]));
+    assert_eq!(first, json!(best), "the top source, as the API scores it");
+    d.click("#sources-text mark.source");
+    let chips = d.js(
+        "return Array.from(document.querySelectorAll('#sources-row .chip')).map(c => Number(c.dataset.value))",
+        json!([]),
+    );
+    let column: Vec<Value> = api["token_attr"].as_array().unwrap().iter().map(|row| row[0].clone()).collect();
+    assert_eq!(chips.as_array().unwrap().len(), column.len());
+    for (c, w) in chips.as_array().unwrap().iter().zip(&column) {
+        assert!(close(c.as_f64().unwrap(), w.as_f64().unwrap()), "{chips} vs {column:?}");
+    }
+}
+
 /// A contrast: t1's " reject" rather than " hire", with feature ablation (a few prompts). A contrast
 /// equal to the target is refused next to its field; the request carries the contrast and the
 /// cost preview counts it; the page shows the API's numbers; the link restores it; a blank field
@@ -1257,6 +1297,7 @@ fn web_page_runs_t1_in_a_real_browser() {
         "the contrast check took {:.1} s",
         t_contrast.elapsed().as_secs_f64()
     );
+    check_sources(d, &base);
 
     // Nothing left 127.0.0.1 (requests of every page load), and no script error.
     urls.extend(d.requested());

@@ -41,7 +41,7 @@ use crate::run::{Plan, Progress};
     ),
     components(schemas(
         AttributeRequest, AttributeResponse, Baseline, TokenRef, Method, AttrTarget, BaselineSampling,
-        Feature, Stats, Warning, WarningCode, ErrorBody, ErrorDetail, Progress, store::Job, store::JobState, store::JobKind,
+        Feature, SegmentRef, SplitKind, Level, Stats, Warning, WarningCode, ErrorBody, ErrorDetail, Progress, store::Job, store::JobState, store::JobKind,
         store::JobResult, AuditRequest, AuditResult, AuditCell, SummaryRow, AuditStats, Contexts,
         audits::PlanRequest, Plan, templates::Template,
         templates::Templates, handlers::TokenizeRequest, handlers::TokenizeResponse,

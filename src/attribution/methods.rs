@@ -77,7 +77,8 @@ pub(crate) struct FeatureCap {
 const EXACT_SHAPLEY_CAP: FeatureCap = FeatureCap {
     max: 20,
     reason: "shapley_values is exact over all 2^n coalitions",
-    instead: "use shapley_value_sampling or kernel_shap, which sample",
+    instead: "use shapley_value_sampling, kernel_shap or context_cite, which sample, or \
+              feature_ablation (leave-one-out, n + 1 prompts)",
 };
 
 impl Method {
@@ -125,6 +126,14 @@ impl Method {
             Method::KernelShap => MethodFacts {
                 samples: true,
                 default_n_samples: 25,
+                evaluations: |_, s| s,
+                feature_cap: None,
+                gradient: None,
+            },
+            // ContextCite: n_samples random halves of the features, a Lasso on them.
+            Method::ContextCite => MethodFacts {
+                samples: true,
+                default_n_samples: 64,
                 evaluations: |_, s| s,
                 feature_cap: None,
                 gradient: None,

@@ -5,6 +5,7 @@
 //! is a fixed linear map of these values (except LIME's Lasso, fitted per column), so sequence
 //! and per-token attributions come from the same evaluations.
 
+mod context_cite;
 pub(crate) mod integration;
 pub(crate) mod linear;
 mod methods;
@@ -15,7 +16,8 @@ use rand::Rng;
 
 use crate::error::{Error, Result};
 use crate::request::Method;
-pub(crate) use methods::{GradientFacts, GradientPath, MethodFacts};
+pub(crate) use context_cite::{context_cite, context_cite_masks, context_cite_weights};
+pub(crate) use methods::{FeatureCap, GradientFacts, GradientPath, MethodFacts};
 pub(crate) use shapley::{shapley_value_sampling, shapley_values};
 pub(crate) use surrogate::{kernel_shap, lime};
 
@@ -55,6 +57,7 @@ pub(crate) fn attribute(
         Method::ShapleyValueSampling => shapley_value_sampling(ev, n_samples, rng),
         Method::Lime => lime(ev, n_samples, rng),
         Method::KernelShap => kernel_shap(ev, n_samples, rng),
+        Method::ContextCite => context_cite(ev, n_samples, rng),
         // Their numbers come from the model's gradients, below the scorer (src/run/gradient.rs).
         Method::IntegratedGradients | Method::GradientXInput | Method::GradientShap => {
             Err(Error::Internal(format!("{method:?} takes no coalitions")))

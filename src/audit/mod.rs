@@ -142,6 +142,17 @@ fn check_sweep(request: &AuditRequest, names: &[String]) -> Result<()> {
         }
     }
     if let Some(name) = request
+        .split
+        .iter()
+        .flat_map(|s| s.keys())
+        .find(|k| request.sweep.contains_key(*k))
+    {
+        return Err(Error::invalid(
+            format!("split.{name}"),
+            format!("`{name}` is swept; split the placeholders that are not"),
+        ));
+    }
+    if let Some(name) = request
         .baselines
         .iter()
         .flat_map(|b| b.keys())
@@ -162,6 +173,7 @@ fn input_of(request: &AuditRequest) -> AttributeRequest {
         messages: request.messages.clone(),
         add_generation_prompt: request.add_generation_prompt,
         chat_template: request.chat_template.clone(),
+        split: request.split.clone(),
         ..Default::default()
     }
 }

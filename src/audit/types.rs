@@ -7,7 +7,7 @@ use utoipa::ToSchema;
 
 use crate::request::{
     choice, optional_choice, AttrTarget, AttributeResponse, Baseline, BaselineSampling, ChatMessage,
-    Integration, Method,
+    Integration, Method, SplitKind,
 };
 
 /// A template over a grid of values (the product of the `sweep` lists), scored for every
@@ -36,6 +36,10 @@ pub struct AuditRequest {
         deserialize_with = "crate::request::unique_values"
     )]
     pub values: Option<BTreeMap<String, String>>,
+    /// Placeholders that are not swept, cut into segments that are the attribution's features,
+    /// as for attributions (`{"context": "sentence"}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<BTreeMap<String, SplitKind>>,
     /// Placeholder -> the values it takes; the grid is the product of these lists, in the
     /// order the placeholders appear in the template.
     #[serde(deserialize_with = "unique_sweep")]

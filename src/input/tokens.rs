@@ -86,6 +86,7 @@ impl TokenInput {
                     _ => decoded,
                 };
                 Feature {
+                    segments: Vec::new(),
                     name: text.clone(),
                     value: text,
                     baselines: vec![match self.baseline {

@@ -334,9 +334,10 @@ pub(crate) fn check_sequence(item: &ScoreItem, max_tokens: usize, field: &str) -
         return Err(Error::too_large(
             field,
             format!(
-                "a sequence of {} prompt + {} target tokens exceeds the limit of {max_tokens} tokens",
+                "a sequence of {} prompt + {} target tokens exceeds the limit of {max_tokens} tokens by {}",
                 item.prompt.len(),
                 item.target.len(),
+                item.input_len() - max_tokens,
             ),
         ));
     }

@@ -38,7 +38,7 @@ pub(super) fn run(
     let path = gradient.path;
     check_sampling_fields(request, path)?;
     let (alphas, combine) = points(request, facts, path, limits)?;
-    let input = parse_input(request, scorer, limits)?;
+    let input = parse_input(request, scorer, limits, None)?;
     if request.baselines.is_some() {
         return Err(Error::invalid(
             "baselines",
@@ -134,6 +134,7 @@ pub(super) fn run(
         contrast_log_prob: contrast_log_probs.as_ref().map(|l| l.iter().sum()),
         contrast_log_probs,
         contrast_ids: contrast,
+        levels: None,
         warnings: super::warnings::convergence(convergence_delta.as_deref(), &changes),
         convergence_delta,
         stats: Stats {

@@ -5,6 +5,7 @@
 
 pub(crate) mod evaluator;
 mod gradient;
+mod hierarchy;
 mod plan;
 mod progress;
 mod warnings;
@@ -18,9 +19,9 @@ use rand_chacha::ChaCha8Rng;
 use crate::attribution::{self, Evaluator, MethodFacts};
 use crate::error::{Error, Result};
 use crate::input::chat::sandbox::Sandbox;
-use crate::input::Input;
+use crate::input::{Input, Layouts};
 use crate::model::Tokenizer;
-use crate::request::{AttributeRequest, AttributeResponse, BaselineSampling, Method};
+use crate::request::{AttrTarget, AttributeRequest, AttributeResponse, BaselineSampling, Method};
 use crate::scorer::Scorer;
 pub(crate) use evaluator::check_sequence;
 use evaluator::{exact_count, SequenceEvaluator};
@@ -123,7 +124,7 @@ fn contrast_ids(
         input,
         full.len(),
         ids.len(),
-        sequence_limit(scorer, limits),
+        (sequence_limit(scorer, limits), scorer.context_length()),
         "contrast_target",
     )?;
     Ok(Some(ids))
@@ -163,7 +164,13 @@ fn exact_sequences(input: &Input, method: Method, n_samples: usize, trials: usiz
 /// The unperturbed sequence (the prompt, then a target of `target` tokens, the last of which
 /// is never fed) must fit `limit`. The prompt is to blame when it leaves no room for a target,
 /// else `target_field` (`target`, or `max_new_tokens` for a generated target).
-fn check_length(input: &Input, prompt: usize, target: usize, limit: usize, target_field: &str) -> Result<()> {
+fn check_length(
+    input: &Input,
+    prompt: usize,
+    target: usize,
+    (limit, scorer_context): (usize, usize),
+    target_field: &str,
+) -> Result<()> {
     let len = prompt + target - 1;
     if len <= limit {
         return Ok(());
@@ -176,10 +183,21 @@ fn check_length(input: &Input, prompt: usize, target: usize, limit: usize, targe
     Err(Error::too_large(
         field,
         format!(
-            "the prompt ({prompt} tokens) and {target} need {len} tokens, more than the limit of \
-             {limit} tokens per sequence (--max-tokens)"
+            "the prompt ({prompt} tokens) and {target} need {len} tokens, {} tokens over the limit of \
+             {limit} tokens per sequence ({})",
+            len - limit,
+            limit_source(limit, scorer_context)
         ),
     ))
+}
+
+/// What sets a sequence limit: the server's flag, or the model's context when it is shorter.
+fn limit_source(limit: usize, context_length: usize) -> &'static str {
+    if limit >= context_length {
+        "the model's context length"
+    } else {
+        "--max-tokens"
+    }
 }
 
 /// `n_steps` and `integration` only for the methods that integrate.
@@ -201,17 +219,44 @@ fn check_integration_fields(request: &AttributeRequest, facts: &MethodFacts) -> 
     Ok(())
 }
 
-/// The request's input, if it has no more features than the limits allow.
-fn parse_input(request: &AttributeRequest, scorer: &dyn Scorer, limits: &Limits) -> Result<Input> {
-    let input = Input::from_request(request, scorer.tokenizer(), limits.request_templates.as_deref())?;
+/// The request's input (its split placeholders cut as `layouts` says, when given), if it has no
+/// more features than the limits allow.
+fn parse_input(
+    request: &AttributeRequest,
+    scorer: &dyn Scorer,
+    limits: &Limits,
+    layouts: Option<&Layouts>,
+) -> Result<Input> {
+    let input = Input::with_layouts(
+        request,
+        scorer.tokenizer(),
+        limits.request_templates.as_deref(),
+        layouts,
+    )?;
     let n = input.n_features();
-    if n > limits.max_features {
-        return Err(Error::too_large(
+    if n <= limits.max_features {
+        return Ok(input);
+    }
+    // Segments: blame the split that makes the most.
+    let mut segments = std::collections::BTreeMap::<&str, usize>::new();
+    for seg in input.features.iter().flat_map(|f| &f.segments) {
+        *segments.entry(seg.placeholder.as_str()).or_default() += 1;
+    }
+    match segments.iter().max_by_key(|(_, k)| **k) {
+        Some((name, k)) => Err(Error::too_large(
+            format!("split.{name}"),
+            format!(
+                "`{name}` splits into {k} segments, {n} features in all, more than the limit of {} \
+                 (--max-features): split it into coarser segments, or attribute level by level with \
+                 `hierarchy` (e.g. [\"paragraph\", \"sentence\"]) and `top_k`",
+                limits.max_features
+            ),
+        )),
+        None => Err(Error::too_large(
             input.features_field(),
             format!("{n} features are more than the limit of {}", limits.max_features),
-        ));
+        )),
     }
-    Ok(input)
 }
 
 /// The target's ids, and whether they are the model's greedy continuation of `full` (the
@@ -223,8 +268,26 @@ fn resolve_target(
     scorer: &dyn Scorer,
     limits: &Limits,
 ) -> Result<(Vec<u32>, bool)> {
+    resolve_target_as(request, input, full, scorer, limits, None)
+}
+
+/// [`resolve_target`], or `given` (an earlier level's target) checked against this prompt.
+fn resolve_target_as(
+    request: &AttributeRequest,
+    input: &Input,
+    full: &[u32],
+    scorer: &dyn Scorer,
+    limits: &Limits,
+    given: Option<&(Vec<u32>, bool)>,
+) -> Result<(Vec<u32>, bool)> {
     let tokenizer = scorer.tokenizer();
-    let limit = sequence_limit(scorer, limits);
+    if let Some((ids, generated)) = given {
+        let field = if *generated { "max_new_tokens" } else { "target" };
+        let limit = (sequence_limit(scorer, limits), scorer.context_length());
+        check_length(input, full.len(), ids.len(), limit, field)?;
+        return Ok((ids.clone(), *generated));
+    }
+    let limit = (sequence_limit(scorer, limits), scorer.context_length());
     match &request.target {
         Some(t) => {
             let ids = encode_text("target", t, tokenizer)?;
@@ -255,6 +318,35 @@ fn resolve_target(
     }
 }
 
+/// What a level of a `hierarchy` fixes for the run: how the split placeholders are cut, and
+/// the target (generated once, at the first level).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LevelSetup {
+    pub layouts: Option<Layouts>,
+    pub target: Option<(Vec<u32>, bool)>,
+}
+
+/// The attributed quantity: context_cite's is always the logit-probability; the gradient
+/// methods differentiate log p or p only.
+fn attr_target(request: &AttributeRequest, facts: &MethodFacts) -> Result<AttrTarget> {
+    match (request.method, request.attr_target) {
+        (Method::ContextCite, AttrTarget::Prob) => Err(Error::invalid(
+            "attr_target",
+            "context_cite fits ContextCite's response, the target's logit-probability: leave \
+             attr_target out (or give logit_prob)",
+        )),
+        (Method::ContextCite, _) => Ok(AttrTarget::LogitProb),
+        (_, AttrTarget::LogitProb) if facts.gradient.is_some() => Err(Error::invalid(
+            "attr_target",
+            format!(
+                "{} differentiates log_prob or prob, not logit_prob",
+                request.method.name()
+            ),
+        )),
+        (_, t) => Ok(t),
+    }
+}
+
 /// Runs `request` against `scorer`. `progress` is called as sequences are scored.
 pub fn run(
     request: &AttributeRequest,
@@ -262,10 +354,26 @@ pub fn run(
     limits: &Limits,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<AttributeResponse> {
+    hierarchy::check_fields(request)?;
+    if request.hierarchy.is_some() {
+        return hierarchy::run(request, scorer, limits, progress);
+    }
+    run_level(request, scorer, limits, progress, &LevelSetup::default())
+}
+
+/// One attribution, with the split placeholders cut and the target as `setup` says.
+fn run_level(
+    request: &AttributeRequest,
+    scorer: &dyn Scorer,
+    limits: &Limits,
+    progress: &(dyn Fn(Progress) + Sync),
+    setup: &LevelSetup,
+) -> Result<AttributeResponse> {
     let started = Instant::now();
     let method = request.method;
     let facts = method.facts();
     check_integration_fields(request, &facts)?;
+    let attr_target = attr_target(request, &facts)?;
     if let Some(g) = facts.gradient {
         if !scorer.info().gradients {
             return Err(Error::invalid(
@@ -287,7 +395,7 @@ pub fn run(
     )?;
     let trials = check_count("num_trials", request.num_trials, 1, limits.max_num_trials)?;
     let tokenizer = scorer.tokenizer();
-    let input = parse_input(request, scorer, limits)?;
+    let input = parse_input(request, scorer, limits, setup.layouts.as_ref())?;
     let n = input.n_features();
     method.check_features(n, n_samples, limits.max_sequences)?;
 
@@ -306,14 +414,15 @@ pub fn run(
     let seed = request.seed.unwrap_or(0);
 
     let full = input.render(tokenizer, &vec![None; input.slots.len()])?;
-    let (target_ids, generated) = resolve_target(request, &input, &full, scorer, limits)?;
+    let (target_ids, generated) =
+        resolve_target_as(request, &input, &full, scorer, limits, setup.target.as_ref())?;
     let contrast = contrast_ids(request, &input, &full, &target_ids, scorer, limits)?;
 
     let mut ev = SequenceEvaluator::new(
         &input,
         scorer,
         target_ids.clone(),
-        request.attr_target,
+        attr_target,
         sampling,
         seed,
         limits.max_sequences,
@@ -341,7 +450,7 @@ pub fn run(
     Ok(AttributeResponse {
         model: scorer.info().spec.clone(),
         method,
-        attr_target: request.attr_target,
+        attr_target,
         baseline_sampling: sampling,
         prompt: input.prompt.clone(),
         target: match &request.target {
@@ -364,6 +473,7 @@ pub fn run(
         seq_attr_stderr,
         token_attr_stderr,
         convergence_delta: None,
+        levels: None,
         warnings: Vec::new(),
         stats,
     })
