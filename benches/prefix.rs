@@ -50,7 +50,13 @@ fn measure(model: &Model, scorer: &dyn Scorer, request: &AttributeRequest, repea
 }
 
 /// `request` without and with reuse, through the model and through the engine.
-fn compare(model: &Arc<Model>, engine: &Engine<Model>, name: &str, request: &AttributeRequest, repeats: usize) {
+fn compare(
+    model: &Arc<Model>,
+    engine: &Engine<Model>,
+    name: &str,
+    request: &AttributeRequest,
+    repeats: usize,
+) {
     let handle = engine.handle(CancelToken::new());
     for (path, scorer) in [("model ", model.as_ref() as &dyn Scorer), ("engine", &handle)] {
         model.set_prefix_reuse(false);

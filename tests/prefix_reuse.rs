@@ -93,7 +93,11 @@ fn check_parity(m: &Model, items: &[ScoreItem], what: &str) {
             .collect()
     };
     m.set_prefix_reuse(false);
-    let want = [m.score(items).unwrap(), one_by_one(m), m.score_all(items, 64).unwrap()];
+    let want = [
+        m.score(items).unwrap(),
+        one_by_one(m),
+        m.score_all(items, 64).unwrap(),
+    ];
     m.set_prefix_reuse(true);
     m.set_prefix_cache_bytes(64 << 20);
     let (_, reused0) = m.token_counts();
@@ -185,7 +189,10 @@ fn chat_shapley_is_the_same_with_reuse_and_computes_less() {
         }
     }
     let (s_off, s_on) = (&off.stats, &on.stats);
-    assert_eq!((s_off.tokens_reused, s_off.tokens_computed), (0, s_off.tokens_scored));
+    assert_eq!(
+        (s_off.tokens_reused, s_off.tokens_computed),
+        (0, s_off.tokens_scored)
+    );
     assert_eq!(s_on.tokens_computed + s_on.tokens_reused, s_on.tokens_scored);
     assert!(
         3 * s_on.tokens_computed <= 2 * s_off.tokens_computed,

@@ -758,8 +758,7 @@ impl<B: Backend> Handle<B> {
     fn count(&self, len: usize, reused: usize) {
         let reused = reused.min(len);
         self.reused.fetch_add(reused as u64, Ordering::Relaxed);
-        self.computed
-            .fetch_add((len - reused) as u64, Ordering::Relaxed);
+        self.computed.fetch_add((len - reused) as u64, Ordering::Relaxed);
     }
 
     fn enqueue(&self, work: Vec<Work>) -> Result<()> {

@@ -328,7 +328,9 @@ impl Model {
         let ids = Tensor::from_vec(ids, (batch.len(), len), &self.device)?;
         let rows = Tensor::from_vec(rows, targets.len(), &self.device)?;
         let embeds = self.arch.embed(&ids)?;
-        let picked = self.arch.forward(&embeds, cache, Some(&rows), kernels::Kernels::Fused)?;
+        let picked = self
+            .arch
+            .forward(&embeds, cache, Some(&rows), kernels::Kernels::Fused)?;
         let logits = self.arch.logits(&picked)?.to_dtype(DType::F32)?;
         let flat = kernels::ops::target_logprobs(&logits, &targets)?;
         let mut out = Vec::with_capacity(batch.len());

@@ -275,13 +275,23 @@ mod tests {
         // Two items sharing 12 tokens with prompts of 15: the group loses 2 and gains 12.
         let two = vec![seq(&p[..12], &[60, 61, 62]), seq(&p[..12], &[70, 71, 72])];
         let g = groups(&two, &[14, 14]);
-        assert_eq!(g, vec![Group { members: vec![0, 1], len: 12 }]);
+        assert_eq!(
+            g,
+            vec![Group {
+                members: vec![0, 1],
+                len: 12
+            }]
+        );
     }
 
     fn kv(tokens: usize) -> KvCache {
         let mut c = KvCache::new(1);
-        let t = candle_core::Tensor::zeros((1, 1, tokens, 2), candle_core::DType::F32, &candle_core::Device::Cpu)
-            .unwrap();
+        let t = candle_core::Tensor::zeros(
+            (1, 1, tokens, 2),
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
         c.append(0, t.clone(), t).unwrap();
         c
     }
@@ -298,7 +308,11 @@ mod tests {
         assert_eq!(c.len(), 1, "a prefix of an entry adds nothing");
         let b: Vec<u32> = (0..30).collect();
         c.insert(b.clone(), kv(30));
-        assert_eq!((c.len(), c.bytes()), (1, 30 * per_token), "the longer entry replaces");
+        assert_eq!(
+            (c.len(), c.bytes()),
+            (1, 30 * per_token),
+            "the longer entry replaces"
+        );
         let (got, n) = c.lookup(&seq(&b[..15], &[7, 7])).unwrap().unwrap();
         assert_eq!((n, got.len()), (15, 15));
         assert!(c.lookup(&[0, 1, 2, 9]).unwrap().is_none(), "too short to use");

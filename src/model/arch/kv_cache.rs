@@ -128,11 +128,7 @@ impl KvCache {
     /// Bytes the cached keys and values take.
     pub fn bytes(&self) -> usize {
         let size = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
-        self.layers
-            .iter()
-            .flatten()
-            .map(|(k, v)| size(k) + size(v))
-            .sum()
+        self.layers.iter().flatten().map(|(k, v)| size(k) + size(v)).sum()
     }
 }
 
