@@ -420,6 +420,13 @@ pub struct Stats {
     pub unique_sequences: usize,
     /// Tokens fed to the model.
     pub tokens_scored: usize,
+    /// Of the tokens the model ran (not the score cache's), those it computed for this request.
+    #[serde(default)]
+    pub tokens_computed: usize,
+    /// And those whose keys and values it reused instead: a prefix computed once for several
+    /// sequences, or kept in the prefix cache from earlier work.
+    #[serde(default)]
+    pub tokens_reused: usize,
     pub seconds: f64,
 }
 

@@ -186,6 +186,22 @@ impl Metrics {
                     &st.padded_tokens,
                 ),
                 (
+                    "llm_attr_tokens_reused_total",
+                    "Of the tokens scored, those whose keys and values came from a prefix computed \
+                     once for several sequences or kept in the prefix cache.",
+                    &st.reused_tokens,
+                ),
+                (
+                    "llm_attr_prefix_cache_lookups_total",
+                    "Prefix-cache lookups (one per group of sequences sharing a prefix).",
+                    &st.prefix_lookups,
+                ),
+                (
+                    "llm_attr_prefix_cache_hits_total",
+                    "Prefix-cache lookups that found a cached prefix the pass used.",
+                    &st.prefix_hits,
+                ),
+                (
                     "llm_attr_sequences_shared_total",
                     "Sequences answered by an identical sequence of another request in the same pass.",
                     &st.shared,
@@ -214,6 +230,20 @@ impl Metrics {
             for (name, help, c) in counters {
                 single(o, name, "counter", help, Stats::get(c));
             }
+            single(
+                o,
+                "llm_attr_prefix_cache_hit_ratio",
+                "gauge",
+                "Share of the prefix-cache lookups that found a cached prefix (0 before any).",
+                st.prefix_hit_rate(),
+            );
+            single(
+                o,
+                "llm_attr_prefix_cache_bytes",
+                "gauge",
+                "Bytes of prefix keys and values the prefix cache holds.",
+                e.backend().prefix_cache_bytes(),
+            );
             render_cache(o, &r.cache);
             header(
                 o,

@@ -20,8 +20,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::model::{GradientJob, Model, ModelInfo, ScoreItem, Tokenizer};
-use crate::scorer::{no_gradients, Scorer};
+use crate::model::{BatchScores, GradientJob, Model, ModelInfo, ScoreItem, Tokenizer};
+use crate::scorer::{no_gradients, Scorer, TokenWork};
 use pace::Pace;
 use queue::{Queue, Queued};
 pub use stats::{Histogram, Stats};
@@ -33,6 +33,10 @@ const POLL: Duration = Duration::from_millis(20);
 pub trait Backend: Send + Sync + 'static {
     /// Log-probs of every target token of every item of one batch (one forward pass).
     fn score_batch(&self, batch: &[ScoreItem]) -> Result<Vec<Vec<f32>>>;
+    /// [`Backend::score_batch`] with what its passes reused from shared or cached prefixes.
+    fn score_reusing(&self, batch: &[ScoreItem]) -> Result<BatchScores> {
+        Ok(BatchScores::plain(self.score_batch(batch)?))
+    }
     /// Greedy continuation.
     fn generate(&self, prompt: &[u32], max_new_tokens: usize) -> Result<Vec<u32>>;
     /// Rejects an item before it is queued, so bad input never fails a batch shared with
@@ -54,6 +58,9 @@ impl Backend for Model {
     fn score_batch(&self, batch: &[ScoreItem]) -> Result<Vec<Vec<f32>>> {
         // Every item passed `check` before it was queued.
         self.score_checked(batch)
+    }
+    fn score_reusing(&self, batch: &[ScoreItem]) -> Result<BatchScores> {
+        Model::score_reusing(self, batch)
     }
     fn generate(&self, prompt: &[u32], max_new_tokens: usize) -> Result<Vec<u32>> {
         Model::generate(self, prompt, max_new_tokens)
@@ -126,8 +133,8 @@ impl CancelToken {
     }
 }
 
-/// Scores of some items of one ticket, by index.
-type Scored = Vec<(usize, Vec<f32>)>;
+/// Scores of some items of one ticket, by index, with the input tokens each reused.
+type Scored = Vec<(usize, Vec<f32>, usize)>;
 
 /// Results flowing back to a waiting request.
 enum Reply {
@@ -203,6 +210,12 @@ impl Queued for Work {
         match self {
             Work::Score { ticket, .. } => ticket.id,
             Work::Generate { owner, .. } | Work::Gradient { owner, .. } => *owner,
+        }
+    }
+    fn tokens(&self) -> &[u32] {
+        match self {
+            Work::Score { item, .. } => &item.prompt,
+            Work::Generate { .. } | Work::Gradient { .. } => &[],
         }
     }
 }
@@ -303,6 +316,8 @@ impl<B: Backend> Engine<B> {
         Handle {
             shared: self.shared.clone(),
             cancel,
+            computed: AtomicU64::new(0),
+            reused: AtomicU64::new(0),
         }
     }
 
@@ -461,35 +476,37 @@ fn run_batch<B: Backend>(s: &Shared<B>, batch: Vec<Work>) {
         slot.push(k);
     }
     let started = Instant::now();
-    let result = catch(|| s.backend.score_batch(&distinct)).and_then(|scores| {
-        if scores.len() == distinct.len() {
-            Ok(slot.iter().map(|&k| scores[k].clone()).collect::<Vec<_>>())
+    let result = catch(|| s.backend.score_reusing(&distinct)).and_then(|b| {
+        if b.scores.len() == distinct.len() && b.reused.len() == distinct.len() {
+            Ok(b)
         } else {
             Err(Error::Internal(format!(
                 "{} results for {} sequences",
-                scores.len(),
+                b.scores.len(),
                 distinct.len()
             )))
         }
     });
     let seconds = started.elapsed().as_secs_f64();
-    let st = &s.stats;
-    st.batch_seconds.observe(seconds);
-    st.batches.fetch_add(1, Ordering::Relaxed);
-    st.batch_size.observe(distinct.len() as f64);
-    st.sequences.fetch_add(distinct.len() as u64, Ordering::Relaxed);
-    st.shared
-        .fetch_add((items.len() - distinct.len()) as u64, Ordering::Relaxed);
-    let real: usize = distinct.iter().map(ScoreItem::input_len).sum();
-    let longest = distinct.iter().map(ScoreItem::input_len).max().unwrap_or(0);
-    st.tokens.fetch_add(real as u64, Ordering::Relaxed);
-    let padded = longest * distinct.len();
-    st.padded_tokens.fetch_add(padded as u64, Ordering::Relaxed);
+    let padded = record(s, &distinct, items.len(), result.as_ref().ok(), seconds);
     if result.is_ok() {
         s.lock().pace.observe(padded, seconds);
     }
     match result {
-        Ok(scores) => deliver(owners, scores),
+        Ok(b) => {
+            // A copy of a sequence scored for another owner reused all of it.
+            let mut first = vec![true; distinct.len()];
+            let scored = slot
+                .iter()
+                .zip(&items)
+                .map(|(&k, item)| {
+                    let own = std::mem::replace(&mut first[k], false);
+                    let reused = if own { b.reused[k] } else { item.input_len() };
+                    (b.scores[k].clone(), reused)
+                })
+                .collect();
+            deliver(owners, scored)
+        }
         // A batch shared by several requests failed: score each request's part on its own, so
         // only the request whose input is at fault sees the error.
         Err(e) if owners.iter().any(|(t, _)| t.id != owners[0].0.id) => {
@@ -501,6 +518,33 @@ fn run_batch<B: Backend>(s: &Shared<B>, batch: Vec<Work>) {
         }
         Err(e) => fail_owners(&owners, &e),
     }
+}
+
+/// Counts a scoring pass over `distinct` sequences (asked for `asked` times) in the engine's
+/// stats; the padded tokens it took.
+fn record<B>(
+    s: &Shared<B>,
+    distinct: &[ScoreItem],
+    asked: usize,
+    scored: Option<&BatchScores>,
+    seconds: f64,
+) -> usize {
+    let st = &s.stats;
+    st.batch_seconds.observe(seconds);
+    st.batches.fetch_add(1, Ordering::Relaxed);
+    st.batch_size.observe(distinct.len() as f64);
+    st.sequences.fetch_add(distinct.len() as u64, Ordering::Relaxed);
+    st.shared
+        .fetch_add((asked - distinct.len()) as u64, Ordering::Relaxed);
+    let real: usize = distinct.iter().map(ScoreItem::input_len).sum();
+    let longest = distinct.iter().map(ScoreItem::input_len).max().unwrap_or(0);
+    st.tokens.fetch_add(real as u64, Ordering::Relaxed);
+    if let Some(b) = scored {
+        st.record_reuse(real, b);
+    }
+    let padded = longest * distinct.len();
+    st.padded_tokens.fetch_add(padded as u64, Ordering::Relaxed);
+    padded
 }
 
 /// Scores each request's part of a failed batch as a batch of its own.
@@ -515,8 +559,10 @@ fn score_each_owner_alone<B: Backend>(s: &Shared<B>, items: &[ScoreItem], owners
     for (_, ks) in groups {
         let part: Vec<ScoreItem> = ks.iter().map(|&k| items[k].clone()).collect();
         let who: Vec<(Arc<Ticket>, usize)> = ks.iter().map(|&k| owners[k].clone()).collect();
-        match catch(|| s.backend.score_batch(&part)) {
-            Ok(scores) if scores.len() == part.len() => deliver(who, scores),
+        match catch(|| s.backend.score_reusing(&part)) {
+            Ok(b) if b.scores.len() == part.len() && b.reused.len() == part.len() => {
+                deliver(who, b.scores.into_iter().zip(b.reused).collect())
+            }
             Ok(_) => fail_owners(&who, &Error::Internal("wrong number of results".into())),
             Err(e) => fail_owners(&who, &e),
         }
@@ -529,12 +575,13 @@ fn catch<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
         .unwrap_or_else(|_| Err(Error::Internal("the model panicked".into())))
 }
 
-fn deliver(owners: Vec<(Arc<Ticket>, usize)>, scores: Vec<Vec<f32>>) {
+/// Sends each owner its scores, with the input tokens each reused.
+fn deliver(owners: Vec<(Arc<Ticket>, usize)>, scores: Vec<(Vec<f32>, usize)>) {
     let mut per: Vec<(Arc<Ticket>, Scored)> = Vec::new();
-    for ((t, i), sc) in owners.into_iter().zip(scores) {
+    for ((t, i), (sc, reused)) in owners.into_iter().zip(scores) {
         match per.iter_mut().find(|(p, _)| p.id == t.id) {
-            Some((_, v)) => v.push((i, sc)),
-            None => per.push((t, vec![(i, sc)])),
+            Some((_, v)) => v.push((i, sc, reused)),
+            None => per.push((t, vec![(i, sc, reused)])),
         }
     }
     for (t, v) in per {
@@ -556,6 +603,9 @@ fn fail_owners(owners: &[(Arc<Ticket>, usize)], e: &Error) {
 pub struct Handle<B: Backend> {
     shared: Arc<Shared<B>>,
     cancel: CancelToken,
+    /// Input tokens of this handle's sequences computed, and reused.
+    computed: AtomicU64,
+    reused: AtomicU64,
 }
 
 impl<B: Backend> Handle<B> {
@@ -578,20 +628,27 @@ impl<B: Backend> Handle<B> {
             self.shared.backend.check(item, &format!("sequences[{i}]"))?;
         }
         let s = &*self.shared;
+        let lens: Vec<usize> = items.iter().map(ScoreItem::input_len).collect();
         let (tx, rx) = mpsc::channel();
         let ticket = Arc::new(Ticket {
             id: s.next_ticket.fetch_add(1, Ordering::Relaxed),
             cancel: self.cancel.clone(),
             tx: Mutex::new(tx),
         });
-        let work = items
+        // Queued so that the batches' heads follow the prefixes the items share (see
+        // `order_for_reuse`); each keeps its index.
+        let order = crate::model::prefix::order_for_reuse(&items);
+        let mut slots: Vec<Option<ScoreItem>> = items.into_iter().map(Some).collect();
+        let work = order
             .into_iter()
-            .enumerate()
-            .map(|(index, item)| Work::Score {
-                ticket: ticket.clone(),
-                index,
-                key: item_key(&item),
-                item,
+            .filter_map(|index| {
+                let item = slots.get_mut(index)?.take()?;
+                Some(Work::Score {
+                    ticket: ticket.clone(),
+                    index,
+                    key: item_key(&item),
+                    item,
+                })
             })
             .collect();
         self.enqueue(work)?;
@@ -600,9 +657,10 @@ impl<B: Backend> Handle<B> {
         while done < total {
             match rx.recv_timeout(POLL) {
                 Ok(Reply::Scores(v)) => {
-                    for (i, sc) in v {
+                    for (i, sc, reused) in v {
                         if out[i].replace(sc).is_none() {
                             done += 1;
+                            self.count(lens[i], reused);
                         }
                     }
                     progress(done, total);
@@ -686,6 +744,13 @@ impl<B: Backend> Handle<B> {
         }
     }
 
+    /// Counts one scored sequence of `len` input tokens, `reused` of them not computed for it.
+    fn count(&self, len: usize, reused: usize) {
+        let reused = reused.min(len);
+        self.reused.fetch_add(reused as u64, Ordering::Relaxed);
+        self.computed.fetch_add((len - reused) as u64, Ordering::Relaxed);
+    }
+
     fn enqueue(&self, work: Vec<Work>) -> Result<()> {
         let s = &*self.shared;
         {
@@ -741,6 +806,13 @@ impl<B: Backend + Scorer> Scorer for Handle<B> {
 
     fn generate(&self, prompt: &[u32], max_new_tokens: usize) -> Result<Vec<u32>> {
         self.generate_ids(prompt, max_new_tokens)
+    }
+
+    fn tokens(&self) -> Option<TokenWork> {
+        Some(TokenWork {
+            computed: self.computed.load(Ordering::Relaxed),
+            reused: self.reused.load(Ordering::Relaxed),
+        })
     }
 
     fn gradients(&self, job: GradientJob, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<Vec<Vec<f64>>> {

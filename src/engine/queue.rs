@@ -4,7 +4,9 @@
 //! each batch is led by the next owner in the rotation, whose oldest item it always contains
 //! (nobody starves), and is then filled round-robin, one item per owner per turn, with each
 //! owner's items whose lengths are closest to the leader's, taken from a window at the front
-//! of its queue, as long as the padded size (count x longest) stays within the token budget.
+//! of its queue (those sharing the longest token prefix with the leader's first, then the
+//! nearest in length), as long as the padded size (count x longest) stays within the token
+//! budget.
 //! So a request of a few sequences shares the next batch with a job of thousands instead of
 //! waiting behind all of them.
 
@@ -23,6 +25,11 @@ pub(crate) trait Queued {
     /// Who the work is for; owners share batches fairly.
     fn owner(&self) -> u64 {
         0
+    }
+    /// The tokens a scoring item starts with: items that share a longer prefix with the
+    /// batch's first are preferred, so that the prefix is computed once for them.
+    fn tokens(&self) -> &[u32] {
+        &[]
     }
 }
 
@@ -145,9 +152,10 @@ impl<W: Queued> Queue<W> {
     /// Indices (sorted) of the items of each flow that make the next batch, led by the front
     /// flow's oldest item of padded length `head_len`.
     fn choose(&self, head_len: usize, budget: usize, window: usize) -> Vec<Vec<usize>> {
-        // Per flow: its scoring items in its share of the window, nearest in length to the
-        // head first.
+        // Per flow: its scoring items in its share of the window, those sharing the longest
+        // prefix with the head first, then the nearest in length.
         let window = (window / self.flows.len()).max(64).min(window).max(1);
+        let head = self.flows[0].items[0].tokens();
         let mut candidates: Vec<VecDeque<(usize, usize)>> = self
             .flows
             .iter()
@@ -161,7 +169,10 @@ impl<W: Queued> Queue<W> {
                     .skip(usize::from(k == 0))
                     .filter_map(|(i, w)| w.padded_len().map(|l| (i, l)))
                     .collect();
-                c.sort_by_key(|&(i, l)| (l.abs_diff(head_len), i));
+                c.sort_by_cached_key(|&(i, l)| {
+                    let shared = common_prefix(head, f.items[i].tokens());
+                    (std::cmp::Reverse(shared), l.abs_diff(head_len), i)
+                });
                 c.into()
             })
             .collect();
@@ -216,6 +227,11 @@ impl<W: Queued> Queue<W> {
         }
         self.flows.retain(|f| !f.items.is_empty());
     }
+}
+
+/// Length of the longest common prefix of `a` and `b`.
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 #[cfg(test)]

@@ -3,6 +3,8 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::model::BatchScores;
+
 /// A Prometheus histogram with fixed upper bounds (cumulative on render).
 pub struct Histogram {
     bounds: Vec<f64>,
@@ -93,6 +95,12 @@ pub struct Stats {
     pub tokens: AtomicU64,
     /// Padded tokens (batch size x longest) fed to the model.
     pub padded_tokens: AtomicU64,
+    /// Of the real tokens, those whose keys and values came from a prefix computed once for
+    /// several sequences or kept in the prefix cache (the rest were computed).
+    pub reused_tokens: AtomicU64,
+    /// Prefix-cache lookups, and those that found a prefix the pass used.
+    pub prefix_lookups: AtomicU64,
+    pub prefix_hits: AtomicU64,
     /// Sequences answered from another request's identical sequence in the same pass.
     pub shared: AtomicU64,
     /// Queued sequences dropped because their request was cancelled.
@@ -119,6 +127,9 @@ impl Stats {
             sequences: AtomicU64::new(0),
             tokens: AtomicU64::new(0),
             padded_tokens: AtomicU64::new(0),
+            reused_tokens: AtomicU64::new(0),
+            prefix_lookups: AtomicU64::new(0),
+            prefix_hits: AtomicU64::new(0),
             shared: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
@@ -133,6 +144,24 @@ impl Stats {
 
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// Counts what a pass over `real` tokens reused.
+    pub(crate) fn record_reuse(&self, real: usize, scored: &BatchScores) {
+        let reused = scored.reused.iter().sum::<usize>().min(real);
+        self.reused_tokens.fetch_add(reused as u64, Ordering::Relaxed);
+        self.prefix_lookups
+            .fetch_add(scored.lookups as u64, Ordering::Relaxed);
+        self.prefix_hits.fetch_add(scored.hits as u64, Ordering::Relaxed);
+    }
+
+    /// Of the prefix-cache lookups, the share that found a prefix (0 before any).
+    pub fn prefix_hit_rate(&self) -> f64 {
+        let lookups = Self::get(&self.prefix_lookups);
+        match lookups {
+            0 => 0.0,
+            n => Self::get(&self.prefix_hits) as f64 / n as f64,
+        }
     }
 }
 

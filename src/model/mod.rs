@@ -14,7 +14,10 @@ pub(crate) mod device;
 pub(crate) mod gradient;
 pub(crate) mod kernels;
 pub mod load;
+pub(crate) mod prefix;
 pub(crate) mod tokenizer;
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
@@ -32,6 +35,7 @@ pub use kernels::activation::Activation;
 pub use kernels::ops::target_logprobs;
 pub use kernels::Kernels;
 pub use load::ModelSpec;
+pub use prefix::{BatchScores, DEFAULT_PREFIX_CACHE_MB};
 pub use tokenizer::Tokenizer;
 
 /// `GET /v1/model`.
@@ -69,6 +73,11 @@ pub struct Model {
     device: Device,
     /// How the gradient methods run here.
     gradients: GradientPlan,
+    /// Shared-prefix reuse and its cache.
+    prefix: prefix::PrefixReuse,
+    /// Input tokens computed and reused (from a shared or cached prefix) since loading.
+    computed: AtomicU64,
+    reused: AtomicU64,
 }
 
 impl Model {
@@ -86,7 +95,34 @@ impl Model {
             info,
             gradients: device::tuning(&device).gradients,
             device,
+            prefix: prefix::PrefixReuse::new(DEFAULT_PREFIX_CACHE_MB << 20),
+            computed: AtomicU64::new(0),
+            reused: AtomicU64::new(0),
         }
+    }
+
+    /// Turns shared-prefix reuse on or off (on by default): the scores are the same either way.
+    pub fn set_prefix_reuse(&self, on: bool) {
+        self.prefix.set_on(on);
+    }
+
+    /// Empties the prefix cache and bounds it to `bytes` (0: no cache; the sequences of a batch
+    /// still share their prefixes).
+    pub fn set_prefix_cache_bytes(&self, bytes: usize) {
+        self.prefix.set_capacity(bytes);
+    }
+
+    /// Bytes the prefix cache holds now.
+    pub fn prefix_cache_bytes(&self) -> usize {
+        self.prefix.lock().bytes()
+    }
+
+    /// Input tokens computed, and reused from a shared or cached prefix, since loading.
+    pub fn token_counts(&self) -> (u64, u64) {
+        (
+            self.computed.load(Ordering::Relaxed),
+            self.reused.load(Ordering::Relaxed),
+        )
     }
 
     /// Where the weights live and the forward passes run.
@@ -164,37 +200,146 @@ impl Model {
 
     /// `score` for items that already passed [`Model::check`] (the engine checks them before
     /// they are queued).
-    /// A batch that runs out of device memory is scored in halves (see [`split_on_oom`]).
     pub(crate) fn score_checked(&self, batch: &[ScoreItem]) -> Result<Vec<Vec<f32>>> {
-        split_on_oom(
-            batch,
-            &mut |part| self.forward_scores(part),
-            &device::name(&self.device),
-        )
+        Ok(self.score_reusing(batch)?.scores)
     }
 
-    /// One forward pass over `batch`.
-    fn forward_scores(&self, batch: &[ScoreItem]) -> candle_core::Result<Vec<Vec<f32>>> {
+    /// [`Model::score_checked`] with what the passes reused: the items that share a prefix
+    /// compute it once (see [`prefix`]). A batch that runs out of device memory is scored in
+    /// halves (see [`split_on_oom`]).
+    pub(crate) fn score_reusing(&self, batch: &[ScoreItem]) -> Result<BatchScores> {
+        let out = split_on_oom(
+            batch,
+            &mut |part| self.forward_batch(part),
+            &device::name(&self.device),
+        )?;
+        let reused: usize = out.reused.iter().sum();
+        let total: usize = batch.iter().map(ScoreItem::input_len).sum();
+        self.reused.fetch_add(reused as u64, Ordering::Relaxed);
+        let computed = total.saturating_sub(reused) as u64;
+        self.computed.fetch_add(computed, Ordering::Relaxed);
+        Ok(out)
+    }
+
+    /// The forward passes of one batch: one without reuse, or one per group of items that
+    /// share a prefix (and one for the rest).
+    fn forward_batch(&self, batch: &[ScoreItem]) -> candle_core::Result<BatchScores> {
         if batch.is_empty() {
-            return Ok(Vec::new());
+            return Ok(BatchScores::default());
         }
-        let len = batch.iter().map(ScoreItem::input_len).max().unwrap_or(0);
+        if !self.prefix.is_on() {
+            let items: Vec<&ScoreItem> = batch.iter().collect();
+            return Ok(BatchScores::plain(self.pass(&items, 0, None)?));
+        }
+        let inputs: Vec<Vec<u32>> = batch.iter().map(prefix::input).collect();
+        let caps: Vec<usize> = batch.iter().map(|it| it.prompt.len() - 1).collect();
+        let caching = self.prefix.capacity() > 0;
+        let mut out = BatchScores {
+            scores: vec![Vec::new(); batch.len()],
+            reused: vec![0; batch.len()],
+            lookups: 0,
+            hits: 0,
+        };
+        let mut alone = Vec::new();
+        for g in prefix::groups(&inputs, &caps) {
+            let first = &inputs[g.members[0]][..g.len];
+            let hit = match caching {
+                true => {
+                    out.lookups += 1;
+                    self.prefix.lock().lookup(first)?
+                }
+                false => None,
+            };
+            let (cache, from) = hit.unwrap_or_else(|| (self.arch.new_cache(), 0));
+            let len = match g.members.len() > 1 && g.len >= prefix::MIN_PREFIX {
+                true => g.len,
+                false if from > 0 => from,
+                false => {
+                    alone.extend(g.members);
+                    continue;
+                }
+            };
+            out.hits += usize::from(from > 0);
+            let cache = self.extend_prefix(cache, &first[from..len])?;
+            self.group_pass(batch, &inputs, &g.members, (len, &cache), &mut out)?;
+            for (k, &i) in g.members.iter().enumerate() {
+                out.reused[i] = if k == 0 { from } else { len };
+            }
+        }
+        if !alone.is_empty() {
+            alone.sort_unstable();
+            let empty = self.arch.new_cache();
+            self.group_pass(batch, &inputs, &alone, (0, &empty), &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// `cache` followed by `tokens`, computed in one pass.
+    fn extend_prefix(&self, mut cache: KvCache, tokens: &[u32]) -> candle_core::Result<KvCache> {
+        if !tokens.is_empty() {
+            let ids = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
+            self.arch.step(&ids, &mut cache)?;
+        }
+        Ok(cache)
+    }
+
+    /// One pass over the items `members` of `batch` after their shared prefix (`len` tokens
+    /// whose keys and values are in `cache`); their scores go to `out`. With a prefix cache,
+    /// the longest member's keys and values are kept in it.
+    fn group_pass(
+        &self,
+        batch: &[ScoreItem],
+        inputs: &[Vec<u32>],
+        members: &[usize],
+        (len, cache): (usize, &KvCache),
+        out: &mut BatchScores,
+    ) -> candle_core::Result<()> {
+        let items: Vec<&ScoreItem> = members.iter().map(|&i| &batch[i]).collect();
+        let longest = (0..members.len()).max_by_key(|&r| (inputs[members[r]].len(), usize::MAX - r));
+        let keep = match self.prefix.capacity() > 0 {
+            true => longest.map(|r| (r, inputs[members[r]].len() - len)),
+            false => None,
+        };
+        let mut view = cache.shared(keep);
+        let scores = self.pass(&items, len, Some(&mut view))?;
+        if let (Some(kv), Some(r)) = (view.into_kept()?, longest) {
+            self.prefix.lock().insert(inputs[members[r]].clone(), kv);
+        }
+        for (&i, s) in members.iter().zip(scores) {
+            out.scores[i] = s;
+        }
+        Ok(())
+    }
+
+    /// One forward pass over `batch`, right-padded, after the first `skip` input tokens of every
+    /// item (whose keys and values `cache` holds). The LM head runs only at the positions that
+    /// predict a target token, which all lie after `skip`.
+    fn pass(
+        &self,
+        batch: &[&ScoreItem],
+        skip: usize,
+        cache: Option<&mut KvCache>,
+    ) -> candle_core::Result<Vec<Vec<f32>>> {
+        let len = batch.iter().map(|it| it.input_len()).max().unwrap_or(0) - skip;
         let mut ids = Vec::with_capacity(batch.len() * len);
         let mut rows = Vec::new();
         let mut targets = Vec::new();
         for (b, item) in batch.iter().enumerate() {
             let input = item.prompt.iter().chain(&item.target[..item.target.len() - 1]);
             let start = ids.len();
-            ids.extend(input);
+            ids.extend(input.skip(skip));
             ids.resize(start + len, 0);
             for (k, &t) in item.target.iter().enumerate() {
-                rows.push((b * len + item.prompt.len() - 1 + k) as u32);
+                rows.push((b * len + item.prompt.len() - 1 - skip + k) as u32);
                 targets.push(t);
             }
         }
         let ids = Tensor::from_vec(ids, (batch.len(), len), &self.device)?;
         let rows = Tensor::from_vec(rows, targets.len(), &self.device)?;
-        let picked = self.arch.hidden_rows(&ids, &rows)?;
+        let embeds = self.arch.embed(&ids)?;
+        let picked = self
+            .arch
+            .forward(&embeds, cache, Some(&rows), kernels::Kernels::Fused)?;
         let logits = self.arch.logits(&picked)?.to_dtype(DType::F32)?;
         let flat = kernels::ops::target_logprobs(&logits, &targets)?;
         let mut out = Vec::with_capacity(batch.len());
@@ -206,11 +351,18 @@ impl Model {
         Ok(out)
     }
 
-    /// Scores many items in batches of at most `token_budget` padded tokens, shortest first.
-    /// Results come back in the order of `items`.
+    /// Scores many items in batches of at most `token_budget` padded tokens: shortest first,
+    /// or with prefix reuse on, those that share a prefix together (see
+    /// [`prefix::order_for_reuse`]). Results come back in the order of `items`.
     pub fn score_all(&self, items: &[ScoreItem], token_budget: usize) -> Result<Vec<Vec<f32>>> {
-        let mut order: Vec<usize> = (0..items.len()).collect();
-        order.sort_by_key(|&i| items[i].input_len());
+        let order = match self.prefix.is_on() {
+            true => prefix::order_for_reuse(items),
+            false => {
+                let mut order: Vec<usize> = (0..items.len()).collect();
+                order.sort_by_key(|&i| items[i].input_len());
+                order
+            }
+        };
         let mut out = vec![Vec::new(); items.len()];
         for chunk in batches(&order, |i| items[i].input_len(), token_budget) {
             let batch: Vec<ScoreItem> = chunk.iter().map(|&i| items[i].clone()).collect();
@@ -291,9 +443,10 @@ impl Model {
 /// Scores `batch` with `run`; when a pass runs out of device memory, scores each half in turn
 /// (recursively), so a batch too big for the device still completes and only a sequence that
 /// does not fit on its own fails. `device` names the device in that error.
-pub(crate) fn split_on_oom<F>(batch: &[ScoreItem], run: &mut F, device: &str) -> Result<Vec<Vec<f32>>>
+pub(crate) fn split_on_oom<R, F>(batch: &[ScoreItem], run: &mut F, device: &str) -> Result<R>
 where
-    F: FnMut(&[ScoreItem]) -> candle_core::Result<Vec<Vec<f32>>>,
+    R: Joined,
+    F: FnMut(&[ScoreItem]) -> candle_core::Result<R>,
 {
     match run(batch) {
         Ok(scores) => Ok(scores),
@@ -305,9 +458,8 @@ where
                 "{device} ran out of memory; scoring the batch in halves (a smaller --batch-tokens avoids this)"
             );
             let (a, b) = batch.split_at(batch.len() / 2);
-            let mut out = split_on_oom(a, run, device)?;
-            out.extend(split_on_oom(b, run, device)?);
-            Ok(out)
+            let out = split_on_oom(a, run, device)?;
+            Ok(out.joined(split_on_oom(b, run, device)?))
         }
         Err(e) if device::is_out_of_memory(&e) => Err(Error::too_large(
             "sequences",
@@ -317,6 +469,24 @@ where
             ),
         )),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Results of consecutive parts of a batch, joined in order.
+pub(crate) trait Joined {
+    fn joined(self, next: Self) -> Self;
+}
+
+impl Joined for Vec<Vec<f32>> {
+    fn joined(mut self, next: Self) -> Self {
+        self.extend(next);
+        self
+    }
+}
+
+impl Joined for BatchScores {
+    fn joined(self, next: Self) -> Self {
+        self.join(next)
     }
 }
 
@@ -395,7 +565,7 @@ mod tests {
             }
             Ok(part.iter().map(|it| vec![it.prompt.len() as f32]).collect())
         };
-        let out = split_on_oom(&batch, &mut run, "cuda:0").unwrap();
+        let out: Vec<Vec<f32>> = split_on_oom(&batch, &mut run, "cuda:0").unwrap();
         assert_eq!(out, (1..=7).map(|n| vec![n as f32]).collect::<Vec<_>>());
         assert_eq!(sizes, [7, 3, 4, 2, 2]);
     }
@@ -419,7 +589,7 @@ mod tests {
             "{e}"
         );
         let mut calls = 0;
-        let mut other = |_: &[ScoreItem]| {
+        let mut other = |_: &[ScoreItem]| -> candle_core::Result<Vec<Vec<f32>>> {
             calls += 1;
             Err(candle_core::Error::Msg("shape mismatch".into()))
         };

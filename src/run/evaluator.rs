@@ -277,12 +277,21 @@ impl<'a> SequenceEvaluator<'a> {
         let batch_tokens: usize = items.iter().map(ScoreItem::input_len).sum();
         let progress = self.progress;
         let items_len = items.len();
+        let work_before = self.scorer.tokens();
         let scores = self.scorer.score(items, &|done, total| {
             progress(Progress {
                 done: before + done,
                 total: before + total,
             })
         })?;
+        match (self.scorer.tokens(), work_before) {
+            (Some(after), Some(before)) => {
+                let work = after.since(before);
+                self.stats.tokens_computed += work.computed as usize;
+                self.stats.tokens_reused += work.reused as usize;
+            }
+            _ => self.stats.tokens_computed += batch_tokens,
+        }
         tracing::debug!(
             sequences = items_len,
             tokens = batch_tokens,

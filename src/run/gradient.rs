@@ -144,6 +144,9 @@ pub(super) fn run(
             coalitions: n_points,
             unique_sequences: n_points * continuations.len() + ends.items,
             tokens_scored: tokens_scored + ends.tokens,
+            // The gradient passes reuse no prefix.
+            tokens_computed: tokens_scored + ends.tokens,
+            tokens_reused: 0,
             seconds: started.elapsed().as_secs_f64(),
         },
         target_ids,

@@ -35,6 +35,28 @@ pub trait Scorer: Send + Sync {
     fn is_cancelled(&self) -> bool {
         false
     }
+    /// The input tokens this scorer has had computed so far, and those it reused (from a
+    /// prefix shared with other sequences or cached); `None` when it does not count them.
+    fn tokens(&self) -> Option<TokenWork> {
+        None
+    }
+}
+
+/// Input tokens a scorer had computed, and those it reused instead (see [`Scorer::tokens`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenWork {
+    pub computed: u64,
+    pub reused: u64,
+}
+
+impl TokenWork {
+    /// What was done between `before` and `self`.
+    pub fn since(self, before: TokenWork) -> TokenWork {
+        TokenWork {
+            computed: self.computed.saturating_sub(before.computed),
+            reused: self.reused.saturating_sub(before.reused),
+        }
+    }
 }
 
 /// The model facts of a scorer that wraps another (`self.$field`): its tokenizer, info and
@@ -52,6 +74,10 @@ macro_rules! scorer_facts_from {
 
         fn context_length(&self) -> usize {
             self.$field.context_length()
+        }
+
+        fn tokens(&self) -> Option<$crate::scorer::TokenWork> {
+            self.$field.tokens()
         }
     };
 }
@@ -89,6 +115,11 @@ impl Scorer for Model {
 
     fn generate(&self, prompt: &[u32], max_new_tokens: usize) -> Result<Vec<u32>> {
         Model::generate(self, prompt, max_new_tokens)
+    }
+
+    fn tokens(&self) -> Option<TokenWork> {
+        let (computed, reused) = self.token_counts();
+        Some(TokenWork { computed, reused })
     }
 
     fn gradients(&self, job: GradientJob, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<Vec<Vec<f64>>> {

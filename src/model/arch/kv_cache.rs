@@ -1,38 +1,145 @@
 //! The one cache policy every architecture shares: additive attention masks built once per
-//! shape, and a key/value cache for greedy generation.
+//! shape, and a key/value cache for greedy generation and for prefixes that a batch shares.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use candle_core::{DType, Device, Result, Tensor};
 
-/// Keys and values of every layer for the one sequence being generated,
-/// `[1, kv_heads, positions, head_dim]` each.
+/// Keys and values of every layer, `[1, kv_heads, positions, head_dim]` each: the sequence
+/// being generated, or a prefix that a batch of suffixes shares (see [`KvCache::shared`]).
+#[derive(Clone)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
+    /// Set on a view of a prefix for a batch of suffixes.
+    view: Option<View>,
+}
+
+/// A read-only view of a one-sequence prefix for a batch of suffixes: appends broadcast the
+/// prefix over the batch and leave it as it was; the new keys and values of one row of the
+/// batch (`keep`: the row and its real length) are kept.
+#[derive(Clone)]
+struct View {
+    keep: Option<(usize, usize)>,
+    kept: Vec<Option<(Tensor, Tensor)>>,
 }
 
 impl KvCache {
     pub(crate) fn new(layers: usize) -> Self {
         KvCache {
             layers: vec![None; layers],
+            view: None,
         }
     }
 
     /// Positions already cached.
-    pub(crate) fn len(&self) -> usize {
-        self.layers[0].as_ref().map_or(0, |(k, _)| k.dims()[2])
+    pub fn len(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(Option::as_ref)
+            .map_or(0, |(k, _)| k.dims()[2])
     }
 
-    /// Appends a step's keys and values to layer `i`'s and returns all of them.
-    pub(crate) fn append(&mut self, i: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
-        let (k, v) = match &self.layers[i] {
-            Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
-            None => (k, v),
-        };
-        self.layers[i] = Some((k.clone(), v.clone()));
-        Ok((k, v))
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
+
+    /// Appends a step's keys and values to layer `i`'s and returns all of them. On a
+    /// [`KvCache::shared`] view, the cached prefix is broadcast over the step's batch and the
+    /// cache itself does not grow.
+    pub fn append(&mut self, i: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+        let Some(layer) = self.layers.get(i) else {
+            candle_core::bail!("the cache has no layer {i}");
+        };
+        let Some(view) = &mut self.view else {
+            let (k, v) = match layer {
+                Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
+                None => (k, v),
+            };
+            self.layers[i] = Some((k.clone(), v.clone()));
+            return Ok((k, v));
+        };
+        if let (Some((row, len)), Some(slot)) = (view.keep, view.kept.get_mut(i)) {
+            let pick = |t: &Tensor| t.narrow(0, row, 1)?.narrow(2, 0, len)?.contiguous();
+            *slot = Some((pick(&k)?, pick(&v)?));
+        }
+        match layer {
+            Some((pk, pv)) => {
+                let b = k.dim(0)?;
+                Ok((
+                    Tensor::cat(&[&expand(pk, b)?, &k], 2)?,
+                    Tensor::cat(&[&expand(pv, b)?, &v], 2)?,
+                ))
+            }
+            None => Ok((k, v)),
+        }
+    }
+
+    /// A view of this (one-sequence) cache for a forward pass over a batch of suffixes that all
+    /// follow it; with `keep`, the view keeps the new keys and values of that batch row, its
+    /// first `len` positions, for [`KvCache::into_kept`].
+    pub fn shared(&self, keep: Option<(usize, usize)>) -> KvCache {
+        KvCache {
+            layers: self.layers.clone(),
+            view: Some(View {
+                keep,
+                kept: vec![None; self.layers.len()],
+            }),
+        }
+    }
+
+    /// After a pass through a [`KvCache::shared`] view with `keep`: the prefix followed by the
+    /// kept row, as a cache of its own (`None` when nothing was kept).
+    pub fn into_kept(self) -> Result<Option<KvCache>> {
+        let Some(view) = self.view else {
+            return Ok(None);
+        };
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for (prefix, kept) in self.layers.into_iter().zip(view.kept) {
+            let Some((k, v)) = kept else {
+                return Ok(None);
+            };
+            layers.push(Some(match prefix {
+                Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                None => (k, v),
+            }));
+        }
+        Ok(Some(KvCache { layers, view: None }))
+    }
+
+    /// The first `len` positions (a prefix of the cached sequence), copied so that they hold
+    /// no more memory than they need.
+    pub fn truncated(&self, len: usize) -> Result<KvCache> {
+        if len >= self.len() {
+            return Ok(KvCache {
+                layers: self.layers.clone(),
+                view: None,
+            });
+        }
+        let cut = |t: &Tensor| t.narrow(2, 0, len)?.contiguous();
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| l.as_ref().map(|(k, v)| Ok((cut(k)?, cut(v)?))).transpose())
+            .collect::<Result<_>>()?;
+        Ok(KvCache { layers, view: None })
+    }
+
+    /// Bytes the cached keys and values take.
+    pub fn bytes(&self) -> usize {
+        let size = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        self.layers.iter().flatten().map(|(k, v)| size(k) + size(v)).sum()
+    }
+}
+
+/// `t` (`[1, ..]`) repeated `b` times along the batch axis, contiguous.
+fn expand(t: &Tensor, b: usize) -> Result<Tensor> {
+    if t.dim(0)? == b {
+        return Ok(t.clone());
+    }
+    let mut dims = t.dims().to_vec();
+    dims[0] = b;
+    t.broadcast_as(dims)?.contiguous()
 }
 
 /// A mask's shape: query length, key length, sliding window, dtype.

@@ -105,6 +105,12 @@ pub struct DeviceArgs {
     /// the input per token; the fewest kernel launches, a GPU's default).
     #[arg(long, env = "LLM_ATTR_GRADIENT_PASSES", value_enum)]
     pub gradient_passes: Option<Passes>,
+    /// Megabytes of prefix keys and values kept on the device across batches and requests (a
+    /// chat's system prompt, a document's head), so that a sequence starting with one is
+    /// computed from where it ends; 0 keeps none (the sequences of one batch still share their
+    /// prefix).
+    #[arg(long, env = "LLM_ATTR_PREFIX_CACHE_MB", default_value_t = crate::model::DEFAULT_PREFIX_CACHE_MB)]
+    pub prefix_cache_mb: usize,
 }
 
 impl DeviceArgs {
@@ -112,6 +118,7 @@ impl DeviceArgs {
     pub(crate) fn load_options(&self) -> Result<LoadOptions> {
         let mut options = resolve(self.device, self.dtype)?;
         options.gradient_passes = self.gradient_passes;
+        options.prefix_cache_mb = Some(self.prefix_cache_mb);
         Ok(options)
     }
 }
@@ -124,6 +131,9 @@ pub struct LoadOptions {
     pub dtype: Option<DType>,
     /// `None`: what suits the device ([`device::tuning`]).
     pub gradient_passes: Option<Passes>,
+    /// Bound of the prefix cache in megabytes; `None`: the default
+    /// ([`crate::model::DEFAULT_PREFIX_CACHE_MB`]).
+    pub prefix_cache_mb: Option<usize>,
 }
 
 impl LoadOptions {
@@ -132,6 +142,7 @@ impl LoadOptions {
             device,
             dtype,
             gradient_passes: None,
+            prefix_cache_mb: None,
         }
     }
 

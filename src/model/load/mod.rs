@@ -27,6 +27,9 @@ impl Model {
         if let Some(passes) = options.gradient_passes {
             model.gradients = model.gradients.forced(passes);
         }
+        if let Some(mb) = options.prefix_cache_mb {
+            model.set_prefix_cache_bytes(mb << 20);
+        }
         Ok(Arc::new(model))
     }
 }

@@ -1,0 +1,329 @@
+//! Shared-prefix reuse: the items of a batch that share a token prefix are grouped, the prefix
+//! is computed once (or taken from a small LRU of prefix keys and values, kept across batches
+//! and requests), and the group's suffixes run in one batched pass that attends to it.
+//!
+//! A group's prefix always ends before the first position whose hidden state is needed (the
+//! last prompt token), so every row the LM head reads is in the suffix pass, and the scores are
+//! those of a pass over the whole sequences.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use crate::model::arch::kv_cache::KvCache;
+use crate::model::ScoreItem;
+
+/// Shortest prefix worth a pass of its own (or a cache lookup's copy).
+pub(crate) const MIN_PREFIX: usize = 8;
+
+/// Default bound of the prefix cache (`--prefix-cache-mb`).
+pub const DEFAULT_PREFIX_CACHE_MB: usize = 256;
+
+/// The scores of one batch and what its passes reused.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BatchScores {
+    /// Log-probs of every target token of every item, in order.
+    pub scores: Vec<Vec<f32>>,
+    /// Per item: its input tokens whose keys and values came from a prefix computed for
+    /// another item of the batch or kept in the prefix cache (the rest were computed for it).
+    pub reused: Vec<usize>,
+    /// Prefix-cache lookups, and those that found a prefix the batch used.
+    pub lookups: usize,
+    pub hits: usize,
+}
+
+impl BatchScores {
+    /// Scores computed without reuse.
+    pub fn plain(scores: Vec<Vec<f32>>) -> Self {
+        BatchScores {
+            reused: vec![0; scores.len()],
+            scores,
+            lookups: 0,
+            hits: 0,
+        }
+    }
+
+    /// Appends the results of the batch's next items.
+    pub(crate) fn join(mut self, other: BatchScores) -> Self {
+        self.scores.extend(other.scores);
+        self.reused.extend(other.reused);
+        self.lookups += other.lookups;
+        self.hits += other.hits;
+        self
+    }
+}
+
+/// The items of one pass (indices into the batch), in batch order, after a prefix of `len`
+/// tokens that they all share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Group {
+    pub members: Vec<usize>,
+    pub len: usize,
+}
+
+/// Tokens fed to the model for `item`: the prompt and the target but its last token.
+pub(crate) fn input(item: &ScoreItem) -> Vec<u32> {
+    let n = item.target.len().saturating_sub(1);
+    item.prompt.iter().chain(&item.target[..n]).copied().collect()
+}
+
+/// Length of the longest common prefix of `a` and `b`.
+pub(crate) fn common(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// Groups the items whose `inputs` share a prefix: sorted by tokens, neighbours join a group
+/// while the prefix they all share stays at least [`MIN_PREFIX`] long and what the group's
+/// members lose from its shortening is no more than the newcomer gains. `caps[i]` bounds item
+/// `i`'s prefix (its first scored position). A group of one has the length of its cap.
+pub(crate) fn groups(inputs: &[Vec<u32>], caps: &[usize]) -> Vec<Group> {
+    let mut order: Vec<usize> = (0..inputs.len()).collect();
+    order.sort_by(|&a, &b| inputs[a].cmp(&inputs[b]));
+    let mut out: Vec<Group> = Vec::new();
+    let mut prev: Option<usize> = None;
+    for &i in &order {
+        let cap = caps.get(i).copied().unwrap_or(0);
+        let joined = match (prev, out.last_mut()) {
+            (Some(p), Some(g)) => {
+                let shared = common(&inputs[p], &inputs[i]).min(cap).min(g.len);
+                let loss = (g.len - shared) * g.members.len();
+                if shared >= MIN_PREFIX && loss <= shared {
+                    g.members.push(i);
+                    g.len = shared;
+                    true
+                } else {
+                    false
+                }
+            }
+            _ => false,
+        };
+        if !joined {
+            out.push(Group {
+                members: vec![i],
+                len: cap,
+            });
+        }
+        prev = Some(i);
+    }
+    for g in &mut out {
+        g.members.sort_unstable();
+    }
+    out
+}
+
+/// An order of `items` for batches cut from it in turn: the first item (the unperturbed prompt
+/// as the evaluator sends it), then the others by how long a prefix they share with it, longest
+/// first, and by their tokens. The first batch then holds the first item's nearest variants and
+/// leaves its keys and values in the prefix cache; later batches share their prefixes with it.
+pub(crate) fn order_for_reuse(items: &[ScoreItem]) -> Vec<usize> {
+    let inputs: Vec<Vec<u32>> = items.iter().map(input).collect();
+    let Some(first) = inputs.first() else {
+        return Vec::new();
+    };
+    let shared: Vec<usize> = inputs.iter().map(|x| common(first, x)).collect();
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by(|&a, &b| {
+        (usize::from(a != 0), std::cmp::Reverse(shared[a]), &inputs[a]).cmp(&(
+            usize::from(b != 0),
+            std::cmp::Reverse(shared[b]),
+            &inputs[b],
+        ))
+    });
+    order
+}
+
+/// Prefix keys and values kept across batches and requests, least recently used first out,
+/// bounded in bytes.
+pub struct PrefixCache {
+    /// Least recently used first.
+    entries: Vec<(Vec<u32>, KvCache)>,
+    bytes: usize,
+    capacity: usize,
+}
+
+impl PrefixCache {
+    pub fn new(capacity: usize) -> Self {
+        PrefixCache {
+            entries: Vec::new(),
+            bytes: 0,
+            capacity,
+        }
+    }
+
+    /// The cached keys and values of the longest prefix of `tokens` that some entry shares (at
+    /// least [`MIN_PREFIX`] tokens), and its length.
+    pub fn lookup(&mut self, tokens: &[u32]) -> candle_core::Result<Option<(KvCache, usize)>> {
+        let best = self
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(k, (t, _))| (k, common(t, tokens)))
+            .max_by_key(|&(k, n)| (n, k));
+        let Some((k, n)) = best.filter(|&(_, n)| n >= MIN_PREFIX) else {
+            return Ok(None);
+        };
+        let entry = self.entries.remove(k);
+        let kv = entry.1.truncated(n)?;
+        self.entries.push(entry);
+        Ok(Some((kv, n)))
+    }
+
+    /// Keeps `kv`, the keys and values of `tokens`, evicting the least recently used entries
+    /// to stay within the bound. An entry that is a prefix of `tokens` is dropped for it; one
+    /// that `tokens` is a prefix of makes it redundant.
+    pub fn insert(&mut self, tokens: Vec<u32>, kv: KvCache) {
+        let size = kv.bytes();
+        if size > self.capacity || tokens.len() < MIN_PREFIX {
+            return;
+        }
+        if let Some(k) = self.entries.iter().position(|(t, _)| t.starts_with(&tokens)) {
+            let entry = self.entries.remove(k);
+            self.entries.push(entry);
+            return;
+        }
+        self.entries.retain(|(t, kv)| {
+            let keep = !tokens.starts_with(t);
+            if !keep {
+                self.bytes -= kv.bytes();
+            }
+            keep
+        });
+        while self.bytes + size > self.capacity && !self.entries.is_empty() {
+            let (_, old) = self.entries.remove(0);
+            self.bytes -= old.bytes();
+        }
+        self.bytes += size;
+        self.entries.push((tokens, kv));
+    }
+
+    /// Bytes the entries take.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// A model's prefix reuse: whether it is on, and its cache.
+pub(crate) struct PrefixReuse {
+    on: AtomicBool,
+    cache: Mutex<PrefixCache>,
+}
+
+impl PrefixReuse {
+    pub fn new(capacity: usize) -> Self {
+        PrefixReuse {
+            on: AtomicBool::new(true),
+            cache: Mutex::new(PrefixCache::new(capacity)),
+        }
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.on.load(Ordering::Relaxed)
+    }
+
+    pub fn set_on(&self, on: bool) {
+        self.on.store(on, Ordering::Relaxed);
+    }
+
+    /// Empties the cache and bounds it to `capacity` bytes from now on (0: no cache; batches
+    /// still share their prefixes).
+    pub fn set_capacity(&self, capacity: usize) {
+        *self.lock() = PrefixCache::new(capacity);
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.lock().capacity
+    }
+
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, PrefixCache> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seq(prefix: &[u32], rest: &[u32]) -> Vec<u32> {
+        prefix.iter().chain(rest).copied().collect()
+    }
+
+    /// Items that share a long prefix form one group (its length capped by the shortest
+    /// prompt); a join that costs the group more than it gains starts a new group; an item that
+    /// shares nothing stays alone.
+    #[test]
+    fn groups_follow_the_shared_prefix() {
+        let p: Vec<u32> = (1..=20).collect();
+        let inputs = vec![
+            seq(&p, &[30, 31, 32]),
+            seq(&[99, 98], &p),
+            seq(&p, &[40, 41]),
+            seq(&p[..10], &[50; 30]),
+            seq(&p, &[30, 31, 33]),
+        ];
+        let caps = vec![21, 21, 20, 35, 22];
+        let g = groups(&inputs, &caps);
+        let expected = [(vec![0, 2, 4], 20), (vec![3], 35), (vec![1], 21)];
+        let got: Vec<(Vec<usize>, usize)> = g.into_iter().map(|g| (g.members, g.len)).collect();
+        assert_eq!(got, expected);
+        // Two items sharing 12 tokens with prompts of 15: the group loses 2 and gains 12.
+        let two = vec![seq(&p[..12], &[60, 61, 62]), seq(&p[..12], &[70, 71, 72])];
+        let g = groups(&two, &[14, 14]);
+        assert_eq!(
+            g,
+            vec![Group {
+                members: vec![0, 1],
+                len: 12
+            }]
+        );
+    }
+
+    fn kv(tokens: usize) -> KvCache {
+        let mut c = KvCache::new(1);
+        let t = candle_core::Tensor::zeros(
+            (1, 1, tokens, 2),
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        c.append(0, t.clone(), t).unwrap();
+        c
+    }
+
+    /// The longest shared prefix is found and cut to its length; entries that a new one
+    /// extends are replaced; the bound evicts the least recently used.
+    #[test]
+    fn cache_finds_the_longest_prefix_and_stays_bounded() {
+        let per_token = 2 * 2 * 4;
+        let mut c = PrefixCache::new(60 * per_token);
+        let a: Vec<u32> = (0..20).collect();
+        c.insert(a.clone(), kv(20));
+        c.insert(a[..12].to_vec(), kv(12));
+        assert_eq!(c.len(), 1, "a prefix of an entry adds nothing");
+        let b: Vec<u32> = (0..30).collect();
+        c.insert(b.clone(), kv(30));
+        assert_eq!(
+            (c.len(), c.bytes()),
+            (1, 30 * per_token),
+            "the longer entry replaces"
+        );
+        let (got, n) = c.lookup(&seq(&b[..15], &[7, 7])).unwrap().unwrap();
+        assert_eq!((n, got.len()), (15, 15));
+        assert!(c.lookup(&[0, 1, 2, 9]).unwrap().is_none(), "too short to use");
+        let d: Vec<u32> = (100..125).collect();
+        c.insert(d.clone(), kv(25));
+        assert_eq!(c.len(), 2);
+        c.lookup(&b).unwrap();
+        let e: Vec<u32> = (200..220).collect();
+        c.insert(e, kv(20));
+        assert!(c.lookup(&d).unwrap().is_none(), "the least recently used went");
+        assert!(c.lookup(&b).unwrap().is_some());
+        assert!(c.bytes() <= 60 * per_token);
+    }
+}
