@@ -21,6 +21,8 @@ pub mod run;
 pub(crate) mod score_cache;
 pub mod scorer;
 
+/// ContextCite's masks and Lasso weights, for checks against the `context-cite` package.
+pub use attribution::{context_cite_masks, context_cite_weights};
 pub use error::{Error, Result};
 
 /// mimalloc serves every binary that links this crate (the server, tests, benches). Forward

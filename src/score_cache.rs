@@ -220,7 +220,7 @@ pub(crate) fn model_digest(model: &Model) -> String {
 
 /// Identifies a model an inference server serves by the server's URL, the model's name and
 /// the revision the server reports (never by local weights).
-pub fn remote_digest(model: &crate::scorer::remote::RemoteModel) -> String {
+pub(crate) fn remote_digest(model: &crate::scorer::remote::RemoteModel) -> String {
     let h = Sha256::digest(model.identity().as_bytes());
     h[..16].iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -7,11 +7,11 @@ mod fake;
 use std::collections::BTreeMap;
 
 use fake::{fake_log_probs, go, Fake};
-use llm_attr::attribution::{context_cite_masks, context_cite_weights};
 use llm_attr::audit::{self, AuditRequest};
 use llm_attr::request::{AttrTarget, AttributeRequest, Baseline, ChatMessage, Method, Role, SplitKind};
 use llm_attr::run::{run, Limits};
 use llm_attr::scorer::Scorer;
+use llm_attr::{context_cite_masks, context_cite_weights};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 

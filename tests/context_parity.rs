@@ -8,9 +8,9 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::{read_json, shared_model};
-use llm_attr::attribution::{context_cite_masks, context_cite_weights};
 use llm_attr::request::{AttributeRequest, AttributeResponse, Method, SplitKind};
 use llm_attr::run::{run, Limits};
+use llm_attr::{context_cite_masks, context_cite_weights};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;

@@ -134,7 +134,10 @@ impl<S: Send + Sync> FromRequest<S> for PlanRequest {
     ),
     security((), ("bearer" = []), ("api_key" = []))
 )]
-pub(crate) async fn plan(State(state): State<Arc<AppState>>, request: PlanRequest) -> Result<Json<Plan>, ApiError> {
+pub(crate) async fn plan(
+    State(state): State<Arc<AppState>>,
+    request: PlanRequest,
+) -> Result<Json<Plan>, ApiError> {
     let request = match request {
         PlanRequest::Audit(r) => JobRequest::Audit(r),
         PlanRequest::Attribute(r) => JobRequest::Attribution(r),

@@ -38,7 +38,7 @@ pub(crate) enum Chain {
 }
 
 /// The scorer of a run of `chain`'s kind, cancelled by `cancel`.
-pub fn scorer(ready: &Ready, cancel: &CancelToken, chain: Chain) -> CachedScorer {
+pub(crate) fn scorer(ready: &Ready, cancel: &CancelToken, chain: Chain) -> CachedScorer {
     let handle = ready.engine.handle(cancel.clone());
     // A remote model's batches are its requests: sequences sharing a prefix go together.
     let engine: Box<dyn Scorer> = match ready.model.remote() {

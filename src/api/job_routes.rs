@@ -46,7 +46,11 @@ pub(crate) async fn create(
 }
 
 /// Puts `request` in line as a job; answers 202 with the job and its URL under `base`.
-pub(crate) async fn submit(state: &Arc<AppState>, request: JobRequest, base: &str) -> Result<Response, ApiError> {
+pub(crate) async fn submit(
+    state: &Arc<AppState>,
+    request: JobRequest,
+    base: &str,
+) -> Result<Response, ApiError> {
     state.refuse_if_stopping()?;
     state.ready()?;
     let job = state.jobs.create_for(&request, Client::current()).await?;
@@ -61,12 +65,20 @@ fn found(id: &str, kind: Option<JobKind>, job: Option<Job>) -> Result<Job, ApiEr
 }
 
 /// A job's snapshot (`GET`); with `kind`, only a job of that kind.
-pub(crate) async fn get_job(state: &AppState, id: &str, kind: Option<JobKind>) -> Result<Json<Job>, ApiError> {
+pub(crate) async fn get_job(
+    state: &AppState,
+    id: &str,
+    kind: Option<JobKind>,
+) -> Result<Json<Job>, ApiError> {
     Ok(Json(found(id, kind, state.jobs.get(id).await?)?))
 }
 
 /// Cancels a job (`DELETE`; no effect on a finished one); with `kind`, only a job of that kind.
-pub(crate) async fn cancel_job(state: &AppState, id: &str, kind: Option<JobKind>) -> Result<Json<Job>, ApiError> {
+pub(crate) async fn cancel_job(
+    state: &AppState,
+    id: &str,
+    kind: Option<JobKind>,
+) -> Result<Json<Job>, ApiError> {
     if kind.is_some() {
         found(id, kind, state.jobs.get(id).await?)?;
     }

@@ -242,7 +242,7 @@ impl Metrics {
                 "llm_attr_prefix_cache_bytes",
                 "gauge",
                 "Bytes of prefix keys and values the prefix cache holds.",
-                e.backend().prefix_cache_bytes(),
+                e.backend().local().map_or(0, |m| m.prefix_cache_bytes()),
             );
             render_cache(o, &r.cache);
             header(

@@ -12,9 +12,9 @@ use super::{Attribution, Coalition, Evaluator};
 use crate::error::Result;
 
 /// `LassoRegression`'s default `lasso_alpha`.
-pub const CONTEXT_CITE_ALPHA: f64 = 0.01;
+pub(super) const CONTEXT_CITE_ALPHA: f64 = 0.01;
 /// ContextCite's `ablation_keep_prob`.
-pub const KEEP_PROB: f64 = 0.5;
+pub(super) const KEEP_PROB: f64 = 0.5;
 /// scikit-learn's `Lasso` defaults.
 const MAX_ITER: usize = 1000;
 const TOL: f64 = 1e-4;
@@ -29,7 +29,11 @@ pub fn context_cite_masks(n: usize, n_samples: usize, rng: &mut impl Rng) -> Vec
 /// ContextCite over `ev`'s features. The sequence row is fitted as the package fits a whole
 /// response (divided by its number of tokens, the weights multiplied back); each token row as
 /// the package fits a one-token range.
-pub fn context_cite(ev: &mut dyn Evaluator, n_samples: usize, rng: &mut impl Rng) -> Result<Attribution> {
+pub(crate) fn context_cite(
+    ev: &mut dyn Evaluator,
+    n_samples: usize,
+    rng: &mut impl Rng,
+) -> Result<Attribution> {
     let masks = context_cite_masks(ev.n_features(), n_samples, rng);
     let y = ev.values(&masks)?;
     let outputs = ev.n_outputs();
@@ -75,7 +79,7 @@ pub fn context_cite_weights(masks: &[Coalition], outputs: &[f64], num_output_tok
 /// centres the data, then `enet_coordinate_descent` from zero with `alpha * n_samples` as the
 /// L1 weight, stopping when the largest update is under `tol` times the largest coefficient and
 /// the duality gap is under `tol * |y|^2`, or after 1000 sweeps.
-pub fn lasso_cd(columns: &[Vec<f64>], y: &[f64], alpha: f64) -> Vec<f64> {
+pub(super) fn lasso_cd(columns: &[Vec<f64>], y: &[f64], alpha: f64) -> Vec<f64> {
     let rows = y.len();
     let p = columns.len();
     let centre = |v: &[f64]| {

@@ -121,7 +121,13 @@ pub(crate) fn weighted_least_squares(x: &[Vec<f64>], y: &[Vec<f64>], w: &[f64]) 
 /// Weighted Lasso with an intercept, one output column: minimises
 /// `1/(2 sum w) sum_i w_i (y_i - b - x_i . coef)^2 + alpha |coef|_1` by coordinate descent,
 /// to convergence. `start` warm-starts the coefficients.
-pub(crate) fn weighted_lasso(x: &[Vec<f64>], y: &[f64], w: &[f64], alpha: f64, start: Option<&[f64]>) -> Vec<f64> {
+pub(crate) fn weighted_lasso(
+    x: &[Vec<f64>],
+    y: &[f64],
+    w: &[f64],
+    alpha: f64,
+    start: Option<&[f64]>,
+) -> Vec<f64> {
     let p = x.first().map_or(0, Vec::len);
     let total: f64 = w.iter().sum();
     if total <= 0.0 {

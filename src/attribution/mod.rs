@@ -16,8 +16,9 @@ use rand::Rng;
 
 use crate::error::{Error, Result};
 use crate::request::Method;
-pub(crate) use context_cite::{context_cite, context_cite_masks, context_cite_weights};
-pub(crate) use methods::{FeatureCap, GradientFacts, GradientPath, MethodFacts};
+pub(crate) use context_cite::context_cite;
+pub use context_cite::{context_cite_masks, context_cite_weights};
+pub(crate) use methods::{GradientFacts, GradientPath, MethodFacts};
 pub(crate) use shapley::{shapley_value_sampling, shapley_values};
 pub(crate) use surrogate::{kernel_shap, lime};
 

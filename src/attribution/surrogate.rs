@@ -61,7 +61,11 @@ pub(crate) fn lime(ev: &mut dyn Evaluator, n_samples: usize, rng: &mut impl Rng)
 /// Kernel SHAP: the full and the empty coalition (weight 10^6), then coalitions whose size k
 /// is drawn with p(k) proportional to (n-1)/(k(n-k)) and whose members are uniform (weight 1),
 /// fitted by weighted least squares.
-pub(crate) fn kernel_shap(ev: &mut dyn Evaluator, n_samples: usize, rng: &mut impl Rng) -> Result<Attribution> {
+pub(crate) fn kernel_shap(
+    ev: &mut dyn Evaluator,
+    n_samples: usize,
+    rng: &mut impl Rng,
+) -> Result<Attribution> {
     let n = ev.n_features();
     let sizes: Vec<f64> = (1..n).map(|k| (n - 1) as f64 / (k * (n - k)) as f64).collect();
     let total: f64 = sizes.iter().sum();

@@ -107,7 +107,7 @@ impl Default for EngineConfig {
 impl EngineConfig {
     /// The defaults with the workers and batch size suited to `device` (see
     /// [`crate::model::device::tuning`]).
-    pub(crate) fn for_device(device: &candle_core::Device) -> Self {
+    pub fn for_device(device: &candle_core::Device) -> Self {
         let tuned = crate::model::device::tuning(device);
         EngineConfig {
             workers: tuned.workers,
@@ -285,6 +285,11 @@ impl<B: Backend> Engine<B> {
             shared,
             workers: Mutex::new(workers),
         })
+    }
+
+    /// What the workers run on (the model, or the server that serves it).
+    pub(crate) fn backend(&self) -> &Arc<B> {
+        &self.shared.backend
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -609,7 +614,6 @@ pub struct Handle<B: Backend> {
 }
 
 impl<B: Backend> Handle<B> {
-
     /// Queues `items` (all or none), waits for their scores and reports progress as batches
     /// finish. Results come back in the order of `items`.
     pub fn score_items(

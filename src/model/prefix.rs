@@ -133,7 +133,7 @@ pub(crate) fn order_for_reuse(items: &[ScoreItem]) -> Vec<usize> {
 
 /// Prefix keys and values kept across batches and requests, least recently used first out,
 /// bounded in bytes.
-pub struct PrefixCache {
+pub(crate) struct PrefixCache {
     /// Least recently used first.
     entries: Vec<(Vec<u32>, KvCache)>,
     bytes: usize,
@@ -141,7 +141,7 @@ pub struct PrefixCache {
 }
 
 impl PrefixCache {
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         PrefixCache {
             entries: Vec::new(),
             bytes: 0,
@@ -151,7 +151,7 @@ impl PrefixCache {
 
     /// The cached keys and values of the longest prefix of `tokens` that some entry shares (at
     /// least [`MIN_PREFIX`] tokens), and its length.
-    pub fn lookup(&mut self, tokens: &[u32]) -> candle_core::Result<Option<(KvCache, usize)>> {
+    pub(crate) fn lookup(&mut self, tokens: &[u32]) -> candle_core::Result<Option<(KvCache, usize)>> {
         let best = self
             .entries
             .iter()
@@ -170,7 +170,7 @@ impl PrefixCache {
     /// Keeps `kv`, the keys and values of `tokens`, evicting the least recently used entries
     /// to stay within the bound. An entry that is a prefix of `tokens` is dropped for it; one
     /// that `tokens` is a prefix of makes it redundant.
-    pub fn insert(&mut self, tokens: Vec<u32>, kv: KvCache) {
+    pub(crate) fn insert(&mut self, tokens: Vec<u32>, kv: KvCache) {
         let size = kv.bytes();
         if size > self.capacity || tokens.len() < MIN_PREFIX {
             return;
@@ -196,16 +196,13 @@ impl PrefixCache {
     }
 
     /// Bytes the entries take.
-    pub fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         self.bytes
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 }
 
@@ -216,32 +213,32 @@ pub(crate) struct PrefixReuse {
 }
 
 impl PrefixReuse {
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         PrefixReuse {
             on: AtomicBool::new(true),
             cache: Mutex::new(PrefixCache::new(capacity)),
         }
     }
 
-    pub fn is_on(&self) -> bool {
+    pub(crate) fn is_on(&self) -> bool {
         self.on.load(Ordering::Relaxed)
     }
 
-    pub fn set_on(&self, on: bool) {
+    pub(crate) fn set_on(&self, on: bool) {
         self.on.store(on, Ordering::Relaxed);
     }
 
     /// Empties the cache and bounds it to `capacity` bytes from now on (0: no cache; batches
     /// still share their prefixes).
-    pub fn set_capacity(&self, capacity: usize) {
+    pub(crate) fn set_capacity(&self, capacity: usize) {
         *self.lock() = PrefixCache::new(capacity);
     }
 
-    pub fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         self.lock().capacity
     }
 
-    pub fn lock(&self) -> std::sync::MutexGuard<'_, PrefixCache> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, PrefixCache> {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -235,7 +235,11 @@ impl Tokenizer {
 /// Makes `inner` add BOS and/or EOS around every encoding, as transformers' Llama and Gemma
 /// tokenizers rebuild their post-processor from `add_bos_token` / `add_eos_token`. A byte-level
 /// post-processor already there is kept in front (it fixes offsets).
-pub(crate) fn set_bos_eos(inner: &mut tokenizers::Tokenizer, bos: Option<&str>, eos: Option<&str>) -> Result<()> {
+pub(crate) fn set_bos_eos(
+    inner: &mut tokenizers::Tokenizer,
+    bos: Option<&str>,
+    eos: Option<&str>,
+) -> Result<()> {
     let id = |t: &str| {
         inner
             .token_to_id(t)

@@ -104,7 +104,8 @@ impl Scorer for Fake {
     }
 }
 
-pub(crate) const T1: &str = "{name} from {country} applied for a job as a {job}. The hiring manager decided to";
+pub(crate) const T1: &str =
+    "{name} from {country} applied for a job as a {job}. The hiring manager decided to";
 
 pub(crate) fn t1(method: Method) -> AttributeRequest {
     let map = |pairs: &[(&str, &str)]| {
@@ -154,7 +155,10 @@ pub(crate) fn product(req: &mut AttributeRequest) {
     );
 }
 
-pub(crate) fn go(fake: &Fake, req: &AttributeRequest) -> llm_attr::Result<llm_attr::request::AttributeResponse> {
+pub(crate) fn go(
+    fake: &Fake,
+    req: &AttributeRequest,
+) -> llm_attr::Result<llm_attr::request::AttributeResponse> {
     run(req, fake, &limits(), &|_| {})
 }
 

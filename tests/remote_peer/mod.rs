@@ -19,14 +19,14 @@ use llm_attr::model::{Model, ScoreItem, Tokenizer};
 use serde_json::{json, Value};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Vllm,
     Sglang,
     Tgi,
     Echo,
 }
 
-pub struct PeerState {
+pub(crate) struct PeerState {
     pub model: Arc<Model>,
     /// The tokenizer the peer reads text with (a text protocol's alignment is checked
     /// against it).
@@ -63,7 +63,7 @@ impl PeerState {
     }
 }
 
-pub struct Peer {
+pub(crate) struct Peer {
     pub state: Arc<PeerState>,
     pub addr: SocketAddr,
     runtime: Option<tokio::runtime::Runtime>,
@@ -71,24 +71,29 @@ pub struct Peer {
 
 impl Peer {
     /// Starts a peer of `kind` serving `model` on `addr` (port 0: any free one).
-    pub fn start(kind: Kind, model: Arc<Model>, addr: SocketAddr) -> Peer {
+    pub(crate) fn start(kind: Kind, model: Arc<Model>, addr: SocketAddr) -> Peer {
         let tokenizer = own_tokenizer(&model);
         Peer::start_with(kind, model, tokenizer, addr)
     }
 
     /// A peer whose context (`max_model_len`) is `context` tokens.
-    pub fn start_with_context(kind: Kind, model: Arc<Model>, context: usize, addr: SocketAddr) -> Peer {
+    pub(crate) fn start_with_context(
+        kind: Kind,
+        model: Arc<Model>,
+        context: usize,
+        addr: SocketAddr,
+    ) -> Peer {
         let tokenizer = own_tokenizer(&model);
         Peer::serve(Arc::new(PeerState::new(kind, model, tokenizer, context)), addr)
     }
 
     /// A peer that reads text with `tokenizer` (not the model's own).
-    pub fn start_with(kind: Kind, model: Arc<Model>, tokenizer: Tokenizer, addr: SocketAddr) -> Peer {
+    pub(crate) fn start_with(kind: Kind, model: Arc<Model>, tokenizer: Tokenizer, addr: SocketAddr) -> Peer {
         Peer::serve(Arc::new(PeerState::new(kind, model, tokenizer, 1024)), addr)
     }
 
     /// Serves `state` (a restart keeps its settings and counts).
-    pub fn serve(state: Arc<PeerState>, addr: SocketAddr) -> Peer {
+    pub(crate) fn serve(state: Arc<PeerState>, addr: SocketAddr) -> Peer {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -118,12 +123,12 @@ impl Peer {
         }
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}/v1", self.addr)
     }
 
     /// Stops at once: open connections are dropped mid-answer, as a killed server's are.
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
         }

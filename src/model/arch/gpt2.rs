@@ -239,7 +239,12 @@ impl Block {
 }
 
 /// A GPT-2 from its config.json and its weights (the registry's constructor).
-pub(crate) fn from_hf(_: Family, json: &Value, origin: &str, weights: Weights) -> Result<Box<dyn Architecture>> {
+pub(crate) fn from_hf(
+    _: Family,
+    json: &Value,
+    origin: &str,
+    weights: Weights,
+) -> Result<Box<dyn Architecture>> {
     let cfg = Config::from_value(json, origin)?;
     Ok(Box::new(Gpt2::load(cfg, weights()?)?))
 }

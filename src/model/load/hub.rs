@@ -64,13 +64,13 @@ impl HubOptions {
 }
 
 /// Downloads (or finds in the cache) the files of a hub model.
-pub fn fetch(repo: &str, revision: Option<&str>, hub: &HubOptions) -> Result<ModelFiles> {
+pub(crate) fn fetch(repo: &str, revision: Option<&str>, hub: &HubOptions) -> Result<ModelFiles> {
     fetch_files(repo, revision, hub, true)
 }
 
 /// The config and tokenizer files of a hub model, without its weights (an empty list): what
 /// a model served elsewhere needs here.
-pub fn fetch_tokenizer(repo: &str, revision: Option<&str>, hub: &HubOptions) -> Result<ModelFiles> {
+pub(crate) fn fetch_tokenizer(repo: &str, revision: Option<&str>, hub: &HubOptions) -> Result<ModelFiles> {
     fetch_files(repo, revision, hub, false)
 }
 

@@ -14,10 +14,11 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::model::{Architecture, Family, LoadOptions, Model, Tokenizer};
-pub use hub::{fetch, fetch_tokenizer, HubOptions};
+pub use hub::HubOptions;
+pub(crate) use hub::{fetch, fetch_tokenizer};
 use safetensors::var_builder;
-pub use safetensors::{dir_files, dir_tokenizer_files, ModelFiles};
-pub use spec::{ModelSpec, DEFAULT_SPEC};
+pub(crate) use safetensors::{dir_files, dir_tokenizer_files, ModelFiles};
+pub use spec::ModelSpec;
 use tokenizer_files::{hf_tokenizer, read_json};
 
 impl Model {

@@ -23,14 +23,14 @@ pub(crate) struct ModelFiles {
 }
 
 /// The config, tokenizer and weights of a model directory.
-pub fn dir_files(dir: &Path) -> Result<ModelFiles> {
+pub(crate) fn dir_files(dir: &Path) -> Result<ModelFiles> {
     let mut files = dir_tokenizer_files(dir)?;
     files.weights = dir_weights(dir)?;
     Ok(files)
 }
 
 /// The config and tokenizer files of a model directory, without weights (an empty list).
-pub fn dir_tokenizer_files(dir: &Path) -> Result<ModelFiles> {
+pub(crate) fn dir_tokenizer_files(dir: &Path) -> Result<ModelFiles> {
     let need = |name: &str| {
         let p = dir.join(name);
         if p.is_file() {

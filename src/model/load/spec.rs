@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use crate::error::{Error, Result};
 
-
 const SPEC_HELP: &str = "expected hf:ORG/NAME[@REVISION], a model directory or a .gguf file";
 
 /// Where a model comes from.

@@ -200,7 +200,13 @@ impl FanOut {
 
     /// Publishes again each missing chunk whose entry vanished without a result (Redis
     /// restarted empty).
-    async fn republish_lost(&self, run: &str, chunks: &[&[ScoreItem]], missing: &[usize], entries: &mut [String]) {
+    async fn republish_lost(
+        &self,
+        run: &str,
+        chunks: &[&[ScoreItem]],
+        missing: &[usize],
+        entries: &mut [String],
+    ) {
         for &k in missing {
             let result_key = key(&format!("chunk:{run}:{k}"));
             if let Ok(true) = self.vanished(&entries[k], &result_key).await {

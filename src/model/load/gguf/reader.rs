@@ -141,7 +141,12 @@ impl Gguf {
     }
 
     /// A tensor as stored (possibly quantized) on `device`; `shape` is checked when given.
-    pub(crate) fn qtensor(&mut self, name: &str, shape: Option<&[usize]>, device: &Device) -> Result<QTensor> {
+    pub(crate) fn qtensor(
+        &mut self,
+        name: &str,
+        shape: Option<&[usize]>,
+        device: &Device,
+    ) -> Result<QTensor> {
         let info = self
             .content
             .tensor_infos

@@ -61,11 +61,13 @@ pub fn tokenizer(file: &Gguf) -> Result<Tokenizer> {
         Some(Value::String(t)) => Some(t.clone()),
         _ => None,
     };
-    Ok(Tokenizer::new(inner, end_ids(file, &tokens)?).with_special(SpecialTokens {
-        bos,
-        eos: text(eos_id),
-        chat_template,
-    }))
+    Ok(
+        Tokenizer::new(inner, end_ids(file, &tokens)?).with_special(SpecialTokens {
+            bos,
+            eos: text(eos_id),
+            chat_template,
+        }),
+    )
 }
 
 /// `tokenizer.ggml.token_type`, or every token normal (1) when the file has none.
