@@ -64,15 +64,20 @@ use crate::score_cache::ScoreCache;
 
 /// The model, the engine around it and the score cache, once loaded.
 pub struct Ready {
+    /// The loaded model.
     pub model: Arc<Model>,
+    /// The batching engine that runs the model's forward passes.
     pub engine: Engine<Model>,
     pub(crate) cache: Arc<ScoreCache>,
 }
 
 /// Everything the handlers share.
 pub struct AppState {
+    /// The configuration the server started with.
     pub config: Config,
+    /// Set once the model has loaded.
     pub ready: OnceLock<Arc<Ready>>,
+    /// Why the model failed to load, once it has failed.
     pub load_error: OnceLock<String>,
     pub(crate) jobs: Arc<dyn JobStore>,
     /// What replicas sharing the Redis store add (shared scores, chunk workers, the fan-out);
@@ -85,6 +90,7 @@ pub struct AppState {
     pub run_slots: Arc<Semaphore>,
     /// Each client's share of the run slots.
     pub shares: fair::Shares,
+    /// Attribute runs executing in this process now.
     pub active_runs: AtomicUsize,
     stopping: AtomicBool,
 }
@@ -151,6 +157,7 @@ impl AppState {
         })
     }
 
+    /// True once shutdown has begun; new work is then refused.
     pub fn stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
     }
@@ -376,6 +383,7 @@ impl Server {
         })
     }
 
+    /// The address the server listens on, with the port it got.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -385,6 +393,7 @@ impl Server {
         format!("http://{}", self.addr)
     }
 
+    /// The state the handlers share.
     pub fn state(&self) -> &Arc<AppState> {
         &self.state
     }

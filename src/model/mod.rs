@@ -41,6 +41,7 @@ pub struct ModelInfo {
     pub spec: String,
     /// Whether the model has a chat template (requests may then give `messages`).
     pub chat_template: bool,
+    /// The architecture's facts.
     #[serde(flatten)]
     pub arch: ArchInfo,
 }
@@ -48,7 +49,9 @@ pub struct ModelInfo {
 /// One sequence to score: log p(target_k | prompt, target_<k) for every k.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ScoreItem {
+    /// Prompt token ids (at least one).
     pub prompt: Vec<u32>,
+    /// Target token ids, scored after the prompt (at least one).
     pub target: Vec<u32>,
 }
 
@@ -70,6 +73,7 @@ pub struct Model {
 }
 
 impl Model {
+    /// A model from a loaded architecture and its tokenizer; `spec` names it in [`ModelInfo`].
     pub fn new(arch: Box<dyn Architecture>, tokenizer: Tokenizer, spec: &str) -> Self {
         let info = ModelInfo {
             spec: spec.to_string(),
@@ -101,14 +105,17 @@ impl Model {
         self.arch.as_ref()
     }
 
+    /// The tokenizer prompts and targets are encoded with.
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
     }
 
+    /// What is loaded (`GET /v1/model`).
     pub fn info(&self) -> &ModelInfo {
         &self.info
     }
 
+    /// Most tokens one sequence (prompt + target) may hold.
     pub fn context_length(&self) -> usize {
         self.info.arch.context_length
     }
