@@ -31,12 +31,15 @@ fn local_limits() -> Limits {
 /// [`crate::input::chat::sandbox`]); not for people.
 #[derive(Debug, clap::Args)]
 pub struct TemplateWorkerArgs {
+    /// Memory cap of the worker process, in bytes.
     #[arg(long)]
     pub memory_bytes: usize,
+    /// Largest rendered template the worker returns, in bytes.
     #[arg(long)]
     pub output_bytes: usize,
 }
 
+/// `llm-attr template-worker`: renders templates from stdin until the server closes it.
 pub fn template_worker(args: &TemplateWorkerArgs) -> anyhow::Result<()> {
     crate::input::chat::sandbox::serve_worker(args.memory_bytes, args.output_bytes)?;
     Ok(())
@@ -52,6 +55,7 @@ pub struct AttributeArgs {
     /// Request JSON file, or - for stdin.
     #[arg(long)]
     pub request: String,
+    /// Where the model runs and in which data type (`--device`, `--dtype`, `--gradient-passes`).
     #[command(flatten)]
     pub remote: RemoteArgs,
     #[command(flatten)]
@@ -71,6 +75,7 @@ pub struct AuditArgs {
     /// json: the whole result; jsonl: one cell a line; csv: one cell and target a row.
     #[arg(long, value_enum, default_value = "json")]
     pub format: Format,
+    /// Where the model runs and in which data type (`--device`, `--dtype`, `--gradient-passes`).
     #[command(flatten)]
     pub remote: RemoteArgs,
     #[command(flatten)]
@@ -93,6 +98,7 @@ pub struct BenchArgs {
     /// Methods to time (comma-separated; Captum's short names work).
     #[arg(long, default_value = "fa,sv,svs,lime,kernel")]
     pub methods: String,
+    /// Where the model runs and in which data type (`--device`, `--dtype`, `--gradient-passes`).
     #[command(flatten)]
     pub remote: RemoteArgs,
     #[command(flatten)]
@@ -110,6 +116,7 @@ pub struct ProbeArgs {
     /// addresses), else LLM_ATTR_HOST, else 127.0.0.1.
     #[arg(long)]
     pub host: Option<std::net::IpAddr>,
+    /// Path to request; the probe succeeds when it answers 200.
     #[arg(long, default_value = "/ready")]
     pub path: String,
     /// Seconds to wait for the answer.
@@ -230,6 +237,7 @@ fn log_progress(p: Progress) {
     tracing::debug!(done = p.done, total = p.total, "scored");
 }
 
+/// `llm-attr attribute`: runs one request and prints the response JSON (warnings also on stderr).
 pub fn attribute(args: AttributeArgs) -> anyhow::Result<()> {
     let request = read_request(&args.request)?;
     let model = load_served(&args.model, &args.remote, &args.device)?;
@@ -322,12 +330,19 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// One line of the bench table.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BenchRow {
+    /// The method timed.
     pub method: Method,
+    /// How its baselines were used: exact or sample.
     pub baseline_sampling: crate::request::BaselineSampling,
+    /// Coalition evaluations of one run.
     pub evaluations: usize,
+    /// Distinct sequences one run scored.
     pub unique_sequences: usize,
+    /// Tokens one run fed to the model.
     pub tokens_scored: usize,
+    /// Median wall-clock seconds over the repeats.
     pub median_seconds: f64,
+    /// Wall-clock seconds of the fastest repeat.
     pub min_seconds: f64,
 }
 
@@ -398,6 +413,7 @@ pub fn parse_methods(list: &str) -> anyhow::Result<Vec<Method>> {
     list.split(',').map(parse_method).collect()
 }
 
+/// `llm-attr bench`: times each method on the request and prints the table.
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let request = read_request(&args.request)?;
     let methods = parse_methods(&args.methods)?;

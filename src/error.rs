@@ -2,14 +2,25 @@
 
 use serde::Serialize;
 
+/// Everything that can go wrong in the service; each variant has its `code` and HTTP status.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Error {
     /// The request is wrong; `field` says where (e.g. `values.name`, `n_samples`).
     #[error("{field}: {message}")]
-    Invalid { field: String, message: String },
+    Invalid {
+        /// The field at fault, as a path into the request (e.g. `values.name`).
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The request is valid but exceeds a configured limit.
     #[error("{field}: {message}")]
-    TooLarge { field: String, message: String },
+    TooLarge {
+        /// The field whose setting makes the request too large.
+        field: String,
+        /// How much the request needs, the limit, and how to ask for less.
+        message: String,
+    },
     /// A model file is missing, corrupt or unsupported.
     #[error("model: {0}")]
     Model(String),
@@ -19,8 +30,10 @@ pub enum Error {
     /// The caller cancelled the work (client gone, DELETE on a job, shutdown).
     #[error("cancelled")]
     Cancelled,
+    /// Something the caller named does not exist (a job, a route); the text says what.
     #[error("{0} not found")]
     NotFound(String),
+    /// A failure inside the service that is not the caller's fault (a bug, a tokenizer error).
     #[error("internal error: {0}")]
     Internal(String),
     /// The inference server behind a remote model failed, or answered what cannot be used
@@ -34,9 +47,11 @@ pub enum Error {
     },
 }
 
+/// The crate's result type, with [`Error`] as the default error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// An [`Error::Invalid`] naming `field`.
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         Error::Invalid {
             field: field.into(),
@@ -68,6 +83,7 @@ impl Error {
         }
     }
 
+    /// The request field an `Invalid` or `TooLarge` error names; None for the other variants.
     pub fn field(&self) -> Option<&str> {
         match self {
             Error::Invalid { field, .. } | Error::TooLarge { field, .. } => Some(field),
@@ -84,6 +100,7 @@ impl Error {
         }
     }
 
+    /// The JSON body sent to clients for this error.
     pub fn body(&self) -> ErrorBody {
         ErrorBody {
             error: ErrorDetail {
@@ -104,13 +121,18 @@ impl From<candle_core::Error> for Error {
 /// `{"error": {"code", "message", "field"?}}`
 #[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
+    /// The error's code, message and field.
     pub error: ErrorDetail,
 }
 
+/// One error, for a program (`code`, `field`) and for a person (`message`).
 #[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
+    /// Machine-readable code, e.g. `invalid_request`, `limit_exceeded`, `queue_full`, `not_found`.
     pub code: String,
+    /// What went wrong, in a sentence for people.
     pub message: String,
+    /// The request field at fault (e.g. `values.name`), when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
 }

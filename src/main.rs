@@ -1,3 +1,6 @@
+//! The `llm-attr` binary: parses the command line and runs the subcommand (see `llm_attr::cli`
+//! and `llm_attr::api`).
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]

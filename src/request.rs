@@ -90,8 +90,10 @@ pub struct AttributeRequest {
     /// Length of the greedy continuation when `target` is absent (default 25).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_new_tokens: Option<usize>,
+    /// The attribution method (default `shapley_values`).
     #[serde(default, deserialize_with = "choice")]
     pub method: Method,
+    /// What is attributed: the target's log-probability (`log_prob`, default) or its probability (`prob`).
     #[serde(default, deserialize_with = "choice")]
     pub attr_target: AttrTarget,
     /// Samples: permutations for shapley_value_sampling (default 25), perturbations for lime
@@ -237,10 +239,13 @@ impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Choice<T> {
     }
 }
 
+/// A placeholder's baseline: one string, or a list of strings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum Baseline {
+    /// One baseline value.
     One(String),
+    /// Several baseline values; the product of all placeholders' lists is the baseline distribution.
     List(Vec<String>),
 }
 
@@ -263,23 +268,32 @@ pub enum SplitKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChatMessage {
+    /// Who speaks: `system`, `user` or `assistant`.
     #[serde(deserialize_with = "choice")]
     pub role: Role,
+    /// The message text; `{name}` marks a placeholder.
     pub content: String,
 }
 
+/// The speaker of a chat message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
+    /// Instructions that frame the conversation.
     System,
+    /// The user's turn.
     User,
+    /// The model's turn.
     Assistant,
 }
 
+/// A token named by its id or by its text.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum TokenRef {
+    /// A token id in the model's vocabulary.
     Id(u32),
+    /// The text of exactly one token of the model's vocabulary.
     Text(String),
 }
 
@@ -288,14 +302,19 @@ pub enum TokenRef {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Method {
+    /// Captum's FeatureAblation: each feature replaced by its baseline on its own.
     #[serde(alias = "fa")]
     FeatureAblation,
+    /// Exact Shapley values, over every coalition of features (the default).
     #[default]
     #[serde(alias = "sv")]
     ShapleyValues,
+    /// Captum's ShapleyValueSampling: Shapley values estimated from random permutations.
     #[serde(alias = "svs")]
     ShapleyValueSampling,
+    /// Captum's Lime: a weighted linear model fitted to random coalitions.
     Lime,
+    /// Captum's KernelShap: a linear model fitted with the Shapley kernel's weights.
     #[serde(alias = "kernel")]
     KernelShap,
     /// ContextCite (Cohen-Wang et al., 2024): `n_samples` random coalitions keeping each feature
@@ -318,19 +337,27 @@ pub enum Method {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Integration {
+    /// Gauss-Legendre quadrature (the default).
     #[default]
     Gausslegendre,
+    /// Trapezoid rule on evenly spaced points.
     RiemannTrapezoid,
+    /// Riemann sum at the left end of each interval.
     RiemannLeft,
+    /// Riemann sum at the right end of each interval.
     RiemannRight,
+    /// Riemann sum at the middle of each interval.
     RiemannMiddle,
 }
 
+/// The quantity attributed for the target.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AttrTarget {
+    /// log p of the target (the default).
     #[default]
     LogProb,
+    /// p of the target, the probability itself.
     Prob,
     /// log p - log(1 - p), ContextCite's response (always with context_cite).
     LogitProb,
@@ -351,10 +378,13 @@ impl AttrTarget {
     }
 }
 
+/// How the product of the baseline lists is used (see `baseline_sampling`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BaselineSampling {
+    /// Average over every combination of baselines.
     Exact,
+    /// Draw one combination of baselines per evaluation, as Captum does.
     Sample,
 }
 
@@ -378,6 +408,7 @@ pub struct Feature {
     /// Token id and position in the prompt (token input).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_id: Option<u32>,
+    /// Index of the token in the prompt's tokens (token input).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position: Option<usize>,
 }
@@ -409,6 +440,7 @@ pub struct Level {
     pub stats: Stats,
 }
 
+/// What a run cost.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct Stats {
     /// Coalition evaluations the method asked for.
@@ -427,21 +459,30 @@ pub struct Stats {
     /// sequences, or kept in the prefix cache from earlier work.
     #[serde(default)]
     pub tokens_reused: usize,
+    /// Wall-clock seconds the run took.
     pub seconds: f64,
 }
 
+/// The result of one attribution: the features, the target, and how much each feature moves it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AttributeResponse {
+    /// The model's spec, as `GET /v1/model` reports it.
     pub model: String,
+    /// The method that ran.
     pub method: Method,
+    /// What was attributed: `log_prob` or `prob`.
     pub attr_target: AttrTarget,
+    /// How the baselines were used: `exact` or `sample`.
     pub baseline_sampling: BaselineSampling,
     /// The prompt with every feature at its own value.
     pub prompt: String,
+    /// The attributed continuation: the request's `target`, or the model's greedy one.
     pub target: String,
     /// True when the target is the model's greedy continuation.
     pub generated_target: bool,
+    /// Token ids of `target`.
     pub target_ids: Vec<u32>,
+    /// The features, in the order of `seq_attr` and of the columns of `token_attr`.
     pub features: Vec<Feature>,
     /// Target tokens as a person reads them (Captum's output_tokens).
     pub output_tokens: Vec<String>,
@@ -452,6 +493,7 @@ pub struct AttributeResponse {
     /// The contrasted continuation, when the request gives one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contrast_target: Option<String>,
+    /// Token ids of `contrast_target`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contrast_ids: Option<Vec<u32>>,
     /// The contrast's tokens as a person reads them.
@@ -460,6 +502,7 @@ pub struct AttributeResponse {
     /// Unperturbed log p of each contrast token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contrast_log_probs: Option<Vec<f64>>,
+    /// Unperturbed log p of the whole contrast.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contrast_log_prob: Option<f64>,
     /// One attribution per feature for the whole target (with a contrast: for the difference).
@@ -470,6 +513,7 @@ pub struct AttributeResponse {
     /// Standard errors of `seq_attr` (sampling methods, or num_trials > 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq_attr_stderr: Option<Vec<f64>>,
+    /// Standard errors of `token_attr`, in its shape (when `seq_attr_stderr` is given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_attr_stderr: Option<Vec<Vec<f64>>>,
     /// integrated_gradients: per output token, the row's sum minus f(input) - f(baseline)
@@ -483,13 +527,16 @@ pub struct AttributeResponse {
     /// What may make the numbers mislead, in plain words (empty when nothing does).
     #[serde(default)]
     pub warnings: Vec<Warning>,
+    /// What the run cost.
     pub stats: Stats,
 }
 
 /// A caveat about a result: a machine-readable `code` and a sentence for people.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Warning {
+    /// What kind of caveat it is.
     pub code: WarningCode,
+    /// The caveat in a sentence for people.
     pub message: String,
     /// The rows of `token_attr` it concerns, when it concerns some.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

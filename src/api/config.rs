@@ -26,13 +26,18 @@ pub enum ModelSource {
     Remote(RemoteSettings),
 }
 
+/// Everything the server runs with; built from [`ServeArgs`], or filled in by tests.
 #[derive(Clone)]
 pub struct Config {
+    /// The model to serve.
     pub model: ModelSource,
     /// Device and dtype a `ModelSource::Spec` is loaded with.
     pub load: LoadOptions,
+    /// Address to listen on (port 0: any free port).
     pub listen: SocketAddr,
+    /// The scoring engine: workers, queue size and batch sizes.
     pub engine: EngineConfig,
+    /// Per-request limits (features, sequences, tokens, samples, ...).
     pub limits: Limits,
     /// Largest request body in bytes.
     pub max_body_bytes: usize,
@@ -147,13 +152,16 @@ pub struct ServeArgs {
     pub model: String,
     #[command(flatten)]
     pub remote: RemoteArgs,
+    /// Address to listen on (0.0.0.0 or :: for every interface).
     #[arg(long, env = "LLM_ATTR_HOST", default_value = "127.0.0.1")]
     pub host: std::net::IpAddr,
+    /// Port to listen on.
     #[arg(long, env = "LLM_ATTR_PORT", default_value_t = 8080)]
     pub port: u16,
     /// Threads inside one forward pass (0: all cores).
     #[arg(long, env = "LLM_ATTR_THREADS", default_value_t = 0)]
     pub threads: usize,
+    /// Where the model runs and in which data type (`--device`, `--dtype`, `--gradient-passes`).
     #[command(flatten)]
     pub device: DeviceArgs,
     /// Worker threads running forward passes; they share one copy of the model. Default: 1
@@ -213,10 +221,13 @@ pub struct ServeArgs {
     /// Tokens per sequence (prompt + target).
     #[arg(long, env = "LLM_ATTR_MAX_TOKENS", default_value_t = Limits::default().max_tokens_per_sequence)]
     pub max_tokens: usize,
+    /// Largest n_samples of a request.
     #[arg(long, env = "LLM_ATTR_MAX_N_SAMPLES", default_value_t = Limits::default().max_n_samples)]
     pub max_n_samples: usize,
+    /// Largest num_trials of a request.
     #[arg(long, env = "LLM_ATTR_MAX_NUM_TRIALS", default_value_t = Limits::default().max_num_trials)]
     pub max_num_trials: usize,
+    /// Largest max_new_tokens of a request (tokens of a generated target).
     #[arg(long, env = "LLM_ATTR_MAX_NEW_TOKENS", default_value_t = Limits::default().max_new_tokens)]
     pub max_new_tokens: usize,
     /// Interpolation steps of integrated_gradients (`n_steps`).
@@ -307,6 +318,7 @@ fn non_empty(list: &[String]) -> Vec<String> {
 }
 
 impl ServeArgs {
+    /// The server configuration these flags describe; a bad value fails, naming its flag.
     pub fn config(&self) -> anyhow::Result<Config> {
         let source = if is_remote(&self.model) {
             ModelSource::Remote(self.remote.settings(&self.model)?)

@@ -33,6 +33,7 @@ use tokio::time::{Instant, Sleep};
 use super::error::ApiError;
 use super::AppState;
 
+/// How long a client may take over each part of a request, and stay idle between requests.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
     /// A request's headers must arrive within this time of the connection being accepted or

@@ -13,17 +13,23 @@ use crate::error::{Error, ErrorBody, ErrorDetail};
 /// Seconds a client is told to wait after a 503 or 429.
 pub(crate) const RETRY_AFTER_SECS: u64 = 1;
 
+/// An HTTP error: a status and the `{"error": {"code", "message", "field"?}}` body.
 #[derive(Debug)]
 pub struct ApiError {
+    /// The HTTP status.
     pub status: StatusCode,
+    /// Machine-readable code in the body (`invalid_request`, `not_ready`, ...).
     pub code: &'static str,
+    /// What went wrong, in a sentence for people.
     pub message: String,
+    /// The request field at fault, when there is one.
     pub field: Option<String>,
     /// Seconds for `Retry-After` on a 503 or 429 (default [`RETRY_AFTER_SECS`]).
     pub retry_after: Option<u64>,
 }
 
 impl ApiError {
+    /// An error with no field.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
@@ -39,14 +45,17 @@ impl ApiError {
         self
     }
 
+    /// 401: the API key is missing or wrong; `message` says which.
     pub fn unauthorized(message: &str) -> Self {
         ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
     }
 
+    /// 503: the model is loading or failed to load, or the server is shutting down.
     pub fn not_ready(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message)
     }
 
+    /// 404: `what` (e.g. `job ID`) does not exist.
     pub fn not_found(what: impl Into<String>) -> Self {
         Error::NotFound(what.into()).into()
     }
@@ -61,6 +70,7 @@ impl ApiError {
         .with_field("body")
     }
 
+    /// 504: a synchronous request ran past the limit of `secs` seconds and was cancelled.
     pub fn timeout(secs: f64) -> Self {
         ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
@@ -70,6 +80,7 @@ impl ApiError {
         .with_field("request_timeout")
     }
 
+    /// The JSON body sent with the status.
     pub fn body(&self) -> ErrorBody {
         ErrorBody {
             error: ErrorDetail {

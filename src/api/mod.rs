@@ -68,15 +68,20 @@ use crate::scorer::Scorer;
 /// The model (loaded here, or served by an inference server), the engine around it and the
 /// score cache, once loaded.
 pub struct Ready {
+    /// The model: loaded here, or served by an inference server.
     pub model: Arc<Served>,
+    /// The batching engine that scores through it.
     pub engine: Engine<Served>,
     pub(crate) cache: Arc<ScoreCache>,
 }
 
 /// Everything the handlers share.
 pub struct AppState {
+    /// The configuration the server started with.
     pub config: Config,
+    /// Set once the model has loaded.
     pub ready: OnceLock<Arc<Ready>>,
+    /// Why the model failed to load, once it has failed.
     pub load_error: OnceLock<String>,
     pub(crate) jobs: Arc<dyn JobStore>,
     /// What replicas sharing the Redis store add (shared scores, chunk workers, the fan-out);
@@ -89,6 +94,7 @@ pub struct AppState {
     pub run_slots: Arc<Semaphore>,
     /// Each client's share of the run slots.
     pub shares: fair::Shares,
+    /// Attribute runs executing in this process now.
     pub active_runs: AtomicUsize,
     stopping: AtomicBool,
 }
@@ -155,6 +161,7 @@ impl AppState {
         })
     }
 
+    /// True once shutdown has begun; new work is then refused.
     pub fn stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
     }
@@ -393,6 +400,7 @@ impl Server {
         })
     }
 
+    /// The address the server listens on, with the port it got.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -402,6 +410,7 @@ impl Server {
         format!("http://{}", self.addr)
     }
 
+    /// The state the handlers share.
     pub fn state(&self) -> &Arc<AppState> {
         &self.state
     }

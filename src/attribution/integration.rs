@@ -14,6 +14,7 @@ pub struct Rule {
 }
 
 impl Integration {
+    /// The rule's name in requests (`gausslegendre`, `riemann_trapezoid`, ...).
     pub fn name(self) -> &'static str {
         match self {
             Integration::Gausslegendre => "gausslegendre",

@@ -54,6 +54,8 @@ pub struct AuditRequest {
         deserialize_with = "crate::request::unique_baselines"
     )]
     pub baselines: Option<BTreeMap<String, Baseline>>,
+    /// `single` (default): each cell is one prompt; `average`: each cell is the mean over the
+    /// other placeholders' baselines.
     #[serde(default, deserialize_with = "choice")]
     pub contexts: Contexts,
     /// Attribute every cell with this method as well (target: `targets[0]`, contrasted with
@@ -64,14 +66,19 @@ pub struct AuditRequest {
         deserialize_with = "optional_choice"
     )]
     pub method: Option<Method>,
+    /// What `method` attributes: `log_prob` (default) or `prob`.
     #[serde(default, deserialize_with = "choice")]
     pub attr_target: AttrTarget,
+    /// Samples of `method`, as in an attribution request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub n_samples: Option<usize>,
+    /// Trials averaged per attribution, as in an attribution request (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_trials: Option<usize>,
+    /// Seed of every random choice (default 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// `exact` or `sample` for the attributions, as in an attribution request.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -99,31 +106,41 @@ fn unique_sweep<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<Strin
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Contexts {
+    /// Every cell is one prompt, the other placeholders at their values (the default).
     #[default]
     Single,
+    /// Every cell is the mean over the product of the other placeholders' baselines.
     Average,
 }
 
+/// An audit's scores for every cell of the grid, and a summary per swept placeholder.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AuditResult {
+    /// The model's spec, as `GET /v1/model` reports it.
     pub model: String,
+    /// The scored continuations, as in the request.
     pub targets: Vec<String>,
     /// Swept placeholders, in template order; cells run through them row-major (the last
     /// changes fastest).
     pub swept: Vec<String>,
+    /// How each cell was scored: `single` or `average`.
     pub contexts: Contexts,
     /// Prompts averaged in each cell (1 for `single`).
     pub n_contexts: usize,
     /// Each target's tokens as a person reads them.
     pub target_tokens: BTreeMap<String, Vec<String>>,
+    /// The method every cell was attributed with, when the request named one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<Method>,
+    /// One entry per cell of the grid, in the order given by `swept`.
     pub cells: Vec<AuditCell>,
     /// Per swept placeholder, one row per value in sweep order.
     pub summary: BTreeMap<String, Vec<SummaryRow>>,
+    /// What the audit cost.
     pub stats: AuditStats,
 }
 
+/// One cell of the grid: its values, each target's log p and, optionally, its attribution.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AuditCell {
     /// The swept placeholders' values.
@@ -143,8 +160,10 @@ pub struct AuditCell {
     pub attribution: Option<Box<AttributeResponse>>,
 }
 
+/// How one value of a swept placeholder scores, over the rest of the grid.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SummaryRow {
+    /// The placeholder's value.
     pub value: String,
     /// Mean log p of each target over the prompts with this value (the other swept
     /// placeholders' values and the contexts).
@@ -154,6 +173,7 @@ pub struct SummaryRow {
     /// 95% Student-t intervals of the means, when more than one prompt is averaged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ci: Option<BTreeMap<String, [f64; 2]>>,
+    /// 95% Student-t interval of `contrast`, when more than one prompt is averaged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contrast_ci: Option<[f64; 2]>,
     /// 1 = highest contrast (or highest mean log p of the only target).
@@ -164,12 +184,15 @@ pub struct SummaryRow {
     pub n: usize,
 }
 
+/// What an audit cost.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct AuditStats {
+    /// Cells in the grid.
     pub cells: usize,
     /// Distinct sequences (prompt + target) scored, attributions included.
     pub distinct_sequences: usize,
     /// Tokens fed to the model.
     pub tokens: usize,
+    /// Wall-clock seconds the audit took.
     pub seconds: f64,
 }

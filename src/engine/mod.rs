@@ -77,6 +77,7 @@ impl Backend for Model {
     }
 }
 
+/// How the engine runs: its workers, queue size and batch sizes.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     /// Worker threads, each running one forward pass at a time.
@@ -122,12 +123,15 @@ impl EngineConfig {
 pub struct CancelToken(Arc<AtomicBool>);
 
 impl CancelToken {
+    /// A token not cancelled yet.
     pub fn new() -> Self {
         Self::default()
     }
+    /// Asks every holder to stop; it cannot be undone.
     pub fn cancel(&self) {
         self.0.store(true, Ordering::SeqCst);
     }
+    /// Whether [`CancelToken::cancel`] has been called.
     pub fn is_cancelled(&self) -> bool {
         self.0.load(Ordering::SeqCst)
     }
@@ -258,6 +262,7 @@ pub struct Engine<B: Backend> {
 }
 
 impl<B: Backend> Engine<B> {
+    /// Starts the worker threads over `backend`; fails when a thread cannot start.
     pub fn new(backend: Arc<B>, config: EngineConfig) -> Result<Self> {
         let shared = Arc::new(Shared {
             stats: Stats::new(config.token_budget),
@@ -292,10 +297,12 @@ impl<B: Backend> Engine<B> {
         &self.shared.backend
     }
 
+    /// The configuration it runs with.
     pub fn config(&self) -> &EngineConfig {
         &self.shared.config
     }
 
+    /// What it has done since it started.
     pub fn stats(&self) -> &Stats {
         &self.shared.stats
     }

@@ -107,12 +107,14 @@ pub struct Stats {
     pub skipped: AtomicU64,
     /// Submissions refused because the queue was full.
     pub rejected: AtomicU64,
+    /// Greedy generations run.
     pub generations: AtomicU64,
     /// Gradient attributions run (gradient methods).
     pub gradients: AtomicU64,
     /// Their work ([`GradientJob::work`](crate::model::GradientJob::work): tokens times passes), and the seconds they
     /// took (turns given to other work left out).
     pub gradient_tokens: AtomicU64,
+    /// Seconds per gradient attribution.
     pub gradient_seconds: Histogram,
     /// Sequences per forward pass.
     pub batch_size: Histogram,
@@ -121,6 +123,7 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// All counters at zero; `token_budget` bounds the batch-size histogram.
     pub fn new(token_budget: usize) -> Self {
         Stats {
             batches: AtomicU64::new(0),
@@ -142,6 +145,7 @@ impl Stats {
         }
     }
 
+    /// A counter's current value.
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }

@@ -22,8 +22,11 @@ use sandbox::Sandbox;
 /// A chat template and what transformers passes it besides the messages.
 #[derive(Debug, Clone, Copy)]
 pub struct ChatTemplate<'a> {
+    /// The template's Jinja source.
     pub source: &'a str,
+    /// Text of the beginning-of-sequence token, given to the template as `bos_token`.
     pub bos_token: Option<&'a str>,
+    /// Text of the end-of-sequence token, given to the template as `eos_token`.
     pub eos_token: Option<&'a str>,
     /// The request field to blame when the template itself fails: `chat_template` when the
     /// request gave it, `messages` when it is the model's.
@@ -41,6 +44,7 @@ pub struct Chat<'a> {
 }
 
 impl Role {
+    /// The role's name in the template's messages.
     pub fn as_str(self) -> &'static str {
         match self {
             Role::System => "system",
@@ -70,6 +74,8 @@ struct Message<'a> {
 }
 
 impl<'a> Chat<'a> {
+    /// Parses each message's placeholders; no messages, an empty template or a bad placeholder
+    /// is an [`Error::Invalid`] naming its field.
     pub fn new(
         template: ChatTemplate<'a>,
         messages: &[ChatMessage],

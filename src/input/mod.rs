@@ -30,7 +30,9 @@ pub struct Slot {
 /// A parsed, validated input.
 #[derive(Debug, Clone)]
 pub struct Input {
+    /// The features, in the order attributions report them.
     pub features: Vec<Feature>,
+    /// Every perturbable unit, each pointing at its feature.
     pub slots: Vec<Slot>,
     /// The prompt with every feature at its value.
     pub prompt: String,

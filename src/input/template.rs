@@ -5,6 +5,7 @@ use crate::error::{Error, Result};
 /// One piece of a parsed template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Piece {
+    /// Literal text, with `{{`/`}}` already read as single braces.
     Text(String),
     /// A placeholder, by name.
     Slot(String),

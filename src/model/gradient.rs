@@ -26,13 +26,16 @@ use crate::model::device::{self, GradientPlan, Passes};
 /// the log-prob (or prob) of target token k; `combine` says how the points make rows.
 #[derive(Debug, Clone)]
 pub struct GradientJob {
+    /// Prompt token ids.
     pub prompt: Vec<u32>,
     /// Baseline ids, as long as `prompt` (the target tokens are never replaced); `None`: the
     /// zero embedding (gradient × input).
     pub baseline: Option<Vec<u32>>,
+    /// Target token ids; each gets its rows of gradients.
     pub target: Vec<u32>,
     /// Points along the path, in [0, 1].
     pub alphas: Vec<f64>,
+    /// How the points make the rows.
     pub combine: Combine,
     /// Differentiate the probability instead of the log-prob.
     pub prob: bool,

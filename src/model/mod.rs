@@ -47,6 +47,7 @@ pub struct ModelInfo {
     pub chat_template: bool,
     /// Whether the gradient methods run on this model (not on one an inference server serves).
     pub gradients: bool,
+    /// The architecture's facts.
     #[serde(flatten)]
     pub arch: ArchInfo,
 }
@@ -54,7 +55,9 @@ pub struct ModelInfo {
 /// One sequence to score: log p(target_k | prompt, target_<k) for every k.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ScoreItem {
+    /// Prompt token ids (at least one).
     pub prompt: Vec<u32>,
+    /// Target token ids, scored after the prompt (at least one).
     pub target: Vec<u32>,
 }
 
@@ -81,6 +84,7 @@ pub struct Model {
 }
 
 impl Model {
+    /// A model from a loaded architecture and its tokenizer; `spec` names it in [`ModelInfo`].
     pub fn new(arch: Box<dyn Architecture>, tokenizer: Tokenizer, spec: &str) -> Self {
         let info = ModelInfo {
             spec: spec.to_string(),
@@ -140,14 +144,17 @@ impl Model {
         self.arch.as_ref()
     }
 
+    /// The tokenizer prompts and targets are encoded with.
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
     }
 
+    /// What is loaded (`GET /v1/model`).
     pub fn info(&self) -> &ModelInfo {
         &self.info
     }
 
+    /// Most tokens one sequence (prompt + target) may hold.
     pub fn context_length(&self) -> usize {
         self.info.arch.context_length
     }

@@ -20,6 +20,7 @@ pub(crate) struct SpecialTokens {
     pub chat_template: Option<String>,
 }
 
+/// The model's tokenizer, with the ids that end a generation and its chat template.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     eos: Vec<u32>,
@@ -96,14 +97,17 @@ impl Tokenizer {
         Ok(tok)
     }
 
+    /// The wrapped `tokenizers` tokenizer.
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
     }
 
+    /// Ids that end a greedy generation.
     pub fn eos_ids(&self) -> &[u32] {
         &self.eos
     }
 
+    /// Tokens in the vocabulary, added tokens included.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
@@ -137,6 +141,7 @@ impl Tokenizer {
         Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
     }
 
+    /// The text of `ids`, special tokens kept.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner
             .decode(ids, false)

@@ -38,8 +38,11 @@ pub struct Limits {
     pub max_sequences: usize,
     /// Tokens of one sequence (prompt + target).
     pub max_tokens_per_sequence: usize,
+    /// Largest `n_samples`.
     pub max_n_samples: usize,
+    /// Largest `num_trials`.
     pub max_num_trials: usize,
+    /// Largest `max_new_tokens` (tokens of a generated target).
     pub max_new_tokens: usize,
     /// Interpolation steps of integrated_gradients.
     pub max_n_steps: usize,

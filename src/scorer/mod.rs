@@ -7,6 +7,8 @@ pub mod remote;
 use crate::error::{Error, Result};
 use crate::model::{GradientJob, Model, ModelInfo, ScoreItem, Tokenizer};
 
+/// What attribution needs from a model: tokenizing, scoring, generating and gradients.
+/// Implemented by [`Model`] and the engine's handle and their wrappers (caches, fan-out).
 pub trait Scorer: Send + Sync {
     /// The tokenizer prompts and targets are encoded with.
     fn tokenizer(&self) -> &Tokenizer;

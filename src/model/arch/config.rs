@@ -12,23 +12,33 @@ use crate::model::kernels::{Activation, RopeStyle};
 /// How the RoPE frequencies are rescaled for long contexts.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RopeScaling {
+    /// The frequencies as the base gives them.
     None,
     /// Every frequency divided by `factor` (`linear`).
     Linear(f64),
     /// Llama 3.1's band-wise rescaling (`llama3`).
     Llama3 {
+        /// Divisor of the low frequencies.
         factor: f64,
+        /// Wavelengths longer than `original_max_position_embeddings / low_freq_factor` are divided
+        /// by `factor`.
         low_freq_factor: f64,
+        /// Wavelengths shorter than `original_max_position_embeddings / high_freq_factor` are kept;
+        /// those between are interpolated.
         high_freq_factor: f64,
+        /// The context length the model was trained with.
         original_max_position_embeddings: f64,
     },
     /// One divisor per frequency (GGUF's `rope_freqs` tensor, Llama 3's rescaling precomputed).
     Divisors(Vec<f32>),
 }
 
+/// Rotary position embedding: its base, its long-context scaling and its layout.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rope {
+    /// Base of the frequencies (`rope_theta`).
     pub theta: f64,
+    /// How the frequencies are rescaled for long contexts.
     pub scaling: RopeScaling,
     pub(crate) style: RopeStyle,
 }
@@ -71,26 +81,45 @@ impl Rope {
 /// Everything the decoder needs to know about one model's shape and family.
 #[derive(Debug, Clone)]
 pub struct DecoderConfig {
+    /// The family (Llama, Qwen2, Gemma 2, ...).
     pub family: Family,
+    /// Tokens in the vocabulary.
     pub vocab: usize,
+    /// Width of the hidden states.
     pub hidden: usize,
+    /// Width of the MLP's inner layer (`intermediate_size`).
     pub ffn: usize,
+    /// Decoder layers.
     pub layers: usize,
+    /// Query heads per layer.
     pub heads: usize,
+    /// Key and value heads per layer (fewer than `heads` with grouped-query attention).
     pub kv_heads: usize,
+    /// Width of one attention head.
     pub head_dim: usize,
+    /// Positions the model was trained for (`max_position_embeddings`).
     pub context: usize,
+    /// Epsilon of the RMSNorms.
     pub eps: f64,
+    /// Rotary position embedding.
     pub rope: Rope,
+    /// The LM head reuses the embedding matrix.
     pub tied: bool,
+    /// The Q, K and V projections have biases.
     pub qkv_bias: bool,
+    /// The attention output projection has a bias.
     pub o_bias: bool,
+    /// RMSNorm of each query and key head before RoPE (Qwen3).
     pub qk_norm: bool,
+    /// Q, K, V stored as one `qkv_proj`, and gate, up as one `gate_up_proj` (Phi-3).
     pub fused_projections: bool,
+    /// The MLP's activation.
     pub activation: Activation,
     /// Gemma: embeddings × √hidden, norms (1 + w), post-norms, soft-caps.
     pub gemma: bool,
+    /// Gemma: attention scores soft-capped at this value; None: no cap.
     pub attn_softcap: Option<f64>,
+    /// Gemma: logits soft-capped at this value; None: no cap.
     pub final_softcap: Option<f64>,
     /// Multiplies the attention scores: 1/√head_dim, or 1/√query_pre_attn_scalar.
     pub query_scale: f64,

@@ -18,12 +18,19 @@ pub(crate) type Build = fn(Family, &Value, &str, Weights) -> Result<Box<dyn Arch
 /// A model family this crate runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Family {
+    /// GPT-2 (`gpt2`): learned positions, LayerNorm, not a Llama-style decoder.
     Gpt2,
+    /// Llama (`llama`), the reference decoder the others depart from.
     Llama,
+    /// Mistral (`mistral`).
     Mistral,
+    /// Qwen2 (`qwen2`).
     Qwen2,
+    /// Qwen3 (`qwen3`).
     Qwen3,
+    /// Phi-3 (`phi3`).
     Phi3,
+    /// Gemma 2 (`gemma2`).
     Gemma2,
 }
 
@@ -68,7 +75,9 @@ pub(crate) struct Traits {
     pub default_activation: &'static str,
 }
 
+/// One row of the family registry: how a family is recognised and built.
 pub struct Entry {
+    /// The family this row describes.
     pub family: Family,
     /// The name in `ArchInfo` and errors.
     pub name: &'static str,
@@ -194,6 +203,7 @@ impl Family {
         &REGISTRY[self as usize]
     }
 
+    /// The family's name, as in `ArchInfo` and errors.
     pub fn name(self) -> &'static str {
         self.entry().name
     }

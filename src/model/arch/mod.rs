@@ -40,6 +40,7 @@ pub trait Architecture: Send + Sync {
     fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor>;
     /// Where the weights live.
     fn device(&self) -> &Device;
+    /// Static facts about the architecture (family, sizes, dtype).
     fn info(&self) -> ArchInfo;
 
     /// An empty cache for [`Architecture::step`].
@@ -143,11 +144,17 @@ pub(crate) fn weight(vb: &VarBuilder, shape: &[usize], name: &str) -> Result<Ten
 pub struct ArchInfo {
     /// The family (`gpt2`, `llama`, `qwen2`, ...).
     pub architecture: String,
+    /// Number of weights (a tied LM head counted once).
     pub parameters: usize,
+    /// Tokens in the vocabulary.
     pub vocab_size: usize,
+    /// Most positions one sequence (prompt + target) may use.
     pub context_length: usize,
+    /// Width of the hidden states.
     pub hidden_size: usize,
+    /// Transformer layers.
     pub layers: usize,
+    /// Attention heads per layer.
     pub heads: usize,
     /// Data type the forward pass runs in.
     pub dtype: String,

@@ -21,7 +21,9 @@ pub enum DeviceChoice {
     /// The first CUDA GPU when this build has CUDA and one is present, else the CPU.
     #[default]
     Auto,
+    /// The CPU.
     Cpu,
+    /// CUDA GPU number N (`cuda:N`).
     Cuda(usize),
 }
 
@@ -56,8 +58,10 @@ impl fmt::Display for DeviceChoice {
 /// `--dtype`: `auto` (f32 on the CPU, bf16 on a GPU), `f32`, `bf16` or `f16`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DtypeChoice {
+    /// f32 on the CPU, bf16 on a GPU.
     #[default]
     Auto,
+    /// This data type, wherever the model runs.
     Fixed(DType),
 }
 
@@ -126,6 +130,7 @@ impl DeviceArgs {
 /// Where to put a model and in which data type.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
+    /// Where the weights live and the forward passes run.
     pub device: Device,
     /// `None`: f32 on the CPU, bf16 elsewhere.
     pub dtype: Option<DType>,
@@ -137,6 +142,7 @@ pub struct LoadOptions {
 }
 
 impl LoadOptions {
+    /// Options for `device` and `dtype` (None: the device's default), gradient passes as suit the device.
     pub fn new(device: Device, dtype: Option<DType>) -> Self {
         LoadOptions {
             device,

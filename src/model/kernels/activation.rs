@@ -12,6 +12,7 @@ pub enum Activation {
     GeluTanh,
     /// exact erf GELU (`gelu`).
     GeluErf,
+    /// ReLU (`relu`).
     Relu,
 }
 

@@ -9,8 +9,16 @@ const SPEC_HELP: &str = "expected hf:ORG/NAME[@REVISION], a model directory or a
 /// Where a model comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelSpec {
-    Hub { repo: String, revision: Option<String> },
+    /// A Hugging Face Hub repository (`hf:ORG/NAME[@REV]`).
+    Hub {
+        /// `ORG/NAME`.
+        repo: String,
+        /// Branch, tag or commit after `@`; None: the default branch.
+        revision: Option<String>,
+    },
+    /// A local directory with config.json, the weights and the tokenizer files.
     Dir(PathBuf),
+    /// A local `.gguf` file.
     Gguf(PathBuf),
 }
 

@@ -22,6 +22,8 @@ pub struct Gguf {
 }
 
 impl Gguf {
+    /// Opens `path` and checks its GGUF header; a missing, unreadable or invalid file is an
+    /// [`Error::Model`] naming it.
     pub fn open(path: &Path) -> Result<Self> {
         let fail = |m: String| Error::Model(format!("{}: {m}", path.display()));
         let file = File::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
@@ -66,6 +68,7 @@ impl Gguf {
         })
     }
 
+    /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -75,10 +78,12 @@ impl Gguf {
         Error::Model(format!("{}: {message}", self.path.display()))
     }
 
+    /// Every metadata key and its value.
     pub fn metadata(&self) -> &HashMap<String, Value> {
         &self.content.metadata
     }
 
+    /// The metadata value at `key`, if there is one.
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.content.metadata.get(key)
     }
@@ -106,6 +111,7 @@ impl Gguf {
             .ok_or_else(|| self.error(format!("metadata `{key}` is not a non-negative integer")))
     }
 
+    /// A number of any float or integer type.
     pub fn f64(&self, key: &str) -> Result<f64> {
         match self.need(key)? {
             Value::F32(x) => Ok(*x as f64),
@@ -117,6 +123,7 @@ impl Gguf {
         }
     }
 
+    /// A string.
     pub fn str(&self, key: &str) -> Result<&str> {
         match self.need(key)? {
             Value::String(s) => Ok(s),
@@ -124,6 +131,7 @@ impl Gguf {
         }
     }
 
+    /// An array.
     pub fn array(&self, key: &str) -> Result<&[Value]> {
         match self.need(key)? {
             Value::Array(a) => Ok(a),
