@@ -57,8 +57,10 @@ pub struct AttributeArgs {
     pub request: String,
     /// Where the model runs and in which data type (`--device`, `--dtype`, `--gradient-passes`).
     #[command(flatten)]
+    /// How to reach a model served by an inference server (with `--model http(s)://...`).
     pub remote: RemoteArgs,
     #[command(flatten)]
+    /// Where the model runs, and in which dtype.
     pub device: DeviceArgs,
 }
 
@@ -77,8 +79,10 @@ pub struct AuditArgs {
     pub format: Format,
     /// Where the model runs and in which data type (`--device`, `--dtype`, `--gradient-passes`).
     #[command(flatten)]
+    /// How to reach a model served by an inference server (with `--model http(s)://...`).
     pub remote: RemoteArgs,
     #[command(flatten)]
+    /// Where the model runs, and in which dtype.
     pub device: DeviceArgs,
 }
 
@@ -100,8 +104,10 @@ pub struct BenchArgs {
     pub methods: String,
     /// Where the model runs and in which data type (`--device`, `--dtype`, `--gradient-passes`).
     #[command(flatten)]
+    /// How to reach a model served by an inference server (with `--model http(s)://...`).
     pub remote: RemoteArgs,
     #[command(flatten)]
+    /// Where the model runs, and in which dtype.
     pub device: DeviceArgs,
 }
 

@@ -41,8 +41,11 @@ pub enum Error {
     /// asked to wait).
     #[error("{message}")]
     Remote {
+        /// What went wrong, as the server or the connection said.
         message: String,
+        /// The server was unreachable, overloaded or restarting (503, not 502).
         unavailable: bool,
+        /// Seconds the server asked to wait before trying again.
         retry_after: Option<u64>,
     },
 }

@@ -416,13 +416,16 @@ pub struct Feature {
 /// One segment of a split placeholder.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SegmentRef {
+    /// The placeholder whose value it was cut from.
     pub placeholder: String,
+    /// What the value was cut into.
     pub kind: SplitKind,
     /// Its index among the placeholder's segments that are features.
     pub index: usize,
     /// Where its text is in the placeholder's value, in characters (Unicode scalar values):
     /// `[start, end)`.
     pub start: usize,
+    /// Where its text ends (exclusive).
     pub end: usize,
 }
 
@@ -431,12 +434,16 @@ pub struct SegmentRef {
 pub struct Level {
     /// The kind the split placeholders are cut into at this level.
     pub kind: SplitKind,
+    /// The features of this level.
     pub features: Vec<Feature>,
+    /// One attribution per feature of this level.
     pub seq_attr: Vec<f64>,
+    /// One row per target token, one column per feature of this level.
     pub token_attr: Vec<Vec<f64>>,
     /// Indices of the features cut into the next level (empty at the last).
     #[serde(default)]
     pub refined: Vec<usize>,
+    /// What this level cost.
     pub stats: Stats,
 }
 

@@ -151,6 +151,7 @@ pub struct ServeArgs {
     #[arg(long, env = "LLM_ATTR_MODEL", default_value = "hf:distilbert/distilgpt2")]
     pub model: String,
     #[command(flatten)]
+    /// How to reach a model served by an inference server (with `--model http(s)://...`).
     pub remote: RemoteArgs,
     /// Address to listen on (0.0.0.0 or :: for every interface).
     #[arg(long, env = "LLM_ATTR_HOST", default_value = "127.0.0.1")]

@@ -113,10 +113,9 @@ pub(super) fn lasso_cd(columns: &[Vec<f64>], y: &[f64], alpha: f64) -> Vec<f64> 
             d_w_max = d_w_max.max((w[j] - old).abs());
             w_max = w_max.max(w[j].abs());
         }
-        if w_max == 0.0 || d_w_max / w_max < TOL || sweep == MAX_ITER - 1 {
-            if duality_gap(&x, &y, &r, &w, l1) < tol {
-                break;
-            }
+        let settled = w_max == 0.0 || d_w_max / w_max < TOL || sweep == MAX_ITER - 1;
+        if settled && duality_gap(&x, &y, &r, &w, l1) < tol {
+            break;
         }
     }
     w

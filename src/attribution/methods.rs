@@ -44,7 +44,7 @@ pub(crate) enum GradientPath {
 impl GradientPath {
     /// Starts from the baseline tokens (not the zero embedding), so each row has a
     /// convergence delta: its sum minus f(input) - f(baseline).
-    pub(crate) fn from_baseline(self) -> bool {
+    pub(crate) fn starts_at_baseline(self) -> bool {
         self != GradientPath::Input
     }
 

@@ -11,6 +11,9 @@ use crate::model::{GradientJob, Model, ModelInfo, ScoreItem, Tokenizer};
 use crate::scorer::remote::RemoteModel;
 use crate::scorer::{no_gradients, Scorer};
 
+/// What the engine's workers run on: a model loaded here, or one an inference server serves.
+/// One per process, so the size of the remote variant does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Served {
     Local(Arc<Model>),
     Remote(RemoteModel),

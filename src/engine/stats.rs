@@ -100,6 +100,7 @@ pub struct Stats {
     pub reused_tokens: AtomicU64,
     /// Prefix-cache lookups, and those that found a prefix the pass used.
     pub prefix_lookups: AtomicU64,
+    /// Of the prefix-cache lookups, those that found a cached prefix.
     pub prefix_hits: AtomicU64,
     /// Sequences answered from another request's identical sequence in the same pass.
     pub shared: AtomicU64,

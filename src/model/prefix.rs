@@ -28,6 +28,7 @@ pub struct BatchScores {
     pub reused: Vec<usize>,
     /// Prefix-cache lookups, and those that found a prefix the batch used.
     pub lookups: usize,
+    /// Of the lookups, those that found a cached prefix.
     pub hits: usize,
 }
 

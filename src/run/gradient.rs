@@ -65,7 +65,7 @@ pub(super) fn run(
         .tokens()
         .and_then(|t| t.baseline)
         .unwrap_or(DEFAULT_BASELINE_ID);
-    let baseline = path.from_baseline().then(|| {
+    let baseline = path.starts_at_baseline().then(|| {
         let mut ids = prompt.clone();
         for &p in positions.iter().flatten() {
             ids[p] = baseline_id;
@@ -86,7 +86,7 @@ pub(super) fn run(
     };
     let by_point = signed_rows(scorer, &job, &continuations, progress)?;
     let summary = summarize(&by_point, &positions);
-    let convergence_delta = path.from_baseline().then(|| {
+    let convergence_delta = path.starts_at_baseline().then(|| {
         summary
             .row_sums
             .iter()
@@ -97,7 +97,7 @@ pub(super) fn run(
 
     let mut features = input.features.clone();
     for f in &mut features {
-        f.baselines = if path.from_baseline() {
+        f.baselines = if path.starts_at_baseline() {
             vec![tokenizer.decode(&[baseline_id])?]
         } else {
             Vec::new()

@@ -47,7 +47,9 @@ pub trait Scorer: Send + Sync {
 /// Input tokens a scorer had computed, and those it reused instead (see [`Scorer::tokens`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TokenWork {
+    /// Input tokens whose keys and values were computed.
     pub computed: u64,
+    /// Input tokens whose keys and values were reused from a shared or cached prefix.
     pub reused: u64,
 }
 

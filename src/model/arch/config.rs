@@ -377,7 +377,7 @@ fn single_rope_parameters(p: &Value) -> std::result::Result<&Value, String> {
 fn layer_windows(c: &HfConfig, traits: Traits) -> std::result::Result<Vec<Option<usize>>, String> {
     let n = c.num_hidden_layers;
     let window = match traits.windows {
-        WindowLayers::FromMaxWindowLayers if c.use_sliding_window != Some(true) => None,
+        WindowLayers::FromMaxWindowIndex if c.use_sliding_window != Some(true) => None,
         _ => c.sliding_window,
     };
     let Some(window) = window.filter(|&w| w > 0) else {
@@ -401,7 +401,7 @@ fn layer_windows(c: &HfConfig, traits: Traits) -> std::result::Result<Vec<Option
             let sliding = match traits.windows {
                 WindowLayers::None => false,
                 WindowLayers::All => true,
-                WindowLayers::FromMaxWindowLayers => i >= c.max_window_layers.unwrap_or(0),
+                WindowLayers::FromMaxWindowIndex => i >= c.max_window_layers.unwrap_or(0),
                 WindowLayers::Even => i % 2 == 0,
             };
             sliding.then_some(window)

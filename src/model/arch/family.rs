@@ -52,7 +52,7 @@ pub(crate) enum WindowLayers {
     /// Every layer, when `sliding_window` is set (Mistral, Phi-3).
     All,
     /// Layers from `max_window_layers` on, when `use_sliding_window` is true (Qwen2, Qwen3).
-    FromMaxWindowLayers,
+    FromMaxWindowIndex,
     /// Even layers (Gemma 2).
     Even,
 }
@@ -138,7 +138,7 @@ pub(crate) const REGISTRY: &[Entry] = &[
         gguf: Some("qwen2"),
         traits: Some(Traits {
             bias: AttentionBias::Qkv,
-            windows: WindowLayers::FromMaxWindowLayers,
+            windows: WindowLayers::FromMaxWindowIndex,
             ..LLAMA
         }),
         build: decoder::from_hf,
@@ -150,7 +150,7 @@ pub(crate) const REGISTRY: &[Entry] = &[
         gguf: Some("qwen3"),
         traits: Some(Traits {
             qk_norm: true,
-            windows: WindowLayers::FromMaxWindowLayers,
+            windows: WindowLayers::FromMaxWindowIndex,
             ..LLAMA
         }),
         build: decoder::from_hf,

@@ -40,6 +40,7 @@ impl KvCache {
             .map_or(0, |(k, _)| k.dims()[2])
     }
 
+    /// True before the first step.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -24,6 +24,7 @@ impl std::fmt::Debug for ApiKey {
 }
 
 #[derive(Debug, Clone, clap::Args)]
+/// The `--remote-*` flags: how to reach a model that an inference server serves.
 pub struct RemoteArgs {
     /// With --model URL: the served model's name. Default: the only one /v1/models lists.
     #[arg(long, env = "LLM_ATTR_REMOTE_MODEL")]

@@ -58,6 +58,7 @@ pub struct RemoteSettings {
     pub model: Option<String>,
     /// Local spec whose tokenizer and chat template are used; `None`: the served name.
     pub tokenizer: Option<String>,
+    /// The protocol to speak (`auto` probes the server once).
     pub protocol: Protocol,
     /// Requests in flight at once.
     pub concurrency: usize,
@@ -65,6 +66,7 @@ pub struct RemoteSettings {
     pub batch: usize,
     /// Time budget of one request, retries included.
     pub timeout: Duration,
+    /// Bearer token for the server; never logged or shown.
     pub api_key: Option<String>,
     /// Start without the server; it is reached at first use.
     pub lazy: bool,

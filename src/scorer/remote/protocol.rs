@@ -22,6 +22,7 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// The name `--remote-protocol` takes.
     pub fn name(self) -> &'static str {
         match self {
             Protocol::Auto => "auto",
