@@ -187,8 +187,8 @@ fn vllm_equals_the_reference_and_agrees_with_candle() {
         let through = attribute(remote, c);
         let here = attribute(local().as_ref(), c);
         let lp = max_diff(
-            &[through.target_log_probs.clone()],
-            &[here.target_log_probs.clone()],
+            std::slice::from_ref(&through.target_log_probs),
+            std::slice::from_ref(&here.target_log_probs),
         );
         let attr = max_diff(&rows(&through), &rows(&here));
         eprintln!("{name}: vLLM vs candle: target log-probs max |diff| {lp:.5}, attributions {attr:.5}");
