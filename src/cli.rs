@@ -236,7 +236,7 @@ fn load_served(spec: &str, remote: &RemoteArgs, device: &DeviceArgs) -> anyhow::
     let until = std::time::Instant::now() + settings.timeout;
     let model = RemoteModel::connect_patiently(&settings, Some(until))
         .with_context(|| format!("reaching the inference server {spec}"))?;
-    Ok(Arc::new(Served::Remote(model)))
+    Ok(Arc::new(Served::Remote(Box::new(model))))
 }
 
 fn log_progress(p: Progress) {

@@ -180,9 +180,9 @@ impl AppState {
             ModelSource::Spec(spec) => {
                 Served::Local(Model::load(spec, &self.config.load).map_err(|e| e.to_string())?)
             }
-            ModelSource::Remote(settings) => {
-                Served::Remote(RemoteModel::connect_patiently(settings, None).map_err(|e| e.to_string())?)
-            }
+            ModelSource::Remote(settings) => Served::Remote(Box::new(
+                RemoteModel::connect_patiently(settings, None).map_err(|e| e.to_string())?,
+            )),
         });
         let config = served.engine_config(self.config.engine.clone());
         let engine = Engine::new(served.clone(), config.clone()).map_err(|e| e.to_string())?;

@@ -16,7 +16,7 @@ use crate::scorer::{no_gradients, Scorer};
 #[allow(clippy::large_enum_variant)]
 pub enum Served {
     Local(Arc<Model>),
-    Remote(RemoteModel),
+    Remote(Box<RemoteModel>),
 }
 
 impl Served {
@@ -31,7 +31,7 @@ impl Served {
     /// The remote model, if this is one.
     pub fn remote(&self) -> Option<&RemoteModel> {
         match self {
-            Served::Remote(r) => Some(r),
+            Served::Remote(r) => Some(r.as_ref()),
             Served::Local(_) => None,
         }
     }
@@ -115,7 +115,7 @@ impl Scorer for Served {
     ) -> Result<Vec<Vec<f32>>> {
         match self {
             Served::Local(m) => Scorer::score(m.as_ref(), items, progress),
-            Served::Remote(r) => Scorer::score(r, items, progress),
+            Served::Remote(r) => Scorer::score(r.as_ref(), items, progress),
         }
     }
 
