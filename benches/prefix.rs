@@ -126,12 +126,12 @@ fn main() {
     )
     .expect("t1_chat.json");
     compare(&model, &engine, "chat t1 exact shapley", &chat, repeats);
-    let loo = leave_one_out(24, 12);
+    let loo = leave_one_out(16, 10);
     let tokens = model
         .tokenizer()
         .encode(loo.template.as_deref().unwrap_or_default())
         .map_or(0, |t| t.len());
-    println!("leave-one-out: 24 notes after a fixed prefix, template {tokens} tokens");
+    println!("leave-one-out: 16 notes after a fixed prefix, template {tokens} tokens");
     compare(&model, &engine, "leave-one-out", &loo, repeats);
     println!("load average after: {}", load_average().trim());
 }

@@ -79,6 +79,25 @@ fn main() {
             sorted[sorted.len() - 1]
         );
     }
+    // Side by side: the same batches without shared-prefix reuse (the pass scoring ran before
+    // reuse; with it, these identical sequences compute their shared prompt once).
+    model.set_prefix_reuse(false);
+    for &batch in &[1usize, 8, 32] {
+        let items = vec![item.clone(); batch];
+        let repeats = if quick { 2 } else { (96 / batch).clamp(3, 12) };
+        let rates: Vec<f64> = (0..repeats)
+            .map(|_| {
+                let t = Instant::now();
+                std::hint::black_box(model.score(&items).unwrap());
+                (batch * per_seq) as f64 / t.elapsed().as_secs_f64()
+            })
+            .collect();
+        println!(
+            "score batch {batch:>2} without reuse: {:>6.0} tokens/s median of {repeats}",
+            median(rates)
+        );
+    }
+    model.set_prefix_reuse(true);
     println!("VmRSS after scoring: {:.0} MB", rss_mb());
 
     // Greedy generation with the KV cache.

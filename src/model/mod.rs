@@ -240,7 +240,6 @@ impl Model {
         }
         let inputs: Vec<Vec<u32>> = batch.iter().map(prefix::input).collect();
         let caps: Vec<usize> = batch.iter().map(|it| it.prompt.len() - 1).collect();
-        let caching = self.prefix.capacity() > 0;
         let mut out = BatchScores {
             scores: vec![Vec::new(); batch.len()],
             reused: vec![0; batch.len()],
@@ -250,23 +249,10 @@ impl Model {
         let mut alone = Vec::new();
         for g in prefix::groups(&inputs, &caps) {
             let first = &inputs[g.members[0]][..g.len];
-            let hit = match caching {
-                true => {
-                    out.lookups += 1;
-                    self.prefix.lock().lookup(first)?
-                }
-                false => None,
+            let Some((cache, from, len)) = self.prefix_of(&g, first, &mut out)? else {
+                alone.extend(g.members);
+                continue;
             };
-            let (cache, from) = hit.unwrap_or_else(|| (self.arch.new_cache(), 0));
-            let len = match g.members.len() > 1 && g.len >= prefix::MIN_PREFIX {
-                true => g.len,
-                false if from > 0 => from,
-                false => {
-                    alone.extend(g.members);
-                    continue;
-                }
-            };
-            out.hits += usize::from(from > 0);
             let cache = self.extend_prefix(cache, &first[from..len])?;
             self.group_pass(batch, &inputs, &g.members, (len, &cache), &mut out)?;
             for (k, &i) in g.members.iter().enumerate() {
@@ -279,6 +265,33 @@ impl Model {
             self.group_pass(batch, &inputs, &alone, (0, &empty), &mut out)?;
         }
         Ok(out)
+    }
+
+    /// Where the prefix of group `g` (whose first member starts with `first`) comes from: the
+    /// cached keys and values of its first `from` tokens (none: 0), to be extended to the
+    /// `len` tokens its pass runs after; `None` when the group is not worth a pass of its own.
+    /// Counts the cache lookup in `out`.
+    fn prefix_of(
+        &self,
+        g: &prefix::Group,
+        first: &[u32],
+        out: &mut BatchScores,
+    ) -> candle_core::Result<Option<(KvCache, usize, usize)>> {
+        let hit = match self.prefix.capacity() > 0 {
+            true => {
+                out.lookups += 1;
+                self.prefix.lock().lookup(first)?
+            }
+            false => None,
+        };
+        let (cache, from) = hit.unwrap_or_else(|| (self.arch.new_cache(), 0));
+        let len = match g.members.len() > 1 && g.len >= prefix::MIN_PREFIX {
+            true => g.len,
+            false if from > 0 => from,
+            false => return Ok(None),
+        };
+        out.hits += usize::from(from > 0);
+        Ok(Some((cache, from, len)))
     }
 
     /// `cache` followed by `tokens`, computed in one pass.

@@ -116,18 +116,23 @@ pub(crate) fn groups(inputs: &[Vec<u32>], caps: &[usize]) -> Vec<Group> {
 /// first, and by their tokens. The first batch then holds the first item's nearest variants and
 /// leaves its keys and values in the prefix cache; later batches share their prefixes with it.
 pub(crate) fn order_for_reuse(items: &[ScoreItem]) -> Vec<usize> {
-    let inputs: Vec<Vec<u32>> = items.iter().map(input).collect();
-    let Some(first) = inputs.first() else {
-        return Vec::new();
+    let input = |i: usize| {
+        let it = &items[i];
+        let n = it.target.len().saturating_sub(1);
+        it.prompt.iter().chain(&it.target[..n])
     };
-    let shared: Vec<usize> = inputs.iter().map(|x| common(first, x)).collect();
+    if items.is_empty() {
+        return Vec::new();
+    }
+    let shared: Vec<usize> = (0..items.len())
+        .map(|i| input(0).zip(input(i)).take_while(|(a, b)| a == b).count())
+        .collect();
     let mut order: Vec<usize> = (0..items.len()).collect();
     order.sort_by(|&a, &b| {
-        (usize::from(a != 0), std::cmp::Reverse(shared[a]), &inputs[a]).cmp(&(
-            usize::from(b != 0),
-            std::cmp::Reverse(shared[b]),
-            &inputs[b],
-        ))
+        (a != 0)
+            .cmp(&(b != 0))
+            .then(shared[b].cmp(&shared[a]))
+            .then_with(|| input(a).cmp(input(b)))
     });
     order
 }
@@ -280,6 +285,20 @@ mod tests {
                 len: 12
             }]
         );
+    }
+
+    /// The first item leads, then those sharing the longest prefix with it.
+    #[test]
+    fn reuse_order_follows_the_first_item() {
+        let it = |prompt: Vec<u32>| ScoreItem {
+            prompt,
+            target: vec![9, 9],
+        };
+        let full: Vec<u32> = (1..=10).collect();
+        let without = |k: u32| it(full.iter().copied().filter(|&x| x != k).collect());
+        let items = vec![it(full.clone()), without(2), without(9), without(5), it(vec![4])];
+        assert_eq!(order_for_reuse(&items), vec![0, 2, 3, 1, 4]);
+        assert!(order_for_reuse(&[]).is_empty());
     }
 
     fn kv(tokens: usize) -> KvCache {
