@@ -133,7 +133,7 @@ fn joins(value: &str, prev: Range<usize>, next: &str) -> bool {
     if next.trim_start().starts_with(|c: char| c.is_lowercase()) {
         return true;
     }
-    let Some(word) = text.trim_end().split_whitespace().last() else {
+    let Some(word) = text.split_whitespace().last() else {
         return false;
     };
     let Some(stem) = word.strip_suffix('.') else {
