@@ -747,7 +747,10 @@ fn check_sources(d: &Driver, base: &str) {
     d.type_into("#src-question", "Who fixed the lamp?");
     d.type_into("#src-answer", "Ada");
     d.set("#src-method", "feature_ablation");
-    let request = d.js("return import('./sources.js').then(m => m.pasteRequest())", json!([]));
+    let request = d.js(
+        "return import('./sources.js').then(m => m.pasteRequest())",
+        json!([]),
+    );
     assert_eq!(request["split"], json!({"context": "sentence"}), "{request}");
     let (status, api) = post(base, "/v1/attributions", &request);
     assert_eq!(status, 200, "{api}");
@@ -761,20 +764,43 @@ fn check_sources(d: &Driver, base: &str) {
         "return Array.from(document.querySelectorAll('#sources-text mark.source')).map(m => m.textContent)",
         json!([]),
     );
-    assert_eq!(marks, json!(["Ada fixed the lamp.", "Tom rang the bell.", "The ferry left at noon."]));
-    let seq: Vec<f64> = api["seq_attr"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert_eq!(
+        marks,
+        json!([
+            "Ada fixed the lamp.",
+            "Tom rang the bell.",
+            "The ferry left at noon."
+        ])
+    );
+    let seq: Vec<f64> = api["seq_attr"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
     let best = (0..seq.len()).max_by(|&a, &b| seq[a].total_cmp(&seq[b])).unwrap();
-    let first = d.js("return Number(document.querySelector('#sources-top li').dataset.feature)", json!([]));
+    let first = d.js(
+        "return Number(document.querySelector('#sources-top li').dataset.feature)",
+        json!([]),
+    );
     assert_eq!(first, json!(best), "the top source, as the API scores it");
     d.click("#sources-text mark.source");
     let chips = d.js(
         "return Array.from(document.querySelectorAll('#sources-row .chip')).map(c => Number(c.dataset.value))",
         json!([]),
     );
-    let column: Vec<Value> = api["token_attr"].as_array().unwrap().iter().map(|row| row[0].clone()).collect();
+    let column: Vec<Value> = api["token_attr"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row[0].clone())
+        .collect();
     assert_eq!(chips.as_array().unwrap().len(), column.len());
     for (c, w) in chips.as_array().unwrap().iter().zip(&column) {
-        assert!(close(c.as_f64().unwrap(), w.as_f64().unwrap()), "{chips} vs {column:?}");
+        assert!(
+            close(c.as_f64().unwrap(), w.as_f64().unwrap()),
+            "{chips} vs {column:?}"
+        );
     }
 }
 
