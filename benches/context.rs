@@ -14,8 +14,8 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use llm_attr::context_cite_masks;
 use llm_attr::cli::read_request;
+use llm_attr::context_cite_masks;
 use llm_attr::model::{LoadOptions, Model};
 use llm_attr::request::{AttributeRequest, AttributeResponse, Method, SplitKind};
 use llm_attr::run::{run, Limits};
