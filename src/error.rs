@@ -54,6 +54,23 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// The same error, with an inference server's failure message rewritten by `f` (its
+    /// status and Retry-After kept); any other error as it is.
+    pub(crate) fn with_remote_message(self, f: impl FnOnce(String) -> String) -> Self {
+        match self {
+            Error::Remote {
+                message,
+                unavailable,
+                retry_after,
+            } => Error::Remote {
+                message: f(message),
+                unavailable,
+                retry_after,
+            },
+            e => e,
+        }
+    }
+
     /// An [`Error::Invalid`] naming `field`.
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         Error::Invalid {

@@ -28,11 +28,11 @@ function setRunning(running) {
   $("#live").hidden = !running;
 }
 
-/** Where the results sit below the form (a phone), brings them into view: the progress at their
+/** Where the results start below the top half of the screen (a phone), brings them into view: the progress at their
  * top while the job runs, the result when it is done. */
 function showResultsColumn() {
   const r = $("#results").getBoundingClientRect();
-  if (r.top > window.innerHeight * 0.75) $("#results").scrollIntoView({ block: "start" });
+  if (r.top > window.innerHeight * 0.5) $("#results").scrollIntoView({ block: "start" });
 }
 
 /** An input changed: a status line about an earlier failed run no longer applies. */

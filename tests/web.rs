@@ -756,7 +756,7 @@ fn check_sources(d: &Driver, base: &str) {
     assert_eq!(status, 200, "{api}");
     d.click("#src-run");
     d.wait(
-        "return document.querySelectorAll('#sources-text mark.source').length",
+        "document.querySelectorAll('#sources-text mark.source').length",
         Duration::from_secs(SLOW),
         "the sources view",
     );
@@ -1650,9 +1650,13 @@ fn check_phone_flow(d: &Driver, root: &Path) {
         json!([]),
     );
     let (y, h) = (top[0].as_f64().unwrap(), top[1].as_f64().unwrap());
+    let layout = d.js(
+        "return Array.from(document.querySelector('#results').children).filter(e => !e.hidden).map(e => [e.id, Math.round(e.getBoundingClientRect().top), Math.round(e.getBoundingClientRect().height)])",
+        json!([]),
+    );
     assert!(
         (-1.0..h * 0.5).contains(&y),
-        "the result is in view after Explain: {top}"
+        "the result is in view after Explain: {top}; what #results shows: {layout}"
     );
     d.screenshot(&root.join("tests/artifacts/web-mobile-result.png"));
     let ticks = d.js(

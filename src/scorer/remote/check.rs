@@ -33,21 +33,8 @@ pub fn self_check(model: &RemoteModel) -> Result<()> {
 }
 
 fn start_error(model: &RemoteModel, e: Error) -> Error {
-    match e {
-        Error::Remote {
-            message,
-            unavailable,
-            retry_after,
-        } => Error::Remote {
-            message: format!(
-                "start-up self-check ({} protocol): {message}",
-                model.protocol().name()
-            ),
-            unavailable,
-            retry_after,
-        },
-        e => e,
-    }
+    let protocol = model.protocol().name();
+    e.with_remote_message(|m| format!("start-up self-check ({protocol} protocol): {m}"))
 }
 
 /// The verification sequences: each text's first token as the prompt, the rest as target.

@@ -70,18 +70,7 @@ pub(super) async fn probe(client: &Client, asked: Protocol, model: Option<&str>)
 
 /// The start-up error for a server that cannot be reached.
 fn unreachable(e: Error) -> Error {
-    match e {
-        Error::Remote {
-            message,
-            unavailable,
-            retry_after,
-        } => Error::Remote {
-            message: format!("{message} (start with --remote-lazy to wait for it)"),
-            unavailable,
-            retry_after,
-        },
-        e => e,
-    }
+    e.with_remote_message(|m| format!("{m} (start with --remote-lazy to wait for it)"))
 }
 
 fn detect(a: &Answers) -> Option<Protocol> {
