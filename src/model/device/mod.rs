@@ -266,7 +266,7 @@ mod cuda {
             .map_err(|e| Error::invalid("device", format!("no CUDA GPU found ({e}); use --device cpu")))
     }
 
-    pub fn open(i: usize) -> Result<Device> {
+    pub(super) fn open(i: usize) -> Result<Device> {
         let n = count()?;
         if n == 0 {
             return Err(Error::invalid("device", "no CUDA GPU found; use --device cpu"));
