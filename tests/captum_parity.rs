@@ -10,7 +10,7 @@ const SMOLLM2: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 const TINY_GPT2: &str = "tests/fixtures/tiny-gpt2";
 
 mod common;
-use common::{read_json, shared_model, FAMILIES};
+use common::{floats, read_json, shared_model, FAMILIES};
 
 fn strings(v: &Value) -> Vec<String> {
     v.as_array()
@@ -197,14 +197,6 @@ fn smollm2_chat_matches_captum() {
         }
         compare(&r, &f[key], &format!("{path} {key}"));
     }
-}
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
 }
 
 #[test]

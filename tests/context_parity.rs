@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{read_json, shared_model};
+use common::{floats, read_json, shared_model};
 use llm_attr::request::{AttributeRequest, AttributeResponse, Method, SplitKind};
 use llm_attr::run::{run, Limits};
 use llm_attr::{context_cite_masks, context_cite_weights};
@@ -16,14 +16,6 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
 
 const SMOLLM2: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
-}
 
 fn model_path(family: &str) -> String {
     match family {

@@ -9,7 +9,7 @@ use llm_attr::run::{run, Limits};
 use serde_json::Value;
 
 mod common;
-use common::{captum_grad_request, captum_grad_tolerance, ids, read_json, shared_model, FAMILIES};
+use common::{captum_grad_request, captum_grad_tolerance, floats, ids, read_json, shared_model, FAMILIES};
 
 const SMOLLM2: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 const TINY_GPT2: &str = "tests/fixtures/tiny-gpt2";
@@ -19,14 +19,6 @@ fn cases(dir: &str) -> Vec<Value> {
         .as_array()
         .unwrap()
         .clone()
-}
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
 }
 
 /// Misses are collected so that a failure shows them all.

@@ -360,6 +360,15 @@ pub(crate) fn shared_model(spec: &str) -> Arc<Model> {
         .clone()
 }
 
+/// A JSON array of numbers.
+pub(crate) fn floats(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
 /// A JSON fixture file.
 pub(crate) fn read_json(path: &str) -> serde_json::Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
