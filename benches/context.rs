@@ -7,8 +7,9 @@
 //!     CONTEXT_CITE_PY=/work/torchenv/bin/python cargo bench --bench context   # and the package
 //!
 //! Prints leave-one-out's and context_cite's (64 samples) seconds and tokens, and chat t1's exact
-//! Shapley values; with CONTEXT_CITE_PY, also the `context-cite` package's own time for the same
-//! 64 masks (scripts/reference/context_attr.py bench), on the same CPU. Any `stats` field named
+//! Shapley values, each without and then with shared-prefix reuse, side by side in one run;
+//! with CONTEXT_CITE_PY, also the `context-cite` package's own time for the same 64 masks
+//! (scripts/reference/context_attr.py bench), on the same CPU. Any `stats` field named
 //! `tokens_*` (the tokens computed and reused, where the engine reports them) is printed too.
 
 use std::collections::BTreeMap;
@@ -16,7 +17,7 @@ use std::time::Instant;
 
 use llm_attr::cli::read_request;
 use llm_attr::context_cite_masks;
-use llm_attr::model::{LoadOptions, Model};
+use llm_attr::model::{LoadOptions, Model, DEFAULT_PREFIX_CACHE_MB};
 use llm_attr::request::{AttributeRequest, AttributeResponse, Method, SplitKind};
 use llm_attr::run::{run, Limits};
 use rand::SeedableRng;
@@ -73,6 +74,30 @@ fn timed(model: &Model, req: &AttributeRequest, what: &str) -> anyhow::Result<At
     Ok(r)
 }
 
+/// `req` without shared-prefix reuse, then with it (an empty prefix cache each time); the
+/// largest difference between the two sides' `seq_attr`; the response with reuse.
+fn side_by_side(model: &Model, req: &AttributeRequest, what: &str) -> anyhow::Result<AttributeResponse> {
+    let mut sides = Vec::new();
+    for reuse in [false, true] {
+        model.set_prefix_reuse(reuse);
+        model.set_prefix_cache_bytes(DEFAULT_PREFIX_CACHE_MB << 20);
+        let label = format!("{what}, reuse {}", if reuse { "on" } else { "off" });
+        sides.push(timed(model, req, &label)?);
+    }
+    let (off, on) = (&sides[0], &sides[1]);
+    let diff = off
+        .seq_attr
+        .iter()
+        .zip(&on.seq_attr)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    println!(
+        "  with reuse / without: tokens computed {:.2}x; seq_attr max |diff| {diff:.1e}",
+        on.stats.tokens_computed as f64 / off.stats.tokens_computed.max(1) as f64
+    );
+    Ok(sides.swap_remove(1))
+}
+
 /// The masks and prompts' pieces the package's script scores, for the same 64 masks.
 fn write_package_input(r: &AttributeResponse, context: &str) -> anyhow::Result<String> {
     let segments: Vec<&str> = r.features.iter().map(|f| f.value.as_str()).collect();
@@ -101,12 +126,9 @@ fn main() -> anyhow::Result<()> {
         answer_ids.len()
     );
     let target = Some(answer);
-    timed(
-        &model,
-        &request(&context, Method::FeatureAblation, target.clone()),
-        "leave-one-out (feature_ablation)",
-    )?;
-    let cc = timed(
+    let loo = request(&context, Method::FeatureAblation, target.clone());
+    side_by_side(&model, &loo, "leave-one-out (feature_ablation)")?;
+    let cc = side_by_side(
         &model,
         &request(&context, Method::ContextCite, target),
         "context_cite, 64 samples",
@@ -118,14 +140,11 @@ fn main() -> anyhow::Result<()> {
         println!("  {:+.3}  {}", cc.seq_attr[i], cc.features[i].name);
     }
     let chat = read_request("examples/t1_chat.json")?;
-    timed(
-        &model,
-        &AttributeRequest {
-            method: Method::ShapleyValues,
-            ..chat
-        },
-        "chat t1, exact shapley_values",
-    )?;
+    let chat = AttributeRequest {
+        method: Method::ShapleyValues,
+        ..chat
+    };
+    side_by_side(&model, &chat, "chat t1, exact shapley_values")?;
     let input = write_package_input(&cc, &context)?;
     match std::env::var("CONTEXT_CITE_PY") {
         Ok(py) => {

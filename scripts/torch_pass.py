@@ -79,7 +79,7 @@ def main():
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     request = json.load(open(args.request))
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype), device_map=device).eval()
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).to(device).eval()
     tokenizer = Tokenizer.from_file(f"{args.model}/tokenizer.json")
     ids, mask, positions, target, tokens = batch(tokenizer, request, device)
 

@@ -25,7 +25,7 @@ use crate::model::arch::config::DecoderConfig;
 use crate::model::arch::family::Weights;
 use crate::model::arch::kv_cache::{KvCache, Masks};
 use crate::model::arch::{check_context, keep_rows, project, weight, ArchInfo, Architecture};
-use crate::model::kernels::Kernels;
+use crate::model::kernels::{Causal, Kernels};
 use crate::model::Family;
 
 struct Layer {
@@ -277,13 +277,23 @@ impl Decoder {
         if let Some(cap) = c.attn_softcap {
             att = ((att / cap)?.tanh()? * cap)?;
         }
-        if let Some(mask) = self.masks.get(t, at.past, l.window, att.dtype())? {
-            att = att
-                .reshape((b, kv, group, t, len))?
-                .broadcast_add(&mask)?
-                .reshape((b, kv, group * t, len))?;
-        }
-        let att = k.softmax_last_dim(&att)?;
+        let causal = Causal {
+            t,
+            past: at.past,
+            window: l.window,
+        };
+        let att = match k.causal_softmax(&att, causal)? {
+            Some(att) => att,
+            None => {
+                if let Some(mask) = self.masks.get(t, at.past, l.window, att.dtype())? {
+                    att = att
+                        .reshape((b, kv, group, t, len))?
+                        .broadcast_add(&mask)?
+                        .reshape((b, kv, group * t, len))?;
+                }
+                k.softmax_last_dim(&att)?
+            }
+        };
         let y = att
             .matmul(&v)?
             .reshape((b, heads, t, hd))?

@@ -5,12 +5,14 @@
 
 pub(crate) mod activation;
 pub(crate) mod backward;
+pub(crate) mod causal;
 pub(crate) mod ops;
 pub(crate) mod rope;
 
 use candle_core::{Result, Tensor, D};
 
 pub(crate) use activation::Activation;
+pub(crate) use causal::Causal;
 use ops::is_cpu_f32;
 pub(crate) use rope::RopeStyle;
 
@@ -49,6 +51,16 @@ impl Kernels {
             Kernels::Fused => candle_nn::ops::softmax_last_dim(x),
             Kernels::Differentiable if backward::attaches(x) => backward::softmax_last_dim(x),
             Kernels::Differentiable => candle_nn::ops::softmax(x, D::Minus1),
+        }
+    }
+
+    /// The causal softmax of attention scores in one fused pass without a mask tensor
+    /// ([`causal::causal_softmax`]): on CPU f32 with [`Kernels::Fused`]; `None` elsewhere,
+    /// where the caller adds the mask and runs [`Kernels::softmax_last_dim`].
+    pub(crate) fn causal_softmax(self, att: &Tensor, at: Causal) -> Result<Option<Tensor>> {
+        match self {
+            Kernels::Fused => causal::causal_softmax(att, at),
+            Kernels::Differentiable => Ok(None),
         }
     }
 

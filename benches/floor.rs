@@ -1,0 +1,208 @@
+//! The PyTorch floor, side by side in one run: exact Shapley values on t1 (`examples/t1.json`,
+//! 125 prompts over the baselines' product) through llm-attr's engine, against one batched
+//! PyTorch forward over the same prompts (`scripts/torch_pass.py`), on the same CPU and weights.
+//!
+//!     FLOOR_PY=/work/torchenv/bin/python cargo bench --bench floor
+//!     FLOOR_PY=... FLOOR_MODELS=models/SmolLM2-135M-Instruct.Q4_1.gguf,/dev/shm/llama-1b \
+//!         FLOOR_THREADS=1,2 cargo bench --bench floor
+//!
+//! `FLOOR_MODELS`: comma-separated llm-attr model specs (default SmolLM2's GGUF); a `.gguf` is
+//! compared with its f32 dequantization (`scripts/inference-server.sh model-dir`), a directory
+//! with itself. `FLOOR_THREADS`: thread counts to run llm-attr at (each in a child process,
+//! `RAYON_NUM_THREADS`; default: this machine's cores). `FLOOR_DTYPES`: `f32` (default) and/or
+//! `bf16`. Prints llm-attr's median `stats.seconds` of `FLOOR_REPEATS` (3) runs after a warm-up,
+//! PyTorch's median pass, their ratio, and the load average before and after.
+
+use std::process::Command;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use llm_attr::cli::read_request;
+use llm_attr::engine::{CancelToken, Engine, EngineConfig};
+use llm_attr::model::{LoadOptions, Model};
+use llm_attr::request::{AttributeRequest, Method};
+use llm_attr::run::{run, Limits};
+
+fn env_list(name: &str, default: &str) -> Vec<String> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.into())
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn t1() -> AttributeRequest {
+    AttributeRequest {
+        method: Method::ShapleyValues,
+        ..read_request("examples/t1.json").expect("examples/t1.json")
+    }
+}
+
+/// llm-attr's side, in this process: load, one warm-up run, then the median `stats.seconds`.
+fn llm_attr_seconds(spec: &str, dtype: &str, repeats: usize) -> (f64, f64, usize) {
+    let dtype = match dtype {
+        "bf16" => DType::BF16,
+        _ => DType::F32,
+    };
+    let options = LoadOptions::new(Device::Cpu, Some(dtype));
+    let started = Instant::now();
+    let model = Model::load(spec, &options).expect("load the model");
+    let load = started.elapsed().as_secs_f64();
+    let engine = Engine::new(model.clone(), EngineConfig::for_device(model.device())).expect("engine");
+    let handle = engine.handle(CancelToken::new());
+    let request = t1();
+    let mut tokens = 0;
+    let mut times = Vec::new();
+    for i in 0..=repeats {
+        let r = run(&request, &handle, &Limits::default(), &|_| {}).expect("exact t1");
+        tokens = r.stats.tokens_scored;
+        if i > 0 {
+            times.push(r.stats.seconds);
+        }
+    }
+    engine.shutdown();
+    (median(times), load, tokens)
+}
+
+/// PyTorch's side: `scripts/torch_pass.py` on `dir`, its median seconds.
+fn torch_seconds(py: &str, dir: &str, dtype: &str, threads: usize, repeats: usize) -> Option<f64> {
+    let torch_dtype = if dtype == "bf16" { "bfloat16" } else { "float32" };
+    let out = Command::new(py)
+        .args([
+            "scripts/torch_pass.py",
+            "--model",
+            dir,
+            "--request",
+            "examples/t1.json",
+        ])
+        .args(["--dtype", torch_dtype, "--repeats", &repeats.to_string()])
+        .env("OMP_NUM_THREADS", threads.to_string())
+        .env("CUDA_VISIBLE_DEVICES", "")
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        eprintln!("torch_pass.py failed: {}", String::from_utf8_lossy(&out.stderr));
+        return None;
+    }
+    text.rsplit("median ")
+        .next()?
+        .trim()
+        .trim_end_matches('s')
+        .parse()
+        .ok()
+}
+
+/// The directory PyTorch loads for `spec`: a GGUF's f32 dequantization, or the directory.
+fn torch_dir(spec: &str) -> Option<String> {
+    let path = spec;
+    if !path.ends_with(".gguf") {
+        return Some(path.to_string());
+    }
+    let out = Command::new("scripts/inference-server.sh")
+        .args(["model-dir", path])
+        .output()
+        .ok()?;
+    let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !dir.is_empty()).then_some(dir)
+}
+
+/// Runs llm-attr's side in a child process with `threads` threads; parses its one line.
+fn child(spec: &str, dtype: &str, threads: usize, repeats: usize) -> Option<(f64, f64, usize)> {
+    let out = Command::new(std::env::current_exe().ok()?)
+        .env("FLOOR_CHILD", format!("{spec}|{dtype}|{repeats}"))
+        .env("RAYON_NUM_THREADS", threads.to_string())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut it = text.split_whitespace().map(str::to_string);
+    let (s, l, t) = (it.next()?, it.next()?, it.next()?);
+    Some((s.parse().ok()?, l.parse().ok()?, t.parse().ok()?))
+}
+
+/// GFLOP/s of candle's f32 matmul (`[rows, k] @ [k, n]`, what the decoder runs) at SmolLM2's
+/// projection shapes for t1's 3,200 rows (`FLOOR_MATMUL=1`).
+fn matmul_gflops() {
+    let rows = 3200;
+    for (name, k, n) in [
+        ("qkv", 576, 960),
+        ("out", 576, 576),
+        ("gate_up", 576, 3072),
+        ("down", 1536, 576),
+    ] {
+        let x = Tensor::randn(0f32, 1.0, (rows, k), &Device::Cpu).expect("x");
+        let w = Tensor::randn(0f32, 1.0, (k, n), &Device::Cpu).expect("w");
+        let times: Vec<f64> = (0..12)
+            .map(|_| {
+                let t = Instant::now();
+                std::hint::black_box(x.matmul(&w).expect("matmul"));
+                t.elapsed().as_secs_f64()
+            })
+            .skip(2)
+            .collect();
+        let gflops = 2.0 * (rows * k * n) as f64 / median(times) / 1e9;
+        println!("candle f32 {name} {rows}x{k}x{n}: {gflops:.1} GFLOP/s");
+    }
+}
+
+fn main() {
+    if std::env::var_os("FLOOR_MATMUL").is_some() {
+        matmul_gflops();
+    }
+    let repeats: usize = std::env::var("FLOOR_REPEATS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    if let Ok(spec) = std::env::var("FLOOR_CHILD") {
+        let mut parts = spec.split('|');
+        let (spec, dtype) = (parts.next().unwrap_or(""), parts.next().unwrap_or("f32"));
+        let (s, load, tokens) = llm_attr_seconds(spec, dtype, repeats);
+        println!("{s} {load} {tokens}");
+        return;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let models = env_list("FLOOR_MODELS", "models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let threads: Vec<usize> = env_list("FLOOR_THREADS", &cores.to_string())
+        .iter()
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let py = std::env::var("FLOOR_PY").ok();
+    println!("load average before: {}", load_average());
+    for spec in &models {
+        let dir = py.as_ref().and_then(|_| torch_dir(spec));
+        for dtype in env_list("FLOOR_DTYPES", "f32") {
+            for &n in &threads {
+                let Some((ours, load, tokens)) = child(spec, &dtype, n, repeats) else {
+                    println!("{spec} {dtype} {n} threads: llm-attr failed");
+                    continue;
+                };
+                let torch = match (&py, &dir) {
+                    (Some(py), Some(dir)) => torch_seconds(py, dir, &dtype, n, repeats),
+                    _ => None,
+                };
+                let vs = torch.map_or("no PyTorch side (set FLOOR_PY)".to_string(), |t| {
+                    format!("PyTorch {t:.3} s; llm-attr / PyTorch {:.2}", ours / t)
+                });
+                println!(
+                    "{spec} {dtype} {n} threads: exact t1 ({tokens} tokens) llm-attr {ours:.3} s (loaded in {load:.2} s); {vs}"
+                );
+            }
+        }
+    }
+    println!("load average after: {}", load_average());
+}
