@@ -271,31 +271,14 @@ impl Decoder {
             Some(cache) => cache.append(at.i, key, v)?,
             None => (key, v),
         };
-        let len = key.dim(2)?;
-        let q = q.contiguous()?.reshape((b, kv, group * t, hd))?;
-        let mut att = q.matmul(&key.t()?)?;
-        if let Some(cap) = c.attn_softcap {
-            att = ((att / cap)?.tanh()? * cap)?;
-        }
         let causal = Causal {
             t,
             past: at.past,
             window: l.window,
         };
-        let att = match k.causal_softmax(&att, causal)? {
-            Some(att) => att,
-            None => {
-                if let Some(mask) = self.masks.get(t, at.past, l.window, att.dtype())? {
-                    att = att
-                        .reshape((b, kv, group, t, len))?
-                        .broadcast_add(&mask)?
-                        .reshape((b, kv, group * t, len))?;
-                }
-                k.softmax_last_dim(&att)?
-            }
-        };
-        let y = att
-            .matmul(&v)?
+        let q = q.contiguous()?.reshape((b, kv, group, t, hd))?;
+        let y = self
+            .attention(&q, &key, &v, causal, k)?
             .reshape((b, heads, t, hd))?
             .transpose(1, 2)?
             .reshape((n, heads * hd))?;
@@ -315,7 +298,74 @@ impl Decoder {
         }
         x + m
     }
+
+    /// Attention of queries `q` (`[b, kv, group, t, hd]`: the heads that share a KV head
+    /// stacked) over `key` and `v` (`[b, kv, past + t, hd]`): `[b, kv, group, t, hd]`. With the
+    /// fused CPU kernels a long prompt's queries go in blocks of [`QUERY_BLOCK`], each against
+    /// the keys it can see, which skips the masked half of both matmuls.
+    fn attention(
+        &self,
+        q: &Tensor,
+        key: &Tensor,
+        v: &Tensor,
+        at: Causal,
+        k: Kernels,
+    ) -> candle_core::Result<Tensor> {
+        let blocked = k == Kernels::Fused && q.device().is_cpu() && at.t >= 2 * QUERY_BLOCK;
+        if !blocked {
+            return self.attend(q, key, v, at, k);
+        }
+        let blocks = (0..at.t)
+            .step_by(QUERY_BLOCK)
+            .map(|start| {
+                let rows = QUERY_BLOCK.min(at.t - start);
+                let seen = at.past + start + rows;
+                let block = Causal {
+                    t: rows,
+                    past: at.past + start,
+                    window: at.window,
+                };
+                let q = q.narrow(3, start, rows)?.contiguous()?;
+                self.attend(&q, &key.narrow(2, 0, seen)?, &v.narrow(2, 0, seen)?, block, k)
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Tensor::cat(&blocks, 3)
+    }
+
+    /// Attention of `q` (`[b, kv, group, t, hd]`, contiguous) at the positions of `at` over
+    /// every key of `key` and `v`, masked causally: `[b, kv, group, t, hd]`.
+    fn attend(
+        &self,
+        q: &Tensor,
+        key: &Tensor,
+        v: &Tensor,
+        at: Causal,
+        k: Kernels,
+    ) -> candle_core::Result<Tensor> {
+        let (b, kv, group, t, hd) = q.dims5()?;
+        let len = key.dim(2)?;
+        let mut att = q.reshape((b, kv, group * t, hd))?.matmul(&key.t()?)?;
+        if let Some(cap) = self.cfg.attn_softcap {
+            att = ((att / cap)?.tanh()? * cap)?;
+        }
+        let att = match k.causal_softmax(&att, at)? {
+            Some(att) => att,
+            None => {
+                if let Some(mask) = self.masks.get(t, at.past, at.window, att.dtype())? {
+                    att = att
+                        .reshape((b, kv, group, t, len))?
+                        .broadcast_add(&mask)?
+                        .reshape((b, kv, group * t, len))?;
+                }
+                k.softmax_last_dim(&att)?
+            }
+        };
+        att.matmul(v)?.reshape((b, kv, group, t, hd))
+    }
 }
+
+/// Query rows per block of a long prompt's attention on the CPU ([`Decoder::attention`]).
+const QUERY_BLOCK: usize = 256;
 
 /// Where a layer runs: batch, new positions, cached positions, layer index.
 #[derive(Clone, Copy)]
@@ -383,6 +433,46 @@ impl Architecture for Decoder {
             layers: self.cfg.layers,
             heads: self.cfg.heads,
             dtype: self.dtype.as_str().into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::kernels::ops::max_abs_diff;
+
+    /// A prompt long enough for query blocks (tiny Gemma 2: GQA, soft-capping, a sliding
+    /// window on alternate layers) gives the hidden states of the unblocked paths: the
+    /// differentiable kernels over the whole prompt, and the fused ones fed in short pieces
+    /// through the KV cache.
+    #[test]
+    fn query_blocks_equal_the_unblocked_attention() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gemma2");
+        let m = crate::model::load::architecture(
+            &dir.join("config.json"),
+            &[dir.join("model.safetensors")],
+            &crate::model::LoadOptions::default(),
+        )
+        .unwrap();
+        let ids: Vec<u32> = (0..2 * QUERY_BLOCK as u32 + 77)
+            .map(|i| 3 + (i * 37) % 1000)
+            .collect();
+        let run = |ids: &[u32], cache: Option<&mut KvCache>, k: Kernels| {
+            let ids = Tensor::new(ids, m.device()).unwrap().unsqueeze(0).unwrap();
+            m.forward(&m.embed(&ids).unwrap(), cache, None, k).unwrap()
+        };
+        let blocked = run(&ids, None, Kernels::Fused);
+        let composed = run(&ids, None, Kernels::Differentiable);
+        let mut cache = m.new_cache();
+        let pieces: Vec<Tensor> = ids
+            .chunks(QUERY_BLOCK - 1)
+            .map(|piece| run(piece, Some(&mut cache), Kernels::Fused))
+            .collect();
+        let pieces = Tensor::cat(&pieces, 0).unwrap();
+        for (what, other) in [("differentiable", &composed), ("cached pieces", &pieces)] {
+            let d = max_abs_diff(&blocked, other);
+            assert!(d < 1e-4, "{what}: {d}");
         }
     }
 }
