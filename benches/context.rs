@@ -6,8 +6,8 @@
 //!     cargo bench --bench context
 //!     CONTEXT_CITE_PY=/work/torchenv/bin/python cargo bench --bench context   # and the package
 //!
-//! Prints leave-one-out's and context_cite's (64 samples) seconds and tokens, and chat t1's exact
-//! Shapley values, each without and then with shared-prefix reuse, side by side in one run;
+//! Prints leave-one-out's and chat t1's exact Shapley values' seconds and tokens, each without
+//! and then with shared-prefix reuse, side by side in one run, and context_cite's (64 samples);
 //! with CONTEXT_CITE_PY, also the `context-cite` package's own time for the same 64 masks
 //! (scripts/reference/context_attr.py bench), on the same CPU. Any `stats` field named
 //! `tokens_*` (the tokens computed and reused, where the engine reports them) is printed too.
@@ -128,7 +128,7 @@ fn main() -> anyhow::Result<()> {
     let target = Some(answer);
     let loo = request(&context, Method::FeatureAblation, target.clone());
     side_by_side(&model, &loo, "leave-one-out (feature_ablation)")?;
-    let cc = side_by_side(
+    let cc = timed(
         &model,
         &request(&context, Method::ContextCite, target),
         "context_cite, 64 samples",

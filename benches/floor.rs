@@ -161,9 +161,6 @@ fn matmul_gflops() {
 }
 
 fn main() {
-    if std::env::var_os("FLOOR_MATMUL").is_some() {
-        matmul_gflops();
-    }
     let repeats: usize = std::env::var("FLOOR_REPEATS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -174,6 +171,9 @@ fn main() {
         let (s, load, tokens) = llm_attr_seconds(spec, dtype, repeats);
         println!("{s} {load} {tokens}");
         return;
+    }
+    if std::env::var_os("FLOOR_MATMUL").is_some() {
+        matmul_gflops();
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let models = env_list("FLOOR_MODELS", "models/SmolLM2-135M-Instruct.Q4_1.gguf");
