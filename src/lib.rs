@@ -23,6 +23,9 @@ pub mod scorer;
 
 /// ContextCite's masks and Lasso weights, for checks against the `context-cite` package.
 pub use attribution::{context_cite_masks, context_cite_weights};
+/// The permutations or coalitions a sampling method draws for a seed, for checks against an
+/// independent implementation given the same design.
+pub use attribution::{sampling_design, SamplingDesign};
 pub use error::{Error, Result};
 
 /// mimalloc serves every binary that links this crate (the server, tests, benches). Forward

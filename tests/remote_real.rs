@@ -2,10 +2,14 @@
 //! `scripts/inference-server.sh` (.ci/run exports their URLs): vLLM's CPU backend, whose
 //! prompt log-probs are right, and llama-cpp-python, whose echo is off by one.
 //!
-//! - every method through vLLM equals the same method computed from vLLM's own log-probs by
-//!   `scripts/reference/remote_reference.py` (1e-4), and agrees with the in-process candle model
-//!   on the same weights within the difference their arithmetic makes;
+//! - every method through vLLM (the sampling methods on llm-attr's own draws, given to it as
+//!   `--design`), chat input, a contrast and a small audit equal the same computed from vLLM's
+//!   own log-probs by `scripts/reference/remote_reference.py` (1e-4), and agree with the
+//!   in-process candle model on the same weights within the difference their arithmetic makes;
+//! - plans (the function and `/v1/plan` of a server in front of vLLM) count what runs score;
 //! - `--verify-with` refuses llama-cpp-python's off-by-one echo, naming the position.
+//!
+//! The speed of it all is measured by `benches/remote.rs`, not here.
 //!
 //! Env: `LLM_ATTR_TEST_REMOTE_URL` (vLLM, served name `smollm2`), `LLM_ATTR_TEST_LLAMA_CPP_URL`,
 //! `LLM_ATTR_TEST_REF_PYTHON` (a Python with numpy, tokenizers, jinja2),
@@ -18,12 +22,14 @@ mod common;
 
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use llm_attr::audit::{self, AuditRequest};
 use llm_attr::model::Model;
 use llm_attr::request::{AttributeRequest, AttributeResponse, Method};
-use llm_attr::run::{run, Limits};
+use llm_attr::run::{plan, run, Limits};
 use llm_attr::scorer::remote::{RemoteModel, RemoteSettings};
+use llm_attr::{sampling_design, SamplingDesign};
 use serde_json::{json, Value};
 
 const SMOLLM2: &str = concat!(
@@ -99,8 +105,9 @@ fn attribute(scorer: &dyn llm_attr::scorer::Scorer, case: &Value) -> AttributeRe
     run(&req, scorer, &Limits::default(), &|_| {}).unwrap()
 }
 
-/// `remote_reference.py attribute` on `case`: rows `attr[o][f]` (o = 0 the sequence).
-fn reference(url: &str, case: &Value) -> Option<Vec<Vec<f64>>> {
+/// `remote_reference.py COMMAND --case case [--design design]`'s JSON (None, with a message,
+/// where .ci/run's Python and tokenizer directory are not given).
+fn reference_json(url: &str, command: &str, case: &Value, design: Option<&SamplingDesign>) -> Option<Value> {
     let (Ok(py), Ok(dir)) = (
         std::env::var("LLM_ATTR_TEST_REF_PYTHON"),
         std::env::var("LLM_ATTR_TEST_TOKENIZER_DIR"),
@@ -108,31 +115,46 @@ fn reference(url: &str, case: &Value) -> Option<Vec<Vec<f64>>> {
         eprintln!("no reference: LLM_ATTR_TEST_REF_PYTHON and LLM_ATTR_TEST_TOKENIZER_DIR are not set (.ci/run sets them)");
         return None;
     };
-    let file = std::env::temp_dir().join(format!(
-        "llm-attr-case-{}.json",
-        std::process::id() ^ case.to_string().len() as u32
-    ));
-    std::fs::write(&file, case.to_string()).unwrap();
+    let file = |what: &str, v: String| {
+        let f = std::env::temp_dir().join(format!("llm-attr-{what}-{}-{}.json", std::process::id(), fnv(&v)));
+        std::fs::write(&f, v).unwrap();
+        f
+    };
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/scripts/reference/remote_reference.py"
     );
-    let out = Command::new(py)
-        .args([
-            "-u",
-            script,
-            "attribute",
-            "--server",
-            url,
-            "--tokenizer",
-            &dir,
-            "--case",
-        ])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let mut cmd = Command::new(py);
+    cmd.args([
+        "-u",
+        script,
+        command,
+        "--server",
+        url,
+        "--tokenizer",
+        &dir,
+        "--case",
+    ])
+    .arg(file("case", case.to_string()));
+    if let Some(d) = design {
+        cmd.arg("--design")
+            .arg(file("design", serde_json::to_string(d).unwrap()));
+    }
+    let out = cmd.output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    Some(serde_json::from_slice(&out.stdout).unwrap())
+}
+
+/// A file name's hash of its contents (cases run in parallel).
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf29ce484222325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    })
+}
+
+/// `remote_reference.py attribute` on `case`: rows `attr[o][f]` (o = 0 the sequence).
+fn reference(url: &str, case: &Value, design: Option<&SamplingDesign>) -> Option<Vec<Vec<f64>>> {
+    let v = reference_json(url, "attribute", case, design)?;
     Some(serde_json::from_value(v["attr"].clone()).unwrap())
 }
 
@@ -196,7 +218,7 @@ fn vllm_equals_the_reference_and_agrees_with_candle() {
             lp < CANDLE_TOLERANCE && attr < 2.0 * CANDLE_TOLERANCE,
             "{name}: {lp} {attr}"
         );
-        if let Some(reference) = reference(url, c) {
+        if let Some(reference) = reference(url, c, None) {
             let d = max_diff(&rows(&through), &reference);
             eprintln!("{name}: vLLM through llm-attr vs remote_reference.py: max |diff| {d:.2e}");
             assert!(d < 1e-4, "{name}: {d}");
@@ -204,22 +226,146 @@ fn vllm_equals_the_reference_and_agrees_with_candle() {
     }
 }
 
-/// The sampling methods through vLLM agree with candle on the same draws.
+/// t1 with the first two of its four baselines per placeholder: at most 27 prompts instead
+/// of 125, since vLLM's CPU backend scores a few sequences a second on CI's two cores.
+fn two_baselines(case: &mut Value) {
+    for list in case["baselines"].as_object_mut().unwrap().values_mut() {
+        list.as_array_mut().unwrap().truncate(2);
+    }
+}
+
+/// Shapley value sampling, LIME and Kernel SHAP on t1 (two baselines each) through vLLM:
+/// equal to the reference given llm-attr's own draws (`sampling_design`), close to candle on
+/// the same draws, and counted exactly by the plan.
 #[test]
-fn vllm_sampling_methods_agree_with_candle() {
+fn vllm_sampling_methods_equal_the_reference_on_the_same_design() {
     let Some(url) = vllm() else { return };
     for m in [Method::ShapleyValueSampling, Method::Lime, Method::KernelShap] {
         let c = case("t1.json", |v| {
             v["method"] = json!(m);
             v["n_samples"] = json!(8);
+            two_baselines(v);
         });
-        let d = max_diff(
-            &rows(&attribute(remote(url), &c)),
-            &rows(&attribute(local().as_ref(), &c)),
-        );
+        let through = attribute(remote(url), &c);
+        let d = max_diff(&rows(&through), &rows(&attribute(local().as_ref(), &c)));
         eprintln!("{m:?}: vLLM vs candle: attributions max |diff| {d:.5}");
         assert!(d < 2.0 * CANDLE_TOLERANCE, "{m:?}: {d}");
+        let req: AttributeRequest = serde_json::from_value(c.clone()).unwrap();
+        let p = plan(&req, remote(url), &Limits::default()).unwrap();
+        assert_eq!(p.distinct_sequences, through.stats.unique_sequences, "{m:?}");
+        let design = sampling_design(m, through.features.len(), 8, 0).unwrap();
+        if let Some(reference) = reference(url, &c, Some(&design)) {
+            let d = max_diff(&rows(&through), &reference);
+            eprintln!(
+                "{m:?}: vLLM through llm-attr vs remote_reference.py on its design: max |diff| {d:.2e}"
+            );
+            assert!(d < 1e-4, "{m:?}: {d}");
+        }
     }
+}
+
+/// A small audit (2 x 2 cells, 2 contexts averaged, two targets, feature ablation per cell)
+/// through vLLM: equal to `remote_reference.py audit`, and counted exactly by the plan.
+#[test]
+fn a_small_audit_through_vllm_equals_the_reference() {
+    let Some(url) = vllm() else { return };
+    let mut spec: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/audit.json")).unwrap(),
+    )
+    .unwrap();
+    spec["sweep"] = json!({"name": ["Emily", "Jamal"], "country": ["Germany", "Togo"]});
+    spec["baselines"] = json!({"job": ["nurse", "engineer"]});
+    spec["method"] = json!("feature_ablation");
+    spec["baseline_sampling"] = json!("exact");
+    let req: AuditRequest = serde_json::from_value(spec.clone()).unwrap();
+    let got = audit::run(&req, remote(url), &Limits::default(), &|_| {}).unwrap();
+    let p = audit::plan(&req, remote(url), &Limits::default()).unwrap();
+    assert_eq!(p.distinct_sequences, got.stats.distinct_sequences);
+    let Some(reference) = reference_json(url, "audit", &spec, None) else {
+        return;
+    };
+    let cells = reference["cells"].as_array().unwrap();
+    assert_eq!(got.cells.len(), cells.len());
+    let mut worst = 0.0f64;
+    for (mine, theirs) in got.cells.iter().zip(cells) {
+        assert_eq!(json!(mine.values), theirs["values"]);
+        for (t, lp) in &mine.log_prob {
+            worst = worst.max((lp - theirs["log_prob"][t].as_f64().unwrap()).abs());
+        }
+        worst = worst.max((mine.contrast.unwrap() - theirs["contrast"].as_f64().unwrap()).abs());
+        let attr: Vec<Vec<f64>> = serde_json::from_value(theirs["attribution"]["attr"].clone()).unwrap();
+        worst = worst.max(max_diff(&rows(mine.attribution.as_ref().unwrap()), &attr));
+    }
+    eprintln!("audit: vLLM through llm-attr vs remote_reference.py audit: max |diff| {worst:.2e}");
+    assert!(worst < 1e-4, "{worst}");
+}
+
+/// `serve --model URL`: `/v1/plan` counts what the run then scores, an attribution over HTTP
+/// equals the direct one, and `/metrics` counts one request to vLLM per batch.
+#[test]
+fn plan_and_attribute_over_http_with_vllm_behind() {
+    let Some(url) = vllm() else { return };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use llm_attr::api::{Config, ModelSource, Server};
+        let server = Server::start(Config::new(ModelSource::Remote(settings(url))))
+            .await
+            .unwrap();
+        server.ready().await.unwrap();
+        let http = reqwest::Client::new();
+        let post = |path: &str, body: &Value| {
+            let req = http.post(format!("{}{path}", server.url())).json(body);
+            async move {
+                let res = req.send().await.unwrap();
+                assert_eq!(res.status(), 200);
+                res.json::<Value>().await.unwrap()
+            }
+        };
+        let metric = |name: &'static str| {
+            let req = http.get(format!("{}/metrics", server.url()));
+            async move {
+                let text = req.send().await.unwrap().text().await.unwrap();
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+                    .unwrap_or_else(|| panic!("{name} not in /metrics"))
+            }
+        };
+        let c = case("t1.json", |v| {
+            v["method"] = json!("shapley_value_sampling");
+            v["n_samples"] = json!(8);
+        });
+        let planned = post("/v1/plan", &c).await;
+        let req: AttributeRequest = serde_json::from_value(c.clone()).unwrap();
+        let direct = plan(&req, remote(url), &Limits::default()).unwrap();
+        assert_eq!(
+            planned["distinct_sequences"],
+            json!(direct.distinct_sequences),
+            "{planned}"
+        );
+        assert_eq!(planned["tokens"], json!(direct.tokens), "{planned}");
+
+        let fa = case("t1_single.json", |v| v["method"] = json!("feature_ablation"));
+        let planned = post("/v1/plan", &fa).await;
+        let (sent, batches) = (
+            metric("llm_attr_remote_requests_total").await,
+            metric("llm_attr_batches_total").await,
+        );
+        let got: AttributeResponse = serde_json::from_value(post("/v1/attributions", &fa).await).unwrap();
+        assert_eq!(planned["distinct_sequences"], json!(got.stats.unique_sequences));
+        let d = max_diff(&rows(&got), &rows(&attribute(remote(url), &fa)));
+        assert!(d < 1e-4, "over HTTP vs direct: {d}");
+        let sent = metric("llm_attr_remote_requests_total").await - sent;
+        let batches = metric("llm_attr_batches_total").await - batches;
+        eprintln!(
+            "t1_single feature ablation over HTTP: {} sequences in {sent} requests to vLLM",
+            got.stats.unique_sequences
+        );
+        assert!(
+            sent > 0 && sent == batches,
+            "{sent} requests for {batches} batches"
+        );
+        server.shutdown().await;
+    });
 }
 
 /// llama-cpp-python's echo reads each token's log-prob from the distribution after it:
@@ -235,32 +381,4 @@ fn verify_with_refuses_llama_cpp_pythons_off_by_one_echo() {
     let e = RemoteModel::connect(&s).err().expect("refused").to_string();
     assert!(e.contains("disagrees") && e.contains("at position"), "{e}");
     eprintln!("{e}");
-}
-
-/// Sequences per second, t1 exact Shapley (125 prompts): through vLLM, through
-/// llama-cpp-python (numbers wrong, time only) and in-process. A measurement, not a check:
-/// `cargo test --test remote_real -- --ignored --nocapture`.
-#[test]
-#[ignore]
-fn bench_t1_exact_shapley() {
-    let c = case("t1.json", |v| v["method"] = json!("shapley_values"));
-    let time = |what: &str, scorer: &dyn llm_attr::scorer::Scorer| {
-        let t = Instant::now();
-        let r = attribute(scorer, &c);
-        let s = t.elapsed().as_secs_f64();
-        eprintln!(
-            "{what}: {} sequences in {s:.2} s = {:.1} sequences/s",
-            r.stats.unique_sequences,
-            r.stats.unique_sequences as f64 / s
-        );
-    };
-    let _ = attribute(local().as_ref(), &c);
-    time("in-process candle", local().as_ref());
-    if let Some(url) = vllm() {
-        time("vLLM", remote(url));
-    }
-    if let Ok(url) = std::env::var("LLM_ATTR_TEST_LLAMA_CPP_URL") {
-        let m = RemoteModel::connect(&settings(&url)).unwrap();
-        time("llama-cpp-python", &m);
-    }
 }

@@ -30,7 +30,9 @@ coalition's value is the mean, over every combination of the absent placeholders
 `[log p(target), log p(target token k)...]` (minus the contrast's, when there is one).
 
 Sampling methods are reproducible only with their random design given explicitly (--design, a
-JSON object): llm-attr draws it from a ChaCha8 stream that this script does not reimplement.
+JSON object): llm-attr draws it from a ChaCha8 stream that this script does not reimplement;
+`llm_attr::sampling_design(method, n_features, n_samples, seed)` gives a request's design in
+this very JSON (serde of `llm_attr::SamplingDesign`; tests/remote_real.rs passes it here).
 - shapley_value_sampling: `{"permutations": [[feature index, ...], ...]}`;
 - lime, kernel_shap: `{"coalitions": [[true/false per feature], ...]}` (for kernel_shap the
   first two are the full and the empty coalition, as llm-attr draws them).

@@ -244,6 +244,15 @@ impl Metrics {
                 "Bytes of prefix keys and values the prefix cache holds.",
                 e.backend().local().map_or(0, |m| m.prefix_cache_bytes()),
             );
+            if let Some(remote) = e.backend().remote() {
+                single(
+                    o,
+                    "llm_attr_remote_requests_total",
+                    "counter",
+                    "HTTP requests sent to the inference server (every try, probes included).",
+                    remote.requests_sent(),
+                );
+            }
             render_cache(o, &r.cache);
             header(
                 o,

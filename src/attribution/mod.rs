@@ -6,6 +6,7 @@
 //! and per-token attributions come from the same evaluations.
 
 mod context_cite;
+mod design;
 pub(crate) mod integration;
 pub(crate) mod linear;
 mod methods;
@@ -18,6 +19,8 @@ use crate::error::{Error, Result};
 use crate::request::Method;
 pub(crate) use context_cite::context_cite;
 pub use context_cite::{context_cite_masks, context_cite_weights};
+pub(crate) use design::method_rng;
+pub use design::{sampling_design, SamplingDesign};
 pub(crate) use methods::{GradientFacts, GradientPath, MethodFacts};
 pub(crate) use shapley::{shapley_value_sampling, shapley_values};
 pub(crate) use surrogate::{kernel_shap, lime};

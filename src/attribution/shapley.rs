@@ -40,6 +40,18 @@ pub(crate) fn shapley_values(ev: &mut dyn Evaluator) -> Result<Attribution> {
     Ok(Attribution { attr, stderr: None })
 }
 
+/// The permutations [`shapley_value_sampling`] draws: `n_samples` uniform shuffles of the
+/// `n` feature indices.
+pub(super) fn permutations(n: usize, n_samples: usize, rng: &mut impl Rng) -> Vec<Vec<usize>> {
+    (0..n_samples)
+        .map(|_| {
+            let mut perm: Vec<usize> = (0..n).collect();
+            perm.shuffle(rng);
+            perm
+        })
+        .collect()
+}
+
 /// Captum's ShapleyValueSampling: `n_samples` random permutations; each adds the features one
 /// by one to the empty coalition (evaluated once) and credits each feature with the change it
 /// makes. Standard errors come from the spread across permutations.
@@ -49,17 +61,14 @@ pub(crate) fn shapley_value_sampling(
     rng: &mut impl Rng,
 ) -> Result<Attribution> {
     let n = ev.n_features();
-    let mut perms = Vec::with_capacity(n_samples);
+    let perms = permutations(n, n_samples, rng);
     let mut coalitions = vec![vec![false; n]];
-    for _ in 0..n_samples {
-        let mut perm: Vec<usize> = (0..n).collect();
-        perm.shuffle(rng);
+    for perm in &perms {
         let mut c = vec![false; n];
-        for &f in &perm {
+        for &f in perm {
             c[f] = true;
             coalitions.push(c.clone());
         }
-        perms.push(perm);
     }
     let v = ev.values(&coalitions)?;
     let outs = ev.n_outputs();

@@ -34,9 +34,7 @@ pub(super) fn lime_weight(c: &Coalition) -> f64 {
 /// [`lime_weight`], fitted by a weighted Lasso (alpha 0.01) per output column.
 pub(crate) fn lime(ev: &mut dyn Evaluator, n_samples: usize, rng: &mut impl Rng) -> Result<Attribution> {
     let n = ev.n_features();
-    let coalitions: Vec<Coalition> = (0..n_samples)
-        .map(|_| (0..n).map(|_| rng.random_bool(0.5)).collect())
-        .collect();
+    let coalitions = lime_coalitions(n, n_samples, rng);
     let w: Vec<f64> = coalitions.iter().map(lime_weight).collect();
     let x: Vec<Vec<f64>> = coalitions.iter().map(as_row).collect();
     let y = ev.values(&coalitions)?;
@@ -58,15 +56,17 @@ pub(crate) fn lime(ev: &mut dyn Evaluator, n_samples: usize, rng: &mut impl Rng)
     Ok(Attribution { attr, stderr })
 }
 
-/// Kernel SHAP: the full and the empty coalition (weight 10^6), then coalitions whose size k
-/// is drawn with p(k) proportional to (n-1)/(k(n-k)) and whose members are uniform (weight 1),
-/// fitted by weighted least squares.
-pub(crate) fn kernel_shap(
-    ev: &mut dyn Evaluator,
-    n_samples: usize,
-    rng: &mut impl Rng,
-) -> Result<Attribution> {
-    let n = ev.n_features();
+/// The coalitions [`lime`] draws: `n_samples`, each feature present with probability 1/2.
+pub(super) fn lime_coalitions(n: usize, n_samples: usize, rng: &mut impl Rng) -> Vec<Coalition> {
+    (0..n_samples)
+        .map(|_| (0..n).map(|_| rng.random_bool(0.5)).collect())
+        .collect()
+}
+
+/// The coalitions [`kernel_shap`] draws: the full and the empty coalition, then coalitions
+/// whose size k is drawn with p(k) proportional to (n-1)/(k(n-k)) and whose members are
+/// uniform.
+pub(super) fn kernel_shap_coalitions(n: usize, n_samples: usize, rng: &mut impl Rng) -> Vec<Coalition> {
     let sizes: Vec<f64> = (1..n).map(|k| (n - 1) as f64 / (k * (n - k)) as f64).collect();
     let total: f64 = sizes.iter().sum();
     let mut coalitions = Vec::with_capacity(n_samples);
@@ -90,6 +90,18 @@ pub(crate) fn kernel_shap(
         }
         coalitions.push(c);
     }
+    coalitions
+}
+
+/// Kernel SHAP: the coalitions of [`kernel_shap_coalitions`], the full and the empty one
+/// weighted 10^6 and the others 1, fitted by weighted least squares.
+pub(crate) fn kernel_shap(
+    ev: &mut dyn Evaluator,
+    n_samples: usize,
+    rng: &mut impl Rng,
+) -> Result<Attribution> {
+    let n = ev.n_features();
+    let coalitions = kernel_shap_coalitions(n, n_samples, rng);
     let w: Vec<f64> = coalitions
         .iter()
         .map(|c| {

@@ -331,3 +331,61 @@ fn the_exact_shapley_cap_is_one_rule_with_one_message() {
     assert_eq!(g.calls, 0);
     assert!(Method::FeatureAblation.check_features(64, 1, 1).is_ok());
 }
+
+/// A random game that records the coalitions it is asked for.
+struct Recording {
+    n: usize,
+    asked: Vec<Coalition>,
+}
+
+impl Evaluator for Recording {
+    fn n_features(&self) -> usize {
+        self.n
+    }
+    fn n_outputs(&self) -> usize {
+        2
+    }
+    fn values(&mut self, coalitions: &[Coalition]) -> Result<Vec<Vec<f64>>> {
+        self.asked.extend_from_slice(coalitions);
+        let f = random_game(self.n, 1, 5);
+        Ok(coalitions.iter().map(|c| vec![f(c)[0], f(c)[0]]).collect())
+    }
+}
+
+#[test]
+fn sampling_design_is_what_the_methods_evaluate() {
+    let methods = [
+        Method::ShapleyValueSampling,
+        Method::Lime,
+        Method::KernelShap,
+        Method::ContextCite,
+    ];
+    for (method, seed) in methods.into_iter().zip([0, 7, 1, 3]) {
+        let mut ev = Recording {
+            n: 5,
+            asked: Vec::new(),
+        };
+        attribute_trials(method, &mut ev, 9, 1, &mut method_rng(seed)).unwrap();
+        let expected = match sampling_design(method, 5, 9, seed).unwrap() {
+            SamplingDesign::Coalitions(c) => c,
+            SamplingDesign::Permutations(perms) => {
+                let mut c = vec![vec![false; 5]];
+                for p in perms {
+                    let mut now = vec![false; 5];
+                    for f in p {
+                        now[f] = true;
+                        c.push(now.clone());
+                    }
+                }
+                c
+            }
+        };
+        assert_eq!(ev.asked, expected, "{method:?}");
+        assert_ne!(
+            sampling_design(method, 5, 9, seed + 1).unwrap(),
+            sampling_design(method, 5, 9, seed).unwrap()
+        );
+    }
+    let e = sampling_design(Method::ShapleyValues, 5, 9, 0).unwrap_err();
+    assert_eq!(e.field(), Some("method"), "{e}");
+}

@@ -13,9 +13,6 @@ mod warnings;
 use std::sync::Arc;
 use std::time::Instant;
 
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
-
 use crate::attribution::{self, Evaluator, MethodFacts};
 use crate::error::{Error, Result};
 use crate::input::chat::sandbox::Sandbox;
@@ -438,7 +435,7 @@ fn run_level(
     if let Some(c) = &contrast {
         ev.set_contrast(c.clone());
     }
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut rng = attribution::method_rng(seed);
     let result = attribution::attribute_trials(method, &mut ev, n_samples, trials, &mut rng)?;
     let mut log_probs: Vec<f64> = ev.target_log_probs()?.into_iter().map(f64::from).collect();
     let contrast_log_probs = log_probs.split_off(target_ids.len());

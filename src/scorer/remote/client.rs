@@ -3,6 +3,8 @@
 //! jitter inside one time budget, after which the error names the server's last status and
 //! its Retry-After.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -34,6 +36,8 @@ pub(crate) struct Client {
     root: String,
     key: Option<Secret>,
     timeout: Duration,
+    /// HTTP requests sent (every try, probes included), shared by the clones.
+    sent: Arc<AtomicU64>,
 }
 
 /// Why one try failed.
@@ -65,12 +69,18 @@ impl Client {
             root,
             key: key.filter(|k| !k.is_empty()).map(Secret),
             timeout,
+            sent: Arc::new(AtomicU64::new(0)),
         })
     }
 
     /// The server's root URL (no credentials).
     pub(crate) fn root(&self) -> &str {
         &self.root
+    }
+
+    /// HTTP requests sent so far: every try of every call, probes and retries included.
+    pub(crate) fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
     }
 
     /// `GET path`, one try within `within` (probes): `Ok(None)` on a 404.
@@ -121,6 +131,7 @@ impl Client {
             Some(k) => req.bearer_auth(&k.0),
             None => req,
         };
+        self.sent.fetch_add(1, Ordering::Relaxed);
         let res = req
             .timeout(within)
             .send()

@@ -248,6 +248,12 @@ impl RemoteModel {
         )
     }
 
+    /// HTTP requests sent to the server so far: every try of every call (the start-up probe
+    /// and self-check, scoring, generation, `/ready`), retries included.
+    pub fn requests_sent(&self) -> u64 {
+        self.shared.client.sent()
+    }
+
     /// Whether the server answers now (`/ready`).
     pub fn reachable(&self) -> bool {
         let c = self.shared.client.clone();
