@@ -24,6 +24,7 @@ use crate::error::Result;
 use crate::model::arch::config::DecoderConfig;
 use crate::model::arch::family::Weights;
 use crate::model::arch::kv_cache::{KvCache, Masks};
+use crate::model::arch::layout::stacked_transposed;
 use crate::model::arch::{check_context, keep_rows, project, weight, ArchInfo, Architecture};
 use crate::model::kernels::Kernels;
 use crate::model::Family;
@@ -68,7 +69,7 @@ pub(crate) struct Decoder {
 
 /// `[out, in]` as stored -> `[in, out]` contiguous, for `x @ w`.
 fn transposed(w: Tensor) -> Result<Tensor> {
-    Ok(w.t()?.contiguous()?)
+    stacked_transposed(&[w], None)
 }
 
 /// A decoder of `family` from its config.json and its weights (the registry's constructor).
@@ -141,13 +142,14 @@ impl Decoder {
         let (d, hd) = (cfg.hidden, cfg.head_dim);
         let (q_out, kv_out) = (cfg.heads * hd, cfg.kv_heads * hd);
         let a = vb.pp("self_attn");
-        let (mut qkv, mut qkv_bias) = if cfg.fused_projections {
+        // Q, K and V stacked, as stored (`[out, in]`); transposed once the scale is known.
+        let (qkv, mut qkv_bias) = if cfg.fused_projections {
             let w = weight(&a.pp("qkv_proj"), &[q_out + 2 * kv_out, d], "weight")?;
             let b = cfg
                 .qkv_bias
                 .then(|| weight(&a.pp("qkv_proj"), &[q_out + 2 * kv_out], "bias"))
                 .transpose()?;
-            (w, b)
+            (vec![w], b)
         } else {
             let parts = [("q_proj", q_out), ("k_proj", kv_out), ("v_proj", kv_out)];
             let w: Vec<Tensor> = parts
@@ -163,13 +165,14 @@ impl Decoder {
             } else {
                 None
             };
-            (Tensor::cat(&w, 0)?, b)
+            (w, b)
         };
+        let mut q_scale = None;
         let qk_norm = if cfg.qk_norm {
             let q = (weight(&a.pp("q_norm"), &[hd], "weight")? * cfg.query_scale)?;
             Some((q, weight(&a.pp("k_norm"), &[hd], "weight")?))
         } else {
-            qkv = scale_rows(&qkv, q_out, cfg.query_scale)?;
+            q_scale = Some((q_out, cfg.query_scale));
             qkv_bias = qkv_bias
                 .map(|b| scale_rows(&b, q_out, cfg.query_scale))
                 .transpose()?;
@@ -177,11 +180,11 @@ impl Decoder {
         };
         let mlp = vb.pp("mlp");
         let gate_up = if cfg.fused_projections {
-            weight(&mlp.pp("gate_up_proj"), &[2 * cfg.ffn, d], "weight")?
+            vec![weight(&mlp.pp("gate_up_proj"), &[2 * cfg.ffn, d], "weight")?]
         } else {
             let gate = weight(&mlp.pp("gate_proj"), &[cfg.ffn, d], "weight")?;
             let up = weight(&mlp.pp("up_proj"), &[cfg.ffn, d], "weight")?;
-            Tensor::cat(&[gate, up], 0)?
+            vec![gate, up]
         };
         let o = a.pp("o_proj");
         let gemma_norm = |name: &str| cfg.gemma.then(|| Self::norm(cfg, &vb.pp(name), d)).transpose();
@@ -192,14 +195,14 @@ impl Decoder {
         };
         Ok(Layer {
             attn_norm: Self::norm(cfg, &vb.pp("input_layernorm"), d)?,
-            qkv: transposed(qkv)?,
+            qkv: stacked_transposed(&qkv, q_scale)?,
             qkv_bias,
             qk_norm,
             out: transposed(weight(&o, &[d, q_out], "weight")?)?,
             out_bias: cfg.o_bias.then(|| weight(&o, &[d], "bias")).transpose()?,
             post_attn_norm: gemma_norm("post_attention_layernorm")?,
             ffn_norm: Self::norm(cfg, &vb.pp(ffn_norm_name), d)?,
-            gate_up: transposed(gate_up)?,
+            gate_up: stacked_transposed(&gate_up, None)?,
             down: transposed(weight(&mlp.pp("down_proj"), &[d, cfg.ffn], "weight")?)?,
             post_ffn_norm: gemma_norm("post_feedforward_layernorm")?,
             window: cfg.windows[i],

@@ -133,7 +133,10 @@ mod tests {
             ..avx2
         };
         assert!(spr.has_bf16_matmul());
-        assert_eq!(spr.to_string(), "AMX-bf16, AVX512-BF16, AVX-512F, AVX2, FMA, F16C");
+        assert_eq!(
+            spr.to_string(),
+            "AMX-bf16, AVX512-BF16, AVX-512F, AVX2, FMA, F16C"
+        );
         if cfg!(target_arch = "x86_64") {
             assert_eq!(avx2.to_string(), "AVX2, FMA, F16C (no AVX-512)");
         }

@@ -203,10 +203,7 @@ fn check_dtype(device: &Device, dtype: DType) -> Result<()> {
         Device::Cpu if dtype == DType::BF16 => check_cpu_bf16(&CpuFeatures::detect()),
         Device::Cpu => Err(Error::invalid(
             "dtype",
-            format!(
-                "the CPU does not run {}: use --dtype f32 or f16",
-                dtype.as_str()
-            ),
+            format!("the CPU does not run {}: use --dtype f32 or f16", dtype.as_str()),
         )),
         _ => cuda::check_dtype(device, dtype),
     }

@@ -3,6 +3,7 @@
 
 pub mod gguf;
 pub(crate) mod hub;
+mod mapped;
 pub(crate) mod safetensors;
 pub(crate) mod spec;
 pub(crate) mod tokenizer_files;

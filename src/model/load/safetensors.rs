@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use candle_nn::VarBuilder;
 
 use crate::error::{Error, Result};
+use crate::model::load::mapped::Mapped;
 use crate::model::load::tokenizer_files::{
     ExtraFiles, TokenizerFiles, CHAT_TEMPLATE, GENERATION_CONFIG, TOKENIZER_CONFIG,
 };
@@ -121,7 +122,8 @@ pub(super) fn shard_names(index: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// A `VarBuilder` over memory-mapped safetensors files, converting to the chosen dtype.
+/// A `VarBuilder` over memory-mapped safetensors files, converting to the chosen dtype as each
+/// tensor is read ([`Mapped`]).
 pub(super) fn var_builder(files: &[PathBuf], options: &LoadOptions) -> Result<VarBuilder<'static>> {
     for f in files {
         if !f.is_file() {
@@ -133,11 +135,16 @@ pub(super) fn var_builder(files: &[PathBuf], options: &LoadOptions) -> Result<Va
     }
     // SAFETY: the files are memory-mapped read-only; like every mmap-based loader we assume
     // nobody truncates or rewrites them while the model loads (tensors are copied out).
-    unsafe { VarBuilder::from_mmaped_safetensors(files, options.dtype(), &options.device) }.map_err(|e| {
+    let mapped = unsafe { Mapped::open(files) }.map_err(|e| {
         let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
         Error::Model(format!(
             "cannot read safetensors {} (corrupt, truncated or not safetensors): {e}",
             names.join(", ")
         ))
-    })
+    })?;
+    Ok(VarBuilder::from_backend(
+        Box::new(mapped),
+        options.dtype(),
+        options.device.clone(),
+    ))
 }
