@@ -114,7 +114,7 @@ mod tests {
         }
         // A transposed view is not contiguous: candle's ops take it.
         let t = a.t().unwrap();
-        let ours = stacked_transposed(&[t.clone()], None).unwrap();
+        let ours = stacked_transposed(std::slice::from_ref(&t), None).unwrap();
         assert_eq!(ours.to_vec2::<f32>().unwrap(), a.to_vec2::<f32>().unwrap());
     }
 }
