@@ -11,8 +11,10 @@ use rayon::prelude::*;
 
 use crate::error::Result;
 
-/// Output rows (input columns) per rayon task, and the side of the tiles it transposes.
+/// Output rows (input columns) per rayon task.
 const TILE: usize = 64;
+/// Source rows read side by side.
+const GROUP: usize = 8;
 
 /// `parts` (`[rows_i, cols]` each) stacked along their rows, the first `scaled.0` rows times
 /// `scaled.1` (as `x * s` in candle: `x * s + 0` in the tensor's dtype), transposed to a
@@ -69,22 +71,31 @@ fn cpu<T: WithDType>(parts: &[Tensor], scaled: Option<(usize, f64)>) -> Result<O
     if total == 0 {
         return Ok(None);
     }
-    let mut out = vec![T::zero(); cols * total];
-    out.par_chunks_mut(TILE * total)
+    let mut out = Vec::with_capacity(cols * total);
+    let Some(slots) = out.spare_capacity_mut().get_mut(..cols * total) else {
+        return Ok(None);
+    };
+    slots
+        .par_chunks_mut(TILE * total)
         .enumerate()
         .for_each(|(block, out)| {
             let c0 = block * TILE;
-            for (t, tile) in rows.chunks(TILE).enumerate() {
-                let r0 = t * TILE;
+            // GROUP rows at a time: GROUP sequential read streams, one short contiguous store
+            // per output row.
+            for (g, group) in rows.chunks(GROUP).enumerate() {
+                let r0 = g * GROUP;
                 for (dst, c) in out.chunks_exact_mut(total).zip(c0..) {
-                    let dst = dst.iter_mut().skip(r0).zip(tile).zip(r0..);
+                    let dst = dst.iter_mut().skip(r0).zip(group).zip(r0..);
                     for ((d, row), r) in dst {
                         let v = row.get(c).copied().unwrap_or_else(T::zero);
-                        *d = if r < n { v * mul + add } else { v };
+                        d.write(if r < n { v * mul + add } else { v });
                     }
                 }
             }
         });
+    // SAFETY: the tasks cover the first `cols * total` slots (`cols` output rows of `total`,
+    // `TILE` rows per task) and write every slot of each row (`rows` has `total` entries).
+    unsafe { out.set_len(cols * total) };
     Ok(Some(Tensor::from_vec(out, (cols, total), &Device::Cpu)?))
 }
 

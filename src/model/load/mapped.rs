@@ -142,14 +142,23 @@ fn decode<const W: usize, T: WithDType>(
             T::DTYPE.as_str()
         );
     }
-    let mut out = vec![T::zero(); values.len()];
-    out.par_chunks_mut(CHUNK)
+    // Uninitialised, so that the threads fault the pages in as they write them (zeroing them
+    // first would fault them all in on this thread).
+    let mut out = Vec::with_capacity(values.len());
+    let Some(slots) = out.spare_capacity_mut().get_mut(..values.len()) else {
+        candle_core::bail!("cannot allocate {} values", values.len());
+    };
+    slots
+        .par_chunks_mut(CHUNK)
         .zip(values.par_chunks(CHUNK))
         .for_each(|(out, values)| {
             for (o, v) in out.iter_mut().zip(values) {
-                *o = f(*v);
+                o.write(f(*v));
             }
         });
+    // SAFETY: the chunks of the first `values.len()` slots and of `values` pair up one to one,
+    // so every one of those slots was written.
+    unsafe { out.set_len(values.len()) };
     Tensor::from_vec(out, shape, &Device::Cpu)
 }
 
