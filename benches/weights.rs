@@ -9,7 +9,8 @@
 //! `WEIGHTS_DIR` holds `llama-1b-bf16/` and `llama-1b-f32/` (default `target/models-1b`); a
 //! missing one is made with `scripts/random_model.py --shape llama-1b` by `WEIGHTS_PYTHON`
 //! (default `python3`, which needs torch and safetensors). Each load is warm: the file is read
-//! once first, so it is in the page cache. Prints, per file, the median load seconds, the
+//! once first, so it is in the page cache. Prints, per file, the median load seconds (and the
+//! CPU seconds of that load: on a shared machine, the wall time depends on the others), the
 //! resident memory after the load (anonymous and file-backed: pages of the memory map still
 //! mapped) and the peak, per parameter, and one log-prob (the same file must give the same value
 //! before and after a change to loading).
@@ -35,12 +36,27 @@ fn status_bytes(name: &str) -> f64 {
         .map_or(0.0, |kb| kb * 1024.0)
 }
 
+/// CPU seconds (user + system) this process has used: /proc/self/stat's utime and stime, in
+/// Linux's USER_HZ (100) ticks; 0 where there is none.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name (which may hold spaces), from the third field on.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let ticks: Vec<f64> = rest.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+    ticks
+        .get(11)
+        .zip(ticks.get(12))
+        .map_or(0.0, |(u, s)| (u + s) / 100.0)
+}
+
 /// In a child: loads `dir` once and prints one line of numbers for the parent.
 fn child(dir: &str) -> anyhow::Result<()> {
     let before = status_bytes("VmRSS:");
+    let cpu = cpu_seconds();
     let t = Instant::now();
     let model = Model::load(dir, &LoadOptions::default()).map_err(|e| anyhow::anyhow!("{dir}: {e}"))?;
     let seconds = t.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu;
     let (rss, anon, file, peak) = (
         status_bytes("VmRSS:"),
         status_bytes("RssAnon:"),
@@ -55,7 +71,7 @@ fn child(dir: &str) -> anyhow::Result<()> {
     let lp = model.score(&[item]).map_err(|e| anyhow::anyhow!("{e}"))?;
     let sum: f64 = lp.iter().flatten().map(|&x| f64::from(x)).sum();
     println!(
-        "{seconds} {} {} {} {} {params} {sum}",
+        "{seconds} {} {} {} {} {params} {sum} {cpu}",
         (rss - before) / params,
         anon / params,
         file / params,
@@ -129,13 +145,14 @@ fn main() -> anyhow::Result<()> {
         }
         runs.sort_by(|a, b| a[0].total_cmp(&b[0]));
         let m = &runs[runs.len() / 2];
-        anyhow::ensure!(m.len() == 7, "unexpected child output {m:?}");
+        anyhow::ensure!(m.len() == 8, "unexpected child output {m:?}");
         let times: Vec<String> = runs.iter().map(|r| format!("{:.2}", r[0])).collect();
         println!(
-            "{dtype} file -> f32: {:.2} s (runs {}), {:.2}B parameters; RSS after load {:.2} bytes/param \
+            "{dtype} file -> f32: {:.2} s (runs {}; {:.1} CPU s), {:.2}B parameters; RSS after load {:.2} bytes/param \
              (anonymous {:.2}, file-backed {:.2}), peak {:.2}; log-prob sum {:.6}",
             m[0],
             times.join(" "),
+            m[7],
             m[5] / 1e9,
             m[1],
             m[2],

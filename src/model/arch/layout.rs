@@ -1,20 +1,60 @@
 //! Weights put into the layout the forward pass multiplies by, once, as they load: matrices
 //! stored `[out, in]` stacked along `out` (Q, K and V; gate and up), the query rows scaled, and
-//! the whole transposed to `[in, out]`, in one parallel pass over CPU memory.
+//! the whole transposed to `[in, out]`, in one parallel pass over CPU memory; from memory-mapped
+//! safetensors, in the same pass as the conversion to f32, so no other copy is ever made.
 //!
 //! candle would do it as a concatenation, a scaling and a transposing copy, each a full-size
 //! single-threaded pass, the transposing one element by element through strided indices; that
 //! was most of a model's load time.
 
 use candle_core::{DType, Device, Storage, Tensor, WithDType};
+use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::model::arch::weight;
+use crate::model::load::Mapped;
 
 /// Output rows (input columns) per rayon task.
 const TILE: usize = 64;
 /// Source rows read side by side.
 const GROUP: usize = 8;
+
+/// The matrices `weight` under each of `parts` (`[rows_i, cols]` each, as stored), stacked,
+/// scaled and transposed as [`stacked_transposed`] does; read straight from `mapped` where the
+/// weights are mapped safetensors and the model runs on the CPU in f32.
+pub(crate) fn load_stacked_transposed(
+    parts: &[(VarBuilder, usize)],
+    cols: usize,
+    scaled: Option<(usize, f64)>,
+    mapped: Option<&Mapped>,
+) -> Result<Tensor> {
+    let direct = parts
+        .first()
+        .is_some_and(|(vb, _)| vb.device().is_cpu() && vb.dtype() == DType::F32);
+    if let Some(mapped) = mapped.filter(|_| direct) {
+        let names: Vec<(String, [usize; 2])> = parts
+            .iter()
+            .map(|(vb, rows)| (full_name(vb, "weight"), [*rows, cols]))
+            .collect();
+        if let Some(t) = mapped.stacked_transposed_f32(&names, scaled) {
+            return t.map_err(|e| Error::Model(format!("weights: {e}")));
+        }
+    }
+    let tensors = parts
+        .iter()
+        .map(|(vb, rows)| weight(vb, &[*rows, cols], "weight"))
+        .collect::<Result<Vec<_>>>()?;
+    stacked_transposed(&tensors, scaled)
+}
+
+/// `name` under `vb`'s prefix, as the weight files spell it.
+fn full_name(vb: &VarBuilder, name: &str) -> String {
+    match vb.prefix() {
+        p if p.is_empty() => name.to_string(),
+        p => format!("{p}.{name}"),
+    }
+}
 
 /// `parts` (`[rows_i, cols]` each) stacked along their rows, the first `scaled.0` rows times
 /// `scaled.1` (as `x * s` in candle: `x * s + 0` in the tensor's dtype), transposed to a
@@ -67,14 +107,32 @@ fn cpu<T: WithDType>(parts: &[Tensor], scaled: Option<(usize, f64)>) -> Result<O
         Some((n, s)) => (n, T::from_f64(s), T::from_f64(0.0)),
         None => (0, T::one(), T::zero()),
     };
+    let out = transpose_rows(
+        &rows,
+        cols,
+        T::zero(),
+        |v, r| if r < n { v * mul + add } else { v },
+    );
+    Ok(Some(Tensor::from_vec(out, (cols, rows.len()), &Device::Cpu)?))
+}
+
+/// `rows` (each `cols` values) transposed: `out[c * rows.len() + r] = f(rows[r][c], r)`
+/// (`missing` for a row too short: none is), in parallel, each value written once into memory never zeroed first (so the threads that
+/// write the pages fault them in).
+pub(crate) fn transpose_rows<S: Copy + Sync, T: Send>(
+    rows: &[&[S]],
+    cols: usize,
+    missing: S,
+    f: impl Fn(S, usize) -> T + Sync,
+) -> Vec<T> {
     let total = rows.len();
-    if total == 0 {
-        return Ok(None);
-    }
     let mut out = Vec::with_capacity(cols * total);
     let Some(slots) = out.spare_capacity_mut().get_mut(..cols * total) else {
-        return Ok(None);
+        return Vec::new();
     };
+    if total == 0 {
+        return Vec::new();
+    }
     slots
         .par_chunks_mut(TILE * total)
         .enumerate()
@@ -87,8 +145,7 @@ fn cpu<T: WithDType>(parts: &[Tensor], scaled: Option<(usize, f64)>) -> Result<O
                 for (dst, c) in out.chunks_exact_mut(total).zip(c0..) {
                     let dst = dst.iter_mut().skip(r0).zip(group).zip(r0..);
                     for ((d, row), r) in dst {
-                        let v = row.get(c).copied().unwrap_or_else(T::zero);
-                        d.write(if r < n { v * mul + add } else { v });
+                        d.write(f(row.get(c).copied().unwrap_or(missing), r));
                     }
                 }
             }
@@ -96,7 +153,7 @@ fn cpu<T: WithDType>(parts: &[Tensor], scaled: Option<(usize, f64)>) -> Result<O
     // SAFETY: the tasks cover the first `cols * total` slots (`cols` output rows of `total`,
     // `TILE` rows per task) and write every slot of each row (`rows` has `total` entries).
     unsafe { out.set_len(cols * total) };
-    Ok(Some(Tensor::from_vec(out, (cols, total), &Device::Cpu)?))
+    out
 }
 
 #[cfg(test)]

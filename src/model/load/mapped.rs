@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Shape, Tensor, WithDType};
 use candle_nn::var_builder::SimpleBackend;
@@ -17,6 +18,7 @@ use rayon::prelude::*;
 use safetensors::SafeTensors;
 
 use crate::error::{Error, Result};
+use crate::model::arch::layout::transpose_rows;
 
 /// Where a tensor's bytes are: which file, and its range in that file's map.
 struct Entry {
@@ -27,8 +29,11 @@ struct Entry {
     end: usize,
 }
 
-/// The memory-mapped weight files and an index of their tensors.
-pub(crate) struct Mapped {
+/// The memory-mapped weight files and an index of their tensors; clones share them.
+#[derive(Clone)]
+pub(crate) struct Mapped(Arc<Files>);
+
+struct Files {
     maps: Vec<Mmap>,
     tensors: HashMap<String, Entry>,
 }
@@ -40,7 +45,7 @@ impl Mapped {
     /// As for every memory map: nobody may truncate or rewrite the files while they are mapped
     /// (the `Mapped` lives while the model loads; tensors are copied out).
     pub(crate) unsafe fn open(files: &[PathBuf]) -> Result<Self> {
-        let mut mapped = Mapped {
+        let mut mapped = Files {
             maps: Vec::with_capacity(files.len()),
             tensors: HashMap::new(),
         };
@@ -66,21 +71,23 @@ impl Mapped {
             }
             mapped.maps.push(map);
         }
-        Ok(mapped)
+        Ok(Mapped(Arc::new(mapped)))
+    }
+
+    /// Tensor `name`'s entry and the map its bytes are in.
+    fn entry(&self, name: &str) -> Option<(&Entry, &Mmap)> {
+        let e = self.0.tensors.get(name)?;
+        Some((e, self.0.maps.get(e.file)?))
     }
 
     /// Tensor `name` in `dtype` on `device`.
     fn load(&self, name: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
-        let (entry, map) = self
-            .tensors
-            .get(name)
-            .and_then(|e| Some((e, self.maps.get(e.file)?)))
-            .ok_or_else(|| {
-                candle_core::Error::CannotFindTensor {
-                    path: name.to_string(),
-                }
-                .bt()
-            })?;
+        let (entry, map) = self.entry(name).ok_or_else(|| {
+            candle_core::Error::CannotFindTensor {
+                path: name.to_string(),
+            }
+            .bt()
+        })?;
         let bytes = map
             .get(entry.start..entry.end)
             .ok_or_else(|| candle_core::Error::Msg(format!("{name}: its bytes are past the file's end")))?;
@@ -96,6 +103,75 @@ impl Mapped {
         release(map, entry.start, bytes.len());
         Ok(tensor)
     }
+}
+
+impl Mapped {
+    /// The f32 matrices `names` (each with the `[rows, cols]` it must have; one `cols`)
+    /// stacked, the first `scaled.0` rows times `scaled.1`, and transposed to `[cols, sum
+    /// rows]`, converted from the file's f32, bf16 or f16 in the same parallel pass, into the
+    /// only copy. `None` where that does not apply (a tensor missing or of another shape or
+    /// dtype): the caller reads them one by one then, with the errors that gives.
+    pub(crate) fn stacked_transposed_f32(
+        &self,
+        names: &[(String, [usize; 2])],
+        scaled: Option<(usize, f64)>,
+    ) -> Option<candle_core::Result<Tensor>> {
+        use half::{bf16, f16};
+        let (first, [_, cols]) = names.first()?;
+        let dtype = self.entry(first)?.0.dtype;
+        let mut parts = Vec::with_capacity(names.len());
+        for (name, shape) in names {
+            let (e, map) = self.entry(name)?;
+            if e.shape.as_slice() != shape.as_slice() || shape[1] != *cols || e.dtype != dtype {
+                return None;
+            }
+            parts.push((map, e.start, map.get(e.start..e.end)?));
+        }
+        let (n, mul) = scaled.map_or((0, 1.0), |(n, s)| (n, s as f32));
+        let slices: Vec<&[u8]> = parts.iter().map(|p| p.2).collect();
+        let cols = *cols;
+        let out = match dtype {
+            DType::F32 => fused(&slices, cols, n, mul, f32::from_le_bytes),
+            DType::BF16 => fused(&slices, cols, n, mul, |b| bf16::from_le_bytes(b).to_f32()),
+            DType::F16 => fused(&slices, cols, n, mul, |b| f16::from_le_bytes(b).to_f32()),
+            _ => return None,
+        };
+        for (map, start, bytes) in parts {
+            release(map, start, bytes.len());
+        }
+        Some(out)
+    }
+}
+
+/// `W`-byte values in rows of `cols` (the stacked `slices`) decoded by `f`, the first `n` rows
+/// times `mul` (as candle scales f32: `x * mul + 0`), transposed.
+fn fused<const W: usize>(
+    slices: &[&[u8]],
+    cols: usize,
+    n: usize,
+    mul: f32,
+    f: impl Fn([u8; W]) -> f32 + Sync,
+) -> candle_core::Result<Tensor> {
+    if cols == 0 {
+        candle_core::bail!("a matrix of no columns");
+    }
+    let mut rows: Vec<&[[u8; W]]> = Vec::new();
+    for s in slices {
+        let (values, rest) = s.as_chunks::<W>();
+        if !rest.is_empty() || values.len() % cols != 0 {
+            candle_core::bail!("{} bytes are not rows of {cols} values", s.len());
+        }
+        rows.extend(values.chunks_exact(cols));
+    }
+    let out = transpose_rows(&rows, cols, [0; W], |b, r| {
+        let x = f(b);
+        if r < n {
+            x * mul + 0.0
+        } else {
+            x
+        }
+    });
+    Tensor::from_vec(out, (cols, rows.len()), &Device::Cpu)
 }
 
 /// Drops the pages of `map[start..start + len]` from this process (they stay in the page cache
@@ -188,7 +264,7 @@ impl SimpleBackend for Mapped {
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.tensors.contains_key(name)
+        self.0.tensors.contains_key(name)
     }
 }
 
@@ -248,5 +324,44 @@ mod tests {
         }
         assert!(convert(&[0u8; 6], DType::F32, DType::F32, &[2]).unwrap().is_err());
         assert!(convert(&[0u8; 4], DType::U8, DType::F32, &[4]).is_none());
+    }
+
+    /// Stacked and transposed straight from the file: candle's ops' values, bit for bit, from
+    /// f32, bf16 and f16 files; anything unusual is left to the caller.
+    #[test]
+    fn stacked_from_the_map_match_candle() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Tensor::randn(0f32, 1.0, (70, 33), &Device::Cpu).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (9, 33), &Device::Cpu).unwrap();
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            let (q, k) = (q.to_dtype(dtype).unwrap(), k.to_dtype(dtype).unwrap());
+            let path = dir.path().join(format!("{}.safetensors", dtype.as_str()));
+            let tensors = HashMap::from([("a.q".to_string(), q.clone()), ("a.k".to_string(), k.clone())]);
+            candle_core::safetensors::save(&tensors, &path).unwrap();
+            // SAFETY: the test's own file, not changed while mapped.
+            let mapped = unsafe { Mapped::open(std::slice::from_ref(&path)) }.unwrap();
+            let names = [("a.q".to_string(), [70, 33]), ("a.k".to_string(), [9, 33])];
+            let ours = mapped
+                .stacked_transposed_f32(&names, Some((70, 0.125)))
+                .unwrap()
+                .unwrap();
+            let f32s = [q.to_dtype(DType::F32).unwrap(), k.to_dtype(DType::F32).unwrap()];
+            let theirs = crate::model::arch::layout::stacked_transposed(&f32s, Some((70, 0.125))).unwrap();
+            let bits = |t: &Tensor| -> Vec<u32> {
+                t.flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect()
+            };
+            assert_eq!(ours.dims(), &[33, 79]);
+            assert_eq!(bits(&ours), bits(&theirs), "{dtype:?}");
+            let wrong = [("a.q".to_string(), [33, 70])];
+            assert!(mapped.stacked_transposed_f32(&wrong, None).is_none());
+            let missing = [("a.v".to_string(), [9, 33])];
+            assert!(mapped.stacked_transposed_f32(&missing, None).is_none());
+        }
     }
 }

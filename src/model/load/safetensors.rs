@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use candle_nn::VarBuilder;
 
 use crate::error::{Error, Result};
+use crate::model::arch::family::Opened;
 use crate::model::load::mapped::Mapped;
 use crate::model::load::tokenizer_files::{
     ExtraFiles, TokenizerFiles, CHAT_TEMPLATE, GENERATION_CONFIG, TOKENIZER_CONFIG,
@@ -123,8 +124,8 @@ pub(super) fn shard_names(index: &Path) -> Result<Vec<String>> {
 }
 
 /// A `VarBuilder` over memory-mapped safetensors files, converting to the chosen dtype as each
-/// tensor is read ([`Mapped`]).
-pub(super) fn var_builder(files: &[PathBuf], options: &LoadOptions) -> Result<VarBuilder<'static>> {
+/// tensor is read, and the map itself ([`Mapped`]).
+pub(super) fn var_builder(files: &[PathBuf], options: &LoadOptions) -> Result<Opened> {
     for f in files {
         if !f.is_file() {
             return Err(Error::Model(format!(
@@ -142,9 +143,8 @@ pub(super) fn var_builder(files: &[PathBuf], options: &LoadOptions) -> Result<Va
             names.join(", ")
         ))
     })?;
-    Ok(VarBuilder::from_backend(
-        Box::new(mapped),
-        options.dtype(),
-        options.device.clone(),
-    ))
+    Ok(Opened {
+        vb: VarBuilder::from_backend(Box::new(mapped.clone()), options.dtype(), options.device.clone()),
+        mapped: Some(mapped),
+    })
 }
