@@ -39,7 +39,7 @@ struct Files {
 }
 
 impl Mapped {
-    /// Maps `files` and reads their headers; a tensor named in two files is an error.
+    /// Maps `files` and reads their headers.
     ///
     /// # Safety
     /// As for every memory map: nobody may truncate or rewrite the files while they are mapped
@@ -65,9 +65,8 @@ impl Mapped {
                     start: base + info.data_offsets.0,
                     end: base + info.data_offsets.1,
                 };
-                if mapped.tensors.insert(name.clone(), entry).is_some() {
-                    return Err(bad(format!("tensor {name} is also in another weight file")));
-                }
+                // A tensor in two files: the later one, as candle's loader has it.
+                mapped.tensors.insert(name.clone(), entry);
             }
             mapped.maps.push(map);
         }
