@@ -24,8 +24,10 @@ use crate::error::Result;
 use crate::model::arch::config::DecoderConfig;
 use crate::model::arch::family::Weights;
 use crate::model::arch::kv_cache::{KvCache, Masks};
+use crate::model::arch::layout::load_stacked_transposed;
 use crate::model::arch::{check_context, keep_rows, project, weight, ArchInfo, Architecture};
 use crate::model::kernels::{Causal, Kernels};
+use crate::model::load::Mapped;
 use crate::model::Family;
 
 struct Layer {
@@ -66,11 +68,6 @@ pub(crate) struct Decoder {
     parameters: usize,
 }
 
-/// `[out, in]` as stored -> `[in, out]` contiguous, for `x @ w`.
-fn transposed(w: Tensor) -> Result<Tensor> {
-    Ok(w.t()?.contiguous()?)
-}
-
 /// A decoder of `family` from its config.json and its weights (the registry's constructor).
 pub(crate) fn from_hf(
     family: Family,
@@ -79,13 +76,15 @@ pub(crate) fn from_hf(
     weights: Weights,
 ) -> Result<Box<dyn Architecture>> {
     let cfg = DecoderConfig::from_hf(family, json, origin)?;
-    Ok(Box::new(Decoder::load(cfg, weights()?)?))
+    let weights = weights()?;
+    Ok(Box::new(Decoder::load(cfg, weights.vb, weights.mapped.as_ref())?))
 }
 
 impl Decoder {
     /// Loads the weights under Hugging Face's names (`model.layers.0.self_attn.q_proj.weight`);
-    /// the `VarBuilder` fixes device and dtype.
-    pub(crate) fn load(cfg: DecoderConfig, vb: VarBuilder) -> Result<Self> {
+    /// the `VarBuilder` fixes device and dtype. With `mapped` (the safetensors behind it), the
+    /// layers' matrices come from there, converted and transposed in one pass.
+    pub(crate) fn load(cfg: DecoderConfig, vb: VarBuilder, mapped: Option<&Mapped>) -> Result<Self> {
         let (v, d) = (cfg.vocab, cfg.hidden);
         let m = vb.pp("model");
         let embed = weight(&m.pp("embed_tokens"), &[v, d], "weight")?;
@@ -96,7 +95,7 @@ impl Decoder {
             weight(&vb.pp("lm_head"), &[v, d], "weight")?
         };
         let layers = (0..cfg.layers)
-            .map(|i| Self::layer(&cfg, &m.pp("layers").pp(i), i))
+            .map(|i| Self::layer(&cfg, &m.pp("layers").pp(i), i, mapped))
             .collect::<Result<Vec<_>>>()?;
         let mut parameters = embed.elem_count() + norm.elem_count();
         if !cfg.tied {
@@ -137,23 +136,21 @@ impl Decoder {
         Ok(if cfg.gemma { (w + 1.0)? } else { w })
     }
 
-    fn layer(cfg: &DecoderConfig, vb: &VarBuilder, i: usize) -> Result<Layer> {
+    fn layer(cfg: &DecoderConfig, vb: &VarBuilder, i: usize, mapped: Option<&Mapped>) -> Result<Layer> {
         let (d, hd) = (cfg.hidden, cfg.head_dim);
         let (q_out, kv_out) = (cfg.heads * hd, cfg.kv_heads * hd);
         let a = vb.pp("self_attn");
-        let (mut qkv, mut qkv_bias) = if cfg.fused_projections {
-            let w = weight(&a.pp("qkv_proj"), &[q_out + 2 * kv_out, d], "weight")?;
+        // Where Q, K and V are (`[out, in]` each) and their rows: read, stacked and transposed
+        // at the end, once the scale is known.
+        let (qkv, mut qkv_bias) = if cfg.fused_projections {
             let b = cfg
                 .qkv_bias
                 .then(|| weight(&a.pp("qkv_proj"), &[q_out + 2 * kv_out], "bias"))
                 .transpose()?;
-            (w, b)
+            (vec![(a.pp("qkv_proj"), q_out + 2 * kv_out)], b)
         } else {
             let parts = [("q_proj", q_out), ("k_proj", kv_out), ("v_proj", kv_out)];
-            let w: Vec<Tensor> = parts
-                .iter()
-                .map(|(name, out)| weight(&a.pp(name), &[*out, d], "weight"))
-                .collect::<Result<_>>()?;
+            let w: Vec<(VarBuilder, usize)> = parts.iter().map(|(name, out)| (a.pp(name), *out)).collect();
             let b = if cfg.qkv_bias {
                 let b: Vec<Tensor> = parts
                     .iter()
@@ -163,13 +160,14 @@ impl Decoder {
             } else {
                 None
             };
-            (Tensor::cat(&w, 0)?, b)
+            (w, b)
         };
+        let mut q_scale = None;
         let qk_norm = if cfg.qk_norm {
             let q = (weight(&a.pp("q_norm"), &[hd], "weight")? * cfg.query_scale)?;
             Some((q, weight(&a.pp("k_norm"), &[hd], "weight")?))
         } else {
-            qkv = scale_rows(&qkv, q_out, cfg.query_scale)?;
+            q_scale = Some((q_out, cfg.query_scale));
             qkv_bias = qkv_bias
                 .map(|b| scale_rows(&b, q_out, cfg.query_scale))
                 .transpose()?;
@@ -177,11 +175,12 @@ impl Decoder {
         };
         let mlp = vb.pp("mlp");
         let gate_up = if cfg.fused_projections {
-            weight(&mlp.pp("gate_up_proj"), &[2 * cfg.ffn, d], "weight")?
+            vec![(mlp.pp("gate_up_proj"), 2 * cfg.ffn)]
         } else {
-            let gate = weight(&mlp.pp("gate_proj"), &[cfg.ffn, d], "weight")?;
-            let up = weight(&mlp.pp("up_proj"), &[cfg.ffn, d], "weight")?;
-            Tensor::cat(&[gate, up], 0)?
+            vec![(mlp.pp("gate_proj"), cfg.ffn), (mlp.pp("up_proj"), cfg.ffn)]
+        };
+        let matrices = |parts: &[(VarBuilder, usize)], cols, scaled| {
+            load_stacked_transposed(parts, cols, scaled, mapped)
         };
         let o = a.pp("o_proj");
         let gemma_norm = |name: &str| cfg.gemma.then(|| Self::norm(cfg, &vb.pp(name), d)).transpose();
@@ -192,15 +191,15 @@ impl Decoder {
         };
         Ok(Layer {
             attn_norm: Self::norm(cfg, &vb.pp("input_layernorm"), d)?,
-            qkv: transposed(qkv)?,
+            qkv: matrices(&qkv, d, q_scale)?,
             qkv_bias,
             qk_norm,
-            out: transposed(weight(&o, &[d, q_out], "weight")?)?,
+            out: matrices(&[(o.clone(), d)], q_out, None)?,
             out_bias: cfg.o_bias.then(|| weight(&o, &[d], "bias")).transpose()?,
             post_attn_norm: gemma_norm("post_attention_layernorm")?,
             ffn_norm: Self::norm(cfg, &vb.pp(ffn_norm_name), d)?,
-            gate_up: transposed(gate_up)?,
-            down: transposed(weight(&mlp.pp("down_proj"), &[d, cfg.ffn], "weight")?)?,
+            gate_up: matrices(&gate_up, d, None)?,
+            down: matrices(&[(mlp.pp("down_proj"), d)], cfg.ffn, None)?,
             post_ffn_norm: gemma_norm("post_feedforward_layernorm")?,
             window: cfg.windows[i],
         })

@@ -7,9 +7,19 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::model::arch::{decoder, gpt2, Architecture};
+use crate::model::load::Mapped;
+
+/// A model's opened weights: a `VarBuilder`, and the memory-mapped safetensors behind it where
+/// that is what they are (the decoder reads its matrices from them directly).
+pub(crate) struct Opened {
+    /// Every tensor, in the model's dtype on its device.
+    pub vb: VarBuilder<'static>,
+    /// The safetensors files, when the weights are those.
+    pub mapped: Option<Mapped>,
+}
 
 /// Opens the weights, once the config has been checked.
-pub(crate) type Weights<'a> = &'a dyn Fn() -> Result<VarBuilder<'static>>;
+pub(crate) type Weights<'a> = &'a dyn Fn() -> Result<Opened>;
 
 /// Builds a family's architecture from its config.json (`origin` names the file in errors) and
 /// its weights.

@@ -246,7 +246,7 @@ pub(crate) fn from_hf(
     weights: Weights,
 ) -> Result<Box<dyn Architecture>> {
     let cfg = Config::from_value(json, origin)?;
-    Ok(Box::new(Gpt2::load(cfg, weights()?)?))
+    Ok(Box::new(Gpt2::load(cfg, weights()?.vb)?))
 }
 
 impl Gpt2 {

@@ -6,6 +6,7 @@ pub(crate) mod decoder;
 pub(crate) mod family;
 pub(crate) mod gpt2;
 pub(crate) mod kv_cache;
+pub(crate) mod layout;
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;

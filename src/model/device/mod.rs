@@ -11,7 +11,10 @@ use candle_core::{DType, Device};
 
 use crate::error::{Error, Result};
 
+mod cpu;
 pub(crate) mod tuning;
+
+pub(crate) use cpu::CpuFeatures;
 
 pub(crate) use tuning::{tuning, GradientPlan, Passes, DEFAULT_TOKEN_BUDGET};
 
@@ -187,21 +190,47 @@ pub fn resolve(device: DeviceChoice, dtype: DtypeChoice) -> Result<LoadOptions> 
     Ok(options)
 }
 
-/// The data types the CPU runs: candle's CPU matmul has no bf16 kernel.
+/// The data types the CPU runs without asking the hardware: candle's f32 and f16 matmuls.
 const CPU_DTYPES: &[DType] = &[DType::F32, DType::F16];
+
+/// Whether this build has a bf16 matmul for the CPU (AMX or AVX512-BF16, f32 accumulation).
+/// Until it has, bf16 on the CPU is refused even where the hardware could run it.
+const CPU_BF16_MATMUL: bool = false;
 
 fn check_dtype(device: &Device, dtype: DType) -> Result<()> {
     match device {
         Device::Cpu if CPU_DTYPES.contains(&dtype) => Ok(()),
+        Device::Cpu if dtype == DType::BF16 => check_cpu_bf16(&CpuFeatures::detect()),
         Device::Cpu => Err(Error::invalid(
             "dtype",
-            format!(
-                "the CPU does not run {} (candle's CPU matmul has no kernel for it): use --dtype f32 or f16",
-                dtype.as_str()
-            ),
+            format!("the CPU does not run {}: use --dtype f32 or f16", dtype.as_str()),
         )),
         _ => cuda::check_dtype(device, dtype),
     }
+}
+
+/// bf16 on the CPU needs a bf16 matrix unit (AMX-bf16 or AVX512-BF16) and this build's kernel
+/// for it; the error names what the CPU has instead.
+fn check_cpu_bf16(cpu: &CpuFeatures) -> Result<()> {
+    if !cpu.has_bf16_matmul() {
+        return Err(Error::invalid(
+            "dtype",
+            format!(
+                "bf16 on the CPU needs AMX-bf16 or AVX512-BF16; this CPU has {cpu}: use --dtype f32 \
+                 (the default on the CPU) or f16"
+            ),
+        ));
+    }
+    if !CPU_BF16_MATMUL {
+        return Err(Error::invalid(
+            "dtype",
+            format!(
+                "this CPU has {cpu}, but this llm-attr has no bf16 matmul for the CPU yet: use \
+                 --dtype f32 (the default on the CPU) or f16"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A short name for logs and `/v1/model`: `cpu`, `cuda:0`.
@@ -382,11 +411,35 @@ mod tests {
         assert_eq!(o.dtype(), DType::F32);
         let o = resolve(DeviceChoice::Cpu, DtypeChoice::Fixed(DType::F16)).unwrap();
         assert_eq!(o.dtype(), DType::F16);
+        // No CPU runs bf16 in this build; the error says what this one has.
         let e = resolve(DeviceChoice::Cpu, DtypeChoice::Fixed(DType::BF16)).unwrap_err();
         assert_eq!(e.field(), Some("dtype"));
-        assert!(e.to_string().contains("does not run bf16"), "{e}");
+        let has = CpuFeatures::detect().to_string();
+        assert!(e.to_string().starts_with("dtype: "), "{e}");
+        assert!(e.to_string().contains(&format!("this CPU has {has}")), "{e}");
         assert_eq!(name(&o.device), "cpu");
         assert_eq!(tuning(&o.device).workers, 1);
+    }
+
+    /// A CPU without a bf16 matrix unit is told which units it lacks and what it has.
+    #[test]
+    fn cpu_bf16_names_the_missing_units() {
+        let avx2 = CpuFeatures {
+            avx2: true,
+            fma: true,
+            f16c: true,
+            ..CpuFeatures::default()
+        };
+        let e = check_cpu_bf16(&avx2).unwrap_err();
+        assert_eq!(e.field(), Some("dtype"));
+        let text = e.to_string();
+        assert!(text.contains("needs AMX-bf16 or AVX512-BF16"), "{text}");
+        assert!(text.contains("this CPU has AVX2, FMA, F16C"), "{text}");
+        let amx = CpuFeatures {
+            amx_bf16: true,
+            ..avx2
+        };
+        assert_eq!(check_cpu_bf16(&amx).is_ok(), CPU_BF16_MATMUL);
     }
 
     /// Without the feature, asking for CUDA says how to build with it; `auto` falls back.

@@ -3,6 +3,7 @@
 
 pub mod gguf;
 pub(crate) mod hub;
+mod mapped;
 pub(crate) mod safetensors;
 pub(crate) mod spec;
 pub(crate) mod tokenizer_files;
@@ -16,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::model::{Architecture, Family, LoadOptions, Model, Tokenizer};
 pub use hub::HubOptions;
 pub(crate) use hub::{fetch, fetch_tokenizer};
+pub(crate) use mapped::Mapped;
 use safetensors::var_builder;
 pub(crate) use safetensors::{dir_files, dir_tokenizer_files, ModelFiles};
 pub use spec::ModelSpec;

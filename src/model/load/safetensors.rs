@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use candle_nn::VarBuilder;
 
 use crate::error::{Error, Result};
+use crate::model::arch::family::Opened;
+use crate::model::load::mapped::Mapped;
 use crate::model::load::tokenizer_files::{
     ExtraFiles, TokenizerFiles, CHAT_TEMPLATE, GENERATION_CONFIG, TOKENIZER_CONFIG,
 };
@@ -121,8 +123,9 @@ pub(super) fn shard_names(index: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// A `VarBuilder` over memory-mapped safetensors files, converting to the chosen dtype.
-pub(super) fn var_builder(files: &[PathBuf], options: &LoadOptions) -> Result<VarBuilder<'static>> {
+/// A `VarBuilder` over memory-mapped safetensors files, converting to the chosen dtype as each
+/// tensor is read, and the map itself ([`Mapped`]).
+pub(super) fn var_builder(files: &[PathBuf], options: &LoadOptions) -> Result<Opened> {
     for f in files {
         if !f.is_file() {
             return Err(Error::Model(format!(
@@ -133,11 +136,15 @@ pub(super) fn var_builder(files: &[PathBuf], options: &LoadOptions) -> Result<Va
     }
     // SAFETY: the files are memory-mapped read-only; like every mmap-based loader we assume
     // nobody truncates or rewrites them while the model loads (tensors are copied out).
-    unsafe { VarBuilder::from_mmaped_safetensors(files, options.dtype(), &options.device) }.map_err(|e| {
+    let mapped = unsafe { Mapped::open(files) }.map_err(|e| {
         let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
         Error::Model(format!(
             "cannot read safetensors {} (corrupt, truncated or not safetensors): {e}",
             names.join(", ")
         ))
+    })?;
+    Ok(Opened {
+        vb: VarBuilder::from_backend(Box::new(mapped.clone()), options.dtype(), options.device.clone()),
+        mapped: Some(mapped),
     })
 }

@@ -30,7 +30,7 @@ pub fn load(path: &Path, spec: &str, options: &LoadOptions) -> Result<Model> {
         options.dtype(),
         options.device.clone(),
     );
-    let arch = Decoder::load(cfg, vb).map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
+    let arch = Decoder::load(cfg, vb, None).map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
     let vocab = arch.config().vocab;
     if tokenizer.vocab_size() > vocab {
         return Err(Error::Model(format!(
