@@ -201,3 +201,41 @@ fn chat_shapley_is_the_same_with_reuse_and_computes_less() {
         s_off.tokens_computed
     );
 }
+
+/// Every perturbation method, on chat t1 through the tiny Llama's chat template with a seed
+/// (the sampling methods draw the same design either way), gives the same attributions with
+/// and without reuse.
+#[test]
+fn every_perturbation_method_is_the_same_with_and_without_reuse() {
+    use llm_attr::request::Method;
+    let m = fresh("tests/fixtures/llama");
+    let limits = Limits::default();
+    for method in [
+        Method::FeatureAblation,
+        Method::ShapleyValues,
+        Method::ShapleyValueSampling,
+        Method::Lime,
+        Method::KernelShap,
+        Method::ContextCite,
+    ] {
+        let request = AttributeRequest {
+            method,
+            n_samples: Some(12),
+            seed: Some(7),
+            ..chat_t1()
+        };
+        m.set_prefix_reuse(false);
+        let off = run(&request, &m, &limits, &|_| {}).unwrap();
+        m.set_prefix_reuse(true);
+        let on = run(&request, &m, &limits, &|_| {}).unwrap();
+        assert!(on.stats.tokens_reused > 0, "{method:?}: nothing reused");
+        let rows = |r: &llm_attr::request::AttributeResponse| {
+            std::iter::once(r.seq_attr.clone())
+                .chain(r.token_attr.iter().cloned())
+                .collect::<Vec<_>>()
+        };
+        for (a, b) in rows(&off).iter().flatten().zip(rows(&on).iter().flatten()) {
+            assert!((a - b).abs() < 1e-5, "{method:?}: {a} vs {b}");
+        }
+    }
+}
