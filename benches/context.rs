@@ -6,6 +6,9 @@
 //!     cargo bench --bench context
 //!     CONTEXT_CITE_PY=/work/torchenv/bin/python cargo bench --bench context   # and the package
 //!
+//! The package's Python needs torch, transformers, `context-cite` and `accelerate` (transformers'
+//! GGUF loader asks for it); set `PYTHONPATH` for any of them installed with `pip --target`.
+//!
 //! Prints leave-one-out's and chat t1's exact Shapley values' seconds and tokens, each without
 //! and then with shared-prefix reuse, side by side in one run, and context_cite's (64 samples);
 //! with CONTEXT_CITE_PY, also the `context-cite` package's own time for the same 64 masks
