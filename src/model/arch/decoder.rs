@@ -24,7 +24,7 @@ use crate::error::Result;
 use crate::model::arch::config::DecoderConfig;
 use crate::model::arch::family::Weights;
 use crate::model::arch::kv_cache::{KvCache, Masks};
-use crate::model::arch::layout::load_stacked_transposed;
+use crate::model::arch::layout::{load_stacked_transposed, scale_rows};
 use crate::model::arch::{check_context, keep_rows, project, weight, ArchInfo, Architecture};
 use crate::model::kernels::{Causal, Kernels};
 use crate::model::load::Mapped;
@@ -373,15 +373,6 @@ struct Position {
     t: usize,
     past: usize,
     i: usize,
-}
-
-/// `x` with its first `n` rows multiplied by `s`.
-fn scale_rows(x: &Tensor, n: usize, s: f64) -> Result<Tensor> {
-    let rest = x.dim(0)? - n;
-    Ok(Tensor::cat(
-        &[(x.narrow(0, 0, n)? * s)?, x.narrow(0, n, rest)?],
-        0,
-    )?)
 }
 
 impl Architecture for Decoder {

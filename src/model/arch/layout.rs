@@ -12,7 +12,7 @@ use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::model::arch::weight;
+use crate::model::arch::{full_name, weight};
 use crate::model::load::Mapped;
 
 /// Output rows (input columns) per rayon task.
@@ -48,14 +48,6 @@ pub(crate) fn load_stacked_transposed(
     stacked_transposed(&tensors, scaled)
 }
 
-/// `name` under `vb`'s prefix, as the weight files spell it.
-fn full_name(vb: &VarBuilder, name: &str) -> String {
-    match vb.prefix() {
-        p if p.is_empty() => name.to_string(),
-        p => format!("{p}.{name}"),
-    }
-}
-
 /// `parts` (`[rows_i, cols]` each) stacked along their rows, the first `scaled.0` rows times
 /// `scaled.1` (as `x * s` in candle: `x * s + 0` in the tensor's dtype), transposed to a
 /// contiguous `[cols, sum rows_i]`.
@@ -77,10 +69,18 @@ pub(crate) fn stacked_transposed(parts: &[Tensor], scaled: Option<(usize, f64)>)
 fn composed(parts: &[Tensor], scaled: Option<(usize, f64)>) -> Result<Tensor> {
     let mut w = Tensor::cat(parts, 0)?;
     if let Some((n, s)) = scaled {
-        let rest = w.dim(0)? - n;
-        w = Tensor::cat(&[(w.narrow(0, 0, n)? * s)?, w.narrow(0, n, rest)?], 0)?;
+        w = scale_rows(&w, n, s)?;
     }
     Ok(w.t()?.contiguous()?)
+}
+
+/// `x` with its first `n` rows multiplied by `s`.
+pub(crate) fn scale_rows(x: &Tensor, n: usize, s: f64) -> Result<Tensor> {
+    let rest = x.dim(0)? - n;
+    Ok(Tensor::cat(
+        &[(x.narrow(0, 0, n)? * s)?, x.narrow(0, n, rest)?],
+        0,
+    )?)
 }
 
 /// The CPU pass for dtype `T`; `None` when the parts are not all contiguous `T` of one width.
@@ -117,8 +117,8 @@ fn cpu<T: WithDType>(parts: &[Tensor], scaled: Option<(usize, f64)>) -> Result<O
 }
 
 /// `rows` (each `cols` values) transposed: `out[c * rows.len() + r] = f(rows[r][c], r)`
-/// (`missing` for a row too short: none is), in parallel, each value written once into memory never zeroed first (so the threads that
-/// write the pages fault them in).
+/// (`missing` for a row too short: none is), in parallel, each value written once into memory
+/// never zeroed first (so the threads that write the pages fault them in).
 pub(crate) fn transpose_rows<S: Copy + Sync, T: Send>(
     rows: &[&[S]],
     cols: usize,

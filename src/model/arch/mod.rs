@@ -119,12 +119,17 @@ pub(crate) fn project(hidden: &Tensor, head: &Tensor) -> candle_core::Result<Ten
     }
 }
 
-/// Reads tensor `name` under `vb`'s prefix and checks its shape; the error names the tensor.
-pub(crate) fn weight(vb: &VarBuilder, shape: &[usize], name: &str) -> Result<Tensor> {
-    let full = match vb.prefix() {
+/// `name` under `vb`'s prefix, as the weight files spell it.
+pub(crate) fn full_name(vb: &VarBuilder, name: &str) -> String {
+    match vb.prefix() {
         p if p.is_empty() => name.to_string(),
         p => format!("{p}.{name}"),
-    };
+    }
+}
+
+/// Reads tensor `name` under `vb`'s prefix and checks its shape; the error names the tensor.
+pub(crate) fn weight(vb: &VarBuilder, shape: &[usize], name: &str) -> Result<Tensor> {
+    let full = full_name(vb, name);
     let t = vb.get_unchecked(name).map_err(|e| {
         Error::Model(format!(
             "weights: {}",
