@@ -10,8 +10,9 @@
 //! compared with its f32 dequantization (`scripts/inference-server.sh model-dir`), a directory
 //! with itself. `FLOOR_THREADS`: thread counts to run llm-attr at (each in a child process,
 //! `RAYON_NUM_THREADS`; default: this machine's cores). `FLOOR_DTYPES`: `f32` (default) and/or
-//! `bf16`. Prints llm-attr's median `stats.seconds` of `FLOOR_REPEATS` (3) runs after a warm-up,
-//! PyTorch's median pass, their ratio, and the load average before and after.
+//! `bf16`. `FLOOR_REUSE=off` turns shared-prefix reuse off on llm-attr's side. Prints
+//! llm-attr's median `stats.seconds` of `FLOOR_REPEATS` (3) runs after a warm-up, PyTorch's
+//! median pass, their ratio, and the load average before and after.
 
 use std::process::Command;
 use std::time::Instant;
@@ -63,6 +64,7 @@ fn llm_attr_seconds(spec: &str, dtype: &str, repeats: usize) -> (f64, f64, usize
     let started = Instant::now();
     let model = Model::load(spec, &options).expect("load the model");
     let load = started.elapsed().as_secs_f64();
+    model.set_prefix_reuse(std::env::var("FLOOR_REUSE").map_or(true, |v| v != "off"));
     let engine = Engine::new(model.clone(), EngineConfig::for_device(model.device())).expect("engine");
     let handle = engine.handle(CancelToken::new());
     let request = t1();

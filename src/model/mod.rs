@@ -7,13 +7,16 @@
 //! - [`arch`]: the architectures, their family registry, configs and KV cache;
 //! - [`kernels`]: fused forward ops and their hand-written backward passes;
 //! - [`device`]: where a model runs and how the engine drives it; [`gradient`]: the gradient
-//!   methods' passes.
+//!   methods' passes;
+//! - [`prefix`]: which items of a batch share a prefix, and the prefix cache; [`pass`]: a
+//!   batch's scoring passes.
 
 pub(crate) mod arch;
 pub(crate) mod device;
 pub(crate) mod gradient;
 pub(crate) mod kernels;
 pub mod load;
+mod pass;
 pub(crate) mod prefix;
 pub(crate) mod tokenizer;
 
@@ -27,7 +30,7 @@ pub use arch::config::{DecoderConfig, Rope, RopeScaling};
 pub use arch::family::{Entry, Family};
 pub use arch::gpt2::bias_gelu;
 pub use arch::kv_cache::KvCache;
-pub use arch::{ArchInfo, Architecture};
+pub use arch::{ArchInfo, Architecture, Part};
 pub use device::tuning::{GradientPlan, Passes};
 pub use device::{resolve, DeviceArgs, DeviceChoice, DtypeChoice, LoadOptions};
 pub use gradient::{Combine, GradientJob};
@@ -225,149 +228,6 @@ impl Model {
         self.reused.fetch_add(reused as u64, Ordering::Relaxed);
         let computed = total.saturating_sub(reused) as u64;
         self.computed.fetch_add(computed, Ordering::Relaxed);
-        Ok(out)
-    }
-
-    /// The forward passes of one batch: one without reuse, or one per group of items that
-    /// share a prefix (and one for the rest).
-    fn forward_batch(&self, batch: &[ScoreItem]) -> candle_core::Result<BatchScores> {
-        if batch.is_empty() {
-            return Ok(BatchScores::default());
-        }
-        if !self.prefix.is_on() {
-            let items: Vec<&ScoreItem> = batch.iter().collect();
-            return Ok(BatchScores::plain(self.pass(&items, 0, None)?));
-        }
-        let inputs: Vec<Vec<u32>> = batch.iter().map(prefix::input).collect();
-        let caps: Vec<usize> = batch.iter().map(|it| it.prompt.len() - 1).collect();
-        let mut out = BatchScores {
-            scores: vec![Vec::new(); batch.len()],
-            reused: vec![0; batch.len()],
-            lookups: 0,
-            hits: 0,
-        };
-        let mut alone = Vec::new();
-        for g in prefix::groups(&inputs, &caps) {
-            let first = &inputs[g.members[0]][..g.len];
-            let Some((cache, from, len)) = self.prefix_of(&g, first, &mut out)? else {
-                alone.extend(g.members);
-                continue;
-            };
-            let cache = self.extend_prefix(cache, &first[from..len])?;
-            self.group_pass(batch, &inputs, &g.members, (len, &cache), &mut out)?;
-            for (k, &i) in g.members.iter().enumerate() {
-                out.reused[i] = if k == 0 { from } else { len };
-            }
-        }
-        if !alone.is_empty() {
-            alone.sort_unstable();
-            let empty = self.arch.new_cache();
-            self.group_pass(batch, &inputs, &alone, (0, &empty), &mut out)?;
-        }
-        Ok(out)
-    }
-
-    /// Where the prefix of group `g` (whose first member starts with `first`) comes from: the
-    /// cached keys and values of its first `from` tokens (none: 0), to be extended to the
-    /// `len` tokens its pass runs after; `None` when the group is not worth a pass of its own.
-    /// Counts the cache lookup in `out`.
-    fn prefix_of(
-        &self,
-        g: &prefix::Group,
-        first: &[u32],
-        out: &mut BatchScores,
-    ) -> candle_core::Result<Option<(KvCache, usize, usize)>> {
-        let hit = match self.prefix.capacity() > 0 {
-            true => {
-                out.lookups += 1;
-                self.prefix.lock().lookup(first)?
-            }
-            false => None,
-        };
-        let (cache, from) = hit.unwrap_or_else(|| (self.arch.new_cache(), 0));
-        let len = match g.members.len() > 1 && g.len >= prefix::MIN_PREFIX {
-            true => g.len,
-            false if from > 0 => from,
-            false => return Ok(None),
-        };
-        out.hits += usize::from(from > 0);
-        Ok(Some((cache, from, len)))
-    }
-
-    /// `cache` followed by `tokens`, computed in one pass.
-    fn extend_prefix(&self, mut cache: KvCache, tokens: &[u32]) -> candle_core::Result<KvCache> {
-        if !tokens.is_empty() {
-            let ids = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
-            self.arch.step(&ids, &mut cache)?;
-        }
-        Ok(cache)
-    }
-
-    /// One pass over the items `members` of `batch` after their shared prefix (`len` tokens
-    /// whose keys and values are in `cache`); their scores go to `out`. With a prefix cache,
-    /// the longest member's keys and values are kept in it.
-    fn group_pass(
-        &self,
-        batch: &[ScoreItem],
-        inputs: &[Vec<u32>],
-        members: &[usize],
-        (len, cache): (usize, &KvCache),
-        out: &mut BatchScores,
-    ) -> candle_core::Result<()> {
-        let items: Vec<&ScoreItem> = members.iter().map(|&i| &batch[i]).collect();
-        let longest = (0..members.len()).max_by_key(|&r| (inputs[members[r]].len(), usize::MAX - r));
-        let keep = match self.prefix.capacity() > 0 {
-            true => longest.map(|r| (r, inputs[members[r]].len() - len)),
-            false => None,
-        };
-        let mut view = cache.shared(keep);
-        let scores = self.pass(&items, len, Some(&mut view))?;
-        if let (Some(kv), Some(r)) = (view.into_kept()?, longest) {
-            self.prefix.lock().insert(inputs[members[r]].clone(), kv);
-        }
-        for (&i, s) in members.iter().zip(scores) {
-            out.scores[i] = s;
-        }
-        Ok(())
-    }
-
-    /// One forward pass over `batch`, right-padded, after the first `skip` input tokens of every
-    /// item (whose keys and values `cache` holds). The LM head runs only at the positions that
-    /// predict a target token, which all lie after `skip`.
-    fn pass(
-        &self,
-        batch: &[&ScoreItem],
-        skip: usize,
-        cache: Option<&mut KvCache>,
-    ) -> candle_core::Result<Vec<Vec<f32>>> {
-        let len = batch.iter().map(|it| it.input_len()).max().unwrap_or(0) - skip;
-        let mut ids = Vec::with_capacity(batch.len() * len);
-        let mut rows = Vec::new();
-        let mut targets = Vec::new();
-        for (b, item) in batch.iter().enumerate() {
-            let input = item.prompt.iter().chain(&item.target[..item.target.len() - 1]);
-            let start = ids.len();
-            ids.extend(input.skip(skip));
-            ids.resize(start + len, 0);
-            for (k, &t) in item.target.iter().enumerate() {
-                rows.push((b * len + item.prompt.len() - 1 - skip + k) as u32);
-                targets.push(t);
-            }
-        }
-        let ids = Tensor::from_vec(ids, (batch.len(), len), &self.device)?;
-        let rows = Tensor::from_vec(rows, targets.len(), &self.device)?;
-        let embeds = self.arch.embed(&ids)?;
-        let picked = self
-            .arch
-            .forward(&embeds, cache, Some(&rows), kernels::Kernels::Fused)?;
-        let logits = self.arch.logits(&picked)?.to_dtype(DType::F32)?;
-        let flat = kernels::ops::target_logprobs(&logits, &targets)?;
-        let mut out = Vec::with_capacity(batch.len());
-        let mut at = 0;
-        for item in batch {
-            out.push(flat[at..at + item.target.len()].to_vec());
-            at += item.target.len();
-        }
         Ok(out)
     }
 

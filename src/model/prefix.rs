@@ -155,6 +155,13 @@ impl PrefixCache {
         }
     }
 
+    /// How long a prefix of `tokens` the best entry shares (what [`PrefixCache::lookup`] would
+    /// find; 0 under [`MIN_PREFIX`]), without touching the order of use.
+    pub(crate) fn shared(&self, tokens: &[u32]) -> usize {
+        let best = self.entries.iter().map(|(t, _)| common(t, tokens)).max();
+        best.filter(|&n| n >= MIN_PREFIX).unwrap_or(0)
+    }
+
     /// The cached keys and values of the longest prefix of `tokens` that some entry shares (at
     /// least [`MIN_PREFIX`] tokens), and its length.
     pub(crate) fn lookup(&mut self, tokens: &[u32]) -> candle_core::Result<Option<(KvCache, usize)>> {

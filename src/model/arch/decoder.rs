@@ -25,7 +25,7 @@ use crate::model::arch::config::DecoderConfig;
 use crate::model::arch::family::Weights;
 use crate::model::arch::kv_cache::{KvCache, Masks};
 use crate::model::arch::layout::{load_stacked_transposed, scale_rows};
-use crate::model::arch::{check_context, keep_rows, project, weight, ArchInfo, Architecture};
+use crate::model::arch::{check_context, keep_rows, project, weight, ArchInfo, Architecture, Part};
 use crate::model::kernels::{Causal, Kernels};
 use crate::model::load::Mapped;
 use crate::model::Family;
@@ -236,51 +236,52 @@ impl Decoder {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// The layers and the final norm over `x` (`[n, hidden]`, the positions of `parts` one
+    /// part after another); with `rows` (indices into the `n`), the last layer's output
+    /// projection and MLP run at those rows alone.
+    fn layers(
+        &self,
+        mut x: Tensor,
+        parts: &mut [Segment<'_>],
+        rows: Option<&Tensor>,
+        k: Kernels,
+    ) -> candle_core::Result<Tensor> {
+        let last = self.layers.len().saturating_sub(1);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let only = if i == last { rows } else { None };
+            x = self.layer_forward(layer, i, &x, parts, only, k)?;
+        }
+        k.rms_norm(&x, &self.norm, self.cfg.eps as f32)
+    }
+
+    /// Layer `i` over the rows of every part: the projections and the MLP over all of them at
+    /// once, attention within each part.
     fn layer_forward(
         &self,
         l: &Layer,
+        i: usize,
         x: &Tensor,
-        at: Position,
-        (cos, sin): (&Tensor, &Tensor),
-        cache: Option<&mut KvCache>,
+        parts: &mut [Segment<'_>],
         rows: Option<&Tensor>,
         k: Kernels,
     ) -> candle_core::Result<Tensor> {
         let c = &self.cfg;
-        let (b, t, n) = (at.b, at.t, at.b * at.t);
-        let (heads, kv, hd, eps) = (c.heads, c.kv_heads, c.head_dim, c.eps as f32);
-        let group = heads / kv;
+        let eps = c.eps as f32;
         let h = k.rms_norm(x, &l.attn_norm, eps)?;
         let mut qkv = k.matmul(&h, &l.qkv)?;
         if let Some(bias) = &l.qkv_bias {
             qkv = k.bias_act(&qkv, bias, None)?;
         }
-        let qkv = qkv.reshape((b, t, heads + 2 * kv, hd))?;
-        let mut q = qkv.narrow(2, 0, heads)?;
-        let mut key = qkv.narrow(2, heads, kv)?;
-        if let Some((qn, kn)) = &l.qk_norm {
-            q = k.rms_norm(&q, qn, eps)?;
-            key = k.rms_norm(&key, kn, eps)?;
-        }
-        let q = k.rope(&q.transpose(1, 2)?, cos, sin, c.rope.style)?;
-        let key = k.rope(&key.transpose(1, 2)?, cos, sin, c.rope.style)?;
-        let v = qkv.narrow(2, heads + kv, kv)?.transpose(1, 2)?.contiguous()?;
-        let (key, v) = match cache {
-            Some(cache) => cache.append(at.i, key, v)?,
-            None => (key, v),
+        let y = match parts {
+            [part] => self.self_attention(l, i, &qkv, part, k)?,
+            _ => {
+                let ys = parts
+                    .iter_mut()
+                    .map(|p| self.self_attention(l, i, &qkv.narrow(0, p.start, p.b * p.t)?, p, k))
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Tensor::cat(&ys, 0)?
+            }
         };
-        let causal = Causal {
-            t,
-            past: at.past,
-            window: l.window,
-        };
-        let q = q.contiguous()?.reshape((b, kv, group, t, hd))?;
-        let y = self
-            .attention(&q, &key, &v, causal, k)?
-            .reshape((b, heads, t, hd))?
-            .transpose(1, 2)?
-            .reshape((n, heads * hd))?;
         let (x, y) = keep_rows(x, y, rows)?;
         let mut o = k.matmul(&y, &l.out)?;
         if let Some(bias) = &l.out_bias {
@@ -296,6 +297,69 @@ impl Decoder {
             m = k.rms_norm(&m, w, eps)?;
         }
         x + m
+    }
+
+    /// Layer `i`'s attention over one part, from its rows of the stacked Q, K and V projections
+    /// (`[b * t, (heads + 2 kv_heads) head_dim]`): `[b * t, heads head_dim]`. The part's keys
+    /// and values go to its cache.
+    fn self_attention(
+        &self,
+        l: &Layer,
+        i: usize,
+        qkv: &Tensor,
+        part: &mut Segment<'_>,
+        k: Kernels,
+    ) -> candle_core::Result<Tensor> {
+        let c = &self.cfg;
+        let (b, t) = (part.b, part.t);
+        let (heads, kv, hd) = (c.heads, c.kv_heads, c.head_dim);
+        let qkv = qkv.reshape((b, t, heads + 2 * kv, hd))?;
+        let mut q = qkv.narrow(2, 0, heads)?;
+        let mut key = qkv.narrow(2, heads, kv)?;
+        if let Some((qn, kn)) = &l.qk_norm {
+            q = k.rms_norm(&q, qn, c.eps as f32)?;
+            key = k.rms_norm(&key, kn, c.eps as f32)?;
+        }
+        let (cos, sin) = (&part.cos, &part.sin);
+        let q = k.rope(&q.transpose(1, 2)?, cos, sin, c.rope.style)?;
+        let key = k.rope(&key.transpose(1, 2)?, cos, sin, c.rope.style)?;
+        let v = qkv.narrow(2, heads + kv, kv)?.transpose(1, 2)?.contiguous()?;
+        let (key, v) = match part.cache.as_deref_mut() {
+            Some(cache) => cache.append(i, key, v)?,
+            None => (key, v),
+        };
+        let causal = Causal {
+            t,
+            past: part.past,
+            window: l.window,
+        };
+        let q = q.contiguous()?.reshape((b, kv, heads / kv, t, hd))?;
+        self.attention(&q, &key, &v, causal, k)?
+            .reshape((b, heads, t, hd))?
+            .transpose(1, 2)?
+            .reshape((b * t, heads * hd))
+    }
+
+    /// A part of a pass as the layers see it: its first row, shape, cached positions, cache
+    /// and RoPE tables; fails when it would run past the context.
+    fn segment<'a>(
+        &self,
+        start: usize,
+        (b, t): (usize, usize),
+        cache: Option<&'a mut KvCache>,
+    ) -> candle_core::Result<Segment<'a>> {
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        check_context(past, t, self.cfg.context)?;
+        let (cos, sin) = self.rope_tables(past, t)?;
+        Ok(Segment {
+            start,
+            b,
+            t,
+            past,
+            cache,
+            cos,
+            sin,
+        })
     }
 
     /// Attention of queries `q` (`[b, kv, group, t, hd]`: the heads that share a KV head
@@ -366,13 +430,17 @@ impl Decoder {
 /// Query rows per block of a long prompt's attention on the CPU ([`Decoder::attention`]).
 const QUERY_BLOCK: usize = 256;
 
-/// Where a layer runs: batch, new positions, cached positions, layer index.
-#[derive(Clone, Copy)]
-struct Position {
+/// One part of a pass (see [`Architecture::forward_parts`]) as the layers see it: its first
+/// row among the pass's, `b` sequences of `t` new positions after `past` cached ones, its
+/// cache, and the RoPE tables of its positions.
+struct Segment<'a> {
+    start: usize,
     b: usize,
     t: usize,
     past: usize,
-    i: usize,
+    cache: Option<&'a mut KvCache>,
+    cos: Tensor,
+    sin: Tensor,
 }
 
 impl Architecture for Decoder {
@@ -383,22 +451,28 @@ impl Architecture for Decoder {
     fn forward(
         &self,
         embeds: &Tensor,
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
         rows: Option<&Tensor>,
         k: Kernels,
     ) -> candle_core::Result<Tensor> {
         let (b, t, d) = embeds.dims3()?;
-        let past = cache.as_ref().map_or(0, |c| c.len());
-        check_context(past, t, self.cfg.context)?;
-        let (cos, sin) = self.rope_tables(past, t)?;
-        let mut x = self.scaled(embeds.reshape((b * t, d))?)?;
-        let last = self.layers.len().saturating_sub(1);
-        for (i, layer) in self.layers.iter().enumerate() {
-            let at = Position { b, t, past, i };
-            let only = if i == last { rows } else { None };
-            x = self.layer_forward(layer, &x, at, (&cos, &sin), cache.as_deref_mut(), only, k)?;
+        let mut parts = [self.segment(0, (b, t), cache)?];
+        self.layers(self.scaled(embeds.reshape((b * t, d))?)?, &mut parts, rows, k)
+    }
+
+    fn forward_parts(&self, embeds: &Tensor, parts: &mut [Part<'_>]) -> candle_core::Result<Tensor> {
+        let mut segments = Vec::with_capacity(parts.len());
+        let mut rows = Vec::new();
+        let mut start = 0;
+        for p in parts.iter_mut() {
+            rows.extend(p.rows.iter().map(|&r| r + start as u32));
+            segments.push(self.segment(start, (p.b, p.t), p.cache.as_deref_mut())?);
+            start += p.b * p.t;
         }
-        k.rms_norm(&x, &self.norm, self.cfg.eps as f32)
+        let n = rows.len();
+        let rows = Tensor::from_vec(rows, n, &self.device)?;
+        let x = self.scaled(embeds.clone())?;
+        self.layers(x, &mut segments, Some(&rows), Kernels::Fused)
     }
 
     fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {

@@ -37,6 +37,23 @@ pub trait Architecture: Send + Sync {
         rows: Option<&Tensor>,
         kernels: Kernels,
     ) -> candle_core::Result<Tensor>;
+    /// [`Architecture::forward`] of several parts in one pass, for scoring: `embeds` is
+    /// `[n, hidden]`, the `b * t` positions of each part one part after another; each part runs
+    /// after the positions of its own cache. Returns the hidden states at every part's `rows`,
+    /// part after part. The linear layers see all the parts' rows at once; attention stays
+    /// within a part. This default runs the parts one after another.
+    fn forward_parts(&self, embeds: &Tensor, parts: &mut [Part<'_>]) -> candle_core::Result<Tensor> {
+        let d = embeds.dim(1)?;
+        let mut start = 0;
+        let mut out = Vec::with_capacity(parts.len());
+        for p in parts.iter_mut() {
+            let x = embeds.narrow(0, start, p.b * p.t)?.reshape((p.b, p.t, d))?;
+            let rows = Tensor::new(p.rows.as_slice(), self.device())?;
+            out.push(self.forward(&x, p.cache.as_deref_mut(), Some(&rows), Kernels::Fused)?);
+            start += p.b * p.t;
+        }
+        Tensor::cat(&out, 0)
+    }
     /// LM head: `[.., hidden]` -> `[.., vocab]` (differentiable).
     fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor>;
     /// Where the weights live.
@@ -81,7 +98,20 @@ pub trait Architecture: Send + Sync {
     }
 }
 
-/// Fails when `past + t` positions exceed a context of `context`.
+/// One part of a pass of [`Architecture::forward_parts`]: `b` right-padded sequences of `t`
+/// positions each, after the positions of `cache` (none: from position 0), and the positions
+/// whose final hidden states are wanted (indices into its own `b * t`).
+pub struct Part<'a> {
+    /// Sequences.
+    pub b: usize,
+    /// Positions of each sequence in this pass.
+    pub t: usize,
+    /// The keys and values the part runs after (and extends, unless it is a shared view).
+    pub cache: Option<&'a mut KvCache>,
+    /// Wanted positions, indices into the part's `b * t`.
+    pub rows: Vec<u32>,
+}
+
 /// The rows of the embedding `table` for `ids` (`[batch, len]`), `[batch, len, hidden]`.
 pub(crate) fn embed(table: &Tensor, ids: &Tensor, hidden: usize) -> candle_core::Result<Tensor> {
     let (b, t) = ids.dims2()?;
@@ -90,6 +120,7 @@ pub(crate) fn embed(table: &Tensor, ids: &Tensor, hidden: usize) -> candle_core:
         .reshape((b, t, hidden))
 }
 
+/// Fails when `past + t` positions exceed a context of `context`.
 pub(crate) fn check_context(past: usize, t: usize, context: usize) -> candle_core::Result<()> {
     if past + t > context {
         candle_core::bail!("{} positions exceed the context length of {context}", past + t);
