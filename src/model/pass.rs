@@ -254,3 +254,39 @@ fn lay_out(
     }
     rows
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::model::{LoadOptions, Model, ScoreItem};
+
+    fn item(prompt: Vec<u32>) -> ScoreItem {
+        ScoreItem {
+            prompt,
+            target: vec![5, 6],
+        }
+    }
+
+    /// Groups {b, c} and {a} (too short a prefix with them to join): `a` sorts after them,
+    /// finds nothing in the cache, and waits a round for the keys and values that the first
+    /// pass leaves there, as it would have found them with the groups scored one at a time.
+    /// The scores are those without reuse.
+    #[test]
+    fn a_group_waits_for_the_prefix_another_group_leaves() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/llama");
+        let m = Model::load(dir, &LoadOptions::default()).unwrap();
+        let shared: Vec<u32> = (10..30).collect();
+        let with = |tail: std::ops::Range<u32>| [shared.clone(), tail.collect()].concat();
+        let batch = [item(with(40..72)), item(with(40..70)), item(with(90..130))];
+        let reused = m.score_reusing(&batch).unwrap();
+        assert_eq!(
+            reused.reused,
+            vec![0, 49, 20],
+            "b computes the prefix; c and a reuse it"
+        );
+        m.set_prefix_reuse(false);
+        let plain = m.score_reusing(&batch).unwrap();
+        for (x, y) in reused.scores.iter().flatten().zip(plain.scores.iter().flatten()) {
+            assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+        }
+    }
+}
