@@ -14,6 +14,7 @@
 //! with CONTEXT_CITE_PY, also the `context-cite` package's own time for the same 64 masks
 //! (scripts/reference/context_attr.py bench), on the same CPU. Any `stats` field named
 //! `tokens_*` (the tokens computed and reused, where the engine reports them) is printed too.
+//! `CONTEXT_REUSE=on` runs only the sides with reuse (the sides without take most of the time).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -81,11 +82,15 @@ fn timed(model: &Model, req: &AttributeRequest, what: &str) -> anyhow::Result<At
 /// largest difference between the two sides' `seq_attr`; the response with reuse.
 fn side_by_side(model: &Model, req: &AttributeRequest, what: &str) -> anyhow::Result<AttributeResponse> {
     let mut sides = Vec::new();
-    for reuse in [false, true] {
+    let only_on = std::env::var("CONTEXT_REUSE").is_ok_and(|v| v == "on");
+    for reuse in [false, true].into_iter().filter(|&r| r || !only_on) {
         model.set_prefix_reuse(reuse);
         model.set_prefix_cache_bytes(DEFAULT_PREFIX_CACHE_MB << 20);
         let label = format!("{what}, reuse {}", if reuse { "on" } else { "off" });
         sides.push(timed(model, req, &label)?);
+    }
+    if only_on {
+        return Ok(sides.swap_remove(0));
     }
     let (off, on) = (&sides[0], &sides[1]);
     let diff = off
