@@ -417,6 +417,9 @@ impl Model {
             target: job.target.clone(),
         };
         self.check(&item, "text")?;
+        if self.device().is_cpu() && self.arch.info().dtype == DType::BF16.as_str() {
+            return Err(Error::invalid("dtype", kernels::bf16::NO_GRADIENTS));
+        }
         if let Some(b) = &job.baseline {
             self.check(
                 &ScoreItem {
