@@ -32,6 +32,7 @@ pub use device::tuning::{GradientPlan, Passes};
 pub use device::{resolve, DeviceArgs, DeviceChoice, DtypeChoice, LoadOptions};
 pub use gradient::{Combine, GradientJob};
 pub use kernels::activation::Activation;
+pub use kernels::bf16::matmul as cpu_bf16_matmul;
 pub use kernels::ops::target_logprobs;
 pub use kernels::Kernels;
 pub use load::ModelSpec;

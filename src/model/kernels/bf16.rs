@@ -26,8 +26,9 @@ pub(crate) fn applies(w: &Tensor) -> bool {
 }
 
 /// `x @ w` for f32 rows `x` (`[.., k]`) and a bf16 weight `w` (`[k, n]`: contiguous, or the
-/// transpose of a contiguous `[n, k]`); f32 `[.., n]`.
-pub(crate) fn matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+/// transpose of a contiguous `[n, k]`) on the CPU; f32 `[.., n]`. Needs Intel MKL (an error
+/// says where it was looked for); the rows are split over the current rayon pool.
+pub fn matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let x = x.to_dtype(DType::F32)?;
     let dims = x.dims().to_vec();
     let Some((&k, lead)) = dims.split_last() else {
