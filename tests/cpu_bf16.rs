@@ -1,6 +1,7 @@
 //! bf16 on the CPU (weights in bf16, MKL's `cblas_gemm_bf16bf16f32` with f32 accumulation, the
 //! rest in f32): log-probs of every decoder family fixture and of SmolLM2 within the GPU's bf16
-//! tolerance (1e-1, tests/device_parity.rs) of the f32 ones; the gradient methods and GPT-2
+//! tolerance (1e-1, tests/device_parity.rs) of transformers' f32 ones (which llm-attr's f32
+//! matches within 1e-3: model_families.rs, model_smollm2.rs); the gradient methods and GPT-2
 //! refused with errors naming `dtype`.
 //!
 //! On a CPU without AMX-bf16 or AVX512-BF16 these run on MKL's emulation
@@ -39,53 +40,63 @@ fn fixture(name: &str) -> String {
     format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
-fn cases(dir: &str) -> Vec<ScoreItem> {
+/// The cases of `dir`'s logprobs.json and transformers' f32 log-probs for them.
+fn cases(dir: &str) -> (Vec<ScoreItem>, Vec<Vec<f64>>) {
     let cases = read_json(&format!("{dir}/logprobs.json"));
-    cases
-        .as_array()
-        .unwrap()
+    let cases = cases.as_array().unwrap();
+    let items = cases
         .iter()
         .map(|c| ScoreItem {
             prompt: ids(&c["prompt_ids"]),
             target: ids(&c["target_ids"]),
         })
-        .collect()
+        .collect();
+    let want = cases
+        .iter()
+        .map(|c| {
+            let lp = c["target_logprobs"].as_array().unwrap();
+            lp.iter().map(|x| x.as_f64().unwrap()).collect()
+        })
+        .collect();
+    (items, want)
 }
 
-/// The largest log-prob difference between `spec` in f32 and in bf16 over `items` (one
-/// right-padded batch, as the engine scores them).
-fn worst(spec: &str, items: &[ScoreItem], bf16: &LoadOptions) -> f64 {
-    let f32s = Model::load(spec, &LoadOptions::default()).unwrap();
+/// The largest difference between `spec`'s log-probs in bf16 and transformers' f32 ones over
+/// `dir`'s cases (one right-padded batch, as the engine scores them).
+fn worst(spec: &str, dir: &str, bf16: &LoadOptions) -> f64 {
     let m: Arc<Model> = Model::load(spec, bf16).unwrap_or_else(|e| panic!("{spec}: {e}"));
     assert_eq!(m.info().arch.dtype, "bf16", "{spec}");
-    let (a, b) = (f32s.score(items).unwrap(), m.score(items).unwrap());
+    let (items, want) = cases(dir);
+    let got = m.score(&items).unwrap();
     let mut worst = 0f64;
-    for (a, b) in a.iter().zip(&b) {
+    for (a, b) in got.iter().zip(&want) {
         assert_eq!(a.len(), b.len(), "{spec}");
         for (x, y) in a.iter().zip(b) {
-            assert!(y.is_finite(), "{spec}: {y}");
-            worst = worst.max((*x as f64 - *y as f64).abs());
+            assert!(x.is_finite(), "{spec}: {x}");
+            worst = worst.max((*x as f64 - y).abs());
         }
     }
     worst
 }
 
 #[test]
-fn family_logprobs_in_bf16_match_f32() {
+fn family_logprobs_in_bf16_match_transformers_f32() {
     let Some(bf16) = bf16_options() else { return };
     for family in FAMILIES {
         let dir = fixture(family);
-        let d = worst(&dir, &cases(&dir), &bf16);
+        let d = worst(&dir, &dir, &bf16);
         eprintln!("{family}: largest bf16 - f32 log-prob difference {d:.2e}");
         assert!(d <= BF16_TOLERANCE, "{family}: {d} > {BF16_TOLERANCE}");
     }
 }
 
 #[test]
-fn smollm2_logprobs_in_bf16_match_f32() {
+fn smollm2_logprobs_in_bf16_match_transformers_f32() {
     let Some(bf16) = bf16_options() else { return };
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    let d = worst(path.to_str().unwrap(), &cases(&fixture("smollm2")), &bf16);
+    // transformers' own bf16 pass is off by 0.165 on these cases (its norms and softmax in bf16
+    // too); llm-attr's by about 0.094.
+    let d = worst(path.to_str().unwrap(), &fixture("smollm2"), &bf16);
     eprintln!("smollm2: largest bf16 - f32 log-prob difference {d:.2e}");
     assert!(d <= BF16_TOLERANCE, "smollm2: {d} > {BF16_TOLERANCE}");
 }
