@@ -44,11 +44,10 @@ fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // The fields after the command name (which may hold spaces), from the third field on.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let ticks: Vec<f64> = rest.split_whitespace().filter_map(|v| v.parse().ok()).collect();
-    ticks
-        .get(11)
-        .zip(ticks.get(12))
-        .map_or(0.0, |(u, s)| (u + s) / 100.0)
+    // From the state (field 3) on: utime and stime are fields 14 and 15.
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    tick(11).zip(tick(12)).map_or(0.0, |(u, s)| (u + s) / 100.0)
 }
 
 /// `WEIGHTS_DTYPE`: the dtype to load in, `f32` (the default) or `bf16` (through `--dtype`'s
