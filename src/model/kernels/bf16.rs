@@ -6,7 +6,10 @@
 //! so the decoder multiplies by a bf16 weight as by an f32 one and everything else (norms,
 //! softmax, RoPE, the residual stream) stays f32. The rows go to bf16 (round to nearest even)
 //! as they enter; MKL runs sequentially on each of the rayon pool's threads, over its own
-//! share of the rows.
+//! share of the rows (the pool candle's f32 matmul uses too). Split in two, a projection of
+//! SmolLM2's at t1's 3,200 rows keeps its GFLOP per CPU second (benches/floor.rs
+//! `FLOOR_MATMUL=1`: 29.5 against 30.0 on one thread at qkv, 32.3 against 33.3 at gate_up), so
+//! the split costs a thread nothing and gives the work to every free core.
 
 use candle_core::{bail, CpuStorage, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -68,9 +71,10 @@ impl candle_core::CustomOp2 for Bf16Matmul {
             bail!("bf16 matmul: the rows must be contiguous")
         };
         let (b_transposed, b) = weight(w, l2, k, n)?;
-        let x = x.get(a0..a1).unwrap_or_default();
-        let bits: &[u16] = bytemuck_bf16(b);
-        let c = run(x, bits, b_transposed, m, n, k).map_err(candle_core::Error::Msg)?;
+        let Some(x) = x.get(a0..a1) else {
+            bail!("bf16 matmul: the rows' storage is shorter than [{m}, {k}]")
+        };
+        let c = run(x, as_bits(b), b_transposed, m, n, k).map_err(candle_core::Error::Msg)?;
         Ok((CpuStorage::F32(c), Shape::from((m, n))))
     }
 }
@@ -90,7 +94,7 @@ fn weight<'a>(w: &'a [half::bf16], l: &Layout, k: usize, n: usize) -> Result<(bo
 }
 
 /// bf16 values as their bit patterns, which is how MKL takes them.
-fn bytemuck_bf16(v: &[half::bf16]) -> &[u16] {
+fn as_bits(v: &[half::bf16]) -> &[u16] {
     // SAFETY: `bf16` is `#[repr(transparent)]` over `u16`.
     unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u16>(), v.len()) }
 }
