@@ -10,9 +10,11 @@
 //! compared with its f32 dequantization (`scripts/inference-server.sh model-dir`), a directory
 //! with itself. `FLOOR_THREADS`: thread counts to run llm-attr at (each in a child process,
 //! `RAYON_NUM_THREADS`; default: this machine's cores). `FLOOR_DTYPES`: `f32` (default) and/or
-//! `bf16`. `FLOOR_REUSE=off` turns shared-prefix reuse off on llm-attr's side. Prints
-//! llm-attr's median `stats.seconds` of `FLOOR_REPEATS` (3) runs after a warm-up, PyTorch's
-//! median pass, their ratio, and the load average before and after.
+//! `bf16` (needs MKL, scripts/fetch-mkl.sh, and a CPU with AMX-bf16 or AVX512-BF16, or
+//! `LLM_ATTR_CPU_BF16=emulate`). `FLOOR_MATMUL=1` first prints the GFLOP/s of candle's f32
+//! matmul and of the bf16 one at SmolLM2's shapes. `FLOOR_REUSE=off` turns shared-prefix reuse
+//! off on llm-attr's side. Prints llm-attr's median `stats.seconds` of `FLOOR_REPEATS` (3) runs
+//! after a warm-up, PyTorch's median pass, their ratio, and the load average before and after.
 
 use std::process::Command;
 use std::time::Instant;
@@ -20,7 +22,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use llm_attr::cli::read_request;
 use llm_attr::engine::{CancelToken, Engine, EngineConfig};
-use llm_attr::model::{LoadOptions, Model};
+use llm_attr::model::{cpu_bf16_matmul, resolve, DeviceChoice, DtypeChoice, Model};
 use llm_attr::request::{AttributeRequest, Method};
 use llm_attr::run::{run, Limits};
 
@@ -47,6 +49,17 @@ fn load_average() -> String {
         .join(" ")
 }
 
+/// CPU seconds (user + system) this process has used, from /proc/self/stat (USER_HZ ticks);
+/// 0 where there is none.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    // From the state (field 3) on: utime and stime are fields 14 and 15.
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    tick(11).zip(tick(12)).map_or(0.0, |(u, s)| (u + s) / 100.0)
+}
+
 fn t1() -> AttributeRequest {
     AttributeRequest {
         method: Method::ShapleyValues,
@@ -60,7 +73,8 @@ fn llm_attr_seconds(spec: &str, dtype: &str, repeats: usize) -> (f64, f64, usize
         "bf16" => DType::BF16,
         _ => DType::F32,
     };
-    let options = LoadOptions::new(Device::Cpu, Some(dtype));
+    // Through `--dtype`'s check: bf16 needs AMX or AVX512-BF16 (or LLM_ATTR_CPU_BF16=emulate).
+    let options = resolve(DeviceChoice::Cpu, DtypeChoice::Fixed(dtype)).expect("the dtype on this CPU");
     let started = Instant::now();
     let model = Model::load(spec, &options).expect("load the model");
     let load = started.elapsed().as_secs_f64();
@@ -137,28 +151,51 @@ fn child(spec: &str, dtype: &str, threads: usize, repeats: usize) -> Option<(f64
     Some((s.parse().ok()?, l.parse().ok()?, t.parse().ok()?))
 }
 
-/// GFLOP/s of candle's f32 matmul (`[rows, k] @ [k, n]`, what the decoder runs) at SmolLM2's
-/// projection shapes for t1's 3,200 rows (`FLOOR_MATMUL=1`).
+/// GFLOP/s of candle's f32 matmul (`[rows, k] @ [k, n]`, what the decoder runs) and of the
+/// CPU's bf16 matmul (MKL's `cblas_gemm_bf16bf16f32`, f32 rows in and out, when MKL is found)
+/// at SmolLM2's projection shapes and LM head for t1's 3,200 rows (`FLOOR_MATMUL=1`), on 1
+/// thread and on every core.
 fn matmul_gflops() {
     let rows = 3200;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     for (name, k, n) in [
         ("qkv", 576, 960),
         ("out", 576, 576),
         ("gate_up", 576, 3072),
         ("down", 1536, 576),
+        ("head/125", 576, 49152),
     ] {
+        // The head runs at the target rows only: t1's 125 prompts' last rows, 25 each.
+        let rows = if name.starts_with("head") { 125 } else { rows };
         let x = Tensor::randn(0f32, 1.0, (rows, k), &Device::Cpu).expect("x");
         let w = Tensor::randn(0f32, 1.0, (k, n), &Device::Cpu).expect("w");
-        let times: Vec<f64> = (0..12)
-            .map(|_| {
-                let t = Instant::now();
-                std::hint::black_box(x.matmul(&w).expect("matmul"));
-                t.elapsed().as_secs_f64()
-            })
-            .skip(2)
-            .collect();
-        let gflops = 2.0 * (rows * k * n) as f64 / median(times) / 1e9;
-        println!("candle f32 {name} {rows}x{k}x{n}: {gflops:.1} GFLOP/s");
+        let w16 = w.to_dtype(DType::BF16).expect("bf16");
+        for threads in [1, cores] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("pool");
+            let flop = 2.0 * (rows * k * n) as f64 / 1e9;
+            // GFLOP/s by the median wall time, and GFLOP per CPU second over the 10 timed runs
+            // (what each busy thread achieves, whatever else shares the cores).
+            let rate = |f: &(dyn Fn() -> candle_core::Result<Tensor> + Sync)| -> Option<String> {
+                pool.install(f).ok()?;
+                let cpu = cpu_seconds();
+                let times: Option<Vec<f64>> = (0..10)
+                    .map(|_| {
+                        let t = Instant::now();
+                        std::hint::black_box(pool.install(f).ok()?);
+                        Some(t.elapsed().as_secs_f64())
+                    })
+                    .collect();
+                let cpu = cpu_seconds() - cpu;
+                let wall = flop / median(times?);
+                Some(format!("{wall:.1} GFLOP/s ({:.1} per CPU s)", 10.0 * flop / cpu))
+            };
+            let f32s = rate(&|| x.matmul(&w)).unwrap_or_default();
+            let bf16 = rate(&|| cpu_bf16_matmul(&x, &w16)).unwrap_or_else(|| "no MKL".into());
+            println!("{name} {rows}x{k}x{n}, {threads} thread(s): candle f32 {f32s}, bf16 (MKL) {bf16}");
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 //!     cargo bench --bench weights
 //!     WEIGHTS_DIR=/work/models-1b WEIGHTS_FILES=bf16,f32 WEIGHTS_REPEATS=3 cargo bench --bench weights
 //!
+//! `WEIGHTS_DTYPE=bf16` loads in bf16 instead (see [`dtype`]).
 //! `WEIGHTS_DIR` holds `llama-1b-bf16/` and `llama-1b-f32/` (default `target/models-1b`); a
 //! missing one is made with `scripts/random_model.py --shape llama-1b` by `WEIGHTS_PYTHON`
 //! (default `python3`, which needs torch and safetensors). Each load is warm: the file is read
@@ -20,7 +21,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use llm_attr::model::{LoadOptions, Model, ScoreItem};
+use candle_core::DType;
+use llm_attr::model::{resolve, DeviceChoice, DtypeChoice, LoadOptions, Model, ScoreItem};
 
 /// The variable that tells a child process which model directory to load.
 const CHILD: &str = "WEIGHTS_CHILD";
@@ -42,19 +44,32 @@ fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // The fields after the command name (which may hold spaces), from the third field on.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let ticks: Vec<f64> = rest.split_whitespace().filter_map(|v| v.parse().ok()).collect();
-    ticks
-        .get(11)
-        .zip(ticks.get(12))
-        .map_or(0.0, |(u, s)| (u + s) / 100.0)
+    // From the state (field 3) on: utime and stime are fields 14 and 15.
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    tick(11).zip(tick(12)).map_or(0.0, |(u, s)| (u + s) / 100.0)
+}
+
+/// `WEIGHTS_DTYPE`: the dtype to load in, `f32` (the default) or `bf16` (through `--dtype`'s
+/// check: a CPU with AMX-bf16 or AVX512-BF16, or `LLM_ATTR_CPU_BF16=emulate`, and MKL).
+fn dtype() -> String {
+    std::env::var("WEIGHTS_DTYPE").unwrap_or_else(|_| "f32".into())
+}
+
+fn options() -> anyhow::Result<LoadOptions> {
+    Ok(match dtype().as_str() {
+        "bf16" => resolve(DeviceChoice::Cpu, DtypeChoice::Fixed(DType::BF16))?,
+        _ => LoadOptions::default(),
+    })
 }
 
 /// In a child: loads `dir` once and prints one line of numbers for the parent.
 fn child(dir: &str) -> anyhow::Result<()> {
+    let options = options()?;
     let before = status_bytes("VmRSS:");
     let cpu = cpu_seconds();
     let t = Instant::now();
-    let model = Model::load(dir, &LoadOptions::default()).map_err(|e| anyhow::anyhow!("{dir}: {e}"))?;
+    let model = Model::load(dir, &options).map_err(|e| anyhow::anyhow!("{dir}: {e}"))?;
     let seconds = t.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu;
     let (rss, anon, file, peak) = (
@@ -132,7 +147,8 @@ fn main() -> anyhow::Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
     println!(
-        "loading the llama-1b shape in f32 on the CPU ({} threads), warm, median of {repeats}",
+        "loading the llama-1b shape in {} on the CPU ({} threads), warm, median of {repeats}",
+        dtype(),
         rayon::current_num_threads()
     );
     for dtype in files.split(',').map(str::trim) {
@@ -148,8 +164,9 @@ fn main() -> anyhow::Result<()> {
         anyhow::ensure!(m.len() == 8, "unexpected child output {m:?}");
         let times: Vec<String> = runs.iter().map(|r| format!("{:.2}", r[0])).collect();
         println!(
-            "{dtype} file -> f32: {:.2} s (runs {}; {:.1} CPU s), {:.2}B parameters; RSS after load {:.2} bytes/param \
+            "{dtype} file -> {}: {:.2} s (runs {}; {:.1} CPU s), {:.2}B parameters; RSS after load {:.2} bytes/param \
              (anonymous {:.2}, file-backed {:.2}), peak {:.2}; log-prob sum {:.6}",
+            self::dtype(),
             m[0],
             times.join(" "),
             m[7],

@@ -35,6 +35,7 @@ pub use device::tuning::{GradientPlan, Passes};
 pub use device::{resolve, DeviceArgs, DeviceChoice, DtypeChoice, LoadOptions};
 pub use gradient::{Combine, GradientJob};
 pub use kernels::activation::Activation;
+pub use kernels::bf16::matmul as cpu_bf16_matmul;
 pub use kernels::ops::target_logprobs;
 pub use kernels::Kernels;
 pub use load::ModelSpec;
@@ -277,6 +278,9 @@ impl Model {
             target: job.target.clone(),
         };
         self.check(&item, "text")?;
+        if self.device().is_cpu() && self.arch.info().dtype == DType::BF16.as_str() {
+            return Err(Error::invalid("dtype", kernels::bf16::NO_GRADIENTS));
+        }
         if let Some(b) = &job.baseline {
             self.check(
                 &ScoreItem {

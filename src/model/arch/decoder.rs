@@ -28,7 +28,7 @@ use crate::model::arch::layout::{load_stacked_transposed, scale_rows};
 use crate::model::arch::{check_context, keep_rows, project, weight, ArchInfo, Architecture, Part};
 use crate::model::kernels::{Causal, Kernels};
 use crate::model::load::Mapped;
-use crate::model::Family;
+use crate::model::{device, Family};
 
 struct Layer {
     attn_norm: Tensor,
@@ -64,7 +64,10 @@ pub(crate) struct Decoder {
     inv_freq: Vec<f32>,
     masks: Masks,
     device: Device,
+    /// The weights' data type.
     dtype: DType,
+    /// The forward pass's: f32 for bf16 weights on the CPU ([`device::compute_dtype`]).
+    compute: DType,
     parameters: usize,
 }
 
@@ -84,18 +87,22 @@ impl Decoder {
     /// Loads the weights under Hugging Face's names (`model.layers.0.self_attn.q_proj.weight`);
     /// the `VarBuilder` fixes device and dtype. With `mapped` (the safetensors behind it), the
     /// layers' matrices come from there, converted and transposed in one pass.
+    /// bf16 on the CPU keeps the matrices (and the embedding) in bf16, the rest in f32.
     pub(crate) fn load(cfg: DecoderConfig, vb: VarBuilder, mapped: Option<&Mapped>) -> Result<Self> {
         let (v, d) = (cfg.vocab, cfg.hidden);
+        let (dtype, compute) = (vb.dtype(), device::compute_dtype(vb.device(), vb.dtype()));
+        let vb = vb.set_dtype(compute);
         let m = vb.pp("model");
-        let embed = weight(&m.pp("embed_tokens"), &[v, d], "weight")?;
+        let embed = weight(&m.pp("embed_tokens").set_dtype(dtype), &[v, d], "weight")?;
         let norm = Self::norm(&cfg, &m.pp("norm"), d)?;
         let head = if cfg.tied {
             embed.clone()
         } else {
-            weight(&vb.pp("lm_head"), &[v, d], "weight")?
+            weight(&vb.pp("lm_head").set_dtype(dtype), &[v, d], "weight")?
         };
+        let source = (mapped, dtype);
         let layers = (0..cfg.layers)
-            .map(|i| Self::layer(&cfg, &m.pp("layers").pp(i), i, mapped))
+            .map(|i| Self::layer(&cfg, &m.pp("layers").pp(i), i, source))
             .collect::<Result<Vec<_>>>()?;
         let mut parameters = embed.elem_count() + norm.elem_count();
         if !cfg.tied {
@@ -120,7 +127,8 @@ impl Decoder {
             inv_freq: cfg.rope.inverse_frequencies(cfg.head_dim),
             masks: Masks::new(vb.device()),
             device: vb.device().clone(),
-            dtype: vb.dtype(),
+            dtype,
+            compute,
             cfg,
             embed,
             layers,
@@ -136,7 +144,13 @@ impl Decoder {
         Ok(if cfg.gemma { (w + 1.0)? } else { w })
     }
 
-    fn layer(cfg: &DecoderConfig, vb: &VarBuilder, i: usize, mapped: Option<&Mapped>) -> Result<Layer> {
+    /// Layer `i`; its matrices from `mapped` (when given) in `dtype`.
+    fn layer(
+        cfg: &DecoderConfig,
+        vb: &VarBuilder,
+        i: usize,
+        (mapped, dtype): (Option<&Mapped>, DType),
+    ) -> Result<Layer> {
         let (d, hd) = (cfg.hidden, cfg.head_dim);
         let (q_out, kv_out) = (cfg.heads * hd, cfg.kv_heads * hd);
         let a = vb.pp("self_attn");
@@ -180,7 +194,7 @@ impl Decoder {
             vec![(mlp.pp("gate_proj"), cfg.ffn), (mlp.pp("up_proj"), cfg.ffn)]
         };
         let matrices = |parts: &[(VarBuilder, usize)], cols, scaled| {
-            load_stacked_transposed(parts, cols, scaled, mapped)
+            load_stacked_transposed(parts, cols, scaled, mapped, dtype)
         };
         let o = a.pp("o_proj");
         let gemma_norm = |name: &str| cfg.gemma.then(|| Self::norm(cfg, &vb.pp(name), d)).transpose();
@@ -222,8 +236,8 @@ impl Decoder {
                 sin.push(a.sin());
             }
         }
-        let cos = Tensor::from_vec(cos, (t, half), &self.device)?.to_dtype(self.dtype)?;
-        let sin = Tensor::from_vec(sin, (t, half), &self.device)?.to_dtype(self.dtype)?;
+        let cos = Tensor::from_vec(cos, (t, half), &self.device)?.to_dtype(self.compute)?;
+        let sin = Tensor::from_vec(sin, (t, half), &self.device)?.to_dtype(self.compute)?;
         Ok((cos, sin))
     }
 

@@ -20,24 +20,29 @@ const TILE: usize = 64;
 /// Source rows read side by side.
 const GROUP: usize = 8;
 
-/// The matrices `weight` under each of `parts` (`[rows_i, cols]` each, as stored), stacked,
-/// scaled and transposed as [`stacked_transposed`] does; read straight from `mapped` where the
-/// weights are mapped safetensors and the model runs on the CPU in f32.
+/// The matrices `weight` under each of `parts` (`[rows_i, cols]` each, as stored), in `dtype`,
+/// stacked, scaled and transposed as [`stacked_transposed`] does; read straight from `mapped`
+/// where the weights are mapped safetensors and the model runs on the CPU in f32 or bf16.
 pub(crate) fn load_stacked_transposed(
     parts: &[(VarBuilder, usize)],
     cols: usize,
     scaled: Option<(usize, f64)>,
     mapped: Option<&Mapped>,
+    dtype: DType,
 ) -> Result<Tensor> {
+    let parts: Vec<(VarBuilder, usize)> = parts
+        .iter()
+        .map(|(vb, rows)| (vb.clone().set_dtype(dtype), *rows))
+        .collect();
     let direct = parts
         .first()
-        .is_some_and(|(vb, _)| vb.device().is_cpu() && vb.dtype() == DType::F32);
+        .is_some_and(|(vb, _)| vb.device().is_cpu() && matches!(vb.dtype(), DType::F32 | DType::BF16));
     if let Some(mapped) = mapped.filter(|_| direct) {
         let names: Vec<(String, [usize; 2])> = parts
             .iter()
             .map(|(vb, rows)| (full_name(vb, "weight"), [*rows, cols]))
             .collect();
-        if let Some(t) = mapped.stacked_transposed_f32(&names, scaled) {
+        if let Some(t) = mapped.stacked_transposed(&names, scaled, dtype) {
             return t.map_err(|e| Error::Model(format!("weights: {e}")));
         }
     }

@@ -8,12 +8,12 @@ pub(crate) mod gpt2;
 pub(crate) mod kv_cache;
 pub(crate) mod layout;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::model::kernels::Kernels;
+use crate::model::kernels::{bf16, Kernels};
 use kv_cache::KvCache;
 
 /// What one architecture provides: its primitives (embed, the layers, the head) and, built on
@@ -112,12 +112,17 @@ pub struct Part<'a> {
     pub rows: Vec<u32>,
 }
 
-/// The rows of the embedding `table` for `ids` (`[batch, len]`), `[batch, len, hidden]`.
+/// The rows of the embedding `table` for `ids` (`[batch, len]`), `[batch, len, hidden]`; in
+/// f32 from a bf16 table on the CPU, which holds bf16 weights but computes in f32.
 pub(crate) fn embed(table: &Tensor, ids: &Tensor, hidden: usize) -> candle_core::Result<Tensor> {
     let (b, t) = ids.dims2()?;
-    table
-        .index_select(&ids.flatten_all()?, 0)?
-        .reshape((b, t, hidden))
+    let rows = table.index_select(&ids.flatten_all()?, 0)?;
+    let rows = if bf16::applies(table) {
+        rows.to_dtype(DType::F32)?
+    } else {
+        rows
+    };
+    rows.reshape((b, t, hidden))
 }
 
 /// Fails when `past + t` positions exceed a context of `context`.
@@ -141,9 +146,13 @@ pub(crate) fn keep_rows(
     }
 }
 
-/// `hidden @ head^T` for a `[vocab, hidden]` head and `[.., hidden]` rows.
+/// `hidden @ head^T` for a `[vocab, hidden]` head and `[.., hidden]` rows (with a bf16 head on
+/// the CPU, f32 rows and logits: [`bf16::matmul`]).
 pub(crate) fn project(hidden: &Tensor, head: &Tensor) -> candle_core::Result<Tensor> {
     let head = head.t()?;
+    if bf16::applies(&head) {
+        return bf16::matmul(hidden, &head);
+    }
     match hidden.rank() {
         2 => hidden.matmul(&head),
         _ => hidden.broadcast_matmul(&head),

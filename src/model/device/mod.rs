@@ -12,6 +12,7 @@ use candle_core::{DType, Device};
 use crate::error::{Error, Result};
 
 mod cpu;
+pub(crate) mod mkl;
 pub(crate) mod tuning;
 
 pub(crate) use cpu::CpuFeatures;
@@ -193,14 +194,22 @@ pub fn resolve(device: DeviceChoice, dtype: DtypeChoice) -> Result<LoadOptions> 
 /// The data types the CPU runs without asking the hardware: candle's f32 and f16 matmuls.
 const CPU_DTYPES: &[DType] = &[DType::F32, DType::F16];
 
-/// Whether this build has a bf16 matmul for the CPU (AMX or AVX512-BF16, f32 accumulation).
-/// Until it has, bf16 on the CPU is refused even where the hardware could run it.
-const CPU_BF16_MATMUL: bool = false;
+/// `LLM_ATTR_CPU_BF16=emulate` lets bf16 run on a CPU without a bf16 unit, on MKL's emulation
+/// (slower than f32): for testing the bf16 path (parity in CI), not for speed.
+const EMULATE_VAR: &str = "LLM_ATTR_CPU_BF16";
+
+/// True when [`EMULATE_VAR`] asks for MKL's emulation of the bf16 units.
+fn cpu_bf16_emulated() -> bool {
+    std::env::var(EMULATE_VAR).is_ok_and(|v| v.trim().eq_ignore_ascii_case("emulate"))
+}
 
 fn check_dtype(device: &Device, dtype: DType) -> Result<()> {
     match device {
         Device::Cpu if CPU_DTYPES.contains(&dtype) => Ok(()),
-        Device::Cpu if dtype == DType::BF16 => check_cpu_bf16(&CpuFeatures::detect()),
+        Device::Cpu if dtype == DType::BF16 => {
+            check_cpu_bf16(&CpuFeatures::detect(), cpu_bf16_emulated())?;
+            check_mkl()
+        }
         Device::Cpu => Err(Error::invalid(
             "dtype",
             format!("the CPU does not run {}: use --dtype f32 or f16", dtype.as_str()),
@@ -209,28 +218,44 @@ fn check_dtype(device: &Device, dtype: DType) -> Result<()> {
     }
 }
 
-/// bf16 on the CPU needs a bf16 matrix unit (AMX-bf16 or AVX512-BF16) and this build's kernel
-/// for it; the error names what the CPU has instead.
-fn check_cpu_bf16(cpu: &CpuFeatures) -> Result<()> {
-    if !cpu.has_bf16_matmul() {
-        return Err(Error::invalid(
-            "dtype",
-            format!(
-                "bf16 on the CPU needs AMX-bf16 or AVX512-BF16; this CPU has {cpu}: use --dtype f32 \
-                 (the default on the CPU) or f16"
-            ),
-        ));
+/// bf16 on the CPU needs a bf16 matrix unit (AMX-bf16 or AVX512-BF16), or `emulate`
+/// ([`EMULATE_VAR`]); the error names what the CPU has instead.
+fn check_cpu_bf16(cpu: &CpuFeatures, emulate: bool) -> Result<()> {
+    if cpu.has_bf16_matmul() || emulate {
+        return Ok(());
     }
-    if !CPU_BF16_MATMUL {
-        return Err(Error::invalid(
+    Err(Error::invalid(
+        "dtype",
+        format!(
+            "bf16 on the CPU needs AMX-bf16 or AVX512-BF16; this CPU has {cpu}: use --dtype f32 \
+             (the default on the CPU) or f16 ({EMULATE_VAR}=emulate runs MKL's slower emulation, \
+             for testing)"
+        ),
+    ))
+}
+
+/// bf16 on the CPU multiplies through Intel MKL, loaded at run time; the error says where it
+/// was looked for and how to get it.
+fn check_mkl() -> Result<()> {
+    match mkl::get() {
+        Ok(m) => {
+            tracing::info!("bf16 matmuls on the CPU through {}", m.path);
+            Ok(())
+        }
+        Err(e) => Err(Error::invalid(
             "dtype",
-            format!(
-                "this CPU has {cpu}, but this llm-attr has no bf16 matmul for the CPU yet: use \
-                 --dtype f32 (the default on the CPU) or f16"
-            ),
-        ));
+            format!("bf16 on the CPU runs on Intel MKL: {e}"),
+        )),
     }
-    Ok(())
+}
+
+/// The data type a forward pass computes in with weights of `dtype` on `device`: bf16 on the
+/// CPU is a storage type (its matmul takes f32 rows and accumulates in f32), the rest as given.
+pub(crate) fn compute_dtype(device: &Device, dtype: DType) -> DType {
+    match dtype {
+        DType::BF16 if device.is_cpu() => DType::F32,
+        d => d,
+    }
 }
 
 /// A short name for logs and `/v1/model`: `cpu`, `cuda:0`.
@@ -411,12 +436,15 @@ mod tests {
         assert_eq!(o.dtype(), DType::F32);
         let o = resolve(DeviceChoice::Cpu, DtypeChoice::Fixed(DType::F16)).unwrap();
         assert_eq!(o.dtype(), DType::F16);
-        // No CPU runs bf16 in this build; the error says what this one has.
-        let e = resolve(DeviceChoice::Cpu, DtypeChoice::Fixed(DType::BF16)).unwrap_err();
-        assert_eq!(e.field(), Some("dtype"));
-        let has = CpuFeatures::detect().to_string();
-        assert!(e.to_string().starts_with("dtype: "), "{e}");
-        assert!(e.to_string().contains(&format!("this CPU has {has}")), "{e}");
+        // A CPU without a bf16 unit refuses bf16 (unless told to emulate); the error says what
+        // this one has.
+        let here = CpuFeatures::detect();
+        if !here.has_bf16_matmul() && !cpu_bf16_emulated() {
+            let e = resolve(DeviceChoice::Cpu, DtypeChoice::Fixed(DType::BF16)).unwrap_err();
+            assert_eq!(e.field(), Some("dtype"));
+            assert!(e.to_string().starts_with("dtype: "), "{e}");
+            assert!(e.to_string().contains(&format!("this CPU has {here}")), "{e}");
+        }
         assert_eq!(name(&o.device), "cpu");
         assert_eq!(tuning(&o.device).workers, 1);
     }
@@ -430,16 +458,23 @@ mod tests {
             f16c: true,
             ..CpuFeatures::default()
         };
-        let e = check_cpu_bf16(&avx2).unwrap_err();
+        let e = check_cpu_bf16(&avx2, false).unwrap_err();
         assert_eq!(e.field(), Some("dtype"));
         let text = e.to_string();
         assert!(text.contains("needs AMX-bf16 or AVX512-BF16"), "{text}");
         assert!(text.contains("this CPU has AVX2, FMA, F16C"), "{text}");
+        assert!(check_cpu_bf16(&avx2, true).is_ok(), "the emulation is asked for");
         let amx = CpuFeatures {
             amx_bf16: true,
             ..avx2
         };
-        assert_eq!(check_cpu_bf16(&amx).is_ok(), CPU_BF16_MATMUL);
+        let avx512 = CpuFeatures {
+            avx512_bf16: true,
+            avx512f: true,
+            ..avx2
+        };
+        assert!(check_cpu_bf16(&amx, false).is_ok());
+        assert!(check_cpu_bf16(&avx512, false).is_ok());
     }
 
     /// Without the feature, asking for CUDA says how to build with it; `auto` falls back.

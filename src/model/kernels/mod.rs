@@ -5,6 +5,7 @@
 
 pub(crate) mod activation;
 pub(crate) mod backward;
+pub(crate) mod bf16;
 pub(crate) mod causal;
 pub(crate) mod ops;
 pub(crate) mod rope;
@@ -89,9 +90,14 @@ impl Kernels {
 
     /// `x @ w` for `[n, in]` rows and a weight `w` (`[in, out]`). Differentiable with a
     /// backward pass for `x` alone: candle's own matmul backward also computes the weight's
-    /// gradient, which gradient methods never use and which costs as much again.
+    /// gradient, which gradient methods never use and which costs as much again. A bf16 weight
+    /// on the CPU goes to [`bf16::matmul`] (f32 rows in and out), which has no backward pass.
     pub(crate) fn matmul(self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
         match self {
+            Kernels::Fused if bf16::applies(w) => bf16::matmul(x, w),
+            Kernels::Differentiable if bf16::applies(w) => {
+                candle_core::bail!("dtype: {}", bf16::NO_GRADIENTS)
+            }
             Kernels::Differentiable if backward::attaches(x) && x.dtype() == w.dtype() => {
                 backward::matmul(x, w)
             }

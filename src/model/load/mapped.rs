@@ -105,15 +105,17 @@ impl Mapped {
 }
 
 impl Mapped {
-    /// The f32 matrices `names` (each with the `[rows, cols]` it must have; one `cols`)
-    /// stacked, the first `scaled.0` rows times `scaled.1`, and transposed to `[cols, sum
-    /// rows]`, converted from the file's f32, bf16 or f16 in the same parallel pass, into the
-    /// only copy. `None` where that does not apply (a tensor missing or of another shape or
-    /// dtype): the caller reads them one by one then, with the errors that gives.
-    pub(crate) fn stacked_transposed_f32(
+    /// The matrices `names` (each with the `[rows, cols]` it must have; one `cols`) in `to`
+    /// (f32 or bf16) stacked, the first `scaled.0` rows times `scaled.1` (in f32), and
+    /// transposed to `[cols, sum rows]`, converted from the file's f32, bf16 or f16 in the same
+    /// parallel pass, into the only copy. `None` where that does not apply (a tensor missing or
+    /// of another shape or dtype, another `to`): the caller reads them one by one then, with
+    /// the errors that gives.
+    pub(crate) fn stacked_transposed(
         &self,
         names: &[(String, [usize; 2])],
         scaled: Option<(usize, f64)>,
+        to: DType,
     ) -> Option<candle_core::Result<Tensor>> {
         use half::{bf16, f16};
         let (first, [_, cols]) = names.first()?;
@@ -129,10 +131,14 @@ impl Mapped {
         let (n, mul) = scaled.map_or((0, 1.0), |(n, s)| (n, s as f32));
         let slices: Vec<&[u8]> = parts.iter().map(|p| p.2).collect();
         let cols = *cols;
-        let out = match dtype {
-            DType::F32 => fused(&slices, cols, n, mul, f32::from_le_bytes),
-            DType::BF16 => fused(&slices, cols, n, mul, |b| bf16::from_le_bytes(b).to_f32()),
-            DType::F16 => fused(&slices, cols, n, mul, |b| f16::from_le_bytes(b).to_f32()),
+        let s = (&slices[..], cols, n, mul);
+        let out = match (dtype, to) {
+            (DType::F32, DType::F32) => fused(s, f32::from_le_bytes, |x| x),
+            (DType::BF16, DType::F32) => fused(s, |b| bf16::from_le_bytes(b).to_f32(), |x| x),
+            (DType::F16, DType::F32) => fused(s, |b| f16::from_le_bytes(b).to_f32(), |x| x),
+            (DType::F32, DType::BF16) => fused(s, f32::from_le_bytes, bf16::from_f32),
+            (DType::BF16, DType::BF16) => fused(s, |b| bf16::from_le_bytes(b).to_f32(), bf16::from_f32),
+            (DType::F16, DType::BF16) => fused(s, |b| f16::from_le_bytes(b).to_f32(), bf16::from_f32),
             _ => return None,
         };
         for (map, start, bytes) in parts {
@@ -143,13 +149,11 @@ impl Mapped {
 }
 
 /// `W`-byte values in rows of `cols` (the stacked `slices`) decoded by `f`, the first `n` rows
-/// times `mul` (as candle scales f32: `x * mul + 0`), transposed.
-fn fused<const W: usize>(
-    slices: &[&[u8]],
-    cols: usize,
-    n: usize,
-    mul: f32,
+/// times `mul` (as candle scales f32: `x * mul + 0`), stored by `g`, transposed.
+fn fused<const W: usize, T: WithDType>(
+    (slices, cols, n, mul): (&[&[u8]], usize, usize, f32),
     f: impl Fn([u8; W]) -> f32 + Sync,
+    g: impl Fn(f32) -> T + Sync,
 ) -> candle_core::Result<Tensor> {
     if cols == 0 {
         candle_core::bail!("a matrix of no columns");
@@ -164,11 +168,7 @@ fn fused<const W: usize>(
     }
     let out = transpose_rows(&rows, cols, [0; W], |b, r| {
         let x = f(b);
-        if r < n {
-            x * mul + 0.0
-        } else {
-            x
-        }
+        g(if r < n { x * mul + 0.0 } else { x })
     });
     Tensor::from_vec(out, (cols, rows.len()), &Device::Cpu)
 }
@@ -341,7 +341,7 @@ mod tests {
             let mapped = unsafe { Mapped::open(std::slice::from_ref(&path)) }.unwrap();
             let names = [("a.q".to_string(), [70, 33]), ("a.k".to_string(), [9, 33])];
             let ours = mapped
-                .stacked_transposed_f32(&names, Some((70, 0.125)))
+                .stacked_transposed(&names, Some((70, 0.125)), DType::F32)
                 .unwrap()
                 .unwrap();
             let f32s = [q.to_dtype(DType::F32).unwrap(), k.to_dtype(DType::F32).unwrap()];
@@ -358,9 +358,25 @@ mod tests {
             assert_eq!(ours.dims(), &[33, 79]);
             assert_eq!(bits(&ours), bits(&theirs), "{dtype:?}");
             let wrong = [("a.q".to_string(), [33, 70])];
-            assert!(mapped.stacked_transposed_f32(&wrong, None).is_none());
+            assert!(mapped.stacked_transposed(&wrong, None, DType::F32).is_none());
             let missing = [("a.v".to_string(), [9, 33])];
-            assert!(mapped.stacked_transposed_f32(&missing, None).is_none());
+            assert!(mapped.stacked_transposed(&missing, None, DType::F32).is_none());
+            // In bf16: the f32 result rounded once (0.125 scales exactly).
+            let b16 = mapped
+                .stacked_transposed(&names, Some((70, 0.125)), DType::BF16)
+                .unwrap()
+                .unwrap();
+            assert_eq!(b16.dtype(), DType::BF16);
+            assert_eq!(
+                bits(&b16.to_dtype(DType::F32).unwrap()),
+                bits(
+                    &theirs
+                        .to_dtype(DType::BF16)
+                        .unwrap()
+                        .to_dtype(DType::F32)
+                        .unwrap()
+                )
+            );
         }
     }
 }

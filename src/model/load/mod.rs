@@ -11,6 +11,7 @@ pub(crate) mod tokenizer_files;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use candle_core::DType;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
@@ -105,6 +106,12 @@ fn build(
     weights: &[PathBuf],
     options: &LoadOptions,
 ) -> Result<Box<dyn Architecture>> {
+    if family == Family::Gpt2 && options.device.is_cpu() && options.dtype() == DType::BF16 {
+        return Err(Error::invalid(
+            "dtype",
+            "bf16 on the CPU runs the Llama-style decoders; GPT-2 runs in f32 or f16 there",
+        ));
+    }
     let open = || var_builder(weights, options);
     (family.entry().build)(family, json, &config.display().to_string(), &open)
 }
