@@ -15,6 +15,12 @@ pub(crate) struct Tuning {
     pub gradients: GradientPlan,
 }
 
+/// Tokens of one chunk of a gradient job on the CPU (about 1 GB of activations at SmolLM2's
+/// shape); a job whose copies fit in one is stacked, since its forward pass computes each
+/// weight matmul for one copy ([`crate::model::kernels::Kernels::Copies`]) and its one
+/// backward pass multiplies every copy's gradients in one bigger matmul per weight.
+const CPU_GRADIENT_CHUNK: usize = 1024;
+
 /// Tokens of one chunk of a gradient job on a GPU.
 const GPU_GRADIENT_CHUNK: usize = 4096;
 
@@ -29,8 +35,8 @@ pub(crate) fn tuning(device: &Device) -> Tuning {
             workers: 1,
             token_budget: DEFAULT_TOKEN_BUDGET,
             gradients: GradientPlan {
-                stack_up_to: 0,
-                token_budget: 1024,
+                stack_up_to: CPU_GRADIENT_CHUNK,
+                token_budget: CPU_GRADIENT_CHUNK,
             },
         },
         _ => Tuning {
@@ -102,8 +108,9 @@ mod tests {
     /// the passes overrides the rule.
     #[test]
     fn a_gpu_stacks_few_points_and_runs_many_per_token() {
-        let gpu = tuning(&candle_core::Device::Cpu).gradients;
-        assert_eq!(gpu.passes(1, 28, 9), Passes::PerToken, "the CPU never stacks");
+        let cpu = tuning(&candle_core::Device::Cpu).gradients;
+        assert_eq!(cpu.passes(1, 28, 9), Passes::Stacked, "the CPU stacks one point");
+        assert_eq!(cpu.passes(5, 28, 9), Passes::PerToken, "but not five");
         let gpu = GradientPlan {
             stack_up_to: 4096,
             token_budget: 4096,

@@ -95,6 +95,61 @@ pub(crate) fn matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     with_backward(x, value, Box::new(move |g| g.matmul(&wt)))
 }
 
+/// [`matmul`] of `[copies * n, in]` rows that are `copies` equal copies of the first `n`:
+/// the first copy's product, repeated (the backward pass multiplies every copy's gradient).
+pub(crate) fn matmul_copies(x: &Tensor, w: &Tensor, copies: usize) -> Result<Tensor> {
+    let rows = x.dim(0)?;
+    if copies <= 1 || rows % copies != 0 {
+        return matmul(x, w);
+    }
+    let value = x.narrow(0, 0, rows / copies)?.matmul(w)?.repeat((copies, 1))?;
+    let wt = w.t()?;
+    with_backward(x, value, Box::new(move |g| g.matmul(&wt)))
+}
+
+/// `log_softmax(logits[i])[targets[i]]` of `[n, vocab]` CPU f32 logits, `[n, 1]`, in one
+/// pass with a hand-written backward pass (`g * (onehot - softmax)`): candle's composed
+/// log-softmax runs a dozen single-threaded passes over the vocabulary each way.
+pub(crate) fn target_log_prob(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
+    let (n, vocab) = logits.dims2()?;
+    let logits = logits.contiguous()?;
+    let value = super::ops::target_logprobs(&logits, targets)?;
+    let value = Tensor::from_vec(value, (n, 1), logits.device())?;
+    let (input, targets) = (logits.clone(), targets.to_vec());
+    let backward = move |g: &Tensor| {
+        let g = g.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = vec![0f32; n * vocab];
+        with_f32(&input, |x| {
+            out.par_chunks_mut(vocab.max(1))
+                .zip(x.par_chunks(vocab.max(1)))
+                .enumerate()
+                .for_each(|(i, (d, x))| {
+                    let (g, t) = (g.get(i).copied().unwrap_or(0.0), targets.get(i).copied());
+                    softmax_gradient_row(x, g, t, d)
+                });
+            Ok(())
+        })?;
+        Tensor::from_vec(out, (n, vocab), input.device())
+    };
+    with_backward(&logits, value, Box::new(backward))
+}
+
+/// `d = -g * softmax(x)`, plus `g` at `target`: the gradient of `g * log_softmax(x)[target]`.
+fn softmax_gradient_row(x: &[f32], g: f32, target: Option<u32>, d: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = x
+        .chunks(16)
+        .map(|c| c.iter().map(|&v| (v - max).exp()).sum::<f32>() as f64)
+        .sum();
+    let scale = -g / sum as f32;
+    for (d, &v) in d.iter_mut().zip(x) {
+        *d = scale * (v - max).exp();
+    }
+    if let Some(d) = target.and_then(|t| d.get_mut(t as usize)) {
+        *d += g;
+    }
+}
+
 /// RMSNorm of the last dimension with a constant weight. The mean square is summed in f64:
 /// SmolLM2's first position carries activations in the thousands, and integrated gradients
 /// on it is sensitive enough that f32 sums in a different order than PyTorch's moved an
@@ -404,6 +459,23 @@ mod tests {
                 |x: &Tensor| -> Result<Tensor> { act.apply(&x.narrow(1, 0, 6)?)? * x.narrow(1, 6, 6)? };
             same(&x, &|x| gated_act(x, act), &composed);
         }
+    }
+
+    #[test]
+    fn matmul_of_copies_matches_candle() {
+        let x = wave(&[4, 6], 0.0).repeat((3, 1)).unwrap();
+        let w = wave(&[6, 3], 0.5);
+        same(&x, &|x| matmul_copies(x, &w, 3), &|x| x.matmul(&w));
+    }
+
+    #[test]
+    fn target_log_prob_gradient_matches_candle() {
+        let x = (wave(&[3, 50], 0.3) * 4.0).unwrap();
+        let targets = [7u32, 0, 49];
+        let ids = Tensor::new(&targets, &Device::Cpu).unwrap().unsqueeze(1).unwrap();
+        same(&x, &|x| target_log_prob(x, &targets), &|x| {
+            candle_nn::ops::log_softmax(x, D::Minus1)?.gather(&ids, 1)
+        });
     }
 
     #[test]
