@@ -92,7 +92,42 @@ impl candle_core::CustomOp1 for Attached {
 pub(crate) fn matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let value = x.matmul(w)?;
     let wt = w.t()?;
-    with_backward(x, value, Box::new(move |g| g.matmul(&wt)))
+    with_backward(x, value, Box::new(move |g| input_gradient(g, &wt)))
+}
+
+/// `g @ wt`, the gradient of a matmul's input. On CPU f32, rows of `g` that are all zero (a
+/// target token's gradient never reaches the positions after it) are left out of the matmul:
+/// their rows of the product are zero.
+fn input_gradient(g: &Tensor, wt: &Tensor) -> Result<Tensor> {
+    let (m, out) = g.dims2()?;
+    if !super::ops::is_cpu_f32(g) || !g.is_contiguous() {
+        return g.matmul(wt);
+    }
+    let live = with_f32(g, |g| {
+        Ok(g.par_chunks(out.max(1))
+            .enumerate()
+            .filter(|(_, row)| row.iter().any(|&v| v != 0.0))
+            .map(|(i, _)| i as u32)
+            .collect::<Vec<u32>>())
+    })?;
+    // Too few zero rows to pay for the gather and the scatter.
+    if live.len() * 16 > m * 15 {
+        return g.matmul(wt);
+    }
+    let n_in = wt.dim(1)?;
+    let live_t = Tensor::new(live.as_slice(), g.device())?;
+    let product = g.index_select(&live_t, 0)?.matmul(wt)?;
+    let mut full = vec![0f32; m * n_in];
+    with_f32(&product, |p| {
+        for (row, src) in live.iter().zip(p.chunks_exact(n_in.max(1))) {
+            let start = *row as usize * n_in;
+            if let Some(dst) = full.get_mut(start..start + n_in) {
+                dst.copy_from_slice(src);
+            }
+        }
+        Ok(())
+    })?;
+    Tensor::from_vec(full, (m, n_in), g.device())
 }
 
 /// [`matmul`] of `[copies * n, in]` rows that are `copies` equal copies of the first `n`:
@@ -104,7 +139,7 @@ pub(crate) fn matmul_copies(x: &Tensor, w: &Tensor, copies: usize) -> Result<Ten
     }
     let value = x.narrow(0, 0, rows / copies)?.matmul(w)?.repeat((copies, 1))?;
     let wt = w.t()?;
-    with_backward(x, value, Box::new(move |g| g.matmul(&wt)))
+    with_backward(x, value, Box::new(move |g| input_gradient(g, &wt)))
 }
 
 /// `log_softmax(logits[i])[targets[i]]` of `[n, vocab]` CPU f32 logits, `[n, 1]`, in one
@@ -458,6 +493,21 @@ mod tests {
             let composed =
                 |x: &Tensor| -> Result<Tensor> { act.apply(&x.narrow(1, 0, 6)?)? * x.narrow(1, 6, 6)? };
             same(&x, &|x| gated_act(x, act), &composed);
+        }
+    }
+
+    /// Rows of zeros in the output's gradient (a quarter of them, then none) are left out of
+    /// the matmul and come back as zero rows.
+    #[test]
+    fn matmul_gradient_skips_zero_rows() {
+        let w = wave(&[6, 5], 0.5);
+        let g = wave(&[8, 5], 0.9);
+        let mask: Vec<f32> = (0..8).map(|i| if i % 4 == 3 { 0.0 } else { 1.0 }).collect();
+        let mask = Tensor::from_vec(mask, (8, 1), &Device::Cpu).unwrap();
+        for g in [g.broadcast_mul(&mask).unwrap(), g] {
+            let got = input_gradient(&g, &w.t().unwrap()).unwrap();
+            let want = g.matmul(&w.t().unwrap()).unwrap();
+            assert!(max_abs_diff(&got, &want) <= 1e-5);
         }
     }
 
