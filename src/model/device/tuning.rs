@@ -91,11 +91,13 @@ impl GradientPlan {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Passes {
     /// One forward pass that every target token shares, then a backward pass per token: the
-    /// least arithmetic, which is what a CPU's time, and a GPU's on many points, goes to.
+    /// least passes' overhead for many points, where the matmuls are big already.
     PerToken,
     /// A copy of the points per target token, each copy differentiating its own token's
-    /// value, so one forward and one backward pass serve them all: k times the arithmetic in
-    /// k times fewer kernel launches, which is what a GPU's time on few points goes to.
+    /// value, so one forward and one backward pass serve them all. The forward pass's weight
+    /// matmuls compute one copy; its other ops and the backward pass run on every copy, in k
+    /// times fewer kernel launches (a GPU's time on few points) and matmuls k times as tall
+    /// (a CPU's on few points: small matmuls waste it).
     Stacked,
 }
 
