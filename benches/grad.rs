@@ -29,19 +29,33 @@ const PROMPT: &str =
     "Georg from Germany applied for a job as a janitor at a bakery. The hiring manager decided to";
 const TARGET: &str = " reject the application without any further consideration.";
 
-/// Seconds of one run of `method` (the best of `repeats`), checking the token counts.
-fn time(model: &Model, method: Method, repeats: usize) -> f64 {
+/// CPU seconds this process has used (user and system, from /proc/self/stat's clock ticks).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name's closing parenthesis; utime and stime are 12 and 13.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let ticks: Vec<f64> = rest.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+    ticks
+        .get(11)
+        .zip(ticks.get(12))
+        .map_or(0.0, |(u, s)| (u + s) / 100.0)
+}
+
+/// Seconds of one run of `method` (the best of `repeats`, wall-clock and CPU), checking the
+/// token counts.
+fn time(model: &Model, method: Method, repeats: usize) -> (f64, f64) {
     let req = AttributeRequest {
         text: Some(PROMPT.into()),
         target: Some(TARGET.into()),
         method,
         ..Default::default()
     };
-    let mut best = f64::INFINITY;
+    let (mut best, mut best_cpu) = (f64::INFINITY, f64::INFINITY);
     for _ in 0..repeats {
-        let t = Instant::now();
+        let (t, c) = (Instant::now(), cpu_seconds());
         let r = run(&req, model, &Limits::default(), &|_| {}).expect("attribute");
         best = best.min(t.elapsed().as_secs_f64());
+        best_cpu = best_cpu.min(cpu_seconds() - c);
         assert_eq!(
             (r.features.len(), r.target_ids.len()),
             (20, 8),
@@ -52,7 +66,7 @@ fn time(model: &Model, method: Method, repeats: usize) -> f64 {
             println!("  largest |convergence delta|: {worst:.4}");
         }
     }
-    best
+    (best, best_cpu)
 }
 
 /// The last JSON object in Captum's timing output (tqdm and warnings may come before it).
@@ -98,17 +112,17 @@ fn main() {
     let mut ours = Vec::new();
     if methods.contains("gxi") {
         time(&model, Method::GradientXInput, 1); // warm-up
-        let gxi = time(&model, Method::GradientXInput, 3);
-        println!("gradient_x_input: {gxi:.2} s (load {})", load());
-        ours.push(("gradient_x_input", gxi));
+        let (gxi, cpu) = time(&model, Method::GradientXInput, 3);
+        println!("gradient_x_input: {gxi:.2} s, {cpu:.2} CPU s (load {})", load());
+        ours.push(("gradient_x_input", gxi, cpu));
     }
     if methods.contains("ig") {
-        let ig = time(&model, Method::IntegratedGradients, 1);
+        let (ig, cpu) = time(&model, Method::IntegratedGradients, 1);
         println!(
-            "integrated_gradients (50 steps, gausslegendre): {ig:.2} s (load {})",
+            "integrated_gradients (50 steps, gausslegendre): {ig:.2} s, {cpu:.2} CPU s (load {})",
             load()
         );
-        ours.push(("integrated_gradients_50_gausslegendre", ig));
+        ours.push(("integrated_gradients_50_gausslegendre", ig, cpu));
     }
     let Some(c) = captum(threads) else {
         println!("no Captum timing (LLM_ATTR_CAPTUM_PY or LLM_ATTR_CAPTUM_JSON)");
@@ -120,11 +134,18 @@ fn main() {
         c["torch_threads"],
         load()
     );
-    for (name, ours) in ours {
+    for (name, ours, ours_cpu) in ours {
         if let Some(theirs) = c[format!("{name}_seconds")].as_f64() {
             println!(
                 "  {name}: Captum {theirs:.2} s, llm-attr {ours:.2} s, {:.2}x faster",
                 theirs / ours
+            );
+        }
+        // At one thread, CPU seconds measure the work whatever else the machine runs.
+        if let Some(theirs) = c[format!("{name}_cpu_seconds")].as_f64().filter(|_| threads == 1) {
+            println!(
+                "  {name} in CPU seconds: Captum {theirs:.2}, llm-attr {ours_cpu:.2}, {:.2}x",
+                theirs / ours_cpu
             );
         }
     }
