@@ -32,13 +32,12 @@ const TARGET: &str = " reject the application without any further consideration.
 /// CPU seconds this process has used (user and system, from /proc/self/stat's clock ticks).
 fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // The fields after the command name's closing parenthesis; utime and stime are 12 and 13.
+    // The fields after the command name's closing parenthesis, from the state (field 3):
+    // utime and stime (fields 14 and 15) are the 12th and 13th.
     let rest = stat.rsplit(')').next().unwrap_or("");
-    let ticks: Vec<f64> = rest.split_whitespace().filter_map(|f| f.parse().ok()).collect();
-    ticks
-        .get(11)
-        .zip(ticks.get(12))
-        .map_or(0.0, |(u, s)| (u + s) / 100.0)
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    ticks(11).zip(ticks(12)).map_or(0.0, |(u, s)| (u + s) / 100.0)
 }
 
 /// Seconds of one run of `method` (the best of `repeats`, wall-clock and CPU), checking the
