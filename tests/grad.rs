@@ -299,8 +299,8 @@ fn gradient_shap_estimates_the_path_integral() {
     );
 }
 
-/// A GPU stacks a copy of the points per target token into one forward and one backward pass
-/// (`Passes::Stacked`); the CPU runs a backward pass per token. Both give the same rows, on
+/// Few points stack a copy per target token into one forward and one backward pass
+/// (`Passes::Stacked`); many run a backward pass per token. Both give the same rows, on
 /// GPT-2 and on a family with RoPE and grouped attention, in one chunk and in several.
 #[test]
 fn stacked_passes_give_the_rows_of_a_pass_per_token() {

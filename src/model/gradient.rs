@@ -19,6 +19,7 @@ use candle_core::{DType, Tensor, Var, D};
 use crate::error::{Error, Result};
 use crate::model::arch::Architecture;
 use crate::model::device::{self, GradientPlan, Passes};
+use crate::model::kernels::backward;
 
 /// One gradient attribution. Point s of the path gives, for target token k and prompt
 /// position p, `q[k][s][p] = (x_p - b_p) . grad_{x_p} f_k(b + a_s (x - b))`, where x is the
@@ -249,7 +250,8 @@ fn per_token(
 }
 
 /// [`Passes::Stacked`]: `q[row][s]` for the points, from copy `row` of them, whose value is
-/// target token `row`'s alone; one forward and one backward pass for all.
+/// target token `row`'s alone; one backward pass for all, after a forward pass whose weight
+/// matmuls compute one copy ([`Architecture::forward_from_copies`]).
 fn stacked(
     arch: &dyn Architecture,
     job: &GradientJob,
@@ -258,7 +260,7 @@ fn stacked(
 ) -> candle_core::Result<Rows> {
     let (m, k) = (points.dim(0)?, job.target.len());
     let copies = Var::from_tensor(&points.repeat((k, 1, 1))?)?;
-    let hidden = arch.forward_from_embeddings(copies.as_tensor())?;
+    let hidden = arch.forward_from_copies(copies.as_tensor(), k)?;
     let rows = hidden.narrow(1, path.prompt_len - 1, k)?;
     let values = (0..k)
         .map(|row| target_value(arch, &rows.narrow(0, row * m, m)?, row, job.target[row], job.prob))
@@ -324,8 +326,12 @@ fn target_value(
 ) -> candle_core::Result<Tensor> {
     let hidden = rows.narrow(1, row, 1)?.squeeze(1)?.contiguous()?;
     let logits = arch.logits(&hidden)?.to_dtype(DType::F32)?;
-    let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    let f = log_probs.narrow(1, target as usize, 1)?;
+    let f = if logits.device().is_cpu() {
+        let targets = vec![target; logits.dim(0)?];
+        backward::target_log_prob(&logits, &targets)?
+    } else {
+        candle_nn::ops::log_softmax(&logits, D::Minus1)?.narrow(1, target as usize, 1)?
+    };
     if prob {
         f.exp()
     } else {

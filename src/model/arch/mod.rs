@@ -92,9 +92,18 @@ pub trait Architecture: Send + Sync {
     /// built only from ops with a backward pass (none of the fused kernels), so gradients
     /// flow back to `embeds`. Feed it to [`Architecture::logits`].
     fn forward_from_embeddings(&self, embeds: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward_from_copies(embeds, 1)
+    }
+
+    /// [`Architecture::forward_from_embeddings`] of a batch that is `copies` equal copies of
+    /// its first `batch / copies` sequences, one after the other ([`Kernels::Copies`]).
+    fn forward_from_copies(&self, embeds: &Tensor, copies: usize) -> candle_core::Result<Tensor> {
         let (b, t, d) = embeds.dims3()?;
-        self.forward(embeds, None, None, Kernels::Differentiable)?
-            .reshape((b, t, d))
+        let kernels = match copies {
+            0 | 1 => Kernels::Differentiable,
+            n => Kernels::Copies(n),
+        };
+        self.forward(embeds, None, None, kernels)?.reshape((b, t, d))
     }
 }
 
@@ -154,6 +163,8 @@ pub(crate) fn project(hidden: &Tensor, head: &Tensor) -> candle_core::Result<Ten
         return bf16::matmul(hidden, &head);
     }
     match hidden.rank() {
+        // In a gradient pass, the head's backward pass for `hidden` alone (not the head's).
+        2 if hidden.track_op() => Kernels::Differentiable.matmul(hidden, &head),
         2 => hidden.matmul(&head),
         _ => hidden.broadcast_matmul(&head),
     }

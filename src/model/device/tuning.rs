@@ -15,6 +15,12 @@ pub(crate) struct Tuning {
     pub gradients: GradientPlan,
 }
 
+/// Tokens of one chunk of a gradient job on the CPU (about 1 GB of activations at SmolLM2's
+/// shape); a job whose copies fit in one is stacked, since its forward pass computes each
+/// weight matmul for one copy ([`crate::model::kernels::Kernels::Copies`]) and its one
+/// backward pass multiplies every copy's gradients in one bigger matmul per weight.
+const CPU_GRADIENT_CHUNK: usize = 1024;
+
 /// Tokens of one chunk of a gradient job on a GPU.
 const GPU_GRADIENT_CHUNK: usize = 4096;
 
@@ -29,8 +35,8 @@ pub(crate) fn tuning(device: &Device) -> Tuning {
             workers: 1,
             token_budget: DEFAULT_TOKEN_BUDGET,
             gradients: GradientPlan {
-                stack_up_to: 0,
-                token_budget: 1024,
+                stack_up_to: CPU_GRADIENT_CHUNK,
+                token_budget: CPU_GRADIENT_CHUNK,
             },
         },
         _ => Tuning {
@@ -85,11 +91,13 @@ impl GradientPlan {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Passes {
     /// One forward pass that every target token shares, then a backward pass per token: the
-    /// least arithmetic, which is what a CPU's time, and a GPU's on many points, goes to.
+    /// least passes' overhead for many points, where the matmuls are big already.
     PerToken,
     /// A copy of the points per target token, each copy differentiating its own token's
-    /// value, so one forward and one backward pass serve them all: k times the arithmetic in
-    /// k times fewer kernel launches, which is what a GPU's time on few points goes to.
+    /// value, so one forward and one backward pass serve them all. The forward pass's weight
+    /// matmuls compute one copy; its other ops and the backward pass run on every copy, in k
+    /// times fewer kernel launches (a GPU's time on few points) and matmuls k times as tall
+    /// (a CPU's on few points: small matmuls waste it).
     Stacked,
 }
 
@@ -102,8 +110,9 @@ mod tests {
     /// the passes overrides the rule.
     #[test]
     fn a_gpu_stacks_few_points_and_runs_many_per_token() {
-        let gpu = tuning(&candle_core::Device::Cpu).gradients;
-        assert_eq!(gpu.passes(1, 28, 9), Passes::PerToken, "the CPU never stacks");
+        let cpu = tuning(&candle_core::Device::Cpu).gradients;
+        assert_eq!(cpu.passes(1, 28, 9), Passes::Stacked, "the CPU stacks one point");
+        assert_eq!(cpu.passes(5, 28, 9), Passes::PerToken, "but not five");
         let gpu = GradientPlan {
             stack_up_to: 4096,
             token_budget: 4096,

@@ -92,7 +92,97 @@ impl candle_core::CustomOp1 for Attached {
 pub(crate) fn matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let value = x.matmul(w)?;
     let wt = w.t()?;
-    with_backward(x, value, Box::new(move |g| g.matmul(&wt)))
+    with_backward(x, value, Box::new(move |g| input_gradient(g, &wt)))
+}
+
+/// `g @ wt`, the gradient of a matmul's input. On CPU f32, rows of `g` that are all zero (a
+/// target token's gradient never reaches the positions after it) are left out of the matmul:
+/// their rows of the product are zero.
+fn input_gradient(g: &Tensor, wt: &Tensor) -> Result<Tensor> {
+    let (m, out) = g.dims2()?;
+    if !super::ops::is_cpu_f32(g) || !g.is_contiguous() {
+        return g.matmul(wt);
+    }
+    let live = with_f32(g, |g| {
+        Ok(g.par_chunks(out.max(1))
+            .enumerate()
+            .filter(|(_, row)| row.iter().any(|&v| v != 0.0))
+            .map(|(i, _)| i as u32)
+            .collect::<Vec<u32>>())
+    })?;
+    // Too few zero rows to pay for the gather and the scatter.
+    if live.len() * 16 > m * 15 {
+        return g.matmul(wt);
+    }
+    let n_in = wt.dim(1)?;
+    let live_t = Tensor::new(live.as_slice(), g.device())?;
+    let product = g.index_select(&live_t, 0)?.matmul(wt)?;
+    let mut full = vec![0f32; m * n_in];
+    with_f32(&product, |p| {
+        for (row, src) in live.iter().zip(p.chunks_exact(n_in.max(1))) {
+            let start = *row as usize * n_in;
+            if let Some(dst) = full.get_mut(start..start + n_in) {
+                dst.copy_from_slice(src);
+            }
+        }
+        Ok(())
+    })?;
+    Tensor::from_vec(full, (m, n_in), g.device())
+}
+
+/// [`matmul`] of `[copies * n, in]` rows that are `copies` equal copies of the first `n`:
+/// the first copy's product, repeated (the backward pass multiplies every copy's gradient).
+pub(crate) fn matmul_copies(x: &Tensor, w: &Tensor, copies: usize) -> Result<Tensor> {
+    let rows = x.dim(0)?;
+    if copies <= 1 || rows % copies != 0 {
+        return matmul(x, w);
+    }
+    let value = x.narrow(0, 0, rows / copies)?.matmul(w)?.repeat((copies, 1))?;
+    let wt = w.t()?;
+    with_backward(x, value, Box::new(move |g| input_gradient(g, &wt)))
+}
+
+/// `log_softmax(logits[i])[targets[i]]` of `[n, vocab]` CPU f32 logits, `[n, 1]`, in one
+/// pass with a hand-written backward pass (`g * (onehot - softmax)`): candle's composed
+/// log-softmax runs a dozen single-threaded passes over the vocabulary each way.
+pub(crate) fn target_log_prob(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
+    let (n, vocab) = logits.dims2()?;
+    let logits = logits.contiguous()?;
+    let value = super::ops::target_logprobs(&logits, targets)?;
+    let value = Tensor::from_vec(value, (n, 1), logits.device())?;
+    let (input, targets) = (logits.clone(), targets.to_vec());
+    let backward = move |g: &Tensor| {
+        let g = g.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = vec![0f32; n * vocab];
+        with_f32(&input, |x| {
+            out.par_chunks_mut(vocab.max(1))
+                .zip(x.par_chunks(vocab.max(1)))
+                .enumerate()
+                .for_each(|(i, (d, x))| {
+                    let (g, t) = (g.get(i).copied().unwrap_or(0.0), targets.get(i).copied());
+                    softmax_gradient_row(x, g, t, d)
+                });
+            Ok(())
+        })?;
+        Tensor::from_vec(out, (n, vocab), input.device())
+    };
+    with_backward(&logits, value, Box::new(backward))
+}
+
+/// `d = -g * softmax(x)`, plus `g` at `target`: the gradient of `g * log_softmax(x)[target]`.
+fn softmax_gradient_row(x: &[f32], g: f32, target: Option<u32>, d: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = x
+        .chunks(16)
+        .map(|c| c.iter().map(|&v| (v - max).exp()).sum::<f32>() as f64)
+        .sum();
+    let scale = -g / sum as f32;
+    for (d, &v) in d.iter_mut().zip(x) {
+        *d = scale * (v - max).exp();
+    }
+    if let Some(d) = target.and_then(|t| d.get_mut(t as usize)) {
+        *d += g;
+    }
 }
 
 /// RMSNorm of the last dimension with a constant weight. The mean square is summed in f64:
@@ -404,6 +494,38 @@ mod tests {
                 |x: &Tensor| -> Result<Tensor> { act.apply(&x.narrow(1, 0, 6)?)? * x.narrow(1, 6, 6)? };
             same(&x, &|x| gated_act(x, act), &composed);
         }
+    }
+
+    /// Rows of zeros in the output's gradient (a quarter of them, then none) are left out of
+    /// the matmul and come back as zero rows.
+    #[test]
+    fn matmul_gradient_skips_zero_rows() {
+        let w = wave(&[6, 5], 0.5);
+        let g = wave(&[8, 5], 0.9);
+        let mask: Vec<f32> = (0..8).map(|i| if i % 4 == 3 { 0.0 } else { 1.0 }).collect();
+        let mask = Tensor::from_vec(mask, (8, 1), &Device::Cpu).unwrap();
+        for g in [g.broadcast_mul(&mask).unwrap(), g] {
+            let got = input_gradient(&g, &w.t().unwrap()).unwrap();
+            let want = g.matmul(&w.t().unwrap()).unwrap();
+            assert!(max_abs_diff(&got, &want) <= 1e-5);
+        }
+    }
+
+    #[test]
+    fn matmul_of_copies_matches_candle() {
+        let x = wave(&[4, 6], 0.0).repeat((3, 1)).unwrap();
+        let w = wave(&[6, 3], 0.5);
+        same(&x, &|x| matmul_copies(x, &w, 3), &|x| x.matmul(&w));
+    }
+
+    #[test]
+    fn target_log_prob_gradient_matches_candle() {
+        let x = (wave(&[3, 50], 0.3) * 4.0).unwrap();
+        let targets = [7u32, 0, 49];
+        let ids = Tensor::new(&targets, &Device::Cpu).unwrap().unsqueeze(1).unwrap();
+        same(&x, &|x| target_log_prob(x, &targets), &|x| {
+            candle_nn::ops::log_softmax(x, D::Minus1)?.gather(&ids, 1)
+        });
     }
 
     #[test]

@@ -27,31 +27,40 @@ pub enum Kernels {
     /// hand-written backward passes of [`backward`] (its matmul, softmax and RoPE on a GPU
     /// too), elsewhere composed candle ops.
     Differentiable,
+    /// [`Kernels::Differentiable`] over a batch that is this many identical copies of its
+    /// first part, one after the other (a copy per target token, each to be differentiated on
+    /// its own): the weight matmuls compute the first copy and repeat it, so only the backward
+    /// pass, where the copies differ, does the arithmetic of every copy.
+    Copies(usize),
 }
 
 impl Kernels {
     pub(crate) fn rms_norm(self, x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
         match self {
             Kernels::Fused => candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps),
-            Kernels::Differentiable if is_cpu_f32(x) && is_cpu_f32(weight) => {
+            Kernels::Differentiable | Kernels::Copies(_) if is_cpu_f32(x) && is_cpu_f32(weight) => {
                 backward::rms_norm(x, weight, eps)
             }
-            Kernels::Differentiable => candle_nn::ops::rms_norm_slow(x, weight, eps),
+            Kernels::Differentiable | Kernels::Copies(_) => candle_nn::ops::rms_norm_slow(x, weight, eps),
         }
     }
 
     pub(crate) fn layer_norm(self, x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
         match self {
             Kernels::Fused => candle_nn::ops::layer_norm(x, weight, bias, eps),
-            Kernels::Differentiable => candle_nn::ops::layer_norm_slow(x, weight, bias, eps),
+            Kernels::Differentiable | Kernels::Copies(_) => {
+                candle_nn::ops::layer_norm_slow(x, weight, bias, eps)
+            }
         }
     }
 
     pub(crate) fn softmax_last_dim(self, x: &Tensor) -> Result<Tensor> {
         match self {
             Kernels::Fused => candle_nn::ops::softmax_last_dim(x),
-            Kernels::Differentiable if backward::attaches(x) => backward::softmax_last_dim(x),
-            Kernels::Differentiable => candle_nn::ops::softmax(x, D::Minus1),
+            Kernels::Differentiable | Kernels::Copies(_) if backward::attaches(x) => {
+                backward::softmax_last_dim(x)
+            }
+            Kernels::Differentiable | Kernels::Copies(_) => candle_nn::ops::softmax(x, D::Minus1),
         }
     }
 
@@ -61,7 +70,7 @@ impl Kernels {
     pub(crate) fn causal_softmax(self, att: &Tensor, at: Causal) -> Result<Option<Tensor>> {
         match self {
             Kernels::Fused => causal::causal_softmax(att, at),
-            Kernels::Differentiable => Ok(None),
+            Kernels::Differentiable | Kernels::Copies(_) => Ok(None),
         }
     }
 
@@ -71,11 +80,15 @@ impl Kernels {
         match (self, style) {
             (Kernels::Fused, RopeStyle::Half) => r::rope(&x.contiguous()?, cos, sin),
             (Kernels::Fused, RopeStyle::Interleaved) => r::rope_i(&x.contiguous()?, cos, sin),
-            (Kernels::Differentiable, style) if backward::attaches(x) && x.dtype() == cos.dtype() => {
+            (Kernels::Differentiable | Kernels::Copies(_), style)
+                if backward::attaches(x) && x.dtype() == cos.dtype() =>
+            {
                 backward::rope(x, cos, sin, style)
             }
-            (Kernels::Differentiable, RopeStyle::Half) => r::rope_slow(x, cos, sin),
-            (Kernels::Differentiable, RopeStyle::Interleaved) => r::rope_i_slow(x, cos, sin),
+            (Kernels::Differentiable | Kernels::Copies(_), RopeStyle::Half) => r::rope_slow(x, cos, sin),
+            (Kernels::Differentiable | Kernels::Copies(_), RopeStyle::Interleaved) => {
+                r::rope_i_slow(x, cos, sin)
+            }
         }
     }
 
@@ -83,8 +96,10 @@ impl Kernels {
     pub(crate) fn gated(self, gate_up: &Tensor, act: Activation) -> Result<Tensor> {
         match self {
             Kernels::Fused => ops::gated(gate_up, act),
-            Kernels::Differentiable if is_cpu_f32(gate_up) => backward::gated_act(gate_up, act),
-            Kernels::Differentiable => ops::gated_composed(gate_up, act),
+            Kernels::Differentiable | Kernels::Copies(_) if is_cpu_f32(gate_up) => {
+                backward::gated_act(gate_up, act)
+            }
+            Kernels::Differentiable | Kernels::Copies(_) => ops::gated_composed(gate_up, act),
         }
     }
 
@@ -101,6 +116,9 @@ impl Kernels {
             Kernels::Differentiable if backward::attaches(x) && x.dtype() == w.dtype() => {
                 backward::matmul(x, w)
             }
+            Kernels::Copies(n) if backward::attaches(x) && x.dtype() == w.dtype() => {
+                backward::matmul_copies(x, w, n)
+            }
             _ => x.matmul(w),
         }
     }
@@ -109,7 +127,7 @@ impl Kernels {
     pub(crate) fn bias_act(self, x: &Tensor, bias: &Tensor, act: Option<Activation>) -> Result<Tensor> {
         match self {
             Kernels::Fused => ops::bias_act(x, bias, act),
-            Kernels::Differentiable => ops::bias_act_composed(x, bias, act),
+            Kernels::Differentiable | Kernels::Copies(_) => ops::bias_act_composed(x, bias, act),
         }
     }
 }
