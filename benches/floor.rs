@@ -16,6 +16,9 @@
 //! off on llm-attr's side. Prints llm-attr's median `stats.seconds` of `FLOOR_REPEATS` (3) runs
 //! after a warm-up, PyTorch's median pass, their ratio, and the load average before and after.
 
+mod common;
+
+use common::{cpu_seconds, load_average};
 use std::process::Command;
 use std::time::Instant;
 
@@ -38,26 +41,6 @@ fn env_list(name: &str, default: &str) -> Vec<String> {
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     xs[xs.len() / 2]
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// CPU seconds (user + system) this process has used, from /proc/self/stat (USER_HZ ticks);
-/// 0 where there is none.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    // From the state (field 3) on: utime and stime are fields 14 and 15.
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
-    tick(11).zip(tick(12)).map_or(0.0, |(u, s)| (u + s) / 100.0)
 }
 
 fn t1() -> AttributeRequest {

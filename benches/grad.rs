@@ -17,6 +17,9 @@
 //! `RAYON_NUM_THREADS` sets candle's threads. `LLM_ATTR_GRAD_METHODS=gxi` (or `ig`) times one
 //! method; `LLM_ATTR_GRAD_PASSES=stacked|per-token` forces the passes (default: the CPU's plan).
 
+mod common;
+
+use common::{cpu_seconds, load_average};
 use std::time::Instant;
 
 use clap::ValueEnum;
@@ -28,17 +31,6 @@ use serde_json::Value;
 const PROMPT: &str =
     "Georg from Germany applied for a job as a janitor at a bakery. The hiring manager decided to";
 const TARGET: &str = " reject the application without any further consideration.";
-
-/// CPU seconds this process has used (user and system, from /proc/self/stat's clock ticks).
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // The fields after the command name's closing parenthesis, from the state (field 3):
-    // utime and stime (fields 14 and 15) are the 12th and 13th.
-    let rest = stat.rsplit(')').next().unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
-    ticks(11).zip(ticks(12)).map_or(0.0, |(u, s)| (u + s) / 100.0)
-}
 
 /// Seconds of one run of `method` (the best of `repeats`, wall-clock and CPU), checking the
 /// token counts.
@@ -91,13 +83,6 @@ fn captum(threads: usize) -> Option<Value> {
     parse_captum(&std::fs::read_to_string(path).ok()?)
 }
 
-/// The machine's load averages, to print beside the timings.
-fn load() -> String {
-    std::fs::read_to_string("/proc/loadavg").map_or("?".into(), |l| {
-        l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
-    })
-}
-
 fn main() {
     let mut options = LoadOptions::default();
     if let Ok(p) = std::env::var("LLM_ATTR_GRAD_PASSES") {
@@ -112,14 +97,17 @@ fn main() {
     if methods.contains("gxi") {
         time(&model, Method::GradientXInput, 1); // warm-up
         let (gxi, cpu) = time(&model, Method::GradientXInput, 3);
-        println!("gradient_x_input: {gxi:.2} s, {cpu:.2} CPU s (load {})", load());
+        println!(
+            "gradient_x_input: {gxi:.2} s, {cpu:.2} CPU s (load {})",
+            load_average()
+        );
         ours.push(("gradient_x_input", gxi, cpu));
     }
     if methods.contains("ig") {
         let (ig, cpu) = time(&model, Method::IntegratedGradients, 1);
         println!(
             "integrated_gradients (50 steps, gausslegendre): {ig:.2} s, {cpu:.2} CPU s (load {})",
-            load()
+            load_average()
         );
         ours.push(("integrated_gradients_50_gausslegendre", ig, cpu));
     }
@@ -131,7 +119,7 @@ fn main() {
         "Captum 0.9, torch {} with {} threads (load {}):",
         c["torch"],
         c["torch_threads"],
-        load()
+        load_average()
     );
     for (name, ours, ours_cpu) in ours {
         if let Some(theirs) = c[format!("{name}_seconds")].as_f64() {

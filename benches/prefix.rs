@@ -6,6 +6,9 @@
 //!
 //! `cargo bench --bench prefix [-- REPEATS]` (median of REPEATS runs, 2 by default).
 
+mod common;
+
+use common::load_average;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -111,16 +114,12 @@ fn leave_one_out(n: usize, paragraphs: usize) -> AttributeRequest {
     }
 }
 
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg").unwrap_or_default()
-}
-
 fn main() {
     let repeats = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(2);
     let model = Model::load("models/SmolLM2-135M-Instruct.Q4_1.gguf", &LoadOptions::default())
         .expect("load models/SmolLM2-135M-Instruct.Q4_1.gguf");
     let engine = Engine::new(model.clone(), EngineConfig::for_device(model.device())).expect("engine");
-    println!("load average before: {}", load_average().trim());
+    println!("load average before: {}", load_average());
     let chat: AttributeRequest = serde_json::from_str(
         &std::fs::read_to_string("examples/t1_chat.json").expect("examples/t1_chat.json"),
     )
@@ -133,5 +132,5 @@ fn main() {
         .map_or(0, |t| t.len());
     println!("leave-one-out: 16 notes after a fixed prefix, template {tokens} tokens");
     compare(&model, &engine, "leave-one-out", &loo, repeats);
-    println!("load average after: {}", load_average().trim());
+    println!("load average after: {}", load_average());
 }

@@ -16,6 +16,9 @@
 //! mapped) and the peak, per parameter, and one log-prob (the same file must give the same value
 //! before and after a change to loading).
 
+mod common;
+
+use common::cpu_seconds;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -36,18 +39,6 @@ fn status_bytes(name: &str) -> f64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse::<f64>().ok())
         .map_or(0.0, |kb| kb * 1024.0)
-}
-
-/// CPU seconds (user + system) this process has used: /proc/self/stat's utime and stime, in
-/// Linux's USER_HZ (100) ticks; 0 where there is none.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // The fields after the command name (which may hold spaces), from the third field on.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    // From the state (field 3) on: utime and stime are fields 14 and 15.
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
-    tick(11).zip(tick(12)).map_or(0.0, |(u, s)| (u + s) / 100.0)
 }
 
 /// `WEIGHTS_DTYPE`: the dtype to load in, `f32` (the default) or `bf16` (through `--dtype`'s
