@@ -155,23 +155,27 @@ impl PrefixCache {
         }
     }
 
+    /// The entry sharing the longest prefix of `tokens` (the most recently used of equals) and
+    /// that length, when it is at least [`MIN_PREFIX`].
+    fn best(&self, tokens: &[u32]) -> Option<(usize, usize)> {
+        self.entries
+            .iter()
+            .enumerate()
+            .map(|(k, (t, _))| (k, common(t, tokens)))
+            .max_by_key(|&(k, n)| (n, k))
+            .filter(|&(_, n)| n >= MIN_PREFIX)
+    }
+
     /// How long a prefix of `tokens` the best entry shares (what [`PrefixCache::lookup`] would
     /// find; 0 under [`MIN_PREFIX`]), without touching the order of use.
     pub(crate) fn shared(&self, tokens: &[u32]) -> usize {
-        let best = self.entries.iter().map(|(t, _)| common(t, tokens)).max();
-        best.filter(|&n| n >= MIN_PREFIX).unwrap_or(0)
+        self.best(tokens).map_or(0, |(_, n)| n)
     }
 
     /// The cached keys and values of the longest prefix of `tokens` that some entry shares (at
     /// least [`MIN_PREFIX`] tokens), and its length.
     pub(crate) fn lookup(&mut self, tokens: &[u32]) -> candle_core::Result<Option<(KvCache, usize)>> {
-        let best = self
-            .entries
-            .iter()
-            .enumerate()
-            .map(|(k, (t, _))| (k, common(t, tokens)))
-            .max_by_key(|&(k, n)| (n, k));
-        let Some((k, n)) = best.filter(|&(_, n)| n >= MIN_PREFIX) else {
+        let Some((k, n)) = self.best(tokens) else {
             return Ok(None);
         };
         let entry = self.entries.remove(k);
