@@ -2,7 +2,7 @@
 //! stream, every replica's [`chunk_worker`]s score them ([`score_chunk`]), and the job's owner
 //! merges the results by index. Also the chunk result encoding.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,13 +16,21 @@ use crate::api::Ready;
 use crate::engine::CancelToken;
 use crate::error::Error;
 use crate::model::{GradientJob, ScoreItem};
-use crate::scorer::Scorer;
+use crate::scorer::{Scorer, TokenWork};
 
-/// Encodes a chunk's result: 0 then per item its length and f32s, or 1 then an error message.
-fn encode_chunk(r: &Result<Vec<Vec<f32>>, Error>) -> Vec<u8> {
+/// A chunk's scores, and the tokens its replica computed and reused for them (`None` from a
+/// replica that does not count them, or one from before they were sent).
+type ChunkResult = Result<(Vec<Vec<f32>>, Option<TokenWork>), Error>;
+
+/// Encodes a chunk's result: 2, the tokens computed and reused (u64 each), then per item its
+/// length and f32s; or 1 then an error message. (0 is the same without the tokens.)
+fn encode_chunk(r: &ChunkResult) -> Vec<u8> {
     match r {
-        Ok(scores) => {
-            let mut out = vec![0u8];
+        Ok((scores, work)) => {
+            let mut out = match work {
+                Some(w) => [&[2u8][..], &w.computed.to_le_bytes(), &w.reused.to_le_bytes()].concat(),
+                None => vec![0u8],
+            };
             for s in scores {
                 out.extend_from_slice(&(s.len() as u32).to_le_bytes());
                 out.extend(crate::score_cache::encode_scores(s));
@@ -33,26 +41,36 @@ fn encode_chunk(r: &Result<Vec<Vec<f32>>, Error>) -> Vec<u8> {
     }
 }
 
-fn decode_chunk(b: &[u8]) -> Result<Vec<Vec<f32>>, Error> {
+fn decode_chunk(b: &[u8]) -> ChunkResult {
     let bad = || Error::Internal("a fan-out chunk result is malformed".into());
-    match b.split_first() {
-        Some((0, mut rest)) => {
-            let mut out = Vec::new();
-            while !rest.is_empty() {
-                let n = u32::from_le_bytes(rest.get(..4).ok_or_else(bad)?.try_into().map_err(|_| bad())?)
-                    as usize;
-                let body = rest.get(4..4 + 4 * n).ok_or_else(bad)?;
-                out.push(crate::score_cache::decode_scores(body).ok_or_else(bad)?);
-                rest = &rest[4 + 4 * n..];
-            }
-            Ok(out)
+    let u64_at = |b: &[u8], at: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+    };
+    let (work, mut rest) = match b.split_first() {
+        Some((0, rest)) => (None, rest),
+        Some((2, rest)) => {
+            let work = TokenWork {
+                computed: u64_at(rest, 0).ok_or_else(bad)?,
+                reused: u64_at(rest, 8).ok_or_else(bad)?,
+            };
+            (Some(work), &rest[16..])
         }
-        Some((1, msg)) => Err(Error::Internal(format!(
-            "a replica failed to score a chunk: {}",
-            String::from_utf8_lossy(msg)
-        ))),
-        _ => Err(bad()),
+        Some((1, msg)) => {
+            return Err(Error::Internal(format!(
+                "a replica failed to score a chunk: {}",
+                String::from_utf8_lossy(msg)
+            )))
+        }
+        _ => return Err(bad()),
+    };
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let n = u32::from_le_bytes(rest.get(..4).ok_or_else(bad)?.try_into().map_err(|_| bad())?) as usize;
+        let body = rest.get(4..4 + 4 * n).ok_or_else(bad)?;
+        out.push(crate::score_cache::decode_scores(body).ok_or_else(bad)?);
+        rest = &rest[4 + 4 * n..];
     }
+    Ok((out, work))
 }
 
 /// A job's scorer that splits big calls into chunks on the `chunks` stream, so every
@@ -63,10 +81,32 @@ pub(super) struct FanOut {
     store: Arc<Inner>,
     job: String,
     cancel: CancelToken,
+    /// Tokens the chunks' replicas computed and reused for this job (added to `inner`'s).
+    computed: AtomicU64,
+    reused: AtomicU64,
 }
 
 impl Scorer for FanOut {
-    crate::scorer_facts_from!(inner);
+    fn tokenizer(&self) -> &crate::model::Tokenizer {
+        self.inner.tokenizer()
+    }
+
+    fn info(&self) -> &crate::model::ModelInfo {
+        self.inner.info()
+    }
+
+    fn context_length(&self) -> usize {
+        self.inner.context_length()
+    }
+
+    /// The tokens scored here and those the chunks' replicas report.
+    fn tokens(&self) -> Option<TokenWork> {
+        let own = self.inner.tokens()?;
+        Some(TokenWork {
+            computed: own.computed + self.computed.load(Ordering::Relaxed),
+            reused: own.reused + self.reused.load(Ordering::Relaxed),
+        })
+    }
 
     fn score(
         &self,
@@ -108,7 +148,20 @@ impl FanOut {
             store,
             job: job.id().to_string(),
             cancel: job.cancel_token().clone(),
+            computed: AtomicU64::new(0),
+            reused: AtomicU64::new(0),
         }
+    }
+
+    /// Counts a chunk's tokens: as its replica reports them, or all its input tokens as
+    /// computed when it does not.
+    fn count(&self, chunk: &[ScoreItem], work: Option<TokenWork>) {
+        let work = work.unwrap_or_else(|| TokenWork {
+            computed: chunk.iter().map(|i| i.input_len() as u64).sum(),
+            reused: 0,
+        });
+        self.computed.fetch_add(work.computed, Ordering::Relaxed);
+        self.reused.fetch_add(work.reused, Ordering::Relaxed);
     }
 
     async fn publish(&self, run: &str, k: usize, items: &[ScoreItem]) -> Result<String, RedisError> {
@@ -160,7 +213,8 @@ impl FanOut {
                             continue;
                         }
                         match r {
-                            Ok(scores) => {
+                            Ok((scores, work)) => {
+                                self.count(chunks[k], work);
                                 out[k] = Some(scores);
                                 got += 1;
                                 scored += chunks[k].len();
@@ -234,7 +288,7 @@ impl FanOut {
         done_key: &str,
         result_key: &impl Fn(usize) -> String,
         n: usize,
-    ) -> Result<Vec<(usize, crate::Result<Vec<Vec<f32>>>)>, RedisError> {
+    ) -> Result<Vec<(usize, ChunkResult)>, RedisError> {
         let ready: Option<Vec<usize>> = redis::cmd("LPOP")
             .arg(done_key)
             .arg(64)
@@ -301,7 +355,14 @@ async fn score_chunk(inner: &Arc<Inner>, ready: &Arc<Ready>, entry: StreamId) {
         .collect();
     let (r, c, wait) = (ready.clone(), cancel.clone(), inner.settings.queue_wait);
     let scored = tokio::task::spawn_blocking(move || {
-        chain::scorer(&r, &c, Chain::Chunk { patience: wait }).score(items, &|_, _| {})
+        let scorer = chain::scorer(&r, &c, Chain::Chunk { patience: wait });
+        let before = scorer.tokens();
+        let scores = scorer.score(items, &|_, _| {})?;
+        let work = scorer
+            .tokens()
+            .zip(before)
+            .map(|(after, before)| after.since(before));
+        Ok((scores, work))
     })
     .await
     .unwrap_or_else(|e| Err(Error::Internal(format!("the chunk task failed: {e}"))));
@@ -359,13 +420,7 @@ fn keep_chunk(
 
 /// Stores chunk `k`'s scores for its run, tells the run, and retires the stream entry, in one
 /// transaction that is retried until the store answers.
-async fn deliver(
-    inner: &Arc<Inner>,
-    run: &str,
-    k: usize,
-    entry_id: &str,
-    scored: &crate::Result<Vec<Vec<f32>>>,
-) {
+async fn deliver(inner: &Arc<Inner>, run: &str, k: usize, entry_id: &str, scored: &ChunkResult) {
     let done_key = key(&format!("chunks-done:{run}"));
     let ttl = inner.ttl_secs();
     let result = encode_chunk(scored);
@@ -413,9 +468,17 @@ mod tests {
     #[test]
     fn chunk_results_round_trip() {
         let scores = vec![vec![-1.5, -0.25], vec![], vec![f32::MIN]];
-        assert_eq!(decode_chunk(&encode_chunk(&Ok(scores.clone()))).unwrap(), scores);
+        let work = TokenWork {
+            computed: 70,
+            reused: 1 << 40,
+        };
+        for work in [None, Some(work)] {
+            let back = decode_chunk(&encode_chunk(&Ok((scores.clone(), work)))).unwrap();
+            assert_eq!(back, (scores.clone(), work));
+        }
         let failed = decode_chunk(&encode_chunk(&Err(Error::Model("boom".into()))));
         assert!(failed.unwrap_err().to_string().contains("boom"));
         assert!(decode_chunk(&[0, 9, 0, 0, 0, 1]).is_err());
+        assert!(decode_chunk(&[2, 1, 0, 0]).is_err());
     }
 }
