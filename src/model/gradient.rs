@@ -15,6 +15,7 @@ use std::cell::Cell;
 use std::ops::Range;
 
 use candle_core::{DType, Tensor, Var, D};
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::model::arch::Architecture;
@@ -114,8 +115,9 @@ impl GradientJob {
 /// Runs `job` on `arch`: rows over the prompt positions, per target token (and point, as
 /// `job.combine` says), with the passes and chunks `plan` says.
 /// `progress(done, total)` is called after each chunk of steps, and between the target tokens'
-/// backward passes with the chunk's start, and stops the work when it fails (cancellation):
-/// a long target never runs on for more than one pass after its request is gone.
+/// backward passes (or waves of them) with the chunk's start, and stops the work when it fails
+/// (cancellation): a long target never runs on for more than one wave after its request is
+/// gone.
 pub(crate) fn attribute(
     arch: &dyn Architecture,
     job: &GradientJob,
@@ -227,7 +229,12 @@ impl Path {
 }
 
 /// [`Passes::PerToken`]: `q[row][s]` for the points, one shared forward pass and a backward
-/// pass per target token, with `between()` before each pass but the first.
+/// pass per target token, with `between()` before each wave of passes but the first.
+///
+/// On a CPU with several threads, the passes go in waves of one per thread, run at once: a
+/// backward pass is a third candle's single-threaded elementwise work (accumulating each
+/// node's gradient), which the other passes' matmuls overlap. The passes are independent, so
+/// the numbers are the same.
 fn per_token(
     arch: &dyn Architecture,
     job: &GradientJob,
@@ -238,15 +245,27 @@ fn per_token(
     let points = Var::from_tensor(points)?;
     let hidden = arch.forward_from_embeddings(points.as_tensor())?;
     let rows = hidden.narrow(1, path.prompt_len - 1, job.target.len())?;
-    (0..job.target.len())
-        .map(|row| {
-            if row > 0 {
-                between()?;
-            }
-            let value = target_value(arch, &rows, row, job.target[row], job.prob)?;
-            path.project(&gradient(&value, &points)?)
-        })
-        .collect()
+    let pass = |row: usize| {
+        let value = target_value(arch, &rows, row, job.target[row], job.prob)?;
+        path.project(&gradient(&value, &points)?)
+    };
+    let wave = match arch.device().is_cpu() {
+        true => rayon::current_num_threads().max(1),
+        false => 1,
+    };
+    let mut out = Vec::with_capacity(job.target.len());
+    for start in (0..job.target.len()).step_by(wave) {
+        if start > 0 {
+            between()?;
+        }
+        let end = (start + wave).min(job.target.len());
+        let q: Vec<_> = (start..end)
+            .into_par_iter()
+            .map(pass)
+            .collect::<candle_core::Result<_>>()?;
+        out.extend(q);
+    }
+    Ok(out)
 }
 
 /// [`Passes::Stacked`]: `q[row][s]` for the points, from copy `row` of them, whose value is
