@@ -270,24 +270,53 @@ fn per_token(
 
 /// [`Passes::Stacked`]: `q[row][s]` for the points, from copy `row` of them, whose value is
 /// target token `row`'s alone; one backward pass for all, after a forward pass whose weight
-/// matmuls compute one copy ([`Architecture::forward_from_copies`]).
+/// matmuls compute one copy ([`Architecture::forward_from_copies`]). On a CPU with several
+/// threads the target tokens go in as many stacks, run at once, for the reason
+/// [`per_token`] gives.
 fn stacked(
     arch: &dyn Architecture,
     job: &GradientJob,
     path: &Path,
     points: &Tensor,
 ) -> candle_core::Result<Rows> {
-    let (m, k) = (points.dim(0)?, job.target.len());
+    let stacks = per_thread(arch, job.target.len());
+    let q: Vec<Rows> = stacks
+        .into_par_iter()
+        .map(|rows| stack(arch, job, path, points, rows))
+        .collect::<candle_core::Result<_>>()?;
+    Ok(q.into_iter().flatten().collect())
+}
+
+/// The target tokens `rows` of [`stacked`] as one stack: `q[row][s]` for each.
+fn stack(
+    arch: &dyn Architecture,
+    job: &GradientJob,
+    path: &Path,
+    points: &Tensor,
+    rows: Range<usize>,
+) -> candle_core::Result<Rows> {
+    let (m, k) = (points.dim(0)?, rows.len());
     let copies = Var::from_tensor(&points.repeat((k, 1, 1))?)?;
     let hidden = arch.forward_from_copies(copies.as_tensor(), k)?;
-    let rows = hidden.narrow(1, path.prompt_len - 1, k)?;
-    let values = (0..k)
-        .map(|row| target_value(arch, &rows.narrow(0, row * m, m)?, row, job.target[row], job.prob))
+    let ends = hidden.narrow(1, path.prompt_len - 1, job.target.len())?;
+    let values = rows
+        .clone()
+        .enumerate()
+        .map(|(c, row)| target_value(arch, &ends.narrow(0, c * m, m)?, row, job.target[row], job.prob))
         .collect::<candle_core::Result<Vec<_>>>()?;
     let g = gradient(&Tensor::cat(&values, 0)?, &copies)?;
-    (0..k)
-        .map(|row| path.project(&g.narrow(0, row * m, m)?))
-        .collect()
+    (0..k).map(|c| path.project(&g.narrow(0, c * m, m)?)).collect()
+}
+
+/// `0..n` cut into one contiguous range per thread on a CPU (fewer when `n` is smaller), or
+/// one range elsewhere.
+fn per_thread(arch: &dyn Architecture, n: usize) -> Vec<Range<usize>> {
+    let parts = match arch.device().is_cpu() {
+        true => rayon::current_num_threads().clamp(1, n.max(1)),
+        false => 1,
+    };
+    let size = n.div_ceil(parts).max(1);
+    (0..n).step_by(size).map(|a| a..(a + size).min(n)).collect()
 }
 
 /// The gradient of the sum of `value` with respect to `at`.
