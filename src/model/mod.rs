@@ -256,7 +256,7 @@ impl Model {
 
     /// Gradient attribution of `job` (see [`gradient::attribute`]), planned as the model was
     /// loaded; `progress(done, total)`, after each chunk of steps and between the target tokens'
-    /// passes, stops the work when it fails.
+    /// passes (waves of them on a CPU), stops the work when it fails.
     pub fn gradients(
         &self,
         job: &GradientJob,
