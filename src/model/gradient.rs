@@ -259,11 +259,7 @@ fn per_token(
             between()?;
         }
         let end = (start + wave).min(job.target.len());
-        let q: Vec<_> = (start..end)
-            .into_par_iter()
-            .map(pass)
-            .collect::<candle_core::Result<_>>()?;
-        out.extend(q);
+        out.extend(at_once((start..end).collect(), pass)?);
     }
     Ok(out)
 }
@@ -280,11 +276,20 @@ fn stacked(
     points: &Tensor,
 ) -> candle_core::Result<Rows> {
     let stacks = per_thread(arch, job.target.len());
-    let q: Vec<Rows> = stacks
-        .into_par_iter()
-        .map(|rows| stack(arch, job, path, points, rows))
-        .collect::<candle_core::Result<_>>()?;
+    let q = at_once(stacks, |rows| stack(arch, job, path, points, rows))?;
     Ok(q.into_iter().flatten().collect())
+}
+
+/// `f` of each of `items`, in order: at once on the thread pool when there are several, and on
+/// this thread when there is one (a GPU's passes stay on the thread that runs the job).
+fn at_once<I: Send, T: Send>(
+    items: Vec<I>,
+    f: impl Fn(I) -> candle_core::Result<T> + Sync + Send,
+) -> candle_core::Result<Vec<T>> {
+    match items.len() {
+        0 | 1 => items.into_iter().map(f).collect(),
+        _ => items.into_par_iter().map(f).collect(),
+    }
 }
 
 /// The target tokens `rows` of [`stacked`] as one stack: `q[row][s]` for each.
