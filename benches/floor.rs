@@ -13,8 +13,10 @@
 //! `bf16` (needs MKL, scripts/fetch-mkl.sh, and a CPU with AMX-bf16 or AVX512-BF16, or
 //! `LLM_ATTR_CPU_BF16=emulate`). `FLOOR_MATMUL=1` first prints the GFLOP/s of candle's f32
 //! matmul and of the bf16 one at SmolLM2's shapes. `FLOOR_REUSE=off` turns shared-prefix reuse
-//! off on llm-attr's side. Prints llm-attr's median `stats.seconds` of `FLOOR_REPEATS` (3) runs
-//! after a warm-up, PyTorch's median pass, their ratio, and the load average before and after.
+//! off on llm-attr's side. Prints llm-attr's `stats.seconds` and tokens computed of its first
+//! run (cold: an empty prefix cache) and the median of the `FLOOR_REPEATS` (3) runs after it
+//! (warm: the prefix cache holds the template heads the run before left, as for a repeated
+//! request), PyTorch's median pass, the ratios, and the load average before and after.
 
 mod common;
 
@@ -50,8 +52,20 @@ fn t1() -> AttributeRequest {
     }
 }
 
-/// llm-attr's side, in this process: load, one warm-up run, then the median `stats.seconds`.
-fn llm_attr_seconds(spec: &str, dtype: &str, repeats: usize) -> (f64, f64, usize) {
+/// llm-attr's side: the first run's seconds and tokens computed, with an empty prefix cache
+/// (cold), and the median of the runs after it (warm: the prefix cache holds what the run
+/// before left, as it would for a request repeated); the load seconds; the tokens scored.
+struct Ours {
+    cold: f64,
+    cold_computed: usize,
+    warm: f64,
+    warm_computed: usize,
+    load: f64,
+    tokens: usize,
+}
+
+/// llm-attr's side, in this process: load, one cold run, then `repeats` warm ones.
+fn llm_attr_seconds(spec: &str, dtype: &str, repeats: usize) -> Ours {
     let dtype = match dtype {
         "bf16" => DType::BF16,
         _ => DType::F32,
@@ -65,17 +79,23 @@ fn llm_attr_seconds(spec: &str, dtype: &str, repeats: usize) -> (f64, f64, usize
     let engine = Engine::new(model.clone(), EngineConfig::for_device(model.device())).expect("engine");
     let handle = engine.handle(CancelToken::new());
     let request = t1();
-    let mut tokens = 0;
-    let mut times = Vec::new();
-    for i in 0..=repeats {
-        let r = run(&request, &handle, &Limits::default(), &|_| {}).expect("exact t1");
-        tokens = r.stats.tokens_scored;
-        if i > 0 {
-            times.push(r.stats.seconds);
-        }
-    }
+    let runs: Vec<_> = (0..=repeats)
+        .map(|_| {
+            run(&request, &handle, &Limits::default(), &|_| {})
+                .expect("exact t1")
+                .stats
+        })
+        .collect();
     engine.shutdown();
-    (median(times), load, tokens)
+    let last = runs.last().map_or(0, |r| r.tokens_computed);
+    Ours {
+        cold: runs[0].seconds,
+        cold_computed: runs[0].tokens_computed,
+        warm: median(runs[1..].iter().map(|r| r.seconds).collect()),
+        warm_computed: last,
+        load,
+        tokens: runs[0].tokens_scored,
+    }
 }
 
 /// PyTorch's side: `scripts/torch_pass.py` on `dir`, its median seconds.
@@ -122,16 +142,25 @@ fn torch_dir(spec: &str) -> Option<String> {
 }
 
 /// Runs llm-attr's side in a child process with `threads` threads; parses its one line.
-fn child(spec: &str, dtype: &str, threads: usize, repeats: usize) -> Option<(f64, f64, usize)> {
+fn child(spec: &str, dtype: &str, threads: usize, repeats: usize) -> Option<Ours> {
     let out = Command::new(std::env::current_exe().ok()?)
         .env("FLOOR_CHILD", format!("{spec}|{dtype}|{repeats}"))
         .env("RAYON_NUM_THREADS", threads.to_string())
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let mut it = text.split_whitespace().map(str::to_string);
-    let (s, l, t) = (it.next()?, it.next()?, it.next()?);
-    Some((s.parse().ok()?, l.parse().ok()?, t.parse().ok()?))
+    let f: Vec<f64> = text.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    let &[cold, cold_computed, warm, warm_computed, load, tokens] = f.as_slice() else {
+        return None;
+    };
+    Some(Ours {
+        cold,
+        cold_computed: cold_computed as usize,
+        warm,
+        warm_computed: warm_computed as usize,
+        load,
+        tokens: tokens as usize,
+    })
 }
 
 /// GFLOP/s of candle's f32 matmul (`[rows, k] @ [k, n]`, what the decoder runs) and of the
@@ -190,8 +219,9 @@ fn main() {
     if let Ok(spec) = std::env::var("FLOOR_CHILD") {
         let mut parts = spec.split('|');
         let (spec, dtype) = (parts.next().unwrap_or(""), parts.next().unwrap_or("f32"));
-        let (s, load, tokens) = llm_attr_seconds(spec, dtype, repeats);
-        println!("{s} {load} {tokens}");
+        let o = llm_attr_seconds(spec, dtype, repeats);
+        let (cold, warm) = (o.cold_computed, o.warm_computed);
+        println!("{} {cold} {} {warm} {} {}", o.cold, o.warm, o.load, o.tokens);
         return;
     }
     if std::env::var_os("FLOOR_MATMUL").is_some() {
@@ -209,7 +239,7 @@ fn main() {
         let dir = py.as_ref().and_then(|_| torch_dir(spec));
         for dtype in env_list("FLOOR_DTYPES", "f32") {
             for &n in &threads {
-                let Some((ours, load, tokens)) = child(spec, &dtype, n, repeats) else {
+                let Some(o) = child(spec, &dtype, n, repeats) else {
                     println!("{spec} {dtype} {n} threads: llm-attr failed");
                     continue;
                 };
@@ -218,10 +248,15 @@ fn main() {
                     _ => None,
                 };
                 let vs = torch.map_or("no PyTorch side (set FLOOR_PY)".to_string(), |t| {
-                    format!("PyTorch {t:.3} s; llm-attr / PyTorch {:.2}", ours / t)
+                    format!(
+                        "PyTorch {t:.3} s; llm-attr / PyTorch {:.2} warm, {:.2} cold",
+                        o.warm / t,
+                        o.cold / t
+                    )
                 });
                 println!(
-                    "{spec} {dtype} {n} threads: exact t1 ({tokens} tokens) llm-attr {ours:.3} s (loaded in {load:.2} s); {vs}"
+                    "{spec} {dtype} {n} threads: exact t1 ({} tokens) llm-attr {:.3} s warm ({} computed), {:.3} s cold ({} computed; loaded in {:.2} s); {vs}",
+                    o.tokens, o.warm, o.warm_computed, o.cold, o.cold_computed, o.load
                 );
             }
         }
