@@ -231,10 +231,10 @@ impl Path {
 /// [`Passes::PerToken`]: `q[row][s]` for the points, one shared forward pass and a backward
 /// pass per target token, with `between()` before each wave of passes but the first.
 ///
-/// On a CPU with several threads, the passes go in waves of one per thread, run at once: a
-/// backward pass is a third candle's single-threaded elementwise work (accumulating each
-/// node's gradient), which the other passes' matmuls overlap. The passes are independent, so
-/// the numbers are the same.
+/// On a CPU with several threads, the passes go in waves of one per thread, run at once: about
+/// a third of a backward pass is candle's single-threaded elementwise work (adding up each
+/// node's gradient), which the other passes' matmuls then overlap. The passes are independent,
+/// so the numbers are the same.
 fn per_token(
     arch: &dyn Architecture,
     job: &GradientJob,
