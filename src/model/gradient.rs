@@ -317,10 +317,15 @@ fn stack(
 /// one range elsewhere.
 fn per_thread(arch: &dyn Architecture, n: usize) -> Vec<Range<usize>> {
     let parts = match arch.device().is_cpu() {
-        true => rayon::current_num_threads().clamp(1, n.max(1)),
+        true => rayon::current_num_threads(),
         false => 1,
     };
-    let size = n.div_ceil(parts).max(1);
+    split(n, parts)
+}
+
+/// `0..n` cut into at most `parts` contiguous ranges of (nearly) equal length, in order.
+fn split(n: usize, parts: usize) -> Vec<Range<usize>> {
+    let size = n.div_ceil(parts.clamp(1, n.max(1))).max(1);
     (0..n).step_by(size).map(|a| a..(a + size).min(n)).collect()
 }
 
@@ -424,6 +429,21 @@ mod tests {
         };
         assert_eq!(halving_on_oom(0..7, &run, "cuda:0").unwrap(), rows(0..7));
         assert_eq!(sizes.into_inner(), [7, 3, 1, 2, 4, 2, 2]);
+    }
+
+    /// The stacks cover every target token once, in order, one stack per thread at most.
+    #[test]
+    fn split_covers_every_token_in_order() {
+        for n in 0..12 {
+            for parts in 0..6 {
+                let ranges = split(n, parts);
+                let flat: Vec<usize> = ranges.iter().cloned().flatten().collect();
+                assert_eq!(flat, (0..n).collect::<Vec<_>>(), "n {n} parts {parts}");
+                assert!(ranges.len() <= parts.max(1), "n {n} parts {parts}: {ranges:?}");
+                assert!(ranges.iter().all(|r| !r.is_empty()));
+            }
+        }
+        assert_eq!(split(8, 3), [0..3, 3..6, 6..8]);
     }
 
     /// Only a single point that does not fit fails, naming the device; other errors pass
