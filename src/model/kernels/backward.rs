@@ -18,7 +18,7 @@ use candle_core::{bail, CpuStorage, CudaStorage, Layout, Result, Shape, Storage,
 use rayon::prelude::*;
 
 use super::activation::Activation;
-use super::ops::{gated, with_f32, GRAIN};
+use super::ops::{gated, with_f32, zeros, GRAIN};
 use super::rope::RopeStyle;
 
 /// The gradient of an op's input from the gradient of its output.
@@ -117,7 +117,7 @@ fn input_gradient(g: &Tensor, wt: &Tensor) -> Result<Tensor> {
     let n_in = wt.dim(1)?;
     let live_t = Tensor::new(live.as_slice(), g.device())?;
     let product = g.index_select(&live_t, 0)?.matmul(wt)?;
-    let mut full = vec![0f32; m * n_in];
+    let mut full = zeros(m * n_in);
     with_f32(&product, |p| {
         for (row, src) in live.iter().zip(p.chunks_exact(n_in.max(1))) {
             let start = *row as usize * n_in;
@@ -153,7 +153,7 @@ pub(crate) fn target_log_prob(logits: &Tensor, targets: &[u32]) -> Result<Tensor
     let (input, targets) = (logits.clone(), targets.to_vec());
     let backward = move |g: &Tensor| {
         let g = g.flatten_all()?.to_vec1::<f32>()?;
-        let mut out = vec![0f32; n * vocab];
+        let mut out = zeros(n * vocab);
         with_f32(&input, |x| {
             out.par_chunks_mut(vocab.max(1))
                 .zip(x.par_chunks(vocab.max(1)))
@@ -297,7 +297,7 @@ impl candle_core::CustomOp2 for RmsNormForward {
         if n == 0 || x.len() % n != 0 || xl.dims().last() != Some(&n) {
             bail!("rms-norm: shape {:?} with a weight of {n}", xl.dims());
         }
-        let mut out = vec![0f32; x.len()];
+        let mut out = zeros(x.len());
         rows_in_parallel(&mut out, n, |i, y| {
             let x = &x[i * n..(i + 1) * n];
             let inv = inverse_rms(x, self.eps) as f32;
@@ -338,7 +338,7 @@ impl candle_core::CustomOp2 for RmsNormBackward {
                 gl.dims()
             );
         }
-        let mut out = vec![0f32; x.len()];
+        let mut out = zeros(x.len());
         rows_in_parallel(&mut out, n, |i, dx| {
             let (x, g) = (&x[i * n..(i + 1) * n], &g[i * n..(i + 1) * n]);
             let inv = inverse_rms(x, self.eps);
@@ -382,7 +382,7 @@ impl candle_core::CustomOp2 for GatedBackward {
             bail!("gated-backward: shapes {:?} and {:?}", gul.dims(), gl.dims());
         }
         let act = self.0;
-        let mut out = vec![0f32; gu.len()];
+        let mut out = zeros(gu.len());
         rows_in_parallel(&mut out, two_f, |i, d| {
             let (gate, up) = gu[i * two_f..(i + 1) * two_f].split_at(f);
             let dy = &g[i * f..(i + 1) * f];

@@ -112,7 +112,7 @@ fn run(
     let mkl = mkl::get()?;
     let threads = rayon::current_num_threads().max(1);
     let rows = m.div_ceil(threads).max(MIN_ROWS).max(1);
-    let mut c = vec![0f32; m * n];
+    let mut c = super::ops::zeros(m * n);
     if m == 0 || n == 0 || k == 0 {
         return Ok(c);
     }

@@ -7,7 +7,7 @@
 use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
-use super::ops::{is_cpu_f32, with_f32, GRAIN};
+use super::ops::{is_cpu_f32, with_f32, zeros, GRAIN};
 
 /// Where the queries of a block of attention rows sit: `t` new positions after `past` cached
 /// ones, and the sliding window of the layer, if any.
@@ -41,7 +41,7 @@ pub(crate) fn causal_softmax(att: &Tensor, at: Causal) -> Result<Option<Tensor>>
     if keys == 0 {
         return Ok(Some(att));
     }
-    let mut out = vec![0f32; att.elem_count()];
+    let mut out = zeros(att.elem_count());
     with_f32(&att, |src| {
         let rows = (GRAIN / keys).max(1);
         out.par_chunks_mut(rows * keys)

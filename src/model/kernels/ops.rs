@@ -23,6 +23,14 @@ pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Re
 /// Rows of at least this many floats per rayon task.
 pub(crate) const GRAIN: usize = 1 << 14;
 
+/// `n` zeros for a kernel's output, written by the thread pool: a large `vec![0.0; n]` is one
+/// thread's memset (and page faults), which the other threads wait for.
+pub(crate) fn zeros(n: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(n);
+    v.par_extend(rayon::iter::repeat_n(0f32, n));
+    v
+}
+
 /// `act(gate) * up` for `[n, 2f]` rows that hold gate then up; returns `[n, f]`. One parallel
 /// pass on CPU f32; candle ops elsewhere.
 pub(crate) fn gated(gate_up: &Tensor, act: Activation) -> Result<Tensor> {
@@ -31,7 +39,7 @@ pub(crate) fn gated(gate_up: &Tensor, act: Activation) -> Result<Tensor> {
     if !is_cpu_f32(gate_up) {
         return gated_composed(gate_up, act);
     }
-    let mut out = vec![0f32; n * f];
+    let mut out = zeros(n * f);
     with_f32(gate_up, |src| {
         let rows = (GRAIN / two_f.max(1)).max(1);
         out.par_chunks_mut(rows * f)
@@ -150,7 +158,7 @@ impl candle_core::CustomOp2 for BiasAct {
         if width == 0 || xl.dims().last() != Some(&width) {
             bail!("bias-act: shape {:?} does not end with {width}", xl.dims());
         }
-        let mut out = vec![0f32; x.len()];
+        let mut out = zeros(x.len());
         // Rows in chunks of about 16k values: enough work per task, enough tasks per core.
         let rows = (GRAIN / width).max(1);
         let act = self.0;
