@@ -23,13 +23,20 @@ pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Re
 /// Rows of at least this many floats per rayon task.
 pub(crate) const GRAIN: usize = 1 << 14;
 
-/// `n` zeros for a kernel's output, written by the thread pool: a large `vec![0.0; n]` is one
-/// thread's memset (and page faults), which the other threads wait for.
+/// `n` zeros for a kernel's output. A large `vec![0.0; n]` is one thread's memset (and page
+/// faults), which the other threads wait for, so from [`PARALLEL_ZEROS`] on the thread pool
+/// writes them; below, waking the pool costs more than it saves.
 pub(crate) fn zeros(n: usize) -> Vec<f32> {
+    if n < PARALLEL_ZEROS {
+        return vec![0f32; n];
+    }
     let mut v = Vec::with_capacity(n);
     v.par_extend(rayon::iter::repeat_n(0f32, n));
     v
 }
+
+/// Floats (64 KB) from which [`zeros`] uses the thread pool.
+const PARALLEL_ZEROS: usize = GRAIN;
 
 /// `act(gate) * up` for `[n, 2f]` rows that hold gate then up; returns `[n, f]`. One parallel
 /// pass on CPU f32; candle ops elsewhere.
