@@ -87,12 +87,11 @@ fn llm_attr_seconds(spec: &str, dtype: &str, repeats: usize) -> Ours {
         })
         .collect();
     engine.shutdown();
-    let last = runs.last().map_or(0, |r| r.tokens_computed);
     Ours {
         cold: runs[0].seconds,
         cold_computed: runs[0].tokens_computed,
         warm: median(runs[1..].iter().map(|r| r.seconds).collect()),
-        warm_computed: last,
+        warm_computed: runs.last().map_or(0, |r| r.tokens_computed),
         load,
         tokens: runs[0].tokens_scored,
     }

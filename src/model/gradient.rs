@@ -249,10 +249,7 @@ fn per_token(
         let value = target_value(arch, &rows, row, job.target[row], job.prob)?;
         path.project(&gradient(&value, &points)?)
     };
-    let wave = match arch.device().is_cpu() {
-        true => rayon::current_num_threads().max(1),
-        false => 1,
-    };
+    let wave = threads(arch);
     let mut out = Vec::with_capacity(job.target.len());
     for start in (0..job.target.len()).step_by(wave) {
         if start > 0 {
@@ -316,11 +313,15 @@ fn stack(
 /// `0..n` cut into one contiguous range per thread on a CPU (fewer when `n` is smaller), or
 /// one range elsewhere.
 fn per_thread(arch: &dyn Architecture, n: usize) -> Vec<Range<usize>> {
-    let parts = match arch.device().is_cpu() {
-        true => rayon::current_num_threads(),
+    split(n, threads(arch))
+}
+
+/// How many passes or stacks run at once: one per thread of the pool on a CPU, one on a GPU.
+fn threads(arch: &dyn Architecture) -> usize {
+    match arch.device().is_cpu() {
+        true => rayon::current_num_threads().max(1),
         false => 1,
-    };
-    split(n, parts)
+    }
 }
 
 /// `0..n` cut into at most `parts` contiguous ranges of (nearly) equal length, in order.

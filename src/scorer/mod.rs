@@ -64,10 +64,19 @@ impl TokenWork {
 }
 
 /// The model facts of a scorer that wraps another (`self.$field`): its tokenizer, info and
-/// context length are the inner scorer's. Written once so a wrapper only states what it changes.
+/// context length are the inner scorer's, and so are its token counts unless the wrapper counts
+/// its own (`scorer_facts_from!(inner, own tokens)`). Written once so a wrapper only states what
+/// it changes.
 #[macro_export]
 macro_rules! scorer_facts_from {
     ($field:tt) => {
+        $crate::scorer_facts_from!($field, own tokens);
+
+        fn tokens(&self) -> Option<$crate::scorer::TokenWork> {
+            self.$field.tokens()
+        }
+    };
+    ($field:tt, own tokens) => {
         fn tokenizer(&self) -> &$crate::model::Tokenizer {
             self.$field.tokenizer()
         }
@@ -78,10 +87,6 @@ macro_rules! scorer_facts_from {
 
         fn context_length(&self) -> usize {
             self.$field.context_length()
-        }
-
-        fn tokens(&self) -> Option<$crate::scorer::TokenWork> {
-            self.$field.tokens()
         }
     };
 }

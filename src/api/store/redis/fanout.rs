@@ -87,17 +87,7 @@ pub(super) struct FanOut {
 }
 
 impl Scorer for FanOut {
-    fn tokenizer(&self) -> &crate::model::Tokenizer {
-        self.inner.tokenizer()
-    }
-
-    fn info(&self) -> &crate::model::ModelInfo {
-        self.inner.info()
-    }
-
-    fn context_length(&self) -> usize {
-        self.inner.context_length()
-    }
+    crate::scorer_facts_from!(inner, own tokens);
 
     /// The tokens scored here and those the chunks' replicas report.
     fn tokens(&self) -> Option<TokenWork> {
