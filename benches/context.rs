@@ -10,7 +10,8 @@
 //! GGUF loader asks for it); set `PYTHONPATH` for any of them installed with `pip --target`.
 //!
 //! Prints leave-one-out's and chat t1's exact Shapley values' seconds and tokens, each without
-//! and then with shared-prefix reuse, side by side in one run, and context_cite's (64 samples);
+//! and then with shared-prefix reuse, side by side in one run, and context_cite's (64 samples),
+//! each after the floor that any exact prefix reuse has for it (the plan's `tokens_after_reuse`);
 //! with CONTEXT_CITE_PY, also the `context-cite` package's own time for the same 64 masks
 //! (scripts/reference/context_attr.py bench), on the same CPU. Any `stats` field named
 //! `tokens_*` (the tokens computed and reused, where the engine reports them) is printed too.
@@ -23,7 +24,7 @@ use llm_attr::cli::read_request;
 use llm_attr::context_cite_masks;
 use llm_attr::model::{LoadOptions, Model, DEFAULT_PREFIX_CACHE_MB};
 use llm_attr::request::{AttributeRequest, AttributeResponse, Method, SplitKind};
-use llm_attr::run::{run, Limits};
+use llm_attr::run::{plan, run, Limits};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -71,6 +72,19 @@ fn report(what: &str, r: &AttributeResponse, seconds: f64) {
     );
 }
 
+/// The floor under any exact prefix reuse for `req`: its plan's tokens, and the fewest of them
+/// left to compute when every shared prefix is computed once.
+fn floor(model: &Model, req: &AttributeRequest, what: &str) -> anyhow::Result<()> {
+    let p = plan(req, model, &limits())?;
+    println!(
+        "{what}: {} tokens; any exact prefix reuse computes at least {} ({:.3}x)",
+        p.tokens,
+        p.tokens_after_reuse,
+        p.tokens_after_reuse as f64 / p.tokens.max(1) as f64
+    );
+    Ok(())
+}
+
 fn timed(model: &Model, req: &AttributeRequest, what: &str) -> anyhow::Result<AttributeResponse> {
     let started = Instant::now();
     let r = run(req, model, &limits(), &|_| {})?;
@@ -81,6 +95,7 @@ fn timed(model: &Model, req: &AttributeRequest, what: &str) -> anyhow::Result<At
 /// `req` without shared-prefix reuse, then with it (an empty prefix cache each time); the
 /// largest difference between the two sides' `seq_attr`; the response with reuse.
 fn side_by_side(model: &Model, req: &AttributeRequest, what: &str) -> anyhow::Result<AttributeResponse> {
+    floor(model, req, what)?;
     let mut sides = Vec::new();
     let only_on = std::env::var("CONTEXT_REUSE").is_ok_and(|v| v == "on");
     for reuse in [false, true].into_iter().filter(|&r| r || !only_on) {
@@ -136,11 +151,9 @@ fn main() -> anyhow::Result<()> {
     let target = Some(answer);
     let loo = request(&context, Method::FeatureAblation, target.clone());
     side_by_side(&model, &loo, "leave-one-out (feature_ablation)")?;
-    let cc = timed(
-        &model,
-        &request(&context, Method::ContextCite, target),
-        "context_cite, 64 samples",
-    )?;
+    let cc = request(&context, Method::ContextCite, target);
+    floor(&model, &cc, "context_cite, 64 samples")?;
+    let cc = timed(&model, &cc, "context_cite, 64 samples")?;
     println!("  {} sentences", cc.features.len());
     let mut top: Vec<usize> = (0..cc.seq_attr.len()).collect();
     top.sort_by(|&a, &b| cc.seq_attr[b].total_cmp(&cc.seq_attr[a]));

@@ -59,6 +59,12 @@ function seconds(s) {
   return `about ${Math.round(s / 60)} min`;
 }
 
+/** " (N to compute)" when shared-prefix reuse leaves fewer tokens than the prompts hold. */
+function afterReuse(plan) {
+  const left = plan.tokens_after_reuse;
+  return left != null && left < plan.tokens ? ` (${number(left)} to compute)` : "";
+}
+
 /** An audit's grid: the product of its swept lists. */
 function cells(audit) {
   return Object.values(audit.sweep).reduce((n, values) => n * values.length, 1);
@@ -111,7 +117,7 @@ export async function previewInto(box, body) {
     body.sweep ? `${number(cells(body))} cells × ${body.targets.length} target${body.targets.length === 1 ? "" : "s"} · ` : "",
     plan.coalitions ? `${number(plan.features)} feature${plan.features === 1 ? "" : "s"} · ${number(plan.coalitions)} coalitions · ` : "",
     el("span", { class: "plan-prompts", text: `${number(plan.distinct_sequences)} distinct prompts` }),
-    ` · ${number(plan.tokens)} tokens · `,
+    ` · ${number(plan.tokens)} tokens${afterReuse(plan)} · `,
     el("span", { class: "plan-seconds", text: seconds(expected) }),
     plan.target_generated ? el("span", { class: "plan-hint", text: " (at most: the target is generated first)" }) : null,
     slow ? el("span", { class: "plan-hint", text: ` — ${faster(body)} is faster.` }) : null,

@@ -117,11 +117,25 @@ async fn plans_count_what_runs_score_and_estimate_from_measured_throughput() {
     assert_eq!(plan["distinct_sequences"], done["stats"]["unique_sequences"]);
     assert_eq!(plan["tokens"], done["stats"]["tokens_scored"]);
     assert_eq!(plan["evaluations"], done["stats"]["evaluations"]);
+    // Each prompt's two continuations share it, so reuse leaves fewer tokens to compute, and
+    // the engine (its prefix cache empty before this run) computes no fewer than that.
+    let after_reuse = num(&plan["tokens_after_reuse"]);
+    assert!(after_reuse > 0.0 && after_reuse < num(&plan["tokens"]), "{plan}");
+    assert!(
+        after_reuse <= num(&done["stats"]["tokens_computed"]),
+        "{plan} {done}"
+    );
 
     let plan = send_json(c.post(format!("{}/v1/plan", s.url())).json(&audit_request())).await;
     let tps = num(&plan["tokens_per_second"]);
     assert!(tps > 0.0, "measured after the first run: {plan}");
-    assert!((num(&plan["estimated_seconds"]) - num(&plan["tokens"]) / tps).abs() < 1e-9);
+    let after_reuse = num(&plan["tokens_after_reuse"]);
+    assert!(after_reuse > 0.0 && after_reuse < num(&plan["tokens"]), "{plan}");
+    let expected = after_reuse / tps;
+    assert!(
+        (num(&plan["estimated_seconds"]) - expected).abs() < 1e-9,
+        "{plan}"
+    );
     let res = send(
         c.post(format!("{}/v1/audits", s.url())).json(&audit_request()),
         202,
@@ -155,7 +169,7 @@ async fn gradient_plans_count_a_backward_pass_per_target_token() {
     assert_eq!(plan["gradient_tokens"], forward * (1 + k), "{plan}");
     let tps = num(&plan["tokens_per_second"]);
     assert_eq!(num(&plan["gradient_tokens_per_second"]), tps, "{plan}");
-    let scored = (num(&plan["tokens"]) - forward as f64) / tps;
+    let scored = (num(&plan["tokens_after_reuse"]) - forward as f64) / tps;
     let expected = scored + (forward * (1 + k)) as f64 / tps;
     assert!(
         (num(&plan["estimated_seconds"]) - expected).abs() < 1e-9,
@@ -169,7 +183,7 @@ async fn gradient_plans_count_a_backward_pass_per_target_token() {
         "measured after the gradient run: {plan}"
     );
     let tps = num(&plan["tokens_per_second"]);
-    let scored = (num(&plan["tokens"]) - forward as f64) / tps;
+    let scored = (num(&plan["tokens_after_reuse"]) - forward as f64) / tps;
     let expected = scored + (forward * (1 + k)) as f64 / gtps;
     assert!(
         (num(&plan["estimated_seconds"]) - expected).abs() < 1e-9,

@@ -10,7 +10,7 @@ use llm_attr::engine::{CancelToken, Engine, EngineConfig};
 use llm_attr::model::load::load;
 use llm_attr::model::{LoadOptions, Model, ScoreItem};
 use llm_attr::request::AttributeRequest;
-use llm_attr::run::{run, Limits};
+use llm_attr::run::{plan, run, Limits};
 use llm_attr::scorer::Scorer;
 
 const SMOLLM2: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -170,7 +170,8 @@ fn chat_t1() -> AttributeRequest {
 
 /// Chat t1 (exact Shapley values over the baselines' product), rendered by the Llama 3 chat
 /// template of the tiny Llama, gives the same attributions with and without reuse, and
-/// computes at least a third fewer tokens with it (SmolLM2's numbers: `benches/prefix.rs`).
+/// computes at least a third fewer tokens with it (SmolLM2's numbers: `benches/prefix.rs`),
+/// but no fewer than the plan's `tokens_after_reuse`, the floor of any exact prefix reuse.
 #[test]
 fn chat_shapley_is_the_same_with_reuse_and_computes_less() {
     let m = fresh("tests/fixtures/llama");
@@ -199,6 +200,14 @@ fn chat_shapley_is_the_same_with_reuse_and_computes_less() {
         "computed {} with reuse, {} without",
         s_on.tokens_computed,
         s_off.tokens_computed
+    );
+    // With an empty prefix cache, no exact reuse computes fewer than the distinct prefixes that
+    // the plan counts (on SmolLM2 the engine computes exactly those: `benches/context.rs`).
+    let floor = plan(&request, &m, &limits).unwrap().tokens_after_reuse;
+    assert!(
+        floor <= s_on.tokens_computed && floor < s_off.tokens_computed,
+        "the plan's floor {floor}, computed {}",
+        s_on.tokens_computed
     );
 }
 

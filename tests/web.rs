@@ -484,7 +484,13 @@ fn check_cost_preview(d: &Driver, base: &str) {
         "the cost preview",
     );
     let shown: Value = serde_json::from_str(shown.as_str().unwrap()).unwrap();
-    for key in ["features", "coalitions", "distinct_sequences", "tokens"] {
+    for key in [
+        "features",
+        "coalitions",
+        "distinct_sequences",
+        "tokens",
+        "tokens_after_reuse",
+    ] {
         assert_eq!(
             shown[key], plan[key],
             "cost preview {key}: page {shown}, API {plan}"
@@ -501,6 +507,15 @@ fn check_cost_preview(d: &Driver, base: &str) {
         text.replace(',', "")
             .contains(&format!("{prompts} distinct prompts")),
         "the preview says how many prompts: {text}"
+    );
+    let left = plan["tokens_after_reuse"].as_u64().unwrap();
+    assert!(
+        left < plan["tokens"].as_u64().unwrap(),
+        "t1's prompts share a prefix: {plan}"
+    );
+    assert!(
+        text.replace(',', "").contains(&format!("({left} to compute)")),
+        "the preview says what shared-prefix reuse leaves: {text}"
     );
 }
 

@@ -18,7 +18,12 @@ pub(crate) async fn estimate(state: &Arc<AppState>, request: JobRequest) -> Resu
     let scorer = ready.clone();
     let plan = blocking(move || request.plan(scorer.model.as_ref(), &limits)).await?;
     let (stats, workers) = (ready.engine.stats(), ready.engine.config().workers);
-    Ok(plan.at_throughput(throughput(stats, workers), gradient_throughput(stats, workers)))
+    let reuse = ready.model.local().is_some();
+    Ok(plan.at_throughput(
+        throughput(stats, workers),
+        gradient_throughput(stats, workers),
+        reuse,
+    ))
 }
 
 /// Checks `request` as its run would, and refuses it (422) when its estimated time exceeds
@@ -44,10 +49,12 @@ fn over_time(plan: &Plan, limit: Option<f64>) -> Result<(), Error> {
     }
 }
 
-/// Tokens the engine scores per second, measured over every forward pass so far (each
-/// worker runs passes in parallel); None before the first.
+/// Tokens the engine computes per second (those reused from a shared prefix not counted),
+/// measured over every forward pass so far (each worker runs passes in parallel); None before
+/// the first.
 fn throughput(stats: &Stats, workers: usize) -> Option<f64> {
-    rate(Stats::get(&stats.tokens), stats.batch_seconds.sum(), workers)
+    let computed = Stats::get(&stats.tokens).saturating_sub(Stats::get(&stats.reused_tokens));
+    rate(computed, stats.batch_seconds.sum(), workers)
 }
 
 /// The engine's measured gradient throughput ([`crate::run::Plan::gradient_tokens`] per

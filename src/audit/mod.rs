@@ -396,7 +396,12 @@ impl<'r> Grid<'r> {
 /// Counts what `request` would score, without scoring: the audit run against a scorer that
 /// scores nothing, so the counts (and the errors) are the real run's.
 pub fn plan(request: &AuditRequest, scorer: &dyn Scorer, limits: &Limits) -> Result<Plan> {
-    execute(request, &DryScorer::new(scorer), limits, 0, &|_| {}).map(|(_, plan)| plan)
+    let dry = DryScorer::new(scorer);
+    let (_, plan) = execute(request, &dry, limits, 0, &|_| {})?;
+    Ok(Plan {
+        tokens_after_reuse: dry.after_reuse(),
+        ..plan
+    })
 }
 
 /// Runs `request` against `scorer`. `progress` counts the distinct sequences scored, out of

@@ -72,6 +72,16 @@ pub(crate) fn common(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
+/// The fewest tokens of `inputs` that a model computes when every prefix they share is computed
+/// once: the number of their distinct prefixes (the nodes of their trie). Sorted, each input
+/// adds the tokens past the longest prefix it shares with the one before it, which is the
+/// longest it shares with any before it.
+pub(crate) fn distinct_prefix_tokens(mut inputs: Vec<Vec<u32>>) -> usize {
+    inputs.sort_unstable();
+    let shared = |k: usize| k.checked_sub(1).map_or(0, |p| common(&inputs[p], &inputs[k]));
+    (0..inputs.len()).map(|k| inputs[k].len() - shared(k)).sum()
+}
+
 /// Groups the items whose `inputs` share a prefix: sorted by tokens, neighbours join a group
 /// while the prefix they all share stays at least [`MIN_PREFIX`] long and what the group's
 /// members lose from its shortening is no more than the newcomer gains. `caps[i]` bounds item
@@ -296,6 +306,25 @@ mod tests {
                 len: 12
             }]
         );
+    }
+
+    /// Each distinct prefix counts once: leave-one-out's prompts share the part before their
+    /// removed token with the whole one, a repeat adds nothing, and a prefix of another input
+    /// adds nothing either.
+    #[test]
+    fn distinct_prefixes_are_counted_once() {
+        let full: Vec<u32> = (1..=10).collect();
+        let without = |k: u32| full.iter().copied().filter(|&x| x != k).collect::<Vec<_>>();
+        let inputs = vec![
+            without(3),
+            full.clone(),
+            without(9),
+            without(3),
+            full[..4].to_vec(),
+        ];
+        assert_eq!(distinct_prefix_tokens(inputs), 10 + 7 + 1);
+        assert_eq!(distinct_prefix_tokens(vec![vec![5, 6], vec![7]]), 3);
+        assert_eq!(distinct_prefix_tokens(Vec::new()), 0);
     }
 
     /// The first item leads, then those sharing the longest prefix with it.

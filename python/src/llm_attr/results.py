@@ -187,6 +187,7 @@ class Plan:
     evaluations: int
     distinct_sequences: int
     tokens: int
+    tokens_after_reuse: Optional[int]
     target_generated: bool
     tokens_per_second: Optional[float]
     estimated_seconds: Optional[float]
