@@ -43,7 +43,11 @@ impl Model {
         }
         let inputs: Vec<Vec<u32>> = batch.iter().map(prefix::input).collect();
         let caps: Vec<usize> = batch.iter().map(|it| it.prompt.len() - 1).collect();
-        let mut pending = prefix::groups(&inputs, &caps);
+        let cached: Option<Vec<usize>> = (self.prefix.capacity() > 0).then(|| {
+            let cache = self.prefix.lock();
+            inputs.iter().map(|t| cache.shared(t)).collect()
+        });
+        let mut pending = prefix::groups(&inputs, &caps, cached.as_deref());
         while !pending.is_empty() {
             let (works, later) = self.round(pending, &inputs, &mut out)?;
             self.score_parts(batch, &inputs, works, &mut out)?;
@@ -283,6 +287,27 @@ mod tests {
             vec![0, 49, 20],
             "b computes the prefix; c and a reuse it"
         );
+        m.set_prefix_reuse(false);
+        let plain = m.score_reusing(&batch).unwrap();
+        for (x, y) in reused.scores.iter().flatten().zip(plain.scores.iter().flatten()) {
+            assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+        }
+    }
+
+    /// Without a prefix cache no group can wait for another's prefix, so the batch shares what
+    /// one group can: `c` joins `a` and `b` at the 20 tokens they all share, though `a` and `b`
+    /// share 30 (a group of its own would leave `c` with nothing).
+    #[test]
+    fn without_a_cache_one_group_shares_what_all_share() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/llama");
+        let m = Model::load(dir, &LoadOptions::default()).unwrap();
+        m.set_prefix_cache_bytes(0);
+        let shared: Vec<u32> = (10..30).collect();
+        let with = |tail: std::ops::Range<u32>| [shared.clone(), tail.collect()].concat();
+        let b = [with(40..50), (70..80).collect()].concat();
+        let batch = [item(with(40..60)), item(b), item(with(90..110))];
+        let reused = m.score_reusing(&batch).unwrap();
+        assert_eq!(reused.reused, vec![0, 20, 20]);
         m.set_prefix_reuse(false);
         let plain = m.score_reusing(&batch).unwrap();
         for (x, y) in reused.scores.iter().flatten().zip(plain.scores.iter().flatten()) {

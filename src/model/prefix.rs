@@ -82,31 +82,47 @@ pub(crate) fn distinct_prefix_tokens(mut inputs: Vec<Vec<u32>>) -> usize {
     (0..inputs.len()).map(|k| inputs[k].len() - shared(k)).sum()
 }
 
-/// Groups the items whose `inputs` share a prefix: sorted by tokens, neighbours join a group
-/// while the prefix they all share stays at least [`MIN_PREFIX`] long and what the group's
-/// members lose from its shortening is no more than the newcomer gains. `caps[i]` bounds item
-/// `i`'s prefix (its first scored position). A group of one has the length of its cap.
-pub(crate) fn groups(inputs: &[Vec<u32>], caps: &[usize]) -> Vec<Group> {
+/// Groups the items whose `inputs` share a prefix. Sorted by tokens, an item joins its
+/// neighbour's group when they share at least [`MIN_PREFIX`] tokens and:
+/// - with a prefix cache (`cached[i]`: what item `i` finds there alone), when it shares the
+///   group's whole prefix (a group of one takes the length they share), and that prefix is no
+///   shorter than what the item or any member finds in the cache. A group never shortens for a
+///   newcomer: an item that shares less starts a group of its own, which waits for the keys
+///   and values that its neighbour's pass leaves in the cache (the rounds of a batch's passes,
+///   `pass.rs`), so each distinct prefix is computed once;
+/// - without one (`None`), while what the group's members lose from its shortening is no more
+///   than the newcomer gains, since a group is then the only way to share.
+///
+/// `caps[i]` bounds item `i`'s prefix (its first scored position); a group of one has the
+/// length of its cap.
+pub(crate) fn groups(inputs: &[Vec<u32>], caps: &[usize], cached: Option<&[usize]>) -> Vec<Group> {
     let mut order: Vec<usize> = (0..inputs.len()).collect();
     order.sort_by(|&a, &b| inputs[a].cmp(&inputs[b]));
+    let at = |v: &[usize], i: usize| v.get(i).copied().unwrap_or(0);
     let mut out: Vec<Group> = Vec::new();
+    // The longest prefix a member of the last group finds in the cache alone.
+    let mut best = 0;
     let mut prev: Option<usize> = None;
     for &i in &order {
-        let cap = caps.get(i).copied().unwrap_or(0);
+        let cap = at(caps, i);
+        let own = cached.map_or(0, |c| at(c, i).min(cap));
         let joined = match (prev, out.last_mut()) {
             (Some(p), Some(g)) => {
                 let shared = common(&inputs[p], &inputs[i]).min(cap).min(g.len);
-                let loss = (g.len - shared) * g.members.len();
-                if shared >= MIN_PREFIX && loss <= shared {
+                let whole = g.members.len() == 1 || shared == g.len;
+                let join = match cached {
+                    Some(_) => whole && shared >= MIN_PREFIX.max(own).max(best),
+                    None => shared >= MIN_PREFIX && (g.len - shared) * g.members.len() <= shared,
+                };
+                if join {
                     g.members.push(i);
                     g.len = shared;
-                    true
-                } else {
-                    false
                 }
+                join
             }
             _ => false,
         };
+        best = if joined { best.max(own) } else { own };
         if !joined {
             out.push(Group {
                 members: vec![i],
@@ -279,8 +295,11 @@ mod tests {
     }
 
     /// Items that share a long prefix form one group (its length capped by the shortest
-    /// prompt); a join that costs the group more than it gains starts a new group; an item that
-    /// shares nothing stays alone.
+    /// prompt); an item that shares less than the group's whole prefix starts a group of its
+    /// own, which the next item joins at the prefix they share; an item that shares nothing
+    /// stays alone. An item that finds a longer prefix in the cache than a group would give it
+    /// stays alone too, and so does its neighbour when joining would cost it what it has cached.
+    /// Without a cache, a group shortens while its members lose no more than a newcomer gains.
     #[test]
     fn groups_follow_the_shared_prefix() {
         let p: Vec<u32> = (1..=20).collect();
@@ -292,20 +311,21 @@ mod tests {
             seq(&p, &[30, 31, 33]),
         ];
         let caps = vec![21, 21, 20, 35, 22];
-        let g = groups(&inputs, &caps);
-        let expected = [(vec![0, 2, 4], 20), (vec![3], 35), (vec![1], 21)];
-        let got: Vec<(Vec<usize>, usize)> = g.into_iter().map(|g| (g.members, g.len)).collect();
-        assert_eq!(got, expected);
-        // Two items sharing 12 tokens with prompts of 15: the group loses 2 and gains 12.
-        let two = vec![seq(&p[..12], &[60, 61, 62]), seq(&p[..12], &[70, 71, 72])];
-        let g = groups(&two, &[14, 14]);
-        assert_eq!(
-            g,
-            vec![Group {
-                members: vec![0, 1],
-                len: 12
-            }]
-        );
+        let got = |cached: Option<&[usize]>| -> Vec<(Vec<usize>, usize)> {
+            let g = groups(&inputs, &caps, cached);
+            g.into_iter().map(|g| (g.members, g.len)).collect()
+        };
+        let (all, four, two, alone) = ((vec![0, 4], 21), (vec![4], 22), (vec![2], 20), (vec![1], 21));
+        assert_eq!(got(Some(&[])), [all, (vec![2, 3], 10), alone.clone()]);
+        // Item 4 has 22 tokens cached (more than the 21 of the group with item 0); item 2 has 15,
+        // more than the 10 it shares with item 3.
+        let cached = [0, 0, 15, 0, 22];
+        let expected = [(vec![0], 21), four, two, (vec![3], 35), alone];
+        assert_eq!(got(Some(&cached)), expected);
+        // Without a cache, item 2 joins items 0 and 4 (the group loses 1 token for each, and
+        // it gains 20), and item 3 does not (20 lost against 10 gained).
+        let none = [(vec![0, 2, 4], 20), (vec![3], 35), (vec![1], 21)];
+        assert_eq!(got(None), none);
     }
 
     /// Each distinct prefix counts once: leave-one-out's prompts share the part before their
