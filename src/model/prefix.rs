@@ -122,8 +122,10 @@ pub(crate) fn groups(inputs: &[Vec<u32>], caps: &[usize], cached: Option<&[usize
             }
             _ => false,
         };
-        best = if joined { best.max(own) } else { own };
-        if !joined {
+        if joined {
+            best = best.max(own);
+        } else {
+            best = own;
             out.push(Group {
                 members: vec![i],
                 len: cap,
@@ -315,12 +317,18 @@ mod tests {
             let g = groups(&inputs, &caps, cached);
             g.into_iter().map(|g| (g.members, g.len)).collect()
         };
-        let (all, four, two, alone) = ((vec![0, 4], 21), (vec![4], 22), (vec![2], 20), (vec![1], 21));
-        assert_eq!(got(Some(&[])), [all, (vec![2, 3], 10), alone.clone()]);
+        let expected = [(vec![0, 4], 21), (vec![2, 3], 10), (vec![1], 21)];
+        assert_eq!(got(Some(&[])), expected);
         // Item 4 has 22 tokens cached (more than the 21 of the group with item 0); item 2 has 15,
         // more than the 10 it shares with item 3.
         let cached = [0, 0, 15, 0, 22];
-        let expected = [(vec![0], 21), four, two, (vec![3], 35), alone];
+        let expected = [
+            (vec![0], 21),
+            (vec![4], 22),
+            (vec![2], 20),
+            (vec![3], 35),
+            (vec![1], 21),
+        ];
         assert_eq!(got(Some(&cached)), expected);
         // Without a cache, item 2 joins items 0 and 4 (the group loses 1 token for each, and
         // it gains 20), and item 3 does not (20 lost against 10 gained).
